@@ -1,0 +1,2 @@
+//! Placeholder: the client pipeline is being written (issue 4).
+#![forbid(unsafe_code)]

@@ -1,0 +1,174 @@
+//! The `Exporter` trait: what a backend must implement to get retry, spill and replay.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::{ExportError, Payload};
+
+/// What a reachability probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// The backend answered the probe: worth sending real payloads again.
+    Reachable,
+    /// The backend did not answer the probe: stay offline.
+    Unreachable,
+    /// This exporter has no cheap probe: the drain task sends a real payload instead.
+    Unsupported,
+}
+
+/// Sends one payload to a backend.
+///
+/// Implement this for your own backend (a vendor API, Kafka, a file) and hand it to the
+/// client: the retry, spill-to-disk and replay machinery then come for free. Nothing here
+/// depends on HTTP or on the spool.
+///
+/// # Contract
+///
+/// - **Concurrency.** `export` may be called concurrently from several tasks: the
+///   application's direct exports and the drain task's pipelined replay share one exporter.
+///   It must be safe for that (hence `Send + Sync`). An exporter that cannot send in parallel
+///   should serialise internally (e.g. with a `tokio::sync::Mutex`).
+/// - **Cancel safety.** The pipeline bounds every attempt with a timeout and drops the
+///   returned future when it expires. Dropping the future at any `.await` must leave the
+///   exporter usable for the next call. A dropped attempt is treated as failed; the payload may
+///   still have reached the backend, so delivery is *at least once*.
+/// - **Errors.** Return [`ExportError::Retryable`] when a later attempt may succeed (connection
+///   refused, timeout, 429, 5xx), with `retry_after` when the backend said how long to wait;
+///   [`ExportError::Permanent`] when it never will (malformed payload, 400). Permanent failures
+///   are dropped and counted, never retried. `Ok(())` means the backend has accepted the
+///   payload: a spooled record is deleted after it.
+/// - **Idempotence.** The same payload may be exported more than once (after a crash, or when
+///   an attempt timed out after the backend had accepted it). [`Payload::meta`]'s `key` lets a
+///   backend de-duplicate.
+///
+/// # Examples
+///
+/// ```
+/// use outlast_core::{ExportError, Exporter, Payload};
+///
+/// /// Writes payload sizes to standard output.
+/// #[derive(Debug)]
+/// struct Stdout;
+///
+/// impl Exporter for Stdout {
+///     async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
+///         println!("exported {} bytes", payload.len());
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Exporter: Send + Sync + 'static {
+    /// Sends one payload. See the trait documentation for the contract.
+    ///
+    /// # Errors
+    ///
+    /// [`ExportError`], classified as retryable or permanent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: the pipeline drops the future on timeout.
+    fn export(&self, payload: &Payload) -> impl Future<Output = Result<(), ExportError>> + Send;
+
+    /// A cheap check of whether the backend is reachable (a TCP connect, a health URL),
+    /// used by the drain task while offline instead of sending real payloads.
+    ///
+    /// The default has no probe ([`Reachability::Unsupported`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: the pipeline bounds it with the attempt timeout.
+    fn probe(&self) -> impl Future<Output = Reachability> + Send {
+        async { Reachability::Unsupported }
+    }
+
+    /// How many `export` calls the drain task may have in flight at once while replaying a
+    /// backlog. Records are still acknowledged in order. The default, 1, sends one at a time;
+    /// an exporter whose backend accepts concurrent requests may allow more.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
+    /// Releases resources (connections, files) when the client shuts down.
+    /// Called once, after the last `export`. The default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// An error is logged by the client and otherwise ignored.
+    fn shutdown(&self) -> impl Future<Output = Result<(), ExportError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A boxed, `Send` future, as returned by [`DynExporter`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe form of [`Exporter`], implemented for every `Exporter`.
+///
+/// [`Exporter`] returns `impl Future`, which keeps implementations free of boxing and of
+/// `async_trait`, but makes `dyn Exporter` impossible. Code that must hold exporters of
+/// different types behind one pointer (the client does) uses `Arc<dyn DynExporter>`; each call
+/// then costs one allocation, which is noise next to a network request.
+pub trait DynExporter: Send + Sync + 'static {
+    /// See [`Exporter::export`].
+    fn export_boxed<'a>(&'a self, payload: &'a Payload) -> BoxFuture<'a, Result<(), ExportError>>;
+    /// See [`Exporter::probe`].
+    fn probe_boxed(&self) -> BoxFuture<'_, Reachability>;
+    /// See [`Exporter::max_in_flight`].
+    fn max_in_flight_dyn(&self) -> usize;
+    /// See [`Exporter::shutdown`].
+    fn shutdown_boxed(&self) -> BoxFuture<'_, Result<(), ExportError>>;
+}
+
+impl<E: Exporter> DynExporter for E {
+    fn export_boxed<'a>(&'a self, payload: &'a Payload) -> BoxFuture<'a, Result<(), ExportError>> {
+        Box::pin(self.export(payload))
+    }
+
+    fn probe_boxed(&self) -> BoxFuture<'_, Reachability> {
+        Box::pin(self.probe())
+    }
+
+    fn max_in_flight_dyn(&self) -> usize {
+        self.max_in_flight()
+    }
+
+    fn shutdown_boxed(&self) -> BoxFuture<'_, Result<(), ExportError>> {
+        Box::pin(self.shutdown())
+    }
+}
+
+// Compile-time check that `DynExporter` stays object safe.
+const _: Option<&dyn DynExporter> = None;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    impl Exporter for Counting {
+        async fn export(&self, _payload: &Payload) -> Result<(), ExportError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn any_exporter_works_behind_dyn_with_default_lifecycle() {
+        let inner = Arc::new(Counting::default());
+        let dynamic: Arc<dyn DynExporter> = inner.clone();
+        let p = Payload::new(&b"x"[..]);
+        dynamic.export_boxed(&p).await.expect("export succeeds");
+        dynamic.export_boxed(&p).await.expect("export succeeds");
+        assert_eq!(inner.0.load(Ordering::SeqCst), 2);
+        assert_eq!(dynamic.probe_boxed().await, Reachability::Unsupported);
+        assert_eq!(dynamic.max_in_flight_dyn(), 1);
+        dynamic
+            .shutdown_boxed()
+            .await
+            .expect("default shutdown is Ok");
+    }
+}

@@ -1,0 +1,55 @@
+//! Core types of outlast: the [`Exporter`] trait that backends implement, the [`Payload`]
+//! handed to it, the [`ExportError`] it returns, the retry schedule ([`retry`]) and log
+//! throttling ([`throttle`]).
+//!
+//! This crate does no file or network I/O and starts no tasks: it is what a library author
+//! depends on to write an exporter, and what the other outlast crates share.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod error;
+mod exporter;
+mod payload;
+pub mod retry;
+pub mod throttle;
+
+pub use error::{BoxError, ExportError};
+pub use exporter::{BoxFuture, DynExporter, Exporter, Reachability};
+pub use payload::{ContentType, Payload, PayloadMeta, unix_nanos};
+
+/// A configuration value that was rejected, naming the parameter and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The parameter's value is not allowed, alone or together with another one.
+    #[error("invalid configuration: {param}: {reason}")]
+    Invalid {
+        /// The parameter's name, as in the builder (or the environment variable's name).
+        param: &'static str,
+        /// Why the value was rejected.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// A rejected `param`, for `reason`.
+    pub fn invalid(param: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            param,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn public_errors_are_send_sync_static() {
+        assert_send_sync_static::<super::ConfigError>();
+        assert_send_sync_static::<super::ExportError>();
+        assert_send_sync_static::<super::retry::RetryAfterError>();
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder: the spool is being written (issue 3).
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! Project automation (being written).
+#![forbid(unsafe_code)]
+fn main() {}
