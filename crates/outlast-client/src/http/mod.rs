@@ -1,0 +1,1 @@
+//! The HTTP exporter on hyper (being written, issue 5).

@@ -1,0 +1,1 @@
+//! A scriptable in-memory exporter (being written, issue 4).

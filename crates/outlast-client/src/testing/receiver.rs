@@ -1,0 +1,1 @@
+//! A loopback HTTP test receiver (being written, issue 5).

@@ -1,0 +1,3 @@
+//! Benchmark harness (being written, issue 7).
+#![forbid(unsafe_code)]
+fn main() {}
