@@ -1,3 +1,113 @@
-//! Project automation (being written).
+//! Project automation for outlast, run as `cargo xtask <command>` (alias in `.cargo/config.toml`).
+//!
+//! - `cargo xtask ci`: everything CI checks — formatting, clippy, tests, cargo-deny.
+//! - `cargo xtask bench [-- ARGS]`: the benchmark harness (`xtask/bench`), in release mode.
+
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod deny;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                 fmt check, clippy -D warnings, tests, cargo-deny (bans, licenses,
+                     sources, and advisories against ../shared/advisory-db)
+  deny               only the cargo-deny checks
+  bench [ARGS...]    run the benchmark harness in release mode (ARGS go to it; try --help)
+";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let root = workspace_root()?;
+    match args.next().as_deref() {
+        Some("ci") => ci(&root),
+        Some("deny") => deny::check(&root),
+        Some("bench") => {
+            let rest: Vec<String> = args.collect();
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "--package", "outlast-bench", "--"])
+                .args(&rest);
+            step("bench", &root, cmd)
+        }
+        Some("-h" | "--help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+fn ci(root: &Path) -> Result<()> {
+    let started = Instant::now();
+
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    step("fmt", root, fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    step("clippy", root, clippy)?;
+
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--all-features", "--locked"]);
+    step("test", root, test)?;
+
+    deny::check(root)?;
+
+    println!(
+        "xtask ci: all checks passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs one step, echoing it, and fails with its name if it fails.
+fn step(name: &str, root: &Path, mut cmd: Command) -> Result<()> {
+    cmd.current_dir(root);
+    println!("xtask: [{name}] {cmd:?}");
+    let t = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start step {name}"))?;
+    if !status.success() {
+        bail!("step {name} failed ({status})");
+    }
+    println!("xtask: [{name}] ok in {:.1}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask manifest has no parent directory")
+}
