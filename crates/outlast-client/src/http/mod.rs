@@ -1,1 +1,427 @@
-//! The HTTP exporter on hyper (being written, issue 5).
+//! The HTTP exporter: sends each payload as one `POST` over a pooled keep-alive hyper client.
+//!
+//! [`HttpExporter`] implements [`Exporter`] for OTLP/HTTP collectors and any endpoint that
+//! takes a request body per batch.
+//!
+//! # On the wire
+//!
+//! - One `POST` to the configured URL per payload, HTTP/1.1 with keep-alive. Connections come
+//!   from a pool (hyper-util's client); idle ones are closed after
+//!   [`DEFAULT_POOL_IDLE_TIMEOUT`] (the pool has a timer, so this is enforced, not only
+//!   checked on reuse). Every response body is read (up to [`DRAIN_LIMIT_BYTES`]) so that the
+//!   connection goes back to the pool.
+//! - `Content-Type` is the payload's [`content_type`](Payload::content_type)
+//!   (`application/x-protobuf` for OTLP protobuf, `application/json` for JSON).
+//! - With [`gzip`](HttpExporterBuilder::gzip) on, the body is gzip-compressed and
+//!   `Content-Encoding: gzip` is sent.
+//! - When the payload has a [`key`](outlast_core::PayloadMeta::key), it is sent in the
+//!   [`KEY_HEADER`] (`x-outlast-key`) header, so a backend (or
+//!   `outlast_client::testing::TestReceiver`) can recognise a payload delivered twice
+//!   (delivery is at least once).
+//! - Every request (connect, TLS handshake, body, response) is bounded by the request
+//!   timeout: hyper's client has no timeout of its own.
+//!
+//! # Status mapping
+//!
+//! | Outcome | Result |
+//! |---|---|
+//! | 2xx | `Ok(())` |
+//! | 408, 429, 500, 502, 503, 504 | [`ExportError::Retryable`]; for 429 and 503 with the `Retry-After` delay (seconds or HTTP-date; an unparsable value is ignored) |
+//! | other statuses (400, 401, 403, 404, 413, 3xx...) | [`ExportError::Permanent`], with the status and the start of the body |
+//! | connection refused, reset, closed, TLS failure, invalid response | [`ExportError::Retryable`] |
+//! | request timeout | [`ExportError::Timeout`] |
+//!
+//! The error's source is an [`HttpError`] (except for the timeout).
+//!
+//! # TLS: why rustls with ring
+//!
+//! HTTPS uses rustls through hyper-rustls, with the `ring` crypto provider, and trusts the
+//! Mozilla root certificates compiled in from `webpki-roots`, plus any
+//! [custom CA](HttpExporterBuilder::ca_file). Certificate verification is always on.
+//!
+//! - *rustls, not native-tls*: no dependency on the system's OpenSSL (version skew, missing
+//!   headers in slim containers, a different TLS stack per OS); the same behaviour
+//!   everywhere, in memory-safe Rust.
+//! - *ring, not aws-lc-rs*: `ring` builds with a C compiler only; `aws-lc-rs` (rustls'
+//!   default) needs CMake, and sometimes Go or NASM, which many build images lack.
+//! - *webpki-roots, not the system store*: it works in `FROM scratch` and distroless images
+//!   and in serverless runtimes where no CA bundle is installed. Private collectors add their
+//!   CA with [`ca_file`](HttpExporterBuilder::ca_file) / [`ca_pem`](HttpExporterBuilder::ca_pem)
+//!   or `OUTLAST_CA_FILE`.
+//!
+//! # Secrets
+//!
+//! Header values of `Authorization`, `Proxy-Authorization`, `Cookie` and any header whose
+//! name contains `key`, `token`, `secret` or `auth` ([`is_sensitive_header`]) are marked
+//! sensitive, printed as `<redacted>` by Debug, and never logged. URLs with credentials
+//! (`https://user:pw@host`) are refused: put them in a header.
+
+mod builder;
+mod error;
+mod headers;
+mod tls;
+
+use std::fmt;
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use outlast_core::{ExportError, Exporter, Payload, Reachability};
+
+pub use builder::{
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_PROBE_TIMEOUT, DEFAULT_TIMEOUT,
+    ENV_CA_FILE, ENV_ENDPOINT, ENV_GZIP, ENV_HEADERS, ENV_TIMEOUT, HttpExporterBuilder, Probe,
+};
+pub use error::{HttpError, is_retryable_status};
+pub use headers::is_sensitive_header;
+
+/// The header carrying the payload's [`key`](outlast_core::PayloadMeta::key), when it has
+/// one, so that a receiver can de-duplicate.
+pub const KEY_HEADER: &str = "x-outlast-key";
+
+/// At most this many bytes of an error response body are kept in
+/// [`HttpError::Status`]: enough for a collector's error message, bounded for logs.
+pub const BODY_EXCERPT_BYTES: usize = 512;
+
+/// At most this many response body bytes are read to return a connection to the pool; a
+/// longer body is abandoned and its connection closed instead of reading without bound.
+pub const DRAIN_LIMIT_BYTES: u64 = 64 * 1024;
+
+/// The default `User-Agent`.
+const USER_AGENT: &str = concat!("outlast/", env!("CARGO_PKG_VERSION"));
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Where [`HttpExporter::probe`](Exporter::probe) looks.
+#[derive(Debug, Clone)]
+enum ProbeTarget {
+    Tcp { host: String, port: u16 },
+    Health(Uri),
+    Disabled,
+}
+
+/// Validated settings handed from the builder.
+struct Parts {
+    uri: Uri,
+    headers: HeaderMap,
+    timeout: Duration,
+    gzip: bool,
+    max_in_flight: usize,
+    probe: ProbeTarget,
+    probe_timeout: Duration,
+    pool_idle_timeout: Duration,
+    tls: rustls::ClientConfig,
+}
+
+/// Sends payloads to an HTTP(S) endpoint; see the [module documentation](self) for what goes
+/// on the wire and how responses are classified.
+///
+/// Cloning is cheap and shares the connection pool.
+///
+/// # Examples
+///
+/// ```no_run
+/// use outlast_client::{ContentType, Exporter, Payload};
+/// use outlast_client::http::HttpExporter;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let exporter = HttpExporter::builder("http://127.0.0.1:4318/v1/traces").build()?;
+/// let batch = Payload::new(vec![0x0a, 0x00]).with_content_type(ContentType::Protobuf);
+/// exporter.export(&batch).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct HttpExporter {
+    client: HttpsClient,
+    uri: Uri,
+    headers: HeaderMap,
+    timeout: Duration,
+    gzip: bool,
+    max_in_flight: usize,
+    probe: ProbeTarget,
+    probe_timeout: Duration,
+}
+
+/// A failed attempt and the `Retry-After` delay the server gave with it.
+struct Failure {
+    error: HttpError,
+    retry_after: Option<Duration>,
+}
+
+impl From<HttpError> for Failure {
+    fn from(error: HttpError) -> Failure {
+        Failure {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl HttpExporter {
+    /// Settings for sending to `url`; see [`HttpExporterBuilder`].
+    pub fn builder(url: impl Into<String>) -> HttpExporterBuilder {
+        HttpExporterBuilder::new(url)
+    }
+
+    /// An exporter configured from the process environment (`OUTLAST_ENDPOINT` and the
+    /// other variables listed at [`HttpExporterBuilder::from_env_vars`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`](outlast_core::ConfigError::Invalid) naming the variable.
+    pub fn from_env() -> Result<HttpExporter, outlast_core::ConfigError> {
+        HttpExporterBuilder::from_env_vars(std::env::vars_os())?.build()
+    }
+
+    fn from_parts(p: Parts) -> HttpExporter {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(p.tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(p.pool_idle_timeout)
+            .pool_max_idle_per_host(p.max_in_flight)
+            .build(connector);
+        HttpExporter {
+            client,
+            uri: p.uri,
+            headers: p.headers,
+            timeout: p.timeout,
+            gzip: p.gzip,
+            max_in_flight: p.max_in_flight,
+            probe: p.probe,
+            probe_timeout: p.probe_timeout,
+        }
+    }
+
+    /// The endpoint URL.
+    pub fn url(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn request(&self, payload: &Payload) -> Result<Request<Full<Bytes>>, HttpError> {
+        let mut headers = self.headers.clone();
+        let body = if self.gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            gzip(payload.bytes()).map_err(|source| HttpError::Compress { source })?
+        } else {
+            payload.bytes().clone()
+        };
+        match HeaderValue::from_str(payload.content_type().as_str()) {
+            Ok(v) => {
+                headers.insert(CONTENT_TYPE, v);
+            }
+            Err(_) => {
+                tracing::debug!(
+                    content_type = payload.content_type().as_str(),
+                    "payload content type is not a valid header value; sending none"
+                );
+                headers.remove(CONTENT_TYPE);
+            }
+        }
+        if let Some(key) = &payload.meta().key {
+            match HeaderValue::from_str(key) {
+                Ok(v) => {
+                    headers.insert(KEY_HEADER, v);
+                }
+                Err(_) => tracing::debug!("payload key is not a valid header value; not sent"),
+            }
+        }
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    async fn send(&self, payload: &Payload) -> Result<(), Failure> {
+        let req = self.request(payload)?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(HttpError::from_client)?;
+        let status = resp.status();
+        if status.is_success() {
+            drain(resp.into_body(), false).await;
+            return Ok(());
+        }
+        let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            retry_after(resp.headers())
+        } else {
+            None
+        };
+        let excerpt = drain(resp.into_body(), true).await;
+        tracing::debug!(
+            url = %self.uri,
+            status = status.as_u16(),
+            retry_after_secs = retry_after.map(|d| d.as_secs_f64()),
+            "export answered with a non-success status"
+        );
+        Err(Failure {
+            error: HttpError::Status {
+                status,
+                body_excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+            },
+            retry_after,
+        })
+    }
+
+    async fn probe_health(&self, uri: &Uri) -> Reachability {
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = uri.clone();
+        let mut headers = self.headers.clone();
+        headers.remove(CONTENT_TYPE);
+        *req.headers_mut() = headers;
+        match self.client.request(req).await {
+            Ok(resp) => {
+                let ok = resp.status().is_success();
+                drain(resp.into_body(), false).await;
+                if ok {
+                    Reachability::Reachable
+                } else {
+                    Reachability::Unreachable
+                }
+            }
+            Err(_) => Reachability::Unreachable,
+        }
+    }
+}
+
+impl Exporter for HttpExporter {
+    /// Sends the payload as one `POST`, bounded by the request timeout.
+    ///
+    /// # Errors
+    ///
+    /// See the status mapping in the [module documentation](self).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future abandons the request; its connection is closed, not
+    /// returned to the pool, and the exporter stays usable.
+    async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
+        match tokio::time::timeout(self.timeout, self.send(payload)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Failure { error, retry_after })) => {
+                if !error.is_status() {
+                    tracing::debug!(url = %self.uri, error = %error, "export failed");
+                }
+                Err(error.into_export_error(retry_after))
+            }
+            Err(_) => {
+                tracing::debug!(url = %self.uri, timeout_secs = self.timeout.as_secs_f64(), "export timed out");
+                Err(ExportError::Timeout {
+                    after: self.timeout,
+                })
+            }
+        }
+    }
+
+    /// A TCP connect to the endpoint (default), or a `GET` of the health URL, bounded by the
+    /// probe timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    async fn probe(&self) -> Reachability {
+        let probe = async {
+            match &self.probe {
+                ProbeTarget::Tcp { host, port } => {
+                    match tokio::net::TcpStream::connect((host.as_str(), *port)).await {
+                        Ok(_) => Reachability::Reachable,
+                        Err(_) => Reachability::Unreachable,
+                    }
+                }
+                ProbeTarget::Health(uri) => self.probe_health(uri).await,
+                ProbeTarget::Disabled => Reachability::Unsupported,
+            }
+        };
+        tokio::time::timeout(self.probe_timeout, probe)
+            .await
+            .unwrap_or(Reachability::Unreachable)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+}
+
+impl fmt::Debug for HttpExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpExporter")
+            .field("url", &self.uri)
+            .field("headers", &headers::Redacted(&self.headers))
+            .field("timeout", &self.timeout)
+            .field("gzip", &self.gzip)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("probe", &self.probe)
+            .field("probe_timeout", &self.probe_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `Retry-After` delay, if present and parsable; an unparsable value is ignored.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    match outlast_core::retry::parse_retry_after(value, SystemTime::now()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::debug!(error = %e, "ignoring an unparsable Retry-After header");
+            None
+        }
+    }
+}
+
+/// Reads the body (at most [`DRAIN_LIMIT_BYTES`]) so the connection can be reused; returns
+/// its first [`BODY_EXCERPT_BYTES`] bytes when `keep_excerpt`. A body error ends the read:
+/// the connection is then closed by hyper, which is all that can be done with it.
+async fn drain(mut body: Incoming, keep_excerpt: bool) -> Vec<u8> {
+    let mut excerpt = Vec::new();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            break;
+        };
+        if let Some(data) = frame.data_ref() {
+            if keep_excerpt && excerpt.len() < BODY_EXCERPT_BYTES {
+                let take = (BODY_EXCERPT_BYTES - excerpt.len()).min(data.len());
+                excerpt.extend_from_slice(&data[..take]);
+            }
+            total = total.saturating_add(data.len() as u64);
+            if total > DRAIN_LIMIT_BYTES {
+                break;
+            }
+        }
+    }
+    excerpt
+}
+
+/// Gzip-compresses `data` at the default level.
+fn gzip(data: &[u8]) -> std::io::Result<Bytes> {
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 2 + 64),
+        flate2::Compression::default(),
+    );
+    enc.write_all(data)?;
+    Ok(Bytes::from(enc.finish()?))
+}

@@ -1,0 +1,538 @@
+//! [`HttpExporterBuilder`]: settings, their defaults, validation and `OUTLAST_*` variables.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Uri};
+use outlast_core::ConfigError;
+use rustls_pki_types::CertificateDer;
+
+use super::headers::{Redacted, parse_header, parse_header_list};
+use super::{HttpExporter, ProbeTarget, tls};
+
+/// Default request timeout: long enough for a large batch over a slow link, short enough that
+/// a hanging backend is noticed within one retry cycle.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default number of concurrent replay requests: enough to hide the round-trip time on a
+/// backlog without flooding a collector that has just come back.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+
+/// Default probe timeout: a TCP connect to a reachable collector takes milliseconds; two
+/// seconds tolerates a slow link without stalling the drain task.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Default idle time after which a pooled connection is closed: below the 60 s idle timeout
+/// of common load balancers, so the client closes first instead of reusing a dying socket.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Environment variable: the endpoint URL (required by
+/// [`from_env_vars`](HttpExporterBuilder::from_env_vars)).
+pub const ENV_ENDPOINT: &str = "OUTLAST_ENDPOINT";
+/// Environment variable: extra headers, `k=v,k=v`, values percent-decoded.
+pub const ENV_HEADERS: &str = "OUTLAST_HEADERS";
+/// Environment variable: the request timeout, as seconds (`10`, `2.5`) or with a unit
+/// (`500ms`, `10s`).
+pub const ENV_TIMEOUT: &str = "OUTLAST_HTTP_TIMEOUT";
+/// Environment variable: gzip request bodies (`true`/`false`, `1`/`0`, `yes`/`no`,
+/// `on`/`off`, `gzip`/`none`).
+pub const ENV_GZIP: &str = "OUTLAST_HTTP_GZIP";
+/// Environment variable: a PEM file of extra CA certificates to trust.
+pub const ENV_CA_FILE: &str = "OUTLAST_CA_FILE";
+
+/// How [`HttpExporter::probe`](outlast_core::Exporter::probe) checks reachability while the
+/// client is offline.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Probe {
+    /// Open a TCP connection to the endpoint's host and port, then close it. The default:
+    /// cheap, and it needs nothing from the backend.
+    #[default]
+    TcpConnect,
+    /// `GET` this URL through the exporter's client (same TLS settings and headers);
+    /// a 2xx status means reachable.
+    HealthUrl(String),
+    /// No probe: the drain task sends a real payload instead.
+    Disabled,
+}
+
+#[derive(Clone)]
+enum CaSource {
+    File(PathBuf),
+    Pem(Vec<u8>),
+}
+
+/// Settings of an [`HttpExporter`]. Every setting has a documented default; [`build`]
+/// validates them all.
+///
+/// [`build`]: HttpExporterBuilder::build
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use outlast_client::http::HttpExporter;
+///
+/// let exporter = HttpExporter::builder("https://collector.example.com/v1/traces")
+///     .header("authorization", "Bearer my-token")
+///     .timeout(Duration::from_secs(5))
+///     .gzip(true)
+///     .build()?;
+/// // The token never shows up in Debug output.
+/// assert!(!format!("{exporter:?}").contains("my-token"));
+/// # Ok::<(), outlast_client::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct HttpExporterBuilder {
+    url: String,
+    headers: Vec<(String, String)>,
+    timeout: Option<Duration>,
+    gzip: Option<bool>,
+    max_in_flight: Option<usize>,
+    probe: Option<Probe>,
+    probe_timeout: Option<Duration>,
+    pool_idle_timeout: Option<Duration>,
+    ca: Vec<CaSource>,
+}
+
+impl HttpExporterBuilder {
+    /// Settings for sending to `url` (`http://` or `https://`), all else default.
+    pub fn new(url: impl Into<String>) -> HttpExporterBuilder {
+        HttpExporterBuilder {
+            url: url.into(),
+            headers: Vec::new(),
+            timeout: None,
+            gzip: None,
+            max_in_flight: None,
+            probe: None,
+            probe_timeout: None,
+            pool_idle_timeout: None,
+            ca: Vec::new(),
+        }
+    }
+
+    /// Adds a header sent with every request (e.g. `authorization`). Secret-looking headers
+    /// (see [`is_sensitive_header`](super::is_sensitive_header)) are redacted in Debug
+    /// output and never logged. `content-type`, `content-encoding` and
+    /// [`KEY_HEADER`](super::KEY_HEADER) are set per payload and override a value set here.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds several headers; see [`header`](Self::header).
+    #[must_use]
+    pub fn headers<K, V>(mut self, headers: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.headers
+            .extend(headers.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// The time limit of one request: connect, TLS handshake, sending the body, and reading
+    /// the response head and (bounded) body. Default [`DEFAULT_TIMEOUT`].
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Compresses request bodies with gzip and sends `Content-Encoding: gzip`. Default off.
+    #[must_use]
+    pub fn gzip(mut self, on: bool) -> Self {
+        self.gzip = Some(on);
+        self
+    }
+
+    /// How many exports the drain task may have in flight at once (what
+    /// [`Exporter::max_in_flight`](outlast_core::Exporter::max_in_flight) returns); also the
+    /// number of idle connections kept. Default [`DEFAULT_MAX_IN_FLIGHT`].
+    #[must_use]
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n);
+        self
+    }
+
+    /// How reachability is probed while offline. Default [`Probe::TcpConnect`].
+    #[must_use]
+    pub fn probe(mut self, probe: Probe) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// The time limit of one probe. Default [`DEFAULT_PROBE_TIMEOUT`].
+    #[must_use]
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = Some(timeout);
+        self
+    }
+
+    /// How long an idle pooled connection is kept. Default [`DEFAULT_POOL_IDLE_TIMEOUT`].
+    #[must_use]
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM file, in addition to the default roots.
+    /// The file is read by [`build`](Self::build).
+    #[must_use]
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca.push(CaSource::File(path.into()));
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM text, in addition to the default roots.
+    #[must_use]
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca.push(CaSource::Pem(pem.into()));
+        self
+    }
+
+    /// Settings from `OUTLAST_*` variables taken from `vars` (pass `std::env::vars_os()`, or
+    /// a list in tests): [`ENV_ENDPOINT`] (required), [`ENV_HEADERS`], [`ENV_TIMEOUT`],
+    /// [`ENV_GZIP`], [`ENV_CA_FILE`]. Other variables are ignored. The result can be adjusted
+    /// further before [`build`](Self::build).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the variable whose value is missing or malformed
+    /// (a header value is never echoed in the message: it may be a secret).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use outlast_client::http::HttpExporterBuilder;
+    ///
+    /// let exporter = HttpExporterBuilder::from_env_vars([
+    ///     ("OUTLAST_ENDPOINT", "http://127.0.0.1:4318/v1/logs"),
+    ///     ("OUTLAST_HEADERS", "x-api-key=abc%3D, x-tenant=acme"),
+    ///     ("OUTLAST_HTTP_TIMEOUT", "500ms"),
+    /// ])?
+    /// .build()?;
+    /// # drop(exporter);
+    /// # Ok::<(), outlast_client::ConfigError>(())
+    /// ```
+    pub fn from_env_vars<I, K, V>(vars: I) -> Result<HttpExporterBuilder, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let mut endpoint = None;
+        let mut headers = None;
+        let mut timeout = None;
+        let mut gzip = None;
+        let mut ca_file = None;
+        for (k, v) in vars {
+            let slot = match k.as_ref().to_str() {
+                Some(ENV_ENDPOINT) => (&mut endpoint, ENV_ENDPOINT),
+                Some(ENV_HEADERS) => (&mut headers, ENV_HEADERS),
+                Some(ENV_TIMEOUT) => (&mut timeout, ENV_TIMEOUT),
+                Some(ENV_GZIP) => (&mut gzip, ENV_GZIP),
+                Some(ENV_CA_FILE) => (&mut ca_file, ENV_CA_FILE),
+                _ => continue,
+            };
+            let (slot, name) = slot;
+            let value = v
+                .as_ref()
+                .to_str()
+                .ok_or_else(|| ConfigError::invalid(name, "value is not valid UTF-8"))?;
+            *slot = Some(value.to_owned());
+        }
+
+        let endpoint = endpoint
+            .filter(|e| !e.trim().is_empty())
+            .ok_or_else(|| ConfigError::invalid(ENV_ENDPOINT, "not set"))?;
+        let endpoint = endpoint.trim().to_owned();
+        validate_url(ENV_ENDPOINT, &endpoint)?;
+        let mut b = HttpExporterBuilder::new(endpoint);
+
+        if let Some(h) = headers {
+            for (name, value) in parse_header_list(ENV_HEADERS, &h)? {
+                // Valid header values are visible ASCII or UTF-8 text, so this is lossless.
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                b = b.header(name.as_str(), value);
+            }
+        }
+        if let Some(t) = timeout {
+            let d = parse_duration(&t).ok_or_else(|| {
+                ConfigError::invalid(
+                    ENV_TIMEOUT,
+                    format!("{t:?} is not a duration (e.g. 10, 2.5, 500ms, 10s)"),
+                )
+            })?;
+            b = b.timeout(positive(ENV_TIMEOUT, d)?);
+        }
+        if let Some(g) = gzip {
+            let on = parse_bool(&g).ok_or_else(|| {
+                ConfigError::invalid(
+                    ENV_GZIP,
+                    format!("{g:?} is not one of true/false, 1/0, yes/no, on/off, gzip/none"),
+                )
+            })?;
+            b = b.gzip(on);
+        }
+        if let Some(path) = ca_file.filter(|p| !p.trim().is_empty()) {
+            let pem = std::fs::read(&path).map_err(|e| {
+                ConfigError::invalid(ENV_CA_FILE, format!("cannot read {path:?}: {e}"))
+            })?;
+            tls::parse_pem_certs(ENV_CA_FILE, &pem)?;
+            b = b.ca_pem(pem);
+        }
+        Ok(b)
+    }
+
+    /// Validates the settings and builds the exporter. Needs no runtime; the first request
+    /// must run on a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the parameter: `url` (unparsable, scheme other than
+    /// `http`/`https`, no host, credentials in the URL), `headers` (bad name or value),
+    /// `timeout`, `probe_timeout`, `pool_idle_timeout` (zero), `max_in_flight` (zero),
+    /// `health_url`, `ca_file` (unreadable), `ca_pem` (no or bad certificate).
+    pub fn build(self) -> Result<HttpExporter, ConfigError> {
+        let uri = validate_url("url", &self.url)?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.headers {
+            let (name, value) = parse_header("headers", name, value)?;
+            headers.append(name, value);
+        }
+        if !headers.contains_key(http::header::USER_AGENT) {
+            headers.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(super::USER_AGENT),
+            );
+        }
+        let timeout = positive("timeout", self.timeout.unwrap_or(DEFAULT_TIMEOUT))?;
+        let probe_timeout = positive(
+            "probe_timeout",
+            self.probe_timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT),
+        )?;
+        let pool_idle_timeout = positive(
+            "pool_idle_timeout",
+            self.pool_idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
+        )?;
+        let max_in_flight = self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        if max_in_flight == 0 {
+            return Err(ConfigError::invalid("max_in_flight", "must be at least 1"));
+        }
+        let probe = match self.probe.unwrap_or_default() {
+            Probe::TcpConnect => {
+                let (host, port) = host_port(&uri);
+                ProbeTarget::Tcp { host, port }
+            }
+            Probe::HealthUrl(u) => ProbeTarget::Health(validate_url("health_url", &u)?),
+            Probe::Disabled => ProbeTarget::Disabled,
+        };
+        let mut extra_roots: Vec<CertificateDer<'static>> = Vec::new();
+        let mut ca_param = "ca_pem";
+        for source in &self.ca {
+            match source {
+                CaSource::File(path) => {
+                    ca_param = "ca_file";
+                    let pem = std::fs::read(path).map_err(|e| {
+                        ConfigError::invalid("ca_file", format!("cannot read {path:?}: {e}"))
+                    })?;
+                    extra_roots.extend(tls::parse_pem_certs("ca_file", &pem)?);
+                }
+                CaSource::Pem(pem) => extra_roots.extend(tls::parse_pem_certs("ca_pem", pem)?),
+            }
+        }
+        let tls = tls::client_config(ca_param, &extra_roots)?;
+        Ok(HttpExporter::from_parts(super::Parts {
+            uri,
+            headers,
+            timeout,
+            gzip: self.gzip.unwrap_or(false),
+            max_in_flight,
+            probe,
+            probe_timeout,
+            pool_idle_timeout,
+            tls,
+        }))
+    }
+}
+
+impl fmt::Debug for HttpExporterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Validate-and-redact: names that parse are shown with redaction; values never raw.
+        let mut shown = HeaderMap::new();
+        for (name, value) in &self.headers {
+            if let Ok((n, v)) = parse_header("headers", name, value) {
+                shown.append(n, v);
+            }
+        }
+        f.debug_struct("HttpExporterBuilder")
+            .field("url", &self.url)
+            .field("headers", &Redacted(&shown))
+            .field("timeout", &self.timeout)
+            .field("gzip", &self.gzip)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("probe", &self.probe)
+            .field("probe_timeout", &self.probe_timeout)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("custom_cas", &self.ca.len())
+            .finish()
+    }
+}
+
+/// Parses and checks an endpoint URL; errors name `param`.
+pub(crate) fn validate_url(param: &'static str, url: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| ConfigError::invalid(param, format!("not a valid URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                param,
+                format!("unsupported scheme {other:?}: use http or https"),
+            ));
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                param,
+                "missing scheme: use http:// or https://",
+            ));
+        }
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(ConfigError::invalid(param, "missing host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(ConfigError::invalid(
+            param,
+            "credentials in the URL are not supported: send them in an authorization header",
+        ));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(param, "missing host"));
+    }
+    Ok(uri)
+}
+
+/// The host (without IPv6 brackets) and port (default by scheme) of a validated URL.
+pub(crate) fn host_port(uri: &Uri) -> (String, u16) {
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    (host, uri.port_u16().unwrap_or(default_port))
+}
+
+fn positive(param: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(ConfigError::invalid(param, "must be greater than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// `10`, `2.5` (seconds), `500ms`, `10s`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let number = number.trim();
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let v: f64 = number.parse().ok()?;
+    Duration::try_from_secs_f64(v * scale).ok()
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "gzip" => Some(true),
+        "0" | "false" | "no" | "off" | "none" | "" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param_of(e: &ConfigError) -> &'static str {
+        match e {
+            ConfigError::Invalid { param, .. } => param,
+            _ => "other",
+        }
+    }
+
+    #[test]
+    fn build_rejects_bad_urls_naming_the_url_parameter() {
+        for bad in [
+            "not a url",
+            "ftp://example.com/x",
+            "example.com/v1",
+            "http://user:pw@example.com/",
+            "/v1/traces",
+        ] {
+            let e = HttpExporter::builder(bad).build().expect_err(bad);
+            assert_eq!(param_of(&e), "url", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn build_rejects_bad_headers_and_zero_limits_naming_each_parameter() {
+        let ok = || HttpExporter::builder("http://127.0.0.1:1/");
+        let cases = [
+            (ok().header("bad name", "v"), "headers"),
+            (ok().header("x-a", "line\nbreak"), "headers"),
+            (ok().timeout(Duration::ZERO), "timeout"),
+            (ok().probe_timeout(Duration::ZERO), "probe_timeout"),
+            (ok().pool_idle_timeout(Duration::ZERO), "pool_idle_timeout"),
+            (ok().max_in_flight(0), "max_in_flight"),
+            (ok().probe(Probe::HealthUrl("nope".into())), "health_url"),
+            (ok().ca_pem("garbage"), "ca_pem"),
+            (ok().ca_file("/nonexistent/outlast-ca.pem"), "ca_file"),
+        ];
+        for (b, param) in cases {
+            let e = b.build().expect_err(param);
+            assert_eq!(param_of(&e), param, "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_and_booleans_parse_in_the_documented_forms() {
+        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2.5"), Some(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration(" 3s "), Some(Duration::from_secs(3)));
+        for bad in ["", "-1", "ten", "1h", "1e3", "ms"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        assert_eq!(parse_bool("Gzip"), Some(true));
+        assert_eq!(parse_bool("off"), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn host_port_defaults_by_scheme_and_strips_ipv6_brackets() {
+        let u: Uri = "https://[::1]/x".parse().expect("uri");
+        assert_eq!(host_port(&u), ("::1".to_owned(), 443));
+        let u: Uri = "http://collector:4318/v1".parse().expect("uri");
+        assert_eq!(host_port(&u), ("collector".to_owned(), 4318));
+    }
+}

@@ -1,0 +1,239 @@
+//! Why an HTTP export failed: the source carried inside an [`ExportError`].
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use http::StatusCode;
+use outlast_core::{BoxError, ExportError};
+
+/// Why one HTTP export attempt failed.
+///
+/// [`HttpExporter`](super::HttpExporter) returns an [`ExportError`] whose
+/// [`source`](StdError::source) is an `HttpError` (except for a timeout, which maps to
+/// [`ExportError::Timeout`]). Downcast it to learn the details:
+///
+/// ```
+/// use outlast_client::ExportError;
+/// use outlast_client::http::HttpError;
+///
+/// fn status_of(e: &ExportError) -> Option<http::StatusCode> {
+///     std::error::Error::source(e)?
+///         .downcast_ref::<HttpError>()?
+///         .status()
+/// }
+/// ```
+///
+/// A transport failure and an HTTP status are different variants: no status code is made up
+/// for a connection that never produced one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The server answered with a status that is not a success.
+    #[error("HTTP status {status}: {body_excerpt:?}")]
+    Status {
+        /// The status the server returned.
+        status: StatusCode,
+        /// The start of the response body (at most
+        /// [`BODY_EXCERPT_BYTES`](super::BODY_EXCERPT_BYTES) bytes, decoded as lossy UTF-8).
+        body_excerpt: String,
+    },
+    /// No connection could be made (refused, unreachable, DNS failure, TLS handshake or
+    /// certificate verification failure).
+    #[error("cannot connect to the endpoint: {source}")]
+    Connect {
+        /// The underlying client error (its own source is the I/O or TLS error).
+        #[source]
+        source: BoxError,
+    },
+    /// The connection failed while the request was sent or the response read (reset,
+    /// closed before the response was complete).
+    #[error("connection failed during the request: {source}")]
+    Transport {
+        /// The underlying client or I/O error.
+        #[source]
+        source: BoxError,
+    },
+    /// The request did not complete (connect, send, response head and body) within the
+    /// request timeout.
+    #[error("request timed out after {:.3}s", after.as_secs_f64())]
+    Timeout {
+        /// The request timeout that was exceeded.
+        after: Duration,
+    },
+    /// The request body could not be gzip-compressed (not expected to happen: compression
+    /// writes to memory). Permanent: the same payload would fail the same way.
+    #[error("cannot compress the request body: {source}")]
+    Compress {
+        /// The compressor's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server's answer was not valid HTTP.
+    #[error("invalid HTTP response: {source}")]
+    InvalidResponse {
+        /// The parse error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl HttpError {
+    /// The HTTP status, if the server answered with one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            HttpError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The start of the response body, if the server answered with a status.
+    pub fn body_excerpt(&self) -> Option<&str> {
+        match self {
+            HttpError::Status { body_excerpt, .. } => Some(body_excerpt),
+            _ => None,
+        }
+    }
+
+    /// Whether the server answered with a status.
+    pub fn is_status(&self) -> bool {
+        matches!(self, HttpError::Status { .. })
+    }
+
+    /// Whether no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, HttpError::Connect { .. })
+    }
+
+    /// Whether the connection failed during the request.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, HttpError::Transport { .. })
+    }
+
+    /// Whether the request timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, HttpError::Timeout { .. })
+    }
+
+    /// Whether the server's answer was not valid HTTP.
+    pub fn is_invalid_response(&self) -> bool {
+        matches!(self, HttpError::InvalidResponse { .. })
+    }
+
+    /// Whether a later attempt may succeed: transport failures, timeouts, invalid responses
+    /// and the statuses 408, 429, 500, 502, 503 and 504.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HttpError::Status { status, .. } => is_retryable_status(*status),
+            HttpError::Connect { .. }
+            | HttpError::Transport { .. }
+            | HttpError::Timeout { .. }
+            | HttpError::InvalidResponse { .. } => true,
+            HttpError::Compress { .. } => false,
+        }
+    }
+
+    /// Classifies this failure for the pipeline: a timeout becomes
+    /// [`ExportError::Timeout`], anything else retryable becomes [`ExportError::Retryable`]
+    /// (with `retry_after` if given), the rest [`ExportError::Permanent`].
+    pub fn into_export_error(self, retry_after: Option<Duration>) -> ExportError {
+        match self {
+            HttpError::Timeout { after } => ExportError::Timeout { after },
+            e if e.is_retryable() => match retry_after {
+                Some(d) => ExportError::retryable_after(e, d),
+                None => ExportError::retryable(e),
+            },
+            e => ExportError::permanent(e),
+        }
+    }
+
+    /// Classifies an error of the pooled client: a connect failure, an invalid response
+    /// (hyper parse error) or another transport failure.
+    pub(crate) fn from_client(e: hyper_util::client::legacy::Error) -> HttpError {
+        if e.is_connect() {
+            return HttpError::Connect {
+                source: Box::new(e),
+            };
+        }
+        if find_hyper_error(&e).is_some_and(|h| h.is_parse() || h.is_parse_status()) {
+            return HttpError::InvalidResponse {
+                source: Box::new(e),
+            };
+        }
+        HttpError::Transport {
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Whether an HTTP status means "try again later": 408, 429, 500, 502, 503, 504.
+pub fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// The first `hyper::Error` in a source chain.
+fn find_hyper_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a hyper::Error> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return Some(h);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn http_error_is_send_sync_static() {
+        assert_send_sync_static::<HttpError>();
+    }
+
+    #[test]
+    fn only_the_listed_statuses_are_retryable() {
+        let retryable: Vec<u16> = (100..600)
+            .filter(|s| {
+                StatusCode::from_u16(*s)
+                    .map(is_retryable_status)
+                    .unwrap_or(false)
+            })
+            .collect();
+        assert_eq!(retryable, [408, 429, 500, 502, 503, 504]);
+    }
+
+    #[test]
+    fn status_error_maps_to_permanent_or_retryable_and_keeps_itself_as_source() {
+        let bad = HttpError::Status {
+            status: StatusCode::BAD_REQUEST,
+            body_excerpt: "no".into(),
+        };
+        let e = bad.into_export_error(None);
+        assert!(e.is_permanent());
+        let src = StdError::source(&e)
+            .and_then(|s| s.downcast_ref::<HttpError>())
+            .expect("HttpError is the source");
+        assert_eq!(src.status(), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(src.body_excerpt(), Some("no"));
+
+        let busy = HttpError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body_excerpt: String::new(),
+        };
+        let e = busy.into_export_error(Some(Duration::from_secs(3)));
+        assert!(e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn timeout_maps_to_export_timeout() {
+        let e = HttpError::Timeout {
+            after: Duration::from_millis(200),
+        }
+        .into_export_error(None);
+        assert!(e.is_timeout());
+    }
+}

@@ -1,0 +1,67 @@
+//! TLS client configuration: rustls with the ring provider, webpki roots plus custom CAs.
+
+use std::sync::Arc;
+
+use outlast_core::ConfigError;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+/// Parses every certificate in PEM text; errors name `param`.
+pub(crate) fn parse_pem_certs(
+    param: &'static str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let mut certs = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert =
+            cert.map_err(|e| ConfigError::invalid(param, format!("invalid PEM certificate: {e}")))?;
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err(ConfigError::invalid(
+            param,
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+        ));
+    }
+    Ok(certs)
+}
+
+/// The client configuration: certificate verification always on, trusting the Mozilla roots
+/// from `webpki-roots` plus `extra_roots`.
+pub(crate) fn client_config(
+    param: &'static str,
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, ConfigError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra_roots {
+        roots.add(cert.clone()).map_err(|e| {
+            ConfigError::invalid(param, format!("certificate is not a usable CA: {e}"))
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::invalid(param, format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_without_certificates_is_rejected_naming_the_parameter() {
+        let e = parse_pem_certs("ca_pem", b"not a certificate").expect_err("no cert");
+        assert!(e.to_string().contains("ca_pem"), "{e}");
+    }
+
+    #[test]
+    fn default_config_builds_with_webpki_roots() {
+        client_config("ca_pem", &[]).expect("default TLS config");
+    }
+}
