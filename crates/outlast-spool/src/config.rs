@@ -1,0 +1,236 @@
+//! Spool configuration: where records are stored, how much, and how durably.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::SpoolError;
+use crate::format::{FORMAT_MAX_RECORD_BYTES, FRAME_OVERHEAD, SEGMENT_HEADER_LEN};
+
+/// Default cap on the bytes all segment files may take: 512 MiB, the product's documented
+/// default (about ten minutes of a busy service's telemetry, small next to a disk).
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 512 * 1024 * 1024;
+/// Default size at which a segment is sealed and a new one started: 16 MiB, small enough that
+/// acked data is freed promptly (a segment is deleted whole), large enough that rotation
+/// (one fsync and one file creation) is rare.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// Default largest record: 8 MiB, above any sane OTLP batch, and half a default segment.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 * 1024 * 1024;
+/// Default fsync interval in [`Durability::OsWrite`] mode: 1 s, the product's documented
+/// default (at most about one second of data lost on power loss).
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What an append does when the spool has reached its size cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Refuse the new record ([`AppendErrorKind::Full`](crate::AppendErrorKind::Full)); keep
+    /// what is stored. The default: old data is as valuable as new, and refusing is cheap.
+    #[default]
+    DropNewest,
+    /// Delete the oldest whole segment to make room; the dropped records are counted in
+    /// [`Appended::evicted`](crate::Appended::evicted).
+    DropOldest,
+}
+
+/// How durable a record is when [`Spool::append`](crate::Spool::append) returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The frame is handed to the OS with one `write(2)` on every append: it survives a crash
+    /// or `kill -9` of the process. Data is fsynced every `fsync_interval` (by a small
+    /// background thread), on segment rotation, on [`Spool::sync`](crate::Spool::sync) and on
+    /// close: a power loss or kernel crash loses at most about the last interval.
+    OsWrite {
+        /// How often written data is fsynced.
+        fsync_interval: Duration,
+    },
+    /// The record is fsynced (`fdatasync`) before `append` returns: it survives power loss.
+    /// Concurrent appenders share one fsync (group commit).
+    FsyncEveryAppend,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::OsWrite {
+            fsync_interval: DEFAULT_FSYNC_INTERVAL,
+        }
+    }
+}
+
+/// Where records are stored, and how.
+///
+/// # Examples
+///
+/// ```
+/// use outlast_spool::{Durability, FullPolicy, SpoolConfig};
+///
+/// let config = SpoolConfig::new("/var/lib/myapp/outlast")
+///     .max_total_bytes(64 * 1024 * 1024)
+///     .full_policy(FullPolicy::DropOldest)
+///     .durability(Durability::FsyncEveryAppend);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    root: PathBuf,
+    max_total_bytes: u64,
+    segment_bytes: u64,
+    max_record_bytes: u64,
+    full_policy: FullPolicy,
+    max_record_age: Option<Duration>,
+    durability: Durability,
+}
+
+impl SpoolConfig {
+    /// A configuration for a spool rooted at `root`, with every other setting at its default.
+    pub fn new(root: impl Into<PathBuf>) -> SpoolConfig {
+        SpoolConfig {
+            root: root.into(),
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            full_policy: FullPolicy::default(),
+            max_record_age: None,
+            durability: Durability::default(),
+        }
+    }
+
+    /// Caps the bytes all segment files may take (default [`DEFAULT_MAX_TOTAL_BYTES`]).
+    #[must_use]
+    pub fn max_total_bytes(mut self, bytes: u64) -> Self {
+        self.max_total_bytes = bytes;
+        self
+    }
+
+    /// Size at which a segment is sealed (default [`DEFAULT_SEGMENT_BYTES`]).
+    #[must_use]
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// Largest record accepted, framing included (default [`DEFAULT_MAX_RECORD_BYTES`]).
+    #[must_use]
+    pub fn max_record_bytes(mut self, bytes: u64) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// What to do when the cap is reached (default [`FullPolicy::DropNewest`]).
+    #[must_use]
+    pub fn full_policy(mut self, p: FullPolicy) -> Self {
+        self.full_policy = p;
+        self
+    }
+
+    /// Records created longer ago than this are dropped (counted) instead of delivered
+    /// (default `None`: records never expire).
+    #[must_use]
+    pub fn max_record_age(mut self, age: Option<Duration>) -> Self {
+        self.max_record_age = age;
+        self
+    }
+
+    /// Durability of appends (default [`Durability::OsWrite`] with a 1 s fsync interval).
+    #[must_use]
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Checks that the settings make sense together.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Config`] naming the parameter and the reason.
+    pub fn validate(&self) -> Result<(), SpoolError> {
+        let bad = |param: &'static str, reason: String| Err(SpoolError::Config { param, reason });
+        if self.root.as_os_str().is_empty() {
+            return bad("root", "must not be empty".into());
+        }
+        let min_record = FRAME_OVERHEAD + 64;
+        if self.max_record_bytes < min_record {
+            return bad(
+                "max_record_bytes",
+                format!(
+                    "{} is below the minimum of {min_record}",
+                    self.max_record_bytes
+                ),
+            );
+        }
+        if self.max_record_bytes > FORMAT_MAX_RECORD_BYTES {
+            return bad(
+                "max_record_bytes",
+                format!(
+                    "{} is above the format's limit of {FORMAT_MAX_RECORD_BYTES}",
+                    self.max_record_bytes
+                ),
+            );
+        }
+        if self.segment_bytes < self.max_record_bytes + SEGMENT_HEADER_LEN {
+            return bad(
+                "segment_bytes",
+                format!(
+                    "{} must hold the segment header and one record of max_record_bytes ({})",
+                    self.segment_bytes, self.max_record_bytes
+                ),
+            );
+        }
+        if self.max_total_bytes < self.segment_bytes {
+            return bad(
+                "max_total_bytes",
+                format!(
+                    "{} must be at least segment_bytes ({})",
+                    self.max_total_bytes, self.segment_bytes
+                ),
+            );
+        }
+        if let Some(age) = self.max_record_age
+            && age.is_zero()
+        {
+            return bad("max_record_age", "must be greater than zero".into());
+        }
+        if let Durability::OsWrite { fsync_interval } = self.durability
+            && fsync_interval.is_zero()
+        {
+            return bad(
+                "durability",
+                "fsync_interval must be greater than zero (use FsyncEveryAppend)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The root directory holding the lanes.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The cap on the bytes of all segment files.
+    pub fn max_total_bytes_value(&self) -> u64 {
+        self.max_total_bytes
+    }
+
+    /// The size at which a segment is sealed.
+    pub fn segment_bytes_value(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// The largest record accepted, framing included.
+    pub fn max_record_bytes_value(&self) -> u64 {
+        self.max_record_bytes
+    }
+
+    /// What an append does when the cap is reached.
+    pub fn full_policy_value(&self) -> FullPolicy {
+        self.full_policy
+    }
+
+    /// The maximum record age, if any.
+    pub fn max_record_age_value(&self) -> Option<Duration> {
+        self.max_record_age
+    }
+
+    /// The durability mode.
+    pub fn durability_mode(&self) -> Durability {
+        self.durability
+    }
+}

@@ -1,0 +1,335 @@
+//! A [`SpoolFs`] for tests that injects faults (ENOSPC, EIO, short and torn writes, failed
+//! fsyncs) and simulates a machine crash (bytes written since the last fsync are lost, or a
+//! prefix of them is kept). Not for production use.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::fs::{SpoolFile, SpoolFs, StdFs};
+
+/// A fault to inject into the next write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFault {
+    /// The write fails with this error and writes nothing.
+    Fail(io::ErrorKind),
+    /// The write stores only the first `written` bytes and reports that (a short write); the
+    /// write after it fails with the error.
+    ShortThenFail {
+        /// Bytes stored by the short write.
+        written: usize,
+        /// Error of the following write.
+        kind: io::ErrorKind,
+    },
+    /// The write stores the first `written` bytes, then fails with the error (a torn write:
+    /// the partial bytes stay in the file).
+    Torn {
+        /// Bytes stored before the failure.
+        written: usize,
+        /// The error reported.
+        kind: io::ErrorKind,
+    },
+}
+
+/// What a simulated crash keeps of the bytes written since each file's last fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashKeep {
+    /// Nothing: every unsynced byte is lost.
+    Nothing,
+    /// Everything (the OS flushed it all in time).
+    All,
+    /// A prefix, chosen from this seed, per file.
+    Prefix(u64),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    writes: VecDeque<WriteFault>,
+    pending_error: Option<io::ErrorKind>,
+    sync_failures: u32,
+    create_failures: u32,
+    set_len_failures: u32,
+    dead: bool,
+    /// Durable length of each file created or synced through this fs.
+    synced: HashMap<PathBuf, u64>,
+}
+
+/// The fault-injecting file system. Clones share their state.
+#[derive(Clone, Default)]
+pub struct FaultFs {
+    state: Arc<Mutex<State>>,
+}
+
+impl fmt::Debug for FaultFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultFs").finish_non_exhaustive()
+    }
+}
+
+fn err(kind: io::ErrorKind) -> io::Error {
+    let code = match kind {
+        io::ErrorKind::StorageFull => Some(28), // ENOSPC
+        io::ErrorKind::ReadOnlyFilesystem => Some(30),
+        _ => None,
+    };
+    match code {
+        Some(c) => io::Error::from_raw_os_error(c),
+        None => io::Error::new(kind, "injected fault"),
+    }
+}
+
+impl FaultFs {
+    /// A fault-free instance (faults are armed with the methods below).
+    pub fn new() -> FaultFs {
+        FaultFs::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next write (after any already armed) gets `fault`.
+    pub fn fail_write(&self, fault: WriteFault) {
+        self.lock().writes.push_back(fault);
+    }
+
+    /// The next `n` fsyncs fail with EIO.
+    pub fn fail_syncs(&self, n: u32) {
+        self.lock().sync_failures = n;
+    }
+
+    /// The next `n` file creations fail with ENOSPC.
+    pub fn fail_creates(&self, n: u32) {
+        self.lock().create_failures = n;
+    }
+
+    /// The next `n` truncations fail with EIO.
+    pub fn fail_set_lens(&self, n: u32) {
+        self.lock().set_len_failures = n;
+    }
+
+    /// Simulates a crash: from now on every operation fails with EIO, and every file's bytes
+    /// written since its last fsync are cut as `keep` says. Call [`FaultFs::revive`] before
+    /// reopening.
+    ///
+    /// # Errors
+    /// If a file cannot be truncated.
+    pub fn crash(&self, keep: CrashKeep) -> io::Result<()> {
+        let mut st = self.lock();
+        st.dead = true;
+        let mut rng = match keep {
+            CrashKeep::Prefix(seed) => seed | 1,
+            _ => 1,
+        };
+        for (path, &synced) in &st.synced {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            let len = meta.len();
+            if len <= synced {
+                continue;
+            }
+            let extra = len - synced;
+            let kept = match keep {
+                CrashKeep::Nothing => 0,
+                CrashKeep::All => extra,
+                CrashKeep::Prefix(_) => {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng % (extra + 1)
+                }
+            };
+            let f = std::fs::OpenOptions::new().write(true).open(path)?;
+            f.set_len(synced + kept)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a simulated crash: operations work again, armed faults are cleared, and every
+    /// file's current length counts as durable.
+    pub fn revive(&self) {
+        let mut st = self.lock();
+        st.dead = false;
+        st.writes.clear();
+        st.pending_error = None;
+        st.sync_failures = 0;
+        st.create_failures = 0;
+        st.set_len_failures = 0;
+        st.synced.clear();
+    }
+
+    fn check_dead(&self) -> io::Result<()> {
+        if self.lock().dead {
+            Err(err(io::ErrorKind::Other))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn wrap(&self, path: &Path, inner: Arc<dyn SpoolFile>, created: bool) -> Arc<dyn SpoolFile> {
+        if created {
+            self.lock().synced.insert(path.to_path_buf(), 0);
+        }
+        Arc::new(FaultFile {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            inner,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct FaultFile {
+    fs: FaultFs,
+    path: PathBuf,
+    inner: Arc<dyn SpoolFile>,
+}
+
+impl SpoolFile for FaultFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.fs.check_dead()?;
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let fault = {
+            let mut st = self.fs.lock();
+            if st.dead {
+                return Err(err(io::ErrorKind::Other));
+            }
+            if let Some(kind) = st.pending_error.take() {
+                return Err(err(kind));
+            }
+            st.writes.pop_front()
+        };
+        match fault {
+            None => self.inner.write_at(buf, offset),
+            Some(WriteFault::Fail(kind)) => Err(err(kind)),
+            Some(WriteFault::ShortThenFail { written, kind }) => {
+                let n = written.min(buf.len().saturating_sub(1));
+                let n = self.inner.write_at(&buf[..n], offset)?;
+                self.fs.lock().pending_error = Some(kind);
+                Ok(n)
+            }
+            Some(WriteFault::Torn { written, kind }) => {
+                let n = written.min(buf.len());
+                self.inner.write_at(&buf[..n], offset)?;
+                Err(err(kind))
+            }
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        {
+            let mut st = self.fs.lock();
+            if st.dead {
+                return Err(err(io::ErrorKind::Other));
+            }
+            if st.sync_failures > 0 {
+                st.sync_failures -= 1;
+                return Err(err(io::ErrorKind::Other));
+            }
+        }
+        self.inner.sync_data()?;
+        let len = self.inner.len()?;
+        self.fs.lock().synced.insert(self.path.clone(), len);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        {
+            let mut st = self.fs.lock();
+            if st.dead {
+                return Err(err(io::ErrorKind::Other));
+            }
+            if st.set_len_failures > 0 {
+                st.set_len_failures -= 1;
+                return Err(err(io::ErrorKind::Other));
+            }
+        }
+        self.inner.set_len(len)?;
+        let mut st = self.fs.lock();
+        if let Some(s) = st.synced.get_mut(&self.path) {
+            *s = (*s).min(len);
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.fs.check_dead()?;
+        self.inner.len()
+    }
+}
+
+impl SpoolFs for FaultFs {
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>> {
+        {
+            let mut st = self.lock();
+            if st.dead {
+                return Err(err(io::ErrorKind::Other));
+            }
+            if st.create_failures > 0 {
+                st.create_failures -= 1;
+                return Err(err(io::ErrorKind::StorageFull));
+            }
+        }
+        let f = StdFs.create_new(path)?;
+        Ok(self.wrap(path, f, true))
+    }
+
+    fn create_truncate(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>> {
+        {
+            let mut st = self.lock();
+            if st.dead {
+                return Err(err(io::ErrorKind::Other));
+            }
+            if st.create_failures > 0 {
+                st.create_failures -= 1;
+                return Err(err(io::ErrorKind::StorageFull));
+            }
+        }
+        let f = StdFs.create_truncate(path)?;
+        Ok(self.wrap(path, f, true))
+    }
+
+    fn open(&self, path: &Path, write: bool) -> io::Result<Arc<dyn SpoolFile>> {
+        self.check_dead()?;
+        let f = StdFs.open(path, write)?;
+        if write {
+            // From now on, bytes beyond the current length are not durable until synced.
+            let len = f.len()?;
+            self.lock().synced.entry(path.to_path_buf()).or_insert(len);
+        }
+        Ok(self.wrap(path, f, false))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_dead()?;
+        StdFs.rename(from, to)?;
+        let mut st = self.lock();
+        match st.synced.remove(from) {
+            Some(s) => {
+                st.synced.insert(to.to_path_buf(), s);
+            }
+            None => {
+                st.synced.remove(to);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check_dead()?;
+        StdFs.remove_file(path)?;
+        self.lock().synced.remove(path);
+        Ok(())
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.check_dead()?;
+        StdFs.sync_dir(path)
+    }
+}

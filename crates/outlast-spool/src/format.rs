@@ -1,0 +1,386 @@
+//! The on-disk format: segment header, record frames and the cursor file, all explicit
+//! little-endian. The crate documentation (and `docs/spool-format.md`) is its specification.
+
+use bytes::Bytes;
+use outlast_core::{Payload, PayloadMeta};
+use serde::{Deserialize, Serialize};
+
+/// Magic at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"OUTLSPSG";
+/// The segment format version written by this build.
+pub const FORMAT_VERSION: u16 = 1;
+/// Length of the segment header.
+pub const SEGMENT_HEADER_LEN: u64 = 32;
+/// Marker at the start of every record frame.
+pub const RECORD_MARKER: [u8; 4] = *b"OLRC";
+/// Bytes of a frame before its body: marker, body length, CRC.
+pub const FRAME_PREFIX_LEN: usize = 12;
+/// Bytes a frame adds around the encoded header and payload (prefix + seq + header length).
+pub const FRAME_OVERHEAD: u64 = FRAME_PREFIX_LEN as u64 + 8 + 4;
+/// Hard limit on a frame body, whatever the configuration: bounds the length field before
+/// it is trusted.
+pub const FORMAT_MAX_RECORD_BYTES: u64 = 256 * 1024 * 1024;
+/// Magic at the start of the cursor file.
+pub const CURSOR_MAGIC: [u8; 4] = *b"OLCU";
+/// The cursor format version.
+pub const CURSOR_VERSION: u16 = 1;
+/// Length of the cursor file.
+pub const CURSOR_LEN: usize = 28;
+/// Largest encoded record header accepted on read.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// bincode configuration for record headers: little-endian, variable-length integers, and a
+/// decode limit so that a damaged length cannot make the decoder allocate much.
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_variable_int_encoding()
+        .with_limit::<MAX_HEADER_BYTES>()
+}
+
+/// The bincode-encoded part of a record header (the sequence number is a fixed field).
+#[derive(Serialize)]
+struct MetaRef<'a> {
+    meta: &'a PayloadMeta,
+}
+
+#[derive(Deserialize)]
+struct MetaOwned {
+    meta: PayloadMeta,
+}
+
+/// A parsed segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Format version.
+    pub version: u16,
+    /// Segment id (also in the file name).
+    pub segment_id: u64,
+    /// Sequence number the first record of the segment gets.
+    pub first_seq: u64,
+}
+
+/// What the first bytes of a segment file say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderCheck {
+    /// A valid header of the current version.
+    Valid(SegmentHeader),
+    /// Our magic, a newer version: leave the file alone.
+    Newer(u16),
+    /// Fewer bytes than a header: torn at creation (or zero-length).
+    Short,
+    /// Not our magic: not a spool file.
+    Foreign,
+    /// Our magic and version but a bad CRC (or version 0): frames are still scanned.
+    Damaged,
+}
+
+/// Encodes a segment header.
+pub fn encode_segment_header(segment_id: u64, first_seq: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    h[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    // 10..12: flags, zero.
+    h[12..20].copy_from_slice(&segment_id.to_le_bytes());
+    h[20..28].copy_from_slice(&first_seq.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Checks the first bytes of a segment file (`buf` may be shorter than a header).
+pub fn check_segment_header(buf: &[u8]) -> HeaderCheck {
+    let n = buf.len().min(8);
+    if buf[..n] != SEGMENT_MAGIC[..n] {
+        return HeaderCheck::Foreign;
+    }
+    if buf.len() < SEGMENT_HEADER_LEN as usize {
+        return HeaderCheck::Short;
+    }
+    let version = u16::from_le_bytes([buf[8], buf[9]]);
+    if version > FORMAT_VERSION {
+        return HeaderCheck::Newer(version);
+    }
+    let crc = u32::from_le_bytes([buf[28], buf[29], buf[30], buf[31]]);
+    if version == 0 || crc != crc32fast::hash(&buf[0..28]) {
+        return HeaderCheck::Damaged;
+    }
+    HeaderCheck::Valid(SegmentHeader {
+        version,
+        segment_id: le_u64(&buf[12..20]),
+        first_seq: le_u64(&buf[20..28]),
+    })
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+/// Builds the frame of one record into `buf` (cleared first). Returns the frame length.
+///
+/// # Errors
+///
+/// Only if the metadata cannot be encoded (it always can; kept as an error, not a panic).
+pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, payload: &Payload) -> Result<usize, String> {
+    buf.clear();
+    buf.extend_from_slice(&RECORD_MARKER);
+    buf.extend_from_slice(&[0u8; 8]); // body length and CRC, patched below
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&[0u8; 4]); // header length, patched below
+    let header_start = buf.len();
+    bincode::serde::encode_into_std_write(
+        MetaRef {
+            meta: payload.meta(),
+        },
+        buf,
+        bincode_config(),
+    )
+    .map_err(|e| e.to_string())?;
+    let header_len = buf.len() - header_start;
+    buf[header_start - 4..header_start].copy_from_slice(&(header_len as u32).to_le_bytes());
+    buf.extend_from_slice(payload.bytes());
+    let body_len = buf.len() - FRAME_PREFIX_LEN;
+    let body_len32 = u32::try_from(body_len).map_err(|_| "record too large".to_owned())?;
+    buf[4..8].copy_from_slice(&body_len32.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[0..8]);
+    h.update(&buf[FRAME_PREFIX_LEN..]);
+    let crc = h.finalize();
+    buf[8..12].copy_from_slice(&crc.to_le_bytes());
+    Ok(buf.len())
+}
+
+/// Framed size of a payload, without encoding it.
+pub fn frame_len_estimate(payload: &Payload) -> u64 {
+    FRAME_OVERHEAD + payload.len() as u64
+}
+
+/// The outcome of parsing the bytes at a candidate frame position.
+#[derive(Debug)]
+pub enum Parse {
+    /// A valid frame of `len` bytes.
+    Frame(FrameView),
+    /// The frame (if it is one) needs this many bytes in total to be checked.
+    NeedMore(usize),
+    /// Not a valid frame.
+    Bad,
+}
+
+/// A valid frame, located in the parsed slice.
+#[derive(Debug, Clone)]
+pub struct FrameView {
+    /// Total frame length.
+    pub len: usize,
+    /// Sequence number.
+    pub seq: u64,
+    /// Metadata.
+    pub meta: PayloadMeta,
+    /// Range of the payload bytes within the parsed slice.
+    pub payload_start: usize,
+}
+
+impl FrameView {
+    /// Builds the payload (copies the bytes out of `buf`, the slice that was parsed).
+    pub fn payload(&self, buf: &[u8]) -> Payload {
+        Payload::from_parts(
+            self.meta.clone(),
+            Bytes::copy_from_slice(&buf[self.payload_start..self.len]),
+        )
+    }
+}
+
+/// Parses the frame at the start of `buf`.
+pub fn parse_frame(buf: &[u8]) -> Parse {
+    if buf.len() < FRAME_PREFIX_LEN {
+        if buf[..buf.len().min(4)] != RECORD_MARKER[..buf.len().min(4)] {
+            return Parse::Bad;
+        }
+        return Parse::NeedMore(FRAME_PREFIX_LEN);
+    }
+    if buf[0..4] != RECORD_MARKER {
+        return Parse::Bad;
+    }
+    let body_len = u64::from(le_u32(&buf[4..8]));
+    if body_len > FORMAT_MAX_RECORD_BYTES || body_len < FRAME_OVERHEAD - FRAME_PREFIX_LEN as u64 {
+        return Parse::Bad;
+    }
+    let total = FRAME_PREFIX_LEN + body_len as usize;
+    if buf.len() < total {
+        return Parse::NeedMore(total);
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[0..8]);
+    h.update(&buf[FRAME_PREFIX_LEN..total]);
+    if h.finalize() != le_u32(&buf[8..12]) {
+        return Parse::Bad;
+    }
+    let seq = le_u64(&buf[12..20]);
+    let header_len = le_u32(&buf[20..24]) as usize;
+    let header_start = 24;
+    if header_len > MAX_HEADER_BYTES || header_start + header_len > total {
+        return Parse::Bad;
+    }
+    let decoded: Result<(MetaOwned, usize), _> = bincode::serde::decode_from_slice(
+        &buf[header_start..header_start + header_len],
+        bincode_config(),
+    );
+    match decoded {
+        Ok((m, used)) if used == header_len => Parse::Frame(FrameView {
+            len: total,
+            seq,
+            meta: m.meta,
+            payload_start: header_start + header_len,
+        }),
+        _ => Parse::Bad,
+    }
+}
+
+/// Finds the next position in `buf` at or after `from` where a record marker starts, or a
+/// position from which a marker could start in bytes not yet read (within the last 3 bytes).
+pub fn find_marker(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        let rest = &buf[i..];
+        match rest.iter().position(|&b| b == RECORD_MARKER[0]) {
+            None => return None,
+            Some(p) => {
+                let at = i + p;
+                let tail = &buf[at..];
+                let n = tail.len().min(4);
+                if tail[..n] == RECORD_MARKER[..n] {
+                    return Some(at);
+                }
+                i = at + 1;
+            }
+        }
+    }
+    None
+}
+
+/// The persisted read progress of a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CursorState {
+    /// Every record with a sequence number up to this one is acknowledged (0: none).
+    pub acked_through: u64,
+    /// The next sequence number the lane's writer would use (0: unknown).
+    pub next_seq: u64,
+}
+
+/// Encodes a cursor file.
+pub fn encode_cursor(c: CursorState) -> [u8; CURSOR_LEN] {
+    let mut b = [0u8; CURSOR_LEN];
+    b[0..4].copy_from_slice(&CURSOR_MAGIC);
+    b[4..6].copy_from_slice(&CURSOR_VERSION.to_le_bytes());
+    b[8..16].copy_from_slice(&c.acked_through.to_le_bytes());
+    b[16..24].copy_from_slice(&c.next_seq.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..24]);
+    b[24..28].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a cursor file; `None` if it is damaged or of an unknown version.
+pub fn decode_cursor(b: &[u8]) -> Option<CursorState> {
+    if b.len() != CURSOR_LEN || b[0..4] != CURSOR_MAGIC {
+        return None;
+    }
+    if u16::from_le_bytes([b[4], b[5]]) != CURSOR_VERSION {
+        return None;
+    }
+    if crc32fast::hash(&b[0..24]) != le_u32(&b[24..28]) {
+        return None;
+    }
+    Some(CursorState {
+        acked_through: le_u64(&b[8..16]),
+        next_seq: le_u64(&b[16..24]),
+    })
+}
+
+/// The file name of segment `id`.
+pub fn segment_file_name(id: u64) -> String {
+    format!("{id:020}.seg")
+}
+
+/// The segment id in a file name, if it is one.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trips_and_any_flipped_bit_is_detected() {
+        let p = Payload::new(&b"hello"[..]).with_key("k");
+        let mut buf = Vec::new();
+        let n = encode_frame(&mut buf, 7, &p).expect("encode");
+        match parse_frame(&buf) {
+            Parse::Frame(f) => {
+                assert_eq!(f.len, n);
+                assert_eq!(f.seq, 7);
+                assert_eq!(f.payload(&buf), p);
+            }
+            other => panic!("expected a frame, got {other:?}"),
+        }
+        for bit in 0..buf.len() * 8 {
+            let mut b = buf.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                !matches!(parse_frame(&b), Parse::Frame(_)),
+                "flipped bit {bit} went undetected"
+            );
+        }
+    }
+
+    #[test]
+    fn header_and_cursor_round_trip_and_reject_damage() {
+        let h = encode_segment_header(3, 42);
+        assert_eq!(
+            check_segment_header(&h),
+            HeaderCheck::Valid(SegmentHeader {
+                version: 1,
+                segment_id: 3,
+                first_seq: 42
+            })
+        );
+        assert_eq!(check_segment_header(&h[..10]), HeaderCheck::Short);
+        assert_eq!(check_segment_header(&[]), HeaderCheck::Short);
+        assert_eq!(
+            check_segment_header(b"garbage!garbage!"),
+            HeaderCheck::Foreign
+        );
+        let mut d = h;
+        d[25] ^= 1;
+        assert_eq!(check_segment_header(&d), HeaderCheck::Damaged);
+        let mut n = h;
+        n[8] = 2;
+        assert_eq!(check_segment_header(&n), HeaderCheck::Newer(2));
+        let c = CursorState {
+            acked_through: 9,
+            next_seq: 11,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(c)), Some(c));
+        let mut bad = encode_cursor(c);
+        bad[9] ^= 4;
+        assert_eq!(decode_cursor(&bad), None);
+    }
+
+    #[test]
+    fn segment_file_names_round_trip() {
+        assert_eq!(parse_segment_file_name(&segment_file_name(12)), Some(12));
+        assert_eq!(parse_segment_file_name("12.seg"), None);
+        assert_eq!(parse_segment_file_name("cursor"), None);
+    }
+}

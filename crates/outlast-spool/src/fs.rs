@@ -1,0 +1,183 @@
+//! The file-access seam: every segment and cursor operation goes through [`SpoolFs`], so
+//! tests can inject faults ([`crate::fault::FaultFs`]). [`StdFs`] is the real implementation.
+//!
+//! Lane directories and lock files are handled with `std` directly: they are not data.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Permission bits of every file the spool creates: private to the user.
+pub const FILE_MODE: u32 = 0o600;
+/// Permission bits of every directory the spool creates: private to the user.
+pub const DIR_MODE: u32 = 0o700;
+
+/// An open spool file. Positional I/O only, so one handle can be shared by threads.
+#[allow(clippy::len_without_is_empty)] // `len` is a file size, as in `std::fs::Metadata`.
+pub trait SpoolFile: Send + Sync + fmt::Debug {
+    /// Reads at `offset` (like `pread(2)`); may return fewer bytes than asked.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes at `offset` (like `pwrite(2)`); may write fewer bytes than given.
+    ///
+    /// # Errors
+    /// Any I/O error (ENOSPC, EIO...).
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
+    /// Flushes written data to stable storage (`fdatasync(2)`).
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Truncates or extends the file.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's current length.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// File-system operations the spool needs for its data files.
+pub trait SpoolFs: Send + Sync + fmt::Debug + 'static {
+    /// Creates a new file (mode 0600), failing if it exists.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>>;
+    /// Creates or truncates a file (mode 0600) for writing.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn create_truncate(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>>;
+    /// Opens an existing file, for reading and (if `write`) writing.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn open(&self, path: &Path, write: bool) -> io::Result<Arc<dyn SpoolFile>>;
+    /// Renames `from` to `to`, replacing `to` atomically.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes a file.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Makes a directory's entries (creations, renames, removals) durable.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The real file system, through `std`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdFs;
+
+#[derive(Debug)]
+struct StdFile(File);
+
+impl SpoolFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.0.read_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        loop {
+            match self.0.write_at(buf, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl SpoolFs for StdFs {
+    fn create_new(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(path)?;
+        Ok(Arc::new(StdFile(f)))
+    }
+    fn create_truncate(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(path)?;
+        Ok(Arc::new(StdFile(f)))
+    }
+    fn open(&self, path: &Path, write: bool) -> io::Result<Arc<dyn SpoolFile>> {
+        let f = OpenOptions::new().read(true).write(write).open(path)?;
+        Ok(Arc::new(StdFile(f)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+}
+
+/// Writes all of `buf` at `offset`, looping over short writes.
+pub(crate) fn write_all_at(f: &dyn SpoolFile, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match f.write_at(buf, offset)? {
+            0 => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
+            n => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or end of file; returns the bytes read.
+pub(crate) fn read_full_at(
+    f: &dyn SpoolFile,
+    buf: &mut [u8],
+    mut offset: u64,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset)? {
+            0 => break,
+            n => {
+                done += n;
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(done)
+}

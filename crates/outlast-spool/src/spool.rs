@@ -1,0 +1,1116 @@
+//! The spool itself: the writer (append, rotation, cap, group commit), the readers (one per
+//! lane, with acks and the cursor), lane adoption, and the background fsync thread.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use outlast_core::{Payload, unix_nanos};
+
+use crate::config::{Durability, FullPolicy, SpoolConfig};
+use crate::error::{AppendError, AppendErrorKind, SpoolError};
+use crate::format::{self, CursorState, SEGMENT_HEADER_LEN};
+use crate::fs::{SpoolFile, SpoolFs, write_all_at};
+use crate::lane::{self, SegMeta};
+use crate::scan::{FrameReader, Next};
+use crate::types::{Appended, Dropped, ReadBatch, Record, RecordId, RecoveryReport, SpoolStats};
+
+/// Acks between two cursor persists (besides the time bound and the forced persists).
+pub const CURSOR_PERSIST_EVERY_ACKS: u32 = 16;
+/// Longest time acked progress stays only in memory while acks keep coming: 1 s, like the
+/// default data fsync interval.
+pub const CURSOR_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// Read size of the reader's window buffer.
+const READ_CHUNK: usize = 256 * 1024;
+/// How many new lane numbers `open` tries when every existing lane is locked.
+const NEW_LANE_ATTEMPTS: u32 = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of our locks leaves plain data behind (no invariant spans
+    // an unwinding point), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One lane held by this process: its own, or an adopted one.
+#[derive(Debug)]
+struct Lane {
+    id: u32,
+    dir: PathBuf,
+    adopted: bool,
+    lock_file: Mutex<Option<File>>,
+    /// Segment index, oldest first. Lock order: writer, consumer, segs.
+    segs: Mutex<Vec<SegMeta>>,
+    consumer: Mutex<Consumer>,
+    /// Mirror of `consumer.acked`, readable without the consumer lock.
+    acked: AtomicU64,
+    /// Newest sequence number stored in the lane (0: none).
+    last_seq: AtomicU64,
+    /// Next sequence number (own lane: the writer's; adopted: recovered).
+    next_seq: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    acked: u64,
+    persisted: u64,
+    acks_since_persist: u32,
+    last_persist: Instant,
+    /// Records up to this seq were handed out (or skipped) since the last rewind.
+    handed: u64,
+    reader: Option<(u64, FrameReader)>,
+}
+
+#[derive(Debug)]
+struct ActiveSeg {
+    id: u64,
+    file: Arc<dyn SpoolFile>,
+    offset: u64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    seg: Option<ActiveSeg>,
+    next_seg_id: u64,
+    next_seq: u64,
+    buf: Vec<u8>,
+    /// The active segment may hold a partial frame past `offset`: start a new one.
+    needs_rotation: bool,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    synced_lsn: u64,
+    in_progress: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    evicted: Dropped,
+    expired: Dropped,
+    corrupt: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: SpoolConfig,
+    fs: Arc<dyn SpoolFs>,
+    own: Arc<Lane>,
+    adopted: RwLock<Vec<Arc<Lane>>>,
+    writer: Mutex<Writer>,
+    /// Bytes written by the writer since open (a log sequence number for group commit).
+    written_lsn: AtomicU64,
+    sync: Mutex<SyncState>,
+    sync_cv: Condvar,
+    total_bytes: AtomicU64,
+    counters: Mutex<Counters>,
+    closed: AtomicBool,
+}
+
+/// The disk spool. See the [crate documentation](crate) for the format and guarantees.
+///
+/// `Send + Sync`: share it as `Arc<Spool>`; appends and reads may run concurrently.
+#[derive(Debug)]
+pub struct Spool {
+    inner: Arc<Inner>,
+    background: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+fn now_ns() -> u64 {
+    unix_nanos(SystemTime::now())
+}
+
+impl Lane {
+    fn new(id: u32, dir: PathBuf, adopted: bool, file: File, rec: &lane::RecoveredLane) -> Lane {
+        let last = rec.segs.iter().map(|s| s.last_seq).max().unwrap_or(0);
+        let acked = rec.cursor.acked_through;
+        Lane {
+            id,
+            dir,
+            adopted,
+            lock_file: Mutex::new(Some(file)),
+            segs: Mutex::new(rec.segs.clone()),
+            consumer: Mutex::new(Consumer {
+                acked,
+                persisted: acked,
+                acks_since_persist: 0,
+                last_persist: Instant::now(),
+                handed: acked,
+                reader: None,
+            }),
+            acked: AtomicU64::new(acked),
+            last_seq: AtomicU64::new(last),
+            next_seq: AtomicU64::new(rec.next_seq),
+        }
+    }
+
+    fn cursor_state(&self, acked: u64) -> CursorState {
+        CursorState {
+            acked_through: acked,
+            next_seq: self.next_seq.load(Ordering::Acquire),
+        }
+    }
+
+    fn persist(&self, fs: &dyn SpoolFs, c: &mut Consumer) -> Result<(), SpoolError> {
+        lane::write_cursor(fs, &self.dir, self.cursor_state(c.acked))
+            .map_err(|e| SpoolError::io(self.dir.join(lane::CURSOR_FILE), e))?;
+        c.persisted = c.acked;
+        c.acks_since_persist = 0;
+        c.last_persist = Instant::now();
+        Ok(())
+    }
+}
+
+impl Spool {
+    /// Opens (or creates) the spool at the configured root with the real file system.
+    ///
+    /// Creates the root if missing (0700), takes a lane (OS file lock), recovers it, adopts
+    /// orphaned lanes under the same root (their owners died), and returns what recovery
+    /// found.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Config`] for a bad configuration, [`SpoolError::UnsafeRoot`] for a root
+    /// that is a symlink, not a directory or owned by another user, [`SpoolError::Io`] if the
+    /// root or a lane cannot be created or read (read-only, permission denied...),
+    /// [`SpoolError::Locked`] if no lane can be had.
+    pub fn open(config: SpoolConfig) -> Result<(Spool, RecoveryReport), SpoolError> {
+        Spool::open_with_fs(config, Arc::new(crate::fs::StdFs))
+    }
+
+    /// Like [`Spool::open`], with every data-file operation going through `fs` (tests inject
+    /// faults this way, see [`crate::fault::FaultFs`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Spool::open`].
+    pub fn open_with_fs(
+        config: SpoolConfig,
+        fs: Arc<dyn SpoolFs>,
+    ) -> Result<(Spool, RecoveryReport), SpoolError> {
+        config.validate()?;
+        let root = config.root().to_path_buf();
+        lane::prepare_root(&root, true)?;
+        let mut report = RecoveryReport::default();
+        let mut own: Option<(u32, File)> = None;
+        let mut adopted = Vec::new();
+        let existing = lane::list_lanes(&root)?;
+        let mut own_rec = None;
+        for &n in &existing {
+            let Some(file) = lane::try_lock_lane(&root, n, false)? else {
+                continue;
+            };
+            let dir = lane::lane_dir(&root, n);
+            if own.is_none() {
+                own_rec = Some(lane::recover_lane(&*fs, &dir, &mut report)?);
+                own = Some((n, file));
+                continue;
+            }
+            let mut sub = RecoveryReport::default();
+            let rec = lane::recover_lane(&*fs, &dir, &mut sub)?;
+            merge_report(&mut report, sub);
+            if rec.segs.iter().any(|s| s.records > 0) {
+                adopted.push(Arc::new(Lane::new(n, dir, true, file, &rec)));
+                report.adopted_lanes.push(n);
+            }
+            // Otherwise the lock is released here: nothing to drain.
+        }
+        if own.is_none() {
+            let start = existing.last().map_or(0, |&n| n.saturating_add(1));
+            for n in start..start.saturating_add(NEW_LANE_ATTEMPTS) {
+                if let Some(file) = lane::try_lock_lane(&root, n, true)? {
+                    let dir = lane::lane_dir(&root, n);
+                    own_rec = Some(lane::recover_lane(&*fs, &dir, &mut report)?);
+                    own = Some((n, file));
+                    break;
+                }
+            }
+        }
+        let (Some((own_id, own_file)), Some(rec)) = (own, own_rec) else {
+            return Err(SpoolError::Locked { path: root });
+        };
+        report.lane = own_id;
+        let own_dir = lane::lane_dir(&root, own_id);
+        let own_lane = Arc::new(Lane::new(own_id, own_dir, false, own_file, &rec));
+        let mut total: u64 = 0;
+        for l in adopted.iter().chain(std::iter::once(&own_lane)) {
+            total += lock(&l.segs).iter().map(|s| s.len).sum::<u64>();
+        }
+        let mut writer = Writer {
+            seg: None,
+            next_seg_id: rec.max_file_id + 1,
+            next_seq: rec.next_seq,
+            buf: Vec::new(),
+            needs_rotation: false,
+            closed: false,
+        };
+        // Resume the last segment if it is intact and has room; else the first append
+        // starts a new one.
+        if let Some((id, len)) = rec.resumable
+            && len < config.segment_bytes_value()
+        {
+            let path = own_lane.dir.join(format::segment_file_name(id));
+            if let Ok(file) = fs.open(&path, true) {
+                writer.seg = Some(ActiveSeg {
+                    id,
+                    file,
+                    offset: len,
+                });
+                if let Some(m) = lock(&own_lane.segs).last_mut() {
+                    m.sealed = false;
+                }
+            }
+        }
+        let inner = Arc::new(Inner {
+            fs,
+            own: own_lane,
+            adopted: RwLock::new(adopted),
+            writer: Mutex::new(writer),
+            written_lsn: AtomicU64::new(0),
+            sync: Mutex::new(SyncState::default()),
+            sync_cv: Condvar::new(),
+            total_bytes: AtomicU64::new(total),
+            counters: Mutex::new(Counters {
+                corrupt: report.corrupt_frames_skipped,
+                ..Counters::default()
+            }),
+            closed: AtomicBool::new(false),
+            config,
+        });
+        // Segments left fully acked by an earlier process can go now.
+        for l in inner.lanes() {
+            let mut c = lock(&l.consumer);
+            if let Err(e) = inner.delete_acked(&l, &mut c) {
+                tracing::warn!(lane = l.id, error = %e, "could not delete acknowledged segments");
+            }
+        }
+        let background = start_background(&inner);
+        tracing::debug!(
+            lane = report.lane,
+            records = report.records,
+            adopted = ?report.adopted_lanes,
+            "spool opened"
+        );
+        Ok((Spool { inner, background }, report))
+    }
+
+    /// Appends one record at the tail of this process's lane.
+    ///
+    /// In [`Durability::OsWrite`] mode the frame has been handed to the OS with one
+    /// `write(2)` when this returns (it survives `kill -9`); in
+    /// [`Durability::FsyncEveryAppend`] mode it has also been fsynced (this blocks: from async
+    /// code call it via `spawn_blocking`).
+    ///
+    /// # Errors
+    ///
+    /// The payload comes back in the [`AppendError`]: [`AppendErrorKind::TooLarge`] if the
+    /// framed record exceeds `max_record_bytes`, [`AppendErrorKind::Full`] at the cap with
+    /// the drop-newest policy, [`AppendErrorKind::Io`] if writing fails (what was stored
+    /// before is unharmed), [`AppendErrorKind::Closed`] after close.
+    pub fn append(&self, payload: Payload) -> Result<Appended, AppendError> {
+        self.inner.append(payload)
+    }
+
+    /// Up to `max_records` (and about `max_bytes` of payload, but at least one record if any)
+    /// of the oldest records not yet handed out since the last [`Spool::rewind`] (or open).
+    /// Records of adopted lanes come before this lane's. Records past `max_record_age` are
+    /// skipped and counted in `expired`; damaged frames are skipped and counted.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Io`] if a segment cannot be read, [`SpoolError::Closed`] after close.
+    pub fn read_batch(&self, max_records: usize, max_bytes: u64) -> Result<ReadBatch, SpoolError> {
+        self.inner.read_batch(max_records, max_bytes)
+    }
+
+    /// Acknowledges every record of `id.lane` up to and including `id` (delivered, or
+    /// dropped on purpose). Deletes segments whose records are all acknowledged. Progress is
+    /// persisted atomically every [`CURSOR_PERSIST_EVERY_ACKS`](crate) acks, by the
+    /// background thread within about a second, before any segment deletion, and on
+    /// [`Spool::sync`] and close; see the crate documentation for the duplicate window.
+    /// Acks for a lane no longer held (an adopted lane fully drained) are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::UnknownRecord`] if `id` is newer than anything in its lane,
+    /// [`SpoolError::Io`] if the cursor cannot be persisted or a segment deleted (the ack
+    /// still counts in memory), [`SpoolError::Closed`] after close.
+    pub fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
+        self.inner.ack(id)
+    }
+
+    /// Forgets what was handed out but not acknowledged: the next [`Spool::read_batch`]
+    /// starts again at the oldest unacknowledged record (after a failed delivery).
+    pub fn rewind(&self) {
+        for l in self.inner.lanes() {
+            let mut c = lock(&l.consumer);
+            c.handed = c.acked;
+            c.reader = None;
+        }
+    }
+
+    /// Fsyncs everything written so far, and persists the read progress of every lane.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Io`] if an fsync or the cursor write fails.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        self.inner.sync_all()
+    }
+
+    /// Current gauges.
+    pub fn stats(&self) -> SpoolStats {
+        self.inner.stats()
+    }
+
+    /// The lane this process appends to.
+    pub fn lane(&self) -> u32 {
+        self.inner.own.id
+    }
+
+    /// The configuration the spool was opened with.
+    pub fn config(&self) -> &SpoolConfig {
+        &self.inner.config
+    }
+
+    /// Syncs data and read progress and releases the lane locks. Also done (best effort) on
+    /// drop.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::Io`] if the final fsync or cursor write fails; the locks are released
+    /// anyway.
+    pub fn close(mut self) -> Result<(), SpoolError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), SpoolError> {
+        if let Some((tx, handle)) = self.background.take() {
+            drop(tx);
+            // The thread never panics by design; if it did, there is nothing to recover.
+            let _ = handle.join();
+        }
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = self.inner.sync_all();
+        {
+            let mut w = lock(&self.inner.writer);
+            w.closed = true;
+            w.seg = None;
+        }
+        for l in self.inner.lanes() {
+            lock(&l.consumer).reader = None;
+            drop(lock(&l.lock_file).take());
+        }
+        result
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(error = %e, "spool close on drop failed");
+        }
+    }
+}
+
+fn merge_report(into: &mut RecoveryReport, from: RecoveryReport) {
+    into.records += from.records;
+    into.bytes += from.bytes;
+    into.torn_tail_bytes_truncated += from.torn_tail_bytes_truncated;
+    into.corrupt_frames_skipped += from.corrupt_frames_skipped;
+    into.newer_version_files.extend(from.newer_version_files);
+    into.unknown_files.extend(from.unknown_files);
+    into.empty_segments_removed += from.empty_segments_removed;
+    into.damaged_cursors += from.damaged_cursors;
+}
+
+fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let interval = match inner.config.durability_mode() {
+        Durability::OsWrite { fsync_interval } => fsync_interval,
+        Durability::FsyncEveryAppend => CURSOR_PERSIST_INTERVAL,
+    };
+    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let (tx, rx) = mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("outlast-spool-sync".into())
+        .spawn(move || {
+            loop {
+                match rx.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                if let Err(e) = inner.periodic() {
+                    tracing::warn!(error = %e, "spool background sync failed");
+                }
+            }
+        });
+    match spawned {
+        Ok(h) => Some((tx, h)),
+        Err(e) => {
+            // Without the thread, data is still fsynced on rotation, sync and close.
+            tracing::warn!(error = %e, "could not start the spool sync thread");
+            None
+        }
+    }
+}
+
+impl Inner {
+    fn lanes(&self) -> Vec<Arc<Lane>> {
+        let mut v: Vec<Arc<Lane>> = self
+            .adopted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        v.push(self.own.clone());
+        v
+    }
+
+    fn lane(&self, id: u32) -> Option<Arc<Lane>> {
+        if id == self.own.id {
+            return Some(self.own.clone());
+        }
+        self.adopted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|l| l.id == id)
+            .cloned()
+    }
+
+    // ---------------------------------------------------------------- writer side
+
+    fn append(&self, payload: Payload) -> Result<Appended, AppendError> {
+        let max = self.config.max_record_bytes_value();
+        let estimate = format::frame_len_estimate(&payload);
+        if estimate > max {
+            return Err(AppendError::new(
+                AppendErrorKind::TooLarge {
+                    size: estimate,
+                    max,
+                },
+                payload,
+            ));
+        }
+        let mut w = lock(&self.writer);
+        if w.closed || self.closed.load(Ordering::Acquire) {
+            return Err(AppendError::new(AppendErrorKind::Closed, payload));
+        }
+        let seq = w.next_seq;
+        let mut buf = std::mem::take(&mut w.buf);
+        let encoded = format::encode_frame(&mut buf, seq, &payload);
+        let frame_len = match encoded {
+            Ok(n) => n as u64,
+            Err(reason) => {
+                w.buf = buf;
+                return Err(AppendError::new(
+                    AppendErrorKind::Io(io::Error::new(io::ErrorKind::InvalidInput, reason)),
+                    payload,
+                ));
+            }
+        };
+        let result = self.append_frame(&mut w, &buf, seq, &payload);
+        // Keep the buffer for the next append unless one huge record inflated it.
+        if buf.capacity() <= 4 * 1024 * 1024 {
+            w.buf = buf;
+        }
+        let evicted = match result {
+            Ok(evicted) => evicted,
+            Err(kind) => return Err(AppendError::new(kind, payload)),
+        };
+        let _ = frame_len;
+        let lsn = self.written_lsn.load(Ordering::Acquire);
+        drop(w);
+        if self.config.durability_mode() == Durability::FsyncEveryAppend
+            && let Err(e) = self.sync_through(lsn)
+        {
+            return Err(AppendError::new(AppendErrorKind::Io(e), payload));
+        }
+        Ok(Appended {
+            id: RecordId {
+                lane: self.own.id,
+                seq,
+            },
+            evicted,
+        })
+    }
+
+    /// Writes a built frame; called with the writer lock held.
+    fn append_frame(
+        &self,
+        w: &mut Writer,
+        frame: &[u8],
+        seq: u64,
+        payload: &Payload,
+    ) -> Result<Dropped, AppendErrorKind> {
+        let frame_len = frame.len() as u64;
+        let max = self.config.max_record_bytes_value();
+        if frame_len > max {
+            return Err(AppendErrorKind::TooLarge {
+                size: frame_len,
+                max,
+            });
+        }
+        let cap = self.config.max_total_bytes_value();
+        let seg_bytes = self.config.segment_bytes_value();
+        // Will this frame need a new segment (and its header)?
+        let needs_new = |w: &Writer| match &w.seg {
+            None => true,
+            Some(s) => w.needs_rotation || s.offset + frame_len > seg_bytes,
+        };
+        let mut evicted = Dropped::default();
+        loop {
+            let extra = if needs_new(w) { SEGMENT_HEADER_LEN } else { 0 };
+            let total = self.total_bytes.load(Ordering::Acquire);
+            if total + frame_len + extra <= cap {
+                break;
+            }
+            match self.config.full_policy_value() {
+                FullPolicy::DropNewest => {
+                    return Err(AppendErrorKind::Full {
+                        max_total_bytes: cap,
+                    });
+                }
+                FullPolicy::DropOldest => {
+                    if !self
+                        .evict_oldest(w, &mut evicted)
+                        .map_err(AppendErrorKind::Io)?
+                    {
+                        return Err(AppendErrorKind::Full {
+                            max_total_bytes: cap,
+                        });
+                    }
+                }
+            }
+        }
+        if evicted.records > 0 {
+            lock(&self.counters)
+                .evicted
+                .add(evicted.records, evicted.bytes);
+            tracing::warn!(
+                records = evicted.records,
+                bytes = evicted.bytes,
+                "spool full: oldest records evicted"
+            );
+        }
+        if needs_new(w) {
+            self.rotate(w, seq).map_err(AppendErrorKind::Io)?;
+        }
+        let Some(seg) = w.seg.as_mut() else {
+            return Err(AppendErrorKind::Io(io::Error::other("no active segment")));
+        };
+        if let Err(e) = write_all_at(&*seg.file, frame, seg.offset) {
+            // Cut the partial frame off so the next append starts at a frame boundary; if
+            // even that fails, the next append starts a new segment (recovery will skip or
+            // truncate the partial bytes, and readers never read past `offset`).
+            if seg.file.set_len(seg.offset).is_err() {
+                w.needs_rotation = true;
+            }
+            return Err(AppendErrorKind::Io(e));
+        }
+        seg.offset += frame_len;
+        let seg_id = seg.id;
+        let offset = seg.offset;
+        w.next_seq = seq + 1;
+        self.own.next_seq.store(seq + 1, Ordering::Release);
+        self.own.last_seq.store(seq, Ordering::Release);
+        self.total_bytes.fetch_add(frame_len, Ordering::AcqRel);
+        {
+            let mut segs = lock(&self.own.segs);
+            if let Some(m) = segs.iter_mut().rev().find(|m| m.id == seg_id) {
+                m.len = offset;
+                m.note_record(seq, payload.meta().created_at_unix_nanos);
+            }
+        }
+        self.written_lsn.fetch_add(frame_len, Ordering::AcqRel);
+        Ok(evicted)
+    }
+
+    /// Seals the active segment (fsynced) and starts a new one; writer lock held.
+    fn rotate(&self, w: &mut Writer, first_seq: u64) -> io::Result<()> {
+        if let Some(old) = w.seg.take() {
+            let synced = old.file.sync_data();
+            if let Err(e) = synced {
+                w.seg = Some(old);
+                return Err(e);
+            }
+            let mut segs = lock(&self.own.segs);
+            if let Some(m) = segs.iter_mut().find(|m| m.id == old.id) {
+                m.sealed = true;
+                m.len = old.offset;
+            }
+        }
+        {
+            let lsn = self.written_lsn.load(Ordering::Acquire);
+            let mut st = lock(&self.sync);
+            st.synced_lsn = st.synced_lsn.max(lsn);
+        }
+        let id = w.next_seg_id;
+        let path = self.own.dir.join(format::segment_file_name(id));
+        let file = self.fs.create_new(&path)?;
+        let header = format::encode_segment_header(id, first_seq);
+        let setup = write_all_at(&*file, &header, 0)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| self.fs.sync_dir(&self.own.dir));
+        if let Err(e) = setup {
+            // A stub without a full header holds nothing; recovery would remove it.
+            let _ = self.fs.remove_file(&path);
+            w.next_seg_id += 1;
+            return Err(e);
+        }
+        w.next_seg_id += 1;
+        w.needs_rotation = false;
+        w.seg = Some(ActiveSeg {
+            id,
+            file,
+            offset: SEGMENT_HEADER_LEN,
+        });
+        self.total_bytes
+            .fetch_add(SEGMENT_HEADER_LEN, Ordering::AcqRel);
+        lock(&self.own.segs).push(SegMeta::new(id, path, SEGMENT_HEADER_LEN));
+        Ok(())
+    }
+
+    /// Deletes the oldest whole segment (adopted lanes first); writer lock held. Returns
+    /// whether anything was freed.
+    fn evict_oldest(&self, w: &mut Writer, evicted: &mut Dropped) -> io::Result<bool> {
+        let adopted = self
+            .adopted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for l in &adopted {
+            let victim = {
+                let mut segs = lock(&l.segs);
+                if segs.is_empty() {
+                    None
+                } else {
+                    Some(segs.remove(0))
+                }
+            };
+            if let Some(m) = victim {
+                self.drop_segment(l, m, evicted)?;
+                return Ok(true);
+            }
+        }
+        let active = w.seg.as_ref().map(|s| s.id);
+        let victim = {
+            let mut segs = lock(&self.own.segs);
+            segs.iter()
+                .position(|m| Some(m.id) != active)
+                .map(|i| segs.remove(i))
+        };
+        if let Some(m) = victim {
+            self.drop_segment(&self.own, m, evicted)?;
+            return Ok(true);
+        }
+        // Only the active segment is left: seal it so it can go.
+        let has_records = lock(&self.own.segs).last().is_some_and(|m| m.records > 0);
+        if has_records {
+            let next = w.next_seq;
+            self.rotate(w, next)?;
+            return self.evict_oldest(w, evicted);
+        }
+        Ok(false)
+    }
+
+    fn drop_segment(&self, l: &Lane, m: SegMeta, dropped: &mut Dropped) -> io::Result<()> {
+        let acked = l.acked.load(Ordering::Acquire);
+        let n = m.unacked(acked);
+        let bytes = (m.len.saturating_sub(SEGMENT_HEADER_LEN) * n)
+            .checked_div(m.records)
+            .unwrap_or(0);
+        dropped.add(n, bytes);
+        let _ = self
+            .total_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_sub(m.len))
+            });
+        match self.fs.remove_file(&m.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Group commit: returns once everything up to `lsn` is fsynced, sharing one fsync among
+    /// concurrent callers (the first becomes the syncer, the others wait for it).
+    fn sync_through(&self, lsn: u64) -> io::Result<()> {
+        let mut st = lock(&self.sync);
+        loop {
+            if st.synced_lsn >= lsn {
+                return Ok(());
+            }
+            if st.in_progress {
+                st = self.sync_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.in_progress = true;
+            drop(st);
+            let (target, file) = {
+                let w = lock(&self.writer);
+                (
+                    self.written_lsn.load(Ordering::Acquire),
+                    w.seg.as_ref().map(|s| s.file.clone()),
+                )
+            };
+            let r = match file {
+                Some(f) => f.sync_data(),
+                None => Ok(()),
+            };
+            st = lock(&self.sync);
+            st.in_progress = false;
+            if r.is_ok() {
+                st.synced_lsn = st.synced_lsn.max(target);
+            }
+            self.sync_cv.notify_all();
+            r?;
+        }
+    }
+
+    fn sync_data(&self) -> Result<(), SpoolError> {
+        let lsn = self.written_lsn.load(Ordering::Acquire);
+        self.sync_through(lsn)
+            .map_err(|e| SpoolError::io(&self.own.dir, e))
+    }
+
+    fn sync_all(&self) -> Result<(), SpoolError> {
+        let data = self.sync_data();
+        let mut first_err = data.err();
+        for l in self.lanes() {
+            let mut c = lock(&l.consumer);
+            if c.acked != c.persisted
+                && let Err(e) = l.persist(&*self.fs, &mut c)
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    fn periodic(&self) -> Result<(), SpoolError> {
+        let mut res = Ok(());
+        if self.written_lsn.load(Ordering::Acquire) > lock(&self.sync).synced_lsn {
+            res = self.sync_data();
+        }
+        for l in self.lanes() {
+            let mut c = lock(&l.consumer);
+            if c.acked != c.persisted
+                && let Err(e) = l.persist(&*self.fs, &mut c)
+            {
+                res = Err(e);
+            }
+        }
+        res
+    }
+
+    // ---------------------------------------------------------------- reader side
+
+    fn read_batch(&self, max_records: usize, max_bytes: u64) -> Result<ReadBatch, SpoolError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SpoolError::Closed);
+        }
+        let mut batch = ReadBatch::default();
+        let mut bytes = 0u64;
+        let max_records = max_records.max(1);
+        for l in self.lanes() {
+            if batch.records.len() >= max_records {
+                break;
+            }
+            self.read_lane(&l, &mut batch, &mut bytes, max_records, max_bytes)?;
+        }
+        if batch.expired.records > 0 || batch.corrupt_skipped > 0 {
+            let mut c = lock(&self.counters);
+            c.expired.add(batch.expired.records, batch.expired.bytes);
+            c.corrupt += batch.corrupt_skipped;
+        }
+        Ok(batch)
+    }
+
+    fn read_lane(
+        &self,
+        l: &Arc<Lane>,
+        batch: &mut ReadBatch,
+        bytes: &mut u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<(), SpoolError> {
+        let mut guard = lock(&l.consumer);
+        let c = &mut *guard;
+        let expiry = self
+            .config
+            .max_record_age_value()
+            .map(|age| now_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)));
+        if let Some(limit) = expiry {
+            self.expire_segments(l, c, limit, &mut batch.expired)
+                .map_err(|e| SpoolError::io(&l.dir, e))?;
+        }
+        loop {
+            if batch.records.len() >= max_records {
+                return Ok(());
+            }
+            // Where are we? Pick the segment to read and its readable length.
+            let target = {
+                let segs = lock(&l.segs);
+                let cur = c.reader.as_ref().map(|(id, _)| *id);
+                let pos = match cur {
+                    Some(id) => match segs.iter().position(|m| m.id == id) {
+                        Some(i) => Some(i),
+                        // Deleted under us (evicted or expired): go on after it.
+                        None => segs.iter().position(|m| m.id > id),
+                    },
+                    None => segs.iter().position(|m| m.last_seq > c.handed || !m.sealed),
+                };
+                pos.map(|i| {
+                    let m = &segs[i];
+                    let start_seq = if m.first_seq > 0 { m.first_seq - 1 } else { 0 };
+                    (
+                        m.id,
+                        m.path.clone(),
+                        m.len,
+                        m.sealed || l.adopted,
+                        start_seq,
+                    )
+                })
+            };
+            let Some((seg_id, path, end, sealed, start_seq)) = target else {
+                drop(guard);
+                if l.adopted {
+                    self.maybe_remove_lane(l);
+                }
+                return Ok(());
+            };
+            if c.reader.as_ref().map(|(id, _)| *id) != Some(seg_id) {
+                let file = self
+                    .fs
+                    .open(&path, false)
+                    .map_err(|e| SpoolError::io(&path, e))?;
+                let r = FrameReader::new(
+                    file,
+                    SEGMENT_HEADER_LEN,
+                    end,
+                    READ_CHUNK,
+                    start_seq.min(c.handed),
+                );
+                c.reader = Some((seg_id, r));
+            }
+            let Some((_, reader)) = c.reader.as_mut() else {
+                return Ok(());
+            };
+            reader.set_end(end);
+            match reader.next(true).map_err(|e| SpoolError::io(&path, e))? {
+                Next::Frame(f) => {
+                    if f.skipped.is_some() {
+                        batch.corrupt_skipped += 1;
+                    }
+                    if f.seq <= c.handed {
+                        continue;
+                    }
+                    if let Some(limit) = expiry
+                        && f.meta.created_at_unix_nanos < limit
+                    {
+                        batch.expired.add(1, f.len);
+                        if c.handed == c.acked {
+                            // Nothing outstanding before it: it counts as acknowledged.
+                            c.acked = f.seq;
+                            l.acked.store(f.seq, Ordering::Release);
+                        }
+                        c.handed = f.seq;
+                        continue;
+                    }
+                    let Some(payload) = f.payload else { continue };
+                    let size = payload.len() as u64;
+                    if !batch.records.is_empty() && *bytes + size > max_bytes {
+                        reader.unread_last();
+                        return Ok(());
+                    }
+                    *bytes += size;
+                    c.handed = f.seq;
+                    batch.records.push(Record {
+                        id: RecordId {
+                            lane: l.id,
+                            seq: f.seq,
+                        },
+                        payload,
+                    });
+                }
+                Next::End { valid_end, end } => {
+                    if valid_end < end && sealed {
+                        batch.corrupt_skipped += 1;
+                    }
+                    if !sealed {
+                        return Ok(());
+                    }
+                    // Move to the next segment, if any.
+                    let next = lock(&l.segs).iter().find(|m| m.id > seg_id).cloned();
+                    let Some(m) = next else {
+                        return Ok(());
+                    };
+                    let file = self
+                        .fs
+                        .open(&m.path, false)
+                        .map_err(|e| SpoolError::io(&m.path, e))?;
+                    let start = if m.first_seq > 0 { m.first_seq - 1 } else { 0 };
+                    let r = FrameReader::new(
+                        file,
+                        SEGMENT_HEADER_LEN,
+                        m.len,
+                        READ_CHUNK,
+                        start.min(c.handed),
+                    );
+                    c.reader = Some((m.id, r));
+                }
+            }
+        }
+    }
+
+    /// Deletes sealed segments whose newest record is older than the age limit.
+    fn expire_segments(
+        &self,
+        l: &Lane,
+        c: &Consumer,
+        limit_ns: u64,
+        expired: &mut Dropped,
+    ) -> io::Result<()> {
+        let victims: Vec<SegMeta> = {
+            let mut segs = lock(&l.segs);
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < segs.len() {
+                let m = &segs[i];
+                if (m.sealed || l.adopted) && m.records > 0 && m.newest_ns < limit_ns {
+                    out.push(segs.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            out
+        };
+        let _ = c;
+        for m in victims {
+            self.drop_segment(l, m, expired)?;
+        }
+        Ok(())
+    }
+
+    fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SpoolError::Closed);
+        }
+        let Some(l) = self.lane(id.lane) else {
+            return Ok(());
+        };
+        let newest = l.last_seq.load(Ordering::Acquire);
+        if id.seq > newest {
+            return Err(SpoolError::UnknownRecord { id, newest });
+        }
+        let mut c = lock(&l.consumer);
+        if id.seq <= c.acked {
+            return Ok(());
+        }
+        c.acked = id.seq;
+        c.handed = c.handed.max(id.seq);
+        l.acked.store(id.seq, Ordering::Release);
+        c.acks_since_persist += 1;
+        let deleted = self.delete_acked(&l, &mut c)?;
+        if !deleted
+            && (c.acks_since_persist >= CURSOR_PERSIST_EVERY_ACKS
+                || c.last_persist.elapsed() >= CURSOR_PERSIST_INTERVAL)
+        {
+            l.persist(&*self.fs, &mut c)?;
+        }
+        let empty_adopted = l.adopted && lock(&l.segs).is_empty();
+        drop(c);
+        if empty_adopted {
+            self.maybe_remove_lane(&l);
+        }
+        Ok(())
+    }
+
+    /// Deletes sealed segments whose records are all acknowledged, persisting the cursor
+    /// first. Returns whether anything was deleted.
+    fn delete_acked(&self, l: &Lane, c: &mut Consumer) -> Result<bool, SpoolError> {
+        let victims: Vec<SegMeta> = {
+            let segs = lock(&l.segs);
+            segs.iter()
+                .filter(|m| (m.sealed || l.adopted) && m.unacked(c.acked) == 0)
+                .cloned()
+                .collect()
+        };
+        if victims.is_empty() {
+            return Ok(false);
+        }
+        l.persist(&*self.fs, c)?;
+        let mut sink = Dropped::default();
+        for m in victims {
+            lock(&l.segs).retain(|s| s.id != m.id);
+            if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
+                c.reader = None;
+            }
+            let path = m.path.clone();
+            self.drop_segment(l, m, &mut sink)
+                .map_err(|e| SpoolError::io(&path, e))?;
+        }
+        Ok(true)
+    }
+
+    /// Removes an adopted lane with no segments left: its files, its directory, its lock.
+    fn maybe_remove_lane(&self, l: &Arc<Lane>) {
+        if !l.adopted || !lock(&l.segs).is_empty() {
+            return;
+        }
+        {
+            let mut lanes = self.adopted.write().unwrap_or_else(|p| p.into_inner());
+            lanes.retain(|x| !Arc::ptr_eq(x, l));
+        }
+        for name in [lane::CURSOR_FILE, lane::CURSOR_TMP_FILE, lane::LOCK_FILE] {
+            let _ = self.fs.remove_file(&l.dir.join(name));
+        }
+        // Fails (and the directory stays) if files we do not own remain: fine.
+        let _ = std::fs::remove_dir(&l.dir);
+        drop(lock(&l.lock_file).take());
+        tracing::info!(lane = l.id, "adopted lane drained and removed");
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let mut s = SpoolStats {
+            bytes: self.total_bytes.load(Ordering::Acquire),
+            max_total_bytes: self.config.max_total_bytes_value(),
+            ..SpoolStats::default()
+        };
+        let lanes = self.lanes();
+        s.lanes = lanes.len();
+        let mut oldest = u64::MAX;
+        for l in &lanes {
+            let acked = l.acked.load(Ordering::Acquire);
+            for m in lock(&l.segs).iter() {
+                let n = m.unacked(acked);
+                if n > 0 {
+                    s.records += n;
+                    oldest = oldest.min(m.oldest_ns);
+                }
+            }
+        }
+        if oldest != u64::MAX {
+            s.oldest_created_at = Some(UNIX_EPOCH + Duration::from_nanos(oldest));
+        }
+        let c = lock(&self.counters);
+        s.evicted = c.evicted;
+        s.expired = c.expired;
+        s.corrupt_skipped = c.corrupt;
+        s
+    }
+}
