@@ -1,11 +1,201 @@
 //! outlast: telemetry export that survives network outages, crashes and restarts.
 //!
-//! (Crate documentation is being written, issue 4.)
+//! Hand a [`Client`] encoded payloads (an OTLP batch, a JSON body, anything); it delivers them
+//! through an [`Exporter`] (the [`http::HttpExporter`], or your own), and when the backend
+//! cannot be reached it keeps them in a disk spool and delivers them later, oldest first,
+//! without blocking the application and without losing what it accepted.
+//!
+//! # The pipeline
+//!
+//! [`Client::export`] first tries the exporter directly. A retryable failure is retried once
+//! after 1 s; if that fails too, the payload is appended to the spool and the call returns
+//! [`Delivery::Spooled`]. A permanent failure (an HTTP 400, say) is neither retried nor
+//! spooled: it comes back as [`DropError::Permanent`], with the payload. Every attempt has its
+//! own timeout, so `export` never hangs.
+//!
+//! Once a backlog exists (a payload was spooled, or an earlier process left records), new
+//! payloads go straight to the spool, without touching the network: they queue behind the
+//! backlog so that the backend sees data oldest first, and during an outage a call costs one
+//! `write(2)` (microseconds), not a second of retry plus timeouts.
+//!
+//! One background task per client (the *drain task*) delivers the spool, oldest first, and
+//! removes a record only after the backend confirmed it (at-least-once delivery). While the
+//! backend is down it waits with jittered exponential backoff (1 s doubling to 128 s, raised
+//! by the server's `Retry-After`) and tests the backend with the exporter's cheap
+//! [`probe`](Exporter::probe) if it has one, or with the oldest record alone. When the
+//! backend is back it replays the backlog in batches with several requests in flight, so a
+//! large backlog drains at the backend's speed. A record the backend rejects permanently is
+//! dropped (counted, logged) so it cannot block the queue. Once the spool is empty, exports go
+//! direct again. The task ends when the last `Client` clone is dropped; it never keeps the
+//! process alive.
+//!
+//! Nothing is dropped silently: every [`DropError`] and every record dropped by the drain
+//! task is counted in [`Client::stats`] under its [`DropReason`] and logged at error level
+//! (at most once a minute per reason). While retrying, a warning of the form
+//! `currently retrying 12 failed export(s) (98304 bytes)` is logged at most once a minute;
+//! going offline and online are logged at info level. All events carry structured fields.
+//!
+//! If the spool cannot be opened or written (no permission, read-only or full disk), the
+//! client warns once and carries on: exports still succeed while the backend is up, and what
+//! cannot be delivered is dropped as [`DropReason::SpoolUnavailable`]. It never crashes the
+//! application, and [`ClientBuilder::build`] fails only for invalid settings.
+//!
+//! # An async service
+//!
+//! ```
+//! use std::time::Duration;
+//! use outlast_client::{Client, ContentType, Delivery, ExportError, Exporter, Payload};
+//!
+//! /// Your backend (or use `outlast_client::http::HttpExporter`).
+//! #[derive(Debug)]
+//! struct Collector;
+//!
+//! impl Exporter for Collector {
+//!     async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
+//!         // Send `payload.bytes()` somewhere; classify failures as retryable or permanent.
+//!         let _ = payload;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #   let dir = tempfile::tempdir()?;
+//! #   let spool_dir = dir.path().join("outlast");
+//! #   /*
+//!     let spool_dir = "/var/lib/my-service/outlast"; // persistent storage on a server
+//! #   */
+//!     let client = Client::builder()
+//!         .spool_dir(spool_dir)
+//!         .attempt_timeout(Duration::from_secs(5))
+//!         .build(Collector)?;
+//!
+//!     let batch = Payload::new(&b"{\"resourceSpans\":[]}"[..]).with_content_type(ContentType::Json);
+//!     match client.export(batch).await {
+//!         Ok(Delivery::Delivered) => {}
+//!         Ok(Delivery::Spooled) => {} // on disk; the drain task delivers it later
+//!         Err(dropped) => eprintln!("telemetry dropped: {dropped}"), // counted in stats()
+//!     }
+//!
+//!     // On the way out: deliver what can be delivered in 5 s, keep the rest on disk.
+//!     let report = client.shutdown(Duration::from_secs(5)).await?;
+//!     assert!(report.complete);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # A serverless handler
+//!
+//! A function instance may be frozen right after it answers, so a handler flushes before it
+//! returns. [`Client::force_flush`] never takes longer than its timeout, whatever the network
+//! does; what it could not deliver stays in the spool for the next invocation (or the next
+//! cold start, which drains what an earlier instance left).
+//!
+//! ```
+//! use std::time::Duration;
+//! use outlast_client::{Client, ExportError, Exporter, Payload};
+//!
+//! # #[derive(Debug)] struct Collector;
+//! # impl Exporter for Collector {
+//! #     async fn export(&self, _p: &Payload) -> Result<(), ExportError> { Ok(()) }
+//! # }
+//! async fn handle(client: &Client, event: &str) -> String {
+//!     let answer = format!("handled {event}");
+//!     let _ = client.export(Payload::new(answer.clone().into_bytes())).await;
+//!
+//!     let report = client.force_flush(Duration::from_millis(500)).await;
+//!     if !report.complete {
+//!         eprintln!("{} record(s) left for later", report.remaining_records);
+//!     }
+//!     answer
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! // Built once per instance; `/tmp` is the writable place in most serverless sandboxes.
+//! let client = Client::builder()
+//! #   .spool_dir(dir.path())
+//!     .build(Collector)?;
+//! assert_eq!(handle(&client, "e1").await, "handled e1");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Configuration
+//!
+//! Every setting has a named default and a [`ClientBuilder`] method;
+//! [`ClientBuilder::from_env`] reads the same settings from the environment, so operators can
+//! tune without a rebuild (builder calls made afterwards take precedence). Unset or empty
+//! variables keep the default. A value that cannot be parsed, or that [`ClientBuilder::build`]
+//! rejects, is reported as [`ConfigError::Invalid`] naming the variable.
+//!
+//! Durations are a number with a unit (`500ms`, `10s`, `2m`, `1h`; `us` too) or a plain number
+//! of seconds (`10`, `0.5`). Sizes are bytes (`1048576`) or a whole number with a binary unit
+//! (`64KiB`, `512MiB`, `1GiB`; `K`, `M`, `G` mean the same).
+//!
+//! | Variable | Builder method | Format | Default |
+//! |---|---|---|---|
+//! | `OUTLAST_SPOOL_DIR` | [`spool_dir`](ClientBuilder::spool_dir) | path | `<temp dir>/outlast-spool` (servers: use persistent storage) |
+//! | `OUTLAST_SPOOL_MAX_BYTES` | [`spool_max_bytes`](ClientBuilder::spool_max_bytes) | size | 512 MiB |
+//! | `OUTLAST_SPOOL_SEGMENT_BYTES` | [`segment_bytes`](ClientBuilder::segment_bytes) | size | 16 MiB |
+//! | `OUTLAST_MAX_RECORD_BYTES` | [`max_record_bytes`](ClientBuilder::max_record_bytes) | size | 8 MiB |
+//! | `OUTLAST_SPOOL_FULL_POLICY` | [`full_policy`](ClientBuilder::full_policy) | `drop_newest` or `drop_oldest` | `drop_newest` |
+//! | `OUTLAST_MAX_RECORD_AGE` | [`max_record_age`](ClientBuilder::max_record_age) | duration, or `none` | `none` |
+//! | `OUTLAST_DURABILITY` | [`durability`](ClientBuilder::durability) | `os_write` or `fsync_every_append` | `os_write` |
+//! | `OUTLAST_FSYNC_INTERVAL` | [`durability`](ClientBuilder::durability) (`OsWrite { fsync_interval }`) | duration (only with `os_write`) | 1 s |
+//! | `OUTLAST_ATTEMPT_TIMEOUT` | [`attempt_timeout`](ClientBuilder::attempt_timeout) | duration | 10 s |
+//! | `OUTLAST_IMMEDIATE_RETRY_DELAY` | [`immediate_retry_delay`](ClientBuilder::immediate_retry_delay) | duration | 1 s |
+//! | `OUTLAST_INITIAL_BACKOFF` | [`initial_backoff`](ClientBuilder::initial_backoff) | duration | 1 s |
+//! | `OUTLAST_MAX_BACKOFF` | [`max_backoff`](ClientBuilder::max_backoff) | duration | 128 s |
+//! | `OUTLAST_BACKOFF_JITTER` | [`jitter`](ClientBuilder::jitter) | number in `[0, 1]` | 0.5 |
+//! | `OUTLAST_MAX_RETRY_AFTER` | [`max_retry_after`](ClientBuilder::max_retry_after) | duration | 128 s |
+//! | `OUTLAST_WARN_INTERVAL` | [`warn_interval`](ClientBuilder::warn_interval) | duration | 60 s |
+//! | `OUTLAST_BATCH_SIZE` | [`batch_size`](ClientBuilder::batch_size) | whole number | 100 |
+//! | `OUTLAST_BATCH_MAX_BYTES` | [`batch_max_bytes`](ClientBuilder::batch_max_bytes) | size | 4 MiB |
+//! | `OUTLAST_MAX_IN_FLIGHT` | [`max_in_flight`](ClientBuilder::max_in_flight) | whole number | 4 (and at most the exporter's own limit) |
+//! | `OUTLAST_BATCH_DELAY` | [`batch_delay`](ClientBuilder::batch_delay) | duration | 0 |
+//!
+//! The HTTP exporter reads its own variables (endpoint, headers...): see [`http`].
+//!
+//! # Durability
+//!
+//! In the default [`Durability::OsWrite`] mode a spooled payload has been handed to the
+//! operating system when `export` returns: it survives a crash or `kill -9` of the process;
+//! the spool is fsynced every second, on rotation and on shutdown. With
+//! [`Durability::FsyncEveryAppend`] it has reached the disk (concurrent exports share one
+//! fsync); the append then runs on Tokio's blocking pool. Read progress is persisted, so after
+//! a restart at most the last unacknowledged batch is delivered twice.
+//!
+//! # Features
+//!
+//! - `testing`: `testing::MemoryExporter`, a scriptable in-memory exporter (fail, hang,
+//!   throttle, reject on command) and `testing::TestReceiver`, a loopback HTTP server, for
+//!   your own tests.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod client;
+mod config;
+mod drain;
+pub mod env;
+mod error;
+mod shared;
+mod stats;
+
 pub use outlast_core::*;
+/// The disk spool, for operators' tools and for its configuration types.
+pub use outlast_spool as spool;
+pub use outlast_spool::{Durability, FullPolicy, SpoolError};
+
+pub use client::{Client, FlushReport};
+pub use config::{
+    ClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX_BYTES,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_NAME, default_spool_dir,
+};
+pub use error::{Delivery, DropError, DropReason, ShutdownError, SpoolFault};
+pub use stats::{ClientStats, DropCounts};
 
 pub mod http;
 #[cfg(feature = "testing")]

@@ -1,0 +1,423 @@
+//! The client's configuration: a builder with `Option` fields, named defaults, and validation
+//! that rejects nonsense instead of clamping it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use outlast_core::ConfigError;
+use outlast_core::retry::{
+    DEFAULT_IMMEDIATE_RETRY_DELAY, DEFAULT_INITIAL_BACKOFF, DEFAULT_JITTER, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_RETRY_AFTER, RetryPolicy,
+};
+use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
+use outlast_spool::{
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_SEGMENT_BYTES, Durability,
+    FullPolicy, SpoolConfig, SpoolError,
+};
+
+/// Time limit of one export attempt (direct or replay) and of one probe: 10 s is far above a
+/// healthy backend's answer time and short enough that a hung connection is noticed quickly.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records read from the spool per replay batch: 100 keeps a batch's memory small (at most
+/// 100 payloads) while amortising the per-batch acknowledgement (one cursor write).
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+/// Bytes read from the spool per replay batch (at least one record is always read): 4 MiB
+/// bounds the memory a replay holds however large the payloads.
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Requests in flight at once while replaying (further limited by the exporter's own
+/// `max_in_flight`): 4 hides most of a round trip without overloading a recovering backend.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+/// Pause between two replay batches: none, so a backlog drains at the backend's speed.
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::ZERO;
+/// Name of the spool directory under [`std::env::temp_dir`] when neither the builder nor
+/// `OUTLAST_SPOOL_DIR` sets one.
+pub const DEFAULT_SPOOL_DIR_NAME: &str = "outlast-spool";
+
+/// The default spool directory: `OUTLAST_SPOOL_DIR` if set and not empty, else
+/// `std::env::temp_dir()/outlast-spool`.
+///
+/// The temporary directory is a fallback that works everywhere (including serverless
+/// sandboxes, where `/tmp` is the only writable place); on a server it may be wiped at reboot,
+/// so point the spool at persistent storage (e.g. `/var/lib/<app>/outlast`).
+pub fn default_spool_dir() -> PathBuf {
+    match std::env::var_os(crate::env::SPOOL_DIR) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => std::env::temp_dir().join(DEFAULT_SPOOL_DIR_NAME),
+    }
+}
+
+/// Configures and builds a [`Client`](crate::Client).
+///
+/// Every setting is optional; unset settings take the default named in its method's
+/// documentation. [`ClientBuilder::from_env`] fills the builder from `OUTLAST_*` environment
+/// variables (see the [crate documentation](crate#configuration) for the table); methods
+/// called afterwards override what the environment said.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use outlast_client::{ClientBuilder, Durability};
+///
+/// let builder = ClientBuilder::new()
+///     .spool_dir("/var/lib/myapp/outlast")
+///     .spool_max_bytes(64 * 1024 * 1024)
+///     .attempt_timeout(Duration::from_secs(5))
+///     .durability(Durability::FsyncEveryAppend);
+/// # let _ = builder;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ClientBuilder {
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) immediate_retry_delay: Option<Duration>,
+    pub(crate) initial_backoff: Option<Duration>,
+    pub(crate) max_backoff: Option<Duration>,
+    pub(crate) jitter: Option<f64>,
+    pub(crate) max_retry_after: Option<Duration>,
+    pub(crate) warn_interval: Option<Duration>,
+    pub(crate) spool_dir: Option<PathBuf>,
+    pub(crate) spool_max_bytes: Option<u64>,
+    pub(crate) segment_bytes: Option<u64>,
+    pub(crate) max_record_bytes: Option<u64>,
+    pub(crate) full_policy: Option<FullPolicy>,
+    pub(crate) max_record_age: Option<Option<Duration>>,
+    pub(crate) durability: Option<Durability>,
+    pub(crate) batch_size: Option<usize>,
+    pub(crate) batch_max_bytes: Option<u64>,
+    pub(crate) max_in_flight: Option<usize>,
+    pub(crate) batch_delay: Option<Duration>,
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Settings that came from environment variables: (builder parameter, variable), so that
+    /// `build()` can name the variable when it rejects the value.
+    pub(crate) from_env: Vec<(&'static str, &'static str)>,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$name = Some(value);
+            self.forget_env(stringify!($name));
+            self
+        }
+    };
+}
+
+impl ClientBuilder {
+    /// A builder with every setting at its default (the environment is not read).
+    pub fn new() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    fn forget_env(&mut self, param: &'static str) {
+        self.from_env.retain(|(p, _)| *p != param);
+    }
+
+    setter!(
+        /// Time limit of each export attempt and probe (default [`DEFAULT_ATTEMPT_TIMEOUT`]).
+        /// An attempt that exceeds it is dropped and counts as a retryable failure.
+        attempt_timeout: Duration
+    );
+    setter!(
+        /// Delay before the one quick retry of a failed direct export (default
+        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`], 1 s).
+        immediate_retry_delay: Duration
+    );
+    setter!(
+        /// First delay of the drain task's backoff (default [`DEFAULT_INITIAL_BACKOFF`], 1 s).
+        initial_backoff: Duration
+    );
+    setter!(
+        /// Cap on the drain task's backoff (default [`DEFAULT_MAX_BACKOFF`], 128 s).
+        max_backoff: Duration
+    );
+    setter!(
+        /// Randomised fraction of each backoff delay, in `[0, 1]` (default [`DEFAULT_JITTER`]).
+        jitter: f64
+    );
+    setter!(
+        /// Cap on a delay raised by a server's `Retry-After` (default
+        /// [`DEFAULT_MAX_RETRY_AFTER`], 128 s).
+        max_retry_after: Duration
+    );
+    setter!(
+        /// Least time between two "currently retrying" warnings, and between two error
+        /// messages about drops of the same reason (default [`DEFAULT_WARN_INTERVAL`], 60 s).
+        warn_interval: Duration
+    );
+    setter!(
+        /// Cap on the spool's size in bytes (default [`DEFAULT_MAX_TOTAL_BYTES`], 512 MiB).
+        spool_max_bytes: u64
+    );
+    setter!(
+        /// Size at which a spool segment file is sealed (default [`DEFAULT_SEGMENT_BYTES`]).
+        segment_bytes: u64
+    );
+    setter!(
+        /// Largest payload the client accepts, spool framing included (default
+        /// [`DEFAULT_MAX_RECORD_BYTES`]). Larger payloads are refused with
+        /// [`DropError::TooLarge`](crate::DropError::TooLarge).
+        max_record_bytes: u64
+    );
+    setter!(
+        /// What happens when the spool is full (default [`FullPolicy::DropNewest`]).
+        full_policy: FullPolicy
+    );
+    setter!(
+        /// Spooled records older than this are dropped (counted) instead of delivered
+        /// (default `None`: records never expire).
+        max_record_age: Option<Duration>
+    );
+    setter!(
+        /// How durable a spooled payload is when `export` returns
+        /// (default [`Durability::OsWrite`] with a 1 s fsync interval: survives `kill -9`).
+        durability: Durability
+    );
+    setter!(
+        /// Records read from the spool per replay batch (default [`DEFAULT_BATCH_SIZE`]).
+        batch_size: usize
+    );
+    setter!(
+        /// Bytes read from the spool per replay batch; one record is always read
+        /// (default [`DEFAULT_BATCH_MAX_BYTES`]).
+        batch_max_bytes: u64
+    );
+    setter!(
+        /// Most replay requests in flight at once (default [`DEFAULT_MAX_IN_FLIGHT`]); the
+        /// exporter's own `max_in_flight` limits it further.
+        max_in_flight: usize
+    );
+    setter!(
+        /// Pause between two replay batches (default [`DEFAULT_BATCH_DELAY`]: none).
+        batch_delay: Duration
+    );
+
+    /// Directory of the spool (default [`default_spool_dir`]: `OUTLAST_SPOOL_DIR`, else
+    /// `<temp dir>/outlast-spool`). Servers should point it at persistent storage.
+    ///
+    /// If the directory cannot be used, the client still builds: it warns once and runs
+    /// without a spool (payloads that cannot be delivered are then dropped and counted).
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self.forget_env("spool_dir");
+        self
+    }
+
+    /// The Tokio runtime the drain task runs on (default: the runtime current when
+    /// [`build`](ClientBuilder::build) is called).
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// Checks the settings and resolves the defaults.
+    pub(crate) fn resolve(&self) -> Result<Settings, ConfigError> {
+        self.resolve_inner().map_err(|e| self.name_env_variable(e))
+    }
+
+    /// If the rejected parameter came from an environment variable, name the variable.
+    fn name_env_variable(&self, e: ConfigError) -> ConfigError {
+        match e {
+            ConfigError::Invalid { param, reason } => {
+                match self.from_env.iter().find(|(p, _)| *p == param) {
+                    Some((_, var)) => {
+                        ConfigError::invalid(var, format!("{reason} (builder parameter {param})"))
+                    }
+                    None => ConfigError::Invalid { param, reason },
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn resolve_inner(&self) -> Result<Settings, ConfigError> {
+        let retry = RetryPolicy {
+            immediate_retry_delay: self
+                .immediate_retry_delay
+                .unwrap_or(DEFAULT_IMMEDIATE_RETRY_DELAY),
+            initial_backoff: self.initial_backoff.unwrap_or(DEFAULT_INITIAL_BACKOFF),
+            max_backoff: self.max_backoff.unwrap_or(DEFAULT_MAX_BACKOFF),
+            jitter: self.jitter.unwrap_or(DEFAULT_JITTER),
+            max_retry_after: self.max_retry_after.unwrap_or(DEFAULT_MAX_RETRY_AFTER),
+        };
+        retry.validate()?;
+
+        let attempt_timeout = self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+        if attempt_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "attempt_timeout",
+                "must be greater than zero, or every attempt times out",
+            ));
+        }
+        let batch_size = self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if batch_size == 0 {
+            return Err(ConfigError::invalid(
+                "batch_size",
+                "must be at least 1, or the backlog is never replayed",
+            ));
+        }
+        let batch_max_bytes = self.batch_max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES);
+        if batch_max_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "batch_max_bytes",
+                "must be at least 1 byte",
+            ));
+        }
+        let max_in_flight = self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        if max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "max_in_flight",
+                "must be at least 1, or the backlog is never replayed",
+            ));
+        }
+
+        let spool_max_bytes = self.spool_max_bytes.unwrap_or(DEFAULT_MAX_TOTAL_BYTES);
+        let segment_bytes = self.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES);
+        let max_record_bytes = self.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+        let durability = self.durability.unwrap_or_default();
+        let spool = SpoolConfig::new(self.spool_dir.clone().unwrap_or_else(default_spool_dir))
+            .max_total_bytes(spool_max_bytes)
+            .segment_bytes(segment_bytes)
+            .max_record_bytes(max_record_bytes)
+            .full_policy(self.full_policy.unwrap_or_default())
+            .max_record_age(self.max_record_age.unwrap_or(None))
+            .durability(durability);
+        match spool.validate() {
+            Ok(()) => {}
+            // The spool's directory is never a reason to refuse building: a client without a
+            // spool still delivers while the backend is up.
+            Err(SpoolError::Config { param: "root", .. }) => {}
+            Err(SpoolError::Config { param, reason }) => {
+                return Err(ConfigError::invalid(spool_param_name(param), reason));
+            }
+            Err(other) => {
+                return Err(ConfigError::invalid("spool", other.to_string()));
+            }
+        }
+
+        Ok(Settings {
+            retry,
+            attempt_timeout,
+            warn_interval: self.warn_interval.unwrap_or(DEFAULT_WARN_INTERVAL),
+            spool,
+            max_record_bytes,
+            durability,
+            batch_size,
+            batch_max_bytes,
+            max_in_flight,
+            batch_delay: self.batch_delay.unwrap_or(DEFAULT_BATCH_DELAY),
+        })
+    }
+}
+
+/// Maps a [`SpoolConfig`] parameter name to the builder's name for it.
+fn spool_param_name(param: &'static str) -> &'static str {
+    match param {
+        "max_total_bytes" => "spool_max_bytes",
+        // `durability` is rejected for its fsync interval; the other names are the same.
+        other => other,
+    }
+}
+
+/// The resolved, validated settings a client runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) retry: RetryPolicy,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) warn_interval: Duration,
+    pub(crate) spool: SpoolConfig,
+    pub(crate) max_record_bytes: u64,
+    pub(crate) durability: Durability,
+    pub(crate) batch_size: usize,
+    pub(crate) batch_max_bytes: u64,
+    pub(crate) max_in_flight: usize,
+    pub(crate) batch_delay: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected_param(b: &ClientBuilder) -> &'static str {
+        match b.resolve() {
+            Err(ConfigError::Invalid { param, .. }) => param,
+            Ok(_) => panic!("accepted a bad configuration: {b:?}"),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_values() {
+        let s = ClientBuilder::new().resolve().expect("defaults are valid");
+        assert_eq!(s.attempt_timeout, Duration::from_secs(10));
+        assert_eq!(s.retry.immediate_retry_delay, Duration::from_secs(1));
+        assert_eq!(s.retry.initial_backoff, Duration::from_secs(1));
+        assert_eq!(s.retry.max_backoff, Duration::from_secs(128));
+        assert_eq!(s.warn_interval, Duration::from_secs(60));
+        assert_eq!(s.spool.max_total_bytes_value(), 512 * 1024 * 1024);
+        assert_eq!(s.batch_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn builder_rejects_bad_values_naming_the_parameter() {
+        let cases: Vec<(ClientBuilder, &str)> = vec![
+            (
+                ClientBuilder::new().attempt_timeout(Duration::ZERO),
+                "attempt_timeout",
+            ),
+            (ClientBuilder::new().batch_size(0), "batch_size"),
+            (ClientBuilder::new().batch_max_bytes(0), "batch_max_bytes"),
+            (ClientBuilder::new().max_in_flight(0), "max_in_flight"),
+            (ClientBuilder::new().jitter(1.5), "jitter"),
+            (ClientBuilder::new().jitter(f64::NAN), "jitter"),
+            (
+                ClientBuilder::new().initial_backoff(Duration::ZERO),
+                "initial_backoff",
+            ),
+            (
+                ClientBuilder::new()
+                    .initial_backoff(Duration::from_secs(10))
+                    .max_backoff(Duration::from_secs(5)),
+                "max_backoff",
+            ),
+            (
+                ClientBuilder::new()
+                    .segment_bytes(1024 * 1024)
+                    .max_record_bytes(2 * 1024 * 1024),
+                "segment_bytes",
+            ),
+            (
+                ClientBuilder::new()
+                    .spool_max_bytes(1024 * 1024)
+                    .segment_bytes(4 * 1024 * 1024)
+                    .max_record_bytes(1024 * 1024),
+                "spool_max_bytes",
+            ),
+            (
+                ClientBuilder::new().max_record_age(Some(Duration::ZERO)),
+                "max_record_age",
+            ),
+            (
+                ClientBuilder::new().durability(Durability::OsWrite {
+                    fsync_interval: Duration::ZERO,
+                }),
+                "durability",
+            ),
+        ];
+        for (builder, param) in cases {
+            assert_eq!(rejected_param(&builder), param, "{builder:?}");
+        }
+    }
+
+    #[test]
+    fn an_unusable_spool_dir_is_not_a_configuration_error() {
+        assert!(ClientBuilder::new().spool_dir("").resolve().is_ok());
+        assert!(
+            ClientBuilder::new()
+                .spool_dir("/proc/definitely/not/writable")
+                .resolve()
+                .is_ok()
+        );
+    }
+}

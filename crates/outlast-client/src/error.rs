@@ -1,0 +1,279 @@
+//! What `Client::export` answers: delivered, spooled, or dropped with the reason and the
+//! payload handed back; and the errors of shutdown.
+
+use std::fmt;
+use std::sync::Arc;
+
+use outlast_core::{ExportError, Payload};
+use outlast_spool::SpoolError;
+
+/// Where an accepted payload went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[must_use]
+pub enum Delivery {
+    /// The backend confirmed it (on the first attempt or on the quick retry).
+    Delivered,
+    /// It is in the spool; the drain task will deliver it.
+    Spooled,
+}
+
+impl Delivery {
+    /// Whether the backend confirmed the payload.
+    pub fn is_delivered(self) -> bool {
+        matches!(self, Delivery::Delivered)
+    }
+
+    /// Whether the payload went to the spool.
+    pub fn is_spooled(self) -> bool {
+        matches!(self, Delivery::Spooled)
+    }
+}
+
+/// Why a payload was dropped: the label used in [`ClientStats`](crate::ClientStats) and in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The backend was unreachable and the spool had no room (drop-newest policy).
+    SpoolFull,
+    /// The backend rejected the payload and would reject it again.
+    Permanent,
+    /// The backend was unreachable and the spool could not be opened or written.
+    SpoolUnavailable,
+    /// The client had been shut down.
+    ShutDown,
+    /// The payload is larger than the largest record the spool accepts.
+    TooLarge,
+    /// A spooled record outlived the configured maximum record age.
+    Expired,
+    /// A spooled record was evicted to make room for a newer one (drop-oldest policy).
+    Evicted,
+    /// A spooled record was damaged on disk (bad checksum) and skipped.
+    Corrupt,
+}
+
+impl DropReason {
+    /// A short, stable label (`spool_full`, `permanent`, ...), used as a log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SpoolFull => "spool_full",
+            DropReason::Permanent => "permanent",
+            DropReason::SpoolUnavailable => "spool_unavailable",
+            DropReason::ShutDown => "shut_down",
+            DropReason::TooLarge => "too_large",
+            DropReason::Expired => "expired",
+            DropReason::Evicted => "evicted",
+            DropReason::Corrupt => "corrupt",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the spool could not take a payload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolFault {
+    /// The spool could not be opened when the client was built; the client runs without it.
+    #[error("the spool could not be opened: {0}")]
+    Open(#[source] Arc<SpoolError>),
+    /// Writing the record failed (disk full, read-only file system, I/O error).
+    #[error("the spool could not be written: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+/// A payload the client did not deliver and did not spool. The payload comes back.
+///
+/// Each such drop is counted in [`ClientStats`](crate::ClientStats) under its
+/// [`DropReason`] and logged (rate-limited).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DropError {
+    /// The backend was unreachable and the spool is full (its size cap, drop-newest policy).
+    #[error(
+        "payload dropped: the backend is unreachable and the spool is full ({max_total_bytes} bytes)"
+    )]
+    SpoolFull {
+        /// The payload, handed back.
+        payload: Payload,
+        /// The spool's size cap.
+        max_total_bytes: u64,
+    },
+    /// The backend rejected the payload permanently (e.g. HTTP 400); it was not retried.
+    #[error("payload dropped: the backend rejected it permanently")]
+    Permanent {
+        /// The payload, handed back.
+        payload: Payload,
+        /// The exporter's error.
+        #[source]
+        source: ExportError,
+    },
+    /// The backend was unreachable and the spool is unavailable.
+    #[error("payload dropped: the backend is unreachable and the spool is unavailable")]
+    SpoolUnavailable {
+        /// The payload, handed back.
+        payload: Payload,
+        /// What is wrong with the spool.
+        #[source]
+        source: SpoolFault,
+    },
+    /// The client has been shut down (or shut down while this export was under way).
+    #[error("payload refused: the client has been shut down")]
+    ShutDown {
+        /// The payload, handed back.
+        payload: Payload,
+    },
+    /// The payload is larger than the largest record the spool accepts, so the client could
+    /// not keep it through an outage; it is refused up front.
+    #[error("payload refused: {size} bytes exceeds max_record_bytes ({max} bytes)")]
+    TooLarge {
+        /// The payload, handed back.
+        payload: Payload,
+        /// Its size.
+        size: u64,
+        /// The limit (`max_record_bytes`).
+        max: u64,
+    },
+}
+
+impl DropError {
+    /// Why the payload was dropped.
+    pub fn reason(&self) -> DropReason {
+        match self {
+            DropError::SpoolFull { .. } => DropReason::SpoolFull,
+            DropError::Permanent { .. } => DropReason::Permanent,
+            DropError::SpoolUnavailable { .. } => DropReason::SpoolUnavailable,
+            DropError::ShutDown { .. } => DropReason::ShutDown,
+            DropError::TooLarge { .. } => DropReason::TooLarge,
+        }
+    }
+
+    /// The refused payload.
+    pub fn payload(&self) -> &Payload {
+        match self {
+            DropError::SpoolFull { payload, .. }
+            | DropError::Permanent { payload, .. }
+            | DropError::SpoolUnavailable { payload, .. }
+            | DropError::ShutDown { payload }
+            | DropError::TooLarge { payload, .. } => payload,
+        }
+    }
+
+    /// Takes the refused payload back.
+    pub fn into_payload(self) -> Payload {
+        match self {
+            DropError::SpoolFull { payload, .. }
+            | DropError::Permanent { payload, .. }
+            | DropError::SpoolUnavailable { payload, .. }
+            | DropError::ShutDown { payload }
+            | DropError::TooLarge { payload, .. } => payload,
+        }
+    }
+
+    /// Whether the client was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, DropError::ShutDown { .. })
+    }
+
+    /// Whether the backend rejected the payload permanently.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DropError::Permanent { .. })
+    }
+
+    /// Whether the payload was dropped for lack of room or of a usable spool, i.e. whether
+    /// trying again later (once the backend is back) could succeed.
+    pub fn is_retryable_later(&self) -> bool {
+        matches!(
+            self,
+            DropError::SpoolFull { .. } | DropError::SpoolUnavailable { .. }
+        )
+    }
+}
+
+/// What went wrong while shutting down. The flush report is kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShutdownError {
+    /// The client had already been shut down completely.
+    #[error("the client has already been shut down")]
+    AlreadyShutDown,
+    /// Closing the spool failed: what was not synced may be lost on a power failure
+    /// (a process crash loses nothing in the default durability mode).
+    #[error("closing the spool failed: {source}")]
+    Spool {
+        /// What the final flush achieved.
+        report: crate::FlushReport,
+        /// The spool's error.
+        #[source]
+        source: SpoolError,
+    },
+    /// The exporter's own shutdown failed or did not finish in time.
+    #[error("the exporter's shutdown failed: {source}")]
+    Exporter {
+        /// What the final flush achieved.
+        report: crate::FlushReport,
+        /// The exporter's error.
+        #[source]
+        source: ExportError,
+    },
+}
+
+impl ShutdownError {
+    /// The final flush report, when shutdown got that far.
+    pub fn report(&self) -> Option<&crate::FlushReport> {
+        match self {
+            ShutdownError::AlreadyShutDown => None,
+            ShutdownError::Spool { report, .. } | ShutdownError::Exporter { report, .. } => {
+                Some(report)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn public_errors_are_send_sync_static() {
+        assert_send_sync_static::<DropError>();
+        assert_send_sync_static::<ShutdownError>();
+        assert_send_sync_static::<SpoolFault>();
+    }
+
+    #[test]
+    fn every_drop_error_hands_the_payload_back() {
+        let p = Payload::new(&b"abc"[..]);
+        let errors = [
+            DropError::SpoolFull {
+                payload: p.clone(),
+                max_total_bytes: 1,
+            },
+            DropError::Permanent {
+                payload: p.clone(),
+                source: ExportError::permanent("400"),
+            },
+            DropError::SpoolUnavailable {
+                payload: p.clone(),
+                source: SpoolFault::Write(std::io::Error::other("disk full")),
+            },
+            DropError::ShutDown { payload: p.clone() },
+            DropError::TooLarge {
+                payload: p.clone(),
+                size: 3,
+                max: 2,
+            },
+        ];
+        for e in errors {
+            assert_eq!(e.payload(), &p);
+            assert!(!e.to_string().is_empty());
+            let reason = e.reason();
+            assert_eq!(e.into_payload(), p, "{reason}");
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! State shared by a client's handles and its drain task: the exporter, the spool, the
+//! backlog and online flags, the counters, the wake-up signals and the log throttle.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use outlast_core::throttle::KeyedThrottle;
+use outlast_core::{DynExporter, ExportError, Payload};
+use outlast_spool::{AppendErrorKind, Durability, Spool, SpoolError, SpoolStats};
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::stats::Counters;
+use crate::{Delivery, DropError, DropReason, SpoolFault};
+
+/// Kinds of rate-limited log messages; each kind has its own budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum LogKind {
+    /// "currently retrying N failed export(s) (B bytes)".
+    Retrying,
+    /// Payloads dropped for one reason.
+    Dropped(DropReason),
+    /// The drain task could not read or acknowledge the spool.
+    SpoolTrouble,
+}
+
+/// The throttle and what the last drop message of each reason reported.
+#[derive(Debug)]
+struct Logs {
+    throttle: KeyedThrottle<LogKind>,
+    drops_reported: [u64; 8],
+}
+
+fn reason_index(reason: DropReason) -> usize {
+    match reason {
+        DropReason::SpoolFull => 0,
+        DropReason::Permanent => 1,
+        DropReason::SpoolUnavailable => 2,
+        DropReason::ShutDown => 3,
+        DropReason::TooLarge => 4,
+        DropReason::Expired => 5,
+        DropReason::Evicted => 6,
+        DropReason::Corrupt => 7,
+    }
+}
+
+/// Bit 0 of [`Shared::backlog`]: a backlog exists. The other bits count appends.
+const BACKLOG_BIT: u64 = 1;
+/// What one append adds to [`Shared::backlog`].
+const ONE_APPEND: u64 = 2;
+
+pub(crate) struct Shared {
+    pub(crate) exporter: Arc<dyn DynExporter>,
+    pub(crate) settings: Settings,
+    spool: RwLock<Option<Arc<Spool>>>,
+    /// Why the spool could not be opened, if it could not.
+    open_error: Option<Arc<SpoolError>>,
+    pub(crate) counters: Counters,
+    /// Backlog flag (bit 0) and append counter (bits 1..): the drain task clears the flag
+    /// only if no append happened since it found the spool empty (one compare-and-swap).
+    backlog: AtomicU64,
+    online: AtomicBool,
+    accepting: AtomicBool,
+    /// Set once the drain task has been stopped by shutdown.
+    pub(crate) stopped: AtomicBool,
+    /// Direct exports under way (a flush waits for them too).
+    direct_in_flight: AtomicUsize,
+    /// Incremented by every `force_flush`: the drain task skips its backoff wait when it sees
+    /// a value it has not acted on.
+    pub(crate) flush_epoch: AtomicU64,
+    /// New records were appended: wakes an idle drain task.
+    pub(crate) work: Notify,
+    /// A flush was requested: wakes a drain task waiting out its backoff.
+    pub(crate) flush_now: Notify,
+    /// Something a flush waits for changed (backlog gone, direct export finished, batch done).
+    pub(crate) progress: Notify,
+    /// The `Retry-After` of the direct failure that created the backlog, for the drain task's
+    /// first delay.
+    retry_after_hint: Mutex<Option<Duration>>,
+    logs: Mutex<Logs>,
+    /// Spool gauges at the moment it was closed, for stats after shutdown.
+    closed_stats: Mutex<Option<SpoolStats>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("spool_dir", &self.settings.spool.root())
+            .field("spool_available", &self.spool_available())
+            .field("backlog", &self.has_backlog())
+            .field("online", &self.is_online())
+            .field("accepting", &self.is_accepting())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while these locks are held; if something did, the data is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_std() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Shared {
+    pub(crate) fn new(
+        exporter: Arc<dyn DynExporter>,
+        settings: Settings,
+        spool: Option<Arc<Spool>>,
+        open_error: Option<Arc<SpoolError>>,
+        backlog: bool,
+    ) -> Shared {
+        let warn_interval = settings.warn_interval;
+        Shared {
+            exporter,
+            settings,
+            spool: RwLock::new(spool),
+            open_error,
+            counters: Counters::default(),
+            backlog: AtomicU64::new(if backlog { BACKLOG_BIT } else { 0 }),
+            online: AtomicBool::new(true),
+            accepting: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
+            direct_in_flight: AtomicUsize::new(0),
+            flush_epoch: AtomicU64::new(0),
+            work: Notify::new(),
+            flush_now: Notify::new(),
+            progress: Notify::new(),
+            retry_after_hint: Mutex::new(None),
+            logs: Mutex::new(Logs {
+                throttle: KeyedThrottle::new(warn_interval),
+                drops_reported: [0; 8],
+            }),
+            closed_stats: Mutex::new(None),
+        }
+    }
+
+    // ----- spool access -----
+
+    /// The spool, if it is open.
+    pub(crate) fn spool(&self) -> Option<Arc<Spool>> {
+        self.spool
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn spool_available(&self) -> bool {
+        self.spool
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Whether spool calls are made inline (page-cache writes in `OsWrite` mode) rather than
+    /// on the blocking pool (`FsyncEveryAppend` mode waits for the disk).
+    pub(crate) fn spool_calls_inline(&self) -> bool {
+        matches!(self.settings.durability, Durability::OsWrite { .. })
+    }
+
+    /// Current spool gauges: live, or as they were when the spool was closed.
+    pub(crate) fn spool_stats(&self) -> Option<SpoolStats> {
+        match self.spool() {
+            Some(s) => Some(s.stats()),
+            None => lock(&self.closed_stats).clone(),
+        }
+    }
+
+    /// Takes the spool out (no new appends or reads can start), syncs it and closes it.
+    /// If an export still holds it, it is synced and released when that export finishes.
+    pub(crate) fn close_spool(&self) -> Result<(), SpoolError> {
+        let taken = self
+            .spool
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(spool) = taken else {
+            return Ok(());
+        };
+        *lock(&self.closed_stats) = Some(spool.stats());
+        match Arc::try_unwrap(spool) {
+            Ok(spool) => spool.close(),
+            Err(shared) => shared.sync(),
+        }
+    }
+
+    // ----- state flags -----
+
+    pub(crate) fn has_backlog(&self) -> bool {
+        self.backlog.load(Ordering::Acquire) & BACKLOG_BIT != 0
+    }
+
+    /// A value to hand to [`try_clear_backlog`](Self::try_clear_backlog) after finding the
+    /// spool empty. Taken *before* reading the spool.
+    pub(crate) fn backlog_snapshot(&self) -> u64 {
+        self.backlog.load(Ordering::Acquire)
+    }
+
+    /// Clears the backlog flag unless an append happened since `snapshot`.
+    pub(crate) fn try_clear_backlog(&self, snapshot: u64) -> bool {
+        snapshot & BACKLOG_BIT != 0
+            && self
+                .backlog
+                .compare_exchange(
+                    snapshot,
+                    snapshot & !BACKLOG_BIT,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    /// Records that an append completed: a backlog exists now.
+    fn mark_appended(&self) {
+        // Count first, then flag: a drain task that took its snapshot before this append
+        // sees the count change and does not clear the flag.
+        self.backlog.fetch_add(ONE_APPEND, Ordering::AcqRel);
+        self.backlog.fetch_or(BACKLOG_BIT, Ordering::AcqRel);
+        self.work.notify_one();
+    }
+
+    pub(crate) fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    /// Sets the online flag; a change is logged at info level.
+    pub(crate) fn set_online(&self, online: bool) {
+        if self.online.swap(online, Ordering::AcqRel) != online {
+            if online {
+                tracing::info!(online, "outlast: backend reachable again");
+            } else {
+                let (records, bytes) = self.spool_stats().map_or((0, 0), |s| (s.records, s.bytes));
+                tracing::info!(
+                    online,
+                    spool_records = records,
+                    spool_bytes = bytes,
+                    "outlast: backend unreachable; payloads go to the spool"
+                );
+            }
+        }
+    }
+
+    pub(crate) fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn set_retry_after_hint(&self, hint: Option<Duration>) {
+        *lock(&self.retry_after_hint) = hint;
+    }
+
+    pub(crate) fn take_retry_after_hint(&self) -> Option<Duration> {
+        lock(&self.retry_after_hint).take()
+    }
+
+    /// Whether there is nothing left to deliver and nothing under way.
+    pub(crate) fn is_drained(&self) -> bool {
+        !self.has_backlog() && self.direct_in_flight.load(Ordering::Acquire) == 0
+    }
+
+    pub(crate) fn enter_direct(&self) -> DirectGuard<'_> {
+        self.direct_in_flight.fetch_add(1, Ordering::AcqRel);
+        DirectGuard(self)
+    }
+
+    // ----- export attempts -----
+
+    /// One export attempt bounded by the attempt timeout.
+    pub(crate) async fn attempt(&self, payload: &Payload) -> Result<(), ExportError> {
+        let limit = self.settings.attempt_timeout;
+        match tokio::time::timeout(limit, self.exporter.export_boxed(payload)).await {
+            Ok(result) => result,
+            Err(_) => Err(ExportError::Timeout { after: limit }),
+        }
+    }
+
+    // ----- spooling -----
+
+    /// Appends `payload` to `spool` and does the bookkeeping (counters, backlog flag, wake the
+    /// drain task). Synchronous, so it also completes when run on the blocking pool for an
+    /// export whose future was dropped.
+    pub(crate) fn append_to(&self, spool: &Spool, payload: Payload) -> Result<Delivery, DropError> {
+        match spool.append(payload) {
+            Ok(appended) => {
+                Counters::bump(&self.counters.spooled);
+                if appended.evicted.records > 0 {
+                    self.record_drop(DropReason::Evicted, appended.evicted.records);
+                }
+                self.mark_appended();
+                Ok(Delivery::Spooled)
+            }
+            Err(e) => {
+                let payload = e.payload;
+                let err = match e.kind {
+                    AppendErrorKind::Full { max_total_bytes } => DropError::SpoolFull {
+                        payload,
+                        max_total_bytes,
+                    },
+                    AppendErrorKind::TooLarge { size, max } => {
+                        DropError::TooLarge { payload, size, max }
+                    }
+                    AppendErrorKind::Io(io) => DropError::SpoolUnavailable {
+                        payload,
+                        source: SpoolFault::Write(io),
+                    },
+                    AppendErrorKind::Closed => DropError::ShutDown { payload },
+                    // The spool's error kinds are non-exhaustive: a kind added later is still
+                    // a spool that cannot take the payload.
+                    other => DropError::SpoolUnavailable {
+                        payload,
+                        source: SpoolFault::Write(std::io::Error::other(other.to_string())),
+                    },
+                };
+                self.record_drop(err.reason(), 1);
+                Err(err)
+            }
+        }
+    }
+
+    /// The error for a payload that needs the spool when there is none.
+    pub(crate) fn no_spool(&self, payload: Payload) -> DropError {
+        let err = match &self.open_error {
+            Some(e) if self.is_accepting() => DropError::SpoolUnavailable {
+                payload,
+                source: SpoolFault::Open(Arc::clone(e)),
+            },
+            // No open error: the spool was closed by shutdown.
+            _ => DropError::ShutDown { payload },
+        };
+        self.record_drop(err.reason(), 1);
+        err
+    }
+
+    // ----- logging -----
+
+    /// Counts `n` drops for `reason` and logs them at error level, rate-limited per reason.
+    pub(crate) fn record_drop(&self, reason: DropReason, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counters.add_dropped(reason, n);
+        let total = self.counters.dropped().get(reason);
+        let mut logs = lock(&self.logs);
+        if logs
+            .throttle
+            .check(LogKind::Dropped(reason), now_std())
+            .is_some()
+        {
+            let since_last = total - logs.drops_reported[reason_index(reason)];
+            logs.drops_reported[reason_index(reason)] = total;
+            drop(logs);
+            tracing::error!(
+                reason = reason.as_str(),
+                dropped = since_last,
+                dropped_total = total,
+                "outlast: dropped {since_last} payload(s) ({reason}); {total} dropped for this reason since start"
+            );
+        }
+    }
+
+    /// Logs that exports are being retried, at most once per warn interval.
+    pub(crate) fn warn_retrying(&self, delay: Duration) {
+        let due = lock(&self.logs)
+            .throttle
+            .check(LogKind::Retrying, now_std())
+            .is_some();
+        if due {
+            let (n, b) = self.spool_stats().map_or((0, 0), |s| (s.records, s.bytes));
+            tracing::warn!(
+                records = n,
+                bytes = b,
+                next_attempt_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "currently retrying {n} failed export(s) ({b} bytes)"
+            );
+        }
+    }
+
+    /// Logs a spool read or acknowledgement failure, rate-limited.
+    pub(crate) fn warn_spool_trouble(&self, what: &'static str, error: &SpoolError) {
+        let due = lock(&self.logs)
+            .throttle
+            .check(LogKind::SpoolTrouble, now_std())
+            .is_some();
+        if due {
+            tracing::warn!(operation = what, error = %error, "outlast: spool {what} failed; retrying with backoff");
+        }
+    }
+}
+
+/// Counts a direct export as under way until dropped, then wakes flush waiters.
+pub(crate) struct DirectGuard<'a>(&'a Shared);
+
+impl Drop for DirectGuard<'_> {
+    fn drop(&mut self) {
+        self.0.direct_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.progress.notify_waiters();
+    }
+}

@@ -1,0 +1,167 @@
+//! Counters and gauges of a client: what was delivered, spooled, replayed and dropped (and
+//! why), and the state of the spool and of the backend.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::DropReason;
+
+/// Payloads dropped, by reason. Every drop is counted exactly once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DropCounts {
+    /// The spool was full (drop-newest policy) while the backend was unreachable.
+    pub spool_full: u64,
+    /// The backend rejected the payload permanently (direct exports and spooled records).
+    pub permanent: u64,
+    /// The spool could not be used while the backend was unreachable.
+    pub spool_unavailable: u64,
+    /// `export` was called after shutdown.
+    pub shut_down: u64,
+    /// The payload exceeded `max_record_bytes`.
+    pub too_large: u64,
+    /// Spooled records that outlived `max_record_age`.
+    pub expired: u64,
+    /// Spooled records evicted for newer ones (drop-oldest policy).
+    pub evicted: u64,
+    /// Damaged records skipped in the spool (each damaged region counts once).
+    pub corrupt: u64,
+}
+
+impl DropCounts {
+    /// All drops, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.spool_full
+            + self.permanent
+            + self.spool_unavailable
+            + self.shut_down
+            + self.too_large
+            + self.expired
+            + self.evicted
+            + self.corrupt
+    }
+
+    /// The count for one reason.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::SpoolFull => self.spool_full,
+            DropReason::Permanent => self.permanent,
+            DropReason::SpoolUnavailable => self.spool_unavailable,
+            DropReason::ShutDown => self.shut_down,
+            DropReason::TooLarge => self.too_large,
+            DropReason::Expired => self.expired,
+            DropReason::Evicted => self.evicted,
+            DropReason::Corrupt => self.corrupt,
+        }
+    }
+}
+
+/// A snapshot of a client's counters (since it was built) and gauges (now).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Payloads delivered directly by `export` (first attempt or quick retry).
+    pub exported: u64,
+    /// Quick retries made by `export` after a first failed attempt.
+    pub retried: u64,
+    /// Payloads appended to the spool.
+    pub spooled: u64,
+    /// Spooled records delivered by the drain task.
+    pub replayed: u64,
+    /// Replay attempts that failed (retryable), each followed by a backoff.
+    pub replay_failures: u64,
+    /// Payloads dropped, by reason.
+    pub dropped: DropCounts,
+    /// Records waiting in the spool (all lanes, including those adopted from dead processes).
+    pub spool_records: u64,
+    /// Bytes of the spool's files.
+    pub spool_bytes: u64,
+    /// Age of the oldest waiting record.
+    pub oldest_record_age: Option<Duration>,
+    /// Whether the backend is believed reachable (the last attempt succeeded, or none failed).
+    pub online: bool,
+    /// Whether new payloads queue behind a spooled backlog.
+    pub backlog: bool,
+    /// Whether the client has a usable spool.
+    pub spool_available: bool,
+    /// Whether the client has been shut down.
+    pub shut_down: bool,
+}
+
+/// The live counters, shared by the export path and the drain task.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) exported: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) spooled: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) replay_failures: AtomicU64,
+    spool_full: AtomicU64,
+    permanent: AtomicU64,
+    spool_unavailable: AtomicU64,
+    shut_down: AtomicU64,
+    too_large: AtomicU64,
+    expired: AtomicU64,
+    evicted: AtomicU64,
+    corrupt: AtomicU64,
+}
+
+impl Counters {
+    fn drop_counter(&self, reason: DropReason) -> &AtomicU64 {
+        match reason {
+            DropReason::SpoolFull => &self.spool_full,
+            DropReason::Permanent => &self.permanent,
+            DropReason::SpoolUnavailable => &self.spool_unavailable,
+            DropReason::ShutDown => &self.shut_down,
+            DropReason::TooLarge => &self.too_large,
+            DropReason::Expired => &self.expired,
+            DropReason::Evicted => &self.evicted,
+            DropReason::Corrupt => &self.corrupt,
+        }
+    }
+
+    /// Counts `n` drops for `reason`.
+    pub(crate) fn add_dropped(&self, reason: DropReason, n: u64) {
+        self.drop_counter(reason).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Delivered records so far (direct and replayed), for flush reports.
+    pub(crate) fn delivered(&self) -> u64 {
+        self.exported.load(Ordering::Relaxed) + self.replayed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn dropped(&self) -> DropCounts {
+        let get = |r| self.drop_counter(r).load(Ordering::Relaxed);
+        DropCounts {
+            spool_full: get(DropReason::SpoolFull),
+            permanent: get(DropReason::Permanent),
+            spool_unavailable: get(DropReason::SpoolUnavailable),
+            shut_down: get(DropReason::ShutDown),
+            too_large: get(DropReason::TooLarge),
+            expired: get(DropReason::Expired),
+            evicted: get(DropReason::Evicted),
+            corrupt: get(DropReason::Corrupt),
+        }
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_counted_under_their_reason() {
+        let c = Counters::default();
+        c.add_dropped(DropReason::Permanent, 2);
+        c.add_dropped(DropReason::Expired, 3);
+        let d = c.dropped();
+        assert_eq!(d.get(DropReason::Permanent), 2);
+        assert_eq!(d.get(DropReason::Expired), 3);
+        assert_eq!(d.get(DropReason::SpoolFull), 0);
+        assert_eq!(d.total(), 5);
+    }
+}
