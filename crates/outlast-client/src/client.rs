@@ -285,7 +285,9 @@ impl Client {
     ///
     /// It returns within `timeout` even if the backend hangs (attempts are bounded by their
     /// own timeout and the flush does not wait for them past its deadline). What is not
-    /// delivered stays in the spool.
+    /// delivered stays in the spool. Before answering, it syncs the spool (data and read
+    /// progress) within the time left, so that what the flush delivered is not sent again
+    /// after a crash and what it did not deliver survives a power loss.
     ///
     /// # Cancel safety
     ///
@@ -321,6 +323,19 @@ impl Client {
                 () = tokio::time::sleep_until(deadline) => break shared.is_drained(),
             }
         };
+        // Make the outcome durable before answering: the data written and the read progress
+        // (so a serverless instance frozen or killed after the flush re-sends as little as
+        // possible). Bounded by the time left; the fsync finishes in the background if not.
+        if let Some(spool) = shared.spool() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                let sync = tokio::task::spawn_blocking(move || spool.sync());
+                match tokio::time::timeout(left, sync).await {
+                    Ok(Ok(Err(e))) => shared.warn_spool_trouble("sync after flush", &e),
+                    Ok(Ok(Ok(()))) | Ok(Err(_)) | Err(_) => {}
+                }
+            }
+        }
         let (remaining_records, remaining_bytes) = shared
             .spool_stats()
             .map_or((0, 0), |s| (s.records, s.bytes));
