@@ -330,9 +330,8 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             if !left.is_zero() {
                 let sync = tokio::task::spawn_blocking(move || spool.sync());
-                match tokio::time::timeout(left, sync).await {
-                    Ok(Ok(Err(e))) => shared.warn_spool_trouble("sync after flush", &e),
-                    Ok(Ok(Ok(()))) | Ok(Err(_)) | Err(_) => {}
+                if let Ok(Ok(Err(e))) = tokio::time::timeout(left, sync).await {
+                    shared.warn_spool_trouble("sync after flush", &e);
                 }
             }
         }
