@@ -200,3 +200,8 @@ pub use stats::{ClientStats, DropCounts};
 pub mod http;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+// The README's examples are compiled as doctests of this crate, so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
