@@ -341,7 +341,7 @@ async fn progress(
             s.exported + s.replayed,
             s.spooled,
             s.spool_records,
-            human_bytes(s.spool_bytes),
+            human_bytes(s.pending_bytes),
             if s.online { "online" } else { "OFFLINE" },
         ));
     }

@@ -101,7 +101,7 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
                     s.replayed + s.exported,
                     s.dropped.total(),
                     s.spool_records,
-                    human_bytes(s.spool_bytes),
+                    human_bytes(s.pending_bytes),
                     if s.online { "online" } else { "offline" },
                 ));
             }

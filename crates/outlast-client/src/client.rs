@@ -25,8 +25,7 @@ pub struct FlushReport {
     /// Records still waiting in the spool; they stay on disk for a later flush, the drain
     /// task, or the next process using the same spool directory.
     pub remaining_records: u64,
-    /// Bytes of the spool's files still on disk (a segment is freed only once all its records
-    /// are delivered, so this may be above zero when `remaining_records` is zero).
+    /// Framed bytes of the records still waiting (see [`ClientStats::pending_bytes`]).
     pub remaining_bytes: u64,
     /// Payloads delivered while the flush ran (direct exports and replayed records).
     pub delivered: u64,
@@ -337,7 +336,7 @@ impl Client {
         }
         let (remaining_records, remaining_bytes) = shared
             .spool_stats()
-            .map_or((0, 0), |s| (s.records, s.bytes));
+            .map_or((0, 0), |s| (s.records, s.pending_bytes));
         FlushReport {
             complete,
             remaining_records,
@@ -439,6 +438,7 @@ impl Client {
             dropped: c.dropped(),
             spool_records: spool.records,
             spool_bytes: spool.bytes,
+            pending_bytes: spool.pending_bytes,
             oldest_record_age: spool
                 .oldest_created_at
                 .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),

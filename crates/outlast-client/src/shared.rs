@@ -370,7 +370,9 @@ impl Shared {
             .check(LogKind::Retrying, now_std())
             .is_some();
         if due {
-            let (n, b) = self.spool_stats().map_or((0, 0), |s| (s.records, s.bytes));
+            let (n, b) = self
+                .spool_stats()
+                .map_or((0, 0), |s| (s.records, s.pending_bytes));
             tracing::warn!(
                 records = n,
                 bytes = b,

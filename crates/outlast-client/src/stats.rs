@@ -74,8 +74,12 @@ pub struct ClientStats {
     pub dropped: DropCounts,
     /// Records waiting in the spool (all lanes, including those adopted from dead processes).
     pub spool_records: u64,
-    /// Bytes of the spool's files.
+    /// Bytes of the spool's files (what the size cap applies to). A segment file is freed
+    /// only once all its records are delivered, so this stays above zero after a drain.
     pub spool_bytes: u64,
+    /// Framed bytes of the records waiting in the spool (estimated in proportion for a
+    /// segment delivered part-way): what the retry warning reports.
+    pub pending_bytes: u64,
     /// Age of the oldest waiting record.
     pub oldest_record_age: Option<Duration>,
     /// Whether the backend is believed reachable (the last attempt succeeded, or none failed).

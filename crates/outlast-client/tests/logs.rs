@@ -78,7 +78,11 @@ async fn retry_warnings_come_at_most_once_a_minute_in_the_documented_form() {
     assert!(c.stats().replay_failures >= 60);
     let warnings = logs.count("currently retrying");
     assert!((5..=6).contains(&warnings), "{warnings} warnings");
-    let bytes = c.stats().spool_bytes;
+    let bytes = c.stats().pending_bytes;
+    assert!(
+        bytes >= 3,
+        "the pending record's framed size, {bytes}, covers its payload"
+    );
     let expected = format!("currently retrying 1 failed export(s) ({bytes} bytes)");
     assert!(
         logs.lines().iter().any(|l| l.contains(&expected)),

@@ -1100,6 +1100,16 @@ impl Inner {
                 let n = m.unacked(acked);
                 if n > 0 {
                     s.records += n;
+                    let framed = m.len.saturating_sub(crate::format::SEGMENT_HEADER_LEN);
+                    s.pending_bytes += if n >= m.records || m.records == 0 {
+                        framed
+                    } else {
+                        // Records of one segment are of similar size in practice; an
+                        // exact figure would need a per-record index, which the spool
+                        // does not keep (memory must not grow with its size).
+                        u64::try_from(u128::from(framed) * u128::from(n) / u128::from(m.records))
+                            .unwrap_or(framed)
+                    };
                     oldest = oldest.min(m.oldest_ns);
                 }
             }

@@ -67,8 +67,13 @@ pub struct SpoolStats {
     /// Records stored and not yet acknowledged (approximate while records are being acked in
     /// the middle of a segment: counted from per-segment indexes).
     pub records: u64,
-    /// Bytes of all segment files (what the cap applies to).
+    /// Bytes of all segment files (what the cap applies to). A segment's file is deleted
+    /// only once all its records are acknowledged, so this stays above zero after a drain.
     pub bytes: u64,
+    /// Framed bytes of the records not yet acknowledged: what is waiting to be delivered.
+    /// Exact for whole segments; for a segment acknowledged part-way it is estimated in
+    /// proportion to its records left.
+    pub pending_bytes: u64,
     /// Creation time of the oldest stored record, if any.
     pub oldest_created_at: Option<SystemTime>,
     /// Lanes held: this process's own plus adopted ones.

@@ -238,3 +238,42 @@ fn records_older_than_max_record_age_are_skipped_and_counted() {
     assert_eq!(&b.records[0].payload.bytes()[..], b"fresh");
     assert_eq!(spool.stats().expired.records, 2);
 }
+
+#[test]
+fn pending_bytes_follow_appends_and_acks_while_file_bytes_wait_for_segment_deletion() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One large segment, so that nothing is deleted while acking part of it.
+    let config = outlast_spool::SpoolConfig::new(dir.path())
+        .segment_bytes(4 * 1024 * 1024)
+        .max_record_bytes(64 * 1024);
+    let (spool, _) = Spool::open(config).expect("open");
+    assert_eq!(spool.stats().pending_bytes, 0);
+    let mut last = None;
+    for _ in 0..100 {
+        last = Some(
+            spool
+                .append(Payload::new(vec![7u8; 1000]))
+                .expect("append")
+                .id,
+        );
+    }
+    let full = spool.stats();
+    assert_eq!(full.records, 100);
+    // Each framed record holds its 1000 payload bytes plus a small frame and header.
+    assert!(
+        (100_000..=110_000).contains(&full.pending_bytes),
+        "{}",
+        full.pending_bytes
+    );
+    let batch = spool.read_batch(50, u64::MAX).expect("read");
+    spool.ack(batch.records[49].id).expect("ack half");
+    let half = spool.stats();
+    assert_eq!(half.records, 50);
+    assert_eq!(half.pending_bytes, full.pending_bytes / 2);
+    assert_eq!(half.bytes, full.bytes, "the segment file is still whole");
+    let rest = spool.read_batch(100, u64::MAX).expect("read rest");
+    assert_eq!(rest.records.last().map(|r| r.id), last);
+    spool.ack(rest.records[49].id).expect("ack rest");
+    assert_eq!(spool.stats().pending_bytes, 0);
+    assert_eq!(spool.stats().records, 0);
+}
