@@ -20,7 +20,14 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     ensure_cargo_deny()?;
 
     let mut policy = Command::new("cargo");
-    policy.args(["deny", "--all-features", "check", "bans", "licenses", "sources"]);
+    policy.args([
+        "deny",
+        "--all-features",
+        "check",
+        "bans",
+        "licenses",
+        "sources",
+    ]);
     step("deny bans licenses sources", root, policy)?;
 
     let snapshot = root.join("../shared/advisory-db");
@@ -100,7 +107,12 @@ fn install_snapshot(snapshot: &Path, db: &Path) -> Result<()> {
     };
     git(&["init", "--quiet"])?;
     git(&["add", "--all"])?;
-    git(&["commit", "--quiet", "--message", "RustSec advisory snapshot"])?;
+    git(&[
+        "commit",
+        "--quiet",
+        "--message",
+        "RustSec advisory snapshot",
+    ])?;
     Ok(())
 }
 
