@@ -107,9 +107,24 @@ pub(crate) struct ReplayArgs {
     /// Where to send (http:// or https://).
     #[arg(long, value_name = "URL")]
     pub(crate) endpoint: String,
+    /// An extra request header, `NAME=VALUE` (repeatable), e.g. an `authorization` token.
+    /// Headers from `OUTLAST_HEADERS` and the other `OUTLAST_*` HTTP variables
+    /// (`OUTLAST_HTTP_TIMEOUT`, `OUTLAST_HTTP_GZIP`, `OUTLAST_CA_FILE`) apply too.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub(crate) headers: Vec<(String, String)>,
     /// Give up after this long; what is not delivered stays in the spool.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
+}
+
+/// Parses a `NAME=VALUE` header argument.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected NAME=VALUE, got '{s}'")),
+    }
 }
 
 /// Why a duration or size was rejected.

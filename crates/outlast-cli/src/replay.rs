@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use outlast_client::Client;
-use outlast_client::http::HttpExporter;
+use outlast_client::http::{ENV_ENDPOINT, HttpExporterBuilder};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -47,12 +47,26 @@ struct ReplaySummary {
 /// [`CliError::NewerVersion`], [`CliError::Locked`], [`CliError::SpoolUnavailable`];
 /// [`CliError::Incomplete`] when records remain after the timeout.
 pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliError> {
-    let exporter = HttpExporter::builder(args.endpoint.as_str())
-        .build()
-        .map_err(|source| CliError::Config {
+    // The endpoint comes from --endpoint; headers, timeout, gzip and CA from the same
+    // OUTLAST_* variables an application would use, plus any --header.
+    let vars = std::env::vars_os()
+        .filter(|(k, _)| k != ENV_ENDPOINT)
+        .chain(std::iter::once((
+            ENV_ENDPOINT.into(),
+            args.endpoint.clone().into(),
+        )));
+    let mut builder =
+        HttpExporterBuilder::from_env_vars(vars).map_err(|source| CliError::Config {
             context: "--endpoint",
             source,
         })?;
+    for (name, value) in &args.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let exporter = builder.build().map_err(|source| CliError::Config {
+        context: "--header",
+        source,
+    })?;
     let inspection = scan_spool(&args.dir)?;
     if let Some(e) = newer_version(&inspection) {
         return Err(e);

@@ -127,13 +127,30 @@ async fn replay_delivers_every_record_of_a_left_behind_spool() {
     let path = dir.path().to_str().expect("utf-8").to_owned();
     let run = tokio::task::spawn_blocking(move || {
         outlast(
-            &["replay", &path, "--endpoint", &url, "--timeout", "20s"],
+            &[
+                "replay",
+                &path,
+                "--endpoint",
+                &url,
+                "--timeout",
+                "20s",
+                "--header",
+                "x-tenant=acme",
+            ],
             LIMIT,
         )
     })
     .await
     .expect("the runner thread ends");
     assert_eq!(run.code, Some(0), "{run:?}");
+    let received = receiver.received();
+    assert!(!received.is_empty());
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("x-tenant") == Some("acme")),
+        "every replayed request carries the --header"
+    );
     let v = run.json();
     assert_eq!(v["records"], 150, "{v}");
     assert_eq!(v["delivered"], 150, "{v}");
