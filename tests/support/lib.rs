@@ -1,2 +1,420 @@
-//! Shared helpers for the end-to-end tests in this folder.
+//! Shared helpers for the end-to-end tests in this folder: fast client settings, keyed
+//! payloads, a ledger of what `export` answered, order checks, and an HTTPS receiver with a
+//! private CA made at run time.
 #![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use outlast_client::http::{HttpExporter, KEY_HEADER};
+use outlast_client::{Client, ClientBuilder, Delivery, DropReason, Payload};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls_pki_types::PrivateKeyDer;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Every end-to-end test finishes within this, or fails. Generous: the machine that runs
+/// them has two cores and may be compiling at the same time.
+pub const TEST_BOUND: Duration = Duration::from_secs(50);
+
+/// Time limit of one export attempt (client and exporter alike): short, so that a hanging
+/// receiver costs little test time.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Delay before the quick retry of a direct export (the product default is 1 s).
+pub const IMMEDIATE_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// First backoff delay of the drain task (the product default is 1 s).
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Cap on the drain task's backoff (the product default is 128 s).
+pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Cap on a delay raised by `Retry-After`: a receiver asking for 1 s gets 1 s.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A flush bound generous enough for every backlog these tests build, on a loaded machine.
+pub const GENEROUS_FLUSH: Duration = Duration::from_secs(30);
+
+/// A client builder on `dir` with the short delays above (instead of the product's seconds),
+/// so that outages and recoveries take milliseconds of test time.
+pub fn fast_builder(dir: &Path) -> ClientBuilder {
+    Client::builder()
+        .spool_dir(dir)
+        .attempt_timeout(ATTEMPT_TIMEOUT)
+        .immediate_retry_delay(IMMEDIATE_RETRY_DELAY)
+        .initial_backoff(INITIAL_BACKOFF)
+        .max_backoff(MAX_BACKOFF)
+        .max_retry_after(MAX_RETRY_AFTER)
+}
+
+/// An HTTP exporter to `url` whose request timeout is [`ATTEMPT_TIMEOUT`].
+pub fn http_exporter(url: &str) -> HttpExporter {
+    http_exporter_with_timeout(url, ATTEMPT_TIMEOUT)
+}
+
+/// An HTTP exporter to `url` with this request timeout.
+pub fn http_exporter_with_timeout(url: &str, timeout: Duration) -> HttpExporter {
+    HttpExporter::builder(url)
+        .timeout(timeout)
+        .build()
+        .expect("valid exporter settings")
+}
+
+/// An attempt timeout for tests that need a backend which is up never to time out, even
+/// on a loaded two-core machine (a timed-out attempt that the backend did accept is sent
+/// again: a legitimate duplicate, which such tests rule out).
+pub const CALM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The key of the `i`-th payload of a test: fixed width, so keys sort like their indexes.
+pub fn key(i: usize) -> String {
+    format!("k{i:06}")
+}
+
+/// The index a [`key`] was made from.
+pub fn key_index(key: &str) -> usize {
+    key.strip_prefix('k')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key:?} is not a test key"))
+}
+
+/// The `i`-th payload of a test: its key, and a body that names it.
+pub fn keyed_payload(i: usize) -> Payload {
+    Payload::new(format!("{{\"payload\":{i}}}").into_bytes()).with_key(key(i))
+}
+
+/// Runs `fut` within [`TEST_BOUND`], or fails the test naming `what`.
+pub async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(TEST_BOUND, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not finish within {TEST_BOUND:?}"),
+    }
+}
+
+/// What `export` answered for each key, in export order.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    /// Keys answered `Delivered` or `Spooled` (the client took responsibility), in export
+    /// order.
+    pub accepted: Vec<String>,
+    /// Keys answered `Delivered`.
+    pub delivered: Vec<String>,
+    /// Keys answered `Spooled`.
+    pub spooled: Vec<String>,
+    /// Keys dropped as `DropError::Permanent`.
+    pub permanent: Vec<String>,
+    /// Keys dropped for any other reason.
+    pub other_drops: Vec<(String, DropReason)>,
+}
+
+impl Ledger {
+    /// Exports the `i`-th keyed payload through `client`, records the answer, returns it.
+    pub async fn export(&mut self, client: &Client, i: usize) -> Result<Delivery, DropReason> {
+        let k = key(i);
+        match client.export(keyed_payload(i)).await {
+            Ok(d) => {
+                self.accepted.push(k.clone());
+                match d {
+                    Delivery::Delivered => self.delivered.push(k),
+                    Delivery::Spooled => self.spooled.push(k),
+                }
+                Ok(d)
+            }
+            Err(e) if e.is_permanent() => {
+                self.permanent.push(k);
+                Err(DropReason::Permanent)
+            }
+            Err(e) => {
+                let reason = e.reason();
+                self.other_drops.push((k, reason));
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// Checks the order in which keys first reached the backend against the order they were
+/// exported in, for a client with at most `in_flight` attempts under way at once.
+///
+/// `arrived` is the receiver's keys in order of first acceptance; `exported` the keys the
+/// client accepted, in export order. Asserts that both hold the same keys, and that when a
+/// key first arrived, fewer than `in_flight` keys exported before it were still missing.
+///
+/// Why that bound: the drain task starts attempts in spool order through a sliding window
+/// of `in_flight`, stops starting new ones at the first retryable failure, and after a
+/// failure starts again at the oldest unacknowledged record (acknowledged means accepted).
+/// So when a record's attempt starts, every older record has been accepted or is under way
+/// in the same window, at most `in_flight - 1` of them. A direct export happens only when no
+/// backlog is left. `in_flight == 1` therefore means exactly export order.
+pub fn assert_arrival_order(arrived: &[String], exported: &[String], in_flight: usize) {
+    assert!(in_flight >= 1, "at least one attempt must be allowed");
+    let position: HashMap<&str, usize> = exported
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    assert_eq!(
+        position.len(),
+        exported.len(),
+        "exported keys must be distinct"
+    );
+    // A Fenwick tree over export positions counting the keys arrived so far.
+    let mut tree = vec![0usize; exported.len() + 1];
+    let arrived_before = |tree: &[usize], p: usize| {
+        let (mut i, mut n) = (p, 0);
+        while i > 0 {
+            n += tree[i];
+            i &= i - 1;
+        }
+        n
+    };
+    let mut seen = vec![false; exported.len()];
+    for (n, k) in arrived.iter().enumerate() {
+        let Some(&p) = position.get(k.as_str()) else {
+            panic!("key {k} arrived but was never accepted by the client");
+        };
+        assert!(!seen[p], "key {k} listed twice in first-arrival order");
+        let missing = p - arrived_before(&tree, p);
+        if missing >= in_flight {
+            let missing_keys: Vec<&String> = exported[..p]
+                .iter()
+                .zip(&seen)
+                .filter(|(_, s)| !**s)
+                .map(|(k, _)| k)
+                .collect();
+            panic!(
+                "key {k} (exported #{p}) arrived as #{n} while {missing} older key(s) had not \
+                 arrived (at most {} may be under way with it): {missing_keys:?}",
+                in_flight - 1
+            );
+        }
+        seen[p] = true;
+        let mut i = p + 1;
+        while i < tree.len() {
+            tree[i] += 1;
+            i += i & i.wrapping_neg();
+        }
+    }
+    let missing: Vec<&String> = exported
+        .iter()
+        .zip(&seen)
+        .filter(|(_, s)| !**s)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} key(s) accepted by the client never reached the backend: {missing:?}",
+        missing.len()
+    );
+}
+
+/// How long coming back up retries binding the port (it may linger briefly).
+const REBIND_PATIENCE: Duration = Duration::from_secs(3);
+
+/// An HTTPS receiver on 127.0.0.1 with a certificate signed by a private CA generated at
+/// start: answers `200` to every request, records the key header of each, and can be taken
+/// down (port closed, connections dropped) and brought back on the same port.
+pub struct TlsReceiver {
+    addr: SocketAddr,
+    ca_pem: String,
+    acceptor: tokio_rustls::TlsAcceptor,
+    log: Arc<Mutex<TlsLog>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the TLS receiver saw.
+#[derive(Debug, Default)]
+struct TlsLog {
+    /// Keys of the requests answered 200, in arrival order (repeats included).
+    keys: Vec<String>,
+    /// TLS handshakes that completed.
+    handshakes: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TlsReceiver {
+    /// Makes a CA and a server certificate for `127.0.0.1` and `localhost`, and starts
+    /// serving on a random port of 127.0.0.1.
+    pub async fn start() -> TlsReceiver {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().expect("server key");
+        let server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("server params");
+        let server_cert = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server certificate");
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                PrivateKeyDer::try_from(server_key.serialize_der()).expect("server key DER"),
+            )
+            .expect("server TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local address");
+        let receiver = TlsReceiver {
+            addr,
+            ca_pem: ca_cert.pem(),
+            acceptor,
+            log: Arc::default(),
+            task: Mutex::new(None),
+        };
+        receiver.serve(listener);
+        receiver
+    }
+
+    /// `https://127.0.0.1:<port>/v1/traces`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/v1/traces", self.addr.port())
+    }
+
+    /// The private CA's certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let acceptor = self.acceptor.clone();
+        let log = Arc::clone(&self.log);
+        let task = tokio::spawn(async move {
+            // Dropped with the task: aborting the task aborts every connection.
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((tcp, _)) = accepted else { continue };
+                        let acceptor = acceptor.clone();
+                        let log = Arc::clone(&log);
+                        conns.spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else { return };
+                            lock(&log).handshakes += 1;
+                            let svc = service_fn(move |req| answer(req, Arc::clone(&log)));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(tls), svc)
+                                .await;
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        *lock(&self.task) = Some(task);
+    }
+
+    /// Closes the port and drops every connection: connections are refused until
+    /// [`come_up`](Self::come_up).
+    pub async fn go_down(&self) {
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            task.abort();
+            // Wait until the listener and the connections are really gone.
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn come_up(&self) {
+        let deadline = tokio::time::Instant::now() + REBIND_PATIENCE;
+        let listener = loop {
+            match bind(self.addr) {
+                Ok(l) => break l,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot bind {} again: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+
+    /// Keys of the requests answered 200, in arrival order, repeats included.
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.log).keys.clone()
+    }
+
+    /// TLS handshakes completed so far.
+    pub fn handshakes(&self) -> u64 {
+        lock(&self.log).handshakes
+    }
+}
+
+impl std::fmt::Debug for TlsReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsReceiver")
+            .field("addr", &self.addr)
+            .field("log", &*lock(&self.log))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TlsReceiver {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Reads the whole request, records its key, answers 200.
+async fn answer(
+    req: hyper::Request<Incoming>,
+    log: Arc<Mutex<TlsLog>>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let key = req
+        .headers()
+        .get(KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if req.into_body().collect().await.is_err() {
+        // The client went away mid-body: nothing was received.
+        let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"incomplete body")));
+        *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+        return Ok(resp);
+    }
+    if let Some(key) = key {
+        lock(&log).keys.push(key);
+    }
+    Ok(hyper::Response::new(Full::new(Bytes::new())))
+}
+
+/// Binds with `SO_REUSEADDR`, so the port can be bound again right after going down.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
+/// Keys in `keys` in order of first appearance, each once.
+pub fn first_arrivals(keys: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    keys.iter()
+        .filter(|k| seen.insert(k.as_str()))
+        .cloned()
+        .collect()
+}
