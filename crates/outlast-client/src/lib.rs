@@ -164,8 +164,15 @@
 //! operating system when `export` returns: it survives a crash or `kill -9` of the process;
 //! the spool is fsynced every second, on rotation and on shutdown. With
 //! [`Durability::FsyncEveryAppend`] it has reached the disk (concurrent exports share one
-//! fsync); the append then runs on Tokio's blocking pool. Read progress is persisted, so after
-//! a restart at most the last unacknowledged batch is delivered twice.
+//! fsync); the append then runs on Tokio's blocking pool.
+//!
+//! Delivery is at least once. The drain task acknowledges the delivered prefix of the backlog
+//! as it grows, and the spool writes every acknowledgement to the OS at once, so after a
+//! process crash only records sent but not yet acknowledged are sent again: the replay window
+//! never reaches more than `batch_size` records past the oldest record not yet delivered, so
+//! that is at most `batch_size` records, plus those whose acknowledgement was being written
+//! at the moment of the crash. `docs/delivery-guarantees.md` has the details, including a
+//! power loss.
 //!
 //! # Features
 //!
