@@ -330,7 +330,7 @@ impl Client {
             if !left.is_zero() {
                 let sync = tokio::task::spawn_blocking(move || spool.sync());
                 if let Ok(Ok(Err(e))) = tokio::time::timeout(left, sync).await {
-                    shared.warn_spool_trouble("sync after flush", &e);
+                    shared.warn_flush_sync(&e);
                 }
             }
         }

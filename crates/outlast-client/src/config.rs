@@ -155,9 +155,12 @@ impl ClientBuilder {
         segment_bytes: u64
     );
     setter!(
-        /// Largest payload the client accepts, spool framing included (default
-        /// [`DEFAULT_MAX_RECORD_BYTES`]). Larger payloads are refused with
-        /// [`DropError::TooLarge`](crate::DropError::TooLarge).
+        /// Largest spool record (default [`DEFAULT_MAX_RECORD_BYTES`]). `export` refuses a
+        /// payload whose bytes exceed it with
+        /// [`DropError::TooLarge`](crate::DropError::TooLarge) before any attempt. The spool
+        /// adds a frame of a few dozen bytes plus the payload's key and content type, so a
+        /// payload within that margin of the limit is delivered directly when the backend is
+        /// up but refused as too large if it has to be spooled.
         max_record_bytes: u64
     );
     setter!(

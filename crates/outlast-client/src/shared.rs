@@ -23,6 +23,8 @@ pub(crate) enum LogKind {
     Dropped(DropReason),
     /// The drain task could not read or acknowledge the spool.
     SpoolTrouble,
+    /// The spool could not be synced at the end of a flush.
+    FlushSync,
 }
 
 /// The throttle and what the last drop message of each reason reported.
@@ -379,6 +381,19 @@ impl Shared {
                 next_attempt_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 "currently retrying {n} failed export(s) ({b} bytes)"
             );
+        }
+    }
+
+    /// Logs that the spool could not be synced at the end of a flush, rate-limited. Nothing
+    /// retries it: the data is still written to the OS, and the next periodic sync, flush or
+    /// shutdown tries again.
+    pub(crate) fn warn_flush_sync(&self, error: &SpoolError) {
+        let due = lock(&self.logs)
+            .throttle
+            .check(LogKind::FlushSync, now_std())
+            .is_some();
+        if due {
+            tracing::warn!(error = %error, "outlast: spool sync at the end of a flush failed; written data is still with the OS, the next sync tries again");
         }
     }
 
