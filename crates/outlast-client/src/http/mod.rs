@@ -74,7 +74,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use outlast_core::{ExportError, Exporter, Payload, Reachability};
+use outlast_core::{ContentType, ExportError, Exporter, Payload, Reachability};
 
 pub use builder::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_PROBE_TIMEOUT, DEFAULT_TIMEOUT,
@@ -225,7 +225,14 @@ impl HttpExporter {
         } else {
             payload.bytes().clone()
         };
-        match HeaderValue::from_str(payload.content_type().as_str()) {
+        // The common media types are static header values: no parsing per request.
+        let content_type = match payload.content_type() {
+            ContentType::Protobuf => Ok(HeaderValue::from_static("application/x-protobuf")),
+            ContentType::Json => Ok(HeaderValue::from_static("application/json")),
+            ContentType::OctetStream => Ok(HeaderValue::from_static("application/octet-stream")),
+            other => HeaderValue::from_str(other.as_str()),
+        };
+        match content_type {
             Ok(v) => {
                 headers.insert(CONTENT_TYPE, v);
             }
