@@ -1,6 +1,7 @@
 //! A [`SpoolFs`] for tests that injects faults (ENOSPC, EIO, short and torn writes, failed
 //! fsyncs) and simulates a machine crash (bytes written since the last fsync are lost, or a
-//! prefix of them is kept). Not for production use.
+//! prefix of them is kept; so are overwrites of bytes already synced, such as cursor slots).
+//! Not for production use.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -34,13 +35,20 @@ pub enum WriteFault {
 }
 
 /// What a simulated crash keeps of the bytes written since each file's last fsync.
+///
+/// Two kinds of unsynced writes are tracked per file: bytes past its synced length (cut
+/// back) and overwrites of bytes within it (undone, newest first, restoring what the file
+/// held before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashKeep {
-    /// Nothing: every unsynced byte is lost.
+    /// Nothing: every unsynced byte is lost, every unsynced overwrite undone (a power loss
+    /// before the OS wrote anything back).
     Nothing,
-    /// Everything (the OS flushed it all in time).
+    /// Everything (a process crash, or the OS flushed it all in time).
     All,
-    /// A prefix, chosen from this seed, per file.
+    /// Per file, chosen from this seed: a prefix of the appended bytes, and the first
+    /// overwrites in write order, the first overwrite not kept being torn (a prefix of its
+    /// new bytes kept).
     Prefix(u64),
 }
 
@@ -54,6 +62,8 @@ struct State {
     dead: bool,
     /// Durable length of each file created or synced through this fs.
     synced: HashMap<PathBuf, u64>,
+    /// Unsynced overwrites of durable bytes, per file, oldest first: (offset, old bytes).
+    undo: HashMap<PathBuf, Vec<(u64, Vec<u8>)>>,
 }
 
 /// The fault-injecting file system. Clones share their state.
@@ -111,8 +121,8 @@ impl FaultFs {
     }
 
     /// Simulates a crash: from now on every operation fails with EIO, and every file's bytes
-    /// written since its last fsync are cut as `keep` says. Call [`FaultFs::revive`] before
-    /// reopening.
+    /// written since its last fsync are cut (or overwrites undone) as `keep` says. Call
+    /// [`FaultFs::revive`] before reopening.
     ///
     /// # Errors
     /// If a file cannot be truncated.
@@ -145,6 +155,41 @@ impl FaultFs {
             let f = std::fs::OpenOptions::new().write(true).open(path)?;
             f.set_len(synced + kept)?;
         }
+        let undo = std::mem::take(&mut st.undo);
+        for (path, entries) in undo {
+            let n = entries.len() as u64;
+            let kept = match keep {
+                CrashKeep::Nothing => 0,
+                CrashKeep::All => n,
+                CrashKeep::Prefix(_) => {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng % (n + 1)
+                }
+            };
+            let kept = usize::try_from(kept).unwrap_or(usize::MAX);
+            let Some(undone) = entries.get(kept..).filter(|u| !u.is_empty()) else {
+                continue;
+            };
+            let f = match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            // Newest first, so that the oldest undone write ends up restored last.
+            for (i, (offset, old)) in undone.iter().enumerate().rev() {
+                let torn = if i == 0 && matches!(keep, CrashKeep::Prefix(_)) {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    usize::try_from(rng % (old.len() as u64 + 1)).unwrap_or(0)
+                } else {
+                    0
+                };
+                std::os::unix::fs::FileExt::write_all_at(&f, &old[torn..], offset + torn as u64)?;
+            }
+        }
         Ok(())
     }
 
@@ -159,6 +204,7 @@ impl FaultFs {
         st.create_failures = 0;
         st.set_len_failures = 0;
         st.synced.clear();
+        st.undo.clear();
     }
 
     fn check_dead(&self) -> io::Result<()> {
@@ -188,6 +234,29 @@ struct FaultFile {
     inner: Arc<dyn SpoolFile>,
 }
 
+impl FaultFile {
+    /// Remembers what a write of `len` bytes at `offset` overwrites of the file's durable
+    /// bytes, so that a crash can undo it.
+    fn note_overwrite(&self, offset: u64, len: usize) -> io::Result<()> {
+        let mut st = self.fs.lock();
+        let Some(&synced) = st.synced.get(&self.path) else {
+            return Ok(());
+        };
+        if offset >= synced || len == 0 {
+            return Ok(());
+        }
+        let end = synced.min(offset + len as u64);
+        let mut old = vec![0u8; usize::try_from(end - offset).unwrap_or(0)];
+        let n = crate::fs::read_full_at(&*self.inner, &mut old, offset)?;
+        old.truncate(n);
+        st.undo
+            .entry(self.path.clone())
+            .or_default()
+            .push((offset, old));
+        Ok(())
+    }
+}
+
 impl SpoolFile for FaultFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.fs.check_dead()?;
@@ -206,16 +275,21 @@ impl SpoolFile for FaultFile {
             st.writes.pop_front()
         };
         match fault {
-            None => self.inner.write_at(buf, offset),
+            None => {
+                self.note_overwrite(offset, buf.len())?;
+                self.inner.write_at(buf, offset)
+            }
             Some(WriteFault::Fail(kind)) => Err(err(kind)),
             Some(WriteFault::ShortThenFail { written, kind }) => {
                 let n = written.min(buf.len().saturating_sub(1));
+                self.note_overwrite(offset, n)?;
                 let n = self.inner.write_at(&buf[..n], offset)?;
                 self.fs.lock().pending_error = Some(kind);
                 Ok(n)
             }
             Some(WriteFault::Torn { written, kind }) => {
                 let n = written.min(buf.len());
+                self.note_overwrite(offset, n)?;
                 self.inner.write_at(&buf[..n], offset)?;
                 Err(err(kind))
             }
@@ -235,7 +309,9 @@ impl SpoolFile for FaultFile {
         }
         self.inner.sync_data()?;
         let len = self.inner.len()?;
-        self.fs.lock().synced.insert(self.path.clone(), len);
+        let mut st = self.fs.lock();
+        st.synced.insert(self.path.clone(), len);
+        st.undo.remove(&self.path);
         Ok(())
     }
 
@@ -254,6 +330,12 @@ impl SpoolFile for FaultFile {
         let mut st = self.fs.lock();
         if let Some(s) = st.synced.get_mut(&self.path) {
             *s = (*s).min(len);
+        }
+        if let Some(entries) = st.undo.get_mut(&self.path) {
+            entries.retain_mut(|(offset, old)| {
+                old.truncate(usize::try_from(len.saturating_sub(*offset)).unwrap_or(usize::MAX));
+                !old.is_empty()
+            });
         }
         Ok(())
     }
@@ -318,13 +400,23 @@ impl SpoolFs for FaultFs {
                 st.synced.remove(to);
             }
         }
+        match st.undo.remove(from) {
+            Some(u) => {
+                st.undo.insert(to.to_path_buf(), u);
+            }
+            None => {
+                st.undo.remove(to);
+            }
+        }
         Ok(())
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.check_dead()?;
         StdFs.remove_file(path)?;
-        self.lock().synced.remove(path);
+        let mut st = self.lock();
+        st.synced.remove(path);
+        st.undo.remove(path);
         Ok(())
     }
 

@@ -20,12 +20,17 @@ pub const FRAME_OVERHEAD: u64 = FRAME_PREFIX_LEN as u64 + 8 + 4;
 /// Hard limit on a frame body, whatever the configuration: bounds the length field before
 /// it is trusted.
 pub const FORMAT_MAX_RECORD_BYTES: u64 = 256 * 1024 * 1024;
-/// Magic at the start of the cursor file.
+/// Magic at the start of every cursor record.
 pub const CURSOR_MAGIC: [u8; 4] = *b"OLCU";
-/// The cursor format version.
-pub const CURSOR_VERSION: u16 = 1;
-/// Length of the cursor file.
-pub const CURSOR_LEN: usize = 28;
+/// The cursor record version written by this build (2: two slots, with a generation).
+pub const CURSOR_VERSION: u16 = 2;
+/// Length of a version-2 cursor record (one slot's content).
+pub const CURSOR_RECORD_LEN: usize = 36;
+/// Offsets of the cursor file's two slots: different 512-byte disk sectors, so that a write
+/// torn by a power loss can damage at most the slot being written.
+pub const CURSOR_SLOT_OFFSETS: [u64; 2] = [0, 512];
+/// Length of the version-1 cursor record (a single record at offset 0, no generation).
+pub const CURSOR_V1_LEN: usize = 28;
 /// Largest encoded record header accepted on read.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
@@ -274,33 +279,119 @@ pub struct CursorState {
     pub next_seq: u64,
 }
 
-/// Encodes a cursor file.
-pub fn encode_cursor(c: CursorState) -> [u8; CURSOR_LEN] {
-    let mut b = [0u8; CURSOR_LEN];
+/// What one slot of the cursor file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorSlot {
+    /// Nothing was ever written there (no bytes, or only zero bytes).
+    Empty,
+    /// A valid record: the higher `generation` of the two slots is the newer.
+    Valid {
+        /// Write counter of the cursor file (a version-1 record counts as generation 0).
+        generation: u64,
+        /// The read progress it records.
+        state: CursorState,
+    },
+    /// Bytes that are not a valid record: torn, damaged, or of a newer version.
+    Damaged,
+}
+
+/// Encodes one cursor record (version 2) for a slot.
+pub fn encode_cursor(generation: u64, c: CursorState) -> [u8; CURSOR_RECORD_LEN] {
+    let mut b = [0u8; CURSOR_RECORD_LEN];
     b[0..4].copy_from_slice(&CURSOR_MAGIC);
     b[4..6].copy_from_slice(&CURSOR_VERSION.to_le_bytes());
-    b[8..16].copy_from_slice(&c.acked_through.to_le_bytes());
-    b[16..24].copy_from_slice(&c.next_seq.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..24]);
-    b[24..28].copy_from_slice(&crc.to_le_bytes());
+    // 6..8: flags, zero.
+    b[8..16].copy_from_slice(&generation.to_le_bytes());
+    b[16..24].copy_from_slice(&c.acked_through.to_le_bytes());
+    b[24..32].copy_from_slice(&c.next_seq.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..32]);
+    b[32..36].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
-/// Decodes a cursor file; `None` if it is damaged or of an unknown version.
-pub fn decode_cursor(b: &[u8]) -> Option<CursorState> {
-    if b.len() != CURSOR_LEN || b[0..4] != CURSOR_MAGIC {
-        return None;
+/// Decodes the bytes of one slot (`b` is what the file holds at the slot's offset, up to
+/// [`CURSOR_RECORD_LEN`] bytes; shorter at the end of the file). A version-1 record (the
+/// single-record layout) is accepted as generation 0; any other version is damaged.
+pub fn decode_cursor_slot(b: &[u8]) -> CursorSlot {
+    if b.iter().all(|&x| x == 0) {
+        return CursorSlot::Empty;
     }
-    if u16::from_le_bytes([b[4], b[5]]) != CURSOR_VERSION {
-        return None;
+    if b.len() < 6 || b[0..4] != CURSOR_MAGIC {
+        return CursorSlot::Damaged;
     }
-    if crc32fast::hash(&b[0..24]) != le_u32(&b[24..28]) {
-        return None;
+    match u16::from_le_bytes([b[4], b[5]]) {
+        1 if b.len() >= CURSOR_V1_LEN && crc32fast::hash(&b[0..24]) == le_u32(&b[24..28]) => {
+            CursorSlot::Valid {
+                generation: 0,
+                state: CursorState {
+                    acked_through: le_u64(&b[8..16]),
+                    next_seq: le_u64(&b[16..24]),
+                },
+            }
+        }
+        CURSOR_VERSION
+            if b.len() >= CURSOR_RECORD_LEN && crc32fast::hash(&b[0..32]) == le_u32(&b[32..36]) =>
+        {
+            CursorSlot::Valid {
+                generation: le_u64(&b[8..16]),
+                state: CursorState {
+                    acked_through: le_u64(&b[16..24]),
+                    next_seq: le_u64(&b[24..32]),
+                },
+            }
+        }
+        _ => CursorSlot::Damaged,
     }
-    Some(CursorState {
-        acked_through: le_u64(&b[8..16]),
-        next_seq: le_u64(&b[16..24]),
-    })
+}
+
+/// The cursor a file's two slots amount to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CursorChoice {
+    /// The newest valid slot's state (the initial state if none is valid).
+    pub state: CursorState,
+    /// Its generation (0 if none is valid).
+    pub generation: u64,
+    /// Which slot holds it (`None`: neither is valid).
+    pub slot: Option<usize>,
+    /// No slot is valid and at least one holds damaged bytes: the lane counts as having
+    /// nothing acknowledged (more duplicates, no loss).
+    pub damaged: bool,
+}
+
+/// Chooses between the two slots: the valid one with the higher generation wins; a damaged
+/// slot next to a valid one is ignored (a write torn by a crash leaves exactly that).
+pub fn choose_cursor(slots: [CursorSlot; 2]) -> CursorChoice {
+    let mut best: Option<(usize, u64, CursorState)> = None;
+    for (i, s) in slots.iter().enumerate() {
+        if let CursorSlot::Valid { generation, state } = *s
+            && best.is_none_or(|(_, g, _)| generation > g)
+        {
+            best = Some((i, generation, state));
+        }
+    }
+    match best {
+        Some((slot, generation, state)) => CursorChoice {
+            state,
+            generation,
+            slot: Some(slot),
+            damaged: false,
+        },
+        None => CursorChoice {
+            damaged: slots.contains(&CursorSlot::Damaged),
+            ..CursorChoice::default()
+        },
+    }
+}
+
+/// Reads the two slots out of the first bytes of a cursor file (`file` may be shorter than
+/// both slots, or empty).
+pub fn decode_cursor_file(file: &[u8]) -> CursorChoice {
+    let slot = |i: usize| {
+        let start = usize::try_from(CURSOR_SLOT_OFFSETS[i]).unwrap_or(usize::MAX);
+        let bytes = file.get(start..).unwrap_or(&[]);
+        decode_cursor_slot(&bytes[..bytes.len().min(CURSOR_RECORD_LEN)])
+    };
+    choose_cursor([slot(0), slot(1)])
 }
 
 /// The file name of segment `id`.
@@ -367,14 +458,74 @@ mod tests {
         let mut n = h;
         n[8] = 2;
         assert_eq!(check_segment_header(&n), HeaderCheck::Newer(2));
-        let c = CursorState {
-            acked_through: 9,
-            next_seq: 11,
-        };
-        assert_eq!(decode_cursor(&encode_cursor(c)), Some(c));
-        let mut bad = encode_cursor(c);
-        bad[9] ^= 4;
-        assert_eq!(decode_cursor(&bad), None);
+    }
+
+    fn state(acked_through: u64) -> CursorState {
+        CursorState {
+            acked_through,
+            next_seq: acked_through + 2,
+        }
+    }
+
+    #[test]
+    fn cursor_slot_round_trips_and_any_flipped_bit_is_detected() {
+        let rec = encode_cursor(5, state(9));
+        assert_eq!(
+            decode_cursor_slot(&rec),
+            CursorSlot::Valid {
+                generation: 5,
+                state: state(9)
+            }
+        );
+        for bit in 0..rec.len() * 8 {
+            let mut b = rec;
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                !matches!(decode_cursor_slot(&b), CursorSlot::Valid { .. }),
+                "flipped bit {bit} went undetected"
+            );
+        }
+        assert_eq!(decode_cursor_slot(&[]), CursorSlot::Empty);
+        assert_eq!(decode_cursor_slot(&[0; 36]), CursorSlot::Empty);
+        assert_eq!(decode_cursor_slot(&rec[..20]), CursorSlot::Damaged);
+        let mut newer = rec;
+        newer[4] = 3;
+        let crc = crc32fast::hash(&newer[0..32]);
+        newer[32..36].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_cursor_slot(&newer), CursorSlot::Damaged);
+    }
+
+    #[test]
+    fn version_1_cursor_file_is_read_as_generation_0() {
+        let mut v1 = [0u8; CURSOR_V1_LEN];
+        v1[0..4].copy_from_slice(&CURSOR_MAGIC);
+        v1[4..6].copy_from_slice(&1u16.to_le_bytes());
+        v1[8..16].copy_from_slice(&9u64.to_le_bytes());
+        v1[16..24].copy_from_slice(&11u64.to_le_bytes());
+        let crc = crc32fast::hash(&v1[0..24]);
+        v1[24..28].copy_from_slice(&crc.to_le_bytes());
+        let c = decode_cursor_file(&v1);
+        assert_eq!(c.state, state(9));
+        assert_eq!((c.generation, c.slot, c.damaged), (0, Some(0), false));
+    }
+
+    #[test]
+    fn newest_valid_slot_wins_and_a_damaged_slot_is_ignored() {
+        let mut file = vec![0u8; 512 + CURSOR_RECORD_LEN];
+        file[0..36].copy_from_slice(&encode_cursor(7, state(30)));
+        file[512..548].copy_from_slice(&encode_cursor(8, state(40)));
+        let c = decode_cursor_file(&file);
+        assert_eq!((c.state, c.generation, c.slot), (state(40), 8, Some(1)));
+        file[520] ^= 1;
+        let c = decode_cursor_file(&file);
+        assert_eq!((c.state, c.slot, c.damaged), (state(30), Some(0), false));
+        file[3] ^= 1;
+        let c = decode_cursor_file(&file);
+        assert_eq!(
+            (c.state, c.slot, c.damaged),
+            (CursorState::default(), None, true)
+        );
+        assert_eq!(decode_cursor_file(&[]), CursorChoice::default());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::cursor::{CURSOR_FILE, CURSOR_TMP_FILE};
 use crate::error::SpoolError;
 use crate::format::{self, parse_segment_file_name};
 use crate::fs::StdFs;
@@ -63,7 +64,8 @@ pub struct LaneInspection {
     pub lock: LockState,
     /// Records up to this sequence number are acknowledged (0: none).
     pub acked_through: u64,
-    /// Whether the cursor file is damaged (the lane would be read from the start).
+    /// Whether the cursor file holds no valid slot but damaged bytes (the lane would be
+    /// read from the start).
     pub cursor_damaged: bool,
     /// Segment files, by id.
     pub segments: Vec<SegmentInspection>,
@@ -180,14 +182,14 @@ pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
     };
     for n in lane::list_lanes(root)? {
         let dir = lane::lane_dir(root, n);
-        let (cursor, cursor_damaged) = lane::read_cursor(&StdFs, &dir)
-            .map_err(|e| SpoolError::io(dir.join(lane::CURSOR_FILE), e))?;
+        let cursor = crate::cursor::read_cursor(&StdFs, &dir)
+            .map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
         let mut li = LaneInspection {
             lane: n,
             path: dir.clone(),
             lock: lock_state(&dir.join(lane::LOCK_FILE)),
-            acked_through: cursor.acked_through,
-            cursor_damaged,
+            acked_through: cursor.state.acked_through,
+            cursor_damaged: cursor.damaged,
             segments: Vec::new(),
             unknown_files: Vec::new(),
         };
@@ -199,10 +201,7 @@ pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
                 Some(s) if parse_segment_file_name(s).is_some() => {
                     ids.extend(parse_segment_file_name(s));
                 }
-                Some(s)
-                    if s == lane::LOCK_FILE
-                        || s == lane::CURSOR_FILE
-                        || s == lane::CURSOR_TMP_FILE => {}
+                Some(s) if s == lane::LOCK_FILE || s == CURSOR_FILE || s == CURSOR_TMP_FILE => {}
                 _ => li.unknown_files.push(entry.path()),
             }
         }

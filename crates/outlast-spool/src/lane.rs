@@ -6,20 +6,15 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::cursor::{CURSOR_FILE, CURSOR_TMP_FILE, read_cursor};
 use crate::error::SpoolError;
-use crate::format::{
-    self, CURSOR_LEN, CursorState, HeaderCheck, SEGMENT_HEADER_LEN, parse_segment_file_name,
-};
+use crate::format::{self, CursorChoice, HeaderCheck, SEGMENT_HEADER_LEN, parse_segment_file_name};
 use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at};
 use crate::scan::{FrameReader, Next};
 use crate::types::RecoveryReport;
 
 /// Name of a lane's lock file.
 pub(crate) const LOCK_FILE: &str = "lock";
-/// Name of a lane's cursor file.
-pub(crate) const CURSOR_FILE: &str = "cursor";
-/// Name of the temporary file a new cursor is written to before the rename.
-pub(crate) const CURSOR_TMP_FILE: &str = "cursor.tmp";
 /// Read size while recovering: large sequential reads keep recovery near disk speed.
 const RECOVERY_CHUNK: usize = 4 * 1024 * 1024;
 
@@ -266,40 +261,11 @@ pub(crate) fn try_lock_lane(root: &Path, n: u32, create: bool) -> Result<Option<
     }
 }
 
-/// Reads a lane's cursor: `(state, damaged)`. A missing cursor is the initial state.
-pub(crate) fn read_cursor(fs: &dyn SpoolFs, dir: &Path) -> io::Result<(CursorState, bool)> {
-    let path = dir.join(CURSOR_FILE);
-    let file = match fs.open(&path, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok((CursorState::default(), false));
-        }
-        Err(e) => return Err(e),
-    };
-    let mut buf = [0u8; CURSOR_LEN + 1];
-    let n = read_full_at(&*file, &mut buf, 0)?;
-    match format::decode_cursor(&buf[..n]) {
-        Some(c) => Ok((c, false)),
-        None => Ok((CursorState::default(), true)),
-    }
-}
-
-/// Persists a lane's cursor atomically: temp file, fsync, rename, fsync of the directory.
-pub(crate) fn write_cursor(fs: &dyn SpoolFs, dir: &Path, c: CursorState) -> io::Result<()> {
-    let tmp = dir.join(CURSOR_TMP_FILE);
-    let file = fs.create_truncate(&tmp)?;
-    crate::fs::write_all_at(&*file, &format::encode_cursor(c), 0)?;
-    file.sync_data()?;
-    drop(file);
-    fs.rename(&tmp, &dir.join(CURSOR_FILE))?;
-    fs.sync_dir(dir)
-}
-
 /// A lane as recovery left it.
 #[derive(Debug)]
 pub(crate) struct RecoveredLane {
     pub(crate) segs: Vec<SegMeta>,
-    pub(crate) cursor: CursorState,
+    pub(crate) cursor: CursorChoice,
     /// Largest id of any segment-named file (of any version): new segments get larger ids.
     pub(crate) max_file_id: u64,
     /// The last segment if it can be appended to: (id, valid length, next seq).
@@ -331,9 +297,8 @@ pub(crate) fn recover_lane(
         }
     }
     ids.sort_unstable();
-    let (cursor, damaged) =
-        read_cursor(fs, dir).map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
-    if damaged {
+    let cursor = read_cursor(fs, dir).map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
+    if cursor.damaged {
         report.damaged_cursors += 1;
     }
     let mut out = RecoveredLane {
@@ -341,7 +306,11 @@ pub(crate) fn recover_lane(
         cursor,
         max_file_id: ids.last().copied().unwrap_or(0),
         resumable: None,
-        next_seq: cursor.next_seq.max(cursor.acked_through + 1).max(1),
+        next_seq: cursor
+            .state
+            .next_seq
+            .max(cursor.state.acked_through + 1)
+            .max(1),
     };
     let last_id = ids.last().copied();
     for id in ids {

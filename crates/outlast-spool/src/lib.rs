@@ -3,7 +3,7 @@
 //! share one directory.
 //!
 //! This documentation is the specification of the on-disk format (also in
-//! `docs/spool-format.md`; a test parses the example below, so it stays true).
+//! `docs/spool-format.md`; a test parses the examples below, so they stay true).
 //!
 //! # Layout
 //!
@@ -11,7 +11,7 @@
 //! <root>/                      0700, owned by the user, not a symlink
 //!   lane-0/                    0700; one lane per writing process
 //!     lock                     0600; held with an exclusive OS file lock by the owner
-//!     cursor                   0600; read progress (replaced atomically)
+//!     cursor                   0600; read progress (two slots, overwritten in turn)
 //!     00000000000000000001.seg 0600; segments, named by a 20-digit increasing id
 //!     00000000000000000002.seg
 //!   lane-1/ ...
@@ -74,12 +74,45 @@
 //!
 //! # Cursor file
 //!
-//! `cursor` is 28 bytes: magic `OLCU`, version `1` (u16), 2 zero bytes, `acked_through`
-//! (u64: every record of the lane up to this sequence number is acknowledged), `next_seq`
-//! (u64: the next sequence number the lane's writer would use), CRC-32 of bytes 0..24. It is
-//! written to `cursor.tmp`, fsynced, renamed over `cursor`, and the directory is fsynced, so
-//! it is never torn. A damaged cursor counts as "nothing acknowledged" (more duplicates, no
-//! loss) and is reported ([`RecoveryReport::damaged_cursors`]).
+//! `cursor` holds the lane's read progress in two fixed slots, at offsets 0 and 512 (two
+//! different 512-byte disk sectors; the bytes in between are zero). Each slot holds one
+//! 36-byte cursor record:
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 4 | magic `OLCU` |
+//! | 4  | 2 | cursor version, `2` |
+//! | 6  | 2 | flags, `0` |
+//! | 8  | 8 | generation: `1` for the file's first record, one more for each record written |
+//! | 16 | 8 | `acked_through`: every record of the lane up to this sequence number is acknowledged |
+//! | 24 | 8 | `next_seq`: the next sequence number the lane's writer would use |
+//! | 32 | 4 | CRC-32 of bytes 0..32 |
+//!
+//! Each write goes, with one `pwrite`, into the slot that does not hold the newest valid
+//! record, so a write torn by a crash can only damage the slot it was writing. The file is
+//! created on the lane's first acknowledgement and kept open.
+//!
+//! On open both slots are read. A slot that is all zero bytes (or past the end of the file)
+//! is empty. The valid slot with the higher generation wins; a damaged slot (bad magic, bad
+//! CRC, torn, a version other than 1 or 2) next to a valid one is ignored, as a torn write
+//! leaves exactly that. If no slot is valid and one is damaged, the lane counts as having
+//! nothing acknowledged (more duplicates, no loss), and this is reported
+//! ([`RecoveryReport::damaged_cursors`]); the next write overwrites slot 0. A record of
+//! version 1 (the earlier single-record layout: 28 bytes at offset 0, the same fields
+//! without the generation, CRC-32 of bytes 0..24 at 24) is read as generation 0, so a lane
+//! written by that layout keeps its progress. A record of a newer version counts as damaged
+//! (it is overwritten, not deleted).
+//!
+//! ## Cursor example
+//!
+//! A slot acknowledging the example record above (sequence number 1), generation 3, next
+//! sequence number 2; `CURCRC__` stands for the CRC. The test
+//! `format_doc_example_parses_and_reads_back` also builds this record from the hex in
+//! `docs/spool-format.md`, and checks that a spool with it in slot 0 delivers nothing.
+//!
+//! ```text
+//! 4f4c4355 0200 0000 0300000000000000 0100000000000000 0200000000000000 CURCRC__
+//! ```
 //!
 //! # Recovery on open
 //!
@@ -112,15 +145,32 @@
 //!
 //! # Acknowledgements and the duplicate window
 //!
-//! [`Spool::ack`] acknowledges a lane's records through a sequence number. The cursor is
-//! persisted on every [`CURSOR_PERSIST_EVERY_ACKS`]-th ack, on an ack arriving at least
-//! [`CURSOR_PERSIST_INTERVAL`] after the last persist, by the background thread within one
-//! interval of any ack, before any segment is deleted, on [`Spool::sync`] and on close. After
-//! a crash (process or power) the records delivered again are therefore: those never
-//! acknowledged, plus those acknowledged by at most the last
-//! `CURSOR_PERSIST_EVERY_ACKS - 1` ack calls made within the last interval (1 s by default)
-//! before the crash. A segment is deleted only once all its records are acknowledged (or it
-//! is evicted or expired).
+//! [`Spool::ack`] acknowledges a lane's records through a sequence number, and writes the
+//! new cursor record at once (one `pwrite`, no fsync). The cursor is fdatasynced by the
+//! background thread every interval (the `fsync_interval` of [`Durability::OsWrite`];
+//! [`CURSOR_FSYNC_INTERVAL`] in [`Durability::FsyncEveryAppend`] mode, which promises
+//! durability of appends, not of acknowledgements), on rotation, on [`Spool::sync`] and on
+//! close. Before that fdatasync the newest record is written into the other slot too, so
+//! both slots hold it once synced. Records expired by `max_record_age` at the head of a lane
+//! count as acknowledged and are written the same way. So:
+//!
+//! - after a process crash (`kill -9`, an abort), the OS has every cursor write: the records
+//!   delivered again are exactly those not acknowledged;
+//! - after a power loss, at most the records acknowledged since the cursor's last fdatasync
+//!   (within one interval, 1 s by default) come back besides the unacknowledged ones. A torn
+//!   slot costs nothing more, since the other slot holds at least what was last synced
+//!   (only both slots torn by the same power loss would count as damaged, above).
+//!
+//! A segment is deleted only once all its records are acknowledged in the cursor as
+//! written (or it is evicted or expired). The ack takes it out of the index and the byte
+//! count; the background thread unlinks the file right after (unlinking a 16 MiB file takes
+//! milliseconds), as do [`Spool::sync`] and close; a file left by a crash before that is
+//! fully acknowledged, and the next open deletes it. No fdatasync of the cursor is awaited:
+//! if a power loss keeps the deletion but loses the cursor write, recovery sees an older
+//! ack point and delivers again the acknowledged records still in later segments (within the
+//! window above), never garbage, and starts numbering new records above every sequence
+//! number on disk and above the recovered ack point (numbers of deleted, acknowledged
+//! records may be used again; nothing refers to them).
 //!
 //! # Cap, eviction, expiry
 //!
@@ -135,6 +185,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod config;
+mod cursor;
 mod error;
 pub mod fault;
 pub mod format;
@@ -151,5 +202,5 @@ pub use config::{
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
 pub use outlast_core::Payload;
-pub use spool::{CURSOR_PERSIST_EVERY_ACKS, CURSOR_PERSIST_INTERVAL, Spool};
+pub use spool::{CURSOR_FSYNC_INTERVAL, Spool};
 pub use types::{Appended, Dropped, ReadBatch, Record, RecordId, RecoveryReport, SpoolStats};

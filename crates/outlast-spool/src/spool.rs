@@ -1,5 +1,6 @@
 //! The spool itself: the writer (append, rotation, cap, group commit), the readers (one per
-//! lane, with acks and the cursor), lane adoption, and the background fsync thread.
+//! lane, with acks and the cursor), lane adoption, and the background thread (interval
+//! fsyncs, deletion of acknowledged segments).
 
 use std::fs::File;
 use std::io;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use outlast_core::{Payload, unix_nanos};
 
 use crate::config::{Durability, FullPolicy, SpoolConfig};
+use crate::cursor::{self, CursorFile};
 use crate::error::{AppendError, AppendErrorKind, SpoolError};
 use crate::format::{self, CursorState, SEGMENT_HEADER_LEN};
 use crate::fs::{SpoolFile, SpoolFs, write_all_at};
@@ -20,11 +22,11 @@ use crate::lane::{self, SegMeta};
 use crate::scan::{FrameReader, Next};
 use crate::types::{Appended, Dropped, ReadBatch, Record, RecordId, RecoveryReport, SpoolStats};
 
-/// Acks between two cursor persists (besides the time bound and the forced persists).
-pub const CURSOR_PERSIST_EVERY_ACKS: u32 = 16;
-/// Longest time acked progress stays only in memory while acks keep coming: 1 s, like the
-/// default data fsync interval.
-pub const CURSOR_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// In [`Durability::FsyncEveryAppend`] mode (which has no data fsync interval), how often
+/// the background thread fsyncs the cursor: 1 s, like the default data fsync interval. Every
+/// acknowledgement reaches the OS at once whatever the mode; this bounds what a power loss
+/// can take back.
+pub const CURSOR_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Read size of the reader's window buffer.
 const READ_CHUNK: usize = 256 * 1024;
 /// How many new lane numbers `open` tries when every existing lane is locked.
@@ -57,9 +59,8 @@ struct Lane {
 #[derive(Debug)]
 struct Consumer {
     acked: u64,
-    persisted: u64,
-    acks_since_persist: u32,
-    last_persist: Instant,
+    /// The lane's cursor file; every change of `acked` is written to it.
+    cursor: CursorFile,
     /// Records up to this seq were handed out (or skipped) since the last rewind.
     handed: u64,
     reader: Option<(u64, FrameReader)>,
@@ -110,6 +111,15 @@ struct Inner {
     total_bytes: AtomicU64,
     counters: Mutex<Counters>,
     closed: AtomicBool,
+    /// Fully acknowledged segments already removed from the index and the byte count,
+    /// waiting for the background thread to unlink them (unlinking a large file costs
+    /// milliseconds; acks should not wait for it).
+    doomed: Mutex<Vec<PathBuf>>,
+    /// Held while unlinking doomed segments, so that `sync` returns only once deletions the
+    /// background thread started are done too.
+    deleting: Mutex<()>,
+    /// Wakes the background thread (`None`: no thread; delete inline).
+    wake: Mutex<Option<mpsc::Sender<Wake>>>,
 }
 
 /// The disk spool. See the [crate documentation](crate) for the format and guarantees.
@@ -118,7 +128,16 @@ struct Inner {
 #[derive(Debug)]
 pub struct Spool {
     inner: Arc<Inner>,
-    background: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    background: Option<(mpsc::Sender<Wake>, JoinHandle<()>)>,
+}
+
+/// Messages to the background thread.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// Segments were queued in `Inner::doomed`: delete them.
+    Delete,
+    /// The spool is closing.
+    Stop,
 }
 
 fn now_ns() -> u64 {
@@ -128,7 +147,8 @@ fn now_ns() -> u64 {
 impl Lane {
     fn new(id: u32, dir: PathBuf, adopted: bool, file: File, rec: &lane::RecoveredLane) -> Lane {
         let last = rec.segs.iter().map(|s| s.last_seq).max().unwrap_or(0);
-        let acked = rec.cursor.acked_through;
+        let acked = rec.cursor.state.acked_through;
+        let cursor = CursorFile::new(&dir, &rec.cursor);
         Lane {
             id,
             dir,
@@ -137,9 +157,7 @@ impl Lane {
             segs: Mutex::new(rec.segs.clone()),
             consumer: Mutex::new(Consumer {
                 acked,
-                persisted: acked,
-                acks_since_persist: 0,
-                last_persist: Instant::now(),
+                cursor,
                 handed: acked,
                 reader: None,
             }),
@@ -156,12 +174,31 @@ impl Lane {
         }
     }
 
-    fn persist(&self, fs: &dyn SpoolFs, c: &mut Consumer) -> Result<(), SpoolError> {
-        lane::write_cursor(fs, &self.dir, self.cursor_state(c.acked))
-            .map_err(|e| SpoolError::io(self.dir.join(lane::CURSOR_FILE), e))?;
-        c.persisted = c.acked;
-        c.acks_since_persist = 0;
-        c.last_persist = Instant::now();
+    /// Writes the ack point into the cursor's free slot (one `pwrite`, no fsync).
+    fn write_cursor(&self, fs: &dyn SpoolFs, c: &mut Consumer) -> Result<(), SpoolError> {
+        let state = self.cursor_state(c.acked);
+        c.cursor
+            .write(fs, state)
+            .map_err(|e| SpoolError::io(c.cursor.path(), e))
+    }
+
+    /// Makes the ack point durable: writes it if it is not written yet, and fdatasyncs the
+    /// cursor file if anything was written since its last fdatasync. The fdatasync runs
+    /// without the consumer lock, so readers and acks are not held up by the disk.
+    fn sync_cursor(&self, fs: &dyn SpoolFs) -> Result<(), SpoolError> {
+        let file = {
+            let mut c = lock(&self.consumer);
+            let state = self.cursor_state(c.acked);
+            c.cursor
+                .prepare_sync(fs, state)
+                .map_err(|e| SpoolError::io(c.cursor.path(), e))?
+        };
+        let Some(file) = file else { return Ok(()) };
+        if let Err(e) = file.sync_data() {
+            let mut c = lock(&self.consumer);
+            c.cursor.sync_failed();
+            return Err(SpoolError::io(c.cursor.path(), e));
+        }
         Ok(())
     }
 }
@@ -280,6 +317,9 @@ impl Spool {
                 ..Counters::default()
             }),
             closed: AtomicBool::new(false),
+            doomed: Mutex::new(Vec::new()),
+            deleting: Mutex::new(()),
+            wake: Mutex::new(None),
             config,
         });
         // Segments left fully acked by an earlier process can go now.
@@ -290,6 +330,7 @@ impl Spool {
             }
         }
         let background = start_background(&inner);
+        *lock(&inner.wake) = background.as_ref().map(|(tx, _)| tx.clone());
         tracing::debug!(
             lane = report.lane,
             records = report.records,
@@ -329,17 +370,21 @@ impl Spool {
     }
 
     /// Acknowledges every record of `id.lane` up to and including `id` (delivered, or
-    /// dropped on purpose). Deletes segments whose records are all acknowledged. Progress is
-    /// persisted atomically every [`CURSOR_PERSIST_EVERY_ACKS`](crate) acks, by the
-    /// background thread within about a second, before any segment deletion, and on
-    /// [`Spool::sync`] and close; see the crate documentation for the duplicate window.
+    /// dropped on purpose). Segments whose records are all acknowledged leave the index (and
+    /// the byte count) at once; the background thread unlinks their files right after (as
+    /// do [`Spool::sync`] and close). Every ack
+    /// writes the lane's cursor with one `pwrite` (no fsync: it survives `kill -9`); the
+    /// cursor is fdatasynced by the background thread on its interval, on rotation, on
+    /// [`Spool::sync`] and on close. See the crate documentation for the duplicate window.
     /// Acks for a lane no longer held (an adopted lane fully drained) are ignored.
     ///
     /// # Errors
     ///
     /// [`SpoolError::UnknownRecord`] if `id` is newer than anything in its lane,
-    /// [`SpoolError::Io`] if the cursor cannot be persisted or a segment deleted (the ack
-    /// still counts in memory), [`SpoolError::Closed`] after close.
+    /// [`SpoolError::Io`] if the cursor cannot be written (the ack still counts in memory,
+    /// and is written again by the next ack, sync or close) or, without a background
+    /// thread, a segment cannot be deleted (it stays; the next open deletes it),
+    /// [`SpoolError::Closed`] after close.
     pub fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
         self.inner.ack(id)
     }
@@ -354,11 +399,12 @@ impl Spool {
         }
     }
 
-    /// Fsyncs everything written so far, and persists the read progress of every lane.
+    /// Fsyncs everything written so far, persists the read progress of every lane, and
+    /// finishes deleting fully acknowledged segments.
     ///
     /// # Errors
     ///
-    /// [`SpoolError::Io`] if an fsync or the cursor write fails.
+    /// [`SpoolError::Io`] if an fsync, a cursor write or a deletion fails.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.inner.sync_all()
     }
@@ -390,8 +436,9 @@ impl Spool {
     }
 
     fn shutdown(&mut self) -> Result<(), SpoolError> {
+        drop(lock(&self.inner.wake).take());
         if let Some((tx, handle)) = self.background.take() {
-            drop(tx);
+            let _ = tx.send(Wake::Stop);
             // The thread never panics by design; if it did, there is nothing to recover.
             let _ = handle.join();
         }
@@ -405,7 +452,11 @@ impl Spool {
             w.seg = None;
         }
         for l in self.inner.lanes() {
-            lock(&l.consumer).reader = None;
+            {
+                let mut c = lock(&l.consumer);
+                c.reader = None;
+                c.cursor.close();
+            }
             drop(lock(&l.lock_file).take());
         }
         result
@@ -431,25 +482,35 @@ fn merge_report(into: &mut RecoveryReport, from: RecoveryReport) {
     into.damaged_cursors += from.damaged_cursors;
 }
 
-fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<()>, JoinHandle<()>)> {
+fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandle<()>)> {
     let interval = match inner.config.durability_mode() {
         Durability::OsWrite { fsync_interval } => fsync_interval,
-        Durability::FsyncEveryAppend => CURSOR_PERSIST_INTERVAL,
+        Durability::FsyncEveryAppend => CURSOR_FSYNC_INTERVAL,
     };
     let weak: Weak<Inner> = Arc::downgrade(inner);
-    let (tx, rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<Wake>();
     let spawned = std::thread::Builder::new()
         .name("outlast-spool-sync".into())
         .spawn(move || {
+            let mut next_sync = Instant::now() + interval;
             loop {
-                match rx.recv_timeout(interval) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                }
+                let wait = next_sync.saturating_duration_since(Instant::now());
+                let delete = match rx.recv_timeout(wait) {
+                    Err(RecvTimeoutError::Timeout) => false,
+                    Ok(Wake::Delete) => true,
+                    Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                };
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.closed.load(Ordering::Acquire) {
                     return;
                 }
+                // Deletion failures are logged inside; the files are fully acknowledged,
+                // so the next open deletes them.
+                let _ = inner.delete_doomed();
+                if delete && Instant::now() < next_sync {
+                    continue;
+                }
+                next_sync = Instant::now() + interval;
                 if let Err(e) = inner.periodic() {
                     tracing::warn!(error = %e, "spool background sync failed");
                 }
@@ -678,6 +739,12 @@ impl Inner {
         self.total_bytes
             .fetch_add(SEGMENT_HEADER_LEN, Ordering::AcqRel);
         lock(&self.own.segs).push(SegMeta::new(id, path, SEGMENT_HEADER_LEN));
+        // Rotation is a durability point for the read progress too (nothing to do if no ack
+        // came since the last fdatasync). A failure is retried by the next interval, sync or
+        // close, which report it; the append itself is unharmed.
+        if let Err(e) = self.own.sync_cursor(&*self.fs) {
+            tracing::warn!(lane = self.own.id, error = %e, "cursor fsync on rotation failed");
+        }
         Ok(())
     }
 
@@ -724,7 +791,9 @@ impl Inner {
         Ok(false)
     }
 
-    fn drop_segment(&self, l: &Lane, m: SegMeta, dropped: &mut Dropped) -> io::Result<()> {
+    /// Counts a segment removed from the index: its unacknowledged records into `dropped`,
+    /// its bytes off the total.
+    fn forget_segment(&self, l: &Lane, m: &SegMeta, dropped: &mut Dropped) {
         let acked = l.acked.load(Ordering::Acquire);
         let n = m.unacked(acked);
         let bytes = (m.len.saturating_sub(SEGMENT_HEADER_LEN) * n)
@@ -736,6 +805,10 @@ impl Inner {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
                 Some(t.saturating_sub(m.len))
             });
+    }
+
+    fn drop_segment(&self, l: &Lane, m: SegMeta, dropped: &mut Dropped) -> io::Result<()> {
+        self.forget_segment(l, &m, dropped);
         match self.fs.remove_file(&m.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -787,11 +860,11 @@ impl Inner {
     fn sync_all(&self) -> Result<(), SpoolError> {
         let data = self.sync_data();
         let mut first_err = data.err();
+        if let Err(e) = self.delete_doomed() {
+            first_err.get_or_insert(e);
+        }
         for l in self.lanes() {
-            let mut c = lock(&l.consumer);
-            if c.acked != c.persisted
-                && let Err(e) = l.persist(&*self.fs, &mut c)
-            {
+            if let Err(e) = l.sync_cursor(&*self.fs) {
                 first_err.get_or_insert(e);
             }
         }
@@ -807,10 +880,7 @@ impl Inner {
             res = self.sync_data();
         }
         for l in self.lanes() {
-            let mut c = lock(&l.consumer);
-            if c.acked != c.persisted
-                && let Err(e) = l.persist(&*self.fs, &mut c)
-            {
+            if let Err(e) = l.sync_cursor(&*self.fs) {
                 res = Err(e);
             }
         }
@@ -848,8 +918,34 @@ impl Inner {
         max_records: usize,
         max_bytes: u64,
     ) -> Result<(), SpoolError> {
-        let mut guard = lock(&l.consumer);
-        let c = &mut *guard;
+        let mut c = lock(&l.consumer);
+        let acked_before = c.acked;
+        let result = self.read_lane_locked(l, &mut c, batch, bytes, max_records, max_bytes);
+        if c.acked != acked_before
+            && let Err(e) = l.write_cursor(&*self.fs, &mut c)
+        {
+            // Expired records at the head counted as acknowledged. The records read must
+            // still be returned; the next ack, sync or close writes the cursor again.
+            tracing::warn!(lane = l.id, error = %e, "could not write the cursor after expiry");
+        }
+        drop(c);
+        let exhausted = matches!(result, Ok(true));
+        if exhausted && l.adopted {
+            self.maybe_remove_lane(l);
+        }
+        result.map(|_| ())
+    }
+
+    /// Reads from one lane into `batch`. `Ok(true)`: the lane has nothing more to read.
+    fn read_lane_locked(
+        &self,
+        l: &Arc<Lane>,
+        c: &mut Consumer,
+        batch: &mut ReadBatch,
+        bytes: &mut u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<bool, SpoolError> {
         let expiry = self
             .config
             .max_record_age_value()
@@ -860,7 +956,7 @@ impl Inner {
         }
         loop {
             if batch.records.len() >= max_records {
-                return Ok(());
+                return Ok(false);
             }
             // Where are we? Pick the segment to read and its readable length.
             let target = {
@@ -887,11 +983,7 @@ impl Inner {
                 })
             };
             let Some((seg_id, path, end, sealed, start_seq)) = target else {
-                drop(guard);
-                if l.adopted {
-                    self.maybe_remove_lane(l);
-                }
-                return Ok(());
+                return Ok(true);
             };
             if c.reader.as_ref().map(|(id, _)| *id) != Some(seg_id) {
                 let file = self
@@ -908,7 +1000,7 @@ impl Inner {
                 c.reader = Some((seg_id, r));
             }
             let Some((_, reader)) = c.reader.as_mut() else {
-                return Ok(());
+                return Ok(false);
             };
             reader.set_end(end);
             match reader.next(true).map_err(|e| SpoolError::io(&path, e))? {
@@ -935,7 +1027,7 @@ impl Inner {
                     let size = payload.len() as u64;
                     if !batch.records.is_empty() && *bytes + size > max_bytes {
                         reader.unread_last();
-                        return Ok(());
+                        return Ok(false);
                     }
                     *bytes += size;
                     c.handed = f.seq;
@@ -952,12 +1044,12 @@ impl Inner {
                         batch.corrupt_skipped += 1;
                     }
                     if !sealed {
-                        return Ok(());
+                        return Ok(false);
                     }
                     // Move to the next segment, if any.
                     let next = lock(&l.segs).iter().find(|m| m.id > seg_id).cloned();
                     let Some(m) = next else {
-                        return Ok(());
+                        return Ok(false);
                     };
                     let file = self
                         .fs
@@ -1024,14 +1116,8 @@ impl Inner {
         c.acked = id.seq;
         c.handed = c.handed.max(id.seq);
         l.acked.store(id.seq, Ordering::Release);
-        c.acks_since_persist += 1;
-        let deleted = self.delete_acked(&l, &mut c)?;
-        if !deleted
-            && (c.acks_since_persist >= CURSOR_PERSIST_EVERY_ACKS
-                || c.last_persist.elapsed() >= CURSOR_PERSIST_INTERVAL)
-        {
-            l.persist(&*self.fs, &mut c)?;
-        }
+        l.write_cursor(&*self.fs, &mut c)?;
+        self.delete_acked(&l, &mut c)?;
         let empty_adopted = l.adopted && lock(&l.segs).is_empty();
         drop(c);
         if empty_adopted {
@@ -1040,31 +1126,79 @@ impl Inner {
         Ok(())
     }
 
-    /// Deletes sealed segments whose records are all acknowledged, persisting the cursor
-    /// first. Returns whether anything was deleted.
+    /// Deletes sealed segments whose records are all acknowledged by the cursor as written
+    /// (not merely in memory). Returns whether anything was deleted.
+    ///
+    /// The cursor is not fsynced first, and that is safe. A process crash keeps the cursor
+    /// write (it is in the OS), so the cursor on disk covers every deleted segment. A power
+    /// loss may keep the deletion and lose the cursor writes since its last fdatasync; then
+    /// recovery sees an older `acked_through` and:
+    /// - delivers again the records above it that are still in the remaining segments, all
+    ///   of which were acknowledged after that fdatasync (the duplicate window the crate
+    ///   documentation states; the deleted records themselves cannot come back);
+    /// - never delivers garbage: it only delivers frames that pass their CRC, found in the
+    ///   segments that are there;
+    /// - picks a correct `next_seq`: the largest of the cursor's `next_seq`, its
+    ///   `acked_through + 1`, and one past the newest sequence number (and first sequence
+    ///   number) of every remaining segment. So a new record's number is above everything on
+    ///   disk and above the recovered ack point, and is delivered. Numbers of deleted records
+    ///   may be used again, which is harmless: they were acknowledged, nothing on disk or in
+    ///   the new process refers to them, and numbers stay strictly increasing on disk.
+    ///
+    /// A cursor write that survives while the deletion is lost leaves a fully acknowledged
+    /// segment, which the next open deletes.
     fn delete_acked(&self, l: &Lane, c: &mut Consumer) -> Result<bool, SpoolError> {
+        let written = c.cursor.written().acked_through;
         let victims: Vec<SegMeta> = {
             let segs = lock(&l.segs);
             segs.iter()
-                .filter(|m| (m.sealed || l.adopted) && m.unacked(c.acked) == 0)
+                .filter(|m| (m.sealed || l.adopted) && m.unacked(written) == 0)
                 .cloned()
                 .collect()
         };
         if victims.is_empty() {
             return Ok(false);
         }
-        l.persist(&*self.fs, c)?;
         let mut sink = Dropped::default();
+        let mut doomed = Vec::with_capacity(victims.len());
         for m in victims {
             lock(&l.segs).retain(|s| s.id != m.id);
             if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
                 c.reader = None;
             }
-            let path = m.path.clone();
-            self.drop_segment(l, m, &mut sink)
-                .map_err(|e| SpoolError::io(&path, e))?;
+            self.forget_segment(l, &m, &mut sink);
+            doomed.push(m.path);
+        }
+        lock(&self.doomed).extend(doomed);
+        let woken = lock(&self.wake)
+            .as_ref()
+            .is_some_and(|tx| tx.send(Wake::Delete).is_ok());
+        if !woken {
+            self.delete_doomed()?;
         }
         Ok(true)
+    }
+
+    /// Unlinks the segments queued by [`Inner::delete_acked`]. A failure is logged and
+    /// returned; the file stays, fully acknowledged, and the next open deletes it.
+    fn delete_doomed(&self) -> Result<(), SpoolError> {
+        let _deleting = lock(&self.deleting);
+        let doomed = std::mem::take(&mut *lock(&self.doomed));
+        let mut first_err = None;
+        for path in doomed {
+            match self.fs.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not delete an acknowledged segment");
+                    first_err.get_or_insert(SpoolError::io(&path, e));
+                }
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// Removes an adopted lane with no segments left: its files, its directory, its lock.
@@ -1076,7 +1210,14 @@ impl Inner {
             let mut lanes = self.adopted.write().unwrap_or_else(|p| p.into_inner());
             lanes.retain(|x| !Arc::ptr_eq(x, l));
         }
-        for name in [lane::CURSOR_FILE, lane::CURSOR_TMP_FILE, lane::LOCK_FILE] {
+        // Queued segments of this lane must go before its directory can.
+        let _ = self.delete_doomed();
+        lock(&l.consumer).cursor.close();
+        for name in [
+            cursor::CURSOR_FILE,
+            cursor::CURSOR_TMP_FILE,
+            lane::LOCK_FILE,
+        ] {
             let _ = self.fs.remove_file(&l.dir.join(name));
         }
         // Fails (and the directory stays) if files we do not own remain: fine.

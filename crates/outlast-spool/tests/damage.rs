@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use common::{body_index, payload, small_config};
 use outlast_spool::fault::{FaultFs, WriteFault};
-use outlast_spool::{AppendErrorKind, Spool, SpoolError, inspect};
+use outlast_spool::format::{CursorSlot, CursorState, decode_cursor_slot, encode_cursor};
+use outlast_spool::{AppendErrorKind, RecordId, Spool, SpoolError, inspect};
 
 fn fill(root: &Path, n: u64) -> PathBuf {
     let (spool, _) = Spool::open(small_config(root)).expect("open");
@@ -143,6 +144,114 @@ fn garbage_and_zero_length_files_never_break_open() {
     // New appends go to a segment numbered after every existing file.
     spool.append(payload(9)).expect("append");
     assert!(lane.join("00000000000000000010.seg").exists());
+}
+
+fn acked(acked_through: u64) -> CursorState {
+    CursorState {
+        acked_through,
+        next_seq: acked_through + 1,
+    }
+}
+
+/// A cursor file with `slot0` at offset 0 and `slot1` at offset 512.
+fn cursor_file(slot0: &[u8], slot1: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 512 + slot1.len()];
+    f[..slot0.len()].copy_from_slice(slot0);
+    f[512..].copy_from_slice(slot1);
+    f
+}
+
+#[test]
+fn torn_or_garbage_cursor_slot_is_ignored_and_the_other_slot_is_used() {
+    let newer = encode_cursor(6, acked(7));
+    for (what, slot1) in [
+        ("torn newer record", newer[..20].to_vec()),
+        ("garbage", vec![0xAB; 36]),
+        ("newer record with a flipped bit", {
+            let mut b = newer.to_vec();
+            b[17] ^= 0x10;
+            b
+        }),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(dir.path(), 10);
+        let cursor = dir.path().join("lane-0").join("cursor");
+        std::fs::write(&cursor, cursor_file(&encode_cursor(5, acked(4)), &slot1))
+            .expect("write cursor");
+        let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+        assert_eq!(
+            report.damaged_cursors, 0,
+            "{what}: the valid slot is enough"
+        );
+        // Records 0..4 have sequence numbers 1..=4: acknowledged by slot 0.
+        assert_eq!(drain(&spool).0, (4..10).collect::<Vec<_>>(), "{what}");
+        let inspection = inspect::scan(dir.path()).expect("inspect");
+        assert_eq!(inspection.lanes[0].acked_through, 4, "{what}");
+        assert!(!inspection.lanes[0].cursor_damaged, "{what}");
+    }
+}
+
+#[test]
+fn newer_of_two_valid_cursor_slots_wins_and_the_next_ack_overwrites_the_older() {
+    for newer_slot in [0usize, 1] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(dir.path(), 10);
+        let cursor = dir.path().join("lane-0").join("cursor");
+        let (new, old) = (encode_cursor(9, acked(7)), encode_cursor(8, acked(4)));
+        let file = if newer_slot == 0 {
+            cursor_file(&new, &old)
+        } else {
+            cursor_file(&old, &new)
+        };
+        std::fs::write(&cursor, file).expect("write cursor");
+        let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+        assert_eq!(report.damaged_cursors, 0);
+        assert_eq!(drain(&spool).0, vec![7, 8, 9], "slot {newer_slot} wins");
+        spool
+            .ack(RecordId {
+                lane: spool.lane(),
+                seq: 8,
+            })
+            .expect("ack");
+        // The ack went to the older slot with one write; the newer slot is untouched.
+        let bytes = std::fs::read(&cursor).expect("read cursor");
+        let slot = |i: usize| decode_cursor_slot(&bytes[i * 512..i * 512 + 36]);
+        assert_eq!(
+            slot(newer_slot),
+            CursorSlot::Valid {
+                generation: 9,
+                state: acked(7)
+            }
+        );
+        match slot(newer_slot ^ 1) {
+            CursorSlot::Valid { generation, state } => {
+                assert_eq!((generation, state.acked_through), (10, 8));
+            }
+            other => panic!("expected the new record in the older slot, got {other:?}"),
+        }
+        drop(spool);
+        let (spool, _) = Spool::open(small_config(dir.path())).expect("reopen");
+        assert_eq!(drain(&spool).0, vec![8, 9]);
+    }
+}
+
+#[test]
+fn cursor_slots_of_a_newer_version_count_as_damaged_and_are_not_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fill(dir.path(), 5);
+    let mut rec = encode_cursor(3, acked(4));
+    rec[4] = 9; // version 9
+    let crc = crc32fast::hash(&rec[..32]);
+    rec[32..].copy_from_slice(&crc.to_le_bytes());
+    let cursor = dir.path().join("lane-0").join("cursor");
+    std::fs::write(&cursor, rec).expect("write cursor");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.damaged_cursors, 1);
+    assert_eq!(
+        drain(&spool).0,
+        (0..5).collect::<Vec<_>>(),
+        "nothing counts as acked"
+    );
 }
 
 #[test]
@@ -345,6 +454,43 @@ fn format_doc_example_parses_and_reads_back() {
     assert_eq!(b.records.len(), 1);
     assert_eq!(b.records[0].id.seq, 1);
     assert_eq!(b.records[0].payload, expected_payload);
+    spool.close().expect("close");
+
+    // The cursor example: generation 3, acknowledging sequence number 1, next 2.
+    let start = doc
+        .find("### Cursor example")
+        .expect("cursor example section");
+    let block = &doc[start..];
+    let block = &block[block.find("```text").expect("code block") + 7..];
+    let block = &block[..block.find("```").expect("end of block")];
+    let mut record = hex(block.lines().find(|l| !l.trim().is_empty()).expect("line"));
+    assert_eq!(record.len(), 36);
+    let crc = crc32fast::hash(&record[..32]);
+    record[32..36].copy_from_slice(&crc.to_le_bytes());
+    let state = CursorState {
+        acked_through: 1,
+        next_seq: 2,
+    };
+    assert_eq!(
+        &record[..],
+        &encode_cursor(3, state)[..],
+        "documented cursor record equals what the spool writes"
+    );
+    assert_eq!(
+        decode_cursor_slot(&record),
+        CursorSlot::Valid {
+            generation: 3,
+            state
+        }
+    );
+    std::fs::write(lane.join("cursor"), &record).expect("write cursor");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("reopen");
+    assert_eq!((report.records, report.damaged_cursors), (1, 0));
+    let b = spool.read_batch(10, u64::MAX).expect("read");
+    assert!(
+        b.records.is_empty(),
+        "the acknowledged record is not delivered"
+    );
 }
 
 fn hex(line: &str) -> Vec<u8> {

@@ -1,5 +1,7 @@
 //! Real processes: a child appending at full speed is SIGKILLed and nothing it reported as
-//! appended is lost; lanes are locked per process and a dead process's lane is adopted.
+//! appended is lost; a child acknowledging record by record is SIGKILLed and exactly the
+//! records it had not acknowledged come back; lanes are locked per process and a dead
+//! process's lane is adopted.
 //!
 //! The children are this test binary re-executed with one test selected and an environment
 //! variable telling it to act as a child.
@@ -17,6 +19,10 @@ use outlast_spool::{Payload, Spool, SpoolConfig};
 const CHILD_ENV: &str = "OUTLAST_SPOOL_TEST_CHILD";
 const ROOT_ENV: &str = "OUTLAST_SPOOL_TEST_ROOT";
 const TAG_ENV: &str = "OUTLAST_SPOOL_TEST_TAG";
+/// Records the acking child appends: a few 256 KiB segments' worth.
+const ACK_CHILD_RECORDS: u64 = 3000;
+/// Records it then acknowledges, one `ack` call each, before it is killed.
+const ACK_CHILD_ACKED: u64 = 2001;
 
 fn config(root: &Path) -> SpoolConfig {
     // Default durability (write(2) per append): must survive kill -9 with zero loss.
@@ -56,6 +62,27 @@ fn child_role() -> bool {
                 writeln!(out, "@@ {tag}-{i} {}", a.id.seq).expect("stdout");
                 out.flush().expect("flush");
             }
+        }
+        "ack" => {
+            for i in 0..ACK_CHILD_RECORDS {
+                let body = format!("{tag}-{i}-{}", "a".repeat(200));
+                spool
+                    .append(Payload::new(body.into_bytes()))
+                    .expect("child append");
+            }
+            let mut acked = 0;
+            while acked < ACK_CHILD_ACKED {
+                let b = spool.read_batch(100, u64::MAX).expect("child read");
+                for r in &b.records {
+                    if acked < ACK_CHILD_ACKED {
+                        spool.ack(r.id).expect("child ack");
+                        acked += 1;
+                    }
+                }
+            }
+            writeln!(out, "@@ ready {}", spool.lane()).expect("stdout");
+            out.flush().expect("flush");
+            std::thread::sleep(Duration::from_secs(60));
         }
         "hold" => {
             for i in 0..5 {
@@ -222,4 +249,49 @@ fn live_lanes_are_not_shared_and_dead_ones_are_adopted_and_drained() {
         "drained adopted lane removed"
     );
     assert_eq!(q.stats().lanes, 1);
+}
+
+#[test]
+fn sigkilled_acker_gets_exactly_its_unacknowledged_records_again() {
+    if child_role() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = spawn_child(
+        "sigkilled_acker_gets_exactly_its_unacknowledged_records_again",
+        "ack",
+        dir.path(),
+        "k",
+    );
+    let lane = wait_ready(&mut child);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    let (spool, report) = Spool::open(config(dir.path())).expect("reopen after kill");
+    assert_eq!(report.adopted_lanes, Vec::<u32>::new());
+    assert_eq!(report.lane, lane, "the dead child's lane is free again");
+    assert_eq!(report.damaged_cursors, 0);
+    let mut seqs = Vec::new();
+    loop {
+        let b = spool.read_batch(1000, u64::MAX).expect("read");
+        if b.records.is_empty() {
+            break;
+        }
+        for r in &b.records {
+            let s = String::from_utf8(r.payload.bytes().to_vec()).expect("utf8");
+            let i: u64 = s
+                .split('-')
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .expect("index");
+            assert_eq!(r.id.seq, i + 1, "record {i} has its sequence number");
+            seqs.push(r.id.seq);
+        }
+    }
+    let want: Vec<u64> = (ACK_CHILD_ACKED + 1..=ACK_CHILD_RECORDS).collect();
+    assert_eq!(
+        seqs, want,
+        "exactly the records not acknowledged before the kill are delivered again"
+    );
+    spool.close().expect("close");
 }
