@@ -63,6 +63,11 @@ struct Consumer {
     cursor: CursorFile,
     /// Records up to this seq were handed out (or skipped) since the last rewind.
     handed: u64,
+    /// The highest seq ever read since open; not reset by a rewind, so that damage read
+    /// past again after a rewind is not counted again.
+    read_through: u64,
+    /// The highest segment id whose damaged tail was counted.
+    tail_damage_counted: u64,
     reader: Option<(u64, FrameReader)>,
 }
 
@@ -159,6 +164,8 @@ impl Lane {
                 acked,
                 cursor,
                 handed: acked,
+                read_through: acked,
+                tail_damage_counted: 0,
                 reader: None,
             }),
             acked: AtomicU64::new(acked),
@@ -1005,9 +1012,10 @@ impl Inner {
             reader.set_end(end);
             match reader.next(true).map_err(|e| SpoolError::io(&path, e))? {
                 Next::Frame(f) => {
-                    if f.skipped.is_some() {
+                    if f.skipped.is_some() && f.seq > c.read_through {
                         batch.corrupt_skipped += 1;
                     }
+                    c.read_through = c.read_through.max(f.seq);
                     if f.seq <= c.handed {
                         continue;
                     }
@@ -1040,8 +1048,9 @@ impl Inner {
                     });
                 }
                 Next::End { valid_end, end } => {
-                    if valid_end < end && sealed {
+                    if valid_end < end && sealed && seg_id > c.tail_damage_counted {
                         batch.corrupt_skipped += 1;
+                        c.tail_damage_counted = seg_id;
                     }
                     if !sealed {
                         return Ok(false);

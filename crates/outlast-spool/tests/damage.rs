@@ -69,6 +69,31 @@ fn reader_skips_record_with_flipped_bit_in_the_middle_and_delivers_the_rest() {
 }
 
 #[test]
+fn damage_read_past_again_after_a_rewind_is_counted_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = fill(dir.path(), 50);
+    let mut bytes = std::fs::read(&seg).expect("read seg");
+    let pos = find(&bytes, b"record-00000010") + 3;
+    bytes[pos] ^= 0x10;
+    std::fs::write(&seg, &bytes).expect("write seg");
+    let (spool, _) = Spool::open(small_config(dir.path())).expect("open");
+    // Read past the damage without acknowledging, as a failed delivery attempt does...
+    let first = spool.read_batch(20, u64::MAX).expect("read");
+    assert_eq!(first.corrupt_skipped, 1);
+    assert_eq!(first.records.len(), 20);
+    // ...then rewind and read everything again: the same damage is not counted again.
+    spool.rewind();
+    let (seen, corrupt) = drain(&spool);
+    assert_eq!(corrupt, 0, "the damaged record was already counted");
+    assert_eq!(seen, (0..50).filter(|&i| i != 10).collect::<Vec<u64>>());
+    assert_eq!(
+        spool.stats().corrupt_skipped,
+        2,
+        "one at recovery, one at the first read"
+    );
+}
+
+#[test]
 fn torn_tail_is_truncated_to_the_last_whole_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seg = fill(dir.path(), 20);
