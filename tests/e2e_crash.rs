@@ -215,11 +215,7 @@ fn kill_and_recover(server: &tokio::runtime::Runtime) {
 
 #[test]
 fn a_sigkilled_exporting_process_loses_nothing_it_reported_spooled() {
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime");
+    let server = outlast_tests::runtime();
     for _ in 0..ROUNDS {
         kill_and_recover(&server);
     }

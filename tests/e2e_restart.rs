@@ -15,16 +15,8 @@ use outlast_tests::{
     fast_builder, http_exporter_with_timeout, key,
 };
 
-/// Records per replay batch: read progress is persisted at the end of each.
+/// Records per replay batch: no attempt starts more than this past the oldest unsettled record.
 const BATCH: usize = 10;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime")
-}
 
 fn client_builder(dir: &Path) -> outlast_client::ClientBuilder {
     fast_builder(dir)
@@ -35,7 +27,7 @@ fn client_builder(dir: &Path) -> outlast_client::ClientBuilder {
 /// Runs `f` as one "process": on a runtime of its own, dropped (with every task and
 /// connection of the client) when `f` returns.
 fn process<T>(what: &str, f: impl AsyncFnOnce() -> T) -> T {
-    let rt = runtime();
+    let rt = outlast_tests::runtime();
     let out = rt.block_on(async { bounded(what, f()).await });
     rt.shutdown_timeout(Duration::from_secs(5));
     out
@@ -44,7 +36,7 @@ fn process<T>(what: &str, f: impl AsyncFnOnce() -> T) -> T {
 #[test]
 fn a_client_dropped_without_shutdown_leaves_its_backlog_to_the_next_client_on_the_same_dir() {
     let dir = tempfile::tempdir().expect("temporary spool directory");
-    let server = runtime();
+    let server = outlast_tests::runtime();
     let receiver = server.block_on(async {
         TestReceiver::builder()
             .mode(Mode::Down)
@@ -103,7 +95,7 @@ fn a_client_dropped_without_shutdown_leaves_its_backlog_to_the_next_client_on_th
 #[test]
 fn a_client_dropped_mid_replay_re_sends_only_what_it_delivered_past_its_last_acknowledgement() {
     let dir = tempfile::tempdir().expect("temporary spool directory");
-    let server = runtime();
+    let server = outlast_tests::runtime();
     let receiver = server.block_on(async {
         TestReceiver::builder()
             .mode(Mode::Down)

@@ -49,18 +49,10 @@ impl Exporter for StallOnce {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime")
-}
-
 #[test]
 fn a_restart_after_a_stalled_record_re_sends_at_most_one_batch() {
     let dir = tempfile::tempdir().expect("temporary spool directory");
-    let server = runtime();
+    let server = outlast_tests::runtime();
     let receiver = server.block_on(async {
         TestReceiver::builder()
             .mode(Mode::Down)
@@ -73,7 +65,7 @@ fn a_restart_after_a_stalled_record_re_sends_at_most_one_batch() {
 
     // First process: spools 300, then replays with key #5 stalled for 2 s, and ends
     // (client and runtime dropped) while the stall holds the window.
-    let first = runtime();
+    let first = outlast_tests::runtime();
     first.block_on(bounded("the first process", async {
         let exporter = StallOnce {
             inner: http_exporter_with_timeout(&url, CALM_ATTEMPT_TIMEOUT),
@@ -118,7 +110,7 @@ fn a_restart_after_a_stalled_record_re_sends_at_most_one_batch() {
     std::thread::sleep(Duration::from_millis(300));
 
     // Second process: delivers the rest.
-    let second = runtime();
+    let second = outlast_tests::runtime();
     second.block_on(bounded("the second process", async {
         let client = fast_builder(dir.path())
             .attempt_timeout(CALM_ATTEMPT_TIMEOUT)

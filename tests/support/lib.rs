@@ -418,3 +418,17 @@ pub fn first_arrivals(keys: &[String]) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// A two-worker Tokio runtime: one per simulated process in the restart and crash tests, so
+/// that dropping it ends everything that process started.
+///
+/// # Panics
+///
+/// If the runtime cannot be built (no threads can be spawned): nothing can be tested then.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+}
