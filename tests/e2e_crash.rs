@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use outlast_client::testing::{Mode, TestReceiver};
+use outlast_client::testing::Mode;
 use outlast_client::{DEFAULT_MAX_IN_FLIGHT, Delivery};
 use outlast_tests::{
     CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, TEST_BOUND, assert_arrival_order, fast_builder,
@@ -82,13 +82,7 @@ fn child_exports_into_an_outage_until_killed() {
 /// on the same directory with the receiver up, check the delivery.
 fn kill_and_recover(server: &tokio::runtime::Runtime) {
     let dir = tempfile::tempdir().expect("temporary spool directory");
-    let receiver = server.block_on(async {
-        TestReceiver::builder()
-            .mode(Mode::Down)
-            .start()
-            .await
-            .expect("receiver starts")
-    });
+    let receiver = outlast_tests::receiver_down(server);
 
     let mut child = Command::new(std::env::current_exe().expect("path of this test binary"))
         .args([

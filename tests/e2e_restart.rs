@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use outlast_client::testing::{Mode, TestReceiver};
+use outlast_client::testing::Mode;
 use outlast_client::{DEFAULT_MAX_IN_FLIGHT, Delivery};
 use outlast_tests::{
     CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, Ledger, TEST_BOUND, assert_arrival_order, bounded,
@@ -37,13 +37,7 @@ fn process<T>(what: &str, f: impl AsyncFnOnce() -> T) -> T {
 fn a_client_dropped_without_shutdown_leaves_its_backlog_to_the_next_client_on_the_same_dir() {
     let dir = tempfile::tempdir().expect("temporary spool directory");
     let server = outlast_tests::runtime();
-    let receiver = server.block_on(async {
-        TestReceiver::builder()
-            .mode(Mode::Down)
-            .start()
-            .await
-            .expect("receiver starts")
-    });
+    let receiver = outlast_tests::receiver_down(&server);
     let url = receiver.url();
     let mut ledger = Ledger::default();
 
@@ -96,13 +90,7 @@ fn a_client_dropped_without_shutdown_leaves_its_backlog_to_the_next_client_on_th
 fn a_client_dropped_mid_replay_re_sends_only_what_it_delivered_past_its_last_acknowledgement() {
     let dir = tempfile::tempdir().expect("temporary spool directory");
     let server = outlast_tests::runtime();
-    let receiver = server.block_on(async {
-        TestReceiver::builder()
-            .mode(Mode::Down)
-            .start()
-            .await
-            .expect("receiver starts")
-    });
+    let receiver = outlast_tests::receiver_down(&server);
     let url = receiver.url();
     let total = 300;
     let mut ledger = Ledger::default();

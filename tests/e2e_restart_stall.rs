@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use outlast_client::http::HttpExporter;
-use outlast_client::testing::{Mode, TestReceiver};
+use outlast_client::testing::Mode;
 use outlast_client::{Delivery, ExportError, Exporter, Payload, Reachability};
 use outlast_tests::{
     CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, Ledger, TEST_BOUND, bounded, fast_builder,
@@ -53,13 +53,7 @@ impl Exporter for StallOnce {
 fn a_restart_after_a_stalled_record_re_sends_at_most_one_batch() {
     let dir = tempfile::tempdir().expect("temporary spool directory");
     let server = outlast_tests::runtime();
-    let receiver = server.block_on(async {
-        TestReceiver::builder()
-            .mode(Mode::Down)
-            .start()
-            .await
-            .expect("receiver starts")
-    });
+    let receiver = outlast_tests::receiver_down(&server);
     let url = receiver.url();
     let mut ledger = Ledger::default();
 

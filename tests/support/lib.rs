@@ -432,3 +432,20 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("a Tokio runtime")
 }
+
+/// A [`TestReceiver`](outlast_client::testing::TestReceiver) started on `rt` in
+/// [`Mode::Down`](outlast_client::testing::Mode::Down): the backend of a test that begins with
+/// an outage.
+///
+/// # Panics
+///
+/// If the receiver cannot bind a loopback port.
+pub fn receiver_down(rt: &tokio::runtime::Runtime) -> outlast_client::testing::TestReceiver {
+    rt.block_on(async {
+        outlast_client::testing::TestReceiver::builder()
+            .mode(outlast_client::testing::Mode::Down)
+            .start()
+            .await
+            .expect("receiver starts")
+    })
+}
