@@ -36,8 +36,9 @@ pub enum FullPolicy {
 pub enum Durability {
     /// The frame is handed to the OS with one `write(2)` on every append: it survives a crash
     /// or `kill -9` of the process. Data is fsynced every `fsync_interval` (by a small
-    /// background thread), on segment rotation, on [`Spool::sync`](crate::Spool::sync) and on
-    /// close: a power loss or kernel crash loses at most about the last interval.
+    /// background thread), right after each segment rotation (by the same thread, while
+    /// appends go on), on [`Spool::sync`](crate::Spool::sync) and on close: a power loss or
+    /// kernel crash loses at most about the last interval.
     OsWrite {
         /// How often written data is fsynced.
         fsync_interval: Duration,

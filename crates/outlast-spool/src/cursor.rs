@@ -30,6 +30,34 @@ pub(crate) fn read_cursor(fs: &dyn SpoolFs, dir: &Path) -> io::Result<CursorChoi
     Ok(format::decode_cursor_file(&buf[..n]))
 }
 
+/// Makes the recovered ack point durable in both slots, before the lane is used: the
+/// newest record found may never have been fsynced (its writer may have been killed before
+/// its first cursor fsync, and the OS flushed the file since, or not), and the file may even
+/// end before the other slot. Left so, the first two acks after open would write both slots
+/// with no fsync between them, and one power loss could tear both. So the found state is
+/// written into the other slot (next generation) and the file fdatasynced. Only for a lane we
+/// hold the lock of; nothing to do when no slot is valid.
+pub(crate) fn settle_cursor(
+    fs: &dyn SpoolFs,
+    dir: &Path,
+    found: CursorChoice,
+) -> io::Result<CursorChoice> {
+    let Some(slot) = found.slot else {
+        return Ok(found);
+    };
+    let file = fs.open(&dir.join(CURSOR_FILE), true)?;
+    let generation = found.generation + 1;
+    let other = slot ^ 1;
+    let record = format::encode_cursor(generation, found.state);
+    write_all_at(&*file, &record, CURSOR_SLOT_OFFSETS[other])?;
+    file.sync_data()?;
+    Ok(CursorChoice {
+        generation,
+        slot: Some(other),
+        ..found
+    })
+}
+
 /// The writable cursor of a lane we hold. Opened on the first write (a lane never
 /// acknowledged has no cursor file).
 #[derive(Debug)]

@@ -152,7 +152,13 @@ impl FaultFs {
                     rng % (extra + 1)
                 }
             };
-            let f = std::fs::OpenOptions::new().write(true).open(path)?;
+            // A file can vanish between the two calls: a background deletion that passed
+            // its liveness check just before the crash.
+            let f = match std::fs::OpenOptions::new().write(true).open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             f.set_len(synced + kept)?;
         }
         let undo = std::mem::take(&mut st.undo);

@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::cursor::{CURSOR_FILE, CURSOR_TMP_FILE, read_cursor};
+use crate::cursor::{CURSOR_FILE, CURSOR_TMP_FILE, read_cursor, settle_cursor};
 use crate::error::SpoolError;
 use crate::format::{self, CursorChoice, HeaderCheck, SEGMENT_HEADER_LEN, parse_segment_file_name};
 use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at};
@@ -297,7 +297,9 @@ pub(crate) fn recover_lane(
         }
     }
     ids.sort_unstable();
-    let cursor = read_cursor(fs, dir).map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
+    let cursor = read_cursor(fs, dir)
+        .and_then(|found| settle_cursor(fs, dir, found))
+        .map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
     if cursor.damaged {
         report.damaged_cursors += 1;
     }

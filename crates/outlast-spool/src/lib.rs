@@ -136,8 +136,23 @@
 //!
 //! | mode | on `append` return | survives process crash / `kill -9` | survives power loss |
 //! |------|--------------------|----------------------|---------------------|
-//! | [`Durability::OsWrite`] (default) | one `write(2)` of the whole frame done | yes, all of it | all but at most about the last `fsync_interval` (a background thread fdatasyncs every interval; also on rotation, [`Spool::sync`] and close) |
+//! | [`Durability::OsWrite`] (default) | one `write(2)` of the whole frame done | yes, all of it | all but at most about the last `fsync_interval` (a background thread fdatasyncs every interval and, right after each rotation, the sealed segment; also on [`Spool::sync`] and close) |
 //! | [`Durability::FsyncEveryAppend`] | frame written and fdatasynced (concurrent appenders share one fdatasync: group commit) | yes | yes |
+//!
+//! Rotation does not make the appender wait for the sealed segment's writeback: the
+//! background thread is woken at once and fdatasyncs it while appends go on in the new
+//! segment, and every later commit (the interval, [`Spool::sync`], close, a
+//! [`Durability::FsyncEveryAppend`] append) first syncs any sealed segment still unsynced, then
+//! the active one and the new directory entries. A power loss soon after a rotation may
+//! therefore keep records of the new segment and lose the end of the old one (records of
+//! the last moments, which this mode does not promise to keep); recovery truncates each
+//! segment's torn tail on its own.
+//!
+//! Group commit: the first appender that needs an fdatasync does it for all those waiting.
+//! When the previous commit was shared, it first waits (at most half that commit's
+//! duration, never over 1 ms) until as many appenders wait again, so that appenders
+//! released together commit together instead of in two alternating halves. A lone
+//! appender never waits.
 //!
 //! A failed write is cut back off the file (or, if even that fails, the segment is sealed
 //! at the last good frame and the next append starts a new one): what was stored before is
@@ -149,9 +164,11 @@
 //! new cursor record at once (one `pwrite`, no fsync). The cursor is fdatasynced by the
 //! background thread every interval (the `fsync_interval` of [`Durability::OsWrite`];
 //! [`CURSOR_FSYNC_INTERVAL`] in [`Durability::FsyncEveryAppend`] mode, which promises
-//! durability of appends, not of acknowledgements), on rotation, on [`Spool::sync`] and on
+//! durability of appends, not of acknowledgements), after each rotation, on [`Spool::sync`] and on
 //! close. Before that fdatasync the newest record is written into the other slot too, so
-//! both slots hold it once synced. Records expired by `max_record_age` at the head of a lane
+//! both slots hold it once synced. Opening a lane does the same with the record it recovered
+//! (written into the other slot, then fdatasynced): that record may never have been synced
+//! by the process that wrote it. Records expired by `max_record_age` at the head of a lane
 //! count as acknowledged and are written the same way. So:
 //!
 //! - after a process crash (`kill -9`, an abort), the OS has every cursor write: the records

@@ -27,6 +27,8 @@ use crate::types::{Appended, Dropped, ReadBatch, Record, RecordId, RecoveryRepor
 /// acknowledgement reaches the OS at once whatever the mode; this bounds what a power loss
 /// can take back.
 pub const CURSOR_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a group commit waits for the callers of the previous one to join it.
+const MAX_GATHER: Duration = Duration::from_millis(1);
 /// Read size of the reader's window buffer.
 const READ_CHUNK: usize = 256 * 1024;
 /// How many new lane numbers `open` tries when every existing lane is locked.
@@ -48,6 +50,9 @@ struct Lane {
     /// Segment index, oldest first. Lock order: writer, consumer, segs.
     segs: Mutex<Vec<SegMeta>>,
     consumer: Mutex<Consumer>,
+    /// Held across a cursor fdatasync (see [`Lane::sync_cursor`]). Lock order: writer,
+    /// cursor_sync, consumer.
+    cursor_sync: Mutex<()>,
     /// Mirror of `consumer.acked`, readable without the consumer lock.
     acked: AtomicU64,
     /// Newest sequence number stored in the lane (0: none).
@@ -86,13 +91,48 @@ struct Writer {
     buf: Vec<u8>,
     /// The active segment may hold a partial frame past `offset`: start a new one.
     needs_rotation: bool,
+    /// Segments sealed by a rotation whose data may not be fdatasynced yet, oldest first,
+    /// each with the LSN written when it was sealed. Rotation leaves their fdatasync to the
+    /// background thread (woken at once) so that the appender does not wait for a segment's
+    /// worth of writeback; any group commit ([`Inner::sync_through`]) syncs them first.
+    unsynced: Vec<(Arc<dyn SpoolFile>, u64)>,
+    /// A rotation created a segment file whose directory entry is not fsynced yet.
+    dir_unsynced: bool,
     closed: bool,
 }
 
+/// What a group commit makes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Everything written: sealed segments, the active one, new directory entries.
+    All,
+    /// Only the segments sealed so far.
+    Sealed,
+}
+
+/// Group commit bookkeeping, under `Inner::sync`.
 #[derive(Debug, Default)]
 struct SyncState {
+    /// Everything the writer wrote up to this LSN is fdatasynced.
     synced_lsn: u64,
+    /// A caller is running a commit (the others wait on `Inner::sync_cv`).
     in_progress: bool,
+    /// The LSN each caller inside `sync_through` waits for (one entry per caller).
+    waiting: Vec<u64>,
+    /// Callers the last commit satisfied, and how long it took: the next commit waits
+    /// briefly for that many callers before it starts (see `Inner::gather`).
+    last_group: usize,
+    last_commit: Duration,
+}
+
+impl SyncState {
+    /// Callers still waiting for a commit (not yet satisfied by the last one).
+    fn unsatisfied(&self) -> usize {
+        self.waiting
+            .iter()
+            .filter(|&&l| l > self.synced_lsn)
+            .count()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +153,8 @@ struct Inner {
     written_lsn: AtomicU64,
     sync: Mutex<SyncState>,
     sync_cv: Condvar,
+    /// Wakes a committer that is gathering callers (see `Inner::gather`).
+    gather_cv: Condvar,
     total_bytes: AtomicU64,
     counters: Mutex<Counters>,
     closed: AtomicBool,
@@ -141,6 +183,9 @@ pub struct Spool {
 enum Wake {
     /// Segments were queued in `Inner::doomed`: delete them.
     Delete,
+    /// A segment was sealed: fdatasync it (and the new one's header and directory entry),
+    /// then the lane's cursor.
+    Rotated,
     /// The spool is closing.
     Stop,
 }
@@ -168,6 +213,7 @@ impl Lane {
                 tail_damage_counted: 0,
                 reader: None,
             }),
+            cursor_sync: Mutex::new(()),
             acked: AtomicU64::new(acked),
             last_seq: AtomicU64::new(last),
             next_seq: AtomicU64::new(rec.next_seq),
@@ -191,8 +237,11 @@ impl Lane {
 
     /// Makes the ack point durable: writes it if it is not written yet, and fdatasyncs the
     /// cursor file if anything was written since its last fdatasync. The fdatasync runs
-    /// without the consumer lock, so readers and acks are not held up by the disk.
+    /// without the consumer lock, so readers and acks are not held up by the disk, but under
+    /// `cursor_sync`: a second caller must not find nothing left to write and return while
+    /// the first caller's fdatasync is still running (or about to fail).
     fn sync_cursor(&self, fs: &dyn SpoolFs) -> Result<(), SpoolError> {
+        let _one_at_a_time = lock(&self.cursor_sync);
         let file = {
             let mut c = lock(&self.consumer);
             let state = self.cursor_state(c.acked);
@@ -291,6 +340,8 @@ impl Spool {
             next_seq: rec.next_seq,
             buf: Vec::new(),
             needs_rotation: false,
+            unsynced: Vec::new(),
+            dir_unsynced: false,
             closed: false,
         };
         // Resume the last segment if it is intact and has room; else the first append
@@ -318,6 +369,7 @@ impl Spool {
             written_lsn: AtomicU64::new(0),
             sync: Mutex::new(SyncState::default()),
             sync_cv: Condvar::new(),
+            gather_cv: Condvar::new(),
             total_bytes: AtomicU64::new(total),
             counters: Mutex::new(Counters {
                 corrupt: report.corrupt_frames_skipped,
@@ -502,9 +554,10 @@ fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandl
             let mut next_sync = Instant::now() + interval;
             loop {
                 let wait = next_sync.saturating_duration_since(Instant::now());
-                let delete = match rx.recv_timeout(wait) {
-                    Err(RecvTimeoutError::Timeout) => false,
-                    Ok(Wake::Delete) => true,
+                let (delete, rotated) = match rx.recv_timeout(wait) {
+                    Err(RecvTimeoutError::Timeout) => (false, false),
+                    Ok(Wake::Delete) => (true, false),
+                    Ok(Wake::Rotated) => (false, true),
                     Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 };
                 let Some(inner) = weak.upgrade() else { return };
@@ -514,7 +567,10 @@ fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandl
                 // Deletion failures are logged inside; the files are fully acknowledged,
                 // so the next open deletes them.
                 let _ = inner.delete_doomed();
-                if delete && Instant::now() < next_sync {
+                if rotated && let Err(e) = inner.after_rotation() {
+                    tracing::warn!(error = %e, "spool sync after rotation failed");
+                }
+                if (delete || rotated) && Instant::now() < next_sync {
                     continue;
                 }
                 next_sync = Instant::now() + interval;
@@ -600,7 +656,7 @@ impl Inner {
         let lsn = self.written_lsn.load(Ordering::Acquire);
         drop(w);
         if self.config.durability_mode() == Durability::FsyncEveryAppend
-            && let Err(e) = self.sync_through(lsn)
+            && let Err(e) = self.sync_through(lsn, Commit::All)
         {
             return Err(AppendError::new(AppendErrorKind::Io(e), payload));
         }
@@ -704,11 +760,19 @@ impl Inner {
         Ok(evicted)
     }
 
-    /// Seals the active segment (fsynced) and starts a new one; writer lock held.
+    /// Seals the active segment and starts a new one; writer lock held.
+    ///
+    /// With the background thread running, the sealed segment's fdatasync, the new header's
+    /// and the directory entry's are left to it: it is woken at once and syncs them through
+    /// the group commit, which any [`Spool::sync`] or durable append also goes through, so
+    /// no promise depends on who gets there first. Without the thread, they are done here.
     fn rotate(&self, w: &mut Writer, first_seq: u64) -> io::Result<()> {
+        let background = lock(&self.wake).clone();
         if let Some(old) = w.seg.take() {
-            let synced = old.file.sync_data();
-            if let Err(e) = synced {
+            if background.is_some() {
+                let lsn = self.written_lsn.load(Ordering::Acquire);
+                w.unsynced.push((Arc::clone(&old.file), lsn));
+            } else if let Err(e) = old.file.sync_data() {
                 w.seg = Some(old);
                 return Err(e);
             }
@@ -718,18 +782,18 @@ impl Inner {
                 m.len = old.offset;
             }
         }
-        {
-            let lsn = self.written_lsn.load(Ordering::Acquire);
-            let mut st = lock(&self.sync);
-            st.synced_lsn = st.synced_lsn.max(lsn);
-        }
         let id = w.next_seg_id;
         let path = self.own.dir.join(format::segment_file_name(id));
         let file = self.fs.create_new(&path)?;
         let header = format::encode_segment_header(id, first_seq);
-        let setup = write_all_at(&*file, &header, 0)
-            .and_then(|()| file.sync_data())
-            .and_then(|()| self.fs.sync_dir(&self.own.dir));
+        let setup = write_all_at(&*file, &header, 0).and_then(|()| {
+            if background.is_some() {
+                Ok(())
+            } else {
+                file.sync_data()
+                    .and_then(|()| self.fs.sync_dir(&self.own.dir))
+            }
+        });
         if let Err(e) = setup {
             // A stub without a full header holds nothing; recovery would remove it.
             let _ = self.fs.remove_file(&path);
@@ -738,6 +802,7 @@ impl Inner {
         }
         w.next_seg_id += 1;
         w.needs_rotation = false;
+        w.dir_unsynced |= background.is_some();
         w.seg = Some(ActiveSeg {
             id,
             file,
@@ -749,7 +814,8 @@ impl Inner {
         // Rotation is a durability point for the read progress too (nothing to do if no ack
         // came since the last fdatasync). A failure is retried by the next interval, sync or
         // close, which report it; the append itself is unharmed.
-        if let Err(e) = self.own.sync_cursor(&*self.fs) {
+        let woken = background.is_some_and(|tx| tx.send(Wake::Rotated).is_ok());
+        if !woken && let Err(e) = self.own.sync_cursor(&*self.fs) {
             tracing::warn!(lane = self.own.id, error = %e, "cursor fsync on rotation failed");
         }
         Ok(())
@@ -824,43 +890,118 @@ impl Inner {
     }
 
     /// Group commit: returns once everything up to `lsn` is fsynced, sharing one fsync among
-    /// concurrent callers (the first becomes the syncer, the others wait for it).
-    fn sync_through(&self, lsn: u64) -> io::Result<()> {
+    /// concurrent callers (one becomes the committer, the others wait for it). The committer
+    /// fdatasyncs the segments sealed since the last commit, then the active one, then the
+    /// lane directory if a rotation created a file in it.
+    /// With [`Commit::Sealed`] only the sealed segments are synced (the background thread's
+    /// work after a rotation, which should not force out the active segment's pages while
+    /// the appender fills them); `lsn` must then be a sealing LSN.
+    fn sync_through(&self, lsn: u64, scope: Commit) -> io::Result<()> {
         let mut st = lock(&self.sync);
-        loop {
+        if st.synced_lsn >= lsn {
+            return Ok(());
+        }
+        st.waiting.push(lsn);
+        self.gather_cv.notify_one();
+        let result = loop {
             if st.synced_lsn >= lsn {
-                return Ok(());
+                break Ok(());
             }
             if st.in_progress {
                 st = self.sync_cv.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             st.in_progress = true;
+            st = self.gather(st);
+            let before = st.synced_lsn;
             drop(st);
-            let (target, file) = {
-                let w = lock(&self.writer);
-                (
-                    self.written_lsn.load(Ordering::Acquire),
-                    w.seg.as_ref().map(|s| s.file.clone()),
-                )
+            let started = Instant::now();
+            // Every byte written and not yet durable is in `unsynced` or the active segment.
+            let (target, sealed, active, dir) = {
+                let mut w = lock(&self.writer);
+                let sealed = std::mem::take(&mut w.unsynced);
+                match scope {
+                    Commit::All => (
+                        self.written_lsn.load(Ordering::Acquire),
+                        sealed,
+                        w.seg.as_ref().map(|s| Arc::clone(&s.file)),
+                        std::mem::take(&mut w.dir_unsynced),
+                    ),
+                    Commit::Sealed => (sealed.last().map_or(before, |u| u.1), sealed, None, false),
+                }
             };
-            let r = match file {
-                Some(f) => f.sync_data(),
-                None => Ok(()),
-            };
+            let nothing_sealed = sealed.is_empty();
+            let r = sealed
+                .iter()
+                .map(|u| &u.0)
+                .chain(active.as_ref())
+                .try_for_each(|f| f.sync_data())
+                .and_then(|()| {
+                    if dir {
+                        self.fs.sync_dir(&self.own.dir)
+                    } else {
+                        Ok(())
+                    }
+                });
+            if r.is_err() {
+                // Hand the work back to the next commit, ahead of anything sealed since.
+                let mut w = lock(&self.writer);
+                let newer = std::mem::replace(&mut w.unsynced, sealed);
+                w.unsynced.extend(newer);
+                w.dir_unsynced |= dir;
+            }
             st = lock(&self.sync);
             st.in_progress = false;
             if r.is_ok() {
                 st.synced_lsn = st.synced_lsn.max(target);
+                st.last_group = st
+                    .waiting
+                    .iter()
+                    .filter(|&&l| l > before && l <= target)
+                    .count();
+                st.last_commit = started.elapsed();
             }
             self.sync_cv.notify_all();
-            r?;
+            if let Err(e) = r {
+                break Err(e);
+            }
+            if scope == Commit::Sealed && nothing_sealed {
+                // Another commit synced them first (nothing left to do or wait for).
+                break Ok(());
+            }
+        };
+        if let Some(i) = st.waiting.iter().position(|&l| l == lsn) {
+            st.waiting.swap_remove(i);
         }
+        result
+    }
+
+    /// Called by the committer before it starts. When the last commit was shared by several
+    /// callers, they are likely to append again at once; without waiting, this commit would
+    /// cover only those that got in first and the rest would need one more fsync. So it
+    /// waits until as many callers wait as the last commit satisfied, for at most half that
+    /// commit's duration (and [`MAX_GATHER`]). A lone caller never waits.
+    fn gather<'a>(&self, mut st: MutexGuard<'a, SyncState>) -> MutexGuard<'a, SyncState> {
+        if st.last_group <= 1 {
+            return st;
+        }
+        let deadline = Instant::now() + (st.last_commit / 2).min(MAX_GATHER);
+        while st.unsatisfied() < st.last_group {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = match self.gather_cv.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        st
     }
 
     fn sync_data(&self) -> Result<(), SpoolError> {
         let lsn = self.written_lsn.load(Ordering::Acquire);
-        self.sync_through(lsn)
+        self.sync_through(lsn, Commit::All)
             .map_err(|e| SpoolError::io(&self.own.dir, e))
     }
 
@@ -879,6 +1020,19 @@ impl Inner {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+
+    /// The background thread's work after a rotation: the sealed segments (and so
+    /// everything written before the last seal) made durable, then the read progress. The
+    /// new segment's header and directory entry wait for the next full commit (interval,
+    /// [`Spool::sync`], close, or a durable append): nothing in it is promised before then.
+    fn after_rotation(&self) -> Result<(), SpoolError> {
+        let sealed_at = lock(&self.writer).unsynced.last().map(|u| u.1);
+        if let Some(lsn) = sealed_at {
+            self.sync_through(lsn, Commit::Sealed)
+                .map_err(|e| SpoolError::io(&self.own.dir, e))?;
+        }
+        self.own.sync_cursor(&*self.fs)
     }
 
     fn periodic(&self) -> Result<(), SpoolError> {

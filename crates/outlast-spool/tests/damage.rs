@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{body_index, payload, small_config};
-use outlast_spool::fault::{FaultFs, WriteFault};
+use outlast_spool::fault::{CrashKeep, FaultFs, WriteFault};
 use outlast_spool::format::{CursorSlot, CursorState, decode_cursor_slot, encode_cursor};
-use outlast_spool::{AppendErrorKind, RecordId, Spool, SpoolError, inspect};
+use outlast_spool::{AppendErrorKind, Durability, RecordId, Spool, SpoolError, inspect};
 
 fn fill(root: &Path, n: u64) -> PathBuf {
     let (spool, _) = Spool::open(small_config(root)).expect("open");
@@ -217,7 +217,7 @@ fn torn_or_garbage_cursor_slot_is_ignored_and_the_other_slot_is_used() {
 }
 
 #[test]
-fn newer_of_two_valid_cursor_slots_wins_and_the_next_ack_overwrites_the_older() {
+fn newer_of_two_valid_cursor_slots_wins_is_copied_into_the_other_at_open_and_acks_alternate() {
     for newer_slot in [0usize, 1] {
         let dir = tempfile::tempdir().expect("tempdir");
         fill(dir.path(), 10);
@@ -231,6 +231,18 @@ fn newer_of_two_valid_cursor_slots_wins_and_the_next_ack_overwrites_the_older() 
         std::fs::write(&cursor, file).expect("write cursor");
         let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
         assert_eq!(report.damaged_cursors, 0);
+        // (generation, acked_through) of a slot, which must be valid.
+        let slot = |i: usize| {
+            let bytes = std::fs::read(&cursor).expect("read cursor");
+            match decode_cursor_slot(&bytes[i * 512..i * 512 + 36]) {
+                CursorSlot::Valid { generation, state } => (generation, state.acked_through),
+                other => panic!("slot {i}: {other:?}"),
+            }
+        };
+        // Open settled the winner into both slots (the older one got the next generation),
+        // so that no later write can leave both slots torn.
+        assert_eq!(slot(newer_slot), (9, 7));
+        assert_eq!(slot(newer_slot ^ 1), (10, 7));
         assert_eq!(drain(&spool).0, vec![7, 8, 9], "slot {newer_slot} wins");
         spool
             .ack(RecordId {
@@ -238,22 +250,9 @@ fn newer_of_two_valid_cursor_slots_wins_and_the_next_ack_overwrites_the_older() 
                 seq: 8,
             })
             .expect("ack");
-        // The ack went to the older slot with one write; the newer slot is untouched.
-        let bytes = std::fs::read(&cursor).expect("read cursor");
-        let slot = |i: usize| decode_cursor_slot(&bytes[i * 512..i * 512 + 36]);
-        assert_eq!(
-            slot(newer_slot),
-            CursorSlot::Valid {
-                generation: 9,
-                state: acked(7)
-            }
-        );
-        match slot(newer_slot ^ 1) {
-            CursorSlot::Valid { generation, state } => {
-                assert_eq!((generation, state.acked_through), (10, 8));
-            }
-            other => panic!("expected the new record in the older slot, got {other:?}"),
-        }
+        // The ack went with one write to the slot not holding the newest record.
+        assert_eq!(slot(newer_slot), (11, 8));
+        assert_eq!(slot(newer_slot ^ 1), (10, 7));
         drop(spool);
         let (spool, _) = Spool::open(small_config(dir.path())).expect("reopen");
         assert_eq!(drain(&spool).0, vec![8, 9]);
@@ -357,6 +356,69 @@ fn failed_fsync_in_fsync_every_append_mode_is_reported() {
     let err = spool.append(payload(1)).expect_err("sync fails");
     assert!(err.is_io());
     spool.append(payload(2)).expect("later append works");
+}
+
+#[test]
+fn a_failing_fsync_of_sealed_segments_fails_no_append_and_is_retried_until_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let open = || Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone()));
+    let (spool, _) = open().expect("open");
+    fs.fail_syncs(u32::MAX);
+    // 16 KiB segments and records of 30 to 80 bytes: several rotations, each of which
+    // hands the sealed segment to the background thread, whose fsyncs all fail.
+    for i in 0..2000 {
+        spool
+            .append(payload(i))
+            .expect("OsWrite appends do not wait for a sealed segment's fsync");
+    }
+    assert!(segments(dir.path()).len() >= 3, "rotations happened");
+    let err = spool.sync().expect_err("the failing fsync is reported");
+    assert!(matches!(err, SpoolError::Io { .. }), "{err}");
+    fs.fail_syncs(0);
+    spool.sync().expect("sync once the disk works again");
+    // Power loss right after: nothing written since the last fsync survives. The failed
+    // commits handed their segments back, so the good sync covered all of them.
+    fs.crash(CrashKeep::Nothing).expect("crash");
+    drop(spool);
+    fs.revive();
+    let (spool, report) = open().expect("reopen");
+    assert_eq!(report.torn_tail_bytes_truncated, 0);
+    assert_eq!(drain(&spool), ((0..2000).collect::<Vec<_>>(), 0));
+}
+
+#[test]
+fn every_returned_append_of_concurrent_fsync_every_append_callers_survives_a_power_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let config = || small_config(dir.path()).durability(Durability::FsyncEveryAppend);
+    let (spool, _) = Spool::open_with_fs(config(), Arc::new(fs.clone())).expect("open");
+    const THREADS: u64 = 8;
+    const EACH: u64 = 150;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let spool = &spool;
+            s.spawn(move || {
+                for i in 0..EACH {
+                    spool.append(payload(t * 1000 + i)).expect("append");
+                }
+            });
+        }
+    });
+    assert!(segments(dir.path()).len() >= 3, "rotations happened");
+    // Every append returned, so every record was fsynced (sealed segments included) by
+    // some group commit; a power loss now must not take any of them.
+    fs.crash(CrashKeep::Nothing).expect("crash");
+    drop(spool);
+    fs.revive();
+    let (spool, _) = Spool::open_with_fs(config(), Arc::new(fs.clone())).expect("reopen");
+    let (got, corrupt) = drain(&spool);
+    assert_eq!(corrupt, 0);
+    for t in 0..THREADS {
+        let mine: Vec<u64> = got.iter().copied().filter(|v| v / 1000 == t).collect();
+        let want: Vec<u64> = (0..EACH).map(|i| t * 1000 + i).collect();
+        assert_eq!(mine, want, "appender {t}: all records, in its order");
+    }
 }
 
 #[test]
