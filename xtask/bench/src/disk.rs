@@ -36,25 +36,36 @@ fn create(path: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
+/// Two moments of one timed write run, both measured from its start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteTimes {
+    /// When the last record had been handed to the OS (the writer could go on).
+    pub(crate) written: Duration,
+    /// When all of it was durable (after the final fdatasync).
+    pub(crate) durable: Duration,
+}
+
 /// One `write(2)` per record of `record_len` bytes, `count` times, then one `fdatasync` so the
-/// data ends up as durable as a spool that is synced at the end. Returns the elapsed time
-/// (open, writes and the final sync). The file is removed afterwards.
+/// data ends up as durable as a spool that is synced at the end. Returns the times (from
+/// file creation) to the last write and to the end of the sync. The file is removed
+/// afterwards.
 pub(crate) fn sequential_write(
     path: &Path,
     record_len: usize,
     count: u64,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<WriteTimes> {
     let buf = record(record_len, 1);
     let start = Instant::now();
     let mut f = create(path)?;
     for _ in 0..count {
         f.write_all(&buf).context("write")?;
     }
+    let written = start.elapsed();
     f.sync_data().context("fdatasync")?;
-    let elapsed = start.elapsed();
+    let durable = start.elapsed();
     drop(f);
     std::fs::remove_file(path).context("removing the written file")?;
-    Ok(elapsed)
+    Ok(WriteTimes { written, durable })
 }
 
 /// `write(2)` then `fdatasync` for each of `count` records, one thread. Returns the elapsed

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::disk::WriteTimes;
 use crate::loopback::LoopbackServer;
 use crate::measure::NotMeasured;
 use crate::rows::{AppendMode, ReadAck};
@@ -30,7 +31,7 @@ pub(crate) fn append(
     _count: u64,
     _mode: AppendMode,
     _threads: usize,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<WriteTimes> {
     off()
 }
 

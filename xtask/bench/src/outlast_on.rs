@@ -18,7 +18,7 @@ use outlast_client::{Client, Delivery};
 use tokio::runtime::Handle;
 
 use crate::child::{hold, say};
-use crate::disk::record;
+use crate::disk::{WriteTimes, record};
 use crate::rows::{AppendMode, READ_BATCH_BYTES, READ_BATCH_RECORDS, ReadAck};
 
 /// Time limit for flushes that must complete (a replay of the largest backlog).
@@ -76,14 +76,15 @@ pub(crate) fn frame_overhead(dir: &Path) -> anyhow::Result<u64> {
 }
 
 /// Opens a fresh spool in `dir`, appends `count` records of `len` bytes from `threads`
-/// threads, and syncs. Returns the time from open to the end of the sync.
+/// threads, and syncs. Returns the times from open to the last append's return and to the
+/// end of the sync.
 pub(crate) fn append(
     dir: &Path,
     len: usize,
     count: u64,
     mode: AppendMode,
     threads: usize,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<WriteTimes> {
     let body = Bytes::from(record(len, 1));
     let cfg = config(dir, cap_for(count * len as u64), mode);
     let threads = threads.max(1) as u64;
@@ -108,10 +109,11 @@ pub(crate) fn append(
         }
         anyhow::Ok(())
     })?;
+    let written = start.elapsed();
     spool.sync().context("sync")?;
-    let elapsed = start.elapsed();
+    let durable = start.elapsed();
     spool.close().context("close")?;
-    Ok(elapsed)
+    Ok(WriteTimes { written, durable })
 }
 
 /// Appends `count` records of `len` bytes to a fresh spool (not timed), then reads them all
