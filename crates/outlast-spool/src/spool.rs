@@ -91,23 +91,14 @@ struct Writer {
     buf: Vec<u8>,
     /// The active segment may hold a partial frame past `offset`: start a new one.
     needs_rotation: bool,
-    /// Segments sealed by a rotation whose data may not be fdatasynced yet, oldest first,
-    /// each with the LSN written when it was sealed. Rotation leaves their fdatasync to the
-    /// background thread (woken at once) so that the appender does not wait for a segment's
-    /// worth of writeback; any group commit ([`Inner::sync_through`]) syncs them first.
-    unsynced: Vec<(Arc<dyn SpoolFile>, u64)>,
+    /// Segments sealed by a rotation whose data may not be fdatasynced yet, oldest first.
+    /// Rotation leaves their fdatasync to the background thread (woken at once) so that the
+    /// appender does not wait for a segment's worth of writeback; any group commit
+    /// ([`Inner::sync_through`]) syncs them first.
+    unsynced: Vec<Arc<dyn SpoolFile>>,
     /// A rotation created a segment file whose directory entry is not fsynced yet.
     dir_unsynced: bool,
     closed: bool,
-}
-
-/// What a group commit makes durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    /// Everything written: sealed segments, the active one, new directory entries.
-    All,
-    /// Only the segments sealed so far.
-    Sealed,
 }
 
 /// Group commit bookkeeping, under `Inner::sync`.
@@ -656,7 +647,7 @@ impl Inner {
         let lsn = self.written_lsn.load(Ordering::Acquire);
         drop(w);
         if self.config.durability_mode() == Durability::FsyncEveryAppend
-            && let Err(e) = self.sync_through(lsn, Commit::All)
+            && let Err(e) = self.sync_through(lsn)
         {
             return Err(AppendError::new(AppendErrorKind::Io(e), payload));
         }
@@ -770,8 +761,7 @@ impl Inner {
         let background = lock(&self.wake).clone();
         if let Some(old) = w.seg.take() {
             if background.is_some() {
-                let lsn = self.written_lsn.load(Ordering::Acquire);
-                w.unsynced.push((Arc::clone(&old.file), lsn));
+                w.unsynced.push(Arc::clone(&old.file));
             } else if let Err(e) = old.file.sync_data() {
                 w.seg = Some(old);
                 return Err(e);
@@ -893,10 +883,7 @@ impl Inner {
     /// concurrent callers (one becomes the committer, the others wait for it). The committer
     /// fdatasyncs the segments sealed since the last commit, then the active one, then the
     /// lane directory if a rotation created a file in it.
-    /// With [`Commit::Sealed`] only the sealed segments are synced (the background thread's
-    /// work after a rotation, which should not force out the active segment's pages while
-    /// the appender fills them); `lsn` must then be a sealing LSN.
-    fn sync_through(&self, lsn: u64, scope: Commit) -> io::Result<()> {
+    fn sync_through(&self, lsn: u64) -> io::Result<()> {
         let mut st = lock(&self.sync);
         if st.synced_lsn >= lsn {
             return Ok(());
@@ -919,21 +906,15 @@ impl Inner {
             // Every byte written and not yet durable is in `unsynced` or the active segment.
             let (target, sealed, active, dir) = {
                 let mut w = lock(&self.writer);
-                let sealed = std::mem::take(&mut w.unsynced);
-                match scope {
-                    Commit::All => (
-                        self.written_lsn.load(Ordering::Acquire),
-                        sealed,
-                        w.seg.as_ref().map(|s| Arc::clone(&s.file)),
-                        std::mem::take(&mut w.dir_unsynced),
-                    ),
-                    Commit::Sealed => (sealed.last().map_or(before, |u| u.1), sealed, None, false),
-                }
+                (
+                    self.written_lsn.load(Ordering::Acquire),
+                    std::mem::take(&mut w.unsynced),
+                    w.seg.as_ref().map(|s| Arc::clone(&s.file)),
+                    std::mem::take(&mut w.dir_unsynced),
+                )
             };
-            let nothing_sealed = sealed.is_empty();
             let r = sealed
                 .iter()
-                .map(|u| &u.0)
                 .chain(active.as_ref())
                 .try_for_each(|f| f.sync_data())
                 .and_then(|()| {
@@ -964,10 +945,6 @@ impl Inner {
             self.sync_cv.notify_all();
             if let Err(e) = r {
                 break Err(e);
-            }
-            if scope == Commit::Sealed && nothing_sealed {
-                // Another commit synced them first (nothing left to do or wait for).
-                break Ok(());
             }
         };
         if let Some(i) = st.waiting.iter().position(|&l| l == lsn) {
@@ -1001,7 +978,7 @@ impl Inner {
 
     fn sync_data(&self) -> Result<(), SpoolError> {
         let lsn = self.written_lsn.load(Ordering::Acquire);
-        self.sync_through(lsn, Commit::All)
+        self.sync_through(lsn)
             .map_err(|e| SpoolError::io(&self.own.dir, e))
     }
 
@@ -1022,16 +999,12 @@ impl Inner {
         }
     }
 
-    /// The background thread's work after a rotation: the sealed segments (and so
-    /// everything written before the last seal) made durable, then the read progress. The
-    /// new segment's header and directory entry wait for the next full commit (interval,
-    /// [`Spool::sync`], close, or a durable append): nothing in it is promised before then.
+    /// The background thread's work after a rotation: one group commit (the sealed
+    /// segments, the few records already in the new one, its header and directory entry),
+    /// then the read progress. Syncing only the sealed segments was tried and was not
+    /// faster for the appender (its bench runs were at or below these).
     fn after_rotation(&self) -> Result<(), SpoolError> {
-        let sealed_at = lock(&self.writer).unsynced.last().map(|u| u.1);
-        if let Some(lsn) = sealed_at {
-            self.sync_through(lsn, Commit::Sealed)
-                .map_err(|e| SpoolError::io(&self.own.dir, e))?;
-        }
+        self.sync_data()?;
         self.own.sync_cursor(&*self.fs)
     }
 
