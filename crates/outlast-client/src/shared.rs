@@ -54,6 +54,8 @@ const ONE_APPEND: u64 = 2;
 
 pub(crate) struct Shared {
     pub(crate) exporter: Arc<dyn DynExporter>,
+    /// The exporter bounds every export within the attempt timeout itself: no second timer.
+    exporter_bounds_attempts: bool,
     pub(crate) settings: Settings,
     spool: RwLock<Option<Arc<Spool>>>,
     /// Why the spool could not be opened, if it could not.
@@ -115,8 +117,12 @@ impl Shared {
         backlog: bool,
     ) -> Shared {
         let warn_interval = settings.warn_interval;
+        let exporter_bounds_attempts = exporter
+            .export_timeout_dyn()
+            .is_some_and(|t| t <= settings.attempt_timeout);
         Shared {
             exporter,
+            exporter_bounds_attempts,
             settings,
             spool: RwLock::new(spool),
             open_error,
@@ -275,6 +281,10 @@ impl Shared {
     /// One export attempt bounded by the attempt timeout.
     pub(crate) async fn attempt(&self, payload: &Payload) -> Result<(), ExportError> {
         let limit = self.settings.attempt_timeout;
+        if self.exporter_bounds_attempts {
+            // The exporter's own timeout is not longer than ours (see `Exporter::export_timeout`).
+            return self.exporter.export_boxed(payload).await;
+        }
         match tokio::time::timeout(limit, self.exporter.export_boxed(payload)).await {
             Ok(result) => result,
             Err(_) => Err(ExportError::Timeout { after: limit }),

@@ -129,6 +129,76 @@ async fn each_attempt_is_bounded_by_the_attempt_timeout() {
     );
 }
 
+/// Takes `takes` per export and declares `declared` as the bound of its own exports.
+#[derive(Debug)]
+struct SelfBounded {
+    takes: Duration,
+    declared: Option<Duration>,
+}
+
+impl outlast_client::Exporter for SelfBounded {
+    async fn export(
+        &self,
+        _payload: &outlast_client::Payload,
+    ) -> Result<(), outlast_client::ExportError> {
+        tokio::time::sleep(self.takes).await;
+        Ok(())
+    }
+
+    fn export_timeout(&self) -> Option<Duration> {
+        self.declared
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exporter_that_bounds_its_own_exports_within_the_attempt_timeout_gets_no_second_timer() {
+    let dir = spool_dir();
+    // The exporter breaks its promise (2 s declared, 5 s taken) only to make the absence of
+    // the client's own 3 s timer observable: the attempt is not cut off.
+    let exporter = SelfBounded {
+        takes: Duration::from_secs(5),
+        declared: Some(Duration::from_secs(2)),
+    };
+    let c = common::builder(dir.path())
+        .attempt_timeout(Duration::from_secs(3))
+        .build(exporter)
+        .expect("valid");
+    let start = Instant::now();
+    assert_eq!(
+        c.export(payload("a")).await.expect("delivered"),
+        Delivery::Delivered
+    );
+    assert!(
+        about(start.elapsed(), Duration::from_secs(5)),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exporter_bound_longer_than_the_attempt_timeout_is_still_cut_off_by_the_client() {
+    let dir = spool_dir();
+    let exporter = SelfBounded {
+        takes: Duration::from_secs(5),
+        declared: Some(Duration::from_secs(4)),
+    };
+    let c = common::builder(dir.path())
+        .attempt_timeout(Duration::from_secs(3))
+        .build(exporter)
+        .expect("valid");
+    let start = Instant::now();
+    assert_eq!(
+        c.export(payload("a")).await.expect("spooled"),
+        Delivery::Spooled
+    );
+    // Two attempts cut at 3 s each and the 1 s pause between them.
+    assert!(
+        about(start.elapsed(), Duration::from_secs(7)),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_long_retry_after_spills_at_once_instead_of_making_the_caller_wait() {
     let dir = spool_dir();

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use crate::{ExportError, Payload};
 
@@ -88,6 +89,18 @@ pub trait Exporter: Send + Sync + 'static {
         1
     }
 
+    /// The longest one [`export`](Exporter::export) call can take, if the exporter bounds
+    /// every call itself (a request timeout of its own). When it is set and not longer than
+    /// the client's attempt timeout, the client adds no timer of its own around the call
+    /// (one timer per attempt instead of two). The default, `None`, makes the client bound
+    /// every attempt.
+    ///
+    /// Return `Some` only if every `export` future really completes within that time: the
+    /// client relies on it to bound its retries, flushes and shutdown.
+    fn export_timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// Releases resources (connections, files) when the client shuts down.
     /// Called once, after the last `export`. The default does nothing.
     ///
@@ -115,6 +128,8 @@ pub trait DynExporter: Send + Sync + 'static {
     fn probe_boxed(&self) -> BoxFuture<'_, Reachability>;
     /// See [`Exporter::max_in_flight`].
     fn max_in_flight_dyn(&self) -> usize;
+    /// See [`Exporter::export_timeout`].
+    fn export_timeout_dyn(&self) -> Option<Duration>;
     /// See [`Exporter::shutdown`].
     fn shutdown_boxed(&self) -> BoxFuture<'_, Result<(), ExportError>>;
 }
@@ -130,6 +145,10 @@ impl<E: Exporter> DynExporter for E {
 
     fn max_in_flight_dyn(&self) -> usize {
         self.max_in_flight()
+    }
+
+    fn export_timeout_dyn(&self) -> Option<Duration> {
+        self.export_timeout()
     }
 
     fn shutdown_boxed(&self) -> BoxFuture<'_, Result<(), ExportError>> {
@@ -166,6 +185,7 @@ mod tests {
         assert_eq!(inner.0.load(Ordering::SeqCst), 2);
         assert_eq!(dynamic.probe_boxed().await, Reachability::Unsupported);
         assert_eq!(dynamic.max_in_flight_dyn(), 1);
+        assert_eq!(dynamic.export_timeout_dyn(), None);
         dynamic
             .shutdown_boxed()
             .await

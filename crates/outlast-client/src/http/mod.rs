@@ -371,6 +371,11 @@ impl Exporter for HttpExporter {
     fn max_in_flight(&self) -> usize {
         self.max_in_flight
     }
+
+    /// Every export is bounded by the request timeout (connect, TLS, body and response).
+    fn export_timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
 }
 
 impl fmt::Debug for HttpExporter {
