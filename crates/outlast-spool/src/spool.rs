@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -545,12 +545,22 @@ fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandl
             let mut next_sync = Instant::now() + interval;
             loop {
                 let wait = next_sync.saturating_duration_since(Instant::now());
-                let (delete, rotated) = match rx.recv_timeout(wait) {
+                let (mut delete, mut rotated) = match rx.recv_timeout(wait) {
                     Err(RecvTimeoutError::Timeout) => (false, false),
                     Ok(Wake::Delete) => (true, false),
                     Ok(Wake::Rotated) => (false, true),
                     Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 };
+                // What queued up meanwhile (rotations come faster than commits when appends
+                // outrun the disk) is done by this one pass.
+                loop {
+                    match rx.try_recv() {
+                        Ok(Wake::Delete) => delete = true,
+                        Ok(Wake::Rotated) => rotated = true,
+                        Ok(Wake::Stop) | Err(TryRecvError::Disconnected) => return,
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.closed.load(Ordering::Acquire) {
                     return;
