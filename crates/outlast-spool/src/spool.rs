@@ -766,7 +766,8 @@ impl Inner {
     /// With the background thread running, the sealed segment's fdatasync, the new header's
     /// and the directory entry's are left to it: it is woken at once and syncs them through
     /// the group commit, which any [`Spool::sync`] or durable append also goes through, so
-    /// no promise depends on who gets there first. Without the thread, they are done here.
+    /// no promise depends on who gets there first. Without the thread, they are done here
+    /// (if the thread exists but cannot be woken, the spool is closing: close syncs them).
     fn rotate(&self, w: &mut Writer, first_seq: u64) -> io::Result<()> {
         let background = lock(&self.wake).clone();
         if let Some(old) = w.seg.take() {
