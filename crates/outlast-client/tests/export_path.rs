@@ -129,11 +129,10 @@ async fn each_attempt_is_bounded_by_the_attempt_timeout() {
     );
 }
 
-/// Takes `takes` per export and declares `declared` as the bound of its own exports.
+/// Takes 5 s per export and declares `declared` as the bound of its own exports.
 #[derive(Debug)]
 struct SelfBounded {
-    takes: Duration,
-    declared: Option<Duration>,
+    declared: Duration,
 }
 
 impl outlast_client::Exporter for SelfBounded {
@@ -141,62 +140,43 @@ impl outlast_client::Exporter for SelfBounded {
         &self,
         _payload: &outlast_client::Payload,
     ) -> Result<(), outlast_client::ExportError> {
-        tokio::time::sleep(self.takes).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
         Ok(())
     }
 
     fn export_timeout(&self) -> Option<Duration> {
-        self.declared
+        Some(self.declared)
     }
+}
+
+/// Exports one payload through `SelfBounded { declared }` with a 3 s attempt timeout: what
+/// `export` answered and how long it took.
+async fn export_self_bounded(declared: Duration) -> (Delivery, Duration) {
+    let dir = spool_dir();
+    let c = common::builder(dir.path())
+        .attempt_timeout(Duration::from_secs(3))
+        .build(SelfBounded { declared })
+        .expect("valid");
+    let start = Instant::now();
+    let delivery = c.export(payload("a")).await.expect("not dropped");
+    (delivery, start.elapsed())
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_exporter_that_bounds_its_own_exports_within_the_attempt_timeout_gets_no_second_timer() {
-    let dir = spool_dir();
     // The exporter breaks its promise (2 s declared, 5 s taken) only to make the absence of
     // the client's own 3 s timer observable: the attempt is not cut off.
-    let exporter = SelfBounded {
-        takes: Duration::from_secs(5),
-        declared: Some(Duration::from_secs(2)),
-    };
-    let c = common::builder(dir.path())
-        .attempt_timeout(Duration::from_secs(3))
-        .build(exporter)
-        .expect("valid");
-    let start = Instant::now();
-    assert_eq!(
-        c.export(payload("a")).await.expect("delivered"),
-        Delivery::Delivered
-    );
-    assert!(
-        about(start.elapsed(), Duration::from_secs(5)),
-        "{:?}",
-        start.elapsed()
-    );
+    let (delivery, took) = export_self_bounded(Duration::from_secs(2)).await;
+    assert_eq!(delivery, Delivery::Delivered);
+    assert!(about(took, Duration::from_secs(5)), "{took:?}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_exporter_bound_longer_than_the_attempt_timeout_is_still_cut_off_by_the_client() {
-    let dir = spool_dir();
-    let exporter = SelfBounded {
-        takes: Duration::from_secs(5),
-        declared: Some(Duration::from_secs(4)),
-    };
-    let c = common::builder(dir.path())
-        .attempt_timeout(Duration::from_secs(3))
-        .build(exporter)
-        .expect("valid");
-    let start = Instant::now();
-    assert_eq!(
-        c.export(payload("a")).await.expect("spooled"),
-        Delivery::Spooled
-    );
+    let (delivery, took) = export_self_bounded(Duration::from_secs(4)).await;
+    assert_eq!(delivery, Delivery::Spooled);
     // Two attempts cut at 3 s each and the 1 s pause between them.
-    assert!(
-        about(start.elapsed(), Duration::from_secs(7)),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(about(took, Duration::from_secs(7)), "{took:?}");
 }
 
 #[tokio::test(start_paused = true)]
