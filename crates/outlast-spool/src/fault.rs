@@ -221,6 +221,19 @@ impl FaultFs {
         }
     }
 
+    /// A file creation's checks: fails after a crash, or with ENOSPC while armed.
+    fn check_create(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        if st.dead {
+            return Err(err(io::ErrorKind::Other));
+        }
+        if st.create_failures > 0 {
+            st.create_failures -= 1;
+            return Err(err(io::ErrorKind::StorageFull));
+        }
+        Ok(())
+    }
+
     fn wrap(&self, path: &Path, inner: Arc<dyn SpoolFile>, created: bool) -> Arc<dyn SpoolFile> {
         if created {
             self.lock().synced.insert(path.to_path_buf(), 0);
@@ -354,31 +367,13 @@ impl SpoolFile for FaultFile {
 
 impl SpoolFs for FaultFs {
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>> {
-        {
-            let mut st = self.lock();
-            if st.dead {
-                return Err(err(io::ErrorKind::Other));
-            }
-            if st.create_failures > 0 {
-                st.create_failures -= 1;
-                return Err(err(io::ErrorKind::StorageFull));
-            }
-        }
+        self.check_create()?;
         let f = StdFs.create_new(path)?;
         Ok(self.wrap(path, f, true))
     }
 
     fn create_truncate(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>> {
-        {
-            let mut st = self.lock();
-            if st.dead {
-                return Err(err(io::ErrorKind::Other));
-            }
-            if st.create_failures > 0 {
-                st.create_failures -= 1;
-                return Err(err(io::ErrorKind::StorageFull));
-            }
-        }
+        self.check_create()?;
         let f = StdFs.create_truncate(path)?;
         Ok(self.wrap(path, f, true))
     }
