@@ -22,6 +22,15 @@ fn fill(root: &Path, n: u64) -> PathBuf {
     segments(root)[0].clone()
 }
 
+/// Fills a spool with 50 records, then flips a bit inside the payload of record 10.
+fn fill_with_a_flipped_bit_in_record_10(root: &Path) {
+    let seg = fill(root, 50);
+    let mut bytes = std::fs::read(&seg).expect("read seg");
+    let pos = find(&bytes, b"record-00000010") + 3;
+    bytes[pos] ^= 0x10;
+    std::fs::write(&seg, &bytes).expect("write seg");
+}
+
 fn segments(root: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("lane-0"))
         .expect("lane dir")
@@ -50,12 +59,7 @@ fn drain(spool: &Spool) -> (Vec<u64>, u64) {
 #[test]
 fn reader_skips_record_with_flipped_bit_in_the_middle_and_delivers_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let seg = fill(dir.path(), 50);
-    let mut bytes = std::fs::read(&seg).expect("read seg");
-    // Record 10 starts after the header and ten records; flip a bit inside its payload.
-    let pos = find(&bytes, b"record-00000010") + 3;
-    bytes[pos] ^= 0x10;
-    std::fs::write(&seg, &bytes).expect("write seg");
+    fill_with_a_flipped_bit_in_record_10(dir.path());
     let before = inspect::scan(dir.path()).expect("scan");
     assert!(!before.is_healthy());
     assert_eq!(before.lanes[0].segments[0].corrupt_frames, 1);
@@ -71,11 +75,7 @@ fn reader_skips_record_with_flipped_bit_in_the_middle_and_delivers_the_rest() {
 #[test]
 fn damage_read_past_again_after_a_rewind_is_counted_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let seg = fill(dir.path(), 50);
-    let mut bytes = std::fs::read(&seg).expect("read seg");
-    let pos = find(&bytes, b"record-00000010") + 3;
-    bytes[pos] ^= 0x10;
-    std::fs::write(&seg, &bytes).expect("write seg");
+    fill_with_a_flipped_bit_in_record_10(dir.path());
     let (spool, _) = Spool::open(small_config(dir.path())).expect("open");
     // Read past the damage without acknowledging, as a failed delivery attempt does...
     let first = spool.read_batch(20, u64::MAX).expect("read");
