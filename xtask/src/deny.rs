@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::step;
 
-/// The cargo-deny release `.ci/run` installs; the database directory name below depends on it.
+/// The cargo-deny release `cargo xtask ci` installs when missing; the database directory name
+/// below depends on it.
 pub(crate) const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// Where cargo-deny 0.20 looks for the default database (`db-urls` in deny.toml) under
@@ -51,20 +52,52 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes sure the pinned cargo-deny is on the PATH, installing it (from crates.io, with
+/// `--locked`) when it is missing or another version, so that `cargo xtask ci` passes on a
+/// fresh machine that has only the pinned toolchain.
 fn ensure_cargo_deny() -> Result<()> {
+    let found = installed_cargo_deny();
+    if found
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DENY_VERSION))
+    {
+        return Ok(());
+    }
+    println!(
+        "xtask: cargo-deny {CARGO_DENY_VERSION} not found ({}); installing it with \
+         `cargo install --locked cargo-deny@{CARGO_DENY_VERSION}` (a few minutes, once)",
+        found.as_deref().unwrap_or("not installed")
+    );
+    let status = Command::new("cargo")
+        .args(["install", "--locked"])
+        .arg(format!("cargo-deny@{CARGO_DENY_VERSION}"))
+        .status()
+        .context("running cargo install cargo-deny")?;
+    if !status.success() {
+        bail!(
+            "installing cargo-deny {CARGO_DENY_VERSION} failed ({status}); install it by hand \
+             with `cargo install --locked cargo-deny@{CARGO_DENY_VERSION}`"
+        );
+    }
+    match installed_cargo_deny() {
+        Some(v) if v.split_whitespace().any(|w| w == CARGO_DENY_VERSION) => Ok(()),
+        other => bail!(
+            "cargo-deny {CARGO_DENY_VERSION} was installed but `cargo deny --version` says {:?}: \
+             is cargo's bin directory on the PATH?",
+            other.unwrap_or_default()
+        ),
+    }
+}
+
+/// What `cargo deny --version` prints, or `None` when it does not run.
+fn installed_cargo_deny() -> Option<String> {
     let out = Command::new("cargo")
         .args(["deny", "--version"])
         .output()
-        .context("running cargo deny --version")?;
-    let version = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !version.contains(CARGO_DENY_VERSION) {
-        bail!(
-            "cargo-deny {CARGO_DENY_VERSION} is required (found: {}); install it with \
-             `cargo install --locked cargo-deny@{CARGO_DENY_VERSION}` (.ci/run does this)",
-            version.trim()
-        );
-    }
-    Ok(())
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The commit date recorded in the snapshot's SNAPSHOT file.

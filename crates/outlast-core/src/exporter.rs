@@ -101,6 +101,17 @@ pub trait Exporter: Send + Sync + 'static {
         None
     }
 
+    /// Who this exporter delivers to, as recorded with every record it spools: the client
+    /// replays a spooled record only through an exporter of the same identity, so that two
+    /// services sharing a spool directory never send each other's data to their backends.
+    ///
+    /// Return something that names the destination and nothing secret (the HTTP exporter
+    /// returns its URL without credentials). The default, `None`, lets the client use the
+    /// identity given to its builder, or else the exporter's type name.
+    fn identity(&self) -> Option<String> {
+        None
+    }
+
     /// Releases resources (connections, files) when the client shuts down.
     /// Called once, after the last `export`. The default does nothing.
     ///
@@ -130,6 +141,9 @@ pub trait DynExporter: Send + Sync + 'static {
     fn max_in_flight_dyn(&self) -> usize;
     /// See [`Exporter::export_timeout`].
     fn export_timeout_dyn(&self) -> Option<Duration>;
+    /// See [`Exporter::identity`].
+    fn identity_dyn(&self) -> Option<String>;
+
     /// See [`Exporter::shutdown`].
     fn shutdown_boxed(&self) -> BoxFuture<'_, Result<(), ExportError>>;
 }
@@ -149,6 +163,10 @@ impl<E: Exporter> DynExporter for E {
 
     fn export_timeout_dyn(&self) -> Option<Duration> {
         self.export_timeout()
+    }
+
+    fn identity_dyn(&self) -> Option<String> {
+        self.identity()
     }
 
     fn shutdown_boxed(&self) -> BoxFuture<'_, Result<(), ExportError>> {
