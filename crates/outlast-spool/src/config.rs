@@ -78,6 +78,7 @@ pub struct SpoolConfig {
     full_policy: FullPolicy,
     max_record_age: Option<Duration>,
     durability: Durability,
+    identity: Option<String>,
 }
 
 impl SpoolConfig {
@@ -91,7 +92,22 @@ impl SpoolConfig {
             full_policy: FullPolicy::default(),
             max_record_age: None,
             durability: Durability::default(),
+            identity: None,
         }
+    }
+
+    /// Names who the records of this spool's lanes are for (e.g. the exporter's destination).
+    /// It is recorded in every lane this spool creates; lanes recorded with another identity
+    /// are left alone and reported, never adopted. `None` (the default) records no identity.
+    #[must_use]
+    pub fn identity(mut self, identity: Option<String>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The identity set with [`SpoolConfig::identity`].
+    pub fn identity_value(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 
     /// Caps the bytes all segment files may take (default [`DEFAULT_MAX_TOTAL_BYTES`]).

