@@ -10,6 +10,7 @@ use outlast_core::retry::{
     DEFAULT_MAX_RETRY_AFTER, RetryPolicy,
 };
 use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
+use outlast_core::units::saturate;
 use outlast_spool::{
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_SEGMENT_BYTES, Durability,
     FullPolicy, SpoolConfig, SpoolError,
@@ -27,6 +28,9 @@ pub const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Requests in flight at once while replaying (further limited by the exporter's own
 /// `max_in_flight`): 4 hides most of a round trip without overloading a recovering backend.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+/// The most replay requests that may be in flight at once: far above what any backend
+/// needs, and small enough that the window's bookkeeping stays a few kilobytes.
+pub const MAX_IN_FLIGHT_LIMIT: usize = 1024;
 /// Pause between two replay batches: none, so a backlog drains at the backend's speed.
 pub const DEFAULT_BATCH_DELAY: Duration = Duration::ZERO;
 /// Name of the spool directory under [`std::env::temp_dir`] when neither the builder nor
@@ -52,6 +56,11 @@ pub fn default_spool_dir() -> PathBuf {
 /// documentation. [`ClientBuilder::from_env`] fills the builder from `OUTLAST_*` environment
 /// variables (see the [crate documentation](crate#configuration) for the table); methods
 /// called afterwards override what the environment said.
+///
+/// No value panics, now or later. Every duration is saturated to
+/// [`MAX_DURATION`](outlast_core::units::MAX_DURATION) (about 30 years), so `Duration::MAX`
+/// means "no limit"; sizes and counts outside what the client can honour are refused by
+/// [`build`](ClientBuilder::build) with [`ConfigError::Invalid`] naming the parameter.
 ///
 /// # Examples
 ///
@@ -187,8 +196,8 @@ impl ClientBuilder {
         batch_max_bytes: u64
     );
     setter!(
-        /// Most replay requests in flight at once (default [`DEFAULT_MAX_IN_FLIGHT`]); the
-        /// exporter's own `max_in_flight` limits it further.
+        /// Most replay requests in flight at once (default [`DEFAULT_MAX_IN_FLIGHT`], at most
+        /// [`MAX_IN_FLIGHT_LIMIT`]); the exporter's own `max_in_flight` limits it further.
         max_in_flight: usize
     );
     setter!(
@@ -235,18 +244,21 @@ impl ClientBuilder {
     }
 
     fn resolve_inner(&self) -> Result<Settings, ConfigError> {
+        // Every duration is saturated here, at the edge: `Duration::MAX` means "no limit",
+        // and nothing downstream can overflow an `Instant` with what it is given.
         let retry = RetryPolicy {
-            immediate_retry_delay: self
-                .immediate_retry_delay
-                .unwrap_or(DEFAULT_IMMEDIATE_RETRY_DELAY),
-            initial_backoff: self.initial_backoff.unwrap_or(DEFAULT_INITIAL_BACKOFF),
-            max_backoff: self.max_backoff.unwrap_or(DEFAULT_MAX_BACKOFF),
+            immediate_retry_delay: saturate(
+                self.immediate_retry_delay
+                    .unwrap_or(DEFAULT_IMMEDIATE_RETRY_DELAY),
+            ),
+            initial_backoff: saturate(self.initial_backoff.unwrap_or(DEFAULT_INITIAL_BACKOFF)),
+            max_backoff: saturate(self.max_backoff.unwrap_or(DEFAULT_MAX_BACKOFF)),
             jitter: self.jitter.unwrap_or(DEFAULT_JITTER),
-            max_retry_after: self.max_retry_after.unwrap_or(DEFAULT_MAX_RETRY_AFTER),
+            max_retry_after: saturate(self.max_retry_after.unwrap_or(DEFAULT_MAX_RETRY_AFTER)),
         };
         retry.validate()?;
 
-        let attempt_timeout = self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+        let attempt_timeout = saturate(self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT));
         if attempt_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "attempt_timeout",
@@ -274,17 +286,28 @@ impl ClientBuilder {
                 "must be at least 1, or the backlog is never replayed",
             ));
         }
+        if max_in_flight > MAX_IN_FLIGHT_LIMIT {
+            return Err(ConfigError::invalid(
+                "max_in_flight",
+                format!("{max_in_flight} is above the limit of {MAX_IN_FLIGHT_LIMIT}"),
+            ));
+        }
 
         let spool_max_bytes = self.spool_max_bytes.unwrap_or(DEFAULT_MAX_TOTAL_BYTES);
         let segment_bytes = self.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES);
         let max_record_bytes = self.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
-        let durability = self.durability.unwrap_or_default();
+        let durability = match self.durability.unwrap_or_default() {
+            Durability::OsWrite { fsync_interval } => Durability::OsWrite {
+                fsync_interval: saturate(fsync_interval),
+            },
+            other => other,
+        };
         let spool = SpoolConfig::new(self.spool_dir.clone().unwrap_or_else(default_spool_dir))
             .max_total_bytes(spool_max_bytes)
             .segment_bytes(segment_bytes)
             .max_record_bytes(max_record_bytes)
             .full_policy(self.full_policy.unwrap_or_default())
-            .max_record_age(self.max_record_age.unwrap_or(None))
+            .max_record_age(self.max_record_age.unwrap_or(None).map(saturate))
             .durability(durability);
         match spool.validate() {
             Ok(()) => {}
@@ -302,14 +325,14 @@ impl ClientBuilder {
         Ok(Settings {
             retry,
             attempt_timeout,
-            warn_interval: self.warn_interval.unwrap_or(DEFAULT_WARN_INTERVAL),
+            warn_interval: saturate(self.warn_interval.unwrap_or(DEFAULT_WARN_INTERVAL)),
             spool,
             max_record_bytes,
             durability,
             batch_size,
             batch_max_bytes,
             max_in_flight,
-            batch_delay: self.batch_delay.unwrap_or(DEFAULT_BATCH_DELAY),
+            batch_delay: saturate(self.batch_delay.unwrap_or(DEFAULT_BATCH_DELAY)),
         })
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outlast_core::ConfigError;
+use outlast_core::{ConfigError, units};
 use outlast_spool::{DEFAULT_FSYNC_INTERVAL, Durability, FullPolicy};
 
 use crate::ClientBuilder;
@@ -258,74 +258,22 @@ fn normalise(value: &str) -> String {
     value.to_ascii_lowercase().replace('-', "_")
 }
 
-/// Parses a duration: a number with a unit (`ms`, `s`, `m`, `h`; `us` too), or a plain number
-/// of seconds. Decimals are allowed (`1.5s`, `0.25`).
+/// Parses a duration in the workspace's grammar ([`outlast_core::units::parse_duration`]).
 ///
 /// # Errors
 ///
 /// [`ConfigError::Invalid`] naming `var`.
 pub(crate) fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    let bad = || {
-        ConfigError::invalid(
-            var,
-            format!(
-                "{value:?} is not a duration (expected e.g. 10s, 500ms, 2m, 1h or plain seconds)"
-            ),
-        )
-    };
-    let v = value.trim();
-    let split = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
-    let (number, unit) = v.split_at(split);
-    if number.is_empty() {
-        return Err(bad());
-    }
-    let n: f64 = number.parse().map_err(|_| bad())?;
-    let seconds_per_unit = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "m" | "min" | "mins" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(n * seconds_per_unit).map_err(|_| bad())
+    units::parse_duration(value).map_err(|e| ConfigError::invalid(var, e.to_string()))
 }
 
-/// Parses a size in bytes: a plain integer, or an integer with `B`, `KiB`, `MiB`, `GiB` or
-/// `TiB` (powers of 1024; `K`, `M`, `G`, `T` are accepted as the same).
+/// Parses a size in the workspace's grammar ([`outlast_core::units::parse_size`]).
 ///
 /// # Errors
 ///
 /// [`ConfigError::Invalid`] naming `var`.
 pub(crate) fn parse_size(var: &'static str, value: &str) -> Result<u64, ConfigError> {
-    let bad = || {
-        ConfigError::invalid(
-            var,
-            format!(
-                "{value:?} is not a size (expected bytes, or a whole number with KiB, MiB, GiB or TiB)"
-            ),
-        )
-    };
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (number, unit) = v.split_at(split);
-    if number.is_empty() {
-        return Err(bad());
-    }
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1u64 << shift).ok_or_else(|| {
-        ConfigError::invalid(var, format!("{value:?} does not fit in 64 bits of bytes"))
-    })
+    units::parse_size(value).map_err(|e| ConfigError::invalid(var, e.to_string()))
 }
 
 /// Parses a whole number (a count).

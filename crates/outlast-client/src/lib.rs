@@ -199,7 +199,8 @@ pub use outlast_spool::{Durability, FullPolicy, SpoolError};
 pub use client::{Client, FlushReport};
 pub use config::{
     ClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX_BYTES,
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_NAME, default_spool_dir,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_NAME, MAX_IN_FLIGHT_LIMIT,
+    default_spool_dir,
 };
 pub use error::{Delivery, DropError, DropReason, ShutdownError, SpoolFault};
 pub use stats::{ClientStats, DropCounts};

@@ -13,6 +13,7 @@ mod exporter;
 mod payload;
 pub mod retry;
 pub mod throttle;
+pub mod units;
 
 pub use error::{BoxError, ExportError};
 pub use exporter::{BoxFuture, DynExporter, Exporter, Reachability};

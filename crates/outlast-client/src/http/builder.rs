@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Uri};
 use outlast_core::ConfigError;
+use outlast_core::units::{self, MAX_DURATION, saturate};
 use rustls_pki_types::CertificateDer;
 
 use super::headers::{Redacted, parse_header, parse_header_list};
@@ -136,7 +137,9 @@ impl HttpExporterBuilder {
     }
 
     /// The time limit of one request: connect, TLS handshake, sending the body, and reading
-    /// the response head and (bounded) body. Default [`DEFAULT_TIMEOUT`].
+    /// the response head and (bounded) body. Default [`DEFAULT_TIMEOUT`]. A value above
+    /// [`MAX_DURATION`](outlast_core::units::MAX_DURATION) (about 30 years, e.g.
+    /// `Duration::MAX`) is treated as that: no limit in practice.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -166,7 +169,8 @@ impl HttpExporterBuilder {
         self
     }
 
-    /// The time limit of one probe. Default [`DEFAULT_PROBE_TIMEOUT`].
+    /// The time limit of one probe. Default [`DEFAULT_PROBE_TIMEOUT`]. Saturated like
+    /// [`timeout`](Self::timeout).
     #[must_use]
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
         self.probe_timeout = Some(timeout);
@@ -174,6 +178,9 @@ impl HttpExporterBuilder {
     }
 
     /// How long an idle pooled connection is kept. Default [`DEFAULT_POOL_IDLE_TIMEOUT`].
+    /// [`MAX_DURATION`](outlast_core::units::MAX_DURATION) or more (e.g. `Duration::MAX`)
+    /// means idle connections never expire on the client's side (the server may still close
+    /// them).
     #[must_use]
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.pool_idle_timeout = Some(timeout);
@@ -262,12 +269,8 @@ impl HttpExporterBuilder {
             }
         }
         if let Some(t) = timeout {
-            let d = parse_duration(&t).ok_or_else(|| {
-                ConfigError::invalid(
-                    ENV_TIMEOUT,
-                    format!("{t:?} is not a duration (e.g. 10, 2.5, 500ms, 10s)"),
-                )
-            })?;
+            let d = units::parse_duration(&t)
+                .map_err(|e| ConfigError::invalid(ENV_TIMEOUT, e.to_string()))?;
             b = b.timeout(positive(ENV_TIMEOUT, d)?);
         }
         if let Some(g) = gzip {
@@ -296,7 +299,9 @@ impl HttpExporterBuilder {
     ///
     /// [`ConfigError::Invalid`] naming the parameter: `url` (unparsable, scheme other than
     /// `http`/`https`, no host, credentials in the URL), `headers` (bad name or value),
-    /// `timeout`, `probe_timeout`, `pool_idle_timeout` (zero), `max_in_flight` (zero),
+    /// `timeout`, `probe_timeout`, `pool_idle_timeout` (zero; values above
+    /// [`MAX_DURATION`](outlast_core::units::MAX_DURATION) are saturated, not refused),
+    /// `max_in_flight` (zero),
     /// `health_url`, `ca_file` (unreadable), `ca_pem` (no or bad certificate).
     pub fn build(self) -> Result<HttpExporter, ConfigError> {
         let uri = validate_url("url", &self.url)?;
@@ -311,15 +316,22 @@ impl HttpExporterBuilder {
                 HeaderValue::from_static(super::USER_AGENT),
             );
         }
-        let timeout = positive("timeout", self.timeout.unwrap_or(DEFAULT_TIMEOUT))?;
-        let probe_timeout = positive(
+        // Durations are saturated at the edge: `Duration::MAX` means "no limit".
+        let timeout = saturate(positive(
+            "timeout",
+            self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        )?);
+        let probe_timeout = saturate(positive(
             "probe_timeout",
             self.probe_timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT),
-        )?;
-        let pool_idle_timeout = positive(
+        )?);
+        // The pool adds its idle timeout to the current instant: at the ceiling, it is
+        // handed "no idle timeout" instead, which it supports natively.
+        let pool_idle_timeout = Some(positive(
             "pool_idle_timeout",
             self.pool_idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
-        )?;
+        )?)
+        .filter(|d| *d < MAX_DURATION);
         let max_in_flight = self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         if max_in_flight == 0 {
             return Err(ConfigError::invalid("max_in_flight", "must be at least 1"));
@@ -443,24 +455,6 @@ fn positive(param: &'static str, d: Duration) -> Result<Duration, ConfigError> {
     }
 }
 
-/// `10`, `2.5` (seconds), `500ms`, `10s`.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (s, 1.0)
-    };
-    let number = number.trim();
-    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    let v: f64 = number.parse().ok()?;
-    Duration::try_from_secs_f64(v * scale).ok()
-}
-
 fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" | "gzip" => Some(true),
@@ -515,14 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_booleans_parse_in_the_documented_forms() {
-        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2.5"), Some(Duration::from_millis(2500)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration(" 3s "), Some(Duration::from_secs(3)));
-        for bad in ["", "-1", "ten", "1h", "1e3", "ms"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
+    fn booleans_parse_in_the_documented_forms() {
         assert_eq!(parse_bool("Gzip"), Some(true));
         assert_eq!(parse_bool("off"), Some(false));
         assert_eq!(parse_bool("maybe"), None);

@@ -117,7 +117,8 @@ struct Parts {
     max_in_flight: usize,
     probe: ProbeTarget,
     probe_timeout: Duration,
-    pool_idle_timeout: Duration,
+    /// `None`: idle connections are kept until the server closes them.
+    pool_idle_timeout: Option<Duration>,
     tls: rustls::ClientConfig,
 }
 

@@ -1,0 +1,308 @@
+//! The one grammar for durations and sizes written as text (environment variables, command
+//! lines), and the ceiling every duration a user passes is saturated to.
+//!
+//! - A **duration** is a decimal number followed by a unit — `us`/`µs`, `ms`, `s`/`sec`/`secs`,
+//!   `m`/`min`/`mins`, `h` — or a plain number of seconds: `250us`, `500ms`, `1.5s`, `10`,
+//!   `2m`, `1h`. A value too large for a [`Duration`] reads as [`Duration::MAX`] ("no limit").
+//! - A **size** is a whole number of bytes, optionally followed by `B`, `K`/`KiB`, `M`/`MiB`,
+//!   `G`/`GiB`, `T`/`TiB` (powers of 1024, case-insensitive, spaces allowed before the unit):
+//!   `1048576`, `64KiB`, `512 MiB`. Decimal units (`MB`) are refused, so that nobody reads
+//!   `10MB` as 10⁷ when it would be 10 × 2²⁰.
+//!
+//! Watch the `m`: in a duration it means minutes, in a size it means MiB.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The longest duration outlast works with: about 30 years (the same horizon Tokio uses for
+/// "never"). Every duration a user passes is saturated to it ([`saturate`]), so
+/// `Duration::MAX` and anything above this mean "no limit" in practice, and adding it to
+/// the current [`Instant`](std::time::Instant) can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// `d`, or [`MAX_DURATION`] if `d` is longer.
+pub fn saturate(d: Duration) -> Duration {
+    d.min(MAX_DURATION)
+}
+
+/// Why a text value is not a duration or a size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnitError {
+    /// The value is not a duration in the grammar of this module.
+    NotADuration {
+        /// The value, as given.
+        value: String,
+    },
+    /// The value is not a size in the grammar of this module.
+    NotASize {
+        /// The value, as given.
+        value: String,
+    },
+    /// The size is larger than 2⁶⁴ − 1 bytes.
+    SizeTooLarge {
+        /// The value, as given.
+        value: String,
+    },
+}
+
+impl fmt::Display for UnitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnitError::NotADuration { value } => write!(
+                f,
+                "{value:?} is not a duration (expected e.g. 10s, 500ms, 2m, 1h or plain seconds)"
+            ),
+            UnitError::NotASize { value } => write!(
+                f,
+                "{value:?} is not a size (expected bytes, or a whole number with KiB, MiB, GiB or TiB)"
+            ),
+            UnitError::SizeTooLarge { value } => {
+                write!(f, "{value:?} does not fit in 64 bits of bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UnitError {}
+
+/// Parses a duration (see the [module documentation](self)).
+///
+/// # Errors
+///
+/// [`UnitError::NotADuration`] for anything outside the grammar (negative numbers, exponents,
+/// unknown units, an empty value).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use outlast_core::units::parse_duration;
+///
+/// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+/// assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+/// assert_eq!(parse_duration("99999999999999999999999h"), Ok(Duration::MAX));
+/// assert!(parse_duration("1e3").is_err());
+/// ```
+pub fn parse_duration(value: &str) -> Result<Duration, UnitError> {
+    let bad = || UnitError::NotADuration {
+        value: value.to_owned(),
+    };
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    if number.is_empty() || !number.bytes().any(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let nanos_per_unit: u128 = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1_000_000_000,
+        "ms" => 1_000_000,
+        "us" | "µs" => 1_000,
+        "m" | "min" | "mins" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return Err(bad()),
+    };
+    let max_nanos = Duration::MAX.as_nanos();
+    if !number.contains('.') {
+        // Whole numbers are exact (no float rounding); too many digits is "no limit".
+        let nanos = number
+            .parse::<u128>()
+            .ok()
+            .and_then(|n| n.checked_mul(nanos_per_unit))
+            .filter(|n| *n <= max_nanos);
+        return Ok(nanos.map_or(Duration::MAX, |n| {
+            // Both parts fit: n <= Duration::MAX's nanoseconds.
+            let secs = u64::try_from(n / 1_000_000_000).unwrap_or(u64::MAX);
+            let sub = u32::try_from(n % 1_000_000_000).unwrap_or(0);
+            Duration::new(secs, sub)
+        }));
+    }
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    #[allow(clippy::cast_precision_loss)] // a unit is at most 3.6e12 ns: exact in f64
+    let secs = n * (nanos_per_unit as f64 / 1e9);
+    if !secs.is_finite() || secs >= Duration::MAX.as_secs_f64() {
+        // Only digits and one dot got here: the number is non-negative, just very large.
+        return Ok(Duration::MAX);
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+/// Parses a size in bytes (see the [module documentation](self)).
+///
+/// # Errors
+///
+/// [`UnitError::NotASize`] for anything outside the grammar (fractions, negative numbers,
+/// decimal units, an empty value), [`UnitError::SizeTooLarge`] above 2⁶⁴ − 1 bytes.
+///
+/// # Examples
+///
+/// ```
+/// use outlast_core::units::parse_size;
+///
+/// assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+/// assert_eq!(parse_size("3m"), Ok(3 << 20));
+/// assert!(parse_size("10MB").is_err());
+/// ```
+pub fn parse_size(value: &str) -> Result<u64, UnitError> {
+    let bad = || UnitError::NotASize {
+        value: value.to_owned(),
+    };
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    if number.is_empty() {
+        return Err(bad());
+    }
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let too_large = || UnitError::SizeTooLarge {
+        value: value.to_owned(),
+    };
+    let n: u64 = number.parse().map_err(|_| too_large())?;
+    n.checked_mul(1u64 << shift).ok_or_else(too_large)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn durations_accept_units_and_plain_seconds() {
+        let ok = [
+            ("10s", Duration::from_secs(10)),
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("7", Duration::from_secs(7)),
+            ("1.5", Duration::from_millis(1500)),
+            (" 3s ", Duration::from_secs(3)),
+            ("250us", Duration::from_micros(250)),
+            ("250µs", Duration::from_micros(250)),
+            ("2 min", Duration::from_secs(120)),
+            ("0", Duration::ZERO),
+        ];
+        for (s, d) in ok {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        for s in [
+            "",
+            "s",
+            ".",
+            ".s",
+            "ten",
+            "10 parsecs",
+            "-1s",
+            "1e3",
+            "1.2.3s",
+            "10d",
+            "NaN",
+            "inf",
+        ] {
+            assert_eq!(
+                parse_duration(s),
+                Err(UnitError::NotADuration {
+                    value: s.to_owned()
+                }),
+                "accepted {s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_too_large_for_a_duration_read_as_no_limit() {
+        assert_eq!(parse_duration("18446744073709551616"), Ok(Duration::MAX));
+        assert_eq!(
+            parse_duration("99999999999999999999999h"),
+            Ok(Duration::MAX)
+        );
+        let d = parse_duration("10000000000000000000").expect("a duration");
+        assert_eq!(d, Duration::from_secs(10_000_000_000_000_000_000));
+        assert_eq!(saturate(d), MAX_DURATION);
+    }
+
+    #[test]
+    fn sizes_accept_bytes_and_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("512 MiB"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_size("2GiB"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("3m"), Ok(3 * 1024 * 1024));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        for s in ["", "MiB", "1.5MiB", "12 parsecs", "-5", "10MB"] {
+            assert_eq!(
+                parse_size(s),
+                Err(UnitError::NotASize {
+                    value: s.to_owned()
+                }),
+                "{s:?}"
+            );
+        }
+        for s in ["99999999999TiB", "18446744073709551616", "16777216TiB"] {
+            assert_eq!(
+                parse_size(s),
+                Err(UnitError::SizeTooLarge {
+                    value: s.to_owned()
+                }),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_quote_the_value_and_give_examples() {
+        let e = parse_duration("soon").expect_err("not a duration");
+        assert_eq!(
+            e.to_string(),
+            "\"soon\" is not a duration (expected e.g. 10s, 500ms, 2m, 1h or plain seconds)"
+        );
+    }
+
+    #[test]
+    fn saturation_leaves_room_to_add_to_now() {
+        assert_eq!(saturate(Duration::MAX), MAX_DURATION);
+        assert_eq!(saturate(Duration::from_secs(5)), Duration::from_secs(5));
+        assert!(
+            std::time::Instant::now()
+                .checked_add(MAX_DURATION)
+                .is_some()
+        );
+        assert!(
+            std::time::SystemTime::now()
+                .checked_add(MAX_DURATION)
+                .is_some()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn the_duration_parser_never_panics(s in ".{0,40}") {
+            let _ = parse_duration(&s);
+        }
+
+        #[test]
+        fn the_size_parser_never_panics(s in ".{0,40}") {
+            let _ = parse_size(&s);
+        }
+
+        #[test]
+        fn whole_milliseconds_round_trip(ms in 0u64..=u64::from(u32::MAX)) {
+            prop_assert_eq!(parse_duration(&format!("{ms}ms")), Ok(Duration::from_millis(ms)));
+        }
+
+        #[test]
+        fn whole_sizes_round_trip(n in any::<u64>()) {
+            prop_assert_eq!(parse_size(&n.to_string()), Ok(n));
+            let kib = n >> 10;
+            prop_assert_eq!(parse_size(&format!("{kib}KiB")), Ok(kib << 10));
+        }
+    }
+}
