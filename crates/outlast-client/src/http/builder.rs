@@ -283,9 +283,7 @@ impl HttpExporterBuilder {
             b = b.gzip(on);
         }
         if let Some(path) = ca_file.filter(|p| !p.trim().is_empty()) {
-            let pem = std::fs::read(&path).map_err(|e| {
-                ConfigError::invalid(ENV_CA_FILE, format!("cannot read {path:?}: {e}"))
-            })?;
+            let pem = tls::read_ca_file(ENV_CA_FILE, std::path::Path::new(&path))?;
             tls::parse_pem_certs(ENV_CA_FILE, &pem)?;
             b = b.ca_pem(pem);
         }
@@ -297,12 +295,13 @@ impl HttpExporterBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] naming the parameter: `url` (unparsable, scheme other than
-    /// `http`/`https`, no host, credentials in the URL), `headers` (bad name or value),
+    /// [`ConfigError::Invalid`] naming the parameter: `url` (unparsable, no scheme or one
+    /// other than `http`/`https`, no host, a port outside 1–65535, credentials in the URL), `headers` (bad name or value),
     /// `timeout`, `probe_timeout`, `pool_idle_timeout` (zero; values above
     /// [`MAX_DURATION`](outlast_core::units::MAX_DURATION) are saturated, not refused),
     /// `max_in_flight` (zero),
-    /// `health_url`, `ca_file` (unreadable), `ca_pem` (no or bad certificate).
+    /// `health_url`, `ca_file` (unreadable, not a regular file, larger than
+    /// [`MAX_CA_FILE_BYTES`](super::MAX_CA_FILE_BYTES)), `ca_pem` (no or bad certificate).
     pub fn build(self) -> Result<HttpExporter, ConfigError> {
         let uri = validate_url("url", &self.url)?;
         let mut headers = HeaderMap::new();
@@ -350,9 +349,7 @@ impl HttpExporterBuilder {
             match source {
                 CaSource::File(path) => {
                     ca_param = "ca_file";
-                    let pem = std::fs::read(path).map_err(|e| {
-                        ConfigError::invalid("ca_file", format!("cannot read {path:?}: {e}"))
-                    })?;
+                    let pem = tls::read_ca_file("ca_file", path)?;
                     extra_roots.extend(tls::parse_pem_certs("ca_file", &pem)?);
                 }
                 CaSource::Pem(pem) => extra_roots.extend(tls::parse_pem_certs("ca_pem", pem)?),
@@ -396,9 +393,29 @@ impl fmt::Debug for HttpExporterBuilder {
     }
 }
 
-/// Parses and checks an endpoint URL; errors name `param`.
+/// Parses and checks an endpoint URL; errors name `param`. The messages say how to fix the
+/// URL (a missing scheme is the most common mistake).
 pub(crate) fn validate_url(param: &'static str, url: &str) -> Result<Uri, ConfigError> {
-    let uri: Uri = url
+    let trimmed = url.trim();
+    if trimmed.is_empty() {
+        return Err(ConfigError::invalid(
+            param,
+            "empty URL: use http://host:port/path",
+        ));
+    }
+    if !trimmed.contains("://") {
+        // Only echo the value back when it cannot hold credentials.
+        let example = if trimmed.contains('@') || trimmed.starts_with('/') {
+            "e.g. http://127.0.0.1:4318/v1/logs".to_owned()
+        } else {
+            format!("e.g. \"http://{trimmed}\"")
+        };
+        return Err(ConfigError::invalid(
+            param,
+            format!("missing scheme: add http:// or https:// in front ({example})"),
+        ));
+    }
+    let uri: Uri = trimmed
         .parse()
         .map_err(|e| ConfigError::invalid(param, format!("not a valid URL: {e}")))?;
     match uri.scheme_str() {
@@ -406,13 +423,13 @@ pub(crate) fn validate_url(param: &'static str, url: &str) -> Result<Uri, Config
         Some(other) => {
             return Err(ConfigError::invalid(
                 param,
-                format!("unsupported scheme {other:?}: use http or https"),
+                format!("unsupported scheme {other:?}: use http:// or https://"),
             ));
         }
         None => {
             return Err(ConfigError::invalid(
                 param,
-                "missing scheme: use http:// or https://",
+                "missing scheme: add http:// or https:// in front",
             ));
         }
     }
@@ -428,7 +445,24 @@ pub(crate) fn validate_url(param: &'static str, url: &str) -> Result<Uri, Config
     if uri.host().is_none_or(str::is_empty) {
         return Err(ConfigError::invalid(param, "missing host"));
     }
+    if let Some(port) = port_text(authority.as_str())
+        && !port.parse::<u16>().is_ok_and(|p| p != 0)
+    {
+        return Err(ConfigError::invalid(
+            param,
+            format!("port {port:?} is not a number from 1 to 65535"),
+        ));
+    }
     Ok(uri)
+}
+
+/// The text after the port colon of an authority (`host:port`, `[v6]:port`), if there is one.
+fn port_text(authority: &str) -> Option<&str> {
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    after_host.rfind(':').map(|i| &after_host[i + 1..])
 }
 
 /// The host (without IPv6 brackets) and port (default by scheme) of a validated URL.
@@ -482,10 +516,51 @@ mod tests {
             "example.com/v1",
             "http://user:pw@example.com/",
             "/v1/traces",
+            "http://127.0.0.1:99999/v1/logs",
+            "http://127.0.0.1:0/",
+            "http://127.0.0.1:/",
+            "http://[::1]:65536/",
+            "",
         ] {
             let e = HttpExporter::builder(bad).build().expect_err(bad);
             assert_eq!(param_of(&e), "url", "{bad}: {e}");
         }
+        for good in [
+            "http://127.0.0.1:65535/",
+            "https://[::1]/x",
+            "http://[::1]:4318/x",
+            " http://collector/v1 ",
+        ] {
+            assert!(HttpExporter::builder(good).build().is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn url_errors_say_how_to_fix_the_url() {
+        let msg = |url: &str| {
+            HttpExporter::builder(url)
+                .build()
+                .expect_err(url)
+                .to_string()
+        };
+        assert_eq!(
+            msg("127.0.0.1:4318/v1/logs"),
+            "invalid configuration: url: missing scheme: add http:// or https:// in front (e.g. \"http://127.0.0.1:4318/v1/logs\")"
+        );
+        assert_eq!(
+            msg("localhost:4318"),
+            "invalid configuration: url: missing scheme: add http:// or https:// in front (e.g. \"http://localhost:4318\")"
+        );
+        assert_eq!(
+            msg("http://127.0.0.1:99999/v1/logs"),
+            "invalid configuration: url: port \"99999\" is not a number from 1 to 65535"
+        );
+        assert_eq!(
+            msg("grpc://collector:4317"),
+            "invalid configuration: url: unsupported scheme \"grpc\": use http:// or https://"
+        );
+        // A value that may hold credentials is not echoed.
+        assert!(!msg("user:secret@collector/v1").contains("secret"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Configured request headers: validation, secret detection and redacted Debug output.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -19,6 +20,40 @@ pub fn is_sensitive_header(name: &str) -> bool {
         .iter()
         .any(|s| n.contains(s))
 }
+
+/// The value of the [`KEY_HEADER`](super::KEY_HEADER) for a payload key: the key's UTF-8
+/// bytes, with every byte that is not visible ASCII (`!` to `~`), and `%` itself,
+/// percent-encoded as `%XX` (upper-case hex). A key of visible ASCII without `%` is sent
+/// unchanged; any other key still arrives, and any percent-decoder gives it back exactly.
+///
+/// # Examples
+///
+/// ```
+/// use outlast_client::http::encode_key;
+///
+/// assert_eq!(encode_key("batch-42"), "batch-42");
+/// assert_eq!(encode_key("a b\nc"), "a%20b%0Ac");
+/// assert_eq!(encode_key("größe 100%"), "gr%C3%B6%C3%9Fe%20100%25");
+/// ```
+pub fn encode_key(key: &str) -> Cow<'_, str> {
+    let plain = |b: u8| (b'!'..=b'~').contains(&b) && b != b'%';
+    if key.bytes().all(plain) {
+        return Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() * 3);
+    for b in key.bytes() {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
+    Cow::Owned(out)
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Validates one header, marking its value sensitive when the name says it is a secret.
 /// Errors name `param`; a rejected value is never echoed (it may be a secret).

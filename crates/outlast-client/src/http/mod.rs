@@ -17,7 +17,9 @@
 //! - When the payload has a [`key`](outlast_core::PayloadMeta::key), it is sent in the
 //!   [`KEY_HEADER`] (`x-outlast-key`) header, so a backend (or
 //!   `outlast_client::testing::TestReceiver`) can recognise a payload delivered twice
-//!   (delivery is at least once).
+//!   (delivery is at least once). A key that is not visible ASCII (a newline, a space,
+//!   non-ASCII letters) or contains `%` is percent-encoded ([`encode_key`]), so every key
+//!   arrives.
 //! - Every request (connect, TLS handshake, body, response) is bounded by the request
 //!   timeout: hyper's client has no timeout of its own.
 //!
@@ -81,9 +83,11 @@ pub use builder::{
     ENV_CA_FILE, ENV_ENDPOINT, ENV_GZIP, ENV_HEADERS, ENV_TIMEOUT, HttpExporterBuilder, Probe,
 };
 pub use error::{HttpError, is_retryable_status};
-pub use headers::is_sensitive_header;
+pub use headers::{encode_key, is_sensitive_header};
+pub use tls::MAX_CA_FILE_BYTES;
 
-/// The header carrying the payload's [`key`](outlast_core::PayloadMeta::key), when it has
+/// The header carrying the payload's [`key`](outlast_core::PayloadMeta::key) (percent-encoded by
+/// [`encode_key`]), when it has
 /// one, so that a receiver can de-duplicate.
 pub const KEY_HEADER: &str = "x-outlast-key";
 
@@ -246,7 +250,8 @@ impl HttpExporter {
             }
         }
         if let Some(key) = &payload.meta().key {
-            match HeaderValue::from_str(key) {
+            // Percent-encoded to visible ASCII, which is always a valid header value.
+            match HeaderValue::from_str(&encode_key(key)) {
                 Ok(v) => {
                     headers.insert(KEY_HEADER, v);
                 }

@@ -1,11 +1,45 @@
 //! TLS client configuration: rustls with the ring provider, webpki roots plus custom CAs.
 
+use std::io::Read as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use outlast_core::ConfigError;
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+
+/// The largest CA file read: a bundle of every public root is about 250 KiB, so 1 MiB is
+/// generous while a mistaken path (`/dev/zero`, a log file) fails at once instead of filling
+/// memory.
+pub const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a PEM file of CA certificates, at most [`MAX_CA_FILE_BYTES`]; errors name `param`.
+/// Only regular files are read: a FIFO or a device could block or never end.
+pub(crate) fn read_ca_file(param: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let cannot =
+        |e: std::io::Error| ConfigError::invalid(param, format!("cannot read {path:?}: {e}"));
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(ConfigError::invalid(
+            param,
+            format!("{path:?} is not a regular file (a PEM file of CA certificates is expected)"),
+        ));
+    }
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut pem))
+        .map_err(cannot)?;
+    if pem.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(ConfigError::invalid(
+            param,
+            format!(
+                "{path:?} is larger than {MAX_CA_FILE_BYTES} bytes: not a CA bundle (a bundle of every public root is about 250 KiB)"
+            ),
+        ));
+    }
+    Ok(pem)
+}
 
 /// Parses every certificate in PEM text; errors name `param`.
 pub(crate) fn parse_pem_certs(
