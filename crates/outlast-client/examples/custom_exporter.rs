@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use outlast_client::{Client, Delivery, DropError, ExportError, Exporter, Payload, Reachability};
+use outlast_client::{
+    Client, Delivery, DropError, ErrorChain, ExportError, Exporter, Payload, Reachability,
+};
 
 // ANCHOR: exporter
 /// Appends each payload to a file as one line: `<key>\t<payload text>\n`.
@@ -225,7 +227,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         Err(DropError::Permanent { payload, source }) => {
             println!(
-                "export k4: dropped ({source}); {} bytes handed back",
+                "export k4: dropped ({}); {} bytes handed back",
+                ErrorChain(&source),
                 payload.len()
             );
         }

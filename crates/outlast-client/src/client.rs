@@ -240,7 +240,7 @@ impl Client {
                     attempt += 1;
                 }
                 Decision::Spill => {
-                    tracing::debug!(error = %error, attempts = attempt, "outlast: direct export failed; spooling");
+                    tracing::debug!(error = %outlast_core::ErrorChain(&error), attempts = attempt, "outlast: direct export failed; spooling");
                     shared.set_retry_after_hint(error.retry_after());
                     shared.set_online(false);
                     return self.spool(payload).await;
@@ -445,6 +445,7 @@ impl Client {
             online: shared.is_online(),
             backlog: shared.has_backlog(),
             spool_available: shared.spool_available(),
+            spool: shared.spool_state(),
             shut_down: !shared.is_accepting(),
         }
     }

@@ -454,7 +454,7 @@ impl<'a> Drain<'a> {
                         match &slot.result {
                             Some(Ok(())) => acks.push(slot.id, true),
                             Some(Err(e)) if e.is_permanent() => {
-                                tracing::debug!(error = %e, lane = slot.id.lane, seq = slot.id.seq, "outlast: spooled record rejected permanently; dropping it");
+                                tracing::debug!(error = %outlast_core::ErrorChain(e), lane = slot.id.lane, seq = slot.id.seq, "outlast: spooled record rejected permanently; dropping it");
                                 acks.push(slot.id, false);
                             }
                             _ => break,

@@ -71,10 +71,102 @@ pub const ALL: [&str; 19] = [
     BATCH_DELAY,
 ];
 
+/// The variables the HTTP exporter reads ([`crate::http`]): known, so not warned about.
+const HTTP_VARIABLES: [&str; 5] = [
+    crate::http::ENV_ENDPOINT,
+    crate::http::ENV_HEADERS,
+    crate::http::ENV_TIMEOUT,
+    crate::http::ENV_GZIP,
+    crate::http::ENV_CA_FILE,
+];
+
+/// An `OUTLAST_*` variable that no part of outlast reads: most likely a misspelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnknownVariable {
+    /// The variable's name, as set.
+    pub name: String,
+    /// The known variable it most resembles, if one is close.
+    pub did_you_mean: Option<&'static str>,
+}
+
+/// The `OUTLAST_*` names among `names` that neither the client ([`ALL`]) nor the HTTP
+/// exporter reads, each with the closest known name when one is close. Names without the
+/// `OUTLAST_` prefix are not outlast's business and are never reported.
+///
+/// [`ClientBuilder::from_env`] logs a warning for each of them.
+///
+/// # Examples
+///
+/// ```
+/// use outlast_client::env::unknown_variables;
+///
+/// let unknown = unknown_variables(["OUTLAST_ATTEMP_TIMEOUT", "OUTLAST_BATCH_SIZE", "PATH"]);
+/// assert_eq!(unknown.len(), 1);
+/// assert_eq!(unknown[0].name, "OUTLAST_ATTEMP_TIMEOUT");
+/// assert_eq!(unknown[0].did_you_mean, Some("OUTLAST_ATTEMPT_TIMEOUT"));
+/// ```
+pub fn unknown_variables<S: AsRef<str>>(
+    names: impl IntoIterator<Item = S>,
+) -> Vec<UnknownVariable> {
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let name = name.as_ref();
+            let known = ALL.iter().chain(HTTP_VARIABLES.iter());
+            if !name.starts_with("OUTLAST_") || known.clone().any(|k| *k == name) {
+                return None;
+            }
+            Some(UnknownVariable {
+                name: name.to_owned(),
+                did_you_mean: closest(name, known.copied()),
+            })
+        })
+        .collect()
+}
+
+/// The known name closest to `name`: one that contains the other's words, or within an edit
+/// distance of a third of its length (after the common `OUTLAST_` prefix).
+fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    fn short(n: &str) -> &str {
+        n.strip_prefix("OUTLAST_").unwrap_or(n)
+    }
+    let wanted = short(name).to_ascii_uppercase();
+    known
+        .filter_map(|k| {
+            let candidate = short(k);
+            let d = edit_distance(&wanted, candidate);
+            let close = d <= candidate.len().max(wanted.len()) / 3
+                || (!wanted.is_empty()
+                    && (candidate.contains(wanted.as_str()) || wanted.contains(candidate)));
+            close.then_some((d, k))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over bytes (the names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 impl ClientBuilder {
     /// A builder filled from the process's `OUTLAST_*` environment variables (see the
     /// [crate documentation](crate#configuration)). Unset or empty variables keep their
-    /// defaults; other variables are ignored.
+    /// defaults; other variables are ignored, but an `OUTLAST_*` name that neither the
+    /// client nor the HTTP exporter reads is logged as a warning naming the closest known
+    /// variable (see [`unknown_variables`]).
     ///
     /// # Errors
     ///
@@ -119,6 +211,7 @@ impl ClientBuilder {
         let mut fsync_interval: Option<Duration> = None;
         for (name, value) in vars {
             let Some(var) = ALL.iter().copied().find(|v| *v == name) else {
+                warn_if_unknown(&name);
                 continue;
             };
             let value = value.trim();
@@ -250,6 +343,25 @@ impl ClientBuilder {
             (None, None) => {}
         }
         Ok(b)
+    }
+}
+
+/// Logs a warning if `name` is an `OUTLAST_*` variable nothing reads.
+fn warn_if_unknown(name: &str) {
+    for unknown in unknown_variables([name]) {
+        match unknown.did_you_mean {
+            Some(known) => tracing::warn!(
+                variable = %unknown.name,
+                did_you_mean = known,
+                "outlast: unknown environment variable {} ignored (did you mean {known}?)",
+                unknown.name
+            ),
+            None => tracing::warn!(
+                variable = %unknown.name,
+                "outlast: unknown environment variable {} ignored",
+                unknown.name
+            ),
+        }
     }
 }
 
@@ -420,6 +532,43 @@ mod tests {
             .resolve()
             .expect_err("builder value rejected");
         assert_eq!(param_of(e), "max_backoff");
+    }
+
+    #[test]
+    fn misspelt_variables_are_reported_with_the_closest_known_name() {
+        let unknown = unknown_variables([
+            "OUTLAST_ATTEMP_TIMEOUT",
+            "OUTLAST_SPOOL_MAX_SIZE",
+            "OUTLAST_TIMEOUT",
+            "outlast_batch_size",
+            "OUTLAST_BATCH_SIZE",
+            "OUTLAST_ENDPOINT",
+            "OUTLAST_ZZZ",
+            "PATH",
+        ]);
+        let got: Vec<(&str, Option<&str>)> = unknown
+            .iter()
+            .map(|u| (u.name.as_str(), u.did_you_mean))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("OUTLAST_ATTEMP_TIMEOUT", Some("OUTLAST_ATTEMPT_TIMEOUT")),
+                ("OUTLAST_SPOOL_MAX_SIZE", Some("OUTLAST_SPOOL_MAX_BYTES")),
+                ("OUTLAST_TIMEOUT", Some("OUTLAST_HTTP_TIMEOUT")),
+                ("OUTLAST_ZZZ", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_and_substitutions() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("abc", "abd"), 1);
+        assert_eq!(edit_distance("abc", "ab"), 1);
+        assert_eq!(edit_distance("ab", "abc"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub use config::{
     default_spool_dir,
 };
 pub use error::{Delivery, DropError, DropReason, ShutdownError, SpoolFault};
-pub use stats::{ClientStats, DropCounts};
+pub use stats::{ClientStats, DropCounts, SpoolState};
 
 pub mod http;
 #[cfg(feature = "testing")]
@@ -213,3 +213,16 @@ pub mod testing;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+// So are the pages that show how to use it.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/getting-started.md")]
+struct GettingStartedDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/configuration.md")]
+struct ConfigurationDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/exporter.md")]
+struct ExporterDoctests;

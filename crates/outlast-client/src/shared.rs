@@ -11,7 +11,7 @@ use outlast_spool::{AppendErrorKind, Durability, Spool, SpoolError, SpoolStats};
 use tokio::sync::Notify;
 
 use crate::config::Settings;
-use crate::stats::Counters;
+use crate::stats::{Counters, SpoolState};
 use crate::{Delivery, DropError, DropReason, SpoolFault};
 
 /// Kinds of rate-limited log messages; each kind has its own budget.
@@ -160,6 +160,17 @@ impl Shared {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
+    }
+
+    /// The spool's state for [`ClientStats::spool`](crate::ClientStats::spool).
+    pub(crate) fn spool_state(&self) -> SpoolState {
+        match &self.open_error {
+            _ if self.spool_available() => SpoolState::Available,
+            Some(e) => SpoolState::Unavailable {
+                reason: Arc::clone(e),
+            },
+            None => SpoolState::Closed,
+        }
     }
 
     /// Whether spool calls are made inline (page-cache writes in `OsWrite` mode) rather than

@@ -1,10 +1,90 @@
 //! Counters and gauges of a client: what was delivered, spooled, replayed and dropped (and
 //! why), and the state of the spool and of the backend.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use outlast_spool::SpoolError;
+
 use crate::DropReason;
+
+/// Whether the client has a spool, and if not, why: the programmatic answer to "is this
+/// client running without a spool?" ([`ClientStats::spool`]).
+///
+/// A spool that cannot be opened does not make [`build`](crate::ClientBuilder::build) fail
+/// (the client still delivers while the backend is up); it is logged once, and reported here
+/// for as long as the client lives.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use outlast_client::{Client, SpoolState};
+/// # #[derive(Debug)] struct Collector;
+/// # impl outlast_client::Exporter for Collector {
+/// #     async fn export(&self, _p: &outlast_client::Payload) -> Result<(), outlast_client::ExportError> { Ok(()) }
+/// # }
+/// # let dir = tempfile::tempdir()?;
+/// # let not_a_dir = dir.path().join("file");
+/// # std::fs::write(&not_a_dir, b"")?;
+/// let client = Client::builder().spool_dir(&not_a_dir).build(Collector)?;
+/// if let SpoolState::Unavailable { reason } = &client.stats().spool {
+///     eprintln!("running without a spool: {reason}");
+/// }
+/// assert!(!client.stats().spool.is_available());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum SpoolState {
+    /// The spool is open: what cannot be delivered now is kept on disk.
+    #[default]
+    Available,
+    /// The spool could not be opened when the client was built; the client runs without it,
+    /// and payloads that cannot be delivered are dropped as
+    /// [`DropReason::SpoolUnavailable`].
+    Unavailable {
+        /// Why it could not be opened.
+        reason: Arc<SpoolError>,
+    },
+    /// The spool was closed by [`shutdown`](crate::Client::shutdown) (what was not delivered
+    /// stays on disk for the next process).
+    Closed,
+}
+
+impl SpoolState {
+    /// Whether the client has a usable spool now.
+    pub fn is_available(&self) -> bool {
+        matches!(self, SpoolState::Available)
+    }
+
+    /// Why the spool could not be opened, if it could not.
+    pub fn unavailable_reason(&self) -> Option<&SpoolError> {
+        match self {
+            SpoolState::Unavailable { reason } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// Two states are equal when they are the same variant and, for `Unavailable`, the reasons
+/// print the same.
+impl PartialEq for SpoolState {
+    fn eq(&self, other: &SpoolState) -> bool {
+        match (self, other) {
+            (SpoolState::Available, SpoolState::Available)
+            | (SpoolState::Closed, SpoolState::Closed) => true,
+            (SpoolState::Unavailable { reason: a }, SpoolState::Unavailable { reason: b }) => {
+                Arc::ptr_eq(a, b) || a.to_string() == b.to_string()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for SpoolState {}
 
 /// Payloads dropped, by reason. Every drop is counted exactly once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,8 +166,12 @@ pub struct ClientStats {
     pub online: bool,
     /// Whether new payloads queue behind a spooled backlog.
     pub backlog: bool,
-    /// Whether the client has a usable spool.
+    /// Whether the client has a usable spool now: `false` both when it could not be opened
+    /// and after [`shutdown`](crate::Client::shutdown) closed it; [`spool`](Self::spool)
+    /// says which.
     pub spool_available: bool,
+    /// The spool's state, with the reason when it could not be opened.
+    pub spool: SpoolState,
     /// Whether the client has been shut down.
     pub shut_down: bool,
 }

@@ -7,12 +7,54 @@ use std::time::Duration;
 /// A boxed error that can cross threads: the source of an [`ExportError`].
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
+/// Displays an error followed by each of its causes on one line, `error: cause: root cause`.
+///
+/// outlast's errors follow the rule that an error either prints its cause or returns it
+/// from [`source`](StdError::source), never both: their `Display` is their own message only,
+/// so a chain printer (this one, `anyhow`'s `{:#}`, a logging layer) shows each cause once.
+/// Their `Debug` is this chain too, so `main() -> Result<(), Box<dyn Error>>` prints a
+/// readable line.
+///
+/// # Examples
+///
+/// ```
+/// use outlast_core::{ErrorChain, ExportError};
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let e = ExportError::retryable(io);
+/// assert_eq!(e.to_string(), "export failed, retryable");
+/// assert_eq!(ErrorChain(&e).to_string(), "export failed, retryable: connection refused");
+/// assert_eq!(format!("{e:?}"), "export failed, retryable: connection refused");
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// Why an export attempt failed, classified by what the pipeline should do next.
 ///
 /// The classification is the exporter's to make: only it knows that an HTTP 400 will never
 /// succeed while a 503 may. The underlying cause is kept as the [`source`](StdError::source)
 /// so that it is never flattened into a string.
-#[derive(Debug)]
+///
+/// `Display` is this error's own message (the classification); the cause is the
+/// [`source`](StdError::source). [`ErrorChain`] prints both, as does `Debug`.
 #[non_exhaustive]
 pub enum ExportError {
     /// The attempt failed but may succeed later (the backend is down, overloaded or slow).
@@ -93,21 +135,26 @@ impl fmt::Display for ExportError {
         match self {
             ExportError::Retryable {
                 retry_after: Some(d),
-                source,
+                ..
             } => write!(
                 f,
-                "export failed, retryable (retry after {:.3}s): {source}",
+                "export failed, retryable (retry after {:.3}s)",
                 d.as_secs_f64()
             ),
             ExportError::Retryable {
-                retry_after: None,
-                source,
-            } => write!(f, "export failed, retryable: {source}"),
-            ExportError::Permanent { source } => write!(f, "export rejected permanently: {source}"),
+                retry_after: None, ..
+            } => f.write_str("export failed, retryable"),
+            ExportError::Permanent { .. } => f.write_str("export rejected permanently"),
             ExportError::Timeout { after } => {
                 write!(f, "export timed out after {:.3}s", after.as_secs_f64())
             }
         }
+    }
+}
+
+impl fmt::Debug for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&ErrorChain(self), f)
     }
 }
 
@@ -158,6 +205,39 @@ mod tests {
             .downcast_ref::<std::io::Error>()
             .expect("source is the io::Error");
         assert_eq!(io_back.kind(), std::io::ErrorKind::ConnectionRefused);
-        assert!(e.to_string().contains("refused"));
+    }
+
+    #[test]
+    fn display_is_the_own_message_and_the_chain_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let cases = [
+            (
+                ExportError::retryable(io),
+                "export failed, retryable",
+                "export failed, retryable: refused",
+            ),
+            (
+                ExportError::retryable_after("HTTP 503", Duration::from_millis(1500)),
+                "export failed, retryable (retry after 1.500s)",
+                "export failed, retryable (retry after 1.500s): HTTP 503",
+            ),
+            (
+                ExportError::permanent("HTTP 400"),
+                "export rejected permanently",
+                "export rejected permanently: HTTP 400",
+            ),
+            (
+                ExportError::Timeout {
+                    after: Duration::from_secs(2),
+                },
+                "export timed out after 2.000s",
+                "export timed out after 2.000s",
+            ),
+        ];
+        for (e, display, chain) in cases {
+            assert_eq!(e.to_string(), display);
+            assert_eq!(ErrorChain(&e).to_string(), chain);
+            assert_eq!(format!("{e:?}"), chain);
+        }
     }
 }

@@ -15,12 +15,15 @@ pub mod retry;
 pub mod throttle;
 pub mod units;
 
-pub use error::{BoxError, ExportError};
+pub use error::{BoxError, ErrorChain, ExportError};
 pub use exporter::{BoxFuture, DynExporter, Exporter, Reachability};
 pub use payload::{ContentType, Payload, PayloadMeta, unix_nanos};
 
 /// A configuration value that was rejected, naming the parameter and the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `Debug` prints the same line as `Display`, so `main() -> Result<(), Box<dyn Error>>`
+/// shows `Error: invalid configuration: OUTLAST_BATCH_SIZE: ...`.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The parameter's value is not allowed, alone or together with another one.
@@ -31,6 +34,12 @@ pub enum ConfigError {
         /// Why the value was rejected.
         reason: String,
     },
+}
+
+impl std::fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&ErrorChain(self), f)
+    }
 }
 
 impl ConfigError {
@@ -46,6 +55,16 @@ impl ConfigError {
 #[cfg(test)]
 mod tests {
     fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn config_error_debug_reads_like_its_display() {
+        let e = super::ConfigError::invalid("OUTLAST_BATCH_SIZE", "must be at least 1");
+        let expected = "invalid configuration: OUTLAST_BATCH_SIZE: must be at least 1";
+        assert_eq!(e.to_string(), expected);
+        assert_eq!(format!("{e:?}"), expected);
+        let boxed: Box<dyn std::error::Error> = Box::new(e);
+        assert_eq!(format!("{boxed:?}"), expected);
+    }
 
     #[test]
     fn public_errors_are_send_sync_static() {

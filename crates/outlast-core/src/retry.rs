@@ -227,11 +227,18 @@ fn jitter_down(nominal: Duration, jitter: f64, u: f64) -> Duration {
 }
 
 /// A `Retry-After` header value that is neither delta-seconds nor an HTTP-date.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid Retry-After value {value:?}: expected delta-seconds or an HTTP-date")]
 pub struct RetryAfterError {
     /// The value as received (cut to 64 bytes).
     pub value: String,
+}
+
+/// The same line as `Display`.
+impl fmt::Debug for RetryAfterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// Parses a `Retry-After` header value (RFC 9110 §10.2.3): delta-seconds (`"120"`) or an

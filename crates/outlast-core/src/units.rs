@@ -25,8 +25,8 @@ pub fn saturate(d: Duration) -> Duration {
     d.min(MAX_DURATION)
 }
 
-/// Why a text value is not a duration or a size.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a text value is not a duration or a size. `Debug` prints the same line as `Display`.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UnitError {
     /// The value is not a duration in the grammar of this module.
@@ -61,6 +61,12 @@ impl fmt::Display for UnitError {
                 write!(f, "{value:?} does not fit in 64 bits of bytes")
             }
         }
+    }
+}
+
+impl fmt::Debug for UnitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

@@ -202,6 +202,30 @@ impl HttpExporterBuilder {
         self
     }
 
+    /// Settings from the process's `OUTLAST_*` variables (see
+    /// [`from_env_vars`](Self::from_env_vars)), to adjust with builder methods before
+    /// [`build`](Self::build). [`HttpExporter::from_env`] is this followed by `build()`.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env_vars`](Self::from_env_vars).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use outlast_client::http::HttpExporterBuilder;
+    ///
+    /// let exporter = HttpExporterBuilder::from_env()?   // OUTLAST_ENDPOINT, OUTLAST_HEADERS, ...
+    ///     .max_in_flight(2)                            // adjusted in code
+    ///     .build()?;
+    /// # drop(exporter);
+    /// # Ok::<(), outlast_client::ConfigError>(())
+    /// ```
+    pub fn from_env() -> Result<HttpExporterBuilder, ConfigError> {
+        HttpExporterBuilder::from_env_vars(std::env::vars_os())
+    }
+
     /// Settings from `OUTLAST_*` variables taken from `vars` (pass `std::env::vars_os()`, or
     /// a list in tests): [`ENV_ENDPOINT`] (required), [`ENV_HEADERS`], [`ENV_TIMEOUT`],
     /// [`ENV_GZIP`], [`ENV_CA_FILE`]. Other variables are ignored. The result can be adjusted

@@ -25,11 +25,15 @@ use outlast_core::{BoxError, ExportError};
 ///
 /// A transport failure and an HTTP status are different variants: no status code is made up
 /// for a connection that never produced one.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` is this error's own message; the underlying client or I/O error is the
+/// [`source`](StdError::source). `Debug` prints both on one line
+/// ([`ErrorChain`](outlast_core::ErrorChain)).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpError {
     /// The server answered with a status that is not a success.
-    #[error("HTTP status {status}: {body_excerpt:?}")]
+    #[error("HTTP status {status}{}", excerpt_suffix(body_excerpt))]
     Status {
         /// The status the server returned.
         status: StatusCode,
@@ -39,7 +43,7 @@ pub enum HttpError {
     },
     /// No connection could be made (refused, unreachable, DNS failure, TLS handshake or
     /// certificate verification failure).
-    #[error("cannot connect to the endpoint: {source}")]
+    #[error("cannot connect to the endpoint")]
     Connect {
         /// The underlying client error (its own source is the I/O or TLS error).
         #[source]
@@ -47,7 +51,7 @@ pub enum HttpError {
     },
     /// The connection failed while the request was sent or the response read (reset,
     /// closed before the response was complete).
-    #[error("connection failed during the request: {source}")]
+    #[error("connection failed during the request")]
     Transport {
         /// The underlying client or I/O error.
         #[source]
@@ -62,19 +66,34 @@ pub enum HttpError {
     },
     /// The request body could not be gzip-compressed (not expected to happen: compression
     /// writes to memory). Permanent: the same payload would fail the same way.
-    #[error("cannot compress the request body: {source}")]
+    #[error("cannot compress the request body")]
     Compress {
         /// The compressor's error.
         #[source]
         source: std::io::Error,
     },
     /// The server's answer was not valid HTTP.
-    #[error("invalid HTTP response: {source}")]
+    #[error("invalid HTTP response")]
     InvalidResponse {
         /// The parse error.
         #[source]
         source: BoxError,
     },
+}
+
+/// `: "<excerpt>"` (quoted, control characters escaped), or nothing for an empty body.
+fn excerpt_suffix(excerpt: &str) -> String {
+    if excerpt.is_empty() {
+        String::new()
+    } else {
+        format!(": {excerpt:?}")
+    }
+}
+
+impl std::fmt::Debug for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&outlast_core::ErrorChain(self), f)
+    }
 }
 
 impl HttpError {

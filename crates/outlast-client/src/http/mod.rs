@@ -177,13 +177,14 @@ impl HttpExporter {
     }
 
     /// An exporter configured from the process environment (`OUTLAST_ENDPOINT` and the
-    /// other variables listed at [`HttpExporterBuilder::from_env_vars`]).
+    /// other variables listed at [`HttpExporterBuilder::from_env_vars`]). To adjust the
+    /// settings in code as well, start from [`HttpExporterBuilder::from_env`] instead.
     ///
     /// # Errors
     ///
     /// [`ConfigError::Invalid`](outlast_core::ConfigError::Invalid) naming the variable.
     pub fn from_env() -> Result<HttpExporter, outlast_core::ConfigError> {
-        HttpExporterBuilder::from_env_vars(std::env::vars_os())?.build()
+        HttpExporterBuilder::from_env()?.build()
     }
 
     fn from_parts(p: Parts) -> HttpExporter {
@@ -337,7 +338,7 @@ impl Exporter for HttpExporter {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Failure { error, retry_after })) => {
                 if !error.is_status() {
-                    tracing::debug!(url = %self.uri, error = %error, "export failed");
+                    tracing::debug!(url = %self.uri, error = %outlast_core::ErrorChain(&error), "export failed");
                 }
                 Err(error.into_export_error(retry_after))
             }
