@@ -33,12 +33,22 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1024;
 /// Pause between two replay batches: none, so a backlog drains at the backend's speed.
 pub const DEFAULT_BATCH_DELAY: Duration = Duration::ZERO;
-/// Name of the spool directory under [`std::env::temp_dir`] when neither the builder nor
-/// `OUTLAST_SPOOL_DIR` sets one.
-pub const DEFAULT_SPOOL_DIR_NAME: &str = "outlast-spool";
+/// Prefix of the default spool directory's name under [`std::env::temp_dir`]; the
+/// service's name and the user id follow (see [`default_spool_dir`]).
+pub const DEFAULT_SPOOL_DIR_PREFIX: &str = "outlast-";
 
-/// The default spool directory: `OUTLAST_SPOOL_DIR` if set and not empty, else
-/// `std::env::temp_dir()/outlast-spool`.
+/// The default spool directory: `OUTLAST_SPOOL_DIR` if set and not empty, else a directory
+/// of this service under the temporary directory:
+/// `<temp dir>/outlast-<executable name>-<user id>` (e.g. `/tmp/outlast-checkout-api-1000`;
+/// without the user id on systems that have none).
+///
+/// The name is per service so that two services on one host, each with the defaults, never
+/// share a spool: a client adopts the records it finds in its directory, and must not send
+/// another service's telemetry to its own backend. The user id keeps two users' runs of the
+/// same program apart (outlast refuses a directory owned by another user anyway). The
+/// executable's name is taken from [`std::env::current_exe`], with every character other
+/// than ASCII letters, digits, `.`, `_` and `-` replaced by `_` (at most 64 of them); if it
+/// cannot be found, `process` is used.
 ///
 /// The temporary directory is a fallback that works everywhere (including serverless
 /// sandboxes, where `/tmp` is the only writable place); on a server it may be wiped at reboot,
@@ -46,8 +56,49 @@ pub const DEFAULT_SPOOL_DIR_NAME: &str = "outlast-spool";
 pub fn default_spool_dir() -> PathBuf {
     match std::env::var_os(crate::env::SPOOL_DIR) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => std::env::temp_dir().join(DEFAULT_SPOOL_DIR_NAME),
+        _ => std::env::temp_dir().join(default_spool_dir_name(
+            std::env::current_exe().ok().as_deref(),
+            user_id(),
+        )),
     }
+}
+
+/// `outlast-<sanitised executable stem>[-<uid>]`.
+fn default_spool_dir_name(exe: Option<&std::path::Path>, uid: Option<u32>) -> String {
+    let stem = exe
+        .and_then(std::path::Path::file_stem)
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    let mut name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    // A name of dots only would be `.` or `..` after the prefix is dropped by a careless
+    // reader; and an empty one says nothing.
+    if name.chars().all(|c| c == '.') {
+        name = "process".to_owned();
+    }
+    match uid {
+        Some(uid) => format!("{DEFAULT_SPOOL_DIR_PREFIX}{name}-{uid}"),
+        None => format!("{DEFAULT_SPOOL_DIR_PREFIX}{name}"),
+    }
+}
+
+#[cfg(unix)]
+fn user_id() -> Option<u32> {
+    Some(rustix::process::getuid().as_raw())
+}
+
+#[cfg(not(unix))]
+fn user_id() -> Option<u32> {
+    None
 }
 
 /// Configures and builds a [`Client`](crate::Client).
@@ -206,7 +257,8 @@ impl ClientBuilder {
     );
 
     /// Directory of the spool (default [`default_spool_dir`]: `OUTLAST_SPOOL_DIR`, else
-    /// `<temp dir>/outlast-spool`). Servers should point it at persistent storage.
+    /// `<temp dir>/outlast-<executable name>-<user id>`, one per service). Servers should
+    /// point it at persistent storage.
     ///
     /// If the directory cannot be used, the client still builds: it warns once and runs
     /// without a spool (payloads that cannot be delivered are then dropped and counted).
@@ -434,6 +486,51 @@ mod tests {
         for (builder, param) in cases {
             assert_eq!(rejected_param(&builder), param, "{builder:?}");
         }
+    }
+
+    #[test]
+    fn the_default_spool_directory_is_named_after_the_executable_and_the_user() {
+        use std::path::Path;
+        let name = |exe: Option<&str>, uid| default_spool_dir_name(exe.map(Path::new), uid);
+        assert_eq!(
+            name(Some("/usr/local/bin/checkout-api"), Some(1000)),
+            "outlast-checkout-api-1000"
+        );
+        assert_eq!(
+            name(Some("/opt/app/worker.v2.exe"), None),
+            "outlast-worker.v2"
+        );
+        assert_eq!(
+            name(Some("/srv/bin/my service größe$(rm)"), Some(0)),
+            "outlast-my_service_gr__e__rm_-0"
+        );
+        assert_eq!(name(Some("/"), Some(7)), "outlast-process-7");
+        assert_eq!(name(None, Some(7)), "outlast-process-7");
+        assert_eq!(name(Some("/bin/.."), Some(7)), "outlast-process-7");
+        let long = format!("/bin/{}", "x".repeat(300));
+        assert_eq!(name(Some(&long), None).len(), "outlast-".len() + 64);
+        // Two services never share it.
+        assert_ne!(
+            name(Some("/bin/service-a"), Some(1000)),
+            name(Some("/bin/service-b"), Some(1000))
+        );
+    }
+
+    #[test]
+    fn the_default_spool_directory_of_this_process_is_its_own() {
+        let exe = std::env::current_exe().expect("current exe");
+        let stem = exe
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        let dir = default_spool_dir_name(Some(&exe), user_id());
+        assert!(dir.starts_with(&format!("outlast-{stem}")), "{dir}");
+        #[cfg(unix)]
+        assert!(
+            dir.ends_with(&format!("-{}", rustix::process::getuid().as_raw())),
+            "{dir}"
+        );
     }
 
     #[test]

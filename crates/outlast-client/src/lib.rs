@@ -136,7 +136,7 @@
 //!
 //! | Variable | Builder method | Format | Default |
 //! |---|---|---|---|
-//! | `OUTLAST_SPOOL_DIR` | [`spool_dir`](ClientBuilder::spool_dir) | path | `<temp dir>/outlast-spool` (servers: use persistent storage) |
+//! | `OUTLAST_SPOOL_DIR` | [`spool_dir`](ClientBuilder::spool_dir) | path | `<temp dir>/outlast-<executable name>-<user id>`, one per service ([`default_spool_dir`]; servers: use persistent storage) |
 //! | `OUTLAST_SPOOL_MAX_BYTES` | [`spool_max_bytes`](ClientBuilder::spool_max_bytes) | size | 512 MiB |
 //! | `OUTLAST_SPOOL_SEGMENT_BYTES` | [`segment_bytes`](ClientBuilder::segment_bytes) | size | 16 MiB |
 //! | `OUTLAST_MAX_RECORD_BYTES` | [`max_record_bytes`](ClientBuilder::max_record_bytes) | size | 8 MiB |
@@ -199,7 +199,7 @@ pub use outlast_spool::{Durability, FullPolicy, SpoolError};
 pub use client::{Client, FlushReport};
 pub use config::{
     ClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX_BYTES,
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_NAME, MAX_IN_FLIGHT_LIMIT,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_PREFIX, MAX_IN_FLIGHT_LIMIT,
     default_spool_dir,
 };
 pub use error::{Delivery, DropError, DropReason, ShutdownError, SpoolFault};
