@@ -7,6 +7,8 @@ use std::sync::Arc;
 use outlast_core::{ErrorChain, ExportError, Payload};
 use outlast_spool::SpoolError;
 
+use crate::DropReason;
+
 /// Where an accepted payload went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[must_use]
@@ -26,50 +28,6 @@ impl Delivery {
     /// Whether the payload went to the spool.
     pub fn is_spooled(self) -> bool {
         matches!(self, Delivery::Spooled)
-    }
-}
-
-/// Why a payload was dropped: the label used in [`ClientStats`](crate::ClientStats) and in logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DropReason {
-    /// The backend was unreachable and the spool had no room (drop-newest policy).
-    SpoolFull,
-    /// The backend rejected the payload and would reject it again.
-    Permanent,
-    /// The backend was unreachable and the spool could not be opened or written.
-    SpoolUnavailable,
-    /// The client had been shut down.
-    ShutDown,
-    /// The payload is larger than the largest record the spool accepts.
-    TooLarge,
-    /// A spooled record outlived the configured maximum record age.
-    Expired,
-    /// A spooled record was evicted to make room for a newer one (drop-oldest policy).
-    Evicted,
-    /// A spooled record was damaged on disk (bad checksum) and skipped.
-    Corrupt,
-}
-
-impl DropReason {
-    /// A short, stable label (`spool_full`, `permanent`, ...), used as a log field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::SpoolFull => "spool_full",
-            DropReason::Permanent => "permanent",
-            DropReason::SpoolUnavailable => "spool_unavailable",
-            DropReason::ShutDown => "shut_down",
-            DropReason::TooLarge => "too_large",
-            DropReason::Expired => "expired",
-            DropReason::Evicted => "evicted",
-            DropReason::Corrupt => "corrupt",
-        }
-    }
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

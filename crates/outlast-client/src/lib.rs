@@ -202,8 +202,8 @@ pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_PREFIX, MAX_IN_FLIGHT_LIMIT,
     default_spool_dir,
 };
-pub use error::{Delivery, DropError, DropReason, ShutdownError, SpoolFault};
-pub use stats::{ClientStats, DropCounts, SpoolState};
+pub use error::{Delivery, DropError, ShutdownError, SpoolFault};
+pub use stats::{ClientStats, DropCounts, DropReason, SpoolState};
 
 pub mod http;
 #[cfg(feature = "testing")]

@@ -31,20 +31,7 @@ pub(crate) enum LogKind {
 #[derive(Debug)]
 struct Logs {
     throttle: KeyedThrottle<LogKind>,
-    drops_reported: [u64; 8],
-}
-
-fn reason_index(reason: DropReason) -> usize {
-    match reason {
-        DropReason::SpoolFull => 0,
-        DropReason::Permanent => 1,
-        DropReason::SpoolUnavailable => 2,
-        DropReason::ShutDown => 3,
-        DropReason::TooLarge => 4,
-        DropReason::Expired => 5,
-        DropReason::Evicted => 6,
-        DropReason::Corrupt => 7,
-    }
+    drops_reported: [u64; DropReason::COUNT],
 }
 
 /// Bit 0 of [`Shared::backlog`]: a backlog exists. The other bits count appends.
@@ -139,7 +126,7 @@ impl Shared {
             retry_after_hint: Mutex::new(None),
             logs: Mutex::new(Logs {
                 throttle: KeyedThrottle::new(warn_interval),
-                drops_reported: [0; 8],
+                drops_reported: [0; DropReason::COUNT],
             }),
             closed_stats: Mutex::new(None),
         }
@@ -367,15 +354,15 @@ impl Shared {
             return;
         }
         self.counters.add_dropped(reason, n);
-        let total = self.counters.dropped().get(reason);
+        let total = self.counters.dropped_for(reason);
         let mut logs = lock(&self.logs);
         if logs
             .throttle
             .check(LogKind::Dropped(reason), now_std())
             .is_some()
         {
-            let since_last = total - logs.drops_reported[reason_index(reason)];
-            logs.drops_reported[reason_index(reason)] = total;
+            let since_last = total - logs.drops_reported[reason.index()];
+            logs.drops_reported[reason.index()] = total;
             drop(logs);
             tracing::error!(
                 reason = reason.as_str(),

@@ -1,13 +1,12 @@
 //! Counters and gauges of a client: what was delivered, spooled, replayed and dropped (and
 //! why), and the state of the spool and of the backend.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use outlast_spool::SpoolError;
-
-use crate::DropReason;
 
 /// Whether the client has a spool, and if not, why: the programmatic answer to "is this
 /// client running without a spool?" ([`ClientStats::spool`]).
@@ -86,53 +85,117 @@ impl PartialEq for SpoolState {
 
 impl Eq for SpoolState {}
 
-/// Payloads dropped, by reason. Every drop is counted exactly once.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DropCounts {
-    /// The spool was full (drop-newest policy) while the backend was unreachable.
-    pub spool_full: u64,
-    /// The backend rejected the payload permanently (direct exports and spooled records).
-    pub permanent: u64,
-    /// The spool could not be used while the backend was unreachable.
-    pub spool_unavailable: u64,
-    /// `export` was called after shutdown.
-    pub shut_down: u64,
-    /// The payload exceeded `max_record_bytes`.
-    pub too_large: u64,
-    /// Spooled records that outlived `max_record_age`.
-    pub expired: u64,
-    /// Spooled records evicted for newer ones (drop-oldest policy).
-    pub evicted: u64,
-    /// Damaged records skipped in the spool (each damaged region counts once).
-    pub corrupt: u64,
+/// Declares every drop reason once — variant, field of [`DropCounts`], log label and the
+/// docs of both — and derives from that one list [`DropReason`], [`DropReason::ALL`],
+/// [`DropReason::index`], [`DropReason::as_str`] and [`DropCounts`]: adding a reason is one
+/// entry here, and nothing else maps reasons by hand.
+macro_rules! drop_reasons {
+    ($(
+        $(#[doc = $reason_doc:literal])*
+        $variant:ident => $field:ident, $label:literal, $count_doc:literal;
+    )*) => {
+        /// Why a payload was dropped: the label used in [`ClientStats`] and in logs.
+        ///
+        /// [`DropReason::ALL`] lists every reason in the order of [`DropReason::index`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum DropReason {
+            $( $(#[doc = $reason_doc])* $variant, )*
+        }
+
+        impl DropReason {
+            /// How many reasons there are.
+            pub const COUNT: usize = [$($label),*].len();
+
+            /// Every reason, in the order of [`index`](Self::index).
+            pub const ALL: [DropReason; DropReason::COUNT] = [$(DropReason::$variant),*];
+
+            /// The reason's position in [`ALL`](Self::ALL), from 0: an index into arrays of
+            /// per-reason values.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+
+            /// A short, stable label (`spool_full`, `permanent`, ...), used as a log field.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( DropReason::$variant => $label, )*
+                }
+            }
+        }
+
+        /// Payloads dropped, by reason. Every drop is counted exactly once.
+        ///
+        /// One public field per [`DropReason`] (named like its label), kept for reading
+        /// counts by name; [`get`](Self::get) and [`iter`](Self::iter) go by reason.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct DropCounts {
+            $( #[doc = $count_doc] pub $field: u64, )*
+        }
+
+        impl DropCounts {
+            /// The counts in the order of [`DropReason::ALL`].
+            pub(crate) const fn from_array(counts: [u64; DropReason::COUNT]) -> DropCounts {
+                let [$($field),*] = counts;
+                DropCounts { $($field),* }
+            }
+
+            /// The counts in the order of [`DropReason::ALL`].
+            pub const fn to_array(&self) -> [u64; DropReason::COUNT] {
+                [$(self.$field),*]
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// The backend was unreachable and the spool had no room (drop-newest policy).
+    SpoolFull => spool_full, "spool_full",
+        "The spool was full (drop-newest policy) while the backend was unreachable.";
+    /// The backend rejected the payload and would reject it again.
+    Permanent => permanent, "permanent",
+        "The backend rejected the payload permanently (direct exports and spooled records).";
+    /// The backend was unreachable and the spool could not be opened or written.
+    SpoolUnavailable => spool_unavailable, "spool_unavailable",
+        "The spool could not be used while the backend was unreachable.";
+    /// The client had been shut down.
+    ShutDown => shut_down, "shut_down",
+        "`export` was called after shutdown.";
+    /// The payload is larger than the largest record the spool accepts.
+    TooLarge => too_large, "too_large",
+        "The payload exceeded `max_record_bytes`.";
+    /// A spooled record outlived the configured maximum record age.
+    Expired => expired, "expired",
+        "Spooled records that outlived `max_record_age`.";
+    /// A spooled record was evicted to make room for a newer one (drop-oldest policy).
+    Evicted => evicted, "evicted",
+        "Spooled records evicted for newer ones (drop-oldest policy).";
+    /// A spooled record was damaged on disk (bad checksum) and skipped.
+    Corrupt => corrupt, "corrupt",
+        "Damaged records skipped in the spool (each damaged region counts once).";
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl DropCounts {
     /// All drops, whatever the reason.
     pub fn total(&self) -> u64 {
-        self.spool_full
-            + self.permanent
-            + self.spool_unavailable
-            + self.shut_down
-            + self.too_large
-            + self.expired
-            + self.evicted
-            + self.corrupt
+        self.to_array().iter().sum()
     }
 
     /// The count for one reason.
     pub fn get(&self, reason: DropReason) -> u64 {
-        match reason {
-            DropReason::SpoolFull => self.spool_full,
-            DropReason::Permanent => self.permanent,
-            DropReason::SpoolUnavailable => self.spool_unavailable,
-            DropReason::ShutDown => self.shut_down,
-            DropReason::TooLarge => self.too_large,
-            DropReason::Expired => self.expired,
-            DropReason::Evicted => self.evicted,
-            DropReason::Corrupt => self.corrupt,
-        }
+        self.to_array()[reason.index()]
+    }
+
+    /// Every reason with its count, in the order of [`DropReason::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + use<> {
+        DropReason::ALL.into_iter().zip(self.to_array())
     }
 }
 
@@ -184,33 +247,19 @@ pub(crate) struct Counters {
     pub(crate) spooled: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) replay_failures: AtomicU64,
-    spool_full: AtomicU64,
-    permanent: AtomicU64,
-    spool_unavailable: AtomicU64,
-    shut_down: AtomicU64,
-    too_large: AtomicU64,
-    expired: AtomicU64,
-    evicted: AtomicU64,
-    corrupt: AtomicU64,
+    /// Drops, indexed by [`DropReason::index`].
+    dropped: [AtomicU64; DropReason::COUNT],
 }
 
 impl Counters {
-    fn drop_counter(&self, reason: DropReason) -> &AtomicU64 {
-        match reason {
-            DropReason::SpoolFull => &self.spool_full,
-            DropReason::Permanent => &self.permanent,
-            DropReason::SpoolUnavailable => &self.spool_unavailable,
-            DropReason::ShutDown => &self.shut_down,
-            DropReason::TooLarge => &self.too_large,
-            DropReason::Expired => &self.expired,
-            DropReason::Evicted => &self.evicted,
-            DropReason::Corrupt => &self.corrupt,
-        }
-    }
-
     /// Counts `n` drops for `reason`.
     pub(crate) fn add_dropped(&self, reason: DropReason, n: u64) {
-        self.drop_counter(reason).fetch_add(n, Ordering::Relaxed);
+        self.dropped[reason.index()].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Drops for `reason` so far.
+    pub(crate) fn dropped_for(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()].load(Ordering::Relaxed)
     }
 
     /// Delivered records so far (direct and replayed), for flush reports.
@@ -219,17 +268,9 @@ impl Counters {
     }
 
     pub(crate) fn dropped(&self) -> DropCounts {
-        let get = |r| self.drop_counter(r).load(Ordering::Relaxed);
-        DropCounts {
-            spool_full: get(DropReason::SpoolFull),
-            permanent: get(DropReason::Permanent),
-            spool_unavailable: get(DropReason::SpoolUnavailable),
-            shut_down: get(DropReason::ShutDown),
-            too_large: get(DropReason::TooLarge),
-            expired: get(DropReason::Expired),
-            evicted: get(DropReason::Evicted),
-            corrupt: get(DropReason::Corrupt),
-        }
+        DropCounts::from_array(std::array::from_fn(|i| {
+            self.dropped[i].load(Ordering::Relaxed)
+        }))
     }
 
     pub(crate) fn bump(counter: &AtomicU64) {
@@ -251,5 +292,54 @@ mod tests {
         assert_eq!(d.get(DropReason::Expired), 3);
         assert_eq!(d.get(DropReason::SpoolFull), 0);
         assert_eq!(d.total(), 5);
+        assert_eq!(d.permanent, 2);
+        assert_eq!(d.expired, 3);
+    }
+
+    #[test]
+    fn the_list_of_reasons_and_their_indexes_agree() {
+        assert_eq!(DropReason::ALL.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i, "{r}");
+        }
+        let labels: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "spool_full",
+                "permanent",
+                "spool_unavailable",
+                "shut_down",
+                "too_large",
+                "expired",
+                "evicted",
+                "corrupt"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_reason_counts_in_its_own_field() {
+        let c = Counters::default();
+        for (i, r) in DropReason::ALL.into_iter().enumerate() {
+            c.add_dropped(r, 1 << i);
+        }
+        let d = c.dropped();
+        let by_field = [
+            d.spool_full,
+            d.permanent,
+            d.spool_unavailable,
+            d.shut_down,
+            d.too_large,
+            d.expired,
+            d.evicted,
+            d.corrupt,
+        ];
+        for (i, r) in DropReason::ALL.into_iter().enumerate() {
+            assert_eq!(d.get(r), 1 << i, "{r}");
+            assert_eq!(by_field[i], 1 << i, "{r}");
+            assert_eq!(c.dropped_for(r), 1 << i, "{r}");
+        }
+        assert_eq!(d.iter().map(|(_, n)| n).sum::<u64>(), d.total());
     }
 }
