@@ -174,6 +174,33 @@
 //! at the moment of the crash. `docs/delivery-guarantees.md` has the details, including a
 //! power loss.
 //!
+//! # The public API
+//!
+//! Everything an application or an exporter author writes is at the crate root:
+//!
+//! - the pipeline: [`Client`], [`ClientBuilder`] (and [`Client::builder`]), [`Delivery`],
+//!   [`FlushReport`], [`ClientStats`], [`DropCounts`], [`DropReason`], [`SpoolState`];
+//! - errors: [`DropError`], [`ShutdownError`], [`SpoolFault`], [`ConfigError`],
+//!   [`SpoolError`], and [`ErrorChain`] to print an error with its causes;
+//! - writing an exporter: [`Exporter`], [`DynExporter`], [`Payload`], [`PayloadMeta`],
+//!   [`ContentType`], [`ExportError`], [`BoxError`], [`Reachability`];
+//! - settings: [`Durability`], [`FullPolicy`], [`default_spool_dir`], the defaults
+//!   ([`DEFAULT_ATTEMPT_TIMEOUT`], [`DEFAULT_IMMEDIATE_RETRY_DELAY`],
+//!   [`DEFAULT_INITIAL_BACKOFF`], [`DEFAULT_MAX_BACKOFF`], [`DEFAULT_JITTER`],
+//!   [`DEFAULT_MAX_RETRY_AFTER`], [`DEFAULT_WARN_INTERVAL`], [`DEFAULT_FSYNC_INTERVAL`],
+//!   [`DEFAULT_MAX_TOTAL_BYTES`], [`DEFAULT_SEGMENT_BYTES`], [`DEFAULT_MAX_RECORD_BYTES`],
+//!   [`DEFAULT_BATCH_SIZE`], [`DEFAULT_BATCH_MAX_BYTES`], [`DEFAULT_MAX_IN_FLIGHT`],
+//!   [`DEFAULT_BATCH_DELAY`], [`DEFAULT_SPOOL_DIR_PREFIX`]) and limits
+//!   ([`MAX_IN_FLIGHT_LIMIT`], [`units::MAX_DURATION`]).
+//!
+//! And these modules:
+//!
+//! - [`http`]: the HTTP exporter ([`http::HttpExporter`], its builder, errors and variables);
+//! - [`env`](mod@env): the names of the `OUTLAST_*` variables and [`env::unknown_variables`];
+//! - [`units`]: the grammar of durations and sizes written as text;
+//! - [`spool`]: the disk spool itself, for operators' tools;
+//! - `testing` (feature `testing`): test doubles, below.
+//!
 //! # Features
 //!
 //! - `testing`: `testing::MemoryExporter`, a scriptable in-memory exporter (fail, hang,
@@ -191,10 +218,23 @@ mod error;
 mod shared;
 mod stats;
 
-pub use outlast_core::*;
-/// The disk spool, for operators' tools and for its configuration types.
+// What a user writes, and nothing else: the core's internals (`throttle`, `BoxFuture`,
+// `unix_nanos`, the retry schedule) stay in `outlast_core`.
+pub use outlast_core::retry::{
+    DEFAULT_IMMEDIATE_RETRY_DELAY, DEFAULT_INITIAL_BACKOFF, DEFAULT_JITTER, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_RETRY_AFTER,
+};
+pub use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
+pub use outlast_core::{
+    BoxError, ConfigError, ContentType, DynExporter, ErrorChain, ExportError, Exporter, Payload,
+    PayloadMeta, Reachability, units,
+};
+/// The disk spool, for operators' tools (the `outlast` command reads spools through it).
 pub use outlast_spool as spool;
-pub use outlast_spool::{Durability, FullPolicy, SpoolError};
+pub use outlast_spool::{
+    DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
+    DEFAULT_SEGMENT_BYTES, Durability, FullPolicy, SpoolError,
+};
 
 pub use client::{Client, FlushReport};
 pub use config::{
