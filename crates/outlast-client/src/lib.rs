@@ -188,6 +188,7 @@ mod config;
 mod drain;
 pub mod env;
 mod error;
+mod replay;
 mod shared;
 mod stats;
 
