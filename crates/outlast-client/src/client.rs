@@ -28,7 +28,8 @@ pub struct FlushReport {
     pub outcome: FlushOutcome,
     /// What the client knows about the backend as the flush ends.
     pub backend: BackendState,
-    /// When the drain task tries next (probe or attempt), if it is waiting for that.
+    /// While the backend is not online: how long until the drain task's next try (a probe
+    /// or an attempt; zero if it is under way).
     pub next_attempt_in: Option<Duration>,
     /// Whether the spool was synced (fsync of its data and read progress) before the flush
     /// answered: the records still waiting survive a power loss, and those delivered are
@@ -617,13 +618,18 @@ impl Client {
         let (remaining_records, remaining_bytes) = shared
             .spool_stats()
             .map_or((0, 0), |s| (s.records, s.pending_bytes));
+        let backend = shared.backend_state();
         FlushReport {
             // A delivered record whose acknowledgement failed is still on disk as undelivered
             // unless a later sync wrote the read progress.
             complete: outcome == FlushOutcome::Drained && (ack_failures == 0 || synced),
             outcome,
-            backend: shared.backend_state(),
-            next_attempt_in: shared.next_attempt_in(),
+            backend,
+            next_attempt_in: if backend == BackendState::Online {
+                None
+            } else {
+                shared.next_attempt_in()
+            },
             synced,
             ack_failures,
             remaining_records,

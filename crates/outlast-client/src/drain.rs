@@ -94,6 +94,12 @@ impl<'a> Drain<'a> {
                 self.idle().await;
                 continue;
             }
+            if !shared.is_online() && self.retry_at.is_none() {
+                // The records come from a failed direct export (the backend was just found
+                // down): the first retry waits one backoff delay instead of hitting it again.
+                let hint = shared.take_retry_after_hint();
+                self.schedule_retry(hint);
+            }
             self.wait_for_next_try().await;
             // Flush requests made before this attempt are answered by it.
             self.seen_flush = shared.flush_epoch.load(Ordering::Acquire);
@@ -168,15 +174,14 @@ impl<'a> Drain<'a> {
     /// once something was delivered.
     fn on_delivered(&mut self) {
         if self.shared.is_online() {
+            self.shared.set_next_attempt_at(None);
             self.probe_trusted = true;
             self.probe_at = None;
         }
     }
 
     /// Waits for new records, looking for released lanes of this client's identity about
-    /// once a second meanwhile. If the records come from a failed direct export (the
-    /// backend was just found down), the first retry waits one backoff delay instead of
-    /// hitting it again.
+    /// once a second meanwhile.
     async fn idle(&mut self) {
         let shared = self.shared;
         shared.progress.notify_waiters();
@@ -192,10 +197,6 @@ impl<'a> Drain<'a> {
                     self.adopt_released().await;
                 }
             }
-        }
-        if shared.has_backlog() && !shared.is_online() && self.retry_at.is_none() {
-            let hint = shared.take_retry_after_hint();
-            self.schedule_retry(hint);
         }
     }
 
@@ -249,7 +250,6 @@ impl<'a> Drain<'a> {
         }
         self.retry_at = None;
         self.probe_at = None;
-        self.shared.set_next_attempt_at(None);
     }
 
     /// Whether the backend is probed on the probe's own cadence: it is unreachable at the
