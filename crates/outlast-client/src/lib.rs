@@ -197,7 +197,8 @@ pub use outlast_core::*;
 pub use outlast_spool as spool;
 pub use outlast_spool::{Durability, FullPolicy, SpoolError};
 
-pub use client::{Client, FlushReport};
+pub use client::{BackendState, Client, FlushOptions, FlushOutcome, FlushReport};
+pub use config::DEFAULT_PROBE_INTERVAL;
 pub use config::{
     ClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX_BYTES,
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_NAME, default_spool_dir,
