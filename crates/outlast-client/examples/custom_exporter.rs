@@ -247,7 +247,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "stats: exported={} spooled={} replayed={} dropped(permanent)={}",
         stats.exported, stats.spooled, stats.replayed, stats.dropped.permanent
     );
-    client.shutdown(Duration::from_secs(5)).await?;
+    let _report = client.shutdown(Duration::from_secs(5)).await?;
 
     let written = std::fs::read_to_string(&out_file)?;
     print!("{}:\n{written}", out_file.display());

@@ -135,7 +135,7 @@ async fn run(s: Scenario) -> Result<Outcome, Box<dyn std::error::Error>> {
 
     let arrived = receiver.unique_keys().len();
     let complete = report.complete && arrived == s.records;
-    client.shutdown(Duration::from_secs(5)).await?;
+    let _report = client.shutdown(Duration::from_secs(5)).await?;
     receiver.shutdown().await;
     Ok(Outcome { seconds, complete })
 }

@@ -18,10 +18,27 @@ use crate::{ClientBuilder, ClientStats, Delivery, DropError, DropReason, Shutdow
 /// What a [`Client::force_flush`] (or the flush inside [`Client::shutdown`]) achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[must_use = "a flush can end without delivering everything: look at `complete` and `outcome`"]
 pub struct FlushReport {
-    /// Whether everything was delivered (or dropped on purpose): the spool is empty and no
-    /// export is under way.
+    /// Whether everything was delivered (or dropped on purpose): the spool is empty, no
+    /// export is under way, and every delivered record is acknowledged in the spool (never
+    /// true while an acknowledgement failed and no later sync wrote it).
     pub complete: bool,
+    /// Why the flush ended.
+    pub outcome: FlushOutcome,
+    /// What the client knows about the backend as the flush ends.
+    pub backend: BackendState,
+    /// While the backend is not online: how long until the drain task's next try (a probe
+    /// or an attempt; zero if it is under way).
+    pub next_attempt_in: Option<Duration>,
+    /// Whether the spool was synced (fsync of its data and read progress) before the flush
+    /// answered: the records still waiting survive a power loss, and those delivered are
+    /// not sent again after a crash. False if the sync failed or no time was left for it;
+    /// the data is then still with the operating system (it survives the process).
+    pub synced: bool,
+    /// Acknowledgements the spool refused while the flush ran: those records were
+    /// delivered but may be delivered again (at least once).
+    pub ack_failures: u64,
     /// Records still waiting in the spool; they stay on disk for a later flush, the drain
     /// task, or the next process using the same spool directory.
     pub remaining_records: u64,
@@ -33,6 +50,94 @@ pub struct FlushReport {
     pub dropped: u64,
     /// How long the flush took.
     pub elapsed: Duration,
+}
+
+/// Why a flush ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlushOutcome {
+    /// Nothing is left to deliver (see [`FlushReport::complete`] for the acknowledgements).
+    Drained,
+    /// The flush's attempt found the backend unreachable at the transport level (connection
+    /// refused, reset, timed out, DNS): it returned at once rather than wait out its time,
+    /// since nothing can be delivered before the next probe. The records stay in the spool
+    /// ([`FlushReport::synced`] says whether they reached the disk).
+    Offline,
+    /// The time limit passed first.
+    TimedOut,
+    /// The client was shut down: nothing drains any more.
+    ShutDown,
+}
+
+/// What the client knows about the backend (see [`ClientStats::backend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BackendState {
+    /// The last attempt succeeded, or none failed.
+    #[default]
+    Online,
+    /// Unreachable at the transport level (connection refused, reset, timed out, DNS): the
+    /// drain task probes it every `probe_interval` (when the exporter has a probe) and
+    /// replays at once when a probe gets through.
+    Unreachable,
+    /// The backend answers, with failures (HTTP 429, 5xx): attempts follow the backoff and
+    /// `Retry-After`.
+    Failing,
+    /// Offline, and the exporter's errors do not say whether the backend answered:
+    /// attempts follow the backoff.
+    Offline,
+}
+
+impl BackendState {
+    /// A short name for logs and metrics: `online`, `offline-transport`,
+    /// `backend-failing`, `offline`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Online => "online",
+            BackendState::Unreachable => "offline-transport",
+            BackendState::Failing => "backend-failing",
+            BackendState::Offline => "offline",
+        }
+    }
+
+    /// A phrase for log messages.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            BackendState::Online => "reachable",
+            BackendState::Unreachable => "unreachable (transport level); probing for its return",
+            BackendState::Failing => "answering with failures; retrying with backoff",
+            BackendState::Offline => "unreachable; retrying with backoff",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a [`Client::force_flush_with`] behaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlushOptions {
+    /// Keep trying until the time limit even when the backend is found unreachable
+    /// (default false: return at once, see [`FlushOutcome::Offline`]).
+    pub keep_trying: bool,
+}
+
+impl FlushOptions {
+    /// The default options: return early when the backend is unreachable.
+    pub fn new() -> FlushOptions {
+        FlushOptions::default()
+    }
+
+    /// Keep trying until the time limit even when the backend is found unreachable.
+    #[must_use]
+    pub fn keep_trying(mut self, keep_trying: bool) -> FlushOptions {
+        self.keep_trying = keep_trying;
+        self
+    }
 }
 
 /// The drain task's handle and its stop signal.
@@ -81,17 +186,40 @@ impl ClientBuilder {
     /// [`ConfigError::Invalid`] for an invalid setting (naming it, or the environment
     /// variable it came from), or (`param: "runtime"`) when called outside a Tokio runtime
     /// and no [`runtime`](ClientBuilder::runtime) was given.
+    ///
+    /// The client's identity (see [`identity`](ClientBuilder::identity)) is the builder's,
+    /// else the exporter's [`identity`](Exporter::identity), else the exporter's type name.
     pub fn build<E: Exporter>(self, exporter: E) -> Result<Client, ConfigError> {
-        self.build_dyn(Arc::new(exporter))
+        let type_name = std::any::type_name::<E>();
+        self.build_named(Arc::new(exporter), Some(type_name))
     }
 
     /// As [`build`](ClientBuilder::build), for an exporter already behind a pointer.
+    ///
+    /// The exporter's type is not known here: without an
+    /// [`identity`](ClientBuilder::identity) on the builder or the exporter, the client's
+    /// lanes record no identity, and it shares them with every other client that has none.
     ///
     /// # Errors
     ///
     /// As [`build`](ClientBuilder::build).
     pub fn build_dyn(self, exporter: Arc<dyn DynExporter>) -> Result<Client, ConfigError> {
-        let settings = self.resolve()?;
+        self.build_named(exporter, None)
+    }
+
+    fn build_named(
+        self,
+        exporter: Arc<dyn DynExporter>,
+        type_name: Option<&'static str>,
+    ) -> Result<Client, ConfigError> {
+        let mut settings = self.resolve()?;
+        let recovery = self.resolve_recovery()?;
+        let identity = recovery
+            .identity
+            .clone()
+            .or_else(|| exporter.identity_dyn().filter(|i| !i.trim().is_empty()))
+            .or_else(|| type_name.map(str::to_owned));
+        settings.spool = settings.spool.identity(identity);
         let runtime = match self.runtime {
             Some(h) => h,
             None => tokio::runtime::Handle::try_current().map_err(|_| {
@@ -138,6 +266,7 @@ impl ClientBuilder {
         let shared = Arc::new(Shared::new(
             exporter,
             settings,
+            recovery,
             spool,
             open_error,
             recovered.records > 0,
@@ -195,6 +324,81 @@ impl Client {
     /// except in `FsyncEveryAppend` mode once the append has started on the blocking pool: it
     /// then completes and is counted as spooled.
     pub async fn export(&self, payload: Payload) -> Result<Delivery, DropError> {
+        self.export_inner(payload, None).await
+    }
+
+    /// Exports one payload within a time budget: as [`export`](Client::export), but the
+    /// call returns by `deadline` (plus the few microseconds of a spool append). An attempt
+    /// is cut off at the deadline, and the quick retry is made only if its delay ends
+    /// before the deadline; otherwise the payload goes to the spool at once, for the drain
+    /// task or a [`force_flush`](Client::force_flush) to deliver. A deadline already past
+    /// spools without touching the network (a spool-first export).
+    ///
+    /// This is how a serverless handler keeps one budget for a whole invocation: export
+    /// by the deadline, then flush with what is left of it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use outlast_client::{Client, Payload};
+    /// use tokio::time::Instant;
+    ///
+    /// # async fn handler(client: &Client, payload: Payload) {
+    /// let deadline = Instant::now() + Duration::from_millis(800);
+    /// if let Err(e) = client.export_by(payload, deadline).await {
+    ///     eprintln!("telemetry dropped: {e}");
+    /// }
+    /// let report = client
+    ///     .force_flush(deadline.saturating_duration_since(Instant::now()))
+    ///     .await;
+    /// if !report.complete {
+    ///     eprintln!("{} record(s) kept for later ({:?})", report.remaining_records, report.outcome);
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`export`](Client::export).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`export`](Client::export): dropping the future abandons the payload (unless an
+    /// append in `FsyncEveryAppend` mode has started). Prefer a deadline to a timeout
+    /// around `export`: the deadline spools what it could not deliver instead of losing it.
+    pub async fn export_by(
+        &self,
+        payload: Payload,
+        deadline: impl Into<Instant>,
+    ) -> Result<Delivery, DropError> {
+        self.export_inner(payload, Some(deadline.into())).await
+    }
+
+    /// [`export_by`](Client::export_by) with the deadline `budget` from now
+    /// (`Duration::MAX`: no limit; `Duration::ZERO`: spool without trying).
+    ///
+    /// # Errors
+    ///
+    /// As [`export`](Client::export).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`export_by`](Client::export_by).
+    pub async fn export_within(
+        &self,
+        payload: Payload,
+        budget: Duration,
+    ) -> Result<Delivery, DropError> {
+        let deadline = crate::shared::deadline_after(Instant::now(), budget);
+        self.export_inner(payload, Some(deadline)).await
+    }
+
+    async fn export_inner(
+        &self,
+        payload: Payload,
+        deadline: Option<Instant>,
+    ) -> Result<Delivery, DropError> {
         let shared = &self.inner.shared;
         if !shared.is_accepting() {
             shared.record_drop(DropReason::ShutDown, 1);
@@ -210,11 +414,17 @@ impl Client {
             // Offline fast path, and ordering: behind the backlog, without the network.
             return self.spool(payload).await;
         }
+        let past = |d: Instant| Instant::now() >= d;
+        if deadline.is_some_and(past) {
+            // No time for an attempt: the spool-first path.
+            return self.spool(payload).await;
+        }
 
         let _direct = shared.enter_direct();
         let mut attempt = 1;
         loop {
-            let error = match shared.attempt(&payload).await {
+            let (result, cut_short) = shared.attempt_by(&payload, deadline).await;
+            let error = match result {
                 Ok(()) => {
                     Counters::bump(&shared.counters.exported);
                     shared.set_online(true);
@@ -222,6 +432,15 @@ impl Client {
                 }
                 Err(e) => e,
             };
+            if cut_short {
+                // The caller's deadline, not the backend, ended the attempt: spool the
+                // payload; the drain task tries again at once.
+                tracing::debug!(
+                    attempts = attempt,
+                    "outlast: export deadline reached; spooling"
+                );
+                return self.spool(payload).await;
+            }
             match shared.settings.retry.on_direct_failure(attempt, &error) {
                 Decision::Drop => {
                     shared.record_drop(DropReason::Permanent, 1);
@@ -230,7 +449,7 @@ impl Client {
                         source: error,
                     });
                 }
-                Decision::RetryAfter(delay) => {
+                Decision::RetryAfter(delay) if ends_before(delay, deadline) => {
                     tokio::time::sleep(delay).await;
                     if shared.has_backlog() {
                         // Another export found the backend down meanwhile: queue behind it.
@@ -239,7 +458,7 @@ impl Client {
                     Counters::bump(&shared.counters.retried);
                     attempt += 1;
                 }
-                Decision::Spill => {
+                Decision::RetryAfter(_) | Decision::Spill => {
                     tracing::debug!(error = %outlast_core::ErrorChain(&error), attempts = attempt, "outlast: direct export failed; spooling");
                     shared.set_retry_after_hint(error.retry_after());
                     shared.set_online(false);
@@ -278,72 +497,171 @@ impl Client {
         }
     }
 
-    /// Delivers what is waiting now: resets the backoff, wakes the drain task, and waits
+    /// Delivers what is waiting now: resets the backoff, takes over spool lanes of this
+    /// client's identity that another process released, wakes the drain task, and waits
     /// until the spool is empty and no export is under way, or until `timeout`, whichever
     /// comes first. Serverless handlers call this at the end of each invocation.
     ///
     /// It returns within `timeout` even if the backend hangs (attempts are bounded by their
-    /// own timeout and the flush does not wait for them past its deadline). What is not
+    /// own timeout and the flush does not wait for them past its deadline);
+    /// `Duration::MAX` means no limit. When the flush's attempt finds the backend
+    /// unreachable at the transport level (connection refused, reset, timed out, DNS), it
+    /// returns at once with [`FlushOutcome::Offline`] instead of waiting out its time:
+    /// nothing can be delivered before the next probe (see
+    /// [`force_flush_with`](Client::force_flush_with) to keep trying instead). What is not
     /// delivered stays in the spool. Before answering, it syncs the spool (data and read
     /// progress) within the time left, so that what the flush delivered is not sent again
-    /// after a crash and what it did not deliver survives a power loss.
+    /// after a crash and what it did not deliver survives a power loss
+    /// ([`FlushReport::synced`]).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future changes nothing (the drain task carries on as it
     /// would have).
     pub async fn force_flush(&self, timeout: Duration) -> FlushReport {
+        self.force_flush_with(timeout, FlushOptions::default())
+            .await
+    }
+
+    /// As [`force_flush`](Client::force_flush), with options: with
+    /// [`FlushOptions::keep_trying`] it does not return early when the backend is found
+    /// unreachable, but keeps the drain task trying (probe, then backoff) until the time
+    /// limit.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use outlast_client::{Client, FlushOptions};
+    ///
+    /// # async fn at_exit(client: &Client) {
+    /// let report = client
+    ///     .force_flush_with(Duration::from_secs(5), FlushOptions::new().keep_trying(true))
+    ///     .await;
+    /// println!("delivered {}, {} left", report.delivered, report.remaining_records);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`force_flush`](Client::force_flush).
+    pub async fn force_flush_with(&self, timeout: Duration, options: FlushOptions) -> FlushReport {
         let shared = &self.inner.shared;
         let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = crate::shared::deadline_after(start, timeout);
         let delivered_before = shared.counters.delivered();
         let dropped_before = shared.counters.dropped().total();
+        let ack_failures_before = shared
+            .ack_failures
+            .load(std::sync::atomic::Ordering::Acquire);
 
-        if !shared.stopped.load(std::sync::atomic::Ordering::Acquire) {
-            shared
+        let stopped = || shared.stopped.load(std::sync::atomic::Ordering::Acquire);
+        let mut epoch = u64::MAX;
+        if !stopped() {
+            self.adopt_released(deadline).await;
+            epoch = shared
                 .flush_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                .saturating_add(1);
             shared.flush_now.notify_waiters();
             shared.work.notify_one();
         }
-        let complete = loop {
+        let outcome = loop {
             let progress = shared.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
             if shared.is_drained() {
-                break true;
+                break FlushOutcome::Drained;
             }
-            if shared.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            if stopped() {
                 // Shut down: nobody drains any more.
-                break false;
+                break FlushOutcome::ShutDown;
+            }
+            if !options.keep_trying && shared.offline_for(epoch) {
+                break FlushOutcome::Offline;
             }
             tokio::select! {
                 () = &mut progress => {}
-                () = tokio::time::sleep_until(deadline) => break shared.is_drained(),
+                () = tokio::time::sleep_until(deadline) => {
+                    break if shared.is_drained() { FlushOutcome::Drained } else { FlushOutcome::TimedOut };
+                }
             }
         };
         // Make the outcome durable before answering: the data written and the read progress
         // (so a serverless instance frozen or killed after the flush re-sends as little as
         // possible). Bounded by the time left; the fsync finishes in the background if not.
+        let mut synced = false;
         if let Some(spool) = shared.spool() {
             let left = deadline.saturating_duration_since(Instant::now());
             if !left.is_zero() {
                 let sync = tokio::task::spawn_blocking(move || spool.sync());
-                if let Ok(Ok(Err(e))) = tokio::time::timeout(left, sync).await {
-                    shared.warn_flush_sync(&e);
+                match tokio::time::timeout(left, sync).await {
+                    Ok(Ok(Ok(()))) => synced = true,
+                    Ok(Ok(Err(e))) => shared.warn_flush_sync(&e),
+                    Ok(Err(_)) | Err(_) => {}
                 }
             }
+        } else {
+            // Closed by shutdown, which synced it.
+            synced = stopped();
+        }
+        let ack_failures = shared
+            .ack_failures
+            .load(std::sync::atomic::Ordering::Acquire)
+            .saturating_sub(ack_failures_before);
+        if ack_failures > 0 && !synced {
+            tracing::warn!(
+                ack_failures,
+                "outlast: delivered records could not be acknowledged in the spool; they may be delivered again"
+            );
         }
         let (remaining_records, remaining_bytes) = shared
             .spool_stats()
             .map_or((0, 0), |s| (s.records, s.pending_bytes));
+        let backend = shared.backend_state();
         FlushReport {
-            complete,
+            // A delivered record whose acknowledgement failed is still on disk as undelivered
+            // unless a later sync wrote the read progress.
+            complete: outcome == FlushOutcome::Drained && (ack_failures == 0 || synced),
+            outcome,
+            backend,
+            next_attempt_in: if backend == BackendState::Online {
+                None
+            } else {
+                shared.next_attempt_in()
+            },
+            synced,
+            ack_failures,
             remaining_records,
             remaining_bytes,
             delivered: shared.counters.delivered() - delivered_before,
             dropped: shared.counters.dropped().total() - dropped_before,
             elapsed: start.elapsed(),
+        }
+    }
+
+    /// Takes over released lanes of this client's identity (on the blocking pool, bounded
+    /// by `deadline`); marks a backlog if any were adopted.
+    async fn adopt_released(&self, deadline: Instant) {
+        let shared = &self.inner.shared;
+        let Some(spool) = shared.spool() else {
+            return;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let adopt = tokio::task::spawn_blocking(move || spool.adopt_released());
+        match tokio::time::timeout(left, adopt).await {
+            Ok(Ok(Ok(n))) if n > 0 => {
+                tracing::info!(
+                    lanes = n,
+                    "outlast: adopted spool lanes released by another process"
+                );
+                shared.mark_adopted();
+            }
+            Ok(Ok(Err(e))) => shared.warn_spool_trouble("adopt", &e),
+            _ => {}
         }
     }
 
@@ -443,12 +761,19 @@ impl Client {
                 .oldest_created_at
                 .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),
             online: shared.is_online(),
+            backend: shared.backend_state(),
+            ack_failures: load(&shared.ack_failures),
             backlog: shared.has_backlog(),
             spool_available: shared.spool_available(),
             spool: shared.spool_state(),
             shut_down: !shared.is_accepting(),
         }
     }
+}
+
+/// Whether a wait of `delay` from now ends before `deadline` (always, without one).
+fn ends_before(delay: Duration, deadline: Option<Instant>) -> bool {
+    deadline.is_none_or(|d| Instant::now().checked_add(delay).is_some_and(|at| at < d))
 }
 
 #[cfg(test)]

@@ -148,6 +148,9 @@ pub struct ClientBuilder {
     pub(crate) max_in_flight: Option<usize>,
     pub(crate) batch_delay: Option<Duration>,
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+    // ----- lane identity and recovery detection (see the block at the end of the file) -----
+    pub(crate) identity: Option<String>,
+    pub(crate) probe_interval: Option<Duration>,
     /// Settings that came from environment variables: (builder parameter, variable), so that
     /// `build()` can name the variable when it rejects the value.
     pub(crate) from_env: Vec<(&'static str, &'static str)>,
@@ -387,6 +390,67 @@ impl ClientBuilder {
             batch_delay: saturate(self.batch_delay.unwrap_or(DEFAULT_BATCH_DELAY)),
         })
     }
+}
+
+// ----- lane identity and recovery detection -----
+
+/// How often the drain task probes a backend that is unreachable at the transport level
+/// (connection refused, reset, timed out, DNS), jittered by the backoff's jitter: about a
+/// second notices a backend's return within a second, while a TCP connect per second costs a
+/// dead backend nothing worth mentioning.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ClientBuilder {
+    /// Names who this client's spooled records are for (default: the exporter's
+    /// [`identity`](outlast_core::Exporter::identity), else its type name). It is recorded
+    /// with the lanes the client writes, and the client replays only lanes of its own
+    /// identity: two services sharing a spool directory never deliver each other's records.
+    /// Must not be empty.
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+
+    setter!(
+        /// How often the backend is probed while it is unreachable at the transport level
+        /// (default [`DEFAULT_PROBE_INTERVAL`], 1 s; jittered like the backoff). A successful
+        /// probe starts the replay at once. Real export attempts keep following the backoff;
+        /// exporters without a probe, and backends that answer with an HTTP failure, are not
+        /// probed.
+        probe_interval: Duration
+    );
+
+    /// Checks and resolves the identity and recovery settings.
+    pub(crate) fn resolve_recovery(&self) -> Result<RecoverySettings, ConfigError> {
+        if self
+            .identity
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "identity",
+                "must not be empty: it names whose records a spool lane holds",
+            ));
+        }
+        let probe_interval = saturate(self.probe_interval.unwrap_or(DEFAULT_PROBE_INTERVAL));
+        if probe_interval.is_zero() {
+            return Err(self.name_env_variable(ConfigError::invalid(
+                "probe_interval",
+                "must be greater than zero, or an unreachable backend is probed in a busy loop",
+            )));
+        }
+        Ok(RecoverySettings {
+            identity: self.identity.clone(),
+            probe_interval,
+        })
+    }
+}
+
+/// The resolved identity and recovery settings.
+#[derive(Debug, Clone)]
+pub(crate) struct RecoverySettings {
+    pub(crate) identity: Option<String>,
+    pub(crate) probe_interval: Duration,
 }
 
 /// Maps a [`SpoolConfig`] parameter name to the builder's name for it.

@@ -360,6 +360,11 @@ mod tests {
         );
         let report = crate::FlushReport {
             complete: true,
+            outcome: crate::FlushOutcome::Drained,
+            backend: crate::BackendState::Online,
+            next_attempt_in: None,
+            synced: true,
+            ack_failures: 0,
             remaining_records: 0,
             remaining_bytes: 0,
             delivered: 0,

@@ -215,6 +215,7 @@ mod config;
 mod drain;
 pub mod env;
 mod error;
+mod replay;
 mod shared;
 mod stats;
 
@@ -236,7 +237,8 @@ pub use outlast_spool::{
     DEFAULT_SEGMENT_BYTES, Durability, FullPolicy, SpoolError,
 };
 
-pub use client::{Client, FlushReport};
+pub use client::{BackendState, Client, FlushOptions, FlushOutcome, FlushReport};
+pub use config::DEFAULT_PROBE_INTERVAL;
 pub use config::{
     ClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX_BYTES,
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_PREFIX, MAX_IN_FLIGHT_LIMIT,

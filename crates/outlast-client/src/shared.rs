@@ -1,7 +1,7 @@
 //! State shared by a client's handles and its drain task: the exporter, the spool, the
 //! backlog and online flags, the counters, the wake-up signals and the log throttle.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -10,9 +10,9 @@ use outlast_core::{DynExporter, ExportError, Payload};
 use outlast_spool::{AppendErrorKind, Durability, Spool, SpoolError, SpoolStats};
 use tokio::sync::Notify;
 
-use crate::config::Settings;
+use crate::config::{RecoverySettings, Settings};
 use crate::stats::{Counters, SpoolState};
-use crate::{Delivery, DropError, DropReason, SpoolFault};
+use crate::{BackendState, Delivery, DropError, DropReason, SpoolFault};
 
 /// Kinds of rate-limited log messages; each kind has its own budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,9 +41,11 @@ const ONE_APPEND: u64 = 2;
 
 pub(crate) struct Shared {
     pub(crate) exporter: Arc<dyn DynExporter>,
-    /// The exporter bounds every export within the attempt timeout itself: no second timer.
-    exporter_bounds_attempts: bool,
+    /// The exporter bounds every export within this time itself (see
+    /// `Exporter::export_timeout`), if it does.
+    exporter_timeout: Option<Duration>,
     pub(crate) settings: Settings,
+    pub(crate) recovery: RecoverySettings,
     spool: RwLock<Option<Arc<Spool>>>,
     /// Why the spool could not be opened, if it could not.
     open_error: Option<Arc<SpoolError>>,
@@ -51,7 +53,11 @@ pub(crate) struct Shared {
     /// Backlog flag (bit 0) and append counter (bits 1..): the drain task clears the flag
     /// only if no append happened since it found the spool empty (one compare-and-swap).
     backlog: AtomicU64,
-    online: AtomicBool,
+    /// A [`BackendState`] (see `state_code`): online, or why not.
+    backend: AtomicU8,
+    /// What the last failed attempt said about the backend (a [`BackendState`] code): the
+    /// state the client goes to when it decides the backend is down.
+    last_failure: AtomicU8,
     accepting: AtomicBool,
     /// Set once the drain task has been stopped by shutdown.
     pub(crate) stopped: AtomicBool,
@@ -66,6 +72,13 @@ pub(crate) struct Shared {
     pub(crate) flush_now: Notify,
     /// Something a flush waits for changed (backlog gone, direct export finished, batch done).
     pub(crate) progress: Notify,
+    /// The highest flush epoch whose attempt failed: a flush that sees its own epoch here
+    /// knows the drain task tried for it.
+    failed_epoch: AtomicU64,
+    /// When the drain task will next try (probe or attempt), while it waits.
+    next_attempt_at: Mutex<Option<tokio::time::Instant>>,
+    /// Acknowledgements the spool refused (the records are delivered again later).
+    pub(crate) ack_failures: AtomicU64,
     /// The `Retry-After` of the direct failure that created the backlog, for the drain task's
     /// first delay.
     retry_after_hint: Mutex<Option<Duration>>,
@@ -80,7 +93,7 @@ impl std::fmt::Debug for Shared {
             .field("spool_dir", &self.settings.spool.root())
             .field("spool_available", &self.spool_available())
             .field("backlog", &self.has_backlog())
-            .field("online", &self.is_online())
+            .field("backend", &self.backend_state())
             .field("accepting", &self.is_accepting())
             .finish_non_exhaustive()
     }
@@ -95,27 +108,42 @@ fn now_std() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// `start + d`, saturated: a `d` too large for an `Instant` (e.g. `Duration::MAX`, "no
+/// limit") gives a deadline about 30 years away, which no timer reaches.
+pub(crate) fn deadline_after(start: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    const FAR: [Duration; 3] = [
+        Duration::from_secs(30 * 365 * 24 * 3600),
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(1),
+    ];
+    start
+        .checked_add(d)
+        .or_else(|| FAR.iter().find_map(|far| start.checked_add(*far)))
+        .unwrap_or(start)
+}
+
 impl Shared {
     pub(crate) fn new(
         exporter: Arc<dyn DynExporter>,
         settings: Settings,
+        recovery: RecoverySettings,
         spool: Option<Arc<Spool>>,
         open_error: Option<Arc<SpoolError>>,
         backlog: bool,
     ) -> Shared {
         let warn_interval = settings.warn_interval;
-        let exporter_bounds_attempts = exporter
-            .export_timeout_dyn()
-            .is_some_and(|t| t <= settings.attempt_timeout);
+        let exporter_timeout = exporter.export_timeout_dyn();
         Shared {
             exporter,
-            exporter_bounds_attempts,
+            exporter_timeout,
             settings,
+            recovery,
             spool: RwLock::new(spool),
             open_error,
             counters: Counters::default(),
             backlog: AtomicU64::new(if backlog { BACKLOG_BIT } else { 0 }),
-            online: AtomicBool::new(true),
+            backend: AtomicU8::new(state_code(BackendState::Online)),
+            last_failure: AtomicU8::new(state_code(BackendState::Offline)),
             accepting: AtomicBool::new(true),
             stopped: AtomicBool::new(false),
             direct_in_flight: AtomicUsize::new(0),
@@ -123,6 +151,9 @@ impl Shared {
             work: Notify::new(),
             flush_now: Notify::new(),
             progress: Notify::new(),
+            failed_epoch: AtomicU64::new(0),
+            next_attempt_at: Mutex::new(None),
+            ack_failures: AtomicU64::new(0),
             retry_after_hint: Mutex::new(None),
             logs: Mutex::new(Logs {
                 throttle: KeyedThrottle::new(warn_interval),
@@ -228,24 +259,85 @@ impl Shared {
     }
 
     pub(crate) fn is_online(&self) -> bool {
-        self.online.load(Ordering::Acquire)
+        self.backend_state() == BackendState::Online
     }
 
-    /// Sets the online flag; a change is logged at info level.
+    /// Online, or why not.
+    pub(crate) fn backend_state(&self) -> BackendState {
+        state_from_code(self.backend.load(Ordering::Acquire))
+    }
+
+    /// Sets the online flag; going offline takes the state the last failed attempt showed
+    /// (unreachable, failing, or unclassified). A change is logged at info level.
     pub(crate) fn set_online(&self, online: bool) {
-        if self.online.swap(online, Ordering::AcqRel) != online {
-            if online {
-                tracing::info!(online, "outlast: backend reachable again");
-            } else {
-                let (records, bytes) = self.spool_stats().map_or((0, 0), |s| (s.records, s.bytes));
-                tracing::info!(
-                    online,
-                    spool_records = records,
-                    spool_bytes = bytes,
-                    "outlast: backend unreachable; payloads go to the spool"
-                );
-            }
+        let state = if online {
+            BackendState::Online
+        } else {
+            state_from_code(self.last_failure.load(Ordering::Acquire))
+        };
+        self.set_backend_state(state);
+    }
+
+    /// Sets the backend's state; a change is logged at info level.
+    pub(crate) fn set_backend_state(&self, state: BackendState) {
+        let before = state_from_code(self.backend.swap(state_code(state), Ordering::AcqRel));
+        if before == state {
+            return;
         }
+        if state == BackendState::Online {
+            tracing::info!(
+                online = true,
+                backend = state.as_str(),
+                "outlast: backend reachable again"
+            );
+        } else {
+            let (records, bytes) = self.spool_stats().map_or((0, 0), |s| (s.records, s.bytes));
+            tracing::info!(
+                online = false,
+                backend = state.as_str(),
+                spool_records = records,
+                spool_bytes = bytes,
+                "outlast: backend {}; payloads go to the spool",
+                state.describe()
+            );
+        }
+    }
+
+    /// Remembers what a failed attempt said about the backend.
+    pub(crate) fn note_failure(&self, error: &ExportError) {
+        let state = classify(error);
+        self.last_failure
+            .store(state_code(state), Ordering::Release);
+    }
+
+    /// Records that the drain task's attempt for flush `epoch` (or a later one) failed.
+    pub(crate) fn answer_flush(&self, epoch: u64) {
+        self.failed_epoch.fetch_max(epoch, Ordering::AcqRel);
+        self.progress.notify_waiters();
+    }
+
+    /// Whether the drain task tried for flush `epoch` and found the backend unreachable at
+    /// the transport level: nothing more can be done before the next probe.
+    pub(crate) fn offline_for(&self, epoch: u64) -> bool {
+        self.failed_epoch.load(Ordering::Acquire) >= epoch
+            && self.backend_state() == BackendState::Unreachable
+    }
+
+    /// Publishes when the drain task tries next (`None`: it is not waiting).
+    pub(crate) fn set_next_attempt_at(&self, at: Option<tokio::time::Instant>) {
+        *lock(&self.next_attempt_at) = at;
+    }
+
+    /// How long until the drain task tries next, if it is waiting.
+    pub(crate) fn next_attempt_in(&self) -> Option<Duration> {
+        lock(&self.next_attempt_at)
+            .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    /// Sets the backlog flag after records appeared in the spool without an append (lanes
+    /// adopted from another process), and wakes the drain task.
+    pub(crate) fn mark_adopted(&self) {
+        self.mark_appended();
     }
 
     pub(crate) fn is_accepting(&self) -> bool {
@@ -278,15 +370,42 @@ impl Shared {
 
     /// One export attempt bounded by the attempt timeout.
     pub(crate) async fn attempt(&self, payload: &Payload) -> Result<(), ExportError> {
-        let limit = self.settings.attempt_timeout;
-        if self.exporter_bounds_attempts {
+        self.attempt_by(payload, None).await.0
+    }
+
+    /// One export attempt bounded by the attempt timeout and by `deadline`. The flag is true
+    /// when the attempt was cut short by the deadline (not by the attempt timeout): its
+    /// failure then says nothing about the backend and is not remembered.
+    pub(crate) async fn attempt_by(
+        &self,
+        payload: &Payload,
+        deadline: Option<tokio::time::Instant>,
+    ) -> (Result<(), ExportError>, bool) {
+        let mut limit = self.settings.attempt_timeout;
+        let mut cut = false;
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(tokio::time::Instant::now());
+            if left < limit {
+                limit = left;
+                cut = true;
+            }
+        }
+        let result = if self.exporter_timeout.is_some_and(|t| t <= limit) {
             // The exporter's own timeout is not longer than ours (see `Exporter::export_timeout`).
-            return self.exporter.export_boxed(payload).await;
+            self.exporter.export_boxed(payload).await
+        } else {
+            match tokio::time::timeout(limit, self.exporter.export_boxed(payload)).await {
+                Ok(result) => result,
+                Err(_) => Err(ExportError::Timeout { after: limit }),
+            }
+        };
+        let cut_short = cut && matches!(result, Err(ExportError::Timeout { .. }));
+        if let Err(e) = &result
+            && !cut_short
+        {
+            self.note_failure(e);
         }
-        match tokio::time::timeout(limit, self.exporter.export_boxed(payload)).await {
-            Ok(result) => result,
-            Err(_) => Err(ExportError::Timeout { after: limit }),
-        }
+        (result, cut_short)
     }
 
     // ----- spooling -----
@@ -374,7 +493,7 @@ impl Shared {
     }
 
     /// Logs that exports are being retried, at most once per warn interval.
-    pub(crate) fn warn_retrying(&self, delay: Duration) {
+    pub(crate) fn warn_retrying(&self, delay: Duration, next_probe: Option<Duration>) {
         let due = lock(&self.logs)
             .throttle
             .check(LogKind::Retrying, now_std())
@@ -383,10 +502,14 @@ impl Shared {
             let (n, b) = self
                 .spool_stats()
                 .map_or((0, 0), |s| (s.records, s.pending_bytes));
+            let state = self.backend_state();
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             tracing::warn!(
                 records = n,
                 bytes = b,
-                next_attempt_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                backend = state.as_str(),
+                next_attempt_in_ms = ms(delay),
+                next_probe_in_ms = next_probe.map(ms),
                 "currently retrying {n} failed export(s) ({b} bytes)"
             );
         }
@@ -411,10 +534,81 @@ impl Shared {
             .throttle
             .check(LogKind::SpoolTrouble, now_std())
             .is_some();
+        if what == "ack" {
+            self.ack_failures.fetch_add(1, Ordering::AcqRel);
+        }
         if due {
             tracing::warn!(operation = what, error = %error, "outlast: spool {what} failed; retrying with backoff");
         }
     }
+}
+
+/// The code of `state` in [`Shared`]'s atomics.
+fn state_code(state: BackendState) -> u8 {
+    match state {
+        BackendState::Online => 0,
+        BackendState::Unreachable => 1,
+        BackendState::Failing => 2,
+        BackendState::Offline => 3,
+    }
+}
+
+fn state_from_code(code: u8) -> BackendState {
+    match code {
+        0 => BackendState::Online,
+        1 => BackendState::Unreachable,
+        2 => BackendState::Failing,
+        _ => BackendState::Offline,
+    }
+}
+
+/// What a failed attempt says about the backend:
+///
+/// - [`BackendState::Unreachable`]: no answer at the transport level. An attempt that timed
+///   out; an [`HttpError`](crate::http::HttpError) that is a connect, transport or timeout
+///   failure; an I/O error (anywhere in the source chain) whose kind is a refused, reset,
+///   aborted or unreachable connection, a timeout or a broken pipe.
+/// - [`BackendState::Failing`]: the backend answered with a failure: an HTTP status or an
+///   invalid response, or any error that carries a `Retry-After`.
+/// - [`BackendState::Offline`]: nothing says which (an exporter's own error type).
+pub(crate) fn classify(error: &ExportError) -> BackendState {
+    use std::io::ErrorKind;
+    if error.is_timeout() {
+        return BackendState::Unreachable;
+    }
+    if error.retry_after().is_some() {
+        return BackendState::Failing;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<crate::http::HttpError>() {
+            if h.is_connect() || h.is_transport() || h.is_timeout() {
+                return BackendState::Unreachable;
+            }
+            if h.is_status() || h.is_invalid_response() {
+                return BackendState::Failing;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::NotConnected
+                    | ErrorKind::TimedOut
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::UnexpectedEof
+            )
+        {
+            return BackendState::Unreachable;
+        }
+        cause = e.source();
+    }
+    BackendState::Offline
 }
 
 /// Counts a direct export as under way until dropped, then wakes flush waiters.

@@ -227,6 +227,11 @@ pub struct ClientStats {
     pub oldest_record_age: Option<Duration>,
     /// Whether the backend is believed reachable (the last attempt succeeded, or none failed).
     pub online: bool,
+    /// What the client knows about the backend: online, unreachable at the transport level,
+    /// answering with failures, or offline for a reason the exporter does not say.
+    pub backend: crate::BackendState,
+    /// Acknowledgements the spool refused (those records are delivered again later).
+    pub ack_failures: u64,
     /// Whether new payloads queue behind a spooled backlog.
     pub backlog: bool,
     /// Whether the client has a usable spool now: `false` both when it could not be opened

@@ -80,7 +80,8 @@ type Setter<T> = (
 
 /// Every duration parameter of `ClientBuilder`, with the parameters an error about it may
 /// name (a value can be refused because of the one it is checked against).
-const CLIENT_DURATIONS: [Setter<Duration>; 9] = [
+const CLIENT_DURATIONS: [Setter<Duration>; 10] = [
+    ("probe_interval", &[], |b, d| b.probe_interval(d)),
     ("attempt_timeout", &[], |b, d| b.attempt_timeout(d)),
     ("immediate_retry_delay", &[], |b, d| {
         b.immediate_retry_delay(d)

@@ -183,13 +183,20 @@ async fn the_probe_is_used_while_offline_instead_of_real_payloads() {
     let exporter = MemoryExporter::new().with_probe(ProbeMode::FollowMode);
     let c = client(dir.path(), &exporter);
     spool_while_down(&c, &exporter, &["a", "b"]).await;
+    // The first retry (1 s) probes; once a probe failed, the backend is known to be
+    // unreachable and the probe runs every second, while the backoff (1 s, 2 s, 4 s) paces
+    // what counts as a failed attempt.
     tokio::time::sleep(Duration::from_secs(1 + 2 + 4) + Duration::from_millis(100)).await;
-    assert_eq!(exporter.probes(), 3);
+    assert_eq!(exporter.probes(), 7);
     assert_eq!(exporter.attempts(), 2, "only the two direct attempts");
+    assert_eq!(c.stats().replay_failures, 3);
+    assert_eq!(c.stats().backend, outlast_client::BackendState::Unreachable);
     exporter.set_mode(Outcome::Accept);
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(exporter.probes(), 4);
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(texts(&exporter), ["a", "b"]);
+    let first = exporter.attempt_times()[2];
+    assert!(first - back <= Duration::from_secs(1), "{:?}", first - back);
 }
 
 #[tokio::test(start_paused = true)]

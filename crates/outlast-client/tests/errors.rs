@@ -107,10 +107,11 @@ async fn the_stats_say_why_there_is_no_spool_and_that_shutdown_closed_it() {
     let s = client.stats();
     assert!(s.spool_available);
     assert_eq!(s.spool, SpoolState::Available);
-    client
+    let report = client
         .shutdown(Duration::from_secs(5))
         .await
         .expect("shutdown");
+    assert!(report.complete);
     let s = client.stats();
     assert!(!s.spool_available);
     assert_eq!(s.spool, SpoolState::Closed);

@@ -70,5 +70,6 @@ async fn concurrent_exports_during_a_flapping_outage_lose_nothing() {
     assert_eq!(s.replayed, s.spooled, "{s:?}");
     assert_eq!(s.dropped.total(), 0);
     assert_eq!(s.spool_records, 0);
-    c.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    let report = c.shutdown(Duration::from_secs(5)).await.expect("shutdown");
+    assert!(report.complete, "{report:?}");
 }

@@ -383,6 +383,19 @@ impl Exporter for HttpExporter {
     fn export_timeout(&self) -> Option<Duration> {
         Some(self.timeout)
     }
+
+    /// The endpoint URL without credentials or query: `scheme://host:port/path` (the port
+    /// only if the URL names one).
+    fn identity(&self) -> Option<String> {
+        let scheme = self.uri.scheme_str().unwrap_or("http");
+        let host = self.uri.host().unwrap_or_default();
+        let port = self
+            .uri
+            .port_u16()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        Some(format!("{scheme}://{host}{port}{}", self.uri.path()))
+    }
 }
 
 impl fmt::Debug for HttpExporter {

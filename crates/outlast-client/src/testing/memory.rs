@@ -254,13 +254,17 @@ impl Exporter for MemoryExporter {
         self.inner.attempts.fetch_add(1, Ordering::SeqCst);
         self.state().attempt_times.push(tokio::time::Instant::now());
         let _in_flight = InFlight::enter(&self.inner);
+        // The outcome is decided, and an accepted payload received, when the attempt
+        // starts, as a backend receives a request when it arrives: attempts started in some
+        // order take the script in that order, whatever order they are resumed in later.
+        let outcome = self.next_outcome(payload);
+        if outcome == Outcome::Accept {
+            self.state().received.push(payload.clone());
+        }
         // Let other attempts start before this one resolves, so pipelining shows.
         tokio::task::yield_now().await;
-        match self.next_outcome(payload) {
-            Outcome::Accept => {
-                self.state().received.push(payload.clone());
-                Ok(())
-            }
+        match outcome {
+            Outcome::Accept => Ok(()),
             Outcome::SlowAccept(d) => {
                 tokio::time::sleep(d).await;
                 self.state().received.push(payload.clone());

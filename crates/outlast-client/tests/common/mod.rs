@@ -2,10 +2,13 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use outlast_client::http::HttpError;
 use outlast_client::testing::MemoryExporter;
-use outlast_client::{Client, ClientBuilder, Payload};
+use outlast_client::{Client, ClientBuilder, ExportError, Exporter, Payload, Reachability};
+use tokio::time::Instant;
 
 /// A builder for a client on `dir` without jitter, so delays are exact.
 pub fn builder(dir: &Path) -> ClientBuilder {
@@ -47,5 +50,110 @@ pub fn about(d: Duration, expected: Duration) -> bool {
 pub async fn settle() {
     for _ in 0..50 {
         tokio::task::yield_now().await;
+    }
+}
+
+/// How a [`Backend`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendMode {
+    /// Accepts every payload; probes get through.
+    Up,
+    /// Refuses connections: attempts fail with `ConnectionRefused`, probes fail.
+    Refusing,
+    /// Accepts connections (probes get through) but answers 503, with this `Retry-After`.
+    Failing(Option<Duration>),
+    /// Accepts connections (probes get through) and never answers.
+    Hanging,
+}
+
+#[derive(Debug)]
+struct BackendState {
+    mode: BackendMode,
+    received: Vec<Vec<u8>>,
+    attempts: Vec<Instant>,
+    probes: Vec<Instant>,
+}
+
+/// An exporter that fails the way a real backend does, at the transport level (refused) or
+/// with an HTTP status (503), with a TCP-like probe: reachable unless refusing.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    state: Arc<Mutex<BackendState>>,
+}
+
+impl Backend {
+    pub fn new(mode: BackendMode) -> Backend {
+        Backend {
+            state: Arc::new(Mutex::new(BackendState {
+                mode,
+                received: Vec::new(),
+                attempts: Vec::new(),
+                probes: Vec::new(),
+            })),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BackendState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set_mode(&self, mode: BackendMode) {
+        self.state().mode = mode;
+    }
+
+    pub fn received(&self) -> Vec<String> {
+        self.state()
+            .received
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    /// When each export attempt started.
+    pub fn attempts(&self) -> Vec<Instant> {
+        self.state().attempts.clone()
+    }
+
+    /// When each probe was made.
+    pub fn probes(&self) -> Vec<Instant> {
+        self.state().probes.clone()
+    }
+}
+
+impl Exporter for Backend {
+    async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
+        let mode = {
+            let mut s = self.state();
+            s.attempts.push(Instant::now());
+            s.mode
+        };
+        match mode {
+            BackendMode::Up => {
+                self.state().received.push(payload.bytes().to_vec());
+                Ok(())
+            }
+            BackendMode::Refusing => Err(ExportError::retryable(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ))),
+            BackendMode::Failing(retry_after) => {
+                let e = HttpError::Status {
+                    status: http::StatusCode::SERVICE_UNAVAILABLE,
+                    body_excerpt: String::new(),
+                };
+                Err(e.into_export_error(retry_after))
+            }
+            BackendMode::Hanging => std::future::pending().await,
+        }
+    }
+
+    async fn probe(&self) -> Reachability {
+        let mut s = self.state();
+        s.probes.push(Instant::now());
+        if s.mode == BackendMode::Refusing {
+            Reachability::Unreachable
+        } else {
+            Reachability::Reachable
+        }
     }
 }

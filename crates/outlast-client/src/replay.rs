@@ -1,0 +1,734 @@
+//! The drain's replay: a sliding window of pipelined attempts over the spool, read ahead,
+//! acknowledged in order as the delivered prefix grows.
+//!
+//! [`ReplayWindow`] is the bookkeeping, with no I/O: it admits records into sends, settles
+//! their outcomes and hands out the settled prefix to acknowledge; its unit tests drive it
+//! step by step. [`Replayer`] runs it against the spool and the exporter.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use outlast_core::ExportError;
+use outlast_core::retry::Backoff;
+use outlast_spool::{ReadBatch, Record, RecordId, Spool, SpoolError};
+
+use crate::DropReason;
+use crate::shared::Shared;
+
+/// A send under way; it hands back its records with the result.
+type Attempt<'a> = Pin<Box<dyn Future<Output = Sent> + Send + 'a>>;
+
+/// A spool operation running on the blocking pool.
+type SpoolOp<T> = Pin<Box<dyn Future<Output = Option<T>> + Send>>;
+
+/// What a replay works with: the client's shared state, and the drain task's backoff, which
+/// a delivery resets.
+pub(crate) struct Replayer<'a, 'b> {
+    shared: &'a Shared,
+    backoff: &'b mut Backoff,
+}
+
+impl<'a, 'b> Replayer<'a, 'b> {
+    pub(crate) fn new(shared: &'a Shared, backoff: &'b mut Backoff) -> Replayer<'a, 'b> {
+        Replayer { shared, backoff }
+    }
+
+    /// Counts what the spool skipped while reading (expired or damaged records).
+    fn count_skipped(&self, batch: ReadBatch) -> ReadBatch {
+        self.shared
+            .record_drop(DropReason::Expired, batch.expired.records);
+        self.shared
+            .record_drop(DropReason::Corrupt, batch.corrupt_skipped);
+        batch
+    }
+
+    /// Starts a spool operation that runs while attempts are under way: on the blocking
+    /// pool, so that reading the next batch and acknowledging the last one overlap with
+    /// sending (done inline, they held up every attempt's completion for about a
+    /// millisecond per batch). The output is `None` if the blocking task failed.
+    ///
+    /// With nothing else under way there is nothing to overlap: in `OsWrite` mode the
+    /// operation then runs inline (no thread hand-off), as `idle` says.
+    fn spool_op<T: Send + 'static>(
+        &self,
+        spool: &Arc<Spool>,
+        idle: bool,
+        f: impl FnOnce(&Spool) -> T + Send + 'static,
+    ) -> SpoolOp<T> {
+        if idle && self.shared.spool_calls_inline() {
+            let v = f(spool);
+            return Box::pin(std::future::ready(Some(v)));
+        }
+        let spool = Arc::clone(spool);
+        let task = tokio::task::spawn_blocking(move || f(&spool));
+        Box::pin(async move {
+            match task.await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::error!(error = %e, "outlast: spool task failed");
+                    None
+                }
+            }
+        })
+    }
+
+    /// Handles the outcome of a read: counts what the spool skipped; `None` if the read
+    /// failed (logged).
+    fn on_read(&self, read: Option<Result<ReadBatch, SpoolError>>) -> Option<ReadBatch> {
+        match read {
+            Some(Ok(batch)) => Some(self.count_skipped(batch)),
+            Some(Err(e)) => {
+                self.shared.warn_spool_trouble("read", &e);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Starts acknowledging `acks`; the counts travel with the operation.
+    fn start_ack(
+        &self,
+        spool: &Arc<Spool>,
+        idle: bool,
+        acks: Acks,
+    ) -> (SpoolOp<Result<(), SpoolError>>, Acks) {
+        let ids = acks.ids.clone();
+        let op = self.spool_op(spool, idle, move |s| -> Result<(), SpoolError> {
+            for id in ids {
+                s.ack(id)?;
+            }
+            Ok(())
+        });
+        (op, acks)
+    }
+
+    /// Handles the outcome of an acknowledgement: counts it. False if the spool refused
+    /// (logged): those records are delivered again later (at least once).
+    fn on_acked(&mut self, acked: Option<Result<(), SpoolError>>, acks: &Acks) -> bool {
+        let shared = self.shared;
+        match acked {
+            Some(Ok(())) => {
+                shared
+                    .counters
+                    .replayed
+                    .fetch_add(acks.delivered, Ordering::Relaxed);
+                shared.record_drop(DropReason::Permanent, acks.rejected);
+                if acks.delivered > 0 {
+                    // A success: the backend is back and the backoff starts again from its
+                    // first delay.
+                    self.backoff.reset();
+                }
+                shared.set_online(true);
+                true
+            }
+            Some(Err(e)) => {
+                shared.warn_spool_trouble("ack", &e);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Starts the attempt for `send`.
+    fn start(&self, send: Outgoing) -> Attempt<'a> {
+        let shared = self.shared;
+        Box::pin(async move {
+            let result = match send.records.as_slice() {
+                [record] => shared.attempt(&record.payload).await,
+                // The window admits one record per send.
+                _ => Ok(()),
+            };
+            Sent {
+                first: send.first,
+                records: send.records,
+                result,
+            }
+        })
+    }
+
+    /// Replays the spool through a sliding window: up to `in_flight` attempts run at all
+    /// times, none more than `max_records` (the batch size) past the oldest record not yet
+    /// settled; the next batch is read while the current one is still being sent; the
+    /// delivered prefix is acknowledged, in order, as it grows (one acknowledgement at a
+    /// time: those that arrive meanwhile are coalesced into the next), while later attempts
+    /// go on. [`ReplayWindow`] keeps the books; this drives the I/O.
+    ///
+    /// After the first retryable failure (or a spool failure) no new attempt starts; those
+    /// under way finish (each bounded by the attempt timeout), the delivered prefix is
+    /// acknowledged, and the caller rewinds the spool. Records after the failure that did
+    /// go through are not acknowledged: they are sent again (at least once).
+    ///
+    /// Why not whole batches one after the other: waiting for the slowest attempt of each
+    /// batch, then reading and acknowledging while nothing was in flight, left the backend
+    /// idle at every batch boundary.
+    pub(crate) async fn replay(&mut self, spool: &Arc<Spool>, w: Window) -> Replayed {
+        let shared = self.shared;
+        let max_bytes = shared.settings.batch_max_bytes;
+        let mut window = ReplayWindow::new(w, max_bytes);
+        let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
+        let mut reading: Option<SpoolOp<Result<ReadBatch, SpoolError>>> = None;
+        let mut acking: Option<(SpoolOp<Result<(), SpoolError>>, Acks)> = None;
+        // Taken before the last read: that read found nothing more after it.
+        let mut snapshot = 0;
+        loop {
+            if reading.is_none() && window.wants_read() {
+                snapshot = shared.backlog_snapshot();
+                let max_records = w.max_records;
+                let idle = running.is_empty() && acking.is_none();
+                reading =
+                    Some(self.spool_op(spool, idle, move |s| s.read_batch(max_records, max_bytes)));
+            }
+            while let Some(send) = window.admit(running.len()) {
+                running.push(self.start(send));
+            }
+            let idle = running.is_empty() && reading.is_none();
+            if acking.is_none()
+                && let Some(acks) = window.take_acks(idle)
+            {
+                acking = Some(self.start_ack(spool, idle, acks));
+            }
+            if idle && acking.is_none() {
+                // Nothing under way, everything settled is acknowledged.
+                match window.stopped() {
+                    Some(Stop::Failed(retry_after)) => return Replayed::Failed(retry_after),
+                    Some(Stop::SpoolTrouble) => return Replayed::SpoolTrouble,
+                    None => {}
+                }
+                if window.is_exhausted() {
+                    if shared.try_clear_backlog(snapshot) {
+                        tracing::info!("outlast: backlog delivered; exporting directly again");
+                        shared.progress.notify_waiters();
+                        return Replayed::Empty;
+                    }
+                    // Appended since the spool was found empty: read again.
+                    window.read_again();
+                    continue;
+                }
+                if let Some(full) = window.batch_done() {
+                    shared.progress.notify_waiters();
+                    return Replayed::Batch { full };
+                }
+                continue;
+            }
+            tokio::select! {
+                Some(sent) = running.next(), if !running.is_empty() => {
+                    window.settle(sent);
+                }
+                read = until_done(reading.as_mut()), if reading.is_some() => {
+                    reading = None;
+                    match self.on_read(read) {
+                        Some(batch) => window.on_read(batch.records),
+                        None => window.stop_for_spool(),
+                    }
+                }
+                acked = until_done(acking.as_mut().map(|(op, _)| op)), if acking.is_some() => {
+                    if let Some((_, acks)) = acking.take()
+                        && !self.on_acked(acked, &acks)
+                    {
+                        // Let the attempts under way finish, then back off.
+                        window.stop_for_spool();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Awaits the operation; never completes without one.
+async fn until_done<T>(op: Option<&mut SpoolOp<T>>) -> Option<T> {
+    match op {
+        Some(op) => op.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How many records to read and send at once: the limits of a [`ReplayWindow`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// Records per spool read, and records past the oldest one not yet settled.
+    pub(crate) max_records: usize,
+    /// Sends under way at most.
+    pub(crate) in_flight: usize,
+    /// Send one batch and return (offline probing with one record, or paced replay).
+    pub(crate) one_batch: bool,
+}
+
+/// How a replay ended.
+pub(crate) enum Replayed {
+    /// The spool had nothing more to hand out, everything is acknowledged and the backlog
+    /// flag is cleared.
+    Empty,
+    /// One batch was delivered (or dropped on purpose) and acknowledged; `full` if it held
+    /// as many records as asked for (more may follow).
+    Batch { full: bool },
+    /// A retryable failure: back off, with the largest `Retry-After`.
+    Failed(Option<Duration>),
+    /// The spool could not be read, or delivered records could not be acknowledged: back
+    /// off; they will be delivered again (at least once).
+    SpoolTrouble,
+}
+
+/// Why a replay stopped starting attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Failed(Option<Duration>),
+    SpoolTrouble,
+}
+
+/// Records handed to one attempt; `first` is the window index of the first of them.
+#[derive(Debug)]
+struct Outgoing {
+    first: u64,
+    records: Vec<Record>,
+}
+
+/// A finished attempt: its records, given back, and its result.
+#[derive(Debug)]
+struct Sent {
+    first: u64,
+    records: Vec<Record>,
+    result: Result<(), ExportError>,
+}
+
+/// A started record, in spool order, and its outcome once settled.
+#[derive(Debug)]
+struct Slot {
+    id: RecordId,
+    result: Option<Outcome>,
+}
+
+/// How a record settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    Rejected,
+    /// A retryable failure: the replay stops before this record.
+    Failed,
+}
+
+/// The books of one replay, without I/O: records read but not started, started records in
+/// spool order with their outcomes, the settled prefix waiting to be acknowledged, and why
+/// no more sends start.
+///
+/// The window never reaches more than `max_records` past the oldest record not yet
+/// settled: a stalled attempt holds the others back, so what a crash can make the client
+/// send again stays bounded (see docs/delivery-guarantees.md).
+#[derive(Debug)]
+struct ReplayWindow {
+    limits: Window,
+    max_bytes: u64,
+    /// Read, not started yet.
+    queued: VecDeque<Record>,
+    queued_bytes: u64,
+    /// Started, in spool order; `base` is the index of the first.
+    slots: VecDeque<Slot>,
+    base: u64,
+    /// The index the next started record gets.
+    next: u64,
+    /// The settled prefix not yet handed to an acknowledgement, and whether it grew since
+    /// the last one.
+    acks: Acks,
+    ack_due: bool,
+    stop: Option<Stop>,
+    /// The last read found nothing more to hand out.
+    exhausted: bool,
+    /// Reads that returned records, and whether the last one was full.
+    batches: usize,
+    last_full: bool,
+}
+
+impl ReplayWindow {
+    fn new(limits: Window, max_bytes: u64) -> ReplayWindow {
+        ReplayWindow {
+            limits,
+            max_bytes,
+            queued: VecDeque::new(),
+            queued_bytes: 0,
+            slots: VecDeque::new(),
+            base: 0,
+            next: 0,
+            acks: Acks::default(),
+            ack_due: false,
+            stop: None,
+            exhausted: false,
+            batches: 0,
+            last_full: false,
+        }
+    }
+
+    /// Whether this replay may read another batch (one batch only, if so limited).
+    fn may_read(&self) -> bool {
+        !(self.limits.one_batch && self.batches > 0)
+    }
+
+    /// Whether a spool read should start now (the caller knows whether one is under way).
+    fn wants_read(&self) -> bool {
+        self.stop.is_none()
+            && !self.exhausted
+            && self.may_read()
+            && self.queued.len() < self.limits.max_records
+            && self.queued_bytes < self.max_bytes
+    }
+
+    /// Takes the records a read returned; none means the spool had nothing more.
+    fn on_read(&mut self, records: Vec<Record>) {
+        let n = records.len();
+        if n == 0 {
+            self.exhausted = true;
+            return;
+        }
+        self.batches += 1;
+        self.last_full = n >= self.limits.max_records;
+        self.queued_bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+        self.queued.extend(records);
+    }
+
+    /// The next send to start while `running` sends are under way, if the limits allow.
+    fn admit(&mut self, running: usize) -> Option<Outgoing> {
+        if self.stop.is_some()
+            || running >= self.limits.in_flight
+            || self.slots.len() >= self.limits.max_records
+        {
+            return None;
+        }
+        let record = self.queued.pop_front()?;
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_sub(record.payload.len() as u64);
+        self.slots.push_back(Slot {
+            id: record.id,
+            result: None,
+        });
+        let first = self.next;
+        self.next += 1;
+        Some(Outgoing {
+            first,
+            records: vec![record],
+        })
+    }
+
+    /// Takes the outcome of a send: a retryable failure stops new sends (keeping the
+    /// largest `Retry-After`); the settled prefix grows.
+    fn settle(&mut self, sent: Sent) {
+        let outcome = match &sent.result {
+            Ok(()) => Outcome::Delivered,
+            Err(e) if e.is_permanent() => {
+                tracing::debug!(error = %outlast_core::ErrorChain(e), records = sent.records.len(), "outlast: spooled record rejected permanently; dropping it");
+                Outcome::Rejected
+            }
+            Err(e) => {
+                self.stop = Some(match self.stop {
+                    Some(Stop::SpoolTrouble) => Stop::SpoolTrouble,
+                    Some(Stop::Failed(d)) => Stop::Failed(d.max(e.retry_after())),
+                    None => Stop::Failed(e.retry_after()),
+                });
+                Outcome::Failed
+            }
+        };
+        for i in 0..sent.records.len() as u64 {
+            // Started records are at or after `base`, within the window.
+            let offset = (sent.first + i)
+                .checked_sub(self.base)
+                .and_then(|o| usize::try_from(o).ok())
+                .unwrap_or(usize::MAX);
+            if let Some(slot) = self.slots.get_mut(offset) {
+                slot.result = Some(outcome);
+            }
+        }
+        // Grow the settled prefix; it is acknowledged as soon as no other acknowledgement is
+        // being written (acknowledgements coalesce).
+        while let Some(slot) = self.slots.front() {
+            match slot.result {
+                Some(Outcome::Delivered) => self.acks.push(slot.id, true),
+                Some(Outcome::Rejected) => self.acks.push(slot.id, false),
+                Some(Outcome::Failed) | None => break,
+            }
+            self.ack_due = true;
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// The settled prefix to acknowledge now, if it grew since the last one or nothing is
+    /// under way (`idle`); the caller has no acknowledgement being written.
+    fn take_acks(&mut self, idle: bool) -> Option<Acks> {
+        if self.acks.ids.is_empty() || !(self.ack_due || idle) {
+            return None;
+        }
+        self.ack_due = false;
+        Some(std::mem::take(&mut self.acks))
+    }
+
+    /// The spool could not be read or acknowledged: start nothing more.
+    fn stop_for_spool(&mut self) {
+        self.stop = Some(Stop::SpoolTrouble);
+    }
+
+    /// Why no more sends start, if they do not.
+    fn stopped(&self) -> Option<Stop> {
+        self.stop
+    }
+
+    /// Whether the last read found the spool empty.
+    fn is_exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    /// Something was appended after the spool was found empty: read again.
+    fn read_again(&mut self) {
+        self.exhausted = false;
+    }
+
+    /// With one batch allowed: `Some(full)` once it has all been started (and, with nothing
+    /// under way, settled).
+    fn batch_done(&self) -> Option<bool> {
+        (!self.may_read() && self.queued.is_empty()).then_some(self.last_full)
+    }
+}
+
+/// The settled prefix not yet acknowledged: the last id of each lane, in order of
+/// appearance (acknowledging it acknowledges the lane's records up to it), and counts.
+#[derive(Debug, Default)]
+struct Acks {
+    ids: Vec<RecordId>,
+    delivered: u64,
+    rejected: u64,
+}
+
+impl Acks {
+    fn push(&mut self, id: RecordId, delivered: bool) {
+        match self.ids.iter_mut().find(|i| i.lane == id.lane) {
+            Some(i) => *i = id,
+            None => self.ids.push(id),
+        }
+        if delivered {
+            self.delivered += 1;
+        } else {
+            self.rejected += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outlast_core::Payload;
+
+    fn id(lane: u32, seq: u64) -> RecordId {
+        RecordId { lane, seq }
+    }
+
+    fn records(seqs: std::ops::Range<u64>) -> Vec<Record> {
+        seqs.map(|seq| Record {
+            id: id(0, seq),
+            payload: Payload::new(vec![0u8; 10]),
+        })
+        .collect()
+    }
+
+    fn window(max_records: usize, in_flight: usize) -> ReplayWindow {
+        ReplayWindow::new(
+            Window {
+                max_records,
+                in_flight,
+                one_batch: false,
+            },
+            u64::MAX,
+        )
+    }
+
+    /// Admits every send the limits allow with `running` already under way.
+    fn admit_all(w: &mut ReplayWindow, mut running: usize) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        while let Some(s) = w.admit(running) {
+            running += 1;
+            out.push(s);
+        }
+        out
+    }
+
+    fn sent(send: Outgoing, result: Result<(), ExportError>) -> Sent {
+        Sent {
+            first: send.first,
+            records: send.records,
+            result,
+        }
+    }
+
+    fn seqs(sends: &[Outgoing]) -> Vec<u64> {
+        sends
+            .iter()
+            .flat_map(|s| s.records.iter().map(|r| r.id.seq))
+            .collect()
+    }
+
+    #[test]
+    fn acks_keep_the_last_record_of_each_lane_in_order_and_count_outcomes() {
+        let mut acks = Acks::default();
+        for (i, (lane, seq)) in [(3, 7), (3, 8), (0, 1), (0, 2), (0, 3)]
+            .into_iter()
+            .enumerate()
+        {
+            acks.push(id(lane, seq), i != 2);
+        }
+        assert_eq!(acks.ids, vec![id(3, 8), id(0, 3)]);
+        assert_eq!((acks.delivered, acks.rejected), (4, 1));
+        assert!(Acks::default().ids.is_empty());
+    }
+
+    #[test]
+    fn window_reads_until_a_batch_is_queued_and_admits_up_to_the_in_flight_limit() {
+        let mut w = window(4, 2);
+        assert!(w.wants_read());
+        w.on_read(records(0..4));
+        assert!(!w.wants_read(), "a full batch is queued");
+        let first = admit_all(&mut w, 0);
+        assert_eq!(seqs(&first), vec![0, 1]);
+        assert!(w.wants_read(), "room for the next batch while sending");
+        assert!(w.admit(2).is_none());
+    }
+
+    #[test]
+    fn a_stalled_oldest_record_holds_the_window_at_max_records() {
+        let mut w = window(3, 8);
+        w.on_read(records(0..6));
+        let mut sends = admit_all(&mut w, 0);
+        assert_eq!(seqs(&sends), vec![0, 1, 2]);
+        // Records 1 and 2 settle, 0 stalls: nothing more may start.
+        let s2 = sends.pop().expect("send 2");
+        let s1 = sends.pop().expect("send 1");
+        w.settle(sent(s2, Ok(())));
+        w.settle(sent(s1, Ok(())));
+        assert!(w.admit(1).is_none());
+        assert!(
+            w.take_acks(false).is_none(),
+            "nothing settled at the front yet"
+        );
+        // Record 0 settles: the prefix 0..=2 is due and three more may start.
+        let s0 = sends.pop().expect("send 0");
+        w.settle(sent(s0, Ok(())));
+        let acks = w.take_acks(false).expect("prefix due");
+        assert_eq!((acks.ids.clone(), acks.delivered), (vec![id(0, 2)], 3));
+        assert!(w.take_acks(true).is_none(), "taken once");
+        assert_eq!(seqs(&admit_all(&mut w, 0)), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_permanent_rejection_is_settled_and_acknowledged_as_rejected() {
+        let mut w = window(10, 10);
+        w.on_read(records(0..3));
+        let mut sends = admit_all(&mut w, 0).into_iter();
+        for (i, s) in sends.by_ref().enumerate() {
+            let r = if i == 1 {
+                Err(ExportError::permanent("400"))
+            } else {
+                Ok(())
+            };
+            w.settle(sent(s, r));
+        }
+        let acks = w.take_acks(true).expect("all settled");
+        assert_eq!(acks.ids, vec![id(0, 2)]);
+        assert_eq!((acks.delivered, acks.rejected), (2, 1));
+        assert_eq!(w.stopped(), None);
+    }
+
+    #[test]
+    fn a_retryable_failure_stops_admission_and_nothing_after_it_is_acknowledged() {
+        let mut w = window(10, 10);
+        w.on_read(records(0..6));
+        let sends: Vec<_> = (0..4).filter_map(|r| w.admit(r)).collect();
+        let mut sends = sends.into_iter();
+        let (a, b, c, d) = (
+            sends.next().expect("0"),
+            sends.next().expect("1"),
+            sends.next().expect("2"),
+            sends.next().expect("3"),
+        );
+        w.settle(sent(a, Ok(())));
+        w.settle(sent(
+            b,
+            Err(ExportError::retryable_after("503", Duration::from_secs(2))),
+        ));
+        w.settle(sent(
+            d,
+            Err(ExportError::retryable_after("429", Duration::from_secs(5))),
+        ));
+        w.settle(sent(c, Ok(())));
+        assert_eq!(
+            w.stopped(),
+            Some(Stop::Failed(Some(Duration::from_secs(5)))),
+            "the largest Retry-After wins"
+        );
+        assert!(w.admit(0).is_none(), "no send starts after a failure");
+        assert!(!w.wants_read());
+        let acks = w.take_acks(true).expect("the delivered prefix");
+        assert_eq!((acks.ids, acks.delivered), (vec![id(0, 0)], 1));
+        assert!(
+            w.take_acks(true).is_none(),
+            "record 2 went through after the failure: not acknowledged"
+        );
+    }
+
+    #[test]
+    fn a_one_batch_replay_reads_once_and_reports_whether_the_batch_was_full() {
+        let mut w = ReplayWindow::new(
+            Window {
+                max_records: 1,
+                in_flight: 1,
+                one_batch: true,
+            },
+            u64::MAX,
+        );
+        assert_eq!(w.batch_done(), None);
+        w.on_read(records(0..1));
+        assert!(!w.wants_read());
+        let s = w.admit(0).expect("the probe record");
+        assert_eq!(w.batch_done(), Some(true));
+        w.settle(sent(s, Ok(())));
+        assert!(w.take_acks(true).is_some());
+    }
+
+    #[test]
+    fn an_empty_read_exhausts_the_window_until_told_to_read_again() {
+        let mut w = window(10, 1);
+        w.on_read(Vec::new());
+        assert!(w.is_exhausted() && !w.wants_read());
+        w.read_again();
+        assert!(w.wants_read());
+    }
+
+    #[test]
+    fn a_spool_failure_stops_admission_and_outranks_a_later_retryable_failure() {
+        let mut w = window(10, 10);
+        w.on_read(records(0..3));
+        let s = w.admit(0).expect("one");
+        w.stop_for_spool();
+        assert!(w.admit(1).is_none());
+        w.settle(sent(s, Err(ExportError::retryable("reset"))));
+        assert_eq!(w.stopped(), Some(Stop::SpoolTrouble));
+    }
+
+    #[test]
+    fn read_ahead_stops_at_the_byte_limit() {
+        let mut w = ReplayWindow::new(
+            Window {
+                max_records: 100,
+                in_flight: 1,
+                one_batch: false,
+            },
+            25,
+        );
+        w.on_read(records(0..2));
+        assert!(w.wants_read(), "20 of 25 bytes queued");
+        w.on_read(records(2..3));
+        assert!(!w.wants_read(), "30 of 25 bytes queued");
+        let _ = w.admit(0);
+        assert!(w.wants_read(), "20 bytes queued again");
+    }
+}

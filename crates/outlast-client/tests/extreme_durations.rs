@@ -1,0 +1,76 @@
+//! Every duration a caller can hand the client's async methods, from zero to
+//! `Duration::MAX` ("no limit"), is accepted without a panic, with paused time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{payload, spool_dir};
+use outlast_client::Client;
+use outlast_client::testing::{MemoryExporter, Outcome};
+use proptest::prelude::*;
+
+/// The durations every case covers, besides the random ones.
+const EDGES: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_nanos(1),
+    Duration::from_millis(800),
+    Duration::MAX,
+];
+
+/// Exports, flushes and shuts down with `d` as every time limit, against a backend that
+/// fails, hangs, fails again and then accepts (so a flush without limit ends). Returns what
+/// was delivered plus what stayed in the spool, which must be everything exported.
+fn exercise(d: Duration) -> (u64, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    rt.block_on(async move {
+        let dir = spool_dir();
+        let exporter = MemoryExporter::new();
+        exporter.push_outcomes([Outcome::Fail, Outcome::Hang, Outcome::Fail, Outcome::Fail]);
+        let c = Client::builder()
+            .spool_dir(dir.path())
+            .jitter(0.0)
+            .build(exporter.clone())
+            .expect("valid configuration");
+        let mut accepted = 0;
+        for i in 0..3 {
+            if c.export_within(payload(&format!("p{i}")), d).await.is_ok() {
+                accepted += 1;
+            }
+        }
+        let flushed = c.force_flush(d).await;
+        if d == Duration::MAX {
+            assert!(flushed.complete, "{flushed:?}");
+        }
+        let report = c.shutdown(d).await.expect("shutdown");
+        let delivered = exporter.received().len() as u64;
+        assert_eq!(delivered + report.remaining_records, accepted, "{report:?}");
+        (accepted, delivered)
+    })
+}
+
+#[test]
+fn the_edge_durations_never_panic_and_lose_nothing() {
+    for d in EDGES {
+        let (accepted, delivered) = exercise(d);
+        assert_eq!(accepted, 3, "{d:?}");
+        if d == Duration::MAX {
+            assert_eq!(delivered, 3);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn any_duration_never_panics_and_loses_nothing(nanos in any::<u64>(), secs in any::<u64>()) {
+        let d = Duration::new(secs, u32::try_from(nanos % 1_000_000_000).unwrap_or(0));
+        let (accepted, _) = exercise(d);
+        prop_assert_eq!(accepted, 3);
+    }
+}
