@@ -9,67 +9,149 @@ use outlast_spool::{DEFAULT_FSYNC_INTERVAL, Durability, FullPolicy};
 
 use crate::ClientBuilder;
 
-/// `OUTLAST_SPOOL_DIR`: the spool directory.
-pub const SPOOL_DIR: &str = "OUTLAST_SPOOL_DIR";
-/// `OUTLAST_SPOOL_MAX_BYTES`: cap on the spool's size.
-pub const SPOOL_MAX_BYTES: &str = "OUTLAST_SPOOL_MAX_BYTES";
-/// `OUTLAST_SPOOL_SEGMENT_BYTES`: size of one segment file.
-pub const SPOOL_SEGMENT_BYTES: &str = "OUTLAST_SPOOL_SEGMENT_BYTES";
-/// `OUTLAST_MAX_RECORD_BYTES`: largest payload accepted.
-pub const MAX_RECORD_BYTES: &str = "OUTLAST_MAX_RECORD_BYTES";
-/// `OUTLAST_SPOOL_FULL_POLICY`: `drop_newest` or `drop_oldest`.
-pub const SPOOL_FULL_POLICY: &str = "OUTLAST_SPOOL_FULL_POLICY";
-/// `OUTLAST_MAX_RECORD_AGE`: a duration, or `none`.
-pub const MAX_RECORD_AGE: &str = "OUTLAST_MAX_RECORD_AGE";
-/// `OUTLAST_DURABILITY`: `os_write` or `fsync_every_append`.
-pub const DURABILITY: &str = "OUTLAST_DURABILITY";
-/// `OUTLAST_FSYNC_INTERVAL`: fsync interval in `os_write` mode.
-pub const FSYNC_INTERVAL: &str = "OUTLAST_FSYNC_INTERVAL";
-/// `OUTLAST_ATTEMPT_TIMEOUT`: time limit of one attempt.
-pub const ATTEMPT_TIMEOUT: &str = "OUTLAST_ATTEMPT_TIMEOUT";
-/// `OUTLAST_IMMEDIATE_RETRY_DELAY`: delay before the quick retry.
-pub const IMMEDIATE_RETRY_DELAY: &str = "OUTLAST_IMMEDIATE_RETRY_DELAY";
-/// `OUTLAST_INITIAL_BACKOFF`: first backoff delay.
-pub const INITIAL_BACKOFF: &str = "OUTLAST_INITIAL_BACKOFF";
-/// `OUTLAST_MAX_BACKOFF`: backoff cap.
-pub const MAX_BACKOFF: &str = "OUTLAST_MAX_BACKOFF";
-/// `OUTLAST_BACKOFF_JITTER`: randomised fraction of each delay, in `[0, 1]`.
-pub const BACKOFF_JITTER: &str = "OUTLAST_BACKOFF_JITTER";
-/// `OUTLAST_MAX_RETRY_AFTER`: cap on a server's `Retry-After`.
-pub const MAX_RETRY_AFTER: &str = "OUTLAST_MAX_RETRY_AFTER";
-/// `OUTLAST_WARN_INTERVAL`: least time between two warnings of a kind.
-pub const WARN_INTERVAL: &str = "OUTLAST_WARN_INTERVAL";
-/// `OUTLAST_BATCH_SIZE`: records per replay batch.
-pub const BATCH_SIZE: &str = "OUTLAST_BATCH_SIZE";
-/// `OUTLAST_BATCH_MAX_BYTES`: bytes per replay batch.
-pub const BATCH_MAX_BYTES: &str = "OUTLAST_BATCH_MAX_BYTES";
-/// `OUTLAST_MAX_IN_FLIGHT`: replay requests in flight at once.
-pub const MAX_IN_FLIGHT: &str = "OUTLAST_MAX_IN_FLIGHT";
-/// `OUTLAST_BATCH_DELAY`: pause between two replay batches.
-pub const BATCH_DELAY: &str = "OUTLAST_BATCH_DELAY";
+/// One client setting that has an environment variable: the variable, the builder parameter
+/// it sets, and how the documentation shows it ([`SETTINGS`] lists them all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Setting {
+    /// The environment variable.
+    pub var: &'static str,
+    /// The [`ClientBuilder`] parameter it sets (its method's name).
+    pub param: &'static str,
+    /// How the value is written (Markdown, as in the documentation's "format" column).
+    pub format: &'static str,
+    /// The default (Markdown, as in the documentation's "default" column): a value in the
+    /// setting's own format, optionally followed by a remark in parentheses.
+    pub default: &'static str,
+}
 
-/// Every variable the client reads, in the order of the documentation table.
-pub const ALL: [&str; 19] = [
-    SPOOL_DIR,
-    SPOOL_MAX_BYTES,
-    SPOOL_SEGMENT_BYTES,
-    MAX_RECORD_BYTES,
-    SPOOL_FULL_POLICY,
-    MAX_RECORD_AGE,
-    DURABILITY,
-    FSYNC_INTERVAL,
-    ATTEMPT_TIMEOUT,
-    IMMEDIATE_RETRY_DELAY,
-    INITIAL_BACKOFF,
-    MAX_BACKOFF,
-    BACKOFF_JITTER,
-    MAX_RETRY_AFTER,
-    WARN_INTERVAL,
-    BATCH_SIZE,
-    BATCH_MAX_BYTES,
-    MAX_IN_FLIGHT,
-    BATCH_DELAY,
-];
+/// Declares the client's environment variables, each once: constant, variable name, builder
+/// parameter, how its value is read, its format and default as the docs show them, and its
+/// doc line. From that one list come the constants, [`ALL`], the documentation rows (the
+/// [`SETTINGS`] table, checked against `docs/configuration.md` and the crate doc by a test)
+/// and the reader: nothing else lists the variables.
+macro_rules! env_settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $konst:ident = $var:literal => $param:ident: $kind:ident,
+            format $format:literal, default $default:literal;
+    )*) => {
+        $( $(#[doc = $doc])* pub const $konst: &str = $var; )*
+
+        /// Every variable the client reads, in the order of the documentation table.
+        pub const ALL: [&str; [$($var),*].len()] = [$($konst),*];
+
+        /// Every variable of [`ALL`] (same order) with its builder parameter, format and
+        /// default: what the documentation tables show (a test checks that they do).
+        pub const SETTINGS: [Setting; [$($var),*].len()] = [$(Setting {
+            var: $konst,
+            param: stringify!($param),
+            format: $format,
+            default: $default,
+        }),*];
+
+        /// Reads one variable (already known to be one of [`ALL`], with a non-empty value)
+        /// into the builder, or into `pending` for the two that make one `Durability`.
+        fn read_variable(
+            b: &mut ClientBuilder,
+            pending: &mut PendingDurability,
+            var: &'static str,
+            value: &str,
+        ) -> Result<(), ConfigError> {
+            match var {
+                $( $konst => env_settings!(@read $kind, b, pending, $param, var, value), )*
+                _ => {}
+            }
+            Ok(())
+        }
+    };
+    // How each kind of value is read and stored.
+    (@read path, $b:ident, $p:ident, $param:ident, $var:ident, $value:ident) => {{
+        $b.$param = Some(PathBuf::from($value));
+        $b.from_env.push((stringify!($param), $var));
+    }};
+    // The two variables of `durability` wait in `pending` until all are read.
+    (@read durability_mode, $b:ident, $p:ident, $param:ident, $var:ident, $value:ident) => {{
+        $p.mode = Some(parse_durability_mode($var, $value)?);
+    }};
+    (@read fsync_interval, $b:ident, $p:ident, $param:ident, $var:ident, $value:ident) => {{
+        $p.fsync_interval = Some(parse_duration($var, $value)?);
+    }};
+    (@read $kind:ident, $b:ident, $p:ident, $param:ident, $var:ident, $value:ident) => {{
+        $b.$param = Some(env_settings!(@parse $kind, $var, $value));
+        $b.from_env.push((stringify!($param), $var));
+    }};
+    (@parse size, $var:ident, $value:ident) => { parse_size($var, $value)? };
+    (@parse count, $var:ident, $value:ident) => { parse_count($var, $value)? };
+    (@parse duration, $var:ident, $value:ident) => { parse_duration($var, $value)? };
+    (@parse fraction, $var:ident, $value:ident) => { parse_fraction($var, $value)? };
+    (@parse full_policy, $var:ident, $value:ident) => { parse_full_policy($var, $value)? };
+    (@parse duration_or_none, $var:ident, $value:ident) => {
+        parse_duration_or_none($var, $value)?
+    };
+}
+
+env_settings! {
+    /// `OUTLAST_SPOOL_DIR`: the spool directory.
+    SPOOL_DIR = "OUTLAST_SPOOL_DIR" => spool_dir: path,
+        format "path",
+        default "`<temp dir>/outlast-<executable name>-<user id>`";
+    /// `OUTLAST_SPOOL_MAX_BYTES`: cap on the spool's size.
+    SPOOL_MAX_BYTES = "OUTLAST_SPOOL_MAX_BYTES" => spool_max_bytes: size,
+        format "size", default "512 MiB";
+    /// `OUTLAST_SPOOL_SEGMENT_BYTES`: size of one segment file.
+    SPOOL_SEGMENT_BYTES = "OUTLAST_SPOOL_SEGMENT_BYTES" => segment_bytes: size,
+        format "size", default "16 MiB";
+    /// `OUTLAST_MAX_RECORD_BYTES`: largest payload accepted.
+    MAX_RECORD_BYTES = "OUTLAST_MAX_RECORD_BYTES" => max_record_bytes: size,
+        format "size", default "8 MiB";
+    /// `OUTLAST_SPOOL_FULL_POLICY`: `drop_newest` or `drop_oldest`.
+    SPOOL_FULL_POLICY = "OUTLAST_SPOOL_FULL_POLICY" => full_policy: full_policy,
+        format "`drop_newest` or `drop_oldest`", default "`drop_newest`";
+    /// `OUTLAST_MAX_RECORD_AGE`: a duration, or `none`.
+    MAX_RECORD_AGE = "OUTLAST_MAX_RECORD_AGE" => max_record_age: duration_or_none,
+        format "duration, or `none` / `off`", default "none (records never expire)";
+    /// `OUTLAST_DURABILITY`: `os_write` or `fsync_every_append`.
+    DURABILITY = "OUTLAST_DURABILITY" => durability: durability_mode,
+        format "`os_write` or `fsync_every_append` (`fsync` is accepted too)",
+        default "`os_write`";
+    /// `OUTLAST_FSYNC_INTERVAL`: fsync interval in `os_write` mode.
+    FSYNC_INTERVAL = "OUTLAST_FSYNC_INTERVAL" => durability: fsync_interval,
+        format "duration (only with `os_write`)", default "1 s";
+    /// `OUTLAST_ATTEMPT_TIMEOUT`: time limit of one attempt.
+    ATTEMPT_TIMEOUT = "OUTLAST_ATTEMPT_TIMEOUT" => attempt_timeout: duration,
+        format "duration", default "10 s";
+    /// `OUTLAST_IMMEDIATE_RETRY_DELAY`: delay before the quick retry.
+    IMMEDIATE_RETRY_DELAY = "OUTLAST_IMMEDIATE_RETRY_DELAY" => immediate_retry_delay: duration,
+        format "duration", default "1 s";
+    /// `OUTLAST_INITIAL_BACKOFF`: first backoff delay.
+    INITIAL_BACKOFF = "OUTLAST_INITIAL_BACKOFF" => initial_backoff: duration,
+        format "duration", default "1 s";
+    /// `OUTLAST_MAX_BACKOFF`: backoff cap.
+    MAX_BACKOFF = "OUTLAST_MAX_BACKOFF" => max_backoff: duration,
+        format "duration", default "128 s";
+    /// `OUTLAST_BACKOFF_JITTER`: randomised fraction of each delay, in `[0, 1]`.
+    BACKOFF_JITTER = "OUTLAST_BACKOFF_JITTER" => jitter: fraction,
+        format "number in `[0, 1]`", default "0.5";
+    /// `OUTLAST_MAX_RETRY_AFTER`: cap on a server's `Retry-After`.
+    MAX_RETRY_AFTER = "OUTLAST_MAX_RETRY_AFTER" => max_retry_after: duration,
+        format "duration", default "128 s";
+    /// `OUTLAST_WARN_INTERVAL`: least time between two warnings of a kind.
+    WARN_INTERVAL = "OUTLAST_WARN_INTERVAL" => warn_interval: duration,
+        format "duration", default "60 s";
+    /// `OUTLAST_BATCH_SIZE`: records per replay batch.
+    BATCH_SIZE = "OUTLAST_BATCH_SIZE" => batch_size: count,
+        format "count", default "100";
+    /// `OUTLAST_BATCH_MAX_BYTES`: bytes per replay batch.
+    BATCH_MAX_BYTES = "OUTLAST_BATCH_MAX_BYTES" => batch_max_bytes: size,
+        format "size", default "4 MiB";
+    /// `OUTLAST_MAX_IN_FLIGHT`: replay requests in flight at once.
+    MAX_IN_FLIGHT = "OUTLAST_MAX_IN_FLIGHT" => max_in_flight: count,
+        format "count, 1 to 1024", default "4";
+    /// `OUTLAST_BATCH_DELAY`: pause between two replay batches.
+    BATCH_DELAY = "OUTLAST_BATCH_DELAY" => batch_delay: duration,
+        format "duration", default "0";
+}
 
 /// The variables the HTTP exporter reads ([`crate::http`]): known, so not warned about.
 const HTTP_VARIABLES: [&str; 5] = [
@@ -207,118 +289,54 @@ impl ClientBuilder {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<ClientBuilder, ConfigError> {
         let mut b = ClientBuilder::new();
-        let mut durability_mode: Option<&'static str> = None;
-        let mut fsync_interval: Option<Duration> = None;
+        let mut pending = PendingDurability::default();
         for (name, value) in vars {
             let Some(var) = ALL.iter().copied().find(|v| *v == name) else {
                 warn_if_unknown(&name);
                 continue;
             };
             let value = value.trim();
-            if value.is_empty() {
-                continue;
-            }
-            match var {
-                SPOOL_DIR => {
-                    b.spool_dir = Some(PathBuf::from(value));
-                    b.from_env.push(("spool_dir", var));
-                }
-                SPOOL_MAX_BYTES => {
-                    b.spool_max_bytes = Some(parse_size(var, value)?);
-                    b.from_env.push(("spool_max_bytes", var));
-                }
-                SPOOL_SEGMENT_BYTES => {
-                    b.segment_bytes = Some(parse_size(var, value)?);
-                    b.from_env.push(("segment_bytes", var));
-                }
-                MAX_RECORD_BYTES => {
-                    b.max_record_bytes = Some(parse_size(var, value)?);
-                    b.from_env.push(("max_record_bytes", var));
-                }
-                SPOOL_FULL_POLICY => {
-                    b.full_policy = Some(match normalise(value).as_str() {
-                        "drop_newest" => FullPolicy::DropNewest,
-                        "drop_oldest" => FullPolicy::DropOldest,
-                        _ => {
-                            return Err(ConfigError::invalid(
-                                var,
-                                format!("{value:?} is not drop_newest or drop_oldest"),
-                            ));
-                        }
-                    });
-                    b.from_env.push(("full_policy", var));
-                }
-                MAX_RECORD_AGE => {
-                    b.max_record_age = Some(match normalise(value).as_str() {
-                        "none" | "off" => None,
-                        _ => Some(parse_duration(var, value)?),
-                    });
-                    b.from_env.push(("max_record_age", var));
-                }
-                DURABILITY => {
-                    durability_mode = Some(match normalise(value).as_str() {
-                        "os_write" => "os_write",
-                        "fsync_every_append" | "fsync" => "fsync_every_append",
-                        _ => {
-                            return Err(ConfigError::invalid(
-                                var,
-                                format!("{value:?} is not os_write or fsync_every_append"),
-                            ));
-                        }
-                    });
-                }
-                FSYNC_INTERVAL => fsync_interval = Some(parse_duration(var, value)?),
-                ATTEMPT_TIMEOUT => {
-                    b.attempt_timeout = Some(parse_duration(var, value)?);
-                    b.from_env.push(("attempt_timeout", var));
-                }
-                IMMEDIATE_RETRY_DELAY => {
-                    b.immediate_retry_delay = Some(parse_duration(var, value)?);
-                    b.from_env.push(("immediate_retry_delay", var));
-                }
-                INITIAL_BACKOFF => {
-                    b.initial_backoff = Some(parse_duration(var, value)?);
-                    b.from_env.push(("initial_backoff", var));
-                }
-                MAX_BACKOFF => {
-                    b.max_backoff = Some(parse_duration(var, value)?);
-                    b.from_env.push(("max_backoff", var));
-                }
-                BACKOFF_JITTER => {
-                    let j: f64 = value.parse().map_err(|_| {
-                        ConfigError::invalid(var, format!("{value:?} is not a number in [0, 1]"))
-                    })?;
-                    b.jitter = Some(j);
-                    b.from_env.push(("jitter", var));
-                }
-                MAX_RETRY_AFTER => {
-                    b.max_retry_after = Some(parse_duration(var, value)?);
-                    b.from_env.push(("max_retry_after", var));
-                }
-                WARN_INTERVAL => {
-                    b.warn_interval = Some(parse_duration(var, value)?);
-                    b.from_env.push(("warn_interval", var));
-                }
-                BATCH_SIZE => {
-                    b.batch_size = Some(parse_count(var, value)?);
-                    b.from_env.push(("batch_size", var));
-                }
-                BATCH_MAX_BYTES => {
-                    b.batch_max_bytes = Some(parse_size(var, value)?);
-                    b.from_env.push(("batch_max_bytes", var));
-                }
-                MAX_IN_FLIGHT => {
-                    b.max_in_flight = Some(parse_count(var, value)?);
-                    b.from_env.push(("max_in_flight", var));
-                }
-                BATCH_DELAY => {
-                    b.batch_delay = Some(parse_duration(var, value)?);
-                    b.from_env.push(("batch_delay", var));
-                }
-                _ => {}
+            if !value.is_empty() {
+                read_variable(&mut b, &mut pending, var, value)?;
             }
         }
-        match (durability_mode, fsync_interval) {
+        pending.apply(&mut b)?;
+        Ok(b)
+    }
+}
+
+/// Logs a warning if `name` is an `OUTLAST_*` variable nothing reads.
+fn warn_if_unknown(name: &str) {
+    for unknown in unknown_variables([name]) {
+        match unknown.did_you_mean {
+            Some(known) => tracing::warn!(
+                variable = %unknown.name,
+                did_you_mean = known,
+                "outlast: unknown environment variable {} ignored (did you mean {known}?)",
+                unknown.name
+            ),
+            None => tracing::warn!(
+                variable = %unknown.name,
+                "outlast: unknown environment variable {} ignored",
+                unknown.name
+            ),
+        }
+    }
+}
+
+/// `OUTLAST_DURABILITY` and `OUTLAST_FSYNC_INTERVAL`, which together make one
+/// [`Durability`].
+#[derive(Debug, Default)]
+struct PendingDurability {
+    /// `os_write` or `fsync_every_append`.
+    mode: Option<&'static str>,
+    fsync_interval: Option<Duration>,
+}
+
+impl PendingDurability {
+    /// Sets the builder's `durability` from what was read, if anything.
+    fn apply(self, b: &mut ClientBuilder) -> Result<(), ConfigError> {
+        match (self.mode, self.fsync_interval) {
             (Some("fsync_every_append"), Some(_)) => {
                 return Err(ConfigError::invalid(
                     FSYNC_INTERVAL,
@@ -342,27 +360,45 @@ impl ClientBuilder {
             }
             (None, None) => {}
         }
-        Ok(b)
+        Ok(())
     }
 }
 
-/// Logs a warning if `name` is an `OUTLAST_*` variable nothing reads.
-fn warn_if_unknown(name: &str) {
-    for unknown in unknown_variables([name]) {
-        match unknown.did_you_mean {
-            Some(known) => tracing::warn!(
-                variable = %unknown.name,
-                did_you_mean = known,
-                "outlast: unknown environment variable {} ignored (did you mean {known}?)",
-                unknown.name
-            ),
-            None => tracing::warn!(
-                variable = %unknown.name,
-                "outlast: unknown environment variable {} ignored",
-                unknown.name
-            ),
-        }
+fn parse_durability_mode(var: &'static str, value: &str) -> Result<&'static str, ConfigError> {
+    match normalise(value).as_str() {
+        "os_write" => Ok("os_write"),
+        "fsync_every_append" | "fsync" => Ok("fsync_every_append"),
+        _ => Err(ConfigError::invalid(
+            var,
+            format!("{value:?} is not os_write or fsync_every_append"),
+        )),
     }
+}
+
+fn parse_full_policy(var: &'static str, value: &str) -> Result<FullPolicy, ConfigError> {
+    match normalise(value).as_str() {
+        "drop_newest" => Ok(FullPolicy::DropNewest),
+        "drop_oldest" => Ok(FullPolicy::DropOldest),
+        _ => Err(ConfigError::invalid(
+            var,
+            format!("{value:?} is not drop_newest or drop_oldest"),
+        )),
+    }
+}
+
+/// A duration, or `none` / `off` for "no limit".
+fn parse_duration_or_none(var: &'static str, value: &str) -> Result<Option<Duration>, ConfigError> {
+    match normalise(value).as_str() {
+        "none" | "off" => Ok(None),
+        _ => parse_duration(var, value).map(Some),
+    }
+}
+
+/// A number in `[0, 1]` (checked by `build`; here only parsed).
+fn parse_fraction(var: &'static str, value: &str) -> Result<f64, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(var, format!("{value:?} is not a number in [0, 1]")))
 }
 
 /// Lower case, `-` as `_`: `Drop-Oldest` and `drop_oldest` are the same.
@@ -569,6 +605,133 @@ mod tests {
         assert_eq!(edit_distance("abc", "ab"), 1);
         assert_eq!(edit_distance("ab", "abc"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    /// The rows of the Markdown table whose header row starts with `first_header`, as maps
+    /// from the (lower-cased) header to the cell.
+    fn table_rows(
+        text: &str,
+        first_header: &str,
+    ) -> Vec<std::collections::HashMap<String, String>> {
+        let cells = |line: &str| -> Vec<String> {
+            line.trim()
+                .trim_start_matches('|')
+                .trim_end_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect()
+        };
+        let lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim_start_matches("//!").trim())
+            .collect();
+        let start = lines
+            .iter()
+            .position(|l| l.starts_with('|') && cells(l)[0].eq_ignore_ascii_case(first_header))
+            .unwrap_or_else(|| panic!("no table starting with {first_header:?}"));
+        let header: Vec<String> = cells(lines[start])
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        lines[start + 2..]
+            .iter()
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| header.iter().cloned().zip(cells(l)).collect())
+            .collect()
+    }
+
+    /// Checks one documentation table against [`SETTINGS`]: the same variables in the same
+    /// order, each with its builder parameter, format and default.
+    fn check_table(name: &str, text: &str, first_header: &str) {
+        let rows: Vec<_> = table_rows(text, first_header)
+            .into_iter()
+            .filter(|r| r["variable"].starts_with("`OUTLAST_"))
+            .collect();
+        let vars: Vec<String> = rows.iter().map(|r| r["variable"].clone()).collect();
+        let expected: Vec<String> = SETTINGS.iter().map(|s| format!("`{}`", s.var)).collect();
+        assert_eq!(vars, expected, "{name}: variables");
+        for (row, setting) in rows.iter().zip(SETTINGS) {
+            let method = &row["builder method"];
+            assert!(
+                method.contains(setting.param),
+                "{name}: {} names {method}",
+                setting.var
+            );
+            assert_eq!(
+                row["format"], setting.format,
+                "{name}: format of {}",
+                setting.var
+            );
+            let default = &row["default"];
+            let rest = default.strip_prefix(setting.default).unwrap_or_else(|| {
+                panic!(
+                    "{name}: default of {} is {default:?}, not {:?}",
+                    setting.var, setting.default
+                )
+            });
+            assert!(
+                rest.is_empty() || rest.starts_with([' ', ',']),
+                "{name}: default of {} is {default:?}",
+                setting.var
+            );
+        }
+    }
+
+    #[test]
+    fn the_documentation_tables_show_every_variable_as_declared() {
+        check_table(
+            "docs/configuration.md",
+            include_str!("../../../docs/configuration.md"),
+            "builder method",
+        );
+        check_table("crate documentation", include_str!("lib.rs"), "variable");
+    }
+
+    #[test]
+    fn the_declared_defaults_are_the_defaults_the_client_uses() {
+        let default = format!("{:?}", ClientBuilder::new().resolve());
+        for setting in SETTINGS {
+            if setting.param == "spool_dir" {
+                continue; // a description, not a value
+            }
+            // The value is the default's text before any remark, without Markdown quotes.
+            let value = setting
+                .default
+                .split(" (")
+                .next()
+                .unwrap_or_default()
+                .replace('`', "");
+            let b = ClientBuilder::from_env_vars(vars(&[(setting.var, &value)]))
+                .unwrap_or_else(|e| panic!("{}={value}: {e}", setting.var));
+            assert_eq!(
+                format!("{:?}", b.resolve()),
+                default,
+                "{}={value} is not the default",
+                setting.var
+            );
+        }
+    }
+
+    #[test]
+    fn every_variable_sets_the_parameter_it_declares() {
+        for setting in SETTINGS {
+            let value = match setting.format {
+                "path" => "/x",
+                f if f.starts_with("size") => "1MiB",
+                f if f.starts_with("count") => "3",
+                f if f.starts_with("duration") => "3s",
+                f if f.starts_with("number") => "0.25",
+                f if f.contains("drop_newest") => "drop_oldest",
+                _ => "fsync",
+            };
+            let b = ClientBuilder::from_env_vars(vars(&[(setting.var, value)])).expect(setting.var);
+            assert_eq!(
+                b.from_env,
+                [(setting.param, setting.var)],
+                "{}",
+                setting.var
+            );
+        }
     }
 
     #[test]

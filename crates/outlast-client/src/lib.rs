@@ -141,8 +141,8 @@
 //! | `OUTLAST_SPOOL_SEGMENT_BYTES` | [`segment_bytes`](ClientBuilder::segment_bytes) | size | 16 MiB |
 //! | `OUTLAST_MAX_RECORD_BYTES` | [`max_record_bytes`](ClientBuilder::max_record_bytes) | size | 8 MiB |
 //! | `OUTLAST_SPOOL_FULL_POLICY` | [`full_policy`](ClientBuilder::full_policy) | `drop_newest` or `drop_oldest` | `drop_newest` |
-//! | `OUTLAST_MAX_RECORD_AGE` | [`max_record_age`](ClientBuilder::max_record_age) | duration, or `none` | `none` |
-//! | `OUTLAST_DURABILITY` | [`durability`](ClientBuilder::durability) | `os_write` or `fsync_every_append` | `os_write` |
+//! | `OUTLAST_MAX_RECORD_AGE` | [`max_record_age`](ClientBuilder::max_record_age) | duration, or `none` / `off` | none (records never expire) |
+//! | `OUTLAST_DURABILITY` | [`durability`](ClientBuilder::durability) | `os_write` or `fsync_every_append` (`fsync` is accepted too) | `os_write` |
 //! | `OUTLAST_FSYNC_INTERVAL` | [`durability`](ClientBuilder::durability) (`OsWrite { fsync_interval }`) | duration (only with `os_write`) | 1 s |
 //! | `OUTLAST_ATTEMPT_TIMEOUT` | [`attempt_timeout`](ClientBuilder::attempt_timeout) | duration | 10 s |
 //! | `OUTLAST_IMMEDIATE_RETRY_DELAY` | [`immediate_retry_delay`](ClientBuilder::immediate_retry_delay) | duration | 1 s |
@@ -151,9 +151,9 @@
 //! | `OUTLAST_BACKOFF_JITTER` | [`jitter`](ClientBuilder::jitter) | number in `[0, 1]` | 0.5 |
 //! | `OUTLAST_MAX_RETRY_AFTER` | [`max_retry_after`](ClientBuilder::max_retry_after) | duration | 128 s |
 //! | `OUTLAST_WARN_INTERVAL` | [`warn_interval`](ClientBuilder::warn_interval) | duration | 60 s |
-//! | `OUTLAST_BATCH_SIZE` | [`batch_size`](ClientBuilder::batch_size) | whole number | 100 |
+//! | `OUTLAST_BATCH_SIZE` | [`batch_size`](ClientBuilder::batch_size) | count | 100 |
 //! | `OUTLAST_BATCH_MAX_BYTES` | [`batch_max_bytes`](ClientBuilder::batch_max_bytes) | size | 4 MiB |
-//! | `OUTLAST_MAX_IN_FLIGHT` | [`max_in_flight`](ClientBuilder::max_in_flight) | whole number | 4 (and at most the exporter's own limit) |
+//! | `OUTLAST_MAX_IN_FLIGHT` | [`max_in_flight`](ClientBuilder::max_in_flight) | count, 1 to 1024 | 4 (and at most the exporter's own limit) |
 //! | `OUTLAST_BATCH_DELAY` | [`batch_delay`](ClientBuilder::batch_delay) | duration | 0 |
 //!
 //! The HTTP exporter reads its own variables (endpoint, headers...): see [`http`].
