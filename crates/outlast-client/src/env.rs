@@ -153,15 +153,6 @@ env_settings! {
         format "duration", default "0";
 }
 
-/// The variables the HTTP exporter reads ([`crate::http`]): known, so not warned about.
-const HTTP_VARIABLES: [&str; 5] = [
-    crate::http::ENV_ENDPOINT,
-    crate::http::ENV_HEADERS,
-    crate::http::ENV_TIMEOUT,
-    crate::http::ENV_GZIP,
-    crate::http::ENV_CA_FILE,
-];
-
 /// An `OUTLAST_*` variable that no part of outlast reads: most likely a misspelling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -195,13 +186,17 @@ pub fn unknown_variables<S: AsRef<str>>(
         .into_iter()
         .filter_map(|name| {
             let name = name.as_ref();
-            let known = ALL.iter().chain(HTTP_VARIABLES.iter());
-            if !name.starts_with("OUTLAST_") || known.clone().any(|k| *k == name) {
+            // The client's variables and the HTTP exporter's.
+            let known = ALL
+                .iter()
+                .copied()
+                .chain(crate::http::SETTINGS.iter().map(|s| s.var));
+            if !name.starts_with("OUTLAST_") || known.clone().any(|k| k == name) {
                 return None;
             }
             Some(UnknownVariable {
                 name: name.to_owned(),
-                did_you_mean: closest(name, known.copied()),
+                did_you_mean: closest(name, known),
             })
         })
         .collect()
@@ -607,10 +602,12 @@ mod tests {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
-    /// The rows of the Markdown table whose header row starts with `first_header`, as maps
-    /// from the (lower-cased) header to the cell.
+    /// The rows of the first Markdown table after the line `heading` (or the first table if
+    /// `heading` is empty) whose header row starts with `first_header`, as maps from the
+    /// (lower-cased) header to the cell.
     fn table_rows(
         text: &str,
+        heading: &str,
         first_header: &str,
     ) -> Vec<std::collections::HashMap<String, String>> {
         let cells = |line: &str| -> Vec<String> {
@@ -624,6 +621,7 @@ mod tests {
         let lines: Vec<&str> = text
             .lines()
             .map(|l| l.trim_start_matches("//!").trim())
+            .skip_while(|l| !heading.is_empty() && *l != heading)
             .collect();
         let start = lines
             .iter()
@@ -642,15 +640,24 @@ mod tests {
 
     /// Checks one documentation table against [`SETTINGS`]: the same variables in the same
     /// order, each with its builder parameter, format and default.
-    fn check_table(name: &str, text: &str, first_header: &str) {
-        let rows: Vec<_> = table_rows(text, first_header)
+    fn check_table(
+        name: &str,
+        text: &str,
+        heading: &str,
+        first_header: &str,
+        settings: &[Setting],
+    ) {
+        let rows: Vec<_> = table_rows(text, heading, first_header)
             .into_iter()
             .filter(|r| r["variable"].starts_with("`OUTLAST_"))
             .collect();
-        let vars: Vec<String> = rows.iter().map(|r| r["variable"].clone()).collect();
-        let expected: Vec<String> = SETTINGS.iter().map(|s| format!("`{}`", s.var)).collect();
+        let vars: Vec<&str> = rows
+            .iter()
+            .map(|r| r["variable"].split('`').nth(1).unwrap_or_default())
+            .collect();
+        let expected: Vec<&str> = settings.iter().map(|s| s.var).collect();
         assert_eq!(vars, expected, "{name}: variables");
-        for (row, setting) in rows.iter().zip(SETTINGS) {
+        for (row, setting) in rows.iter().zip(settings) {
             let method = &row["builder method"];
             assert!(
                 method.contains(setting.param),
@@ -679,12 +686,28 @@ mod tests {
 
     #[test]
     fn the_documentation_tables_show_every_variable_as_declared() {
+        let page = include_str!("../../../docs/configuration.md");
         check_table(
             "docs/configuration.md",
-            include_str!("../../../docs/configuration.md"),
+            page,
+            "## Client settings",
             "builder method",
+            &SETTINGS,
         );
-        check_table("crate documentation", include_str!("lib.rs"), "variable");
+        check_table(
+            "crate documentation",
+            include_str!("lib.rs"),
+            "",
+            "variable",
+            &SETTINGS,
+        );
+        check_table(
+            "docs/configuration.md, HTTP exporter",
+            page,
+            "## The HTTP exporter",
+            "builder method",
+            &crate::http::SETTINGS,
+        );
     }
 
     #[test]

@@ -43,6 +43,42 @@ pub const ENV_GZIP: &str = "OUTLAST_HTTP_GZIP";
 /// Environment variable: a PEM file of extra CA certificates to trust.
 pub const ENV_CA_FILE: &str = "OUTLAST_CA_FILE";
 
+/// The exporter's environment variables with the builder parameter each one sets and its
+/// format and default as the documentation shows them (a test checks the configuration
+/// page's table against this list).
+pub const SETTINGS: [crate::env::Setting; 5] = [
+    crate::env::Setting {
+        var: ENV_ENDPOINT,
+        param: "builder(url)",
+        format: "`http://` or `https://` URL with a host, and a port from 1 to 65535 if one is given",
+        default: "—",
+    },
+    crate::env::Setting {
+        var: ENV_HEADERS,
+        param: "header(name, value)",
+        format: "`k=v,k=v`; whitespace around keys and values trimmed; values percent-decoded (as `OTEL_EXPORTER_OTLP_HEADERS`)",
+        default: "`user-agent: outlast/<version>` only",
+    },
+    crate::env::Setting {
+        var: ENV_TIMEOUT,
+        param: "timeout",
+        format: "duration (the same grammar as the client's: `500ms`, `10s`, `2m`, `2.5`)",
+        default: "10 s",
+    },
+    crate::env::Setting {
+        var: ENV_GZIP,
+        param: "gzip",
+        format: "`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, `gzip`/`none` (empty means off)",
+        default: "off",
+    },
+    crate::env::Setting {
+        var: ENV_CA_FILE,
+        param: "ca_file(path)",
+        format: "path to a PEM file of CA certificates (a regular file of at most 1 MiB, `MAX_CA_FILE_BYTES`)",
+        default: "Mozilla roots from `webpki-roots` only",
+    },
+];
+
 /// How [`HttpExporter::probe`](outlast_core::Exporter::probe) checks reachability while the
 /// client is offline.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -81,6 +81,7 @@ use outlast_core::{ContentType, ExportError, Exporter, Payload, Reachability};
 pub use builder::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_PROBE_TIMEOUT, DEFAULT_TIMEOUT,
     ENV_CA_FILE, ENV_ENDPOINT, ENV_GZIP, ENV_HEADERS, ENV_TIMEOUT, HttpExporterBuilder, Probe,
+    SETTINGS,
 };
 pub use error::{HttpError, is_retryable_status};
 pub use headers::{encode_key, is_sensitive_header};
