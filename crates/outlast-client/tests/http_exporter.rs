@@ -651,7 +651,7 @@ fn exporter_reports_its_max_in_flight() {
         .expect("valid settings");
     assert_eq!(
         d.max_in_flight(),
-        outlast_client::http::DEFAULT_MAX_IN_FLIGHT
+        outlast_client::http::DEFAULT_HTTP_MAX_IN_FLIGHT
     );
 }
 

@@ -17,9 +17,11 @@ use super::{HttpExporter, ProbeTarget, tls};
 /// a hanging backend is noticed within one retry cycle.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Default number of concurrent replay requests: enough to hide the round-trip time on a
-/// backlog without flooding a collector that has just come back.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+/// Default number of concurrent replay requests this exporter allows: enough to hide the
+/// round-trip time on a backlog without flooding a collector that has just come back. The
+/// client's own limit ([`DEFAULT_MAX_IN_FLIGHT`](crate::DEFAULT_MAX_IN_FLIGHT), 4) applies
+/// too; the smaller wins.
+pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = 8;
 
 /// Default probe timeout: a TCP connect to a reachable collector takes milliseconds; two
 /// seconds tolerates a slow link without stalling the drain task.
@@ -191,7 +193,7 @@ impl HttpExporterBuilder {
 
     /// How many exports the drain task may have in flight at once (what
     /// [`Exporter::max_in_flight`](outlast_core::Exporter::max_in_flight) returns); also the
-    /// number of idle connections kept. Default [`DEFAULT_MAX_IN_FLIGHT`].
+    /// number of idle connections kept. Default [`DEFAULT_HTTP_MAX_IN_FLIGHT`].
     #[must_use]
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = Some(n);
@@ -391,7 +393,7 @@ impl HttpExporterBuilder {
             self.pool_idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
         )?)
         .filter(|d| *d < MAX_DURATION);
-        let max_in_flight = self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        let max_in_flight = self.max_in_flight.unwrap_or(DEFAULT_HTTP_MAX_IN_FLIGHT);
         if max_in_flight == 0 {
             return Err(ConfigError::invalid("max_in_flight", "must be at least 1"));
         }

@@ -79,7 +79,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use outlast_core::{ContentType, ExportError, Exporter, Payload, Reachability};
 
 pub use builder::{
-    DEFAULT_MAX_IN_FLIGHT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_PROBE_TIMEOUT, DEFAULT_TIMEOUT,
+    DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_PROBE_TIMEOUT, DEFAULT_TIMEOUT,
     ENV_CA_FILE, ENV_ENDPOINT, ENV_GZIP, ENV_HEADERS, ENV_TIMEOUT, HttpExporterBuilder, Probe,
     SETTINGS,
 };
