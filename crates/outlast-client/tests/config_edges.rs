@@ -273,7 +273,20 @@ fn no_outlast_duration_variable_panics_it_is_accepted_or_refused_by_name() {
         for (var, also) in ENV_DURATIONS {
             env_case(dir.path(), var, also, &value)?;
         }
-        Ok(())
+        // The HTTP exporter's one duration variable.
+        let built = HttpExporterBuilder::from_env_vars([
+            ("OUTLAST_ENDPOINT", "http://127.0.0.1:4318/v1/logs"),
+            ("OUTLAST_HTTP_TIMEOUT", value.as_str()),
+        ])
+        .and_then(HttpExporterBuilder::build);
+        match built {
+            Ok(e) => prop_assert!(e.timeout() <= MAX_DURATION),
+            Err(ConfigError::Invalid { param, reason }) => {
+                prop_assert_eq!(param, "OUTLAST_HTTP_TIMEOUT", "{}", reason);
+            }
+            Err(other) => return Err(TestCaseError::fail(format!("unexpected {other}"))),
+        }
+        no_panics_so_far()
     };
     for value in [
         "0",

@@ -248,6 +248,63 @@ mod tests {
     }
 
     #[test]
+    fn each_error_prints_its_own_message_and_returns_its_cause() {
+        let io = || -> BoxError { Box::new(std::io::Error::other("connection refused")) };
+        let cases: Vec<(HttpError, &str, &str)> = vec![
+            (
+                HttpError::Status {
+                    status: StatusCode::UNAUTHORIZED,
+                    body_excerpt: "bad\ntoken".into(),
+                },
+                "HTTP status 401 Unauthorized: \"bad\\ntoken\"",
+                "HTTP status 401 Unauthorized: \"bad\\ntoken\"",
+            ),
+            (
+                HttpError::Status {
+                    status: StatusCode::NOT_FOUND,
+                    body_excerpt: String::new(),
+                },
+                "HTTP status 404 Not Found",
+                "HTTP status 404 Not Found",
+            ),
+            (
+                HttpError::Connect { source: io() },
+                "cannot connect to the endpoint",
+                "cannot connect to the endpoint: connection refused",
+            ),
+            (
+                HttpError::Transport { source: io() },
+                "connection failed during the request",
+                "connection failed during the request: connection refused",
+            ),
+            (
+                HttpError::InvalidResponse { source: io() },
+                "invalid HTTP response",
+                "invalid HTTP response: connection refused",
+            ),
+            (
+                HttpError::Compress {
+                    source: std::io::Error::other("out of memory"),
+                },
+                "cannot compress the request body",
+                "cannot compress the request body: out of memory",
+            ),
+            (
+                HttpError::Timeout {
+                    after: Duration::from_millis(1500),
+                },
+                "request timed out after 1.500s",
+                "request timed out after 1.500s",
+            ),
+        ];
+        for (e, display, chain) in cases {
+            assert_eq!(e.to_string(), display);
+            assert_eq!(outlast_core::ErrorChain(&e).to_string(), chain);
+            assert_eq!(format!("{e:?}"), chain);
+        }
+    }
+
+    #[test]
     fn timeout_maps_to_export_timeout() {
         let e = HttpError::Timeout {
             after: Duration::from_millis(200),
