@@ -408,6 +408,7 @@ impl ClientBuilder {
     /// Must not be empty.
     pub fn identity(mut self, identity: impl Into<String>) -> Self {
         self.identity = Some(identity.into());
+        self.forget_env("identity");
         self
     }
 
@@ -427,10 +428,10 @@ impl ClientBuilder {
             .as_deref()
             .is_some_and(|i| i.trim().is_empty())
         {
-            return Err(ConfigError::invalid(
+            return Err(self.name_env_variable(ConfigError::invalid(
                 "identity",
                 "must not be empty: it names whose records a spool lane holds",
-            ));
+            )));
         }
         let probe_interval = saturate(self.probe_interval.unwrap_or(DEFAULT_PROBE_INTERVAL));
         if probe_interval.is_zero() {

@@ -70,6 +70,10 @@ macro_rules! env_settings {
         $b.$param = Some(PathBuf::from($value));
         $b.from_env.push((stringify!($param), $var));
     }};
+    (@read text, $b:ident, $p:ident, $param:ident, $var:ident, $value:ident) => {{
+        $b.$param = Some($value.to_owned());
+        $b.from_env.push((stringify!($param), $var));
+    }};
     // The two variables of `durability` wait in `pending` until all are read.
     (@read durability_mode, $b:ident, $p:ident, $param:ident, $var:ident, $value:ident) => {{
         $p.mode = Some(parse_durability_mode($var, $value)?);
@@ -151,6 +155,13 @@ env_settings! {
     /// `OUTLAST_BATCH_DELAY`: pause between two replay batches.
     BATCH_DELAY = "OUTLAST_BATCH_DELAY" => batch_delay: duration,
         format "duration", default "0";
+    /// `OUTLAST_PROBE_INTERVAL`: how often an unreachable backend is probed.
+    PROBE_INTERVAL = "OUTLAST_PROBE_INTERVAL" => probe_interval: duration,
+        format "duration", default "1 s";
+    /// `OUTLAST_IDENTITY`: whose records this client's spool lanes hold.
+    IDENTITY = "OUTLAST_IDENTITY" => identity: text,
+        format "text",
+        default "the exporter's identity (`HttpExporter`: its endpoint without the query), else its type name";
 }
 
 /// An `OUTLAST_*` variable that no part of outlast reads: most likely a misspelling.
@@ -712,9 +723,10 @@ mod tests {
 
     #[test]
     fn the_declared_defaults_are_the_defaults_the_client_uses() {
-        let default = format!("{:?}", ClientBuilder::new().resolve());
+        let resolved = |b: &ClientBuilder| format!("{:?} {:?}", b.resolve(), b.resolve_recovery());
+        let default = resolved(&ClientBuilder::new());
         for setting in SETTINGS {
-            if setting.param == "spool_dir" {
+            if matches!(setting.format, "path" | "text") {
                 continue; // a description, not a value
             }
             // The value is the default's text before any remark, without Markdown quotes.
@@ -727,7 +739,7 @@ mod tests {
             let b = ClientBuilder::from_env_vars(vars(&[(setting.var, &value)]))
                 .unwrap_or_else(|e| panic!("{}={value}: {e}", setting.var));
             assert_eq!(
-                format!("{:?}", b.resolve()),
+                resolved(&b),
                 default,
                 "{}={value} is not the default",
                 setting.var
@@ -740,6 +752,7 @@ mod tests {
         for setting in SETTINGS {
             let value = match setting.format {
                 "path" => "/x",
+                "text" => "svc",
                 f if f.starts_with("size") => "1MiB",
                 f if f.starts_with("count") => "3",
                 f if f.starts_with("duration") => "3s",

@@ -193,7 +193,8 @@ fn no_client_builder_size_or_count_panics_it_is_accepted_or_refused_by_name() {
 }
 
 /// The client's duration variables, with the builder parameters an error may name instead.
-const ENV_DURATIONS: [(&str, &[&str]); 9] = [
+const ENV_DURATIONS: [(&str, &[&str]); 10] = [
+    ("OUTLAST_PROBE_INTERVAL", &[]),
     ("OUTLAST_ATTEMPT_TIMEOUT", &[]),
     ("OUTLAST_IMMEDIATE_RETRY_DELAY", &[]),
     ("OUTLAST_INITIAL_BACKOFF", &["max_backoff"]),
