@@ -90,7 +90,12 @@
 //!
 //! Each write goes, with one `pwrite`, into the slot that does not hold the newest valid
 //! record, so a write torn by a crash can only damage the slot it was writing. The file is
-//! created on the lane's first acknowledgement and kept open.
+//! created when the lane is taken (before it accepts its first record) with both slots
+//! written, 548 bytes, fdatasynced with its directory entry, and kept open: an
+//! acknowledgement then only overwrites bytes the file has, which needs no free space
+//! (on file systems that overwrite in place; copy-on-write ones such as btrfs or ZFS may
+//! still need a block). A lane whose cursor cannot be created (disk full) takes no record
+//! until it can: the append is refused with the disk-full error, and retried by the next.
 //!
 //! On open both slots are read. A slot that is all zero bytes (or past the end of the file)
 //! is empty. The valid slot with the higher generation wins; a damaged slot (bad magic, bad
@@ -191,12 +196,27 @@
 //!
 //! # Cap, eviction, expiry
 //!
-//! The bytes of all segment files of the lanes held count against `max_total_bytes`. With
+//! The bytes of all segment files of the lanes held count against the cap in force: the
+//! smaller of `max_total_bytes` and what the spool holds at open plus
+//! [`DISK_FREE_SHARE_PERCENT`] (90 %) of the file system's free space then (`statvfs`), so
+//! the spool never fills a disk to the last byte. It is shown in
+//! [`SpoolStats::max_total_bytes`] and [`RecoveryReport::max_total_bytes`]. With
 //! [`FullPolicy::DropNewest`] an append that does not fit is refused
 //! ([`AppendErrorKind::Full`]); with [`FullPolicy::DropOldest`] the oldest whole segment
 //! (adopted lanes first) is deleted and its unacknowledged records are reported in
 //! [`Appended::evicted`]. With `max_record_age`, [`Spool::read_batch`] skips and counts
 //! expired records and deletes sealed segments whose newest record has expired.
+//!
+//! # Full disk
+//!
+//! A disk filled by something else (or by several processes sharing it) never locks the
+//! spool. An append that hits ENOSPC is refused and its payload handed back; what was
+//! stored is unharmed. Acknowledging needs no new space (the cursor was prepared, above);
+//! if writing the cursor fails with ENOSPC anyway, the sealed segments whose records are
+//! all delivered are deleted first (deleting needs no space) and the write is tried again.
+//! If it still fails, `Spool::ack` returns the error: the acknowledgement holds in memory
+//! (nothing is read twice by this process) but is not on disk, so a caller must not report
+//! a flush as complete; the next ack, sync or close writes it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -215,7 +235,7 @@ mod types;
 
 pub use config::{
     DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
-    DEFAULT_SEGMENT_BYTES, Durability, FullPolicy, SpoolConfig,
+    DEFAULT_SEGMENT_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
 pub use outlast_core::Payload;

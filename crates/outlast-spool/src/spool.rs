@@ -34,6 +34,23 @@ const READ_CHUNK: usize = 256 * 1024;
 /// How many new lane numbers `open` tries when every existing lane is locked.
 const NEW_LANE_ATTEMPTS: u32 = 64;
 
+/// `now + d`, saturated: a duration too long to add (a user's `Duration::MAX`, or an
+/// interval of centuries from an environment variable) means "not within a century", which
+/// is never in practice.
+fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
+/// Free bytes of the file system holding `path`, for an unprivileged user (`statvfs`'s
+/// `f_bavail` blocks of `f_frsize` bytes); `None` if it cannot be measured.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of our locks leaves plain data behind (no invariant spans
     // an unwinding point), so a poisoned lock is still usable.
@@ -136,6 +153,9 @@ struct Counters {
 #[derive(Debug)]
 struct Inner {
     config: SpoolConfig,
+    /// The cap in force: `max_total_bytes`, lowered at open to fit the file system (see
+    /// [`crate::DISK_FREE_SHARE_PERCENT`]).
+    cap: u64,
     fs: Arc<dyn SpoolFs>,
     own: Arc<Lane>,
     adopted: RwLock<Vec<Arc<Lane>>>,
@@ -324,6 +344,27 @@ impl Spool {
         let mut total: u64 = 0;
         for l in adopted.iter().chain(std::iter::once(&own_lane)) {
             total += lock(&l.segs).iter().map(|s| s.len).sum::<u64>();
+            // Before any record is taken: acknowledgements then never need new space.
+            let mut c = lock(&l.consumer);
+            if let Err(e) = c.cursor.prepare(&*fs) {
+                tracing::warn!(
+                    lane = l.id,
+                    error = %e,
+                    "could not prepare the lane's cursor file; the lane takes no record until it can"
+                );
+            }
+        }
+        let free = free_bytes(&root);
+        let cap = crate::config::effective_cap(config.max_total_bytes_value(), total, free);
+        report.max_total_bytes = cap;
+        report.free_bytes_at_open = free;
+        if cap < config.max_total_bytes_value() {
+            tracing::info!(
+                configured = config.max_total_bytes_value(),
+                effective = cap,
+                free_bytes = free,
+                "spool cap lowered to fit the file system's free space"
+            );
         }
         let mut writer = Writer {
             seg: None,
@@ -353,6 +394,7 @@ impl Spool {
             }
         }
         let inner = Arc::new(Inner {
+            cap,
             fs,
             own: own_lane,
             adopted: RwLock::new(adopted),
@@ -449,11 +491,6 @@ impl Spool {
         }
     }
 
-    /// Fsyncs everything written so far, persists the read progress of every lane, and
-    /// finishes deleting fully acknowledged segments.
-    ///
-    /// # Errors
-    ///
     /// Takes over lanes of this spool's identity that were held by another process when this
     /// spool opened (or were created since) and whose lock has been released: their records
     /// are drained before this process's own. Returns the number of lanes adopted.
@@ -468,6 +505,11 @@ impl Spool {
         Ok(0)
     }
 
+    /// Fsyncs everything written so far, persists the read progress of every lane, and
+    /// finishes deleting fully acknowledged segments.
+    ///
+    /// # Errors
+    ///
     /// [`SpoolError::Io`] if an fsync, a cursor write or a deletion fails.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.inner.sync_all()
@@ -556,7 +598,7 @@ fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandl
     let spawned = std::thread::Builder::new()
         .name("outlast-spool-sync".into())
         .spawn(move || {
-            let mut next_sync = Instant::now() + interval;
+            let mut next_sync = later(Instant::now(), interval);
             loop {
                 let wait = next_sync.saturating_duration_since(Instant::now());
                 let (mut delete, mut rotated) = match rx.recv_timeout(wait) {
@@ -588,7 +630,7 @@ fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandl
                 if (delete || rotated) && Instant::now() < next_sync {
                     continue;
                 }
-                next_sync = Instant::now() + interval;
+                next_sync = later(Instant::now(), interval);
                 if let Err(e) = inner.periodic() {
                     tracing::warn!(error = %e, "spool background sync failed");
                 }
@@ -645,19 +687,24 @@ impl Inner {
         if w.closed || self.closed.load(Ordering::Acquire) {
             return Err(AppendError::new(AppendErrorKind::Closed, payload));
         }
+        if let Err(e) = self.own_cursor_ready() {
+            return Err(AppendError::new(AppendErrorKind::Io(e), payload));
+        }
         let seq = w.next_seq;
         let mut buf = std::mem::take(&mut w.buf);
-        let encoded = format::encode_frame(&mut buf, seq, &payload);
-        let frame_len = match encoded {
-            Ok(n) => n as u64,
-            Err(reason) => {
-                w.buf = buf;
-                return Err(AppendError::new(
-                    AppendErrorKind::Io(io::Error::new(io::ErrorKind::InvalidInput, reason)),
-                    payload,
-                ));
-            }
-        };
+        if let Err(e) = format::encode_frame(&mut buf, seq, &payload) {
+            w.buf = buf;
+            let kind = match e {
+                format::FrameError::HeaderTooLarge { size, max } => {
+                    AppendErrorKind::HeaderTooLarge { size, max }
+                }
+                format::FrameError::BodyTooLarge { size, max } => {
+                    AppendErrorKind::TooLarge { size, max }
+                }
+                other => AppendErrorKind::Io(io::Error::new(io::ErrorKind::InvalidInput, other)),
+            };
+            return Err(AppendError::new(kind, payload));
+        }
         let result = self.append_frame(&mut w, &buf, seq, &payload);
         // Keep the buffer for the next append unless one huge record inflated it.
         if buf.capacity() <= 4 * 1024 * 1024 {
@@ -667,7 +714,6 @@ impl Inner {
             Ok(evicted) => evicted,
             Err(kind) => return Err(AppendError::new(kind, payload)),
         };
-        let _ = frame_len;
         let lsn = self.written_lsn.load(Ordering::Acquire);
         drop(w);
         if self.config.durability_mode() == Durability::FsyncEveryAppend
@@ -682,6 +728,17 @@ impl Inner {
             },
             evicted,
         })
+    }
+
+    /// Makes sure the own lane's cursor file is prepared (see [`CursorFile::prepare`]); a
+    /// record is taken only then. Called with the writer lock held (lock order: writer,
+    /// consumer).
+    fn own_cursor_ready(&self) -> io::Result<()> {
+        let mut c = lock(&self.own.consumer);
+        if c.cursor.is_ready() {
+            return Ok(());
+        }
+        c.cursor.prepare(&*self.fs)
     }
 
     /// Writes a built frame; called with the writer lock held.
@@ -700,7 +757,7 @@ impl Inner {
                 max,
             });
         }
-        let cap = self.config.max_total_bytes_value();
+        let cap = self.cap;
         let seg_bytes = self.config.segment_bytes_value();
         // Will this frame need a new segment (and its header)?
         let needs_new = |w: &Writer| match &w.seg {
@@ -987,7 +1044,7 @@ impl Inner {
         if st.last_group <= 1 {
             return st;
         }
-        let deadline = Instant::now() + (st.last_commit / 2).min(MAX_GATHER);
+        let deadline = later(Instant::now(), (st.last_commit / 2).min(MAX_GATHER));
         while st.unsatisfied() < st.last_group {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -1277,7 +1334,16 @@ impl Inner {
         c.acked = id.seq;
         c.handed = c.handed.max(id.seq);
         l.acked.store(id.seq, Ordering::Release);
-        l.write_cursor(&*self.fs, &mut c)?;
+        match l.write_cursor(&*self.fs, &mut c) {
+            Ok(()) => {}
+            Err(e) if e.is_disk_full() => {
+                // A full disk must not lock the spool: free what is delivered first (its
+                // deletion needs no space), then try the cursor again.
+                self.free_delivered(&l, &mut c)?;
+                l.write_cursor(&*self.fs, &mut c)?;
+            }
+            Err(e) => return Err(e),
+        }
         self.delete_acked(&l, &mut c)?;
         let empty_adopted = l.adopted && lock(&l.segs).is_empty();
         drop(c);
@@ -1340,6 +1406,32 @@ impl Inner {
         Ok(true)
     }
 
+    /// The disk is full and the cursor could not record an ack: deletes, at once, the sealed
+    /// segments whose records are all acknowledged in memory (delivered), so that the disk
+    /// has room again. Safe without the cursor: after a crash, recovery finds an older ack
+    /// point, and a missing head of the lane (as after an eviction); the delivered records
+    /// are gone (never delivered twice from these segments), later ones acknowledged since
+    /// the cursor's last write are delivered again (at least once).
+    fn free_delivered(&self, l: &Lane, c: &mut Consumer) -> Result<(), SpoolError> {
+        let victims: Vec<SegMeta> = {
+            let mut segs = lock(&l.segs);
+            let (gone, kept): (Vec<SegMeta>, Vec<SegMeta>) = std::mem::take(&mut *segs)
+                .into_iter()
+                .partition(|m| (m.sealed || l.adopted) && m.unacked(c.acked) == 0);
+            *segs = kept;
+            gone
+        };
+        let mut sink = Dropped::default();
+        for m in victims {
+            if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
+                c.reader = None;
+            }
+            self.drop_segment(l, m, &mut sink)
+                .map_err(|e| SpoolError::io(&l.dir, e))?;
+        }
+        self.delete_doomed()
+    }
+
     /// Unlinks the segments queued by [`Inner::delete_acked`]. A failure is logged and
     /// returned; the file stays, fully acknowledged, and the next open deletes it.
     fn delete_doomed(&self) -> Result<(), SpoolError> {
@@ -1390,7 +1482,8 @@ impl Inner {
     fn stats(&self) -> SpoolStats {
         let mut s = SpoolStats {
             bytes: self.total_bytes.load(Ordering::Acquire),
-            max_total_bytes: self.config.max_total_bytes_value(),
+            max_total_bytes: self.cap,
+            configured_max_total_bytes: self.config.max_total_bytes_value(),
             ..SpoolStats::default()
         };
         let lanes = self.lanes();

@@ -78,8 +78,12 @@ pub struct SpoolStats {
     pub oldest_created_at: Option<SystemTime>,
     /// Lanes held: this process's own plus adopted ones.
     pub lanes: usize,
-    /// The cap.
+    /// The cap in force: `max_total_bytes` as configured, lowered at open to what the spool
+    /// held plus [`DISK_FREE_SHARE_PERCENT`](crate::DISK_FREE_SHARE_PERCENT) of the file
+    /// system's free space, so that the spool never fills the disk.
     pub max_total_bytes: u64,
+    /// The cap as configured.
+    pub configured_max_total_bytes: u64,
     /// Records evicted by the drop-oldest policy since open.
     pub evicted: Dropped,
     /// Records dropped for age since open.
@@ -111,6 +115,10 @@ pub struct RecoveryReport {
     pub lane: u32,
     /// Lanes of dead processes taken over, to be drained before this process's own.
     pub adopted_lanes: Vec<u32>,
+    /// The cap in force (see [`SpoolStats::max_total_bytes`]).
+    pub max_total_bytes: u64,
+    /// Free bytes of the file system when the spool opened (`None`: not measurable).
+    pub free_bytes_at_open: Option<u64>,
     /// Whether a lane's cursor file was missing its CRC or damaged (its lane is then read
     /// from the start: more duplicates, no loss).
     pub damaged_cursors: u64,
