@@ -5,7 +5,8 @@
 use std::io;
 use std::path::Path;
 
-use crate::fs::{SpoolFs, read_full_at, write_all_at};
+use crate::error::SpoolError;
+use crate::fs::{SpoolFs, StdFs, read_full_at, write_all_at};
 use crate::types::RecordedIdentity;
 
 /// Name of a lane's identity file.
@@ -129,6 +130,72 @@ pub(crate) fn write_identity(
         let _ = fs.remove_file(&path);
     }
     result
+}
+
+/// For an operator delivering another identity's lanes on purpose (`outlast replay
+/// --any-identity`): removes lane `lane`'s identity file, so that the next spool opened on
+/// the root adopts it like a lane written before identities existed. Returns the identity
+/// it had (`None`: it had none), to give back with [`restore_lane_identity`].
+///
+/// # Errors
+///
+/// [`SpoolError::Locked`] if a live process holds the lane; [`SpoolError::Io`] if the file
+/// cannot be removed.
+pub fn release_lane_identity(
+    root: &Path,
+    lane: u32,
+) -> Result<Option<RecordedIdentity>, SpoolError> {
+    let Some(_lock) = crate::lane::try_lock_lane(root, lane, false)? else {
+        return Err(SpoolError::Locked {
+            path: crate::lane::lane_dir(root, lane),
+        });
+    };
+    let dir = crate::lane::lane_dir(root, lane);
+    let previous = match read_identity(&StdFs, &dir) {
+        LaneIdentity::Absent => return Ok(None),
+        LaneIdentity::Recorded(r) => r,
+    };
+    let path = dir.join(IDENTITY_FILE);
+    StdFs
+        .remove_file(&path)
+        .and_then(|()| StdFs.sync_dir(&dir))
+        .map_err(|e| SpoolError::io(&path, e))?;
+    Ok(Some(previous))
+}
+
+/// Gives lane `lane` back the identity [`release_lane_identity`] took, if the lane still
+/// exists (it is removed once drained) and no live process holds it. Returns whether it was
+/// written. An unreadable identity is given back as one that matches no spool.
+///
+/// # Errors
+///
+/// [`SpoolError::Io`] if the file cannot be written.
+pub fn restore_lane_identity(
+    root: &Path,
+    lane: u32,
+    identity: &RecordedIdentity,
+) -> Result<bool, SpoolError> {
+    let dir = crate::lane::lane_dir(root, lane);
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let Some(_lock) = crate::lane::try_lock_lane(root, lane, false)? else {
+        return Ok(false);
+    };
+    let path = dir.join(IDENTITY_FILE);
+    let written = match identity {
+        RecordedIdentity::Named(s) => write_identity(&StdFs, &dir, Some(s)),
+        RecordedIdentity::Anonymous => write_identity(&StdFs, &dir, None),
+        RecordedIdentity::Unreadable => {
+            // Bytes no spool accepts, as before.
+            StdFs.create_truncate(&path).and_then(|f| {
+                write_all_at(&*f, b"OLID unreadable", 0)?;
+                f.sync_data()
+            })
+        }
+    };
+    written.map_err(|e| SpoolError::io(&path, e))?;
+    Ok(true)
 }
 
 #[cfg(test)]
