@@ -218,15 +218,16 @@ pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
         skipped_entries: stray,
     };
     for n in lanes {
-        out.lanes.push(scan_lane(&StdFs, root, n));
+        out.lanes.push(scan_lane(&StdFs, root, n, true));
     }
     Ok(out)
 }
 
-/// Unacknowledged intact records and segment bytes of the lane in `dir`, read-only.
+/// Unacknowledged intact records and segment bytes of the lane in `dir`, read-only and
+/// without touching its lock (not even the instant probe of [`scan`]).
 pub(crate) fn read_only_totals(fs: &dyn SpoolFs, dir: &Path) -> (u64, u64) {
     let (root, n) = (dir.parent().unwrap_or(dir), dir_lane_number(dir));
-    let l = scan_lane(fs, root, n);
+    let l = scan_lane(fs, root, n, false);
     (
         l.unacked_records(),
         l.segments.iter().map(|s| s.bytes).sum(),
@@ -241,13 +242,18 @@ fn dir_lane_number(dir: &Path) -> u32 {
         .unwrap_or(0)
 }
 
-/// Scans one lane read-only; what cannot be read is reported in the result.
-fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32) -> LaneInspection {
+/// Scans one lane read-only; what cannot be read is reported in the result. `probe_lock`:
+/// find out whether a live process holds it (else [`LockState::Unknown`]).
+fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32, probe_lock: bool) -> LaneInspection {
     let dir = lane::lane_dir(root, n);
     let mut li = LaneInspection {
         lane: n,
         path: dir.clone(),
-        lock: lock_state(&dir.join(lane::LOCK_FILE)),
+        lock: if probe_lock {
+            lock_state(&dir.join(lane::LOCK_FILE))
+        } else {
+            LockState::Unknown
+        },
         acked_through: 0,
         cursor_damaged: false,
         segments: Vec::new(),
