@@ -163,6 +163,7 @@
 //! | `OUTLAST_BATCH_MAX_BYTES` | [`batch_max_bytes`](ClientBuilder::batch_max_bytes) | size | 4 MiB |
 //! | `OUTLAST_MAX_IN_FLIGHT` | [`max_in_flight`](ClientBuilder::max_in_flight) | whole number | 4 (and at most the exporter's own limit) |
 //! | `OUTLAST_BATCH_DELAY` | [`batch_delay`](ClientBuilder::batch_delay) | duration | 0 |
+//! | `OUTLAST_PROBE_INTERVAL` | [`probe_interval`](ClientBuilder::probe_interval) | duration | 1 s |
 //!
 //! The HTTP exporter reads its own variables (endpoint, headers...): see [`http`].
 //!

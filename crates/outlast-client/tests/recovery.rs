@@ -173,3 +173,30 @@ async fn a_backend_that_accepts_connections_and_never_answers_is_not_flooded_by_
         backend.attempts()
     );
 }
+
+#[test]
+fn the_probe_interval_comes_from_the_environment_and_zero_is_refused_naming_the_variable() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let _guard = rt.enter();
+    let dir = spool_dir();
+    let vars = |v: &str| [("OUTLAST_PROBE_INTERVAL".to_string(), v.to_string())];
+    let ok = outlast_client::ClientBuilder::from_env_vars(vars("250ms")).expect("parsed");
+    assert!(
+        ok.spool_dir(dir.path())
+            .build(Backend::new(BackendMode::Up))
+            .is_ok()
+    );
+    let zero = outlast_client::ClientBuilder::from_env_vars(vars("0s")).expect("parsed");
+    match zero
+        .spool_dir(dir.path())
+        .build(Backend::new(BackendMode::Up))
+    {
+        Err(outlast_client::ConfigError::Invalid { param, .. }) => {
+            assert_eq!(param, "OUTLAST_PROBE_INTERVAL");
+        }
+        other => panic!("a zero probe interval was not refused: {other:?}"),
+    }
+}
