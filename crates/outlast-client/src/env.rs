@@ -48,8 +48,12 @@ pub const MAX_IN_FLIGHT: &str = "OUTLAST_MAX_IN_FLIGHT";
 /// `OUTLAST_BATCH_DELAY`: pause between two replay batches.
 pub const BATCH_DELAY: &str = "OUTLAST_BATCH_DELAY";
 
+// ----- recovery detection -----
+/// `OUTLAST_PROBE_INTERVAL`: how often an unreachable backend is probed.
+pub const PROBE_INTERVAL: &str = "OUTLAST_PROBE_INTERVAL";
+
 /// Every variable the client reads, in the order of the documentation table.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     SPOOL_DIR,
     SPOOL_MAX_BYTES,
     SPOOL_SEGMENT_BYTES,
@@ -69,6 +73,7 @@ pub const ALL: [&str; 19] = [
     BATCH_MAX_BYTES,
     MAX_IN_FLIGHT,
     BATCH_DELAY,
+    PROBE_INTERVAL,
 ];
 
 impl ClientBuilder {
@@ -221,6 +226,10 @@ impl ClientBuilder {
                 BATCH_DELAY => {
                     b.batch_delay = Some(parse_duration(var, value)?);
                     b.from_env.push(("batch_delay", var));
+                }
+                PROBE_INTERVAL => {
+                    b.probe_interval = Some(parse_duration(var, value)?);
+                    b.from_env.push(("probe_interval", var));
                 }
                 _ => {}
             }
