@@ -52,8 +52,13 @@ pub const BATCH_DELAY: &str = "OUTLAST_BATCH_DELAY";
 /// `OUTLAST_PROBE_INTERVAL`: how often an unreachable backend is probed.
 pub const PROBE_INTERVAL: &str = "OUTLAST_PROBE_INTERVAL";
 
+/// `OUTLAST_COALESCE_MAX_RECORDS`: records per merged replay request.
+pub const COALESCE_MAX_RECORDS: &str = "OUTLAST_COALESCE_MAX_RECORDS";
+/// `OUTLAST_COALESCE_MAX_BYTES`: payload bytes per merged replay request.
+pub const COALESCE_MAX_BYTES: &str = "OUTLAST_COALESCE_MAX_BYTES";
+
 /// Every variable the client reads, in the order of the documentation table.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 22] = [
     SPOOL_DIR,
     SPOOL_MAX_BYTES,
     SPOOL_SEGMENT_BYTES,
@@ -74,6 +79,8 @@ pub const ALL: [&str; 20] = [
     MAX_IN_FLIGHT,
     BATCH_DELAY,
     PROBE_INTERVAL,
+    COALESCE_MAX_RECORDS,
+    COALESCE_MAX_BYTES,
 ];
 
 impl ClientBuilder {
@@ -230,6 +237,14 @@ impl ClientBuilder {
                 PROBE_INTERVAL => {
                     b.probe_interval = Some(parse_duration(var, value)?);
                     b.from_env.push(("probe_interval", var));
+                }
+                COALESCE_MAX_RECORDS => {
+                    b.coalesce_max_records = Some(parse_count(var, value)?);
+                    b.from_env.push(("coalesce_max_records", var));
+                }
+                COALESCE_MAX_BYTES => {
+                    b.coalesce_max_bytes = Some(parse_size(var, value)?);
+                    b.from_env.push(("coalesce_max_bytes", var));
                 }
                 _ => {}
             }
@@ -420,6 +435,22 @@ mod tests {
         assert_eq!(b.batch_size, Some(7));
         let s = b.resolve().expect("valid");
         assert_eq!(s.batch_size, 7);
+    }
+
+    #[test]
+    fn coalescing_caps_come_from_their_variables() {
+        let b = ClientBuilder::from_env_vars(vars(&[
+            ("OUTLAST_COALESCE_MAX_RECORDS", "50"),
+            ("OUTLAST_COALESCE_MAX_BYTES", "256KiB"),
+        ]))
+        .expect("valid variables");
+        assert_eq!(b.coalesce_max_records, Some(50));
+        assert_eq!(b.coalesce_max_bytes, Some(256 * 1024));
+        let e = ClientBuilder::from_env_vars(vars(&[("OUTLAST_COALESCE_MAX_RECORDS", "0")]))
+            .expect("parses")
+            .resolve()
+            .expect_err("zero is rejected");
+        assert_eq!(param_of(e), "OUTLAST_COALESCE_MAX_RECORDS");
     }
 
     #[test]

@@ -164,6 +164,8 @@
 //! | `OUTLAST_MAX_IN_FLIGHT` | [`max_in_flight`](ClientBuilder::max_in_flight) | whole number | 4 (and at most the exporter's own limit) |
 //! | `OUTLAST_BATCH_DELAY` | [`batch_delay`](ClientBuilder::batch_delay) | duration | 0 |
 //! | `OUTLAST_PROBE_INTERVAL` | [`probe_interval`](ClientBuilder::probe_interval) | duration | 1 s |
+//! | `OUTLAST_COALESCE_MAX_RECORDS` | [`coalesce_max_records`](ClientBuilder::coalesce_max_records) | whole number | 25 |
+//! | `OUTLAST_COALESCE_MAX_BYTES` | [`coalesce_max_bytes`](ClientBuilder::coalesce_max_bytes) | size | 1 MiB |
 //!
 //! The HTTP exporter reads its own variables (endpoint, headers...): see [`http`].
 //!
@@ -212,6 +214,7 @@ pub use config::{
     ClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX_BYTES,
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_NAME, default_spool_dir,
 };
+pub use config::{DEFAULT_COALESCE_MAX_BYTES, DEFAULT_COALESCE_MAX_RECORDS};
 pub use error::{Delivery, DropError, DropReason, ShutdownError, SpoolFault};
 pub use stats::{ClientStats, DropCounts};
 

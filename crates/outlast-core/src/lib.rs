@@ -15,7 +15,7 @@ pub mod retry;
 pub mod throttle;
 
 pub use error::{BoxError, ExportError};
-pub use exporter::{BoxFuture, DynExporter, Exporter, Reachability};
+pub use exporter::{BoxFuture, Coalescing, DynExporter, Exporter, Reachability};
 pub use payload::{ContentType, Payload, PayloadMeta, unix_nanos};
 
 /// A configuration value that was rejected, naming the parameter and the reason.
