@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use outlast_core::retry::{Backoff, RetryPolicy};
 use outlast_core::Reachability;
+use outlast_core::retry::{Backoff, RetryPolicy};
 use outlast_spool::Spool;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::BackendState;
 use crate::replay::{Replayed, Replayer, Window};
 use crate::shared::Shared;
 use crate::stats::Counters;
-use crate::BackendState;
 
 /// Runs the drain loop until `stop` fires or its sender is dropped (the last `Client` went
 /// away). The loop itself never returns and never panics on I/O or exporter errors.
