@@ -6,8 +6,9 @@
 //! acknowledgements, backoff) a running application uses. Lanes held by a live process are
 //! skipped (and named); the others are drained.
 //!
-//! Lanes recorded for another identity (another service's backend) are left alone unless
-//! asked for: `--identity ID` (repeatable) or `--any-identity` takes their identity off
+//! Lanes of the replaying exporter's identity (its endpoint) and lanes that declare none are
+//! delivered. Lanes recorded for another identity (another service's backend) are left alone
+//! unless asked for: `--identity ID` (repeatable) or `--any-identity` takes their identity off
 //! before the client opens, so that it adopts them like lanes written before identities
 //! existed; whatever is left undelivered gets its identity back afterwards.
 
@@ -205,7 +206,10 @@ fn release_identities(
         let Some(identity) = &l.identity else {
             continue; // No identity recorded: any client adopts it anyway.
         };
+        // A lane written by a spool that declared no identity belongs to no one in
+        // particular: the directory the operator named is reason enough to deliver it.
         let wanted = args.any_identity
+            || matches!(identity, RecordedIdentity::Anonymous)
             || matches!(identity, RecordedIdentity::Named(s) if args.identities.contains(s));
         if !wanted || held.contains(&l.lane) {
             continue;
