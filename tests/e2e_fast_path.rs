@@ -92,6 +92,7 @@ async fn after_the_first_spill_exports_are_spooled_without_any_request_or_connec
         );
         assert_eq!(receiver.duplicates(), 0, "{:?}", receiver.duplicate_keys());
         assert_eq!(client.stats().dropped.total(), 0);
+        ledger.assert_counters_add_up(&client.stats());
 
         // With the backlog gone, exports are direct again.
         assert_eq!(

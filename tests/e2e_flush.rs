@@ -70,12 +70,7 @@ async fn force_flush_against_a_hanging_receiver_returns_in_time_reporting_the_ba
         let report = client.force_flush(GENEROUS_FLUSH).await;
         assert!(report.complete, "{report:?}");
         assert_eq!(report.remaining_records, 0, "{report:?}");
-        for r in receiver.received() {
-            eprintln!(
-                "DBG {} conn {} {:?} {:?}",
-                r.seq, r.connection, r.key, r.answer
-            );
-        }
+        ledger.assert_counters_add_up(&client.stats());
         assert_arrival_order(
             &receiver.unique_keys(),
             &ledger.accepted,

@@ -227,6 +227,7 @@ async fn flapping_receiver(max_in_flight: usize, batch_size: usize) {
     assert_eq!(stats.spooled, f.ledger.spooled.len() as u64, "{stats:?}");
     assert_eq!(stats.replayed, f.ledger.spooled.len() as u64, "{stats:?}");
     assert_eq!(stats.spool_records, 0, "{stats:?}");
+    f.ledger.assert_counters_add_up(&stats);
     assert!(f.ledger.spooled.len() >= 30, "the outages spooled payloads");
     assert_arrival_order(&f.receiver.unique_keys(), &f.ledger.accepted, max_in_flight);
 

@@ -69,6 +69,7 @@ async fn https_with_a_private_ca_delivers_and_replays_the_outage_backlog_over_tl
         let stats = client.stats();
         assert_eq!((stats.exported, stats.replayed), (5, 20), "{stats:?}");
         assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+        ledger.assert_counters_add_up(&stats);
     })
     .await;
 }

@@ -143,6 +143,52 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Asserts that the client's counters account for every export this ledger saw, exactly:
+    /// every accepted payload was delivered (directly or replayed), is still in the spool, or
+    /// was dropped after acceptance for one counted reason; and every refused one is
+    /// counted under its reason.
+    pub fn assert_counters_add_up(&self, stats: &outlast_client::ClientStats) {
+        let refused = (self.permanent.len() + self.other_drops.len()) as u64;
+        let d = stats.dropped;
+        let after_acceptance = d.total().checked_sub(refused).unwrap_or_else(|| {
+            panic!("fewer drops counted ({d:?}) than exports refused ({refused}): {stats:?}")
+        });
+        assert_eq!(
+            self.accepted.len() as u64,
+            stats.exported + stats.replayed + stats.spool_records + after_acceptance,
+            "accepted = delivered ({} direct + {} replayed) + still spooled ({}) + dropped after \
+             acceptance (permanent {}, expired {}, evicted {}, corrupt {}, minus {refused} refused \
+             at export): {stats:?}",
+            stats.exported,
+            stats.replayed,
+            stats.spool_records,
+            d.permanent,
+            d.expired,
+            d.evicted,
+            d.corrupt,
+        );
+        // Reasons that only an export can meet: each counted exactly as often as refused.
+        for reason in [
+            DropReason::SpoolFull,
+            DropReason::SpoolUnavailable,
+            DropReason::ShutDown,
+            DropReason::TooLarge,
+        ] {
+            let seen = self
+                .other_drops
+                .iter()
+                .filter(|(_, r)| *r == reason)
+                .count() as u64;
+            assert_eq!(d.get(reason), seen, "{reason:?}: {stats:?}");
+        }
+        assert!(
+            d.permanent >= self.permanent.len() as u64,
+            "every permanent refusal counted: {stats:?}"
+        );
+    }
+}
+
 /// Checks the order in which keys first reached the backend against the order they were
 /// exported in, for a client with at most `in_flight` attempts under way at once.
 ///

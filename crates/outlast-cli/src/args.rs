@@ -90,6 +90,10 @@ pub(crate) struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Mark lanes of any other identity as foreign (the identity a client records: for the
+    /// HTTP exporter its endpoint URL).
+    #[arg(long, value_name = "ID")]
+    pub(crate) identity: Option<String>,
 }
 
 /// Options of `outlast verify`.
@@ -115,6 +119,14 @@ pub(crate) struct ReplayArgs {
     /// Give up after this long; what is not delivered stays in the spool.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
+    /// Also deliver the lanes recorded for this identity (repeatable; `outlast inspect`
+    /// shows each lane's). Without it, only lanes of the replaying client's own identity
+    /// and lanes written before identities were recorded are delivered.
+    #[arg(long = "identity", value_name = "ID", conflicts_with = "any_identity")]
+    pub(crate) identities: Vec<String>,
+    /// Deliver the lanes of every identity to this endpoint, on purpose.
+    #[arg(long)]
+    pub(crate) any_identity: bool,
 }
 
 /// Parses a `NAME=VALUE` header argument.

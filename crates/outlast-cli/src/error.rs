@@ -94,6 +94,19 @@ pub(crate) enum CliError {
         /// The time limit, in seconds.
         timeout_s: f64,
     },
+    /// Accepted records were still in the spool at the end (the endpoint was unreachable):
+    /// the spool is kept.
+    #[error(
+        "{records} record(s) were not delivered; they are kept in {} (deliver them with `outlast replay {} --endpoint URL`)",
+        path.display(),
+        path.display()
+    )]
+    LeftBehind {
+        /// The spool directory.
+        path: PathBuf,
+        /// Records left in it.
+        records: u64,
+    },
     /// The demo's receiver never got payloads that the client had accepted.
     #[error("{lost} payload(s) accepted by the client never reached the receiver")]
     Lost {

@@ -252,14 +252,29 @@ pub(crate) async fn run(args: &GenArgs) -> Result<(), CliError> {
         flush,
         remaining_records: stats.spool_records,
         spool_dir: spool_dir.clone(),
-        spool_kept: temp.is_none(),
+        spool_kept: temp.is_none() || stats.spool_records > 0,
     };
-    if let Some(t) = temp
-        && let Err(e) = t.close()
-    {
-        tracing::warn!(error = %e, "outlast gen: could not remove the temporary spool");
+    let left = stats.spool_records;
+    match temp {
+        // Undelivered records are never deleted: the temporary spool stays, and says so.
+        Some(t) if left > 0 => {
+            let _ = t.keep();
+        }
+        Some(t) => {
+            if let Err(e) = t.close() {
+                tracing::warn!(error = %e, "outlast gen: could not remove the temporary spool");
+            }
+        }
+        None => {}
     }
-    print_json_line(&summary)
+    print_json_line(&summary)?;
+    if left > 0 {
+        return Err(CliError::LeftBehind {
+            path: spool_dir,
+            records: left,
+        });
+    }
+    Ok(())
 }
 
 /// Drops counted by the callers, by the reason's label.

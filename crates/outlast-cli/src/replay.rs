@@ -4,7 +4,13 @@
 //! Built on a [`Client`] whose spool directory is DIR: opening the spool adopts every lane
 //! whose owner is gone, and `force_flush` drains them through the same code path (batches,
 //! acknowledgements, backoff) a running application uses. Lanes held by a live process are
-//! refused up front, before anything is opened.
+//! skipped (and named); the others are drained.
+//!
+//! Lanes of the replaying exporter's identity (its endpoint) and lanes that declare none are
+//! delivered. Lanes recorded for another identity (another service's backend) are left alone
+//! unless asked for: `--identity ID` (repeatable) or `--any-identity` takes their identity off
+//! before the client opens, so that it adopts them like lanes written before identities
+//! existed; whatever is left undelivered gets its identity back afterwards.
 
 use std::time::Duration;
 
@@ -17,7 +23,9 @@ use crate::args::ReplayArgs;
 use crate::console::{Console, PROGRESS_REFRESH, human_bytes, print_json_line, secs};
 use crate::error::CliError;
 use crate::generate::DropView;
-use crate::spoolview::{locked_lane, newer_version, scan_spool};
+use crate::spoolview::{held_lanes, identity_text, locked, newer_version, scan_spool};
+use outlast_client::spool::RecordedIdentity;
+use outlast_client::spool::identity::{release_lane_identity, restore_lane_identity};
 
 /// Cap on the drain task's backoff during a replay: the operator is watching, so a backend
 /// that comes back is noticed within seconds (the library default is 128 s).
@@ -37,6 +45,10 @@ struct ReplaySummary {
     remaining_bytes: u64,
     complete: bool,
     elapsed_s: f64,
+    /// Lanes held by a live process: not touched.
+    skipped_lanes: Vec<u32>,
+    /// Lanes of another identity delivered on purpose (`--identity`, `--any-identity`).
+    other_identity_lanes: Vec<u32>,
 }
 
 /// Runs `outlast replay`.
@@ -71,10 +83,31 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     if let Some(e) = newer_version(&inspection) {
         return Err(e);
     }
-    if let Some(e) = locked_lane(&inspection) {
-        return Err(e);
+    let held = held_lanes(&inspection);
+    let skipped_lanes: Vec<u32> = held.iter().map(|l| l.lane).collect();
+    if let Some(first) = held.first()
+        && held.len() == inspection.lanes.len()
+    {
+        return Err(locked(&inspection, first));
     }
-    let records = inspection.unacked_records();
+    for l in &held {
+        console.note(&format!(
+            "outlast replay: skipping lane {} ({} record(s)): held by a live process{}, which drains it itself",
+            l.lane,
+            l.unacked_records(),
+            crate::spoolview::lock_owner(&l.path.join("lock"))
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default()
+        ));
+    }
+    let records: u64 = inspection
+        .lanes
+        .iter()
+        .filter(|l| !skipped_lanes.contains(&l.lane))
+        .map(|l| l.unacked_records())
+        .sum();
+    let released = release_identities(args, &inspection, &skipped_lanes, console)?;
+    let other_identity_lanes: Vec<u32> = released.iter().map(|(n, _)| *n).collect();
     let start = Instant::now();
     console.note(&format!(
         "outlast replay: {records} record(s) ({}) in {} to {}",
@@ -83,16 +116,23 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         args.endpoint
     ));
 
-    let client = Client::builder()
+    let built = Client::builder()
         .spool_dir(&args.dir)
         .max_backoff(REPLAY_MAX_BACKOFF)
-        .build(exporter)
-        .map_err(|source| CliError::Config {
-            context: "client configuration",
-            source,
-        })?;
+        .build(exporter);
+    let client = match built {
+        Ok(c) => c,
+        Err(source) => {
+            restore_identities(args, &released);
+            return Err(CliError::Config {
+                context: "client configuration",
+                source,
+            });
+        }
+    };
     if !client.stats().spool_available {
         let _ = client.shutdown(Duration::ZERO).await;
+        restore_identities(args, &released);
         return Err(CliError::SpoolUnavailable {
             path: args.dir.clone(),
         });
@@ -128,6 +168,7 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     if let Err(e) = client.shutdown(REPLAY_SHUTDOWN_TIMEOUT).await {
         tracing::warn!(error = %e, "outlast replay: shutdown did not complete cleanly");
     }
+    restore_identities(args, &released);
     let summary = ReplaySummary {
         records,
         delivered: stats.replayed + stats.exported,
@@ -136,6 +177,8 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         remaining_bytes: report.remaining_bytes,
         complete: report.complete,
         elapsed_s: secs(start.elapsed()),
+        skipped_lanes,
+        other_identity_lanes,
     };
     print_json_line(&summary)?;
     if report.complete {
@@ -146,5 +189,57 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
             remaining_bytes: report.remaining_bytes,
             timeout_s: args.timeout.as_secs_f64(),
         })
+    }
+}
+
+/// Takes the identity off the free lanes of another identity that `--identity` or
+/// `--any-identity` asks for, so that the replaying client adopts them. Returns each lane
+/// with the identity to give back.
+fn release_identities(
+    args: &ReplayArgs,
+    inspection: &outlast_client::spool::inspect::Inspection,
+    held: &[u32],
+    console: &Console,
+) -> Result<Vec<(u32, RecordedIdentity)>, CliError> {
+    let mut released = Vec::new();
+    for l in &inspection.lanes {
+        let Some(identity) = &l.identity else {
+            continue; // No identity recorded: any client adopts it anyway.
+        };
+        // A lane written by a spool that declared no identity belongs to no one in
+        // particular: the directory the operator named is reason enough to deliver it.
+        let wanted = args.any_identity
+            || matches!(identity, RecordedIdentity::Anonymous)
+            || matches!(identity, RecordedIdentity::Named(s) if args.identities.contains(s));
+        if !wanted || held.contains(&l.lane) {
+            continue;
+        }
+        match release_lane_identity(&args.dir, l.lane) {
+            Ok(Some(previous)) => {
+                console.note(&format!(
+                    "outlast replay: delivering lane {} of identity {} ({} record(s)) on purpose",
+                    l.lane,
+                    identity_text(Some(&previous)),
+                    l.unacked_records()
+                ));
+                released.push((l.lane, previous));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                restore_identities(args, &released);
+                return Err(CliError::Spool(e));
+            }
+        }
+    }
+    Ok(released)
+}
+
+/// Gives back the identities [`release_identities`] took, to the lanes still there (a
+/// drained lane is removed).
+fn restore_identities(args: &ReplayArgs, released: &[(u32, RecordedIdentity)]) {
+    for (lane, identity) in released {
+        if let Err(e) = restore_lane_identity(&args.dir, *lane, identity) {
+            tracing::warn!(lane, error = %e, "outlast replay: could not give a lane its identity back");
+        }
     }
 }

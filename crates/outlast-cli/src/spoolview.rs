@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use outlast_client::spool::RecordedIdentity;
 use outlast_client::spool::format::FORMAT_VERSION;
 use outlast_client::spool::inspect::{self, Inspection, LaneInspection, LockState};
 use serde::Serialize;
@@ -54,17 +55,42 @@ pub(crate) fn newer_version(inspection: &Inspection) -> Option<CliError> {
         })
 }
 
-/// The first lane held by a live process, as an error.
-pub(crate) fn locked_lane(inspection: &Inspection) -> Option<CliError> {
+/// The lanes held by a live process.
+pub(crate) fn held_lanes(inspection: &Inspection) -> Vec<&LaneInspection> {
     inspection
         .lanes
         .iter()
-        .find(|l| l.lock == LockState::Held)
-        .map(|l| CliError::Locked {
-            path: inspection.root.clone(),
-            lane: l.lane,
-            owner: lock_owner(&l.path.join("lock")),
-        })
+        .filter(|l| l.lock == LockState::Held)
+        .collect()
+}
+
+/// The error for a lane held by a live process.
+pub(crate) fn locked(inspection: &Inspection, l: &LaneInspection) -> CliError {
+    CliError::Locked {
+        path: inspection.root.clone(),
+        lane: l.lane,
+        owner: lock_owner(&l.path.join("lock")),
+    }
+}
+
+/// How a lane's identity is shown: `-` for none recorded (written before identities; any
+/// client adopts it).
+pub(crate) fn identity_text(identity: Option<&RecordedIdentity>) -> String {
+    match identity {
+        None => "-".to_owned(),
+        Some(RecordedIdentity::Named(s)) => s.clone(),
+        Some(RecordedIdentity::Anonymous) => "(none declared)".to_owned(),
+        Some(RecordedIdentity::Unreadable) => "(unreadable)".to_owned(),
+    }
+}
+
+/// Whether a client of identity `mine` would leave the lane alone.
+fn is_foreign(identity: Option<&RecordedIdentity>, mine: &str) -> bool {
+    match identity {
+        None => false,
+        Some(RecordedIdentity::Named(s)) => s != mine,
+        Some(_) => true,
+    }
 }
 
 /// The process holding an OS lock on `lock_file`, from `/proc/locks` (Linux). `None` if it
@@ -112,6 +138,14 @@ struct LaneView {
     newest_record: Option<String>,
     corrupt_frames: u64,
     torn_tail_bytes: u64,
+    /// Who the records are for (`-`: none recorded, adopted by any client).
+    identity: String,
+    /// With `--identity`: the lane belongs to another identity.
+    foreign: bool,
+    missing_records: u64,
+    misplaced_segments: Vec<PathBuf>,
+    corrupt_segments: Vec<PathBuf>,
+    skipped_entries: Vec<PathBuf>,
     segments: Vec<SegmentView>,
     unknown_files: Vec<PathBuf>,
 }
@@ -149,6 +183,8 @@ struct SpoolView {
     corrupt_frames: u64,
     torn_tail_bytes: u64,
     newer_version_files: Vec<PathBuf>,
+    /// Entries named like lanes that are not directories.
+    skipped_entries: Vec<PathBuf>,
     lane_details: Vec<LaneView>,
 }
 
@@ -166,7 +202,7 @@ fn lane_times(l: &LaneInspection) -> (Option<SystemTime>, Option<SystemTime>) {
     (oldest, newest)
 }
 
-fn view(i: &Inspection) -> SpoolView {
+fn view(i: &Inspection, mine: Option<&str>) -> SpoolView {
     let lanes: Vec<LaneView> = i
         .lanes
         .iter()
@@ -187,6 +223,12 @@ fn view(i: &Inspection) -> SpoolView {
                 newest_record: newest.map(rfc3339),
                 corrupt_frames: l.segments.iter().map(|s| s.corrupt_frames).sum(),
                 torn_tail_bytes: l.segments.iter().map(|s| s.torn_tail_bytes).sum(),
+                identity: identity_text(l.identity.as_ref()),
+                foreign: mine.is_some_and(|m| is_foreign(l.identity.as_ref(), m)),
+                missing_records: l.missing_records,
+                misplaced_segments: l.misplaced_segments.clone(),
+                corrupt_segments: l.corrupt_segments.clone(),
+                skipped_entries: l.skipped_entries.clone(),
                 segments: l
                     .segments
                     .iter()
@@ -230,6 +272,7 @@ fn view(i: &Inspection) -> SpoolView {
             .iter()
             .flat_map(|l| l.newer_version_files().map(Path::to_path_buf))
             .collect(),
+        skipped_entries: i.skipped_entries.clone(),
         lane_details: lanes,
     }
 }
@@ -255,10 +298,11 @@ fn max_opt(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
 /// Those of [`scan_spool`], and [`CliError::Io`] if stdout cannot be written.
 pub(crate) fn run_inspect(args: &InspectArgs) -> Result<(), CliError> {
     let inspection = scan_spool(&args.dir)?;
+    let mine = args.identity.as_deref();
     if args.json {
-        return print_json_pretty(&view(&inspection));
+        return print_json_pretty(&view(&inspection, mine));
     }
-    let text = table(&inspection, SystemTime::now());
+    let text = table(&inspection, SystemTime::now(), mine);
     let mut out = std::io::stdout().lock();
     std::io::Write::write_all(&mut out, text.as_bytes())
         .map_err(|e| CliError::io("writing to stdout", e))
@@ -273,9 +317,9 @@ fn ago(t: Option<SystemTime>, now: SystemTime) -> String {
 }
 
 /// The human table of `inspect`.
-fn table(i: &Inspection, now: SystemTime) -> String {
+fn table(i: &Inspection, now: SystemTime, mine: Option<&str>) -> String {
     use std::fmt::Write as _;
-    let v = view(i);
+    let v = view(i, mine);
     let mut s = String::new();
     let _ = writeln!(s, "spool {}", i.root.display());
     let _ = writeln!(
@@ -337,12 +381,35 @@ fn table(i: &Inspection, now: SystemTime) -> String {
             v.corrupt_frames, v.torn_tail_bytes
         );
     }
+    for l in &v.lane_details {
+        let _ = writeln!(
+            s,
+            "lane {} identity: {}{}",
+            l.lane,
+            l.identity,
+            if l.foreign {
+                " (foreign: a client of the given identity leaves it alone; `outlast replay --identity` delivers it)"
+            } else {
+                ""
+            }
+        );
+    }
     for f in &v.newer_version_files {
         let _ = writeln!(s, "newer format version (left untouched): {}", f.display());
+    }
+    for f in &v.skipped_entries {
+        let _ = writeln!(s, "not a lane directory (skipped): {}", f.display());
     }
     for l in &v.lane_details {
         for f in &l.unknown_files {
             let _ = writeln!(s, "not a spool file (left untouched): {}", f.display());
+        }
+        for f in &l.skipped_entries {
+            let _ = writeln!(
+                s,
+                "not a regular file (skipped, never opened): {}",
+                f.display()
+            );
         }
     }
     s
@@ -351,7 +418,41 @@ fn table(i: &Inspection, now: SystemTime) -> String {
 /// The problems `verify` reports, one line each: what and where.
 fn problems(i: &Inspection) -> Vec<String> {
     let mut out = Vec::new();
+    for p in &i.skipped_entries {
+        out.push(format!("{}: not a lane directory (skipped)", p.display()));
+    }
     for l in &i.lanes {
+        if let Some(e) = &l.cursor_error {
+            out.push(format!(
+                "{}: cursor unreadable ({e}): the lane cannot be used as it is",
+                l.path.join("cursor").display()
+            ));
+        }
+        for p in &l.skipped_entries {
+            out.push(format!(
+                "{}: not a regular file (a FIFO, directory, link or device): skipped, never opened",
+                p.display()
+            ));
+        }
+        for p in &l.corrupt_segments {
+            out.push(format!(
+                "{}: named like a segment, but its magic is damaged and it holds no readable record",
+                p.display()
+            ));
+        }
+        for p in &l.misplaced_segments {
+            out.push(format!(
+                "{}: segment out of place (its header names another id, or its records are out of sequence order by name): delivered in sequence order",
+                p.display()
+            ));
+        }
+        if l.missing_records > 0 {
+            out.push(format!(
+                "{}: {} record(s) missing between segments (a segment deleted, emptied or damaged): counted as lost",
+                l.path.display(),
+                l.missing_records
+            ));
+        }
         if l.cursor_damaged {
             out.push(format!(
                 "{}: damaged cursor (progress unknown: the lane would be delivered again from the start)",

@@ -192,3 +192,143 @@ async fn replay_refuses_a_spool_locked_by_a_live_process() {
     assert_eq!(receiver.request_count(), 0, "nothing may be sent");
     spool.close().expect("close");
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[test]
+fn verify_and_inspect_never_hang_on_fifos_named_like_spool_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_spool(dir.path(), 5);
+    let lane = dir.path().join("lane-0");
+    mkfifo(&lane.join("00000000000000000050.seg"));
+    std::fs::remove_file(lane.join("cursor")).expect("rm cursor");
+    mkfifo(&lane.join("cursor"));
+    std::fs::write(dir.path().join("lane-9"), b"not a lane").expect("stray file");
+    let path = dir.path().to_str().expect("utf-8");
+    // `outlast` kills the run and fails the test if it does not end within LIMIT.
+    let verify = outlast(&["verify", path], LIMIT);
+    assert_eq!(verify.code, Some(1), "{verify:?}");
+    assert!(verify.stdout.contains("not a regular file"), "{verify:?}");
+    assert!(verify.stdout.contains("cursor unreadable"), "{verify:?}");
+    assert!(verify.stdout.contains("not a lane directory"), "{verify:?}");
+    let inspect = outlast(&["inspect", path], LIMIT);
+    assert_eq!(inspect.code, Some(0), "{inspect:?}");
+    assert!(
+        inspect.stdout.contains("skipped, never opened"),
+        "{inspect:?}"
+    );
+}
+
+#[test]
+fn verify_exits_1_when_a_middle_segment_was_deleted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = SpoolConfig::new(dir.path())
+        .segment_bytes(64 * 1024)
+        .max_record_bytes(16 * 1024);
+    let (spool, _) = Spool::open(config).expect("spool opens");
+    for i in 0..2000 {
+        spool
+            .append(outlast_spool::Payload::new(vec![7u8; 100]).with_key(key(i)))
+            .expect("append");
+    }
+    spool.close().expect("close");
+    let segs = segment_files(dir.path());
+    assert!(segs.len() >= 3, "{segs:?}");
+    std::fs::remove_file(&segs[1]).expect("delete a middle segment");
+    let run = outlast(&["verify", dir.path().to_str().expect("utf-8")], LIMIT);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stdout.contains("missing between segments"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_drains_the_free_lanes_and_names_the_lane_it_skips() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_spool(dir.path(), 5);
+    // This test process holds lane 0, as a running application would; lane 1 was left by a
+    // process that is gone.
+    let (held, _) = Spool::open(SpoolConfig::new(dir.path())).expect("spool opens");
+    assert_eq!(held.lane(), 0);
+    let (gone, _) = Spool::open(SpoolConfig::new(dir.path())).expect("second spool opens");
+    assert_eq!(gone.lane(), 1);
+    for i in 100..103 {
+        gone.append(outlast_spool::Payload::new(vec![1u8; 8]).with_key(key(i)))
+            .expect("append");
+    }
+    gone.close().expect("close");
+    let receiver = TestReceiver::start().await.expect("receiver starts");
+    let url = receiver.url();
+    let path = dir.path().to_str().expect("utf-8").to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        outlast(
+            &["replay", &path, "--endpoint", &url, "--timeout", "20s"],
+            LIMIT,
+        )
+    })
+    .await
+    .expect("the runner thread ends");
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("skipping lane 0"), "{run:?}");
+    let v = run.json();
+    assert_eq!(v["skipped_lanes"], serde_json::json!([0]), "{v}");
+    let got: HashSet<String> = receiver.unique_keys().into_iter().collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!((100..103).all(|i| got.contains(&key(i))), "{got:?}");
+    held.close().expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_delivers_a_lane_of_another_identity_only_when_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = SpoolConfig::new(dir.path()).identity(Some("service-a".into()));
+    let (spool, _) = Spool::open(config).expect("spool opens");
+    for i in 0..4 {
+        spool
+            .append(outlast_spool::Payload::new(vec![2u8; 8]).with_key(key(i)))
+            .expect("append");
+    }
+    spool.close().expect("close");
+    let path = dir.path().to_str().expect("utf-8").to_owned();
+    let inspect = outlast(&["inspect", &path, "--identity", "service-b"], LIMIT);
+    assert!(
+        inspect
+            .stdout
+            .contains("lane 0 identity: service-a (foreign"),
+        "{inspect:?}"
+    );
+
+    let receiver = TestReceiver::start().await.expect("receiver starts");
+    let url = receiver.url();
+    let (p, u) = (path.clone(), url.clone());
+    let plain = tokio::task::spawn_blocking(move || {
+        outlast(&["replay", &p, "--endpoint", &u, "--timeout", "5s"], LIMIT)
+    })
+    .await
+    .expect("the runner thread ends");
+    assert_eq!(receiver.request_count(), 0, "not without asking: {plain:?}");
+    let asked = tokio::task::spawn_blocking(move || {
+        outlast(
+            &[
+                "replay",
+                &path,
+                "--endpoint",
+                &url,
+                "--timeout",
+                "20s",
+                "--identity",
+                "service-a",
+            ],
+            LIMIT,
+        )
+    })
+    .await
+    .expect("the runner thread ends");
+    assert_eq!(asked.code, Some(0), "{asked:?}");
+    assert_eq!(asked.json()["other_identity_lanes"], serde_json::json!([0]));
+    assert_eq!(receiver.unique_keys().len(), 4, "{asked:?}");
+}

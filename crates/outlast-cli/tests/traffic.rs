@@ -98,3 +98,38 @@ async fn gen_reports_counts_that_add_up_and_latency() {
         "the receiver missed keys"
     );
 }
+
+#[test]
+fn gen_to_an_unreachable_endpoint_keeps_its_spool_says_so_and_exits_1() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/v1/logs");
+    let run = outlast(
+        &[
+            "gen",
+            "--endpoint",
+            &url,
+            "--count",
+            "20",
+            "--size",
+            "64",
+            "--flush-timeout",
+            "1s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("were not delivered; they are kept in"),
+        "{run:?}"
+    );
+    let v = run.json();
+    assert_eq!(v["spool_kept"], true, "{v}");
+    let dir = std::path::PathBuf::from(v["spool_dir"].as_str().expect("spool_dir"));
+    let kept = outlast_spool::inspect::scan(&dir).expect("the spool is still there");
+    assert_eq!(kept.unacked_records(), 20, "{v}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -33,6 +33,17 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 pub const MAX_IN_FLIGHT_LIMIT: usize = 1024;
 /// Pause between two replay batches: none, so a backlog drains at the backend's speed.
 pub const DEFAULT_BATCH_DELAY: Duration = Duration::ZERO;
+// ----- Coalesced replay (see `Exporter::coalescing`) -----
+
+/// Records per merged replay request, for exporters that merge: with the default
+/// `batch_size` (100) and `max_in_flight` (4), four full merged requests fill the replay
+/// window, so merging keeps the pipelining and the crash duplicate window stays
+/// `batch_size` records.
+pub const DEFAULT_COALESCE_MAX_RECORDS: usize = 25;
+/// Payload bytes per merged replay request: under the request-size limits of common
+/// collectors and intakes (a few MB and up), and a failed merged request resends little.
+pub const DEFAULT_COALESCE_MAX_BYTES: u64 = 1024 * 1024;
+
 /// Prefix of the default spool directory's name under [`std::env::temp_dir`]; the
 /// service's name and the user id follow (see [`default_spool_dir`]).
 pub const DEFAULT_SPOOL_DIR_PREFIX: &str = "outlast-";
@@ -147,6 +158,8 @@ pub struct ClientBuilder {
     pub(crate) batch_max_bytes: Option<u64>,
     pub(crate) max_in_flight: Option<usize>,
     pub(crate) batch_delay: Option<Duration>,
+    pub(crate) coalesce_max_records: Option<usize>,
+    pub(crate) coalesce_max_bytes: Option<u64>,
     pub(crate) runtime: Option<tokio::runtime::Handle>,
     // ----- lane identity and recovery detection (see the block at the end of the file) -----
     pub(crate) identity: Option<String>,
@@ -377,6 +390,8 @@ impl ClientBuilder {
             }
         }
 
+        let (coalesce_max_records, coalesce_max_bytes) = self.resolve_coalescing()?;
+
         Ok(Settings {
             retry,
             attempt_timeout,
@@ -388,6 +403,8 @@ impl ClientBuilder {
             batch_max_bytes,
             max_in_flight,
             batch_delay: saturate(self.batch_delay.unwrap_or(DEFAULT_BATCH_DELAY)),
+            coalesce_max_records,
+            coalesce_max_bytes,
         })
     }
 }
@@ -454,6 +471,45 @@ pub(crate) struct RecoverySettings {
     pub(crate) probe_interval: Duration,
 }
 
+/// Coalesced replay: caps on what one merged request may carry, for exporters that merge
+/// consecutive spooled records (see [`Exporter::coalescing`](outlast_core::Exporter::coalescing)).
+impl ClientBuilder {
+    setter!(
+        /// Most records in one merged replay request (default
+        /// [`DEFAULT_COALESCE_MAX_RECORDS`]); the exporter's own cap limits it further, and
+        /// so does the replay window (`batch_size` records). 1 turns merging off.
+        coalesce_max_records: usize
+    );
+    setter!(
+        /// Most payload bytes in one merged replay request (default
+        /// [`DEFAULT_COALESCE_MAX_BYTES`]); a larger record is sent alone.
+        coalesce_max_bytes: u64
+    );
+
+    /// Checks and resolves the coalescing caps.
+    fn resolve_coalescing(&self) -> Result<(usize, u64), ConfigError> {
+        let records = self
+            .coalesce_max_records
+            .unwrap_or(DEFAULT_COALESCE_MAX_RECORDS);
+        if records == 0 {
+            return Err(ConfigError::invalid(
+                "coalesce_max_records",
+                "must be at least 1 (1 sends every record on its own)",
+            ));
+        }
+        let bytes = self
+            .coalesce_max_bytes
+            .unwrap_or(DEFAULT_COALESCE_MAX_BYTES);
+        if bytes == 0 {
+            return Err(ConfigError::invalid(
+                "coalesce_max_bytes",
+                "must be at least 1 byte",
+            ));
+        }
+        Ok((records, bytes))
+    }
+}
+
 /// Maps a [`SpoolConfig`] parameter name to the builder's name for it.
 fn spool_param_name(param: &'static str) -> &'static str {
     match param {
@@ -476,6 +532,8 @@ pub(crate) struct Settings {
     pub(crate) batch_max_bytes: u64,
     pub(crate) max_in_flight: usize,
     pub(crate) batch_delay: Duration,
+    pub(crate) coalesce_max_records: usize,
+    pub(crate) coalesce_max_bytes: u64,
 }
 
 #[cfg(test)]
@@ -500,6 +558,8 @@ mod tests {
         assert_eq!(s.warn_interval, Duration::from_secs(60));
         assert_eq!(s.spool.max_total_bytes_value(), 512 * 1024 * 1024);
         assert_eq!(s.batch_delay, Duration::ZERO);
+        assert_eq!(s.coalesce_max_records, 25);
+        assert_eq!(s.coalesce_max_bytes, 1024 * 1024);
     }
 
     #[test]
@@ -512,6 +572,14 @@ mod tests {
             (ClientBuilder::new().batch_size(0), "batch_size"),
             (ClientBuilder::new().batch_max_bytes(0), "batch_max_bytes"),
             (ClientBuilder::new().max_in_flight(0), "max_in_flight"),
+            (
+                ClientBuilder::new().coalesce_max_records(0),
+                "coalesce_max_records",
+            ),
+            (
+                ClientBuilder::new().coalesce_max_bytes(0),
+                "coalesce_max_bytes",
+            ),
             (ClientBuilder::new().jitter(1.5), "jitter"),
             (ClientBuilder::new().jitter(f64::NAN), "jitter"),
             (

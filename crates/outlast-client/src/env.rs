@@ -158,6 +158,12 @@ env_settings! {
     /// `OUTLAST_PROBE_INTERVAL`: how often an unreachable backend is probed.
     PROBE_INTERVAL = "OUTLAST_PROBE_INTERVAL" => probe_interval: duration,
         format "duration", default "1 s";
+    /// `OUTLAST_COALESCE_MAX_RECORDS`: records per merged replay request.
+    COALESCE_MAX_RECORDS = "OUTLAST_COALESCE_MAX_RECORDS" => coalesce_max_records: count,
+        format "count", default "25";
+    /// `OUTLAST_COALESCE_MAX_BYTES`: payload bytes per merged replay request.
+    COALESCE_MAX_BYTES = "OUTLAST_COALESCE_MAX_BYTES" => coalesce_max_bytes: size,
+        format "size", default "1 MiB";
     /// `OUTLAST_IDENTITY`: whose records this client's spool lanes hold.
     IDENTITY = "OUTLAST_IDENTITY" => identity: text,
         format "text",
@@ -513,6 +519,22 @@ mod tests {
         assert_eq!(b.batch_size, Some(7));
         let s = b.resolve().expect("valid");
         assert_eq!(s.batch_size, 7);
+    }
+
+    #[test]
+    fn coalescing_caps_come_from_their_variables() {
+        let b = ClientBuilder::from_env_vars(vars(&[
+            ("OUTLAST_COALESCE_MAX_RECORDS", "50"),
+            ("OUTLAST_COALESCE_MAX_BYTES", "256KiB"),
+        ]))
+        .expect("valid variables");
+        assert_eq!(b.coalesce_max_records, Some(50));
+        assert_eq!(b.coalesce_max_bytes, Some(256 * 1024));
+        let e = ClientBuilder::from_env_vars(vars(&[("OUTLAST_COALESCE_MAX_RECORDS", "0")]))
+            .expect("parses")
+            .resolve()
+            .expect_err("zero is rejected");
+        assert_eq!(param_of(e), "OUTLAST_COALESCE_MAX_RECORDS");
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //! removes a record only after the backend confirmed it (at-least-once delivery). While the
 //! backend is down it waits with jittered exponential backoff (1 s doubling to 128 s, raised
 //! by the server's `Retry-After`) and tests the backend with the exporter's cheap
-//! [`probe`](Exporter::probe) if it has one, or with the oldest record alone. When the
+//! [`probe`](Exporter::probe) if it has one, or with the oldest record alone; while the
+//! backend is unreachable at the transport level the probe runs every `probe_interval` (1 s),
+//! so its return is noticed within a second whatever the outage's length. When the
 //! backend is back it replays the backlog in batches with several requests in flight, so a
 //! large backlog drains at the backend's speed. A record the backend rejects permanently is
 //! dropped (counted, logged) so it cannot block the queue. Once the spool is empty, exports go
@@ -87,13 +89,16 @@
 //! # A serverless handler
 //!
 //! A function instance may be frozen right after it answers, so a handler flushes before it
-//! returns. [`Client::force_flush`] never takes longer than its timeout, whatever the network
-//! does; what it could not deliver stays in the spool for the next invocation (or the next
-//! cold start, which drains what an earlier instance left).
+//! returns, within one time budget: [`Client::export_by`] spools instead of retrying past its
+//! deadline, and [`Client::force_flush`] never takes longer than its timeout, whatever the
+//! network does (it returns at once when the backend is unreachable); what it could not
+//! deliver stays in the spool for the next invocation (or the next cold start, which drains
+//! what an earlier instance left).
 //!
 //! ```
 //! use std::time::Duration;
 //! use outlast_client::{Client, ExportError, Exporter, Payload};
+//! use tokio::time::Instant;
 //!
 //! # #[derive(Debug)] struct Collector;
 //! # impl Exporter for Collector {
@@ -101,9 +106,12 @@
 //! # }
 //! async fn handle(client: &Client, event: &str) -> String {
 //!     let answer = format!("handled {event}");
-//!     let _ = client.export(Payload::new(answer.clone().into_bytes())).await;
+//!     let deadline = Instant::now() + Duration::from_millis(500);
+//!     let _ = client.export_by(Payload::new(answer.clone().into_bytes()), deadline).await;
 //!
-//!     let report = client.force_flush(Duration::from_millis(500)).await;
+//!     let report = client
+//!         .force_flush(deadline.saturating_duration_since(Instant::now()))
+//!         .await;
 //!     if !report.complete {
 //!         eprintln!("{} record(s) left for later", report.remaining_records);
 //!     }
@@ -156,6 +164,8 @@
 //! | `OUTLAST_MAX_IN_FLIGHT` | [`max_in_flight`](ClientBuilder::max_in_flight) | count, 1 to 1024 | 4 (and at most the exporter's own limit) |
 //! | `OUTLAST_BATCH_DELAY` | [`batch_delay`](ClientBuilder::batch_delay) | duration | 0 |
 //! | `OUTLAST_PROBE_INTERVAL` | [`probe_interval`](ClientBuilder::probe_interval) | duration | 1 s |
+//! | `OUTLAST_COALESCE_MAX_RECORDS` | [`coalesce_max_records`](ClientBuilder::coalesce_max_records) | count | 25 |
+//! | `OUTLAST_COALESCE_MAX_BYTES` | [`coalesce_max_bytes`](ClientBuilder::coalesce_max_bytes) | size | 1 MiB |
 //! | `OUTLAST_IDENTITY` | [`identity`](ClientBuilder::identity) | text | the exporter's identity (`HttpExporter`: its endpoint without the query), else its type name |
 //!
 //! The HTTP exporter reads its own variables (endpoint, headers...): see [`http`].
@@ -229,8 +239,8 @@ pub use outlast_core::retry::{
 };
 pub use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
 pub use outlast_core::{
-    BoxError, ConfigError, ContentType, DynExporter, ErrorChain, ExportError, Exporter, Payload,
-    PayloadMeta, Reachability, units,
+    BoxError, Coalescing, ConfigError, ContentType, DynExporter, ErrorChain, ExportError, Exporter,
+    Payload, PayloadMeta, Reachability, units,
 };
 /// The disk spool, for operators' tools (the `outlast` command reads spools through it).
 pub use outlast_spool as spool;
@@ -246,6 +256,7 @@ pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_PREFIX, MAX_IN_FLIGHT_LIMIT,
     default_spool_dir,
 };
+pub use config::{DEFAULT_COALESCE_MAX_BYTES, DEFAULT_COALESCE_MAX_RECORDS};
 pub use error::{Delivery, DropError, ShutdownError, SpoolFault};
 pub use stats::{ClientStats, DropCounts, DropReason, SpoolState};
 

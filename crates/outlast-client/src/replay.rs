@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use outlast_core::ExportError;
 use outlast_core::retry::Backoff;
+use outlast_core::{Coalescing, ExportError, Payload};
 use outlast_spool::{ReadBatch, Record, RecordId, Spool, SpoolError};
 
 use crate::DropReason;
 use crate::shared::Shared;
 
-/// A send under way; it hands back its records with the result.
+/// An attempt under way; it hands back its payloads with the result.
 type Attempt<'a> = Pin<Box<dyn Future<Output = Sent> + Send + 'a>>;
 
 /// A spool operation running on the blocking pool.
@@ -135,18 +135,26 @@ impl<'a, 'b> Replayer<'a, 'b> {
         }
     }
 
-    /// Starts the attempt for `send`.
+    /// Starts the attempt for `send`: one payload through `export`, several (merged)
+    /// through `export_many`, each bounded by the attempt timeout.
     fn start(&self, send: Outgoing) -> Attempt<'a> {
         let shared = self.shared;
         Box::pin(async move {
-            let result = match send.records.as_slice() {
-                [record] => shared.attempt(&record.payload).await,
-                // The window admits one record per send.
-                _ => Ok(()),
+            let result = match send.payloads.as_slice() {
+                [payload] => shared.attempt(payload).await,
+                payloads => {
+                    let limit = shared.settings.attempt_timeout;
+                    match tokio::time::timeout(limit, shared.exporter.export_many_boxed(payloads))
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err(ExportError::Timeout { after: limit }),
+                    }
+                }
             };
             Sent {
                 first: send.first,
-                records: send.records,
+                payloads: send.payloads,
                 result,
             }
         })
@@ -154,7 +162,8 @@ impl<'a, 'b> Replayer<'a, 'b> {
 
     /// Replays the spool through a sliding window: up to `in_flight` attempts run at all
     /// times, none more than `max_records` (the batch size) past the oldest record not yet
-    /// settled; the next batch is read while the current one is still being sent; the
+    /// settled; consecutive records the exporter can merge go in one attempt (within the
+    /// coalescing caps); the next batch is read while the current one is still being sent; the
     /// delivered prefix is acknowledged, in order, as it grows (one acknowledgement at a
     /// time: those that arrive meanwhile are coalesced into the next), while later attempts
     /// go on. [`ReplayWindow`] keeps the books; this drives the I/O.
@@ -170,7 +179,12 @@ impl<'a, 'b> Replayer<'a, 'b> {
     pub(crate) async fn replay(&mut self, spool: &Arc<Spool>, w: Window) -> Replayed {
         let shared = self.shared;
         let max_bytes = shared.settings.batch_max_bytes;
-        let mut window = ReplayWindow::new(w, max_bytes);
+        let caps = Coalescing::new(
+            shared.settings.coalesce_max_records,
+            shared.settings.coalesce_max_bytes,
+        );
+        let mut window = ReplayWindow::new(w, max_bytes, caps);
+        let merge = |p: &Payload| shared.exporter.coalescing_dyn(p);
         let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
         let mut reading: Option<SpoolOp<Result<ReadBatch, SpoolError>>> = None;
         let mut acking: Option<(SpoolOp<Result<(), SpoolError>>, Acks)> = None;
@@ -184,7 +198,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 reading =
                     Some(self.spool_op(spool, idle, move |s| s.read_batch(max_records, max_bytes)));
             }
-            while let Some(send) = window.admit(running.len()) {
+            while let Some(send) = window.admit(running.len(), merge) {
                 running.push(self.start(send));
             }
             let idle = running.is_empty() && reading.is_none();
@@ -281,18 +295,18 @@ enum Stop {
     SpoolTrouble,
 }
 
-/// Records handed to one attempt; `first` is the window index of the first of them.
+/// The payloads of one attempt, consecutive in the window from index `first`.
 #[derive(Debug)]
 struct Outgoing {
     first: u64,
-    records: Vec<Record>,
+    payloads: Vec<Payload>,
 }
 
-/// A finished attempt: its records, given back, and its result.
+/// A finished attempt: its payloads, given back, and its result.
 #[derive(Debug)]
 struct Sent {
     first: u64,
-    records: Vec<Record>,
+    payloads: Vec<Payload>,
     result: Result<(), ExportError>,
 }
 
@@ -317,12 +331,21 @@ enum Outcome {
 /// no more sends start.
 ///
 /// The window never reaches more than `max_records` past the oldest record not yet
-/// settled: a stalled attempt holds the others back, so what a crash can make the client
-/// send again stays bounded (see docs/delivery-guarantees.md).
+/// settled, merged requests included: a stalled attempt holds the others back, so what a
+/// crash can make the client send again stays bounded (see docs/delivery-guarantees.md).
+///
+/// Consecutive compatible records the exporter accepts to merge go out as one send, within
+/// the caps. A merged send rejected permanently is not dropped: its records are sent again
+/// one by one, before anything new, so that only those rejected on their own are dropped.
 #[derive(Debug)]
 struct ReplayWindow {
     limits: Window,
     max_bytes: u64,
+    /// The client's caps on a merged send.
+    caps: Coalescing,
+    /// Records of a merged send rejected permanently, to send again one by one: their
+    /// window index and payload.
+    singles: VecDeque<(u64, Payload)>,
     /// Read, not started yet.
     queued: VecDeque<Record>,
     queued_bytes: u64,
@@ -344,10 +367,12 @@ struct ReplayWindow {
 }
 
 impl ReplayWindow {
-    fn new(limits: Window, max_bytes: u64) -> ReplayWindow {
+    fn new(limits: Window, max_bytes: u64, caps: Coalescing) -> ReplayWindow {
         ReplayWindow {
             limits,
             max_bytes,
+            caps,
+            singles: VecDeque::new(),
             queued: VecDeque::new(),
             queued_bytes: 0,
             slots: VecDeque::new(),
@@ -390,14 +415,61 @@ impl ReplayWindow {
     }
 
     /// The next send to start while `running` sends are under way, if the limits allow.
-    fn admit(&mut self, running: usize) -> Option<Outgoing> {
-        if self.stop.is_some()
-            || running >= self.limits.in_flight
-            || self.slots.len() >= self.limits.max_records
-        {
+    /// `merge` says whether, and up to what size, the exporter merges a payload with its
+    /// neighbours ([`Exporter::coalescing`](outlast_core::Exporter::coalescing)).
+    fn admit(
+        &mut self,
+        running: usize,
+        merge: impl Fn(&Payload) -> Option<Coalescing>,
+    ) -> Option<Outgoing> {
+        if self.stop.is_some() || running >= self.limits.in_flight {
+            return None;
+        }
+        if let Some((first, payload)) = self.singles.pop_front() {
+            // Already in the window: it takes no room.
+            return Some(Outgoing {
+                first,
+                payloads: vec![payload],
+            });
+        }
+        let room = self.limits.max_records.saturating_sub(self.slots.len());
+        if room == 0 {
             return None;
         }
         let record = self.queued.pop_front()?;
+        let (max_records, max_bytes) = match merge(&record.payload) {
+            Some(c) => (
+                c.max_records.min(self.caps.max_records).min(room),
+                c.max_bytes.min(self.caps.max_bytes),
+            ),
+            None => (1, 0),
+        };
+        let mut bytes = record.payload.len() as u64;
+        let mut payloads = vec![self.take(record)];
+        while payloads.len() < max_records {
+            let Some(next) = self.queued.front() else {
+                break;
+            };
+            let len = next.payload.len() as u64;
+            if !Coalescing::compatible(&payloads[0], &next.payload)
+                || bytes.saturating_add(len) > max_bytes
+                || merge(&next.payload).is_none()
+            {
+                break;
+            }
+            bytes += len;
+            let Some(next) = self.queued.pop_front() else {
+                break;
+            };
+            payloads.push(self.take(next));
+        }
+        let first = self.next;
+        self.next += payloads.len() as u64;
+        Some(Outgoing { first, payloads })
+    }
+
+    /// Moves a queued record into the window: its slot, and its payload for the send.
+    fn take(&mut self, record: Record) -> Payload {
         self.queued_bytes = self
             .queued_bytes
             .saturating_sub(record.payload.len() as u64);
@@ -405,21 +477,26 @@ impl ReplayWindow {
             id: record.id,
             result: None,
         });
-        let first = self.next;
-        self.next += 1;
-        Some(Outgoing {
-            first,
-            records: vec![record],
-        })
+        record.payload
     }
 
     /// Takes the outcome of a send: a retryable failure stops new sends (keeping the
-    /// largest `Retry-After`); the settled prefix grows.
+    /// largest `Retry-After`); a permanent rejection of a merged send queues its records to
+    /// be sent again one by one; the settled prefix grows.
     fn settle(&mut self, sent: Sent) {
         let outcome = match &sent.result {
             Ok(()) => Outcome::Delivered,
+            Err(e) if e.is_permanent() && sent.payloads.len() > 1 => {
+                tracing::debug!(error = %outlast_core::ErrorChain(e), records = sent.payloads.len(), "outlast: merged replay request rejected permanently; sending its records one by one");
+                // They go before anything not started yet, oldest first.
+                self.singles.extend((sent.first..).zip(sent.payloads));
+                self.singles
+                    .make_contiguous()
+                    .sort_unstable_by_key(|(i, _)| *i);
+                return;
+            }
             Err(e) if e.is_permanent() => {
-                tracing::debug!(error = %outlast_core::ErrorChain(e), records = sent.records.len(), "outlast: spooled record rejected permanently; dropping it");
+                tracing::debug!(error = %outlast_core::ErrorChain(e), index = sent.first, "outlast: spooled record rejected permanently; dropping it");
                 Outcome::Rejected
             }
             Err(e) => {
@@ -431,7 +508,7 @@ impl ReplayWindow {
                 Outcome::Failed
             }
         };
-        for i in 0..sent.records.len() as u64 {
+        for i in 0..sent.payloads.len() as u64 {
             // Started records are at or after `base`, within the window.
             let offset = (sent.first + i)
                 .checked_sub(self.base)
@@ -488,7 +565,8 @@ impl ReplayWindow {
     /// With one batch allowed: `Some(full)` once it has all been started (and, with nothing
     /// under way, settled).
     fn batch_done(&self) -> Option<bool> {
-        (!self.may_read() && self.queued.is_empty()).then_some(self.last_full)
+        (!self.may_read() && self.queued.is_empty() && self.singles.is_empty())
+            .then_some(self.last_full)
     }
 }
 
@@ -518,18 +596,30 @@ impl Acks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outlast_core::Payload;
+    use outlast_core::ContentType;
 
     fn id(lane: u32, seq: u64) -> RecordId {
         RecordId { lane, seq }
     }
 
+    /// Records of lane 0 with these sequence numbers; each payload is 10 bytes that start
+    /// with its sequence number.
     fn records(seqs: std::ops::Range<u64>) -> Vec<Record> {
-        seqs.map(|seq| Record {
-            id: id(0, seq),
-            payload: Payload::new(vec![0u8; 10]),
+        seqs.map(|seq| {
+            let mut bytes = seq.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[0, 0]);
+            Record {
+                id: id(0, seq),
+                payload: Payload::new(bytes).with_content_type(ContentType::Protobuf),
+            }
         })
         .collect()
+    }
+
+    fn seq_of(p: &Payload) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&p.bytes()[..8]);
+        u64::from_le_bytes(b)
     }
 
     fn window(max_records: usize, in_flight: usize) -> ReplayWindow {
@@ -540,14 +630,33 @@ mod tests {
                 one_batch: false,
             },
             u64::MAX,
+            Coalescing::UNLIMITED,
         )
+    }
+
+    /// An exporter that never merges.
+    fn alone(_: &Payload) -> Option<Coalescing> {
+        None
+    }
+
+    /// An exporter that merges anything, without caps of its own.
+    fn merges(_: &Payload) -> Option<Coalescing> {
+        Some(Coalescing::UNLIMITED)
     }
 
     /// Admits every send the limits allow with `running` already under way.
     fn admit_all(w: &mut ReplayWindow, mut running: usize) -> Vec<Outgoing> {
+        admit_all_with(w, &mut running, alone)
+    }
+
+    fn admit_all_with(
+        w: &mut ReplayWindow,
+        running: &mut usize,
+        merge: fn(&Payload) -> Option<Coalescing>,
+    ) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        while let Some(s) = w.admit(running) {
-            running += 1;
+        while let Some(s) = w.admit(*running, merge) {
+            *running += 1;
             out.push(s);
         }
         out
@@ -556,7 +665,7 @@ mod tests {
     fn sent(send: Outgoing, result: Result<(), ExportError>) -> Sent {
         Sent {
             first: send.first,
-            records: send.records,
+            payloads: send.payloads,
             result,
         }
     }
@@ -564,7 +673,15 @@ mod tests {
     fn seqs(sends: &[Outgoing]) -> Vec<u64> {
         sends
             .iter()
-            .flat_map(|s| s.records.iter().map(|r| r.id.seq))
+            .flat_map(|s| s.payloads.iter().map(seq_of))
+            .collect()
+    }
+
+    /// The sequence numbers of each send, one list per send.
+    fn groups(sends: &[Outgoing]) -> Vec<Vec<u64>> {
+        sends
+            .iter()
+            .map(|s| s.payloads.iter().map(seq_of).collect())
             .collect()
     }
 
@@ -591,7 +708,7 @@ mod tests {
         let first = admit_all(&mut w, 0);
         assert_eq!(seqs(&first), vec![0, 1]);
         assert!(w.wants_read(), "room for the next batch while sending");
-        assert!(w.admit(2).is_none());
+        assert!(w.admit(2, alone).is_none());
     }
 
     #[test]
@@ -605,7 +722,7 @@ mod tests {
         let s1 = sends.pop().expect("send 1");
         w.settle(sent(s2, Ok(())));
         w.settle(sent(s1, Ok(())));
-        assert!(w.admit(1).is_none());
+        assert!(w.admit(1, alone).is_none());
         assert!(
             w.take_acks(false).is_none(),
             "nothing settled at the front yet"
@@ -642,7 +759,7 @@ mod tests {
     fn a_retryable_failure_stops_admission_and_nothing_after_it_is_acknowledged() {
         let mut w = window(10, 10);
         w.on_read(records(0..6));
-        let sends: Vec<_> = (0..4).filter_map(|r| w.admit(r)).collect();
+        let sends: Vec<_> = (0..4).filter_map(|r| w.admit(r, alone)).collect();
         let mut sends = sends.into_iter();
         let (a, b, c, d) = (
             sends.next().expect("0"),
@@ -665,7 +782,10 @@ mod tests {
             Some(Stop::Failed(Some(Duration::from_secs(5)))),
             "the largest Retry-After wins"
         );
-        assert!(w.admit(0).is_none(), "no send starts after a failure");
+        assert!(
+            w.admit(0, alone).is_none(),
+            "no send starts after a failure"
+        );
         assert!(!w.wants_read());
         let acks = w.take_acks(true).expect("the delivered prefix");
         assert_eq!((acks.ids, acks.delivered), (vec![id(0, 0)], 1));
@@ -684,11 +804,12 @@ mod tests {
                 one_batch: true,
             },
             u64::MAX,
+            Coalescing::UNLIMITED,
         );
         assert_eq!(w.batch_done(), None);
         w.on_read(records(0..1));
         assert!(!w.wants_read());
-        let s = w.admit(0).expect("the probe record");
+        let s = w.admit(0, merges).expect("the probe record");
         assert_eq!(w.batch_done(), Some(true));
         w.settle(sent(s, Ok(())));
         assert!(w.take_acks(true).is_some());
@@ -707,9 +828,9 @@ mod tests {
     fn a_spool_failure_stops_admission_and_outranks_a_later_retryable_failure() {
         let mut w = window(10, 10);
         w.on_read(records(0..3));
-        let s = w.admit(0).expect("one");
+        let s = w.admit(0, alone).expect("one");
         w.stop_for_spool();
-        assert!(w.admit(1).is_none());
+        assert!(w.admit(1, alone).is_none());
         w.settle(sent(s, Err(ExportError::retryable("reset"))));
         assert_eq!(w.stopped(), Some(Stop::SpoolTrouble));
     }
@@ -723,12 +844,123 @@ mod tests {
                 one_batch: false,
             },
             25,
+            Coalescing::UNLIMITED,
         );
         w.on_read(records(0..2));
         assert!(w.wants_read(), "20 of 25 bytes queued");
         w.on_read(records(2..3));
         assert!(!w.wants_read(), "30 of 25 bytes queued");
-        let _ = w.admit(0);
+        let _ = w.admit(0, alone);
         assert!(w.wants_read(), "20 bytes queued again");
+    }
+
+    #[test]
+    fn consecutive_records_merge_up_to_the_caps_and_the_room_in_the_window() {
+        let mut w = ReplayWindow::new(
+            Window {
+                max_records: 10,
+                in_flight: 8,
+                one_batch: false,
+            },
+            u64::MAX,
+            Coalescing::new(4, 1000),
+        );
+        w.on_read(records(0..12));
+        let mut running = 0;
+        let sends = admit_all_with(&mut w, &mut running, merges);
+        // Four per send (the record cap), and no more than 10 past the oldest unsettled.
+        assert_eq!(
+            groups(&sends),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+        );
+        // The exporter's own byte cap (10-byte payloads) is smaller still.
+        let mut w = window(10, 8);
+        w.on_read(records(0..5));
+        let send = w
+            .admit(0, |_| Some(Coalescing::new(usize::MAX, 25)))
+            .expect("a send");
+        assert_eq!(groups(&[send]), vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn only_compatible_records_the_exporter_accepts_to_merge_travel_together() {
+        let mut w = window(10, 8);
+        let mut rs = records(0..8);
+        for r in &mut rs[2..4] {
+            r.payload = r.payload.clone().with_content_type(ContentType::Json);
+        }
+        rs[5].payload = rs[5].payload.clone().with_key("opaque");
+        w.on_read(rs);
+        let mut running = 0;
+        let sends = admit_all_with(&mut w, &mut running, |p| {
+            p.meta().key.is_none().then_some(Coalescing::UNLIMITED)
+        });
+        assert_eq!(
+            groups(&sends),
+            vec![vec![0, 1], vec![2, 3], vec![4], vec![5], vec![6, 7]]
+        );
+    }
+
+    #[test]
+    fn a_merged_send_rejected_permanently_is_retried_one_by_one_and_only_the_poison_is_dropped() {
+        let mut w = ReplayWindow::new(
+            Window {
+                max_records: 10,
+                in_flight: 2,
+                one_batch: false,
+            },
+            u64::MAX,
+            Coalescing::new(3, u64::MAX),
+        );
+        w.on_read(records(0..8));
+        let mut running = 0;
+        let mut sends = admit_all_with(&mut w, &mut running, merges).into_iter();
+        let (a, b) = (sends.next().expect("0..3"), sends.next().expect("3..6"));
+        // The second merged request is rejected: nothing is dropped yet.
+        w.settle(sent(b, Err(ExportError::permanent("400"))));
+        w.settle(sent(a, Ok(())));
+        let acks = w.take_acks(false).expect("the first request");
+        assert_eq!(
+            (acks.ids, acks.delivered, acks.rejected),
+            (vec![id(0, 2)], 3, 0)
+        );
+        // Its records go again one by one, before the records not started yet.
+        let mut running = 0;
+        let singles = admit_all_with(&mut w, &mut running, merges);
+        assert_eq!(groups(&singles), vec![vec![3], vec![4]]);
+        let mut singles = singles.into_iter();
+        w.settle(sent(singles.next().expect("3"), Ok(())));
+        w.settle(sent(
+            singles.next().expect("4"),
+            Err(ExportError::permanent("poison")),
+        ));
+        let mut running = 1;
+        let next = admit_all_with(&mut w, &mut running, merges);
+        assert_eq!(
+            groups(&next),
+            vec![vec![5]],
+            "the last single, then new records"
+        );
+        w.settle(sent(next.into_iter().next().expect("5"), Ok(())));
+        let acks = w.take_acks(false).expect("the retried records");
+        assert_eq!(
+            (acks.ids, acks.delivered, acks.rejected),
+            (vec![id(0, 5)], 2, 1)
+        );
+        let mut running = 0;
+        assert_eq!(
+            groups(&admit_all_with(&mut w, &mut running, merges)),
+            vec![vec![6, 7]]
+        );
+    }
+
+    #[test]
+    fn a_retryable_failure_of_a_merged_send_settles_none_of_its_records() {
+        let mut w = window(10, 1);
+        w.on_read(records(0..3));
+        let send = w.admit(0, merges).expect("all three");
+        w.settle(sent(send, Err(ExportError::retryable("503"))));
+        assert!(w.take_acks(true).is_none());
+        assert_eq!(w.stopped(), Some(Stop::Failed(None)));
     }
 }

@@ -100,7 +100,11 @@ const CLIENT_DURATIONS: [Setter<Duration>; 10] = [
 ];
 
 /// Every size and count parameter of `ClientBuilder`.
-const CLIENT_SIZES: [Setter<u64>; 6] = [
+const CLIENT_SIZES: [Setter<u64>; 8] = [
+    ("coalesce_max_bytes", &[], |b, n| b.coalesce_max_bytes(n)),
+    ("coalesce_max_records", &[], |b, n| {
+        b.coalesce_max_records(usize::try_from(n).unwrap_or(usize::MAX))
+    }),
     ("spool_max_bytes", &[], |b, n| b.spool_max_bytes(n)),
     ("segment_bytes", &["spool_max_bytes"], |b, n| {
         b.segment_bytes(n)
@@ -207,7 +211,9 @@ const ENV_DURATIONS: [(&str, &[&str]); 10] = [
 ];
 
 /// The client's size and count variables.
-const ENV_SIZES: [(&str, &[&str]); 6] = [
+const ENV_SIZES: [(&str, &[&str]); 8] = [
+    ("OUTLAST_COALESCE_MAX_RECORDS", &[]),
+    ("OUTLAST_COALESCE_MAX_BYTES", &[]),
     ("OUTLAST_SPOOL_MAX_BYTES", &[]),
     ("OUTLAST_SPOOL_SEGMENT_BYTES", &["spool_max_bytes"]),
     ("OUTLAST_MAX_RECORD_BYTES", &["segment_bytes"]),

@@ -74,3 +74,64 @@ proptest! {
         prop_assert_eq!(accepted, 3);
     }
 }
+
+/// Builds a client with `d` as every duration setting (or learns that `build` refuses it
+/// with a clear error), then exports, flushes and shuts down within a second each against a
+/// backend that refuses, then accepts.
+fn exercise_settings(d: Duration) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    rt.block_on(async move {
+        let dir = spool_dir();
+        let backend = common::Backend::new(common::BackendMode::Refusing);
+        let built = Client::builder()
+            .spool_dir(dir.path())
+            .attempt_timeout(d)
+            .immediate_retry_delay(d)
+            .initial_backoff(d)
+            .max_backoff(d)
+            .max_retry_after(d)
+            .warn_interval(d)
+            .probe_interval(d)
+            .batch_delay(d)
+            .max_record_age(Some(d))
+            .build(backend.clone());
+        let c = match built {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                return;
+            }
+        };
+        let second = Duration::from_secs(1);
+        let accepted = c.export_within(payload("a"), second).await.is_ok();
+        backend.set_mode(common::BackendMode::Up);
+        let _ = c.force_flush(second).await;
+        let report = c.shutdown(second).await.expect("shutdown");
+        let s = c.stats();
+        assert_eq!(
+            u64::from(accepted),
+            s.exported + s.replayed + report.remaining_records + s.dropped.total(),
+            "{s:?} {report:?}"
+        );
+    });
+}
+
+#[test]
+fn every_duration_setting_at_its_edges_is_used_or_refused_without_a_panic() {
+    for d in EDGES {
+        exercise_settings(d);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn any_duration_setting_is_used_or_refused_without_a_panic(secs in any::<u64>(), nanos in 0u32..1_000_000_000) {
+        exercise_settings(Duration::new(secs, nanos));
+    }
+}

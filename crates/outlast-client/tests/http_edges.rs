@@ -102,6 +102,7 @@ async fn keys_with_newlines_spaces_percent_or_non_ascii_arrive_percent_encoded()
         "größe",
         "100%",
         "tab\there",
+        "a,b",
         "",
     ];
     for key in keys {
@@ -118,6 +119,7 @@ async fn keys_with_newlines_spaces_percent_or_non_ascii_arrive_percent_encoded()
         "gr%C3%B6%C3%9Fe",
         "100%25",
         "tab%09here",
+        "a%2Cb",
         "",
     ]
     .into_iter()

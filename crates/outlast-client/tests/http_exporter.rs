@@ -685,3 +685,63 @@ async fn a_garbage_answer_is_a_retryable_invalid_response() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn export_many_sends_one_request_listing_every_key_in_order() {
+    bounded(async {
+        let r = receiver().await;
+        let e = HttpExporter::builder(r.url())
+            .payload_framing(outlast_client::http::PayloadFraming::NdJson)
+            .build()
+            .expect("valid");
+        let a = payload(b"{\"a\":1}").with_key("a");
+        let b = payload(b"{\"b\":2}");
+        let c = payload(b"{\"c\":3}").with_key("c");
+        assert!(e.coalescing(&a).is_some());
+        e.export_many(&[a, b, c]).await.expect("accepted");
+        let got = r.received();
+        assert_eq!(got.len(), 1, "one request");
+        let req = &got[0];
+        assert_eq!(
+            req.body.as_deref(),
+            Some(&b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}"[..])
+        );
+        assert_eq!(req.header("content-type"), Some("application/json"));
+        assert_eq!(req.header(outlast_client::http::RECORDS_HEADER), Some("3"));
+        let keys: Vec<&str> = req
+            .headers
+            .as_ref()
+            .expect("recorded")
+            .get_all(outlast_client::http::KEYS_HEADER)
+            .iter()
+            .map(|v| v.to_str().expect("text"))
+            .collect();
+        assert_eq!(
+            keys,
+            ["a", "", "c"],
+            "one line per payload, empty without a key"
+        );
+        assert_eq!(req.key, None);
+        assert_eq!(req.keys, ["a", "c"]);
+    })
+    .await;
+}
+
+#[test]
+fn only_a_declared_framing_lets_payloads_merge() {
+    let url = "http://127.0.0.1:1/";
+    let proto = Payload::new(&b"\x0a\x00"[..]).with_content_type(ContentType::Protobuf);
+    let json = payload(b"{}");
+    let opaque = HttpExporter::builder(url).build().expect("valid");
+    assert_eq!(opaque.coalescing(&proto), None, "opaque by default");
+    let otlp = HttpExporter::builder(url)
+        .payload_framing(outlast_client::http::PayloadFraming::OtlpProtobuf)
+        .build()
+        .expect("valid");
+    assert!(otlp.coalescing(&proto).is_some());
+    assert_eq!(
+        otlp.coalescing(&json),
+        None,
+        "OTLP framing merges protobuf only"
+    );
+}

@@ -17,6 +17,44 @@ pub enum Reachability {
     Unsupported,
 }
 
+/// How far an exporter lets the client merge consecutive spooled payloads into one request
+/// while replaying a backlog (see [`Exporter::coalescing`]).
+///
+/// Only payloads that are [`compatible`](Coalescing::compatible) with the first of a
+/// request join it; the client's own caps (records and bytes per merged request) apply as
+/// well, whichever is smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Coalescing {
+    /// Most payloads in one merged request (at least 1).
+    pub max_records: usize,
+    /// Most payload bytes in one merged request. A payload larger than this is sent alone.
+    pub max_bytes: u64,
+}
+
+impl Coalescing {
+    /// No limit of the exporter's own: only the client's caps apply.
+    pub const UNLIMITED: Coalescing = Coalescing {
+        max_records: usize::MAX,
+        max_bytes: u64::MAX,
+    };
+
+    /// At most `max_records` payloads and `max_bytes` payload bytes per merged request.
+    pub fn new(max_records: usize, max_bytes: u64) -> Coalescing {
+        Coalescing {
+            max_records,
+            max_bytes,
+        }
+    }
+
+    /// Whether `next` may travel in one request with `first`: they have the same content
+    /// type. (Records that carry an encoding of their own, once the spool stores any, must
+    /// have the same encoding too; this is the one place that rule lives.)
+    pub fn compatible(first: &Payload, next: &Payload) -> bool {
+        first.content_type() == next.content_type()
+    }
+}
+
 /// Sends one payload to a backend.
 ///
 /// Implement this for your own backend (a vendor API, Kafka, a file) and hand it to the
@@ -101,6 +139,54 @@ pub trait Exporter: Send + Sync + 'static {
         None
     }
 
+    /// Whether the client may send `payload` together with its neighbours in one
+    /// [`export_many`](Exporter::export_many) call while it replays a backlog, and up to
+    /// what size. Called for each spooled record before it is sent.
+    ///
+    /// Return `Some` only for payloads whose encoding lets several of them be joined into
+    /// one valid request (e.g. OTLP protobuf requests of one signal, whose concatenation is
+    /// one request by protobuf's rule for repeated fields; newline-delimited JSON). The
+    /// default, `None`, sends every payload on its own, so an exporter that does not
+    /// override this never sees `export_many`.
+    fn coalescing(&self, payload: &Payload) -> Option<Coalescing> {
+        let _ = payload;
+        None
+    }
+
+    /// Sends several consecutive spooled payloads as one request.
+    ///
+    /// The client calls it only while replaying, with two or more payloads, oldest first,
+    /// for each of which [`coalescing`](Exporter::coalescing) returned `Some`, all
+    /// [compatible](Coalescing::compatible) with the first, within the caps.
+    /// [`export_timeout`](Exporter::export_timeout) must bound it as it bounds `export`.
+    ///
+    /// `Ok(())` means the backend accepted every payload: they are all deleted from the
+    /// spool. A retryable error sends them all again later. A permanent error does not drop
+    /// them: the client sends each again on its own with [`export`](Exporter::export), so
+    /// that only the payloads the backend rejects by themselves are dropped.
+    ///
+    /// The default sends them one by one with `export`, in order, and stops at the first
+    /// error (those already accepted may then be sent again: at least once).
+    ///
+    /// # Errors
+    ///
+    /// [`ExportError`], classified as for `export`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe, as `export`.
+    fn export_many(
+        &self,
+        payloads: &[Payload],
+    ) -> impl Future<Output = Result<(), ExportError>> + Send {
+        async move {
+            for p in payloads {
+                self.export(p).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Who this exporter delivers to, as recorded with every record it spools: the client
     /// replays a spooled record only through an exporter of the same identity, so that two
     /// services sharing a spool directory never send each other's data to their backends.
@@ -143,6 +229,13 @@ pub trait DynExporter: Send + Sync + 'static {
     fn export_timeout_dyn(&self) -> Option<Duration>;
     /// See [`Exporter::identity`].
     fn identity_dyn(&self) -> Option<String>;
+    /// See [`Exporter::coalescing`].
+    fn coalescing_dyn(&self, payload: &Payload) -> Option<Coalescing>;
+    /// See [`Exporter::export_many`].
+    fn export_many_boxed<'a>(
+        &'a self,
+        payloads: &'a [Payload],
+    ) -> BoxFuture<'a, Result<(), ExportError>>;
 
     /// See [`Exporter::shutdown`].
     fn shutdown_boxed(&self) -> BoxFuture<'_, Result<(), ExportError>>;
@@ -167,6 +260,17 @@ impl<E: Exporter> DynExporter for E {
 
     fn identity_dyn(&self) -> Option<String> {
         self.identity()
+    }
+
+    fn coalescing_dyn(&self, payload: &Payload) -> Option<Coalescing> {
+        self.coalescing(payload)
+    }
+
+    fn export_many_boxed<'a>(
+        &'a self,
+        payloads: &'a [Payload],
+    ) -> BoxFuture<'a, Result<(), ExportError>> {
+        Box::pin(self.export_many(payloads))
     }
 
     fn shutdown_boxed(&self) -> BoxFuture<'_, Result<(), ExportError>> {
@@ -204,9 +308,55 @@ mod tests {
         assert_eq!(dynamic.probe_boxed().await, Reachability::Unsupported);
         assert_eq!(dynamic.max_in_flight_dyn(), 1);
         assert_eq!(dynamic.export_timeout_dyn(), None);
+        assert_eq!(dynamic.coalescing_dyn(&p), None);
+        dynamic
+            .export_many_boxed(&[p.clone(), p.clone()])
+            .await
+            .expect("export_many succeeds");
+        assert_eq!(inner.0.load(Ordering::SeqCst), 4, "one by one by default");
         dynamic
             .shutdown_boxed()
             .await
             .expect("default shutdown is Ok");
+    }
+}
+
+#[cfg(test)]
+mod coalescing_tests {
+    use super::*;
+    use crate::ContentType;
+
+    #[derive(Debug)]
+    struct FailsSecond(std::sync::atomic::AtomicUsize);
+
+    impl Exporter for FailsSecond {
+        async fn export(&self, _payload: &Payload) -> Result<(), ExportError> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == 1 {
+                Err(ExportError::permanent("second"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_export_many_stops_at_the_first_error() {
+        let e = FailsSecond(std::sync::atomic::AtomicUsize::new(0));
+        let p = Payload::new(&b"x"[..]);
+        let r = e.export_many(&[p.clone(), p.clone(), p]).await;
+        assert!(r.expect_err("second fails").is_permanent());
+        assert_eq!(e.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn payloads_are_compatible_only_with_the_same_content_type() {
+        let a = Payload::new(&b"a"[..]).with_content_type(ContentType::Protobuf);
+        let b = Payload::new(&b"b"[..])
+            .with_content_type(ContentType::Protobuf)
+            .with_key("k");
+        let c = Payload::new(&b"c"[..]).with_content_type(ContentType::Json);
+        assert!(Coalescing::compatible(&a, &b));
+        assert!(!Coalescing::compatible(&a, &c));
     }
 }

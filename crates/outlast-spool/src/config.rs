@@ -15,6 +15,26 @@ pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 512 * 1024 * 1024;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Default largest record: 8 MiB, above any sane OTLP batch, and half a default segment.
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 * 1024 * 1024;
+/// Share of the file system's free space (measured when the spool opens) that the spool
+/// may fill on top of what it already holds: 90 %. The cap in force is the smaller of
+/// `max_total_bytes` and that, so the spool never fills a disk to the last byte (the rest
+/// of the host keeps room for its logs and temporary files); a disk filled by others
+/// anyway is survived too (see the crate documentation, "Full disk").
+pub const DISK_FREE_SHARE_PERCENT: u64 = 90;
+
+/// The cap in force: `configured`, lowered to what the spool holds (`held`) plus
+/// [`DISK_FREE_SHARE_PERCENT`] of the free space (`free`, when it could be measured).
+pub(crate) fn effective_cap(configured: u64, held: u64, free: Option<u64>) -> u64 {
+    match free {
+        Some(free) => {
+            let share = u64::try_from(u128::from(free) * u128::from(DISK_FREE_SHARE_PERCENT) / 100)
+                .unwrap_or(u64::MAX);
+            configured.min(held.saturating_add(share))
+        }
+        None => configured,
+    }
+}
+
 /// Default fsync interval in [`Durability::OsWrite`] mode: 1 s, the product's documented
 /// default (at most about one second of data lost on power loss).
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);

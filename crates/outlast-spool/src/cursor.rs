@@ -14,8 +14,9 @@ pub(crate) const CURSOR_FILE: &str = "cursor";
 /// Name of the temporary file the version-1 layout wrote before a rename. Never written
 /// now; recognised (not reported as unknown) and removed with its lane.
 pub(crate) const CURSOR_TMP_FILE: &str = "cursor.tmp";
-/// Bytes read to see both slots.
-const CURSOR_FILE_READ_LEN: usize = CURSOR_SLOT_OFFSETS[1] as usize + CURSOR_RECORD_LEN;
+/// Bytes read to see both slots; also the length a cursor file is given when it is
+/// prepared, so that every later slot write lands on blocks that exist.
+pub(crate) const CURSOR_FILE_READ_LEN: usize = CURSOR_SLOT_OFFSETS[1] as usize + CURSOR_RECORD_LEN;
 
 /// Reads a lane's cursor file (both slots). A missing file is the initial state.
 pub(crate) fn read_cursor(fs: &dyn SpoolFs, dir: &Path) -> io::Result<CursorChoice> {
@@ -58,8 +59,9 @@ pub(crate) fn settle_cursor(
     })
 }
 
-/// The writable cursor of a lane we hold. Opened on the first write (a lane never
-/// acknowledged has no cursor file).
+/// The writable cursor of a lane we hold. [`CursorFile::prepare`] creates it (both slots
+/// written) before the lane takes its first record, so that acknowledging never needs
+/// space the disk may not have.
 #[derive(Debug)]
 pub(crate) struct CursorFile {
     path: PathBuf,
@@ -72,6 +74,8 @@ pub(crate) struct CursorFile {
     written: CursorState,
     /// Written since the last successful fsync.
     unsynced: bool,
+    /// The file exists with both slots written and fsynced (see [`CursorFile::prepare`]).
+    ready: bool,
 }
 
 impl CursorFile {
@@ -85,7 +89,51 @@ impl CursorFile {
             next_slot: found.slot.map_or(0, |s| s ^ 1),
             written: found.state,
             unsynced: false,
+            ready: false,
         }
+    }
+
+    /// Whether [`CursorFile::prepare`] succeeded.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Makes sure the file exists and holds both slots, written (not sparse) and fsynced,
+    /// with its directory entry: from then on an acknowledgement overwrites bytes the file
+    /// already has, which needs no free space. Done when a lane is taken, before it gets
+    /// its first record; a lane whose cursor cannot be prepared (disk full) takes no record.
+    pub(crate) fn prepare(&mut self, fs: &dyn SpoolFs) -> io::Result<()> {
+        if self.ready {
+            return Ok(());
+        }
+        let dir = self.path.parent().map(Path::to_path_buf);
+        let file = match fs.open(&self.path, true) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_new(&self.path)?,
+            Err(e) => return Err(e),
+        };
+        self.file = Some(file.clone());
+        if file.len()? < CURSOR_FILE_READ_LEN as u64 {
+            // Both slots in one write: the state in slot 0, then (newer) in slot 1.
+            let mut bytes = [0u8; CURSOR_FILE_READ_LEN];
+            let slot = |i: usize| usize::try_from(CURSOR_SLOT_OFFSETS[i]).unwrap_or(0);
+            let first = format::encode_cursor(self.generation + 1, self.written);
+            let second = format::encode_cursor(self.generation + 2, self.written);
+            bytes[slot(0)..slot(0) + CURSOR_RECORD_LEN].copy_from_slice(&first);
+            bytes[slot(1)..slot(1) + CURSOR_RECORD_LEN].copy_from_slice(&second);
+            write_all_at(&*file, &bytes, 0)?;
+            self.generation += 2;
+            self.next_slot = 0;
+        }
+        file.sync_data()?;
+        // Always (not only when created here): an earlier attempt may have created the
+        // file and then failed to make its directory entry durable.
+        if let Some(dir) = dir {
+            fs.sync_dir(&dir)?;
+        }
+        self.unsynced = false;
+        self.ready = true;
+        Ok(())
     }
 
     /// The path, for error messages.
@@ -157,5 +205,6 @@ impl CursorFile {
     /// Forgets the open file (the lane is being released).
     pub(crate) fn close(&mut self) {
         self.file = None;
+        self.ready = false;
     }
 }

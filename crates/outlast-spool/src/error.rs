@@ -138,6 +138,15 @@ pub enum AppendErrorKind {
         /// The configured maximum.
         max: u64,
     },
+    /// The record's header (its key and content type) encodes to more bytes than the format
+    /// allows ([`MAX_HEADER_BYTES`](crate::format::MAX_HEADER_BYTES)): a reader would
+    /// discard it, so it is refused here.
+    HeaderTooLarge {
+        /// The encoded header's size.
+        size: u64,
+        /// The format's limit.
+        max: u64,
+    },
     /// Writing failed (ENOSPC, EIO, read-only...). Nothing stored before is harmed. In
     /// [`Durability::FsyncEveryAppend`](crate::Durability) mode a failed fsync also lands
     /// here; the frame was then already written and may still be delivered later
@@ -159,6 +168,10 @@ impl fmt::Display for AppendErrorKind {
                     "record of {size} bytes exceeds the maximum of {max} bytes"
                 )
             }
+            AppendErrorKind::HeaderTooLarge { size, max } => write!(
+                f,
+                "record header (key and content type) of {size} bytes exceeds the format's limit of {max} bytes"
+            ),
             AppendErrorKind::Io(e) => write!(f, "spool write failed: {e}"),
             AppendErrorKind::Closed => f.write_str("spool is closed"),
         }
@@ -195,9 +208,12 @@ impl AppendError {
         matches!(self.kind, AppendErrorKind::Full { .. })
     }
 
-    /// Whether the record is too large to ever be stored.
+    /// Whether the record is too large to ever be stored (the whole record, or its header).
     pub fn is_too_large(&self) -> bool {
-        matches!(self.kind, AppendErrorKind::TooLarge { .. })
+        matches!(
+            self.kind,
+            AppendErrorKind::TooLarge { .. } | AppendErrorKind::HeaderTooLarge { .. }
+        )
     }
 
     /// Whether writing failed.

@@ -59,6 +59,10 @@ struct State {
     sync_failures: u32,
     create_failures: u32,
     set_len_failures: u32,
+    dir_sync_failures: u32,
+    /// Every write that would grow a file, every creation and every extension fails with
+    /// ENOSPC; overwrites of bytes a file already has succeed (as on a real full disk).
+    disk_full: bool,
     dead: bool,
     /// Durable length of each file created or synced through this fs.
     synced: HashMap<PathBuf, u64>,
@@ -113,6 +117,18 @@ impl FaultFs {
     /// The next `n` file creations fail with ENOSPC.
     pub fn fail_creates(&self, n: u32) {
         self.lock().create_failures = n;
+    }
+
+    /// The next `n` directory fsyncs fail with ENOSPC (as a journal with no room can).
+    pub fn fail_dir_syncs(&self, n: u32) {
+        self.lock().dir_sync_failures = n;
+    }
+
+    /// Makes the disk full (or not): while full, every file creation, every write past a
+    /// file's end and every extension fails with ENOSPC; overwrites of bytes a file already
+    /// has, reads, fsyncs and deletions still work, as on a real full disk.
+    pub fn set_disk_full(&self, full: bool) {
+        self.lock().disk_full = full;
     }
 
     /// The next `n` truncations fail with EIO.
@@ -209,6 +225,8 @@ impl FaultFs {
         st.sync_failures = 0;
         st.create_failures = 0;
         st.set_len_failures = 0;
+        st.dir_sync_failures = 0;
+        st.disk_full = false;
         st.synced.clear();
         st.undo.clear();
     }
@@ -229,6 +247,9 @@ impl FaultFs {
         }
         if st.create_failures > 0 {
             st.create_failures -= 1;
+            return Err(err(io::ErrorKind::StorageFull));
+        }
+        if st.disk_full {
             return Err(err(io::ErrorKind::StorageFull));
         }
         Ok(())
@@ -291,6 +312,9 @@ impl SpoolFile for FaultFile {
             if let Some(kind) = st.pending_error.take() {
                 return Err(err(kind));
             }
+            if st.disk_full && offset + buf.len() as u64 > self.inner.len()? {
+                return Err(err(io::ErrorKind::StorageFull));
+            }
             st.writes.pop_front()
         };
         match fault {
@@ -343,6 +367,9 @@ impl SpoolFile for FaultFile {
             if st.set_len_failures > 0 {
                 st.set_len_failures -= 1;
                 return Err(err(io::ErrorKind::Other));
+            }
+            if st.disk_full && len > self.inner.len()? {
+                return Err(err(io::ErrorKind::StorageFull));
             }
         }
         self.inner.set_len(len)?;
@@ -422,7 +449,16 @@ impl SpoolFs for FaultFs {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        self.check_dead()?;
+        {
+            let mut st = self.lock();
+            if st.dead {
+                return Err(err(io::ErrorKind::Other));
+            }
+            if st.dir_sync_failures > 0 {
+                st.dir_sync_failures -= 1;
+                return Err(err(io::ErrorKind::StorageFull));
+            }
+        }
         StdFs.sync_dir(path)
     }
 }

@@ -31,8 +31,9 @@ pub const CURSOR_RECORD_LEN: usize = 36;
 pub const CURSOR_SLOT_OFFSETS: [u64; 2] = [0, 512];
 /// Length of the version-1 cursor record (a single record at offset 0, no generation).
 pub const CURSOR_V1_LEN: usize = 28;
-/// Largest encoded record header accepted on read.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest encoded record header (content type and key, bincode-encoded) accepted on read,
+/// and so refused on write.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// bincode configuration for record headers: little-endian, variable-length integers, and a
 /// decode limit so that a damaged length cannot make the decoder allocate much.
@@ -129,12 +130,54 @@ fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes(a)
 }
 
+/// Why a record cannot be framed. Every limit [`parse_frame`] checks on read is checked here
+/// on write, so that no record is accepted that a reader would then discard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The encoded header (content type and key) is larger than [`MAX_HEADER_BYTES`].
+    HeaderTooLarge {
+        /// Its encoded size.
+        size: u64,
+        /// [`MAX_HEADER_BYTES`].
+        max: u64,
+    },
+    /// The frame body is larger than [`FORMAT_MAX_RECORD_BYTES`].
+    BodyTooLarge {
+        /// Its size.
+        size: u64,
+        /// [`FORMAT_MAX_RECORD_BYTES`].
+        max: u64,
+    },
+    /// The metadata could not be encoded.
+    Encode(String),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::HeaderTooLarge { size, max } => write!(
+                f,
+                "record header (content type and key) of {size} bytes exceeds the format's limit of {max} bytes"
+            ),
+            FrameError::BodyTooLarge { size, max } => write!(
+                f,
+                "record of {size} bytes exceeds the format's limit of {max} bytes"
+            ),
+            FrameError::Encode(e) => write!(f, "record header cannot be encoded: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
 /// Builds the frame of one record into `buf` (cleared first). Returns the frame length.
 ///
 /// # Errors
 ///
-/// Only if the metadata cannot be encoded (it always can; kept as an error, not a panic).
-pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, payload: &Payload) -> Result<usize, String> {
+/// [`FrameError`] if the record breaks a limit of the format (a reader would discard it),
+/// or the metadata cannot be encoded.
+pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, payload: &Payload) -> Result<usize, FrameError> {
     buf.clear();
     buf.extend_from_slice(&RECORD_MARKER);
     buf.extend_from_slice(&[0u8; 8]); // body length and CRC, patched below
@@ -148,12 +191,25 @@ pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, payload: &Payload) -> Result<us
         buf,
         bincode_config(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| FrameError::Encode(e.to_string()))?;
     let header_len = buf.len() - header_start;
+    if header_len > MAX_HEADER_BYTES {
+        return Err(FrameError::HeaderTooLarge {
+            size: header_len as u64,
+            max: MAX_HEADER_BYTES as u64,
+        });
+    }
     buf[header_start - 4..header_start].copy_from_slice(&(header_len as u32).to_le_bytes());
     buf.extend_from_slice(payload.bytes());
     let body_len = buf.len() - FRAME_PREFIX_LEN;
-    let body_len32 = u32::try_from(body_len).map_err(|_| "record too large".to_owned())?;
+    let too_large = || FrameError::BodyTooLarge {
+        size: body_len as u64,
+        max: FORMAT_MAX_RECORD_BYTES,
+    };
+    if body_len as u64 > FORMAT_MAX_RECORD_BYTES {
+        return Err(too_large());
+    }
+    let body_len32 = u32::try_from(body_len).map_err(|_| too_large())?;
     buf[4..8].copy_from_slice(&body_len32.to_le_bytes());
     let mut h = crc32fast::Hasher::new();
     h.update(&buf[0..8]);

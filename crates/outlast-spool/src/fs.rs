@@ -121,22 +121,31 @@ impl SpoolFs for StdFs {
             .write(true)
             .create_new(true)
             .mode(FILE_MODE)
+            .custom_flags(safe_open_flags())
             .open(path)?;
-        Ok(Arc::new(StdFile(f)))
+        Ok(Arc::new(StdFile(regular(f)?)))
     }
     fn create_truncate(&self, path: &Path) -> io::Result<Arc<dyn SpoolFile>> {
+        // Truncation happens at open: check the type first, so that a stray FIFO or device
+        // is never opened (a regular file racing in afterwards is still checked below).
+        not_special(path)?;
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .mode(FILE_MODE)
+            .custom_flags(safe_open_flags())
             .open(path)?;
-        Ok(Arc::new(StdFile(f)))
+        Ok(Arc::new(StdFile(regular(f)?)))
     }
     fn open(&self, path: &Path, write: bool) -> io::Result<Arc<dyn SpoolFile>> {
-        let f = OpenOptions::new().read(true).write(write).open(path)?;
-        Ok(Arc::new(StdFile(f)))
+        let f = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(safe_open_flags())
+            .open(path)?;
+        Ok(Arc::new(StdFile(regular(f)?)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
@@ -146,6 +155,43 @@ impl SpoolFs for StdFs {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
+    }
+}
+
+/// Flags of every open of a spool file: never follow a symbolic link (a link inside the
+/// spool could make recovery truncate a file elsewhere), and never block (opening a FIFO
+/// without `O_NONBLOCK` waits for a writer forever). `O_NONBLOCK` has no effect on the
+/// regular files that [`regular`] then insists on.
+pub(crate) fn safe_open_flags() -> i32 {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    // The flag bits fit in an i32 (they are an `int` in open(2)).
+    i32::try_from(flags.bits()).unwrap_or(0)
+}
+
+/// The error for a spool path that is not a regular file.
+pub(crate) fn not_regular_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not a regular file (a FIFO, device, directory or symbolic link): left alone",
+    )
+}
+
+/// `f` if it is a regular file.
+fn regular(f: File) -> io::Result<File> {
+    if f.metadata()?.file_type().is_file() {
+        Ok(f)
+    } else {
+        Err(not_regular_error())
+    }
+}
+
+/// Fails if `path` exists and is not a regular file (never follows a link).
+fn not_special(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => Err(not_regular_error()),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -2,14 +2,16 @@
 //! its segments, damage, acked position and record times. Never modifies anything.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cursor::{CURSOR_FILE, CURSOR_TMP_FILE};
 use crate::error::SpoolError;
-use crate::format::{self, parse_segment_file_name};
-use crate::fs::StdFs;
+use crate::format;
+use crate::fs::{SpoolFs, StdFs};
+use crate::identity;
 use crate::lane::{self, SegKind};
+use crate::types::RecordedIdentity;
 
 /// Whether a lane's lock is held by a live process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,21 @@ pub struct LaneInspection {
     pub segments: Vec<SegmentInspection>,
     /// Files that are not spool files: left alone.
     pub unknown_files: Vec<PathBuf>,
+    /// Who the lane's records are for (`None`: no identity file, the lane was written
+    /// before identities were recorded; any spool adopts it).
+    pub identity: Option<RecordedIdentity>,
+    /// Records known lost by their sequence numbers (see
+    /// [`RecoveryReport::missing_records`](crate::RecoveryReport::missing_records)).
+    pub missing_records: u64,
+    /// Segments swapped or renamed (see
+    /// [`RecoveryReport::misplaced_segments`](crate::RecoveryReport::misplaced_segments)).
+    pub misplaced_segments: Vec<PathBuf>,
+    /// Files named like segments with a damaged magic and no readable record.
+    pub corrupt_segments: Vec<PathBuf>,
+    /// Entries named like spool files that are not regular files (never opened).
+    pub skipped_entries: Vec<PathBuf>,
+    /// Why the cursor could not be read, if it could not (the lane is unusable as it is).
+    pub cursor_error: Option<String>,
 }
 
 impl LaneInspection {
@@ -105,6 +122,8 @@ pub struct Inspection {
     pub root: PathBuf,
     /// Lanes by number.
     pub lanes: Vec<LaneInspection>,
+    /// Entries named like lanes that are not directories: skipped.
+    pub skipped_entries: Vec<PathBuf>,
 }
 
 impl Inspection {
@@ -123,16 +142,23 @@ impl Inspection {
     }
 
     /// Whether nothing is damaged: no corrupt frame, no torn tail, no damaged cursor, no
-    /// damaged header. (Newer-version files are not damage.)
+    /// damaged header, no record missing between segments, no misplaced or corrupt segment,
+    /// no stray entry. (Newer-version files are not damage.)
     pub fn is_healthy(&self) -> bool {
-        self.lanes.iter().all(|l| {
-            !l.cursor_damaged
-                && l.segments.iter().all(|s| {
-                    s.corrupt_frames == 0
-                        && s.torn_tail_bytes == 0
-                        && (s.header_ok || s.newer_version)
-                })
-        })
+        self.skipped_entries.is_empty()
+            && self.lanes.iter().all(|l| {
+                !l.cursor_damaged
+                    && l.cursor_error.is_none()
+                    && l.missing_records == 0
+                    && l.misplaced_segments.is_empty()
+                    && l.corrupt_segments.is_empty()
+                    && l.skipped_entries.is_empty()
+                    && l.segments.iter().all(|s| {
+                        s.corrupt_frames == 0
+                            && s.torn_tail_bytes == 0
+                            && (s.header_ok || s.newer_version)
+                    })
+            })
     }
 }
 
@@ -141,9 +167,17 @@ fn time(ns: u64) -> SystemTime {
 }
 
 fn lock_state(path: &Path) -> LockState {
-    let Ok(file) = OpenOptions::new().read(true).open(path) else {
+    // Never blocks on a FIFO, never follows a link; only a regular file is probed.
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(crate::fs::safe_open_flags())
+        .open(path)
+    else {
         return LockState::Unknown;
     };
+    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+        return LockState::Unknown;
+    }
     probe(&file)
 }
 
@@ -162,12 +196,13 @@ fn probe(file: &File) -> LockState {
 /// Scans the spool under `root` without modifying anything.
 ///
 /// The lock probe takes a shared lock on each lane's lock file for an instant; a process
-/// opening the spool at that very instant skips that lane and takes another.
+/// opening the spool at that very instant skips that lane and takes another. Nothing is
+/// opened that is not a regular file, and no link is followed.
 ///
 /// # Errors
 ///
-/// [`SpoolError::Io`] if the root or a lane directory cannot be read,
-/// [`SpoolError::UnsafeRoot`] if the root is not a directory.
+/// [`SpoolError::Io`] if the root cannot be read, [`SpoolError::UnsafeRoot`] if the root is
+/// not a directory. A lane that cannot be read is reported in its entry, not an error.
 pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
     let meta = std::fs::metadata(root).map_err(|e| SpoolError::io(root, e))?;
     if !meta.is_dir() {
@@ -176,72 +211,143 @@ pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
             reason: "is not a directory".into(),
         });
     }
+    let (lanes, stray) = lane::list_lanes(root)?;
     let mut out = Inspection {
         root: root.to_path_buf(),
         lanes: Vec::new(),
+        skipped_entries: stray,
     };
-    for n in lane::list_lanes(root)? {
-        let dir = lane::lane_dir(root, n);
-        let cursor = crate::cursor::read_cursor(&StdFs, &dir)
-            .map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
-        let mut li = LaneInspection {
-            lane: n,
-            path: dir.clone(),
-            lock: lock_state(&dir.join(lane::LOCK_FILE)),
-            acked_through: cursor.state.acked_through,
-            cursor_damaged: cursor.damaged,
-            segments: Vec::new(),
-            unknown_files: Vec::new(),
-        };
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| SpoolError::io(&dir, e))? {
-            let entry = entry.map_err(|e| SpoolError::io(&dir, e))?;
-            let name = entry.file_name();
-            match name.to_str() {
-                Some(s) if parse_segment_file_name(s).is_some() => {
-                    ids.extend(parse_segment_file_name(s));
-                }
-                Some(s) if s == lane::LOCK_FILE || s == CURSOR_FILE || s == CURSOR_TMP_FILE => {}
-                _ => li.unknown_files.push(entry.path()),
-            }
-        }
-        ids.sort_unstable();
-        for id in ids {
-            let path = dir.join(format::segment_file_name(id));
-            let scan =
-                lane::scan_segment(&StdFs, &path, id).map_err(|e| SpoolError::io(&path, e))?;
-            let m = &scan.meta;
-            let (version, header_ok, newer) = match scan.kind {
-                SegKind::Valid { .. } => (Some(format::FORMAT_VERSION), true, false),
-                SegKind::Damaged => (None, false, false),
-                SegKind::Short | SegKind::Foreign => (None, false, false),
-                SegKind::Newer(v) => (Some(v), false, true),
-            };
-            if scan.kind == SegKind::Foreign {
-                li.unknown_files.push(path);
-                continue;
-            }
-            li.segments.push(SegmentInspection {
-                id,
-                path,
-                bytes: scan.file_len,
-                version,
-                header_ok,
-                newer_version: newer,
-                records: m.records,
-                corrupt_frames: scan.corrupt,
-                torn_tail_bytes: if scan.kind == SegKind::Short {
-                    scan.file_len
-                } else {
-                    scan.tail_bytes
-                },
-                first_seq: m.first_seq,
-                last_seq: m.last_seq,
-                oldest_created_at: (m.records > 0).then(|| time(m.oldest_ns)),
-                newest_created_at: (m.records > 0).then(|| time(m.newest_ns)),
-            });
-        }
-        out.lanes.push(li);
+    for n in lanes {
+        out.lanes.push(scan_lane(&StdFs, root, n, true));
     }
     Ok(out)
+}
+
+/// Unacknowledged intact records and segment bytes of the lane in `dir`, read-only and
+/// without touching its lock (not even the instant probe of [`scan`]).
+pub(crate) fn read_only_totals(fs: &dyn SpoolFs, dir: &Path) -> (u64, u64) {
+    let (root, n) = (dir.parent().unwrap_or(dir), dir_lane_number(dir));
+    let l = scan_lane(fs, root, n, false);
+    (
+        l.unacked_records(),
+        l.segments.iter().map(|s| s.bytes).sum(),
+    )
+}
+
+fn dir_lane_number(dir: &Path) -> u32 {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("lane-"))
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Scans one lane read-only; what cannot be read is reported in the result. `probe_lock`:
+/// find out whether a live process holds it (else [`LockState::Unknown`]).
+fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32, probe_lock: bool) -> LaneInspection {
+    let dir = lane::lane_dir(root, n);
+    let mut li = LaneInspection {
+        lane: n,
+        path: dir.clone(),
+        lock: if probe_lock {
+            lock_state(&dir.join(lane::LOCK_FILE))
+        } else {
+            LockState::Unknown
+        },
+        acked_through: 0,
+        cursor_damaged: false,
+        segments: Vec::new(),
+        unknown_files: Vec::new(),
+        identity: match identity::read_identity(fs, &dir) {
+            identity::LaneIdentity::Absent => None,
+            identity::LaneIdentity::Recorded(r) => Some(r),
+        },
+        missing_records: 0,
+        misplaced_segments: Vec::new(),
+        corrupt_segments: Vec::new(),
+        skipped_entries: Vec::new(),
+        cursor_error: None,
+    };
+    match crate::cursor::read_cursor(fs, &dir) {
+        Ok(c) => {
+            li.acked_through = c.state.acked_through;
+            li.cursor_damaged = c.damaged;
+        }
+        Err(e) => li.cursor_error = Some(e.to_string()),
+    }
+    let entries = match lane::list_entries(&dir) {
+        Ok(e) => e,
+        Err(e) => {
+            li.cursor_error
+                .get_or_insert(format!("lane directory unreadable: {e}"));
+            return li;
+        }
+    };
+    li.unknown_files = entries.unknown;
+    li.skipped_entries = entries.not_regular;
+    let mut placed = Vec::new();
+    let mut newer_here = false;
+    for id in entries.segments {
+        let path = dir.join(format::segment_file_name(id));
+        let scan = match lane::scan_segment(fs, &path, id) {
+            Ok(s) => s,
+            Err(_) => {
+                li.skipped_entries.push(path);
+                continue;
+            }
+        };
+        let m = &scan.meta;
+        let (version, header_ok, newer, header) = match scan.kind {
+            SegKind::Valid {
+                first_seq,
+                segment_id,
+            } => (
+                Some(format::FORMAT_VERSION),
+                true,
+                false,
+                Some((segment_id, first_seq)),
+            ),
+            SegKind::Damaged | SegKind::Short => (None, false, false, None),
+            SegKind::Foreign => {
+                li.corrupt_segments.push(path);
+                continue;
+            }
+            SegKind::Newer(v) => (Some(v), false, true, None),
+        };
+        newer_here |= newer;
+        if !newer && scan.kind != SegKind::Short {
+            placed.push(lane::Placed {
+                meta: m.clone(),
+                header_id: header.map(|h| h.0),
+                header_first: header.map(|h| h.1),
+            });
+        }
+        li.segments.push(SegmentInspection {
+            id,
+            path,
+            bytes: scan.file_len,
+            version,
+            header_ok,
+            newer_version: newer,
+            records: m.records,
+            corrupt_frames: scan.corrupt,
+            torn_tail_bytes: if scan.kind == SegKind::Short {
+                scan.file_len
+            } else {
+                scan.tail_bytes
+            },
+            first_seq: m.first_seq,
+            last_seq: m.last_seq,
+            oldest_created_at: (m.records > 0).then(|| time(m.oldest_ns)),
+            newest_created_at: (m.records > 0).then(|| time(m.newest_ns)),
+        });
+    }
+    let continuity = lane::place_segments(&mut placed, li.acked_through, !newer_here);
+    li.missing_records = continuity.missing;
+    li.misplaced_segments = continuity
+        .misplaced
+        .iter()
+        .map(|&id| dir.join(format::segment_file_name(id)))
+        .collect();
+    li
 }

@@ -10,6 +10,7 @@ use crate::cursor::{CURSOR_FILE, CURSOR_TMP_FILE, read_cursor, settle_cursor};
 use crate::error::SpoolError;
 use crate::format::{self, CursorChoice, HeaderCheck, SEGMENT_HEADER_LEN, parse_segment_file_name};
 use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at};
+use crate::identity::IDENTITY_FILE;
 use crate::scan::{FrameReader, Next};
 use crate::types::RecoveryReport;
 
@@ -80,12 +81,13 @@ impl SegMeta {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SegKind {
     /// Current version, intact header.
-    Valid { first_seq: u64 },
-    /// Current version, damaged header: frames are still read.
+    Valid { first_seq: u64, segment_id: u64 },
+    /// Current version, damaged header (or a damaged magic in front of our frames): frames
+    /// are still read.
     Damaged,
     /// Shorter than a header: holds no record.
     Short,
-    /// Not a spool segment.
+    /// Named like a segment, but neither its magic nor any frame is ours: left untouched.
     Foreign,
     /// A newer format version.
     Newer(u16),
@@ -112,6 +114,7 @@ pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result
     let kind = match format::check_segment_header(&head[..n]) {
         HeaderCheck::Valid(h) => SegKind::Valid {
             first_seq: h.first_seq,
+            segment_id: h.segment_id,
         },
         HeaderCheck::Damaged => SegKind::Damaged,
         HeaderCheck::Short => SegKind::Short,
@@ -126,12 +129,11 @@ pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result
         tail_bytes: 0,
     };
     let last_seq = match kind {
-        SegKind::Valid { first_seq } => first_seq.saturating_sub(1),
-        SegKind::Damaged => {
-            scan.corrupt += 1;
-            0
-        }
-        SegKind::Short | SegKind::Foreign | SegKind::Newer(_) => return Ok(scan),
+        SegKind::Valid { first_seq, .. } => first_seq.saturating_sub(1),
+        // A file named like a segment whose magic is damaged may still hold our frames
+        // (one flipped bit): read them rather than lose them.
+        SegKind::Damaged | SegKind::Foreign => 0,
+        SegKind::Short | SegKind::Newer(_) => return Ok(scan),
     };
     let mut reader = FrameReader::new(file, SEGMENT_HEADER_LEN, file_len, RECOVERY_CHUNK, last_seq);
     loop {
@@ -149,7 +151,97 @@ pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result
             }
         }
     }
+    if kind == SegKind::Foreign {
+        if scan.meta.records == 0 {
+            // Nothing of ours in it: it is left exactly as it is.
+            scan.meta.len = file_len.min(SEGMENT_HEADER_LEN);
+            scan.tail_bytes = 0;
+            scan.corrupt = 0;
+            return Ok(scan);
+        }
+        scan.kind = SegKind::Damaged;
+    }
+    if scan.kind == SegKind::Damaged {
+        // The damaged header counts as one damaged region.
+        scan.corrupt += 1;
+    }
     Ok(scan)
+}
+
+/// A segment as recovery or `inspect` placed it: its index entry, and where its header says
+/// it starts.
+#[derive(Debug, Clone)]
+pub(crate) struct Placed {
+    pub(crate) meta: SegMeta,
+    /// The header's segment id, if the header is intact.
+    pub(crate) header_id: Option<u64>,
+    /// The header's first sequence number, if the header is intact.
+    pub(crate) header_first: Option<u64>,
+}
+
+impl Placed {
+    /// The sequence number the segment starts at: its header's, else its first record's.
+    fn start(&self) -> u64 {
+        self.header_first.unwrap_or(self.meta.first_seq)
+    }
+}
+
+/// What the sequence numbers across a lane's segments say.
+#[derive(Debug, Default)]
+pub(crate) struct Continuity {
+    /// Records whose numbers are missing between two segments, or held twice (the later
+    /// copy cannot be delivered): above the ack point only.
+    pub(crate) missing: u64,
+    /// Segments whose header names another id, or that are out of sequence order by name.
+    pub(crate) misplaced: Vec<u64>,
+}
+
+/// Orders a lane's segments (given by id) by sequence number, the order the writer wrote
+/// them in, and checks that the numbers run on from one segment to the next.
+///
+/// The segments' names normally give the same order; when they do not (files swapped or
+/// renamed), the records are still delivered in their order and the segments reported as
+/// misplaced. A gap between two segments (a segment deleted or emptied, a damaged tail)
+/// counts its records as missing; a gap before the first segment does not (eviction,
+/// expiry and acknowledgements remove the head of a lane), nor any gap at or below
+/// `acked`. With `count_gaps` false (a lane holding newer-version files this build cannot
+/// read), gaps are not counted.
+pub(crate) fn place_segments(segs: &mut [Placed], acked: u64, count_gaps: bool) -> Continuity {
+    let mut out = Continuity::default();
+    let has_records = |p: &&Placed| p.meta.records > 0;
+    let by_name: Vec<u64> = segs.iter().filter(has_records).map(|p| p.meta.id).collect();
+    segs.sort_by_key(|p| (p.start(), p.meta.id));
+    for p in segs.iter() {
+        if p.header_id.is_some_and(|h| h != p.meta.id) {
+            out.misplaced.push(p.meta.id);
+        }
+    }
+    // Out of order by name (among the segments holding records).
+    let by_seq = segs.iter().filter(has_records).map(|p| p.meta.id);
+    for (id, name) in by_seq.zip(by_name) {
+        if id != name && !out.misplaced.contains(&id) {
+            out.misplaced.push(id);
+        }
+    }
+    let mut prev_last: Option<u64> = None;
+    for p in segs.iter().filter(|p| p.meta.records > 0) {
+        let start = p.start().max(1);
+        if let Some(prev) = prev_last {
+            if count_gaps {
+                let gap_from = prev.max(acked).saturating_add(1);
+                out.missing += start.saturating_sub(gap_from);
+                if start <= prev && prev > acked {
+                    // Numbers another segment already holds: these records are skipped.
+                    let from = start.max(acked.saturating_add(1));
+                    out.missing += (prev - from + 1).min(p.meta.records);
+                }
+            }
+            prev_last = Some(prev.max(p.meta.last_seq));
+        } else {
+            prev_last = Some(p.meta.last_seq);
+        }
+    }
+    out
 }
 
 /// Refuses a root that is a symlink, not a directory, or owned by another user; creates it
@@ -194,9 +286,12 @@ pub(crate) fn lane_dir(root: &Path, n: u32) -> PathBuf {
     root.join(format!("lane-{n}"))
 }
 
-/// Lane numbers present under the root, ascending.
-pub(crate) fn list_lanes(root: &Path) -> Result<Vec<u32>, SpoolError> {
+/// Lane numbers present under the root, ascending: directories only (never through a
+/// symbolic link). Entries named like a lane that are not a directory are returned in the
+/// second list, to be reported and left alone.
+pub(crate) fn list_lanes(root: &Path) -> Result<(Vec<u32>, Vec<PathBuf>), SpoolError> {
     let mut lanes = Vec::new();
+    let mut stray = Vec::new();
     let rd = std::fs::read_dir(root).map_err(|e| SpoolError::io(root, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| SpoolError::io(root, e))?;
@@ -207,11 +302,64 @@ pub(crate) fn list_lanes(root: &Path) -> Result<Vec<u32>, SpoolError> {
             .and_then(|d| d.parse::<u32>().ok())
             && format!("lane-{n}") == name
         {
-            lanes.push(n);
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => lanes.push(n),
+                _ => {
+                    tracing::warn!(
+                        path = %entry.path().display(),
+                        "not a directory where a spool lane is expected: skipped"
+                    );
+                    stray.push(entry.path());
+                }
+            }
         }
     }
     lanes.sort_unstable();
-    Ok(lanes)
+    Ok((lanes, stray))
+}
+
+/// What a lane directory holds, by the names and types of its entries (never following a
+/// link, never opening anything).
+#[derive(Debug, Default)]
+pub(crate) struct LaneEntries {
+    /// Ids of the regular files named like segments, ascending.
+    pub(crate) segments: Vec<u64>,
+    /// Files whose names are not the spool's.
+    pub(crate) unknown: Vec<PathBuf>,
+    /// Entries named like a spool file (segment, cursor, lock, identity) that are not
+    /// regular files: a FIFO, a directory, a symbolic link, a device. Skipped, never opened.
+    pub(crate) not_regular: Vec<PathBuf>,
+}
+
+/// Lists a lane directory's entries.
+pub(crate) fn list_entries(dir: &Path) -> io::Result<LaneEntries> {
+    let mut out = LaneEntries::default();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            out.unknown.push(entry.path());
+            continue;
+        };
+        let seg = parse_segment_file_name(name);
+        let ours = seg.is_some()
+            || [LOCK_FILE, CURSOR_FILE, CURSOR_TMP_FILE, IDENTITY_FILE].contains(&name);
+        if !ours {
+            out.unknown.push(entry.path());
+            continue;
+        }
+        if !entry.file_type()?.is_file() {
+            tracing::warn!(
+                path = %entry.path().display(),
+                "not a regular file where a spool file is expected: skipped, never opened"
+            );
+            out.not_regular.push(entry.path());
+            continue;
+        }
+        out.segments.extend(seg);
+    }
+    out.segments.sort_unstable();
+    Ok(out)
 }
 
 /// Tries to lock lane `n`, creating its directory if `create`. `Ok(None)`: held by someone
@@ -238,13 +386,22 @@ pub(crate) fn try_lock_lane(root: &Path, n: u32, create: bool) -> Result<Option<
         .create(true)
         .truncate(false)
         .mode(FILE_MODE)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .custom_flags(crate::fs::safe_open_flags())
         .open(&path)
     {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(SpoolError::io(&path, e)),
+        Err(e) => {
+            // A directory, FIFO or link at `lock` (or no permission): this lane cannot be
+            // used; the caller takes another.
+            tracing::warn!(path = %path.display(), error = %e, "lane lock file unusable: lane skipped");
+            return Ok(None);
+        }
     };
+    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+        tracing::warn!(path = %path.display(), "lane lock is not a regular file: lane skipped");
+        return Ok(None);
+    }
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
@@ -275,56 +432,49 @@ pub(crate) struct RecoveredLane {
 }
 
 /// Recovers a lane we hold the lock of: truncates torn tails, removes record-less stubs,
-/// skips damage, leaves newer and foreign files alone, and builds the segment index.
+/// skips damage, leaves newer and foreign files alone, orders the segments by sequence
+/// number and checks that the numbers run on (see [`place_segments`]), and builds the
+/// segment index.
 pub(crate) fn recover_lane(
     fs: &dyn SpoolFs,
     dir: &Path,
     report: &mut RecoveryReport,
 ) -> Result<RecoveredLane, SpoolError> {
-    let mut ids = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(|e| SpoolError::io(dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| SpoolError::io(dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            report.unknown_files.push(entry.path());
-            continue;
-        };
-        if let Some(id) = parse_segment_file_name(name) {
-            ids.push(id);
-        } else if name != LOCK_FILE && name != CURSOR_FILE && name != CURSOR_TMP_FILE {
-            report.unknown_files.push(entry.path());
-        }
-    }
-    ids.sort_unstable();
+    let entries = list_entries(dir).map_err(|e| SpoolError::io(dir, e))?;
+    report.unknown_files.extend(entries.unknown);
+    report.skipped_entries.extend(entries.not_regular);
+    let ids = entries.segments;
     let cursor = read_cursor(fs, dir)
         .and_then(|found| settle_cursor(fs, dir, found))
         .map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
     if cursor.damaged {
         report.damaged_cursors += 1;
     }
+    let acked = cursor.state.acked_through;
     let mut out = RecoveredLane {
         segs: Vec::new(),
         cursor,
         max_file_id: ids.last().copied().unwrap_or(0),
         resumable: None,
-        next_seq: cursor
-            .state
-            .next_seq
-            .max(cursor.state.acked_through + 1)
-            .max(1),
+        next_seq: cursor.state.next_seq.max(acked + 1).max(1),
     };
-    let last_id = ids.last().copied();
+    let mut placed = Vec::new();
+    let mut newer_here = false;
     for id in ids {
         let path = dir.join(format::segment_file_name(id));
         let scan = scan_segment(fs, &path, id).map_err(|e| SpoolError::io(&path, e))?;
-        match scan.kind {
+        let (header_id, header_first) = match scan.kind {
             SegKind::Foreign => {
-                report.unknown_files.push(path);
+                tracing::warn!(
+                    path = %path.display(),
+                    "segment file with a damaged magic and no readable record: left untouched"
+                );
+                report.corrupt_segments.push(path);
                 continue;
             }
             SegKind::Newer(_) => {
                 report.newer_version_files.push(path);
+                newer_here = true;
                 continue;
             }
             SegKind::Short => {
@@ -333,11 +483,15 @@ pub(crate) fn recover_lane(
                 report.empty_segments_removed += 1;
                 continue;
             }
-            SegKind::Valid { first_seq } => {
+            SegKind::Valid {
+                first_seq,
+                segment_id,
+            } => {
                 out.next_seq = out.next_seq.max(first_seq);
+                (Some(segment_id), Some(first_seq))
             }
-            SegKind::Damaged => {}
-        }
+            SegKind::Damaged => (None, None),
+        };
         report.corrupt_frames_skipped += scan.corrupt;
         let mut meta = scan.meta;
         if scan.tail_bytes > 0 {
@@ -353,10 +507,37 @@ pub(crate) fn recover_lane(
         report.records += meta.records;
         report.bytes += meta.len;
         meta.sealed = true;
-        if Some(id) == last_id && matches!(scan.kind, SegKind::Valid { .. }) {
-            out.resumable = Some((id, meta.len));
-        }
-        out.segs.push(meta);
+        placed.push(Placed {
+            meta,
+            header_id,
+            header_first,
+        });
     }
+    let continuity = place_segments(&mut placed, acked, !newer_here);
+    if continuity.missing > 0 || !continuity.misplaced.is_empty() {
+        tracing::warn!(
+            lane = %dir.display(),
+            missing_records = continuity.missing,
+            misplaced_segments = ?continuity.misplaced,
+            "lane segments are not as the writer left them: records whose numbers are missing are counted as lost; misplaced segments are delivered in sequence order"
+        );
+    }
+    report.missing_records += continuity.missing;
+    report.misplaced_segments.extend(
+        continuity
+            .misplaced
+            .iter()
+            .map(|&id| dir.join(format::segment_file_name(id))),
+    );
+    // The last segment can be appended to if it is intact, in its place, and the newest
+    // by name (new segments get larger ids than any file).
+    if let Some(last) = placed.last()
+        && last.header_id == Some(last.meta.id)
+        && last.meta.id == out.max_file_id
+        && continuity.misplaced.is_empty()
+    {
+        out.resumable = Some((last.meta.id, last.meta.len));
+    }
+    out.segs = placed.into_iter().map(|p| p.meta).collect();
     Ok(out)
 }

@@ -11,6 +11,7 @@
 //! <root>/                      0700, owned by the user, not a symlink
 //!   lane-0/                    0700; one lane per writing process
 //!     lock                     0600; held with an exclusive OS file lock by the owner
+//!     identity                 0600; who the lane's records are for (written at creation)
 //!     cursor                   0600; read progress (two slots, overwritten in turn)
 //!     00000000000000000001.seg 0600; segments, named by a 20-digit increasing id
 //!     00000000000000000002.seg
@@ -46,7 +47,7 @@
 //! | 4  | 4 | `body_len`: bytes after this 12-byte prefix; at least 12, at most 256 MiB |
 //! | 8  | 4 | CRC-32 of bytes 0..8 followed by the whole body |
 //! | 12 | 8 | sequence number (per lane, starts at 1, strictly increasing) |
-//! | 20 | 4 | `header_len` |
+//! | 20 | 4 | `header_len`: at most 65 536 (an append whose key and content type encode to more is refused with `AppendErrorKind::HeaderTooLarge`: every limit the reader checks, the writer checks first) |
 //! | 24 | `header_len` | record header: bincode 2 (`bincode::serde`, standard config: little-endian, variable-length integers) of `{ meta: PayloadMeta }`, i.e. content type (enum index, then a string for `Other`), creation time in nanoseconds since the Unix epoch, optional key |
 //! | 24 + `header_len` | rest | payload bytes |
 //!
@@ -90,7 +91,12 @@
 //!
 //! Each write goes, with one `pwrite`, into the slot that does not hold the newest valid
 //! record, so a write torn by a crash can only damage the slot it was writing. The file is
-//! created on the lane's first acknowledgement and kept open.
+//! created when the lane is taken (before it accepts its first record) with both slots
+//! written, 548 bytes, fdatasynced with its directory entry, and kept open: an
+//! acknowledgement then only overwrites bytes the file has, which needs no free space
+//! (on file systems that overwrite in place; copy-on-write ones such as btrfs or ZFS may
+//! still need a block). A lane whose cursor cannot be created (disk full) takes no record
+//! until it can: the append is refused with the disk-full error, and retried by the next.
 //!
 //! On open both slots are read. A slot that is all zero bytes (or past the end of the file)
 //! is empty. The valid slot with the higher generation wins; a damaged slot (bad magic, bad
@@ -114,6 +120,32 @@
 //! 4f4c4355 0200 0000 0300000000000000 0100000000000000 0200000000000000 CURCRC__
 //! ```
 //!
+//! # Identity file
+//!
+//! `identity` says who the lane's records are for (`SpoolConfig::identity`, e.g. an
+//! exporter's endpoint). The spool that creates a lane writes it, fdatasyncs it and its
+//! directory entry before the lane takes its first record (a lane taken that has none, from
+//! an earlier version, gets one the same way).
+//!
+//! | offset | size | field |
+//! |-------:|-----:|-------|
+//! | 0  | 4 | magic `OLID` |
+//! | 4  | 2 | version, `1` |
+//! | 6  | 2 | flags: bit 0 set when an identity is declared (clear: the spool had none) |
+//! | 8  | 4 | `n`: length of the identity in bytes, at most 4096 |
+//! | 12 | `n` | the identity, UTF-8 |
+//! | 12 + `n` | 4 | CRC-32 of bytes 0..12 + `n` |
+//!
+//! On open, a lane whose recorded identity is not the spool's is not locked, read or
+//! adopted: it is scanned read-only and listed in `RecoveryReport::foreign_lanes` (lane,
+//! identity, records, bytes), counted in `SpoolStats::foreign_lanes`, with a warning. A lane
+//! with no identity file was written before identities were recorded: any spool adopts it,
+//! so that an upgrade keeps its data. A spool opened with no identity takes only lanes with
+//! no identity file or with none declared. A damaged identity file (or one that is not a
+//! regular file) makes the lane nobody's: it is left alone and reported.
+//! `Spool::adopt_released` later adopts lanes of the same identity whose owner has released
+//! them; they are drained before the own lane, as at open.
+//!
 //! # Recovery on open
 //!
 //! Every segment of every lane taken is read forward with large sequential reads:
@@ -125,12 +157,34 @@
 //! | damage or an incomplete frame with no valid frame after it (torn tail) | the file is truncated to the end of the last valid frame; bytes counted in `torn_tail_bytes_truncated` |
 //! | a file shorter than its header (e.g. zero-length: crash while creating it) | removed (it holds no record); counted in `empty_segments_removed` |
 //! | our magic, damaged header | counted as one corrupt frame; its frames are still read |
+//! | a segment name, damaged magic, our frames after it (e.g. one flipped bit) | as a damaged header: counted once, its frames read and delivered |
+//! | a segment name, damaged magic, no frame of ours | left untouched, never appended to or deleted; listed in `corrupt_segments` |
+//! | a segment name, but not a regular file (FIFO, directory, symbolic link, device) | never opened or followed; skipped with a warning, listed in `skipped_entries` |
 //! | our magic, newer version | left untouched, not read, never appended to; listed in `newer_version_files` |
-//! | other magic, or a name that is not a segment | left untouched; listed in `unknown_files` |
+//! | a name that is not the spool's | left untouched; listed in `unknown_files` |
 //!
 //! Recovery never panics, whatever the bytes. The last intact segment of the own lane is
 //! appended to if it has room; otherwise a new segment is started, with an id greater than
-//! any segment-named file in the lane.
+//! any segment-named file in the lane.//!
+//!
+//! Segments are then ordered by sequence number (the header's first sequence number, else
+//! the first record's), which is the order the writer wrote them in; the ids in the file
+//! names normally agree. Recovery checks that the numbers run on from one segment to the
+//! next:
+//!
+//! | found | done |
+//! |-------|------|
+//! | a header naming another id than the file name, or segments out of order by name (files swapped, or one renamed to a far id) | delivered in sequence order; listed in `misplaced_segments`; a warning |
+//! | numbers missing between two segments above the ack point (a segment deleted or emptied, a damaged tail or header) | counted once in `missing_records` (and `SpoolStats::missing_records`), logged; the rest is delivered |
+//! | numbers another segment already holds, above the ack point | those records are skipped, counted in `missing_records` |
+//! | numbers missing before a lane's first segment | not counted: eviction, expiry and acknowledgements remove the head of a lane |
+//!
+//! No segment is deleted unless all its records were acknowledged, evicted or expired (each
+//! counted). A lane whose recovery fails (its cursor is not a regular file, a read error) is
+//! left as it is and listed in `unusable_lanes`; the spool takes another lane. An entry named
+//! like a lane that is not a directory is skipped and listed in `skipped_entries`; a `lock`
+//! that is not a regular file makes its lane unusable. Nothing in the spool is opened
+//! blocking (`O_NONBLOCK`) or through a link (`O_NOFOLLOW`), and only regular files are used.
 //!
 //! # Durability
 //!
@@ -191,12 +245,30 @@
 //!
 //! # Cap, eviction, expiry
 //!
-//! The bytes of all segment files of the lanes held count against `max_total_bytes`. With
+//! The bytes of all segment files of the lanes held count against the cap in force: the
+//! smaller of `max_total_bytes` and what the spool holds at open plus
+//! [`DISK_FREE_SHARE_PERCENT`] (90 %) of the file system's free space then (`statvfs`), so
+//! the spool never fills a disk to the last byte. It is shown in
+//! [`SpoolStats::max_total_bytes`] and [`RecoveryReport::max_total_bytes`]. With
 //! [`FullPolicy::DropNewest`] an append that does not fit is refused
 //! ([`AppendErrorKind::Full`]); with [`FullPolicy::DropOldest`] the oldest whole segment
-//! (adopted lanes first) is deleted and its unacknowledged records are reported in
-//! [`Appended::evicted`]. With `max_record_age`, [`Spool::read_batch`] skips and counts
+//! (adopted lanes first) is deleted and its unacknowledged records not yet handed out are
+//! reported in `Appended::evicted`. Records of it that a read had handed out and that are
+//! not acknowledged yet are counted once their fate is known: an ack counts them delivered,
+//! a `Spool::rewind` counts them lost, reported once in the next `ReadBatch::evicted` (or,
+//! for expiry, `ReadBatch::expired`). Each record is counted once. With `max_record_age`, [`Spool::read_batch`] skips and counts
 //! expired records and deletes sealed segments whose newest record has expired.
+//!
+//! # Full disk
+//!
+//! A disk filled by something else (or by several processes sharing it) never locks the
+//! spool. An append that hits ENOSPC is refused and its payload handed back; what was
+//! stored is unharmed. Acknowledging needs no new space (the cursor was prepared, above);
+//! if writing the cursor fails with ENOSPC anyway, the sealed segments whose records are
+//! all delivered are deleted first (deleting needs no space) and the write is tried again.
+//! If it still fails, `Spool::ack` returns the error: the acknowledgement holds in memory
+//! (nothing is read twice by this process) but is not on disk, so a caller must not report
+//! a flush as complete; the next ack, sync or close writes it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -207,6 +279,7 @@ mod error;
 pub mod fault;
 pub mod format;
 pub mod fs;
+pub mod identity;
 pub mod inspect;
 mod lane;
 mod scan;
@@ -215,9 +288,12 @@ mod types;
 
 pub use config::{
     DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
-    DEFAULT_SEGMENT_BYTES, Durability, FullPolicy, SpoolConfig,
+    DEFAULT_SEGMENT_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
 pub use outlast_core::Payload;
 pub use spool::{CURSOR_FSYNC_INTERVAL, Spool};
-pub use types::{Appended, Dropped, ReadBatch, Record, RecordId, RecoveryReport, SpoolStats};
+pub use types::{
+    Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
+    SpoolStats,
+};

@@ -18,9 +18,13 @@ use crate::cursor::{self, CursorFile};
 use crate::error::{AppendError, AppendErrorKind, SpoolError};
 use crate::format::{self, CursorState, SEGMENT_HEADER_LEN};
 use crate::fs::{SpoolFile, SpoolFs, write_all_at};
+use crate::identity;
 use crate::lane::{self, SegMeta};
 use crate::scan::{FrameReader, Next};
-use crate::types::{Appended, Dropped, ReadBatch, Record, RecordId, RecoveryReport, SpoolStats};
+use crate::types::{
+    Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
+    SpoolStats,
+};
 
 /// In [`Durability::FsyncEveryAppend`] mode (which has no data fsync interval), how often
 /// the background thread fsyncs the cursor: 1 s, like the default data fsync interval. Every
@@ -33,6 +37,23 @@ const MAX_GATHER: Duration = Duration::from_millis(1);
 const READ_CHUNK: usize = 256 * 1024;
 /// How many new lane numbers `open` tries when every existing lane is locked.
 const NEW_LANE_ATTEMPTS: u32 = 64;
+
+/// `now + d`, saturated: a duration too long to add (a user's `Duration::MAX`, or an
+/// interval of centuries from an environment variable) means "not within a century", which
+/// is never in practice.
+fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
+/// Free bytes of the file system holding `path`, for an unprivileged user (`statvfs`'s
+/// `f_bavail` blocks of `f_frsize` bytes); `None` if it cannot be measured.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of our locks leaves plain data behind (no invariant spans
@@ -59,6 +80,8 @@ struct Lane {
     last_seq: AtomicU64,
     /// Next sequence number (own lane: the writer's; adopted: recovered).
     next_seq: AtomicU64,
+    /// The own lane has no identity file yet: one is written before its first record.
+    identity_pending: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -74,6 +97,94 @@ struct Consumer {
     /// The highest segment id whose damaged tail was counted.
     tail_damage_counted: u64,
     reader: Option<(u64, FrameReader)>,
+    /// Records handed out and not yet acknowledged whose segment was evicted or expired
+    /// meanwhile: an ack counts them delivered; a rewind counts them lost (in `lost`).
+    limbo: Vec<Limbo>,
+    /// Records of `limbo` found lost by a rewind, reported by the next read of the lane.
+    lost: Lost,
+}
+
+/// Why a segment was dropped with records in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DropCause {
+    Evicted,
+    Expired,
+}
+
+/// Records handed out, then dropped from disk before they were acknowledged: their fate is
+/// the caller's (acked: delivered; rewound: lost), so they are counted only when it is known.
+#[derive(Debug, Clone, Copy)]
+struct Limbo {
+    /// Sequence numbers `from..=to` of the dropped segment that were handed out.
+    from: u64,
+    to: u64,
+    records: u64,
+    bytes: u64,
+    cause: DropCause,
+}
+
+/// Lost records waiting to be reported by the next read.
+#[derive(Debug, Default)]
+struct Lost {
+    evicted: Dropped,
+    expired: Dropped,
+}
+
+impl Consumer {
+    /// Splits a segment being dropped (evicted or expired) into the records no one has seen,
+    /// counted into `now`, and those handed out and not acknowledged, kept in limbo until an
+    /// ack (delivered) or a rewind (lost) says what became of them. Each record is counted
+    /// once: delivered or dropped, never both.
+    fn drop_counts(&mut self, m: &SegMeta, cause: DropCause, now: &mut Dropped) {
+        let framed = m.len.saturating_sub(SEGMENT_HEADER_LEN);
+        let per = |n: u64| {
+            (framed.saturating_mul(n))
+                .checked_div(m.records)
+                .unwrap_or(0)
+        };
+        let unread = m.unacked(self.handed);
+        let in_flight = m.unacked(self.acked).saturating_sub(unread);
+        now.add(unread, per(unread));
+        if in_flight > 0 {
+            self.limbo.push(Limbo {
+                from: m.first_seq.max(self.acked.saturating_add(1)),
+                to: m.last_seq.min(self.handed),
+                records: in_flight,
+                bytes: per(in_flight),
+                cause,
+            });
+        }
+    }
+
+    /// An ack through `seq`: records of limbo up to it were delivered.
+    fn settle_limbo(&mut self, seq: u64) {
+        self.limbo.retain_mut(|x| {
+            if x.to <= seq {
+                return false;
+            }
+            if x.from <= seq {
+                let left = (x.to - seq).min(x.records);
+                x.bytes = (x.bytes.saturating_mul(left))
+                    .checked_div(x.records)
+                    .unwrap_or(0);
+                x.records = left;
+                x.from = seq + 1;
+            }
+            true
+        });
+    }
+
+    /// A rewind: what is in limbo was not delivered and is gone from disk: lost.
+    fn rewind(&mut self) {
+        for x in std::mem::take(&mut self.limbo) {
+            match x.cause {
+                DropCause::Evicted => self.lost.evicted.add(x.records, x.bytes),
+                DropCause::Expired => self.lost.expired.add(x.records, x.bytes),
+            }
+        }
+        self.handed = self.acked;
+        self.reader = None;
+    }
 }
 
 #[derive(Debug)]
@@ -99,6 +210,55 @@ struct Writer {
     /// A rotation created a segment file whose directory entry is not fsynced yet.
     dir_unsynced: bool,
     closed: bool,
+}
+
+impl Writer {
+    /// The writer of the own lane as recovery left it: it resumes the last segment if that
+    /// is intact and has room; otherwise the first append starts a new one.
+    fn resume(
+        fs: &dyn SpoolFs,
+        config: &SpoolConfig,
+        own: &Lane,
+        rec: &lane::RecoveredLane,
+    ) -> Writer {
+        let mut writer = Writer {
+            seg: None,
+            next_seg_id: rec.max_file_id + 1,
+            next_seq: rec.next_seq,
+            buf: Vec::new(),
+            needs_rotation: false,
+            unsynced: Vec::new(),
+            dir_unsynced: false,
+            closed: false,
+        };
+        if let Some((id, len)) = rec.resumable
+            && len < config.segment_bytes_value()
+        {
+            let path = own.dir.join(format::segment_file_name(id));
+            if let Ok(file) = fs.open(&path, true) {
+                writer.seg = Some(ActiveSeg {
+                    id,
+                    file,
+                    offset: len,
+                });
+                if let Some(m) = lock(&own.segs).last_mut() {
+                    m.sealed = false;
+                }
+            }
+        }
+        writer
+    }
+}
+
+/// Records the spool's identity in the own lane if it has none yet (a new lane, or one
+/// written before identities were recorded), before the lane takes a record.
+fn record_identity(fs: &dyn SpoolFs, own: &Lane, mine: Option<&str>) -> io::Result<()> {
+    if !own.identity_pending.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    identity::write_identity(fs, &own.dir, mine)?;
+    own.identity_pending.store(false, Ordering::Release);
+    Ok(())
 }
 
 /// Group commit bookkeeping, under `Inner::sync`.
@@ -131,11 +291,16 @@ struct Counters {
     evicted: Dropped,
     expired: Dropped,
     corrupt: u64,
+    missing: u64,
+    foreign_lanes: usize,
 }
 
 #[derive(Debug)]
 struct Inner {
     config: SpoolConfig,
+    /// The cap in force: `max_total_bytes`, lowered at open to fit the file system (see
+    /// [`crate::DISK_FREE_SHARE_PERCENT`]).
+    cap: u64,
     fs: Arc<dyn SpoolFs>,
     own: Arc<Lane>,
     adopted: RwLock<Vec<Arc<Lane>>>,
@@ -203,11 +368,14 @@ impl Lane {
                 read_through: acked,
                 tail_damage_counted: 0,
                 reader: None,
+                limbo: Vec::new(),
+                lost: Lost::default(),
             }),
             cursor_sync: Mutex::new(()),
             acked: AtomicU64::new(acked),
             last_seq: AtomicU64::new(last),
             next_seq: AtomicU64::new(rec.next_seq),
+            identity_pending: AtomicBool::new(false),
         }
     }
 
@@ -281,97 +449,9 @@ impl Spool {
         let root = config.root().to_path_buf();
         lane::prepare_root(&root, true)?;
         let mut report = RecoveryReport::default();
-        let mut own: Option<(u32, File)> = None;
-        let mut adopted = Vec::new();
-        let existing = lane::list_lanes(&root)?;
-        let mut own_rec = None;
-        for &n in &existing {
-            let Some(file) = lane::try_lock_lane(&root, n, false)? else {
-                continue;
-            };
-            let dir = lane::lane_dir(&root, n);
-            if own.is_none() {
-                own_rec = Some(lane::recover_lane(&*fs, &dir, &mut report)?);
-                own = Some((n, file));
-                continue;
-            }
-            let mut sub = RecoveryReport::default();
-            let rec = lane::recover_lane(&*fs, &dir, &mut sub)?;
-            merge_report(&mut report, sub);
-            if rec.segs.iter().any(|s| s.records > 0) {
-                adopted.push(Arc::new(Lane::new(n, dir, true, file, &rec)));
-                report.adopted_lanes.push(n);
-            }
-            // Otherwise the lock is released here: nothing to drain.
-        }
-        if own.is_none() {
-            let start = existing.last().map_or(0, |&n| n.saturating_add(1));
-            for n in start..start.saturating_add(NEW_LANE_ATTEMPTS) {
-                if let Some(file) = lane::try_lock_lane(&root, n, true)? {
-                    let dir = lane::lane_dir(&root, n);
-                    own_rec = Some(lane::recover_lane(&*fs, &dir, &mut report)?);
-                    own = Some((n, file));
-                    break;
-                }
-            }
-        }
-        let (Some((own_id, own_file)), Some(rec)) = (own, own_rec) else {
-            return Err(SpoolError::Locked { path: root });
-        };
-        report.lane = own_id;
-        let own_dir = lane::lane_dir(&root, own_id);
-        let own_lane = Arc::new(Lane::new(own_id, own_dir, false, own_file, &rec));
-        let mut total: u64 = 0;
-        for l in adopted.iter().chain(std::iter::once(&own_lane)) {
-            total += lock(&l.segs).iter().map(|s| s.len).sum::<u64>();
-        }
-        let mut writer = Writer {
-            seg: None,
-            next_seg_id: rec.max_file_id + 1,
-            next_seq: rec.next_seq,
-            buf: Vec::new(),
-            needs_rotation: false,
-            unsynced: Vec::new(),
-            dir_unsynced: false,
-            closed: false,
-        };
-        // Resume the last segment if it is intact and has room; else the first append
-        // starts a new one.
-        if let Some((id, len)) = rec.resumable
-            && len < config.segment_bytes_value()
-        {
-            let path = own_lane.dir.join(format::segment_file_name(id));
-            if let Ok(file) = fs.open(&path, true) {
-                writer.seg = Some(ActiveSeg {
-                    id,
-                    file,
-                    offset: len,
-                });
-                if let Some(m) = lock(&own_lane.segs).last_mut() {
-                    m.sealed = false;
-                }
-            }
-        }
-        let inner = Arc::new(Inner {
-            fs,
-            own: own_lane,
-            adopted: RwLock::new(adopted),
-            writer: Mutex::new(writer),
-            written_lsn: AtomicU64::new(0),
-            sync: Mutex::new(SyncState::default()),
-            sync_cv: Condvar::new(),
-            gather_cv: Condvar::new(),
-            total_bytes: AtomicU64::new(total),
-            counters: Mutex::new(Counters {
-                corrupt: report.corrupt_frames_skipped,
-                ..Counters::default()
-            }),
-            closed: AtomicBool::new(false),
-            doomed: Mutex::new(Vec::new()),
-            deleting: Mutex::new(()),
-            wake: Mutex::new(None),
-            config,
-        });
+        let (own, adopted) = take_lanes(&config, &*fs, &root, &mut report)?;
+        report.lane = own.n;
+        let inner = Arc::new(Inner::new(config, fs, own, adopted, &mut report));
         // Segments left fully acked by an earlier process can go now.
         for l in inner.lanes() {
             let mut c = lock(&l.consumer);
@@ -443,17 +523,10 @@ impl Spool {
     /// starts again at the oldest unacknowledged record (after a failed delivery).
     pub fn rewind(&self) {
         for l in self.inner.lanes() {
-            let mut c = lock(&l.consumer);
-            c.handed = c.acked;
-            c.reader = None;
+            lock(&l.consumer).rewind();
         }
     }
 
-    /// Fsyncs everything written so far, persists the read progress of every lane, and
-    /// finishes deleting fully acknowledged segments.
-    ///
-    /// # Errors
-    ///
     /// Takes over lanes of this spool's identity that were held by another process when this
     /// spool opened (or were created since) and whose lock has been released: their records
     /// are drained before this process's own. Returns the number of lanes adopted.
@@ -462,12 +535,21 @@ impl Spool {
     ///
     /// # Errors
     ///
-    /// [`SpoolError`] when the spool's directory cannot be read.
+    /// [`SpoolError::Io`] when the spool's directory cannot be read (a lane that cannot be
+    /// recovered is skipped and logged, not an error).
+    /// Records found missing, damaged frames and foreign lanes seen by this call are added
+    /// to [`Spool::stats`] (`missing_records`, `corrupt_skipped`, `foreign_lanes`).
+    ///
+    /// [`SpoolError::Closed`] after close.
     pub fn adopt_released(&self) -> Result<usize, SpoolError> {
-        // Not implemented yet: lanes are adopted only at open.
-        Ok(0)
+        self.inner.adopt_released()
     }
 
+    /// Fsyncs everything written so far, persists the read progress of every lane, and
+    /// finishes deleting fully acknowledged segments.
+    ///
+    /// # Errors
+    ///
     /// [`SpoolError::Io`] if an fsync, a cursor write or a deletion fails.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.inner.sync_all()
@@ -544,6 +626,126 @@ fn merge_report(into: &mut RecoveryReport, from: RecoveryReport) {
     into.unknown_files.extend(from.unknown_files);
     into.empty_segments_removed += from.empty_segments_removed;
     into.damaged_cursors += from.damaged_cursors;
+    into.missing_records += from.missing_records;
+    into.misplaced_segments.extend(from.misplaced_segments);
+    into.corrupt_segments.extend(from.corrupt_segments);
+    into.skipped_entries.extend(from.skipped_entries);
+}
+
+/// A lane locked and recovered by `open`.
+#[derive(Debug)]
+struct TakenLane {
+    n: u32,
+    file: File,
+    rec: lane::RecoveredLane,
+}
+
+/// Takes the lanes at open: the first usable lane of this identity (or with none recorded)
+/// becomes the own lane, the other unlocked ones holding records are adopted; lanes of
+/// another identity are scanned read-only and reported; a lane that cannot be recovered
+/// (or a stray entry) costs only itself. With no own lane yet, a new lane is created.
+fn take_lanes(
+    config: &SpoolConfig,
+    fs: &dyn SpoolFs,
+    root: &std::path::Path,
+    report: &mut RecoveryReport,
+) -> Result<(TakenLane, Vec<Arc<Lane>>), SpoolError> {
+    let (existing, stray) = lane::list_lanes(root)?;
+    report.skipped_entries.extend(stray);
+    let mine = config.identity_value();
+    let mut own: Option<TakenLane> = None;
+    let mut adopted = Vec::new();
+    for &n in &existing {
+        let dir = lane::lane_dir(root, n);
+        let ident = identity::read_identity(fs, &dir);
+        if !ident.accepts(mine) {
+            report.foreign_lanes.push(foreign_lane(fs, n, &dir, ident));
+            continue;
+        }
+        let Some((file, rec)) = lock_and_recover(fs, root, n, false, report)? else {
+            continue;
+        };
+        if own.is_none() {
+            own = Some(TakenLane { n, file, rec });
+        } else if rec.segs.iter().any(|s| s.records > 0) {
+            adopted.push(Arc::new(Lane::new(n, dir, true, file, &rec)));
+            report.adopted_lanes.push(n);
+        }
+        // Otherwise the lock is released here: nothing to drain.
+    }
+    if let Some(&last) = existing.last()
+        && own.is_none()
+    {
+        tracing::debug!(last, "every existing lane is held or foreign: creating one");
+    }
+    if own.is_none() {
+        let start = existing.last().map_or(0, |&n| n.saturating_add(1));
+        for n in start..start.saturating_add(NEW_LANE_ATTEMPTS) {
+            if let Some((file, rec)) = lock_and_recover(fs, root, n, true, report)? {
+                own = Some(TakenLane { n, file, rec });
+                break;
+            }
+        }
+    }
+    if !report.foreign_lanes.is_empty() {
+        tracing::warn!(
+            lanes = ?report.foreign_lanes,
+            "spool lanes of another identity left alone (see `outlast inspect`; `outlast replay --any-identity` delivers them)"
+        );
+    }
+    match own {
+        Some(own) => Ok((own, adopted)),
+        None => Err(SpoolError::Locked {
+            path: root.to_path_buf(),
+        }),
+    }
+}
+
+/// Locks lane `n` (creating it if `create`) and recovers it. `Ok(None)`: held by another
+/// process, not a lane, or unusable (logged and listed in `unusable_lanes`).
+fn lock_and_recover(
+    fs: &dyn SpoolFs,
+    root: &std::path::Path,
+    n: u32,
+    create: bool,
+    report: &mut RecoveryReport,
+) -> Result<Option<(File, lane::RecoveredLane)>, SpoolError> {
+    let Some(file) = lane::try_lock_lane(root, n, create)? else {
+        return Ok(None);
+    };
+    let dir = lane::lane_dir(root, n);
+    let mut sub = RecoveryReport::default();
+    match lane::recover_lane(fs, &dir, &mut sub) {
+        Ok(rec) => {
+            merge_report(report, sub);
+            Ok(Some((file, rec)))
+        }
+        Err(e) => {
+            tracing::warn!(lane = n, error = %e, "spool lane unusable: left as it is, another lane is used");
+            report.unusable_lanes.push(n);
+            Ok(None)
+        }
+    }
+}
+
+/// A lane of another identity, scanned without locking or changing it.
+fn foreign_lane(
+    fs: &dyn SpoolFs,
+    n: u32,
+    dir: &std::path::Path,
+    ident: identity::LaneIdentity,
+) -> ForeignLane {
+    let (records, bytes) = crate::inspect::read_only_totals(fs, dir);
+    let identity = match ident {
+        identity::LaneIdentity::Recorded(r) => r,
+        identity::LaneIdentity::Absent => RecordedIdentity::Anonymous,
+    };
+    ForeignLane {
+        lane: n,
+        identity,
+        records,
+        bytes,
+    }
 }
 
 fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandle<()>)> {
@@ -556,7 +758,7 @@ fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandl
     let spawned = std::thread::Builder::new()
         .name("outlast-spool-sync".into())
         .spawn(move || {
-            let mut next_sync = Instant::now() + interval;
+            let mut next_sync = later(Instant::now(), interval);
             loop {
                 let wait = next_sync.saturating_duration_since(Instant::now());
                 let (mut delete, mut rotated) = match rx.recv_timeout(wait) {
@@ -588,7 +790,7 @@ fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandl
                 if (delete || rotated) && Instant::now() < next_sync {
                     continue;
                 }
-                next_sync = Instant::now() + interval;
+                next_sync = later(Instant::now(), interval);
                 if let Err(e) = inner.periodic() {
                     tracing::warn!(error = %e, "spool background sync failed");
                 }
@@ -605,6 +807,132 @@ fn start_background(inner: &Arc<Inner>) -> Option<(mpsc::Sender<Wake>, JoinHandl
 }
 
 impl Inner {
+    /// Builds the spool's state from the lanes taken: prepares the cursors (and records the
+    /// identity of the own lane) before any record is taken, and sets the cap in force.
+    fn new(
+        config: SpoolConfig,
+        fs: Arc<dyn SpoolFs>,
+        own: TakenLane,
+        adopted: Vec<Arc<Lane>>,
+        report: &mut RecoveryReport,
+    ) -> Inner {
+        let TakenLane { n, file, rec } = own;
+        let own_dir = lane::lane_dir(config.root(), n);
+        let own_lane = Arc::new(Lane::new(n, own_dir, false, file, &rec));
+        own_lane.identity_pending.store(
+            identity::read_identity(&*fs, &own_lane.dir) == identity::LaneIdentity::Absent,
+            Ordering::Release,
+        );
+        let mut total: u64 = 0;
+        for l in adopted.iter().chain(std::iter::once(&own_lane)) {
+            total += lock(&l.segs).iter().map(|s| s.len).sum::<u64>();
+            // Before any record is taken: acknowledgements then never need new space.
+            let mut c = lock(&l.consumer);
+            if let Err(e) = c.cursor.prepare(&*fs) {
+                tracing::warn!(
+                    lane = l.id,
+                    error = %e,
+                    "could not prepare the lane's cursor file; the lane takes no record until it can"
+                );
+            }
+        }
+        if let Err(e) = record_identity(&*fs, &own_lane, config.identity_value()) {
+            tracing::warn!(
+                lane = n,
+                error = %e,
+                "could not record the lane's identity; the lane takes no record until it can"
+            );
+        }
+        let free = free_bytes(config.root());
+        let cap = crate::config::effective_cap(config.max_total_bytes_value(), total, free);
+        report.max_total_bytes = cap;
+        report.free_bytes_at_open = free;
+        if cap < config.max_total_bytes_value() {
+            tracing::info!(
+                configured = config.max_total_bytes_value(),
+                effective = cap,
+                free_bytes = free,
+                "spool cap lowered to fit the file system's free space"
+            );
+        }
+        let writer = Writer::resume(&*fs, &config, &own_lane, &rec);
+        Inner {
+            cap,
+            fs,
+            own: own_lane,
+            adopted: RwLock::new(adopted),
+            writer: Mutex::new(writer),
+            written_lsn: AtomicU64::new(0),
+            sync: Mutex::new(SyncState::default()),
+            sync_cv: Condvar::new(),
+            gather_cv: Condvar::new(),
+            total_bytes: AtomicU64::new(total),
+            counters: Mutex::new(Counters {
+                corrupt: report.corrupt_frames_skipped,
+                missing: report.missing_records,
+                foreign_lanes: report.foreign_lanes.len(),
+                ..Counters::default()
+            }),
+            closed: AtomicBool::new(false),
+            doomed: Mutex::new(Vec::new()),
+            deleting: Mutex::new(()),
+            wake: Mutex::new(None),
+            config,
+        }
+    }
+
+    fn adopt_released(&self) -> Result<usize, SpoolError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SpoolError::Closed);
+        }
+        let root = self.config.root();
+        let (existing, _) = lane::list_lanes(root)?;
+        let held: Vec<u32> = self.lanes().iter().map(|l| l.id).collect();
+        let mine = self.config.identity_value();
+        let (mut adopted, mut foreign) = (0, 0);
+        for n in existing.into_iter().filter(|n| !held.contains(n)) {
+            let dir = lane::lane_dir(root, n);
+            if !identity::read_identity(&*self.fs, &dir).accepts(mine) {
+                foreign += 1;
+                continue;
+            }
+            let mut report = RecoveryReport::default();
+            let Some((file, rec)) = lock_and_recover(&*self.fs, root, n, false, &mut report)?
+            else {
+                continue;
+            };
+            if !rec.segs.iter().any(|s| s.records > 0) {
+                continue; // Nothing to drain: the lock is released here.
+            }
+            let l = Arc::new(Lane::new(n, dir, true, file, &rec));
+            if let Err(e) = lock(&l.consumer).cursor.prepare(&*self.fs) {
+                tracing::warn!(lane = n, error = %e, "could not prepare an adopted lane's cursor file");
+            }
+            let bytes: u64 = lock(&l.segs).iter().map(|s| s.len).sum();
+            self.total_bytes.fetch_add(bytes, Ordering::AcqRel);
+            {
+                let mut c = lock(&self.counters);
+                c.corrupt += report.corrupt_frames_skipped;
+                c.missing += report.missing_records;
+            }
+            self.adopted
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::clone(&l));
+            if let Err(e) = self.delete_acked(&l, &mut lock(&l.consumer)) {
+                tracing::warn!(lane = n, error = %e, "could not delete acknowledged segments");
+            }
+            tracing::info!(
+                lane = n,
+                records = report.records,
+                "released spool lane adopted"
+            );
+            adopted += 1;
+        }
+        lock(&self.counters).foreign_lanes = foreign;
+        Ok(adopted)
+    }
+
     fn lanes(&self) -> Vec<Arc<Lane>> {
         let mut v: Vec<Arc<Lane>> = self
             .adopted
@@ -645,19 +973,24 @@ impl Inner {
         if w.closed || self.closed.load(Ordering::Acquire) {
             return Err(AppendError::new(AppendErrorKind::Closed, payload));
         }
+        if let Err(e) = self.own_cursor_ready() {
+            return Err(AppendError::new(AppendErrorKind::Io(e), payload));
+        }
         let seq = w.next_seq;
         let mut buf = std::mem::take(&mut w.buf);
-        let encoded = format::encode_frame(&mut buf, seq, &payload);
-        let frame_len = match encoded {
-            Ok(n) => n as u64,
-            Err(reason) => {
-                w.buf = buf;
-                return Err(AppendError::new(
-                    AppendErrorKind::Io(io::Error::new(io::ErrorKind::InvalidInput, reason)),
-                    payload,
-                ));
-            }
-        };
+        if let Err(e) = format::encode_frame(&mut buf, seq, &payload) {
+            w.buf = buf;
+            let kind = match e {
+                format::FrameError::HeaderTooLarge { size, max } => {
+                    AppendErrorKind::HeaderTooLarge { size, max }
+                }
+                format::FrameError::BodyTooLarge { size, max } => {
+                    AppendErrorKind::TooLarge { size, max }
+                }
+                other => AppendErrorKind::Io(io::Error::new(io::ErrorKind::InvalidInput, other)),
+            };
+            return Err(AppendError::new(kind, payload));
+        }
         let result = self.append_frame(&mut w, &buf, seq, &payload);
         // Keep the buffer for the next append unless one huge record inflated it.
         if buf.capacity() <= 4 * 1024 * 1024 {
@@ -667,7 +1000,6 @@ impl Inner {
             Ok(evicted) => evicted,
             Err(kind) => return Err(AppendError::new(kind, payload)),
         };
-        let _ = frame_len;
         let lsn = self.written_lsn.load(Ordering::Acquire);
         drop(w);
         if self.config.durability_mode() == Durability::FsyncEveryAppend
@@ -682,6 +1014,18 @@ impl Inner {
             },
             evicted,
         })
+    }
+
+    /// Makes sure the own lane's cursor file is prepared (see [`CursorFile::prepare`]); a
+    /// record is taken only then. Called with the writer lock held (lock order: writer,
+    /// consumer).
+    fn own_cursor_ready(&self) -> io::Result<()> {
+        record_identity(&*self.fs, &self.own, self.config.identity_value())?;
+        let mut c = lock(&self.own.consumer);
+        if c.cursor.is_ready() {
+            return Ok(());
+        }
+        c.cursor.prepare(&*self.fs)
     }
 
     /// Writes a built frame; called with the writer lock held.
@@ -700,7 +1044,7 @@ impl Inner {
                 max,
             });
         }
-        let cap = self.config.max_total_bytes_value();
+        let cap = self.cap;
         let seg_bytes = self.config.segment_bytes_value();
         // Will this frame need a new segment (and its header)?
         let needs_new = |w: &Writer| match &w.seg {
@@ -837,7 +1181,9 @@ impl Inner {
     }
 
     /// Deletes the oldest whole segment (adopted lanes first); writer lock held. Returns
-    /// whether anything was freed.
+    /// whether anything was freed. Records of it no one has read count in `evicted`; those
+    /// handed out and not yet acknowledged are counted once their fate is known (see
+    /// [`Consumer::drop_counts`]).
     fn evict_oldest(&self, w: &mut Writer, evicted: &mut Dropped) -> io::Result<bool> {
         let adopted = self
             .adopted
@@ -845,6 +1191,7 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for l in &adopted {
+            let mut c = lock(&l.consumer);
             let victim = {
                 let mut segs = lock(&l.segs);
                 if segs.is_empty() {
@@ -854,20 +1201,23 @@ impl Inner {
                 }
             };
             if let Some(m) = victim {
-                self.drop_segment(l, m, evicted)?;
+                self.drop_segment(l, &mut c, m, DropCause::Evicted, evicted)?;
                 return Ok(true);
             }
         }
         let active = w.seg.as_ref().map(|s| s.id);
-        let victim = {
-            let mut segs = lock(&self.own.segs);
-            segs.iter()
-                .position(|m| Some(m.id) != active)
-                .map(|i| segs.remove(i))
-        };
-        if let Some(m) = victim {
-            self.drop_segment(&self.own, m, evicted)?;
-            return Ok(true);
+        {
+            let mut c = lock(&self.own.consumer);
+            let victim = {
+                let mut segs = lock(&self.own.segs);
+                segs.iter()
+                    .position(|m| Some(m.id) != active)
+                    .map(|i| segs.remove(i))
+            };
+            if let Some(m) = victim {
+                self.drop_segment(&self.own, &mut c, m, DropCause::Evicted, evicted)?;
+                return Ok(true);
+            }
         }
         // Only the active segment is left: seal it so it can go.
         let has_records = lock(&self.own.segs).last().is_some_and(|m| m.records > 0);
@@ -895,8 +1245,18 @@ impl Inner {
             });
     }
 
-    fn drop_segment(&self, l: &Lane, m: SegMeta, dropped: &mut Dropped) -> io::Result<()> {
-        self.forget_segment(l, &m, dropped);
+    /// Deletes a segment taken out of the index with records not acknowledged (evicted or
+    /// expired), counting them as [`Consumer::drop_counts`] says; consumer lock held.
+    fn drop_segment(
+        &self,
+        l: &Lane,
+        c: &mut Consumer,
+        m: SegMeta,
+        cause: DropCause,
+        dropped: &mut Dropped,
+    ) -> io::Result<()> {
+        c.drop_counts(&m, cause, dropped);
+        self.forget_segment(l, &m, &mut Dropped::default());
         match self.fs.remove_file(&m.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -987,7 +1347,7 @@ impl Inner {
         if st.last_group <= 1 {
             return st;
         }
-        let deadline = Instant::now() + (st.last_commit / 2).min(MAX_GATHER);
+        let deadline = later(Instant::now(), (st.last_commit / 2).min(MAX_GATHER));
         while st.unsatisfied() < st.last_group {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -1061,9 +1421,10 @@ impl Inner {
             }
             self.read_lane(&l, &mut batch, &mut bytes, max_records, max_bytes)?;
         }
-        if batch.expired.records > 0 || batch.corrupt_skipped > 0 {
+        if batch.expired.records > 0 || batch.corrupt_skipped > 0 || batch.evicted.records > 0 {
             let mut c = lock(&self.counters);
             c.expired.add(batch.expired.records, batch.expired.bytes);
+            c.evicted.add(batch.evicted.records, batch.evicted.bytes);
             c.corrupt += batch.corrupt_skipped;
         }
         Ok(batch)
@@ -1078,6 +1439,9 @@ impl Inner {
         max_bytes: u64,
     ) -> Result<(), SpoolError> {
         let mut c = lock(&l.consumer);
+        let lost = std::mem::take(&mut c.lost);
+        batch.evicted.add(lost.evicted.records, lost.evicted.bytes);
+        batch.expired.add(lost.expired.records, lost.expired.bytes);
         let acked_before = c.acked;
         let result = self.read_lane_locked(l, &mut c, batch, bytes, max_records, max_bytes);
         if c.acked != acked_before
@@ -1121,13 +1485,14 @@ impl Inner {
             let target = {
                 let segs = lock(&l.segs);
                 let cur = c.reader.as_ref().map(|(id, _)| *id);
+                // The index is in sequence order (recovery orders misplaced segments),
+                // which is not always the order of the ids: positions, not ids, say what
+                // comes next.
+                let first_unread = || segs.iter().position(|m| m.last_seq > c.handed || !m.sealed);
                 let pos = match cur {
-                    Some(id) => match segs.iter().position(|m| m.id == id) {
-                        Some(i) => Some(i),
-                        // Deleted under us (evicted or expired): go on after it.
-                        None => segs.iter().position(|m| m.id > id),
-                    },
-                    None => segs.iter().position(|m| m.last_seq > c.handed || !m.sealed),
+                    Some(id) => segs.iter().position(|m| m.id == id).or_else(first_unread),
+                    // Deleted under us (evicted or expired): go on after what was handed.
+                    None => first_unread(),
                 };
                 pos.map(|i| {
                     let m = &segs[i];
@@ -1208,7 +1573,16 @@ impl Inner {
                         return Ok(false);
                     }
                     // Move to the next segment, if any.
-                    let next = lock(&l.segs).iter().find(|m| m.id > seg_id).cloned();
+                    let next = {
+                        let segs = lock(&l.segs);
+                        match segs.iter().position(|m| m.id == seg_id) {
+                            Some(i) => segs.get(i + 1).cloned(),
+                            None => segs
+                                .iter()
+                                .find(|m| m.last_seq > c.handed || !m.sealed)
+                                .cloned(),
+                        }
+                    };
                     let Some(m) = next else {
                         return Ok(false);
                     };
@@ -1234,27 +1608,20 @@ impl Inner {
     fn expire_segments(
         &self,
         l: &Lane,
-        c: &Consumer,
+        c: &mut Consumer,
         limit_ns: u64,
         expired: &mut Dropped,
     ) -> io::Result<()> {
         let victims: Vec<SegMeta> = {
             let mut segs = lock(&l.segs);
-            let mut out = Vec::new();
-            let mut i = 0;
-            while i < segs.len() {
-                let m = &segs[i];
-                if (m.sealed || l.adopted) && m.records > 0 && m.newest_ns < limit_ns {
-                    out.push(segs.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            out
+            let (gone, kept): (Vec<SegMeta>, Vec<SegMeta>) = std::mem::take(&mut *segs)
+                .into_iter()
+                .partition(|m| (m.sealed || l.adopted) && m.records > 0 && m.newest_ns < limit_ns);
+            *segs = kept;
+            gone
         };
-        let _ = c;
         for m in victims {
-            self.drop_segment(l, m, expired)?;
+            self.drop_segment(l, c, m, DropCause::Expired, expired)?;
         }
         Ok(())
     }
@@ -1276,8 +1643,18 @@ impl Inner {
         }
         c.acked = id.seq;
         c.handed = c.handed.max(id.seq);
+        c.settle_limbo(id.seq);
         l.acked.store(id.seq, Ordering::Release);
-        l.write_cursor(&*self.fs, &mut c)?;
+        match l.write_cursor(&*self.fs, &mut c) {
+            Ok(()) => {}
+            Err(e) if e.is_disk_full() => {
+                // A full disk must not lock the spool: free what is delivered first (its
+                // deletion needs no space), then try the cursor again.
+                self.free_delivered(&l, &mut c)?;
+                l.write_cursor(&*self.fs, &mut c)?;
+            }
+            Err(e) => return Err(e),
+        }
         self.delete_acked(&l, &mut c)?;
         let empty_adopted = l.adopted && lock(&l.segs).is_empty();
         drop(c);
@@ -1340,6 +1717,36 @@ impl Inner {
         Ok(true)
     }
 
+    /// The disk is full and the cursor could not record an ack: deletes, at once, the sealed
+    /// segments whose records are all acknowledged in memory (delivered), so that the disk
+    /// has room again. Safe without the cursor: after a crash, recovery finds an older ack
+    /// point, and a missing head of the lane (as after an eviction); the delivered records
+    /// are gone (never delivered twice from these segments), later ones acknowledged since
+    /// the cursor's last write are delivered again (at least once).
+    fn free_delivered(&self, l: &Lane, c: &mut Consumer) -> Result<(), SpoolError> {
+        let victims: Vec<SegMeta> = {
+            let mut segs = lock(&l.segs);
+            let (gone, kept): (Vec<SegMeta>, Vec<SegMeta>) = std::mem::take(&mut *segs)
+                .into_iter()
+                .partition(|m| (m.sealed || l.adopted) && m.unacked(c.acked) == 0);
+            *segs = kept;
+            gone
+        };
+        let mut sink = Dropped::default();
+        for m in victims {
+            if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
+                c.reader = None;
+            }
+            self.forget_segment(l, &m, &mut sink);
+            match self.fs.remove_file(&m.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SpoolError::io(&m.path, e)),
+            }
+        }
+        self.delete_doomed()
+    }
+
     /// Unlinks the segments queued by [`Inner::delete_acked`]. A failure is logged and
     /// returned; the file stays, fully acknowledged, and the next open deletes it.
     fn delete_doomed(&self) -> Result<(), SpoolError> {
@@ -1377,6 +1784,7 @@ impl Inner {
         for name in [
             cursor::CURSOR_FILE,
             cursor::CURSOR_TMP_FILE,
+            identity::IDENTITY_FILE,
             lane::LOCK_FILE,
         ] {
             let _ = self.fs.remove_file(&l.dir.join(name));
@@ -1390,7 +1798,8 @@ impl Inner {
     fn stats(&self) -> SpoolStats {
         let mut s = SpoolStats {
             bytes: self.total_bytes.load(Ordering::Acquire),
-            max_total_bytes: self.config.max_total_bytes_value(),
+            max_total_bytes: self.cap,
+            configured_max_total_bytes: self.config.max_total_bytes_value(),
             ..SpoolStats::default()
         };
         let lanes = self.lanes();
@@ -1423,6 +1832,8 @@ impl Inner {
         s.evicted = c.evicted;
         s.expired = c.expired;
         s.corrupt_skipped = c.corrupt;
+        s.missing_records = c.missing;
+        s.foreign_lanes = c.foreign_lanes;
         s
     }
 }

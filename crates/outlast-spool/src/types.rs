@@ -30,8 +30,15 @@ pub struct Record {
 pub struct ReadBatch {
     /// The records, oldest first.
     pub records: Vec<Record>,
-    /// Records dropped because they were older than `max_record_age`.
+    /// Records dropped because they were older than `max_record_age` (also those handed out
+    /// earlier, expired before they were acknowledged, and then rewound).
     pub expired: Dropped,
+    /// Records handed out by an earlier read whose segment the drop-oldest policy evicted
+    /// before they were acknowledged, and that a [`Spool::rewind`](crate::Spool::rewind)
+    /// then declared undelivered: lost, counted here once. (Records evicted before anyone
+    /// read them are counted in [`Appended::evicted`]; records acknowledged are delivered,
+    /// not evicted.)
+    pub evicted: Dropped,
     /// Damaged frames skipped while reading (each skipped region counts once).
     pub corrupt_skipped: u64,
 }
@@ -78,14 +85,49 @@ pub struct SpoolStats {
     pub oldest_created_at: Option<SystemTime>,
     /// Lanes held: this process's own plus adopted ones.
     pub lanes: usize,
-    /// The cap.
+    /// The cap in force: `max_total_bytes` as configured, lowered at open to what the spool
+    /// held plus [`DISK_FREE_SHARE_PERCENT`](crate::DISK_FREE_SHARE_PERCENT) of the file
+    /// system's free space, so that the spool never fills the disk.
     pub max_total_bytes: u64,
+    /// The cap as configured.
+    pub configured_max_total_bytes: u64,
     /// Records evicted by the drop-oldest policy since open.
     pub evicted: Dropped,
     /// Records dropped for age since open.
     pub expired: Dropped,
     /// Damaged frames skipped since open (recovery and reads).
     pub corrupt_skipped: u64,
+    /// Records found missing between segments by recovery (at open and by
+    /// [`Spool::adopt_released`](crate::Spool::adopt_released)): known by their sequence
+    /// numbers, not deliverable. See [`RecoveryReport::missing_records`].
+    pub missing_records: u64,
+    /// Lanes of another identity under the root, left alone (as last seen by open or
+    /// [`Spool::adopt_released`](crate::Spool::adopt_released)).
+    pub foreign_lanes: usize,
+}
+
+/// The identity a lane records (see [`SpoolConfig::identity`](crate::SpoolConfig::identity)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordedIdentity {
+    /// This identity.
+    Named(String),
+    /// The lane was created by a spool opened with no identity.
+    Anonymous,
+    /// The identity file is damaged or not a regular file: the lane is nobody's.
+    Unreadable,
+}
+
+/// A lane of another identity, left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignLane {
+    /// The lane number.
+    pub lane: u32,
+    /// Who it is for.
+    pub identity: RecordedIdentity,
+    /// Unacknowledged intact records in it (a read-only scan).
+    pub records: u64,
+    /// Bytes of its segment files.
+    pub bytes: u64,
 }
 
 /// What [`Spool::open`](crate::Spool::open) found and did.
@@ -111,6 +153,34 @@ pub struct RecoveryReport {
     pub lane: u32,
     /// Lanes of dead processes taken over, to be drained before this process's own.
     pub adopted_lanes: Vec<u32>,
+    /// The cap in force (see [`SpoolStats::max_total_bytes`]).
+    pub max_total_bytes: u64,
+    /// Free bytes of the file system when the spool opened (`None`: not measurable).
+    pub free_bytes_at_open: Option<u64>,
+    /// Records known to be lost, found by checking that sequence numbers run on from one
+    /// segment to the next: the numbers missing between two segments (a segment deleted,
+    /// emptied or renamed away, a damaged tail or header) and records whose numbers another
+    /// segment already holds. Gaps before a lane's first segment are not counted (eviction,
+    /// expiry and acknowledgements remove the head of a lane), nor anything acknowledged.
+    /// They are counted here (and in [`SpoolStats::missing_records`]) once, never delivered.
+    pub missing_records: u64,
+    /// Segments whose header names another id than their file name, or that are out of
+    /// sequence order by name (swapped or renamed files): their records are delivered in
+    /// sequence order.
+    pub misplaced_segments: Vec<PathBuf>,
+    /// Files named like segments whose magic is damaged and that hold no readable record:
+    /// left untouched (their records, if any, count in `missing_records` when the
+    /// neighbouring segments show the gap).
+    pub corrupt_segments: Vec<PathBuf>,
+    /// Entries named like spool files or lanes that are not what they should be (a FIFO, a
+    /// directory, a symbolic link, a device, a plain file where a lane directory belongs):
+    /// skipped, never opened or followed.
+    pub skipped_entries: Vec<PathBuf>,
+    /// Lanes that could not be used (recovery failed on them: e.g. their cursor is not a
+    /// regular file); left as they are. This process took another lane.
+    pub unusable_lanes: Vec<u32>,
+    /// Lanes of another identity: left alone, not locked, not adopted.
+    pub foreign_lanes: Vec<ForeignLane>,
     /// Whether a lane's cursor file was missing its CRC or damaged (its lane is then read
     /// from the start: more duplicates, no loss).
     pub damaged_cursors: u64,

@@ -97,6 +97,24 @@ pub enum Probe {
     Disabled,
 }
 
+/// What the payloads sent through an [`HttpExporter`] are, so that the client's replay may
+/// merge consecutive spooled payloads into one request (see "Coalesced replay" in the
+/// [module documentation](super)). Set it only if every payload sent through the exporter
+/// is of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PayloadFraming {
+    /// Bytes that must travel alone: never merged. The default.
+    #[default]
+    Opaque,
+    /// OTLP/HTTP protobuf export requests, all of one signal (the exporter's URL is one
+    /// `/v1/<signal>` endpoint). Those with content type `application/x-protobuf` are
+    /// merged by concatenation.
+    OtlpProtobuf,
+    /// Newline-delimited JSON: payloads of the same content type are joined by `\n`.
+    NdJson,
+}
+
 #[derive(Clone)]
 enum CaSource {
     File(PathBuf),
@@ -134,6 +152,7 @@ pub struct HttpExporterBuilder {
     probe_timeout: Option<Duration>,
     pool_idle_timeout: Option<Duration>,
     ca: Vec<CaSource>,
+    framing: Option<PayloadFraming>,
 }
 
 impl HttpExporterBuilder {
@@ -149,6 +168,7 @@ impl HttpExporterBuilder {
             probe_timeout: None,
             pool_idle_timeout: None,
             ca: Vec::new(),
+            framing: None,
         }
     }
 
@@ -222,6 +242,15 @@ impl HttpExporterBuilder {
     #[must_use]
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.pool_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// What the payloads are, which decides whether the client's replay may merge
+    /// consecutive spooled payloads into one request. Default [`PayloadFraming::Opaque`]
+    /// (never merged).
+    #[must_use]
+    pub fn payload_framing(mut self, framing: PayloadFraming) -> Self {
+        self.framing = Some(framing);
         self
     }
 
@@ -428,6 +457,7 @@ impl HttpExporterBuilder {
             probe_timeout,
             pool_idle_timeout,
             tls,
+            framing: self.framing.unwrap_or_default(),
         }))
     }
 }
@@ -451,6 +481,7 @@ impl fmt::Debug for HttpExporterBuilder {
             .field("probe_timeout", &self.probe_timeout)
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("custom_cas", &self.ca.len())
+            .field("framing", &self.framing)
             .finish()
     }
 }

@@ -21,10 +21,13 @@ pub fn is_sensitive_header(name: &str) -> bool {
         .any(|s| n.contains(s))
 }
 
-/// The value of the [`KEY_HEADER`](super::KEY_HEADER) for a payload key: the key's UTF-8
-/// bytes, with every byte that is not visible ASCII (`!` to `~`), and `%` itself,
-/// percent-encoded as `%XX` (upper-case hex). A key of visible ASCII without `%` is sent
-/// unchanged; any other key still arrives, and any percent-decoder gives it back exactly.
+/// The value of the [`KEY_HEADER`](super::KEY_HEADER) (and of each
+/// [`KEYS_HEADER`](super::KEYS_HEADER) line) for a payload key: the key's UTF-8 bytes, with
+/// every byte that is not visible ASCII (`!` to `~`), and `%` and `,` themselves,
+/// percent-encoded as `%XX` (upper-case hex). A key of visible ASCII without `%` or `,` is
+/// sent unchanged; any other key still arrives, and any percent-decoder gives it back
+/// exactly. Encoding `,` keeps the keys of a merged request apart even where a proxy folds
+/// its `x-outlast-keys` lines into one comma-separated value.
 ///
 /// # Examples
 ///
@@ -34,9 +37,10 @@ pub fn is_sensitive_header(name: &str) -> bool {
 /// assert_eq!(encode_key("batch-42"), "batch-42");
 /// assert_eq!(encode_key("a b\nc"), "a%20b%0Ac");
 /// assert_eq!(encode_key("größe 100%"), "gr%C3%B6%C3%9Fe%20100%25");
+/// assert_eq!(encode_key("a,b"), "a%2Cb");
 /// ```
 pub fn encode_key(key: &str) -> Cow<'_, str> {
-    let plain = |b: u8| (b'!'..=b'~').contains(&b) && b != b'%';
+    let plain = |b: u8| (b'!'..=b'~').contains(&b) && b != b'%' && b != b',';
     if key.bytes().all(plain) {
         return Cow::Borrowed(key);
     }

@@ -23,6 +23,24 @@
 //! - Every request (connect, TLS handshake, body, response) is bounded by the request
 //!   timeout: hyper's client has no timeout of its own.
 //!
+//! # Coalesced replay
+//!
+//! With [`payload_framing`](HttpExporterBuilder::payload_framing) set to say what the
+//! payloads are, the client's replay may send several consecutive spooled payloads of one
+//! content type in one `POST` ([`Exporter::export_many`]):
+//!
+//! | framing | merges | body of a merged request |
+//! |---|---|---|
+//! | [`PayloadFraming::Opaque`] (default) | never | — |
+//! | [`PayloadFraming::OtlpProtobuf`] | payloads with content type `application/x-protobuf` | the payloads' bytes concatenated: OTLP export requests of one signal concatenated are one valid request (protobuf merges repeated fields) |
+//! | [`PayloadFraming::NdJson`] | payloads of the same content type | the payloads joined by `\n` (none added after a payload that already ends with one) |
+//!
+//! A merged request carries [`RECORDS_HEADER`] (`x-outlast-records`, how many payloads it
+//! holds) and, if any of them has a key, one [`KEYS_HEADER`] (`x-outlast-keys`) line per
+//! payload, in order, with the payload's key percent-encoded as for `x-outlast-key`
+//! ([`encode_key`]; empty for a payload without one). It carries no `x-outlast-key`. With gzip on, the merged
+//! body is compressed as a whole.
+//!
 //! # Status mapping
 //!
 //! | Outcome | Result |
@@ -76,8 +94,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use outlast_core::{ContentType, ExportError, Exporter, Payload, Reachability};
+use outlast_core::{Coalescing, ContentType, ExportError, Exporter, Payload, Reachability};
 
+pub use builder::PayloadFraming;
 pub use builder::{
     DEFAULT_HTTP_MAX_IN_FLIGHT, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_PROBE_TIMEOUT, DEFAULT_TIMEOUT,
     ENV_CA_FILE, ENV_ENDPOINT, ENV_GZIP, ENV_HEADERS, ENV_TIMEOUT, HttpExporterBuilder, Probe,
@@ -91,6 +110,14 @@ pub use tls::MAX_CA_FILE_BYTES;
 /// [`encode_key`]), when it has
 /// one, so that a receiver can de-duplicate.
 pub const KEY_HEADER: &str = "x-outlast-key";
+
+/// The header of a merged request listing its payloads' keys ([`encode_key`]), one header
+/// line per payload in order (empty for a payload without a key); see the
+/// [module documentation](self).
+pub const KEYS_HEADER: &str = "x-outlast-keys";
+
+/// The header of a merged request saying how many payloads it holds.
+pub const RECORDS_HEADER: &str = "x-outlast-records";
 
 /// At most this many bytes of an error response body are kept in
 /// [`HttpError::Status`]: enough for a collector's error message, bounded for logs.
@@ -125,6 +152,7 @@ struct Parts {
     /// `None`: idle connections are kept until the server closes them.
     pool_idle_timeout: Option<Duration>,
     tls: rustls::ClientConfig,
+    framing: PayloadFraming,
 }
 
 /// Sends payloads to an HTTP(S) endpoint; see the [module documentation](self) for what goes
@@ -154,6 +182,7 @@ pub struct HttpExporter {
     max_in_flight: usize,
     probe: ProbeTarget,
     probe_timeout: Duration,
+    framing: PayloadFraming,
 }
 
 /// A failed attempt and the `Retry-After` delay the server gave with it.
@@ -211,6 +240,7 @@ impl HttpExporter {
             max_in_flight: p.max_in_flight,
             probe: p.probe,
             probe_timeout: p.probe_timeout,
+            framing: p.framing,
         }
     }
 
@@ -225,39 +255,80 @@ impl HttpExporter {
     }
 
     fn request(&self, payload: &Payload) -> Result<Request<Full<Bytes>>, HttpError> {
+        let mut req = self.post(payload.bytes(), payload.content_type())?;
+        if let Some(key) = &payload.meta().key {
+            // Percent-encoded to visible ASCII, which is always a valid header value.
+            match HeaderValue::from_str(&encode_key(key)) {
+                Ok(v) => {
+                    req.headers_mut().insert(KEY_HEADER, v);
+                }
+                Err(_) => tracing::debug!("payload key is not a valid header value; not sent"),
+            }
+        }
+        Ok(req)
+    }
+
+    /// One request for several payloads (see "Coalesced replay" in the module docs).
+    fn merged_request(&self, payloads: &[Payload]) -> Result<Request<Full<Bytes>>, HttpError> {
+        let Some(first) = payloads.first() else {
+            return self.post(&Bytes::new(), &ContentType::OctetStream);
+        };
+        let total: usize = payloads.iter().map(Payload::len).sum();
+        let mut body = Vec::with_capacity(total + payloads.len());
+        for p in payloads {
+            if self.framing == PayloadFraming::NdJson && body.last().is_some_and(|b| *b != b'\n') {
+                body.push(b'\n');
+            }
+            body.extend_from_slice(p.bytes());
+        }
+        let mut req = self.post(&Bytes::from(body), first.content_type())?;
+        let headers = req.headers_mut();
+        headers.insert(RECORDS_HEADER, HeaderValue::from(payloads.len()));
+        if payloads.iter().any(|p| p.meta().key.is_some()) {
+            for p in payloads {
+                let value = p
+                    .meta()
+                    .key
+                    .as_deref()
+                    .and_then(|k| HeaderValue::from_str(&encode_key(k)).ok())
+                    .unwrap_or_else(|| HeaderValue::from_static(""));
+                headers.append(KEYS_HEADER, value);
+            }
+        }
+        Ok(req)
+    }
+
+    /// A `POST` of `bytes` (gzipped if configured) with this content type and the
+    /// configured headers.
+    fn post(
+        &self,
+        bytes: &Bytes,
+        content_type: &ContentType,
+    ) -> Result<Request<Full<Bytes>>, HttpError> {
         let mut headers = self.headers.clone();
         let body = if self.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            gzip(payload.bytes()).map_err(|source| HttpError::Compress { source })?
+            gzip(bytes).map_err(|source| HttpError::Compress { source })?
         } else {
-            payload.bytes().clone()
+            bytes.clone()
         };
         // The common media types are static header values: no parsing per request.
-        let content_type = match payload.content_type() {
+        let content_type_value = match content_type {
             ContentType::Protobuf => Ok(HeaderValue::from_static("application/x-protobuf")),
             ContentType::Json => Ok(HeaderValue::from_static("application/json")),
             ContentType::OctetStream => Ok(HeaderValue::from_static("application/octet-stream")),
             other => HeaderValue::from_str(other.as_str()),
         };
-        match content_type {
+        match content_type_value {
             Ok(v) => {
                 headers.insert(CONTENT_TYPE, v);
             }
             Err(_) => {
                 tracing::debug!(
-                    content_type = payload.content_type().as_str(),
+                    content_type = content_type.as_str(),
                     "payload content type is not a valid header value; sending none"
                 );
                 headers.remove(CONTENT_TYPE);
-            }
-        }
-        if let Some(key) = &payload.meta().key {
-            // Percent-encoded to visible ASCII, which is always a valid header value.
-            match HeaderValue::from_str(&encode_key(key)) {
-                Ok(v) => {
-                    headers.insert(KEY_HEADER, v);
-                }
-                Err(_) => tracing::debug!("payload key is not a valid header value; not sent"),
             }
         }
         let mut req = Request::new(Full::new(body));
@@ -267,8 +338,7 @@ impl HttpExporter {
         Ok(req)
     }
 
-    async fn send(&self, payload: &Payload) -> Result<(), Failure> {
-        let req = self.request(payload)?;
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<(), Failure> {
         let resp = self
             .client
             .request(req)
@@ -335,19 +405,38 @@ impl Exporter for HttpExporter {
     /// Cancel safe: dropping the future abandons the request; its connection is closed, not
     /// returned to the pool, and the exporter stays usable.
     async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
-        match tokio::time::timeout(self.timeout, self.send(payload)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(Failure { error, retry_after })) => {
-                if !error.is_status() {
-                    tracing::debug!(url = %self.uri, error = %outlast_core::ErrorChain(&error), "export failed");
-                }
-                Err(error.into_export_error(retry_after))
+        let req = self.request(payload);
+        self.finish(req).await
+    }
+
+    /// Says which payloads merge, by the [`PayloadFraming`] set on the builder; no caps of
+    /// its own (the client's coalescing caps apply).
+    fn coalescing(&self, payload: &Payload) -> Option<Coalescing> {
+        match self.framing {
+            PayloadFraming::Opaque => None,
+            PayloadFraming::OtlpProtobuf => {
+                (payload.content_type() == &ContentType::Protobuf).then_some(Coalescing::UNLIMITED)
             }
-            Err(_) => {
-                tracing::debug!(url = %self.uri, timeout_secs = self.timeout.as_secs_f64(), "export timed out");
-                Err(ExportError::Timeout {
-                    after: self.timeout,
-                })
+            PayloadFraming::NdJson => Some(Coalescing::UNLIMITED),
+        }
+    }
+
+    /// Sends the payloads as one `POST` (see "Coalesced replay" in the
+    /// [module documentation](self)), bounded by the request timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`export`](Exporter::export), for the merged request as a whole.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as `export`.
+    async fn export_many(&self, payloads: &[Payload]) -> Result<(), ExportError> {
+        match payloads {
+            [one] => self.export(one).await,
+            many => {
+                let req = self.merged_request(many);
+                self.finish(req).await
             }
         }
     }
@@ -399,6 +488,31 @@ impl Exporter for HttpExporter {
     }
 }
 
+impl HttpExporter {
+    /// Sends a request bounded by the request timeout and classifies the outcome.
+    async fn finish(
+        &self,
+        req: Result<Request<Full<Bytes>>, HttpError>,
+    ) -> Result<(), ExportError> {
+        let send = async { self.send(req?).await };
+        match tokio::time::timeout(self.timeout, send).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Failure { error, retry_after })) => {
+                if !error.is_status() {
+                    tracing::debug!(url = %self.uri, error = %outlast_core::ErrorChain(&error), "export failed");
+                }
+                Err(error.into_export_error(retry_after))
+            }
+            Err(_) => {
+                tracing::debug!(url = %self.uri, timeout_secs = self.timeout.as_secs_f64(), "export timed out");
+                Err(ExportError::Timeout {
+                    after: self.timeout,
+                })
+            }
+        }
+    }
+}
+
 impl fmt::Debug for HttpExporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpExporter")
@@ -409,6 +523,7 @@ impl fmt::Debug for HttpExporter {
             .field("max_in_flight", &self.max_in_flight)
             .field("probe", &self.probe)
             .field("probe_timeout", &self.probe_timeout)
+            .field("framing", &self.framing)
             .finish_non_exhaustive()
     }
 }

@@ -49,6 +49,9 @@ pub enum Mode {
     ResetMidRequest,
     /// Answer `200 OK` after this delay.
     Slow(Duration),
+    /// Answer `400 Bad Request` to a request that carries any of these keys (alone, or
+    /// among the keys of a merged request), `200 OK` to the others: poison records.
+    RejectKeys(Vec<String>),
 }
 
 /// A fixed response for [`Mode::Respond`].
@@ -131,6 +134,14 @@ pub struct ReceivedRequest {
     pub path: String,
     /// The value of the key header (see [`TestReceiverBuilder::key_header`]).
     pub key: Option<String>,
+    /// The keys of every payload the request carried, in order: the key header's value,
+    /// or for a merged request the non-empty values of its
+    /// [`KEYS_HEADER`](crate::http::KEYS_HEADER) lines. [`unique_keys`] and
+    /// [`duplicates`] count these.
+    ///
+    /// [`unique_keys`]: TestReceiver::unique_keys
+    /// [`duplicates`]: TestReceiver::duplicates
+    pub keys: Vec<String>,
     /// All request headers ([`Recording::Full`] only).
     pub headers: Option<HeaderMap>,
     /// The body as received, not decompressed ([`Recording::Full`] only).
@@ -436,12 +447,14 @@ impl TestReceiver {
         self.shared.log().records.clone()
     }
 
-    /// Keys of accepted requests, each once, in order of first acceptance.
+    /// Keys of accepted requests (every key of a merged request), each once, in order of
+    /// first acceptance.
     pub fn unique_keys(&self) -> Vec<String> {
         self.shared.log().unique.clone()
     }
 
-    /// How many accepted requests carried a key that had already been accepted.
+    /// How many keys of accepted requests had already been accepted (a merged request
+    /// counts each of its keys).
     pub fn duplicates(&self) -> u64 {
         self.shared.log().duplicates
     }
@@ -694,19 +707,39 @@ async fn handle(
         }
     }
 
+    let key = parts
+        .headers
+        .get(&shared.key_header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut keys: Vec<String> = parts
+        .headers
+        .get_all(crate::http::KEYS_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if keys.is_empty()
+        && let Some(k) = &key
+    {
+        keys.push(k.clone());
+    }
     let answer = match &*mode {
         Mode::Up | Mode::Slow(_) => Answer::Status(200),
+        Mode::RejectKeys(poison) => {
+            if keys.iter().any(|k| poison.contains(k)) {
+                Answer::Status(400)
+            } else {
+                Answer::Status(200)
+            }
+        }
         Mode::Status(s) => Answer::Status(*s),
         Mode::TooManyRequests { .. } => Answer::Status(429),
         Mode::Respond(c) => Answer::Status(c.status),
         Mode::Hang => Answer::Hung,
         Mode::ResetMidRequest | Mode::Down => Answer::Reset,
     };
-    let key = parts
-        .headers
-        .get(&shared.key_header)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     record(
         &shared,
         ReceivedRequest {
@@ -718,6 +751,7 @@ async fn handle(
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
             key,
+            keys,
             headers: keep_body.then_some(parts.headers),
             body: keep_body.then(|| buf.freeze()),
             body_len: len,
@@ -727,6 +761,13 @@ async fn handle(
 
     match &*mode {
         Mode::Up => Ok(Response::new(Full::new(Bytes::new()))),
+        Mode::RejectKeys(_) => match answer {
+            Answer::Status(400) => Ok(text_response(
+                StatusCode::BAD_REQUEST,
+                "outlast test receiver rejects a poison key",
+            )),
+            _ => Ok(Response::new(Full::new(Bytes::new()))),
+        },
         Mode::Slow(d) => {
             tokio::time::sleep(*d).await;
             Ok(Response::new(Full::new(Bytes::new())))
@@ -781,7 +822,7 @@ fn record(shared: &Shared, mut request: ReceivedRequest) {
     log.bytes = log.bytes.saturating_add(request.body_len);
     if request.answer.is_accepted() {
         log.accepted += 1;
-        if let Some(key) = &request.key {
+        for key in &request.keys {
             let n = log.counts.entry(key.clone()).or_insert(0);
             *n += 1;
             if *n == 1 {

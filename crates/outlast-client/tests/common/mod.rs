@@ -46,6 +46,34 @@ pub fn about(d: Duration, expected: Duration) -> bool {
     d >= expected && d <= expected + Duration::from_millis(20)
 }
 
+/// Waits, in real time and at most 10 s, until no one holds the lock of lane 0 of the spool
+/// at `dir`. A client dropped without `shutdown` releases its spool when the last spool call
+/// it started on the blocking pool returns, so the lock may outlive the drop by a moment (a
+/// later client adopts the lane then, within about a second, instead of at open).
+pub fn wait_until_lane_zero_is_released(dir: &Path) {
+    let lock = dir.join("lane-0").join("lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let free = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&lock)
+        {
+            Ok(file) => file.try_lock().is_ok(),
+            Err(_) => true,
+        };
+        if free {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lane 0 of {} still locked after 10 s",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Lets spawned tasks run without advancing the (paused) clock.
 pub async fn settle() {
     for _ in 0..50 {

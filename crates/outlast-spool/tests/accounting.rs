@@ -1,0 +1,275 @@
+//! Every record is delivered or counted: limits the reader checks are refused at append;
+//! segments swapped, renamed, deleted, emptied or with a damaged magic are detected, their
+//! undeliverable records counted and nothing deleted unsent; eviction during a replay counts
+//! each record once.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{body_index, payload, small_config};
+use outlast_spool::inspect;
+use outlast_spool::{AppendErrorKind, Dropped, FullPolicy, Payload, Spool, SpoolConfig};
+
+/// Appends payloads `0..n` to a fresh spool and closes it; returns its segment files by id.
+fn fill(root: &Path, n: u64) -> Vec<PathBuf> {
+    let (spool, _) = Spool::open(small_config(root)).expect("open");
+    for i in 0..n {
+        spool.append(payload(i)).expect("append");
+    }
+    spool.close().expect("close");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(root.join("lane-0"))
+        .expect("lane")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// Reads and acknowledges everything; the payload numbers, in delivery order.
+fn deliver_all(spool: &Spool) -> Vec<u64> {
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        let b = spool.read_batch(100, u64::MAX).expect("read");
+        let Some(last) = b.records.last() else {
+            return seen;
+        };
+        let id = last.id;
+        seen.extend(b.records.iter().map(|r| body_index(&r.payload)));
+        spool.ack(id).expect("ack");
+    }
+    panic!("never ran dry");
+}
+
+fn records_in(path: &Path) -> u64 {
+    let root = path.parent().and_then(Path::parent).expect("root");
+    let scan = inspect::scan(root).expect("scan");
+    scan.lanes[0]
+        .segments
+        .iter()
+        .find(|s| s.path == path)
+        .map_or(0, |s| s.records)
+}
+
+#[test]
+fn a_key_larger_than_the_format_allows_is_refused_at_append_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_config(dir.path())
+        .max_record_bytes(1024 * 1024)
+        .segment_bytes(4 * 1024 * 1024)
+        .max_total_bytes(64 * 1024 * 1024);
+    let (spool, _) = Spool::open(config.clone()).expect("open");
+    spool.append(payload(1)).expect("append before");
+    let huge = Payload::new(&b"x"[..]).with_key("k".repeat(70 * 1024));
+    let err = spool
+        .append(huge)
+        .expect_err("a key over 64 KiB is refused");
+    assert!(
+        matches!(err.kind, AppendErrorKind::HeaderTooLarge { max: 65536, .. }),
+        "{err}"
+    );
+    assert!(err.is_too_large());
+    assert_eq!(
+        err.payload.meta().key.as_deref().map(str::len),
+        Some(70 * 1024)
+    );
+    spool.append(payload(2)).expect("append after");
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(config).expect("reopen");
+    assert_eq!(report.records, 2);
+    assert_eq!(report.torn_tail_bytes_truncated, 0);
+    assert_eq!(deliver_all(&spool), vec![1, 2]);
+}
+
+#[test]
+fn two_swapped_segments_are_delivered_in_order_and_reported_not_deleted_unsent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segs = fill(dir.path(), 1000);
+    assert!(segs.len() >= 3, "{segs:?}");
+    let tmp = dir.path().join("swap");
+    std::fs::rename(&segs[0], &tmp).expect("swap");
+    std::fs::rename(&segs[1], &segs[0]).expect("swap");
+    std::fs::rename(&tmp, &segs[1]).expect("swap");
+    let scan = inspect::scan(dir.path()).expect("scan");
+    assert!(!scan.is_healthy(), "verify reports the swap");
+    assert_eq!(scan.lanes[0].misplaced_segments.len(), 2);
+
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.misplaced_segments.len(), 2, "{report:?}");
+    assert_eq!(report.missing_records, 0);
+    assert_eq!(deliver_all(&spool), (0..1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_flipped_bit_in_a_segment_magic_is_counted_and_its_records_still_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segs = fill(dir.path(), 1000);
+    let mut bytes = std::fs::read(&segs[1]).expect("read");
+    bytes[2] ^= 0x10;
+    std::fs::write(&segs[1], &bytes).expect("write");
+    assert!(!inspect::scan(dir.path()).expect("scan").is_healthy());
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert!(report.corrupt_frames_skipped >= 1, "{report:?}");
+    assert!(
+        report.unknown_files.is_empty(),
+        "not an unknown file: {report:?}"
+    );
+    assert_eq!(deliver_all(&spool), (0..1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_segment_renamed_to_a_far_id_is_delivered_in_its_place_and_new_records_after_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segs = fill(dir.path(), 1000);
+    let far = segs[1].with_file_name("00000000000000099999.seg");
+    std::fs::rename(&segs[1], &far).expect("rename");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert!(report.misplaced_segments.contains(&far), "{report:?}");
+    spool.append(payload(1000)).expect("append");
+    let mut want: Vec<u64> = (0..1000).collect();
+    want.push(1000);
+    assert_eq!(deliver_all(&spool), want);
+}
+
+#[test]
+fn a_deleted_middle_segment_counts_its_records_as_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segs = fill(dir.path(), 1000);
+    let lost = records_in(&segs[1]);
+    assert!(lost > 0);
+    std::fs::remove_file(&segs[1]).expect("delete");
+    let scan = inspect::scan(dir.path()).expect("scan");
+    assert_eq!(scan.lanes[0].missing_records, lost);
+    assert!(!scan.is_healthy());
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.missing_records, lost, "{report:?}");
+    assert_eq!(spool.stats().missing_records, lost);
+    let delivered = deliver_all(&spool);
+    assert_eq!(
+        delivered.len() as u64 + lost,
+        1000,
+        "delivered + missing = appended"
+    );
+}
+
+#[test]
+fn an_emptied_middle_segment_counts_its_records_as_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segs = fill(dir.path(), 1000);
+    let lost = records_in(&segs[1]);
+    std::fs::write(&segs[1], b"").expect("empty it");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.missing_records, lost, "{report:?}");
+    assert_eq!(deliver_all(&spool).len() as u64 + lost, 1000);
+}
+
+#[test]
+fn acknowledged_and_evicted_heads_are_not_counted_as_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(small_config(dir.path())).expect("open");
+    for i in 0..400 {
+        spool.append(payload(i)).expect("append");
+    }
+    let b = spool.read_batch(200, u64::MAX).expect("read");
+    spool.ack(b.records[199].id).expect("ack");
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(report.missing_records, 0, "{report:?}");
+    assert!(report.misplaced_segments.is_empty());
+    assert_eq!(deliver_all(&spool), (200..400).collect::<Vec<_>>());
+}
+
+/// Drop-oldest configuration small enough to evict while a replay is under way.
+fn evicting(root: &Path) -> SpoolConfig {
+    small_config(root)
+        .max_total_bytes(48 * 1024)
+        .full_policy(FullPolicy::DropOldest)
+}
+
+/// Appends until at least one eviction took records handed out by `in_flight`.
+fn evict_during_replay(spool: &Spool, appended: &mut u64, evicted: &mut Dropped) -> Vec<u64> {
+    for i in 0..100 {
+        let a = spool.append(payload(i)).expect("append");
+        evicted.records += a.evicted.records;
+        *appended += 1;
+    }
+    let in_flight: Vec<u64> = spool
+        .read_batch(60, u64::MAX)
+        .expect("read")
+        .records
+        .iter()
+        .map(|r| r.id.seq)
+        .collect();
+    for i in 100..800 {
+        let a = spool.append(payload(i)).expect("append");
+        evicted.records += a.evicted.records;
+        *appended += 1;
+    }
+    assert!(evicted.records > 0, "evictions happened");
+    in_flight
+}
+
+#[test]
+fn records_in_flight_when_evicted_and_then_delivered_count_as_delivered_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(evicting(dir.path())).expect("open");
+    let (mut appended, mut evicted) = (0u64, Dropped::default());
+    let in_flight = evict_during_replay(&spool, &mut appended, &mut evicted);
+    // The in-flight records were delivered: acknowledged.
+    let last = *in_flight.last().expect("read something");
+    spool
+        .ack(outlast_spool::RecordId {
+            lane: spool.lane(),
+            seq: last,
+        })
+        .expect("ack");
+    let mut delivered = in_flight.len() as u64;
+    loop {
+        let b = spool.read_batch(100, u64::MAX).expect("read");
+        evicted.records += b.evicted.records;
+        let Some(r) = b.records.last() else { break };
+        delivered += b.records.len() as u64;
+        spool.ack(r.id).expect("ack");
+    }
+    // A later failure and rewind must not count the delivered records again.
+    spool.rewind();
+    let after = spool.read_batch(100, u64::MAX).expect("read");
+    assert!(after.records.is_empty());
+    evicted.records += after.evicted.records;
+    assert_eq!(
+        appended,
+        delivered + evicted.records,
+        "appended = delivered + evicted, exactly ({delivered} + {})",
+        evicted.records
+    );
+    assert_eq!(spool.stats().evicted.records, evicted.records);
+}
+
+#[test]
+fn records_in_flight_when_evicted_and_then_rewound_count_as_evicted_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(evicting(dir.path())).expect("open");
+    let (mut appended, mut evicted) = (0u64, Dropped::default());
+    let in_flight = evict_during_replay(&spool, &mut appended, &mut evicted);
+    assert!(!in_flight.is_empty());
+    // The delivery failed: nothing acknowledged, the replay starts again.
+    spool.rewind();
+    let mut delivered = 0u64;
+    let mut lost_in_flight = 0;
+    loop {
+        let b = spool.read_batch(100, u64::MAX).expect("read");
+        lost_in_flight += b.evicted.records;
+        let Some(r) = b.records.last() else { break };
+        delivered += b.records.len() as u64;
+        spool.ack(r.id).expect("ack");
+    }
+    assert_eq!(
+        lost_in_flight,
+        in_flight.len() as u64,
+        "reported after the rewind"
+    );
+    evicted.records += lost_in_flight;
+    assert_eq!(appended, delivered + evicted.records, "exactly");
+    assert_eq!(spool.stats().evicted.records, evicted.records);
+}

@@ -1,0 +1,134 @@
+//! Lane identity: spools of different identities on one directory never read each other's
+//! records; lanes written before identities existed are adopted; a lane released after
+//! open is adopted by `adopt_released`.
+
+mod common;
+
+use std::path::Path;
+
+use common::{body_index, payload, small_config};
+use outlast_spool::{RecordedIdentity, Spool, SpoolConfig, inspect};
+
+fn config(root: &Path, identity: Option<&str>) -> SpoolConfig {
+    small_config(root).identity(identity.map(str::to_owned))
+}
+
+fn deliver_all(spool: &Spool) -> Vec<u64> {
+    let mut seen = Vec::new();
+    loop {
+        let b = spool.read_batch(100, u64::MAX).expect("read");
+        if b.records.is_empty() {
+            return seen;
+        }
+        seen.extend(b.records.iter().map(|r| body_index(&r.payload)));
+        // Acknowledge each lane's newest record of the batch.
+        let mut last_of_lane = std::collections::BTreeMap::new();
+        for r in &b.records {
+            last_of_lane.insert(r.id.lane, r.id);
+        }
+        for id in last_of_lane.into_values() {
+            spool.ack(id).expect("ack");
+        }
+    }
+}
+
+fn append_and_close(root: &Path, identity: Option<&str>, values: std::ops::Range<u64>) {
+    let (spool, _) = Spool::open(config(root, identity)).expect("open");
+    for i in values {
+        spool.append(payload(i)).expect("append");
+    }
+    spool.close().expect("close");
+}
+
+#[test]
+fn spools_of_different_identities_on_one_directory_never_read_each_others_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    append_and_close(dir.path(), Some("https://a.example"), 0..5);
+    append_and_close(dir.path(), Some("https://b.example"), 100..103);
+    append_and_close(dir.path(), None, 200..202);
+
+    let (a, report) = Spool::open(config(dir.path(), Some("https://a.example"))).expect("open a");
+    let foreign: Vec<(u32, RecordedIdentity, u64)> = report
+        .foreign_lanes
+        .iter()
+        .map(|f| (f.lane, f.identity.clone(), f.records))
+        .collect();
+    assert_eq!(
+        foreign,
+        vec![
+            (1, RecordedIdentity::Named("https://b.example".into()), 3),
+            (2, RecordedIdentity::Anonymous, 2),
+        ]
+    );
+    assert!(report.foreign_lanes.iter().all(|f| f.bytes > 0));
+    assert_eq!(a.stats().foreign_lanes, 2);
+    assert_eq!(deliver_all(&a), (0..5).collect::<Vec<_>>());
+    a.close().expect("close");
+
+    let (b, _) = Spool::open(config(dir.path(), Some("https://b.example"))).expect("open b");
+    assert_eq!(deliver_all(&b), vec![100, 101, 102]);
+    b.close().expect("close");
+    let (none, report) = Spool::open(config(dir.path(), None)).expect("open none");
+    assert_eq!(report.foreign_lanes.len(), 2, "{report:?}");
+    assert_eq!(deliver_all(&none), vec![200, 201]);
+
+    let scan = inspect::scan(dir.path()).expect("scan");
+    assert_eq!(
+        scan.lanes[0].identity,
+        Some(RecordedIdentity::Named("https://a.example".into()))
+    );
+}
+
+#[test]
+fn a_lane_written_before_identities_existed_is_adopted_and_then_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    append_and_close(dir.path(), Some("old"), 0..4);
+    std::fs::remove_file(dir.path().join("lane-0").join("identity")).expect("rm identity");
+    let (spool, report) = Spool::open(config(dir.path(), Some("new"))).expect("open");
+    assert!(report.foreign_lanes.is_empty());
+    assert_eq!(spool.lane(), 0, "the lane without identity is taken");
+    assert_eq!(deliver_all(&spool), (0..4).collect::<Vec<_>>());
+    spool.append(payload(9)).expect("append");
+    spool.close().expect("close");
+    let scan = inspect::scan(dir.path()).expect("scan");
+    assert_eq!(
+        scan.lanes[0].identity,
+        Some(RecordedIdentity::Named("new".into())),
+        "recorded before the new record"
+    );
+}
+
+#[test]
+fn a_lane_released_after_open_is_adopted_by_adopt_released_and_drained_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The first spool holds lane 0 (a process about to exit).
+    let (first, _) = Spool::open(config(dir.path(), Some("svc"))).expect("open first");
+    for i in 0..5 {
+        first.append(payload(i)).expect("append");
+    }
+    // A second one, same identity, and one of another identity.
+    let (second, report) = Spool::open(config(dir.path(), Some("svc"))).expect("open second");
+    assert!(
+        report.adopted_lanes.is_empty(),
+        "a held lane is not adopted"
+    );
+    let (other, _) = Spool::open(config(dir.path(), Some("other"))).expect("open other");
+    second.append(payload(50)).expect("append");
+    assert_eq!(second.adopt_released().expect("adopt"), 0, "still held");
+    first.close().expect("the first process exits");
+    assert_eq!(
+        other.adopt_released().expect("adopt"),
+        0,
+        "not its identity"
+    );
+    assert_eq!(second.adopt_released().expect("adopt"), 1);
+    assert_eq!(second.adopt_released().expect("adopt"), 0, "adopted once");
+    let mut want: Vec<u64> = (0..5).collect();
+    want.push(50);
+    assert_eq!(deliver_all(&second), want, "the adopted lane first");
+    assert!(
+        !dir.path().join("lane-0").exists(),
+        "drained adopted lane removed"
+    );
+    assert!(deliver_all(&other).is_empty());
+}
