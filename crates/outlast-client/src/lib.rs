@@ -191,18 +191,20 @@
 //! Everything an application or an exporter author writes is at the crate root:
 //!
 //! - the pipeline: [`Client`], [`ClientBuilder`] (and [`Client::builder`]), [`Delivery`],
-//!   [`FlushReport`], [`ClientStats`], [`DropCounts`], [`DropReason`], [`SpoolState`];
+//!   [`FlushReport`], [`FlushOptions`], [`FlushOutcome`], [`BackendState`], [`ClientStats`],
+//!   [`DropCounts`], [`DropReason`], [`SpoolState`];
 //! - errors: [`DropError`], [`ShutdownError`], [`SpoolFault`], [`ConfigError`],
 //!   [`SpoolError`], and [`ErrorChain`] to print an error with its causes;
 //! - writing an exporter: [`Exporter`], [`DynExporter`], [`Payload`], [`PayloadMeta`],
-//!   [`ContentType`], [`ExportError`], [`BoxError`], [`Reachability`];
+//!   [`ContentType`], [`ExportError`], [`BoxError`], [`Reachability`], [`Coalescing`];
 //! - settings: [`Durability`], [`FullPolicy`], [`default_spool_dir`], the defaults
 //!   ([`DEFAULT_ATTEMPT_TIMEOUT`], [`DEFAULT_IMMEDIATE_RETRY_DELAY`],
 //!   [`DEFAULT_INITIAL_BACKOFF`], [`DEFAULT_MAX_BACKOFF`], [`DEFAULT_JITTER`],
 //!   [`DEFAULT_MAX_RETRY_AFTER`], [`DEFAULT_WARN_INTERVAL`], [`DEFAULT_FSYNC_INTERVAL`],
 //!   [`DEFAULT_MAX_TOTAL_BYTES`], [`DEFAULT_SEGMENT_BYTES`], [`DEFAULT_MAX_RECORD_BYTES`],
 //!   [`DEFAULT_BATCH_SIZE`], [`DEFAULT_BATCH_MAX_BYTES`], [`DEFAULT_MAX_IN_FLIGHT`],
-//!   [`DEFAULT_BATCH_DELAY`], [`DEFAULT_SPOOL_DIR_PREFIX`]) and limits
+//!   [`DEFAULT_BATCH_DELAY`], [`DEFAULT_PROBE_INTERVAL`], [`DEFAULT_COALESCE_MAX_RECORDS`],
+//!   [`DEFAULT_COALESCE_MAX_BYTES`], [`DEFAULT_SPOOL_DIR_PREFIX`]) and limits
 //!   ([`MAX_IN_FLIGHT_LIMIT`], [`units::MAX_DURATION`]).
 //!
 //! And these modules:
@@ -263,6 +265,48 @@ pub use stats::{ClientStats, DropCounts, DropReason, SpoolState};
 pub mod http;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+#[cfg(test)]
+mod tests {
+    /// The names a `pub use` of this file brings to the crate root.
+    fn reexported_names(source: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for statement in source.split("pub use ").skip(1) {
+            let statement = statement.split(';').next().unwrap_or_default();
+            let list = match (statement.find('{'), statement.rfind('}')) {
+                (Some(a), Some(b)) => &statement[a + 1..b],
+                _ => statement.rsplit("::").next().unwrap_or_default(),
+            };
+            for item in list.split(',') {
+                let item = item.trim();
+                let name = item.rsplit(" as ").next().unwrap_or(item).trim();
+                if !name.is_empty() {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_crate_doc_lists_every_name_at_the_root() {
+        let source = include_str!("lib.rs");
+        let doc: String = source
+            .lines()
+            .filter(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let names = reexported_names(code);
+        assert!(names.len() > 40, "{names:?}");
+        for name in names {
+            assert!(
+                doc.contains(&format!("[`{name}`]")) || doc.contains(&format!("[`{name}`](")),
+                "{name} is public at the root but not listed in the crate doc"
+            );
+        }
+    }
+}
 
 // The README's examples are compiled as doctests of this crate, so they cannot drift.
 #[cfg(doctest)]
