@@ -359,7 +359,8 @@ impl HttpExporterBuilder {
                 b = b.header(name.as_str(), value);
             }
         }
-        if let Some(t) = timeout {
+        // Empty means unset, as for every other variable.
+        if let Some(t) = timeout.filter(|t| !t.trim().is_empty()) {
             let d = units::parse_duration(&t)
                 .map_err(|e| ConfigError::invalid(ENV_TIMEOUT, e.to_string()))?;
             b = b.timeout(positive(ENV_TIMEOUT, d)?);
@@ -674,6 +675,23 @@ mod tests {
             let e = b.build().expect_err(param);
             assert_eq!(param_of(&e), param, "{e}");
         }
+    }
+
+    #[test]
+    fn an_empty_timeout_variable_keeps_the_default() {
+        let e = HttpExporterBuilder::from_env_vars([
+            (ENV_ENDPOINT, "http://127.0.0.1:4318/"),
+            (ENV_TIMEOUT, "  "),
+        ])
+        .and_then(HttpExporterBuilder::build)
+        .expect("empty is unset");
+        assert_eq!(e.timeout(), DEFAULT_TIMEOUT);
+        let err = HttpExporterBuilder::from_env_vars([
+            (ENV_ENDPOINT, "http://127.0.0.1:4318/"),
+            (ENV_TIMEOUT, "0"),
+        ])
+        .expect_err("zero refused");
+        assert_eq!(param_of(&err), ENV_TIMEOUT);
     }
 
     #[test]
