@@ -302,6 +302,8 @@ impl Client {
     ///   after `immediate_retry_delay` (1 s), unless the server asked for a longer wait; a
     ///   second failure puts the payload in the spool. Each attempt is bounded by
     ///   `attempt_timeout`, so the call takes at most about two timeouts plus the retry delay.
+    /// - To bound the whole call by a deadline (a serverless invocation's budget), use
+    ///   [`export_by`](Client::export_by) instead: it spools rather than retry past it.
     /// - While a backlog exists (the backend was found unreachable, or an earlier run left
     ///   records), the payload goes straight to the spool without touching the network, so
     ///   it is delivered after the older records, and the call returns within microseconds
@@ -328,7 +330,8 @@ impl Client {
     }
 
     /// Exports one payload within a time budget: as [`export`](Client::export), but the
-    /// call returns by `deadline` (plus the few microseconds of a spool append). An attempt
+    /// call returns by `deadline` (plus the few microseconds of a spool append in the
+    /// default `OsWrite` mode; `FsyncEveryAppend` adds the fsync of the append). An attempt
     /// is cut off at the deadline, and the quick retry is made only if its delay ends
     /// before the deadline; otherwise the payload goes to the spool at once, for the drain
     /// task or a [`force_flush`](Client::force_flush) to deliver. A deadline already past
@@ -640,28 +643,16 @@ impl Client {
         }
     }
 
-    /// Takes over released lanes of this client's identity (on the blocking pool, bounded
-    /// by `deadline`); marks a backlog if any were adopted.
+    /// Takes over released lanes of this client's identity (bounded by `deadline`); marks a
+    /// backlog if any were adopted.
     async fn adopt_released(&self, deadline: Instant) {
         let shared = &self.inner.shared;
         let Some(spool) = shared.spool() else {
             return;
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        let adopt = tokio::task::spawn_blocking(move || spool.adopt_released());
-        match tokio::time::timeout(left, adopt).await {
-            Ok(Ok(Ok(n))) if n > 0 => {
-                tracing::info!(
-                    lanes = n,
-                    "outlast: adopted spool lanes released by another process"
-                );
-                shared.mark_adopted();
-            }
-            Ok(Ok(Err(e))) => shared.warn_spool_trouble("adopt", &e),
-            _ => {}
+        if !left.is_zero() {
+            let _ = tokio::time::timeout(left, shared.adopt_released_on(spool)).await;
         }
     }
 
