@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use common::{client, payload, settle, spool_dir, texts};
-use outlast_client::spool::{Spool, SpoolConfig};
+use outlast_client::spool::Spool;
 use outlast_client::testing::{MemoryExporter, Outcome};
 use outlast_client::{
     ClientBuilder, ConfigError, Delivery, DropError, DropReason, ExportError, Exporter, Payload,
@@ -80,7 +80,8 @@ async fn shutdown_refuses_later_exports_keeps_the_backlog_and_releases_the_spool
 
     // While the client runs, its lane is locked: another opener gets a different lane.
     {
-        let (_spool, report) = Spool::open(SpoolConfig::new(dir.path())).expect("open");
+        let (_spool, report) =
+            Spool::open(common::spool_config_of::<MemoryExporter>(dir.path())).expect("open");
         assert_ne!(report.lane, 0);
     }
 
@@ -110,7 +111,8 @@ async fn shutdown_refuses_later_exports_keeps_the_backlog_and_releases_the_spool
     assert_eq!(flushed.elapsed, Duration::ZERO);
 
     // The lock is released: lane 0 is free again, and it still holds both records.
-    let (spool, report) = Spool::open(SpoolConfig::new(dir.path())).expect("reopen");
+    let (spool, report) =
+        Spool::open(common::spool_config_of::<MemoryExporter>(dir.path())).expect("reopen");
     assert_eq!(report.lane, 0);
     assert_eq!(report.records, 2);
     drop(spool);
@@ -178,7 +180,8 @@ async fn the_drain_task_ends_when_the_last_client_is_dropped() {
         "the drain task ended and released the exporter"
     );
     // And the spool with it: lane 0 can be taken again.
-    let (_spool, report) = Spool::open(SpoolConfig::new(dir.path())).expect("reopen");
+    let (_spool, report) =
+        Spool::open(common::spool_config_of::<Tracked>(dir.path())).expect("reopen");
     assert_eq!(report.lane, 0);
     assert_eq!(report.records, 1);
 }
