@@ -776,4 +776,67 @@ mod tests {
     fn client_is_send_sync_and_clone() {
         assert_send_sync::<Client>();
     }
+
+    #[derive(Debug)]
+    struct Named(Option<&'static str>);
+
+    impl Exporter for Named {
+        async fn export(&self, _payload: &Payload) -> Result<(), outlast_core::ExportError> {
+            Ok(())
+        }
+
+        fn identity(&self) -> Option<String> {
+            self.0.map(str::to_owned)
+        }
+    }
+
+    /// The identity the spool of a client built from `builder` records.
+    fn identity_of(
+        builder: ClientBuilder,
+        build: impl FnOnce(ClientBuilder) -> Client,
+    ) -> Option<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _guard = rt.enter();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let c = build(builder.spool_dir(dir.path()));
+        c.inner
+            .shared
+            .settings
+            .spool
+            .identity_value()
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn the_identity_is_the_builders_else_the_exporters_else_its_type_name() {
+        let build = |e: Named| move |b: ClientBuilder| b.build(e).expect("valid");
+        assert_eq!(
+            identity_of(Client::builder().identity("svc"), build(Named(Some("x")))).as_deref(),
+            Some("svc")
+        );
+        assert_eq!(
+            identity_of(Client::builder(), build(Named(Some("x")))).as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            identity_of(Client::builder(), build(Named(None))).as_deref(),
+            Some(std::any::type_name::<Named>())
+        );
+        // An empty identity from the exporter counts as none.
+        assert_eq!(
+            identity_of(Client::builder(), build(Named(Some(" ")))).as_deref(),
+            Some(std::any::type_name::<Named>())
+        );
+        // Behind a pointer the type is unknown: no identity unless one is named.
+        let dynamic = |b: ClientBuilder| b.build_dyn(Arc::new(Named(None))).expect("valid");
+        assert_eq!(identity_of(Client::builder(), dynamic), None);
+        let dynamic = |b: ClientBuilder| b.build_dyn(Arc::new(Named(Some("y")))).expect("valid");
+        assert_eq!(
+            identity_of(Client::builder(), dynamic).as_deref(),
+            Some("y")
+        );
+    }
 }
