@@ -325,17 +325,20 @@ impl PipelineBuilder {
         let url = self.endpoint_of(signal);
         let mut vars = vec![(ENV_ENDPOINT.to_owned(), url)];
         vars.extend(self.http.iter().cloned());
-        // The shared lists first, then the signal's: a header in both takes the signal's
-        // value. Each list was checked when it was read.
-        let lists: Vec<&str> = self
+        // A header in a signal's list replaces the one of the same name in the shared list.
+        // Each list was checked when it was read.
+        let own_items: Vec<&str> = own.headers.iter().flat_map(|l| items(&l.value)).collect();
+        let own_names: Vec<String> = own_items.iter().map(|i| item_name(i)).collect();
+        let merged: Vec<&str> = self
             .shared
             .headers
             .iter()
-            .chain(&own.headers)
-            .map(|l| l.value.as_str())
+            .flat_map(|l| items(&l.value))
+            .filter(|i| !own_names.contains(&item_name(i)))
+            .chain(own_items.iter().copied())
             .collect();
-        if !lists.is_empty() {
-            vars.push((ENV_HEADERS.to_owned(), lists.join(",")));
+        if !merged.is_empty() {
+            vars.push((ENV_HEADERS.to_owned(), merged.join(",")));
         }
         let b = HttpExporterBuilder::from_env_vars(vars).map_err(|e| rename(e, url_param))?;
         let b = b.headers(self.code_headers.iter().cloned());
@@ -407,6 +410,20 @@ fn check_header_list(list: &Sourced<String>) -> Result<(), ConfigError> {
     ])
     .map(drop)
     .map_err(|e| rename(e, list.param("headers")))
+}
+
+/// The non-empty `k=v` items of a header list.
+fn items(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').filter(|i| !i.trim().is_empty())
+}
+
+/// The header name of a `k=v` item, for comparison (header names are case-insensitive).
+fn item_name(item: &str) -> String {
+    item.split('=')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// The same error, naming `param` instead.

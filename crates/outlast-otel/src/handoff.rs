@@ -239,10 +239,22 @@ impl Handoff {
 }
 
 /// The error message of a dropped batch: the signal, how many items, and why.
+/// The causes (the collector's status and message, the spool's error) are appended, so that
+/// the SDK's log of the failure says what happened.
 fn describe_drop(signal: Signal, items: u64, dropped: &DropError) -> String {
-    format!(
+    let mut s = format!(
         "outlast dropped the {signal} batch of {items} {} ({}): {dropped}",
         signal.item(),
         dropped.reason()
-    )
+    );
+    let mut cause = std::error::Error::source(dropped);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }

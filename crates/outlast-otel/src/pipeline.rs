@@ -417,8 +417,10 @@ impl Pipeline {
                 .await;
         }
 
-        // 3. Every signal's spool to the collector, concurrently, in the time left.
-        let budget = left();
+        // 3. Every signal's spool to the collector, concurrently, in the time left (less a
+        // margin, so that their reports arrive before our own deadline).
+        let left_now = left();
+        let budget = left_now.saturating_sub((left_now / 20).min(Duration::from_millis(50)));
         let flushes = inner.signals.clone().map(|parts| {
             let parts = parts?;
             let client = parts.handoff.client.clone();

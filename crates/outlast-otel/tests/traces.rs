@@ -38,7 +38,7 @@ async fn spans_emitted_during_an_outage_arrive_after_it() {
 
     let emitted = emit_spans(&provider, 300);
     // The SDK hands its queue to outlast, which spools it: the collector is down.
-    let flush = otel.force_flush(Duration::from_secs(10)).await;
+    let flush = otel.force_flush(Duration::from_secs(3)).await;
     assert!(flush.sdk_flushed, "{flush:?}");
     assert!(!flush.complete, "nothing can be delivered yet: {flush:?}");
     let stats = otel.stats().traces.expect("traces stats");
