@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use outlast_client::http::{HttpExporter, PayloadFraming};
 use outlast_client::testing::Mode;
-use outlast_client::{Client, ContentType, Delivery, Payload};
+use outlast_client::{Client, ContentType, Delivery, Payload, ShutdownError};
 use outlast_tests::{CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, TEST_BOUND, fast_builder, key};
 
 /// Environment variable giving the child its spool directory (and switching it on).
@@ -99,10 +99,12 @@ fn kill_during_replay(server: &tokio::runtime::Runtime) {
             let got = client.export(record(i)).await;
             assert!(matches!(got, Ok(Delivery::Spooled)), "{i}: {got:?}");
         }
-        client
-            .shutdown(Duration::from_secs(5))
-            .await
-            .expect("clean shutdown");
+        // The receiver is down: the shutdown's flush cannot deliver anything, so a short
+        // timeout; what matters is that the spool is synced, closed and released.
+        match client.shutdown(Duration::from_millis(300)).await {
+            Ok(_) | Err(ShutdownError::Exporter { .. }) => {}
+            Err(e) => panic!("shutdown: {e}"),
+        }
     });
     // Slow enough that the replay takes a while and the kill lands in its middle.
     server

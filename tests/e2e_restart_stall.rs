@@ -47,6 +47,12 @@ impl Exporter for StallOnce {
     fn max_in_flight(&self) -> usize {
         Exporter::max_in_flight(&self.inner)
     }
+
+    // A wrapper delivers to the same backend as the exporter it wraps: the restarted process,
+    // built on the bare exporter, takes this lane as its own.
+    fn identity(&self) -> Option<String> {
+        self.inner.identity()
+    }
 }
 
 #[test]

@@ -302,6 +302,8 @@ impl Client {
     ///   after `immediate_retry_delay` (1 s), unless the server asked for a longer wait; a
     ///   second failure puts the payload in the spool. Each attempt is bounded by
     ///   `attempt_timeout`, so the call takes at most about two timeouts plus the retry delay.
+    /// - To bound the whole call by a deadline (a serverless invocation's budget), use
+    ///   [`export_by`](Client::export_by) instead: it spools rather than retry past it.
     /// - While a backlog exists (the backend was found unreachable, or an earlier run left
     ///   records), the payload goes straight to the spool without touching the network, so
     ///   it is delivered after the older records, and the call returns within microseconds
@@ -328,7 +330,8 @@ impl Client {
     }
 
     /// Exports one payload within a time budget: as [`export`](Client::export), but the
-    /// call returns by `deadline` (plus the few microseconds of a spool append). An attempt
+    /// call returns by `deadline` (plus the few microseconds of a spool append in the
+    /// default `OsWrite` mode; `FsyncEveryAppend` adds the fsync of the append). An attempt
     /// is cut off at the deadline, and the quick retry is made only if its delay ends
     /// before the deadline; otherwise the payload goes to the spool at once, for the drain
     /// task or a [`force_flush`](Client::force_flush) to deliver. A deadline already past
@@ -640,28 +643,16 @@ impl Client {
         }
     }
 
-    /// Takes over released lanes of this client's identity (on the blocking pool, bounded
-    /// by `deadline`); marks a backlog if any were adopted.
+    /// Takes over released lanes of this client's identity (bounded by `deadline`); marks a
+    /// backlog if any were adopted.
     async fn adopt_released(&self, deadline: Instant) {
         let shared = &self.inner.shared;
         let Some(spool) = shared.spool() else {
             return;
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        let adopt = tokio::task::spawn_blocking(move || spool.adopt_released());
-        match tokio::time::timeout(left, adopt).await {
-            Ok(Ok(Ok(n))) if n > 0 => {
-                tracing::info!(
-                    lanes = n,
-                    "outlast: adopted spool lanes released by another process"
-                );
-                shared.mark_adopted();
-            }
-            Ok(Ok(Err(e))) => shared.warn_spool_trouble("adopt", &e),
-            _ => {}
+        if !left.is_zero() {
+            let _ = tokio::time::timeout(left, shared.adopt_released_on(spool)).await;
         }
     }
 
@@ -785,5 +776,68 @@ mod tests {
     #[test]
     fn client_is_send_sync_and_clone() {
         assert_send_sync::<Client>();
+    }
+
+    #[derive(Debug)]
+    struct Named(Option<&'static str>);
+
+    impl Exporter for Named {
+        async fn export(&self, _payload: &Payload) -> Result<(), outlast_core::ExportError> {
+            Ok(())
+        }
+
+        fn identity(&self) -> Option<String> {
+            self.0.map(str::to_owned)
+        }
+    }
+
+    /// The identity the spool of a client built from `builder` records.
+    fn identity_of(
+        builder: ClientBuilder,
+        build: impl FnOnce(ClientBuilder) -> Client,
+    ) -> Option<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _guard = rt.enter();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let c = build(builder.spool_dir(dir.path()));
+        c.inner
+            .shared
+            .settings
+            .spool
+            .identity_value()
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn the_identity_is_the_builders_else_the_exporters_else_its_type_name() {
+        let build = |e: Named| move |b: ClientBuilder| b.build(e).expect("valid");
+        assert_eq!(
+            identity_of(Client::builder().identity("svc"), build(Named(Some("x")))).as_deref(),
+            Some("svc")
+        );
+        assert_eq!(
+            identity_of(Client::builder(), build(Named(Some("x")))).as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            identity_of(Client::builder(), build(Named(None))).as_deref(),
+            Some(std::any::type_name::<Named>())
+        );
+        // An empty identity from the exporter counts as none.
+        assert_eq!(
+            identity_of(Client::builder(), build(Named(Some(" ")))).as_deref(),
+            Some(std::any::type_name::<Named>())
+        );
+        // Behind a pointer the type is unknown: no identity unless one is named.
+        let dynamic = |b: ClientBuilder| b.build_dyn(Arc::new(Named(None))).expect("valid");
+        assert_eq!(identity_of(Client::builder(), dynamic), None);
+        let dynamic = |b: ClientBuilder| b.build_dyn(Arc::new(Named(Some("y")))).expect("valid");
+        assert_eq!(
+            identity_of(Client::builder(), dynamic).as_deref(),
+            Some("y")
+        );
     }
 }

@@ -76,7 +76,9 @@ impl<'a> Drain<'a> {
             probe_supported: true,
             probe_trusted: true,
             probe_led: false,
-            seen_flush: shared.flush_epoch.load(Ordering::Acquire),
+            // Epochs start at 0 when the client is built: a flush made before this task first
+            // ran is still to be answered.
+            seen_flush: 0,
             last_adopt: Instant::now(),
         }
     }
@@ -194,24 +196,11 @@ impl<'a> Drain<'a> {
         }
     }
 
-    /// Takes over released lanes of this identity (on the blocking pool); a backlog is
-    /// marked if any were adopted.
+    /// Takes over released lanes of this identity; a backlog is marked if any were adopted.
     async fn adopt_released(&self) {
         let shared = self.shared;
-        let Some(spool) = shared.spool() else {
-            return;
-        };
-        match tokio::task::spawn_blocking(move || spool.adopt_released()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => {
-                tracing::info!(
-                    lanes = n,
-                    "outlast: adopted spool lanes released by another process"
-                );
-                shared.mark_adopted();
-            }
-            Ok(Err(e)) => shared.warn_spool_trouble("adopt", &e),
-            Err(e) => tracing::error!(error = %e, "outlast: spool task failed"),
+        if let Some(spool) = shared.spool() {
+            shared.adopt_released_on(spool).await;
         }
     }
 

@@ -410,6 +410,35 @@ impl Shared {
 
     // ----- spooling -----
 
+    /// Takes over released lanes of this client's identity and marks a backlog if any were
+    /// adopted. A directory listing and a non-blocking lock attempt per lane: inline in
+    /// `OsWrite` mode, as the spool's other quick calls, so that no spool handle outlives the
+    /// client on the blocking pool; on the blocking pool in `FsyncEveryAppend` mode.
+    pub(crate) async fn adopt_released_on(&self, spool: Arc<Spool>) {
+        let adopted = if self.spool_calls_inline() {
+            Some(spool.adopt_released())
+        } else {
+            match tokio::task::spawn_blocking(move || spool.adopt_released()).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "outlast: spool task failed");
+                    None
+                }
+            }
+        };
+        match adopted {
+            Some(Ok(0)) | None => {}
+            Some(Ok(n)) => {
+                tracing::info!(
+                    lanes = n,
+                    "outlast: adopted spool lanes released by another process"
+                );
+                self.mark_adopted();
+            }
+            Some(Err(e)) => self.warn_spool_trouble("adopt", &e),
+        }
+    }
+
     /// Appends `payload` to `spool` and does the bookkeeping (counters, backlog flag, wake the
     /// drain task). Synchronous, so it also completes when run on the blocking pool for an
     /// export whose future was dropped.

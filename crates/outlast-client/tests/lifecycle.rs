@@ -6,21 +6,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use common::{client, payload, settle, spool_dir, texts};
-use outlast_client::spool::{Spool, SpoolConfig};
+use outlast_client::spool::Spool;
 use outlast_client::testing::{MemoryExporter, Outcome};
 use outlast_client::{
     ClientBuilder, ConfigError, Delivery, DropError, DropReason, ExportError, Exporter, Payload,
     ShutdownError,
 };
 use tokio::time::Instant;
-
-/// The identity of the clients whose lanes these tests reopen with a bare spool.
-const LIFECYCLE: &str = "lifecycle-test";
-
-/// A spool configuration that may take the lanes of the clients built with [`LIFECYCLE`].
-fn same_identity(dir: &std::path::Path) -> SpoolConfig {
-    SpoolConfig::new(dir).identity(Some(LIFECYCLE.to_owned()))
-}
 
 #[tokio::test(start_paused = true)]
 async fn a_new_client_delivers_what_an_earlier_one_left_in_the_spool() {
@@ -39,7 +31,6 @@ async fn a_new_client_delivers_what_an_earlier_one_left_in_the_spool() {
         // Dropped without shutdown: nothing spooled may be lost.
     }
     settle().await;
-    common::wait_until_lane_zero_is_released(dir.path());
 
     let up = MemoryExporter::new();
     let b = client(dir.path(), &up);
@@ -68,7 +59,6 @@ async fn the_drain_task_starts_at_once_when_the_spool_has_records() {
         assert!(a.export(payload("x")).await.expect("spooled").is_spooled());
     }
     settle().await;
-    common::wait_until_lane_zero_is_released(dir.path());
     let up = MemoryExporter::new();
     let b = client(dir.path(), &up);
     let start = Instant::now();
@@ -82,10 +72,7 @@ async fn the_drain_task_starts_at_once_when_the_spool_has_records() {
 async fn shutdown_refuses_later_exports_keeps_the_backlog_and_releases_the_spool() {
     let dir = spool_dir();
     let exporter = MemoryExporter::new();
-    let c = common::builder(dir.path())
-        .identity(LIFECYCLE)
-        .build(exporter.clone())
-        .expect("valid configuration");
+    let c = client(dir.path(), &exporter);
     let other_handle = c.clone();
     exporter.set_mode(Outcome::Fail);
     assert!(c.export(payload("a")).await.expect("spooled").is_spooled());
@@ -93,7 +80,8 @@ async fn shutdown_refuses_later_exports_keeps_the_backlog_and_releases_the_spool
 
     // While the client runs, its lane is locked: another opener gets a different lane.
     {
-        let (_spool, report) = Spool::open(same_identity(dir.path())).expect("open");
+        let (_spool, report) =
+            Spool::open(common::spool_config_of::<MemoryExporter>(dir.path())).expect("open");
         assert_ne!(report.lane, 0);
     }
 
@@ -123,7 +111,8 @@ async fn shutdown_refuses_later_exports_keeps_the_backlog_and_releases_the_spool
     assert_eq!(flushed.elapsed, Duration::ZERO);
 
     // The lock is released: lane 0 is free again, and it still holds both records.
-    let (spool, report) = Spool::open(same_identity(dir.path())).expect("reopen");
+    let (spool, report) =
+        Spool::open(common::spool_config_of::<MemoryExporter>(dir.path())).expect("reopen");
     assert_eq!(report.lane, 0);
     assert_eq!(report.records, 2);
     drop(spool);
@@ -173,10 +162,7 @@ async fn the_drain_task_ends_when_the_last_client_is_dropped() {
     let inner = MemoryExporter::new();
     inner.set_mode(Outcome::Fail);
     let (exporter, alive) = tracked(&inner);
-    let c = common::builder(dir.path())
-        .identity(LIFECYCLE)
-        .build(exporter)
-        .expect("valid");
+    let c = common::builder(dir.path()).build(exporter).expect("valid");
     let clone = c.clone();
     // Leave the drain task waiting out a backoff.
     assert!(c.export(payload("a")).await.expect("spooled").is_spooled());
@@ -194,8 +180,8 @@ async fn the_drain_task_ends_when_the_last_client_is_dropped() {
         "the drain task ended and released the exporter"
     );
     // And the spool with it: lane 0 can be taken again.
-    common::wait_until_lane_zero_is_released(dir.path());
-    let (_spool, report) = Spool::open(same_identity(dir.path())).expect("reopen");
+    let (_spool, report) =
+        Spool::open(common::spool_config_of::<Tracked>(dir.path())).expect("reopen");
     assert_eq!(report.lane, 0);
     assert_eq!(report.records, 1);
 }

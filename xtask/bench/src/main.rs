@@ -62,6 +62,10 @@ struct Args {
     /// Requests in flight for the HTTP rows.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Also measure the time to first delivery after a 60 s outage (row 7e): adds more than
+    /// a minute per repetition.
+    #[arg(long)]
+    long_outage: bool,
     /// Internal: run as a child process of the harness.
     #[command(subcommand)]
     child: Option<Internal>,
@@ -110,6 +114,16 @@ fn plan(args: &Args) -> Plan {
         backlog_small_records: 500,
         backlog_bytes: args.backlog_bytes.unwrap_or(pick(8 * MIB, 512 * MIB)),
         backlog_record_len: 16 * 1024,
+        coalesce_records: 2000,
+        request_cost: std::time::Duration::from_micros(500),
+        outages: if args.long_outage {
+            vec![
+                std::time::Duration::from_secs(2),
+                std::time::Duration::from_secs(60),
+            ]
+        } else {
+            vec![std::time::Duration::from_secs(2)]
+        },
         memory_bytes: if q {
             [8 * MIB, 32 * MIB]
         } else {

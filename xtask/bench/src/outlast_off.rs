@@ -78,6 +78,17 @@ impl Receiver {
     pub(crate) fn set_up(&self, _up: bool) -> anyhow::Result<()> {
         off()
     }
+
+    /// A cost per request needs outlast's `TestReceiver`.
+    pub(crate) fn set_cost(&self, _cost: Option<Duration>) -> anyhow::Result<()> {
+        off()
+    }
+}
+
+/// The payload bytes themselves (the OTLP-like framing needs no outlast code, but nothing
+/// uses it without the outlast side).
+pub(crate) fn otlp_like(len: usize, seed: u64) -> Bytes {
+    Bytes::from(crate::disk::record(len, seed))
 }
 
 /// Not available: see [`REASON`].
@@ -117,9 +128,23 @@ pub(crate) async fn outage_latencies_us(
 pub(crate) async fn replay(
     _rcv: &Receiver,
     _dir: &Path,
-    _len: usize,
+    _body: Bytes,
     _count: u64,
     _concurrency: usize,
+    _cost: Option<Duration>,
+) -> anyhow::Result<Duration> {
+    off()
+}
+
+/// Not available: see [`REASON`].
+///
+/// # Cancel safety
+///
+/// Cancel safe (does nothing).
+pub(crate) async fn first_delivery_after(
+    _rcv: &Receiver,
+    _dir: &Path,
+    _outage: Duration,
 ) -> anyhow::Result<Duration> {
     off()
 }

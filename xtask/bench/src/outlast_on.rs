@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use outlast_client::http::HttpExporter;
+use outlast_client::http::{HttpExporter, PayloadFraming};
 use outlast_client::spool::{
     DEFAULT_MAX_TOTAL_BYTES, Durability, Payload, Spool, SpoolConfig, SpoolStats,
 };
 use outlast_client::testing::{Mode, Recording, TestReceiver};
-use outlast_client::{Client, Delivery};
+use outlast_client::{Client, ContentType, Delivery};
 use tokio::runtime::Handle;
 
 use crate::child::{hold, say};
@@ -244,8 +244,21 @@ impl Receiver {
             .context("switching the receiver")
     }
 
+    /// Answers every request after `cost` (a fixed cost per request), or at once with
+    /// `None`. Call from outside the runtime.
+    pub(crate) fn set_cost(&self, cost: Option<Duration>) -> anyhow::Result<()> {
+        let mode = cost.map_or(Mode::Up, Mode::Slow);
+        self.handle
+            .block_on(self.inner.set_mode(mode))
+            .context("switching the receiver")
+    }
+
     fn accepted(&self) -> u64 {
         self.inner.accepted_count()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.inner.bytes_received()
     }
 }
 
@@ -262,6 +275,55 @@ fn client(url: &str, dir: &Path, in_flight: usize, spool_bytes: u64) -> anyhow::
         .max_in_flight(in_flight)
         .build(exporter)
         .context("building the client")
+}
+
+/// As [`client`], with the exporter told that payloads are OTLP protobuf requests of one
+/// signal, so that the replay merges consecutive records.
+fn coalescing_client(
+    url: &str,
+    dir: &Path,
+    in_flight: usize,
+    spool_bytes: u64,
+) -> anyhow::Result<Client> {
+    let exporter = HttpExporter::builder(url)
+        .max_in_flight(in_flight)
+        .payload_framing(PayloadFraming::OtlpProtobuf)
+        .build()
+        .context("building the HTTP exporter")?;
+    Client::builder()
+        .spool_dir(dir)
+        .spool_max_bytes(cap_for(spool_bytes))
+        .max_in_flight(in_flight)
+        .build(exporter)
+        .context("building the client")
+}
+
+/// An OTLP-like record of `len` bytes: one length-delimited entry of field 1 (as
+/// `resource_spans` in an OTLP export request) filled with `body`'s bytes, so that
+/// concatenated records are one valid message.
+pub(crate) fn otlp_like(len: usize, seed: u64) -> Bytes {
+    let varint = |mut n: usize| {
+        let mut out = Vec::new();
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    };
+    // The field's length is what is left after the tag and the length's own varint.
+    let mut inner = len.saturating_sub(2);
+    while 1 + varint(inner).len() + inner > len && inner > 0 {
+        inner -= 1;
+    }
+    let mut out = Vec::with_capacity(len);
+    out.push(0x0a);
+    out.extend_from_slice(&varint(inner));
+    out.extend_from_slice(&record(inner, seed));
+    Bytes::from(out)
 }
 
 async fn export(client: &Client, body: &Bytes) -> anyhow::Result<Delivery> {
@@ -337,8 +399,9 @@ pub(crate) async fn outage_latencies_us(
     Ok(lat)
 }
 
-/// Exports `count` payloads of `len` bytes during an outage (all spooled), brings the
-/// receiver back and times `force_flush` until the backlog is delivered.
+/// Exports `count` copies of `body` (OTLP protobuf) during an outage (all spooled), brings
+/// the receiver back (answering after `cost`, if given) and times `force_flush` until the
+/// backlog is delivered, the exporter merging consecutive records (coalesced replay).
 ///
 /// # Cancel safety
 ///
@@ -346,25 +409,78 @@ pub(crate) async fn outage_latencies_us(
 pub(crate) async fn replay(
     rcv: &Receiver,
     dir: &Path,
-    len: usize,
+    body: Bytes,
     count: u64,
     concurrency: usize,
+    cost: Option<Duration>,
 ) -> anyhow::Result<Duration> {
     rcv.set_mode(false).await?;
-    let body = Bytes::from(record(len, 5));
-    let client = client(&rcv.url(), dir, concurrency, count * len as u64)?;
-    spool_backlog(&client, &body, count).await?;
-    rcv.set_mode(true).await?;
-    let accepted_before = rcv.accepted();
+    let len = body.len() as u64;
+    let client = coalescing_client(&rcv.url(), dir, concurrency, count * len)?;
+    let payload = Payload::new(body).with_content_type(ContentType::Protobuf);
+    for i in 0..count {
+        let d = client
+            .export(payload.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("export dropped: {}", e.reason()))?;
+        anyhow::ensure!(d.is_spooled(), "export {i} during the outage was {d:?}");
+    }
+    let mode = cost.map_or(Mode::Up, Mode::Slow);
+    rcv.inner
+        .set_mode(mode)
+        .await
+        .context("switching the receiver")?;
+    let bytes_before = rcv.bytes();
     let start = Instant::now();
     let report = client.force_flush(FLUSH_TIMEOUT).await;
     let elapsed = start.elapsed();
     anyhow::ensure!(report.complete, "flush incomplete: {report:?}");
-    let accepted = rcv.accepted() - accepted_before;
+    let bytes = rcv.bytes() - bytes_before;
     anyhow::ensure!(
-        accepted >= count,
-        "receiver accepted {accepted} of {count} replayed payloads"
+        bytes >= count * len,
+        "receiver got {bytes} of {} replayed bytes",
+        count * len
     );
+    let _ = client.shutdown(SHUTDOWN_TIMEOUT).await;
+    Ok(elapsed)
+}
+
+/// With the receiver down, spools one payload (after the quick retry), keeps the receiver
+/// down for `outage` in all (counted from the first failed attempt), brings it back and
+/// times how long the first record takes to arrive, with the client's default settings.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: the receiver may be left down.
+pub(crate) async fn first_delivery_after(
+    rcv: &Receiver,
+    dir: &Path,
+    outage: Duration,
+) -> anyhow::Result<Duration> {
+    rcv.set_mode(false).await?;
+    let exporter = HttpExporter::builder(rcv.url())
+        .build()
+        .context("building the HTTP exporter")?;
+    let client = Client::builder()
+        .spool_dir(dir)
+        .build(exporter)
+        .context("building the client")?;
+    let down_since = Instant::now();
+    let body = Bytes::from(record(1024, 9));
+    let d = export(&client, &body).await?;
+    anyhow::ensure!(d.is_spooled(), "export during the outage was {d:?}");
+    tokio::time::sleep(outage.saturating_sub(down_since.elapsed())).await;
+    let before = rcv.accepted();
+    rcv.set_mode(true).await?;
+    let back = Instant::now();
+    while rcv.accepted() == before {
+        anyhow::ensure!(
+            back.elapsed() < FLUSH_TIMEOUT,
+            "nothing delivered within {FLUSH_TIMEOUT:?} of the receiver's return"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = back.elapsed();
     let _ = client.shutdown(SHUTDOWN_TIMEOUT).await;
     Ok(elapsed)
 }
@@ -419,6 +535,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let o = frame_overhead(dir.path()).expect("overhead");
         assert!((1..=256).contains(&o), "frame overhead of {o} bytes");
+    }
+
+    #[test]
+    fn otlp_like_records_are_one_length_delimited_field_of_the_asked_size() {
+        for len in [16, 1024, 16 * 1024] {
+            let r = otlp_like(len, 1);
+            assert_eq!(r.len(), len);
+            assert_eq!(r[0], 0x0a);
+            // The varint length covers the rest of the record exactly.
+            let (mut n, mut shift, mut i) = (0usize, 0, 1);
+            loop {
+                let b = r[i];
+                n |= usize::from(b & 0x7f) << shift;
+                shift += 7;
+                i += 1;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            assert_eq!(i + n, len, "{len}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use outlast_core::{ExportError, Exporter, Payload, Reachability};
+use outlast_core::{Coalescing, ExportError, Exporter, Payload, Reachability};
 
 /// What the [`MemoryExporter`] does with one export attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,9 @@ struct State {
     reject_if: Option<Predicate>,
     probe: ProbeMode,
     attempt_times: Vec<tokio::time::Instant>,
+    coalescing: Option<Coalescing>,
+    /// Payloads carried by each attempt, in the order they started.
+    call_sizes: Vec<usize>,
 }
 
 struct Inner {
@@ -125,6 +128,8 @@ impl MemoryExporter {
                     reject_if: None,
                     probe: ProbeMode::Unsupported,
                     attempt_times: Vec::new(),
+                    coalescing: None,
+                    call_sizes: Vec::new(),
                 }),
                 attempts: AtomicU64::new(0),
                 probes: AtomicU64::new(0),
@@ -149,6 +154,23 @@ impl MemoryExporter {
     pub fn with_probe(self, probe: ProbeMode) -> MemoryExporter {
         self.state().probe = probe;
         self
+    }
+
+    /// Lets the client merge consecutive spooled payloads into one
+    /// [`export_many`](Exporter::export_many) call during replay, up to these caps (what
+    /// [`Exporter::coalescing`] answers for every payload). A merged call is one attempt:
+    /// it takes one outcome, and is rejected if any of its payloads matches
+    /// [`reject_if`](Self::reject_if). Default: never merged.
+    #[must_use]
+    pub fn with_coalescing(self, caps: Coalescing) -> MemoryExporter {
+        self.state().coalescing = Some(caps);
+        self
+    }
+
+    /// How many payloads each attempt carried, in the order the attempts started: 1 for
+    /// `export`, more for a merged `export_many`.
+    pub fn call_sizes(&self) -> Vec<usize> {
+        self.state().call_sizes.clone()
     }
 
     /// Sets the outcome of every attempt once the script is used up.
@@ -220,14 +242,45 @@ impl MemoryExporter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn next_outcome(&self, payload: &Payload) -> Outcome {
+    fn next_outcome(&self, payloads: &[Payload]) -> Outcome {
         let mut state = self.state();
-        if state.reject_if.as_ref().is_some_and(|f| f(payload)) {
+        state.call_sizes.push(payloads.len());
+        if let Some(f) = &state.reject_if
+            && payloads.iter().any(|p| f(p))
+        {
             return Outcome::Reject;
         }
         match state.script.pop_front() {
             Some(o) => o,
             None => state.mode.clone(),
+        }
+    }
+
+    /// One attempt carrying `payloads` (one request, whatever their number).
+    async fn attempt(&self, payloads: &[Payload]) -> Result<(), ExportError> {
+        self.inner.attempts.fetch_add(1, Ordering::SeqCst);
+        self.state().attempt_times.push(tokio::time::Instant::now());
+        let _in_flight = InFlight::enter(&self.inner);
+        // The outcome is decided, and accepted payloads received, when the attempt starts,
+        // as a backend receives a request when it arrives: attempts started in some order
+        // take the script in that order, whatever order they are resumed in later.
+        let outcome = self.next_outcome(payloads);
+        if outcome == Outcome::Accept {
+            self.state().received.extend_from_slice(payloads);
+        }
+        // Let other attempts start before this one resolves, so pipelining shows.
+        tokio::task::yield_now().await;
+        match outcome {
+            Outcome::Accept => Ok(()),
+            Outcome::SlowAccept(d) => {
+                tokio::time::sleep(d).await;
+                self.state().received.extend_from_slice(payloads);
+                Ok(())
+            }
+            Outcome::Fail => Err(ExportError::retryable(Scripted("failure"))),
+            Outcome::Throttle(d) => Err(ExportError::retryable_after(Scripted("throttle"), d)),
+            Outcome::Reject => Err(ExportError::permanent(Scripted("rejection"))),
+            Outcome::Hang => std::future::pending().await,
         }
     }
 }
@@ -251,30 +304,15 @@ impl Drop for InFlight<'_> {
 
 impl Exporter for MemoryExporter {
     async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
-        self.inner.attempts.fetch_add(1, Ordering::SeqCst);
-        self.state().attempt_times.push(tokio::time::Instant::now());
-        let _in_flight = InFlight::enter(&self.inner);
-        // The outcome is decided, and an accepted payload received, when the attempt
-        // starts, as a backend receives a request when it arrives: attempts started in some
-        // order take the script in that order, whatever order they are resumed in later.
-        let outcome = self.next_outcome(payload);
-        if outcome == Outcome::Accept {
-            self.state().received.push(payload.clone());
-        }
-        // Let other attempts start before this one resolves, so pipelining shows.
-        tokio::task::yield_now().await;
-        match outcome {
-            Outcome::Accept => Ok(()),
-            Outcome::SlowAccept(d) => {
-                tokio::time::sleep(d).await;
-                self.state().received.push(payload.clone());
-                Ok(())
-            }
-            Outcome::Fail => Err(ExportError::retryable(Scripted("failure"))),
-            Outcome::Throttle(d) => Err(ExportError::retryable_after(Scripted("throttle"), d)),
-            Outcome::Reject => Err(ExportError::permanent(Scripted("rejection"))),
-            Outcome::Hang => std::future::pending().await,
-        }
+        self.attempt(std::slice::from_ref(payload)).await
+    }
+
+    fn coalescing(&self, _payload: &Payload) -> Option<Coalescing> {
+        self.state().coalescing
+    }
+
+    async fn export_many(&self, payloads: &[Payload]) -> Result<(), ExportError> {
+        self.attempt(payloads).await
     }
 
     async fn probe(&self) -> Reachability {

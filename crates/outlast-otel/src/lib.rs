@@ -1,0 +1,86 @@
+//! OpenTelemetry spans, logs and metrics that survive a dead collector, `kill -9` and a
+//! redeploy: OTLP/HTTP exporters for the OpenTelemetry SDK (0.33) that hand every batch to an
+//! outlast [`Client`](outlast_client::Client), which delivers it or keeps it on disk and
+//! delivers it later.
+//!
+//! # Set-up
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let otel = outlast_otel::Pipeline::from_env()?.spool_root("/var/lib/my-service/otel").build()?;
+//! let tracer_provider = otel.tracer_provider().expect("feature `trace` is on");
+//! opentelemetry::global::set_tracer_provider(tracer_provider);
+//! // ... on the way out: hand the SDK's queues to outlast, deliver what can be in 5 s,
+//! // keep the rest on disk for the next start.
+//! otel.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Pipeline`] builds one outlast client per signal, each with its own URL
+//! (`<endpoint>/v1/traces`, `/v1/logs`, `/v1/metrics`) and its own spool
+//! (`<root>/traces`, `<root>/logs`, `<root>/metrics`), and the SDK providers (batch span and
+//! log processors, a periodic metric reader) that feed them. The exporters
+//! ([`SpanExporter`], [`LogExporter`], [`MetricExporter`]) can also be used on providers of
+//! your own.
+//!
+//! # What an export answers
+//!
+//! The SDK calls the exporters from its own threads, without a Tokio runtime; the exporters
+//! encode the batch (OTLP protobuf, with the official conversion functions, so the bytes are
+//! what the official exporter sends) and hand it to a task on the pipeline's runtime, then
+//! wait for the client's answer for at most the
+//! [export timeout](PipelineBuilder::export_timeout):
+//!
+//! - `Ok(())`: the batch was delivered to the collector, or written to the signal's spool
+//!   (it survives a crash of the process and a restart, and is delivered later).
+//! - `Err(InternalFailure)`: outlast dropped the batch; the message says why (the
+//!   collector rejected it permanently, spool full, spool unusable during an outage, shut
+//!   down, too large). Counted in [`Pipeline::stats`].
+//! - `Err(Timeout)`: the client had not answered in time. The batch is **not** abandoned:
+//!   the task goes on and the batch ends delivered, spooled or dropped (counted in the
+//!   stats). The SDK may then log a failure for a batch that still arrives.
+//! - `Err(AlreadyShutdown)`: after shutdown.
+//!
+//! # OTLP status rules
+//!
+//! Only 429, 502, 503, 504 and transport failures are retried (with `Retry-After` honoured on
+//! 429 and 503); every other status is a permanent rejection, dropped and counted, its
+//! `google.rpc.Status` message in the error. See [`OtlpHttpExporter`].
+//!
+//! # Features
+//!
+//! - `trace` (default): spans.
+//! - `logs`: log records.
+//! - `metrics`: metric data points (every kind the SDK produces).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod config;
+mod encode;
+mod exporters;
+mod handoff;
+mod otlp_http;
+mod pipeline;
+mod runtime;
+mod signal;
+mod stats;
+
+pub use config::{
+    DEFAULT_ENDPOINT, DEFAULT_EXPORT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, ENV_OTLP_COMPRESSION,
+    ENV_OTLP_ENDPOINT, ENV_OTLP_HEADERS, ENV_OTLP_TIMEOUT, ENV_SPOOL_ROOT, PipelineBuilder,
+};
+#[cfg(feature = "logs")]
+pub use exporters::LogExporter;
+#[cfg(feature = "metrics")]
+pub use exporters::MetricExporter;
+#[cfg(feature = "trace")]
+pub use exporters::SpanExporter;
+pub use otlp_http::{
+    CollectorError, OtlpHttpExporter, PartialSuccess, describe_failure_body,
+    is_otlp_retryable_status, partial_success,
+};
+pub use outlast_client::{ClientBuilder, ConfigError};
+pub use pipeline::{Pipeline, PipelineFlush};
+pub use signal::Signal;
+pub use stats::{PipelineStats, SignalStats};

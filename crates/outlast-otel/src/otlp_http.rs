@@ -1,0 +1,296 @@
+//! OTLP/HTTP status rules on top of outlast's [`HttpExporter`]: which failures are retried,
+//! and what a collector's failure body says.
+//!
+//! [`HttpExporter`] follows outlast's general mapping (408 and 500 are retried there). OTLP
+//! is stricter: only 429, 502, 503 and 504 (and transport failures) may be retried; every
+//! other 4xx or 5xx is permanent. [`OtlpHttpExporter`] reclassifies the inner exporter's
+//! answers by those rules and decodes the `google.rpc.Status` body of a failure into the
+//! error message.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::StatusCode;
+use outlast_client::http::{HttpError, HttpExporter};
+use outlast_client::{ExportError, Exporter, Payload, Reachability};
+use prost::Message as _;
+
+use crate::Signal;
+use crate::handoff::Counters;
+
+/// Whether OTLP/HTTP allows retrying a request answered with `status`: 429, 502, 503, 504.
+pub fn is_otlp_retryable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+}
+
+/// A collector's failure status, with the message it gave.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("OTLP collector answered {status} for {signal}: {message}")]
+pub struct CollectorError {
+    /// The signal of the request.
+    pub signal: Signal,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The `google.rpc.Status` message of the body (`code <n>: <message>`), or the body as
+    /// text when it is not one, or `(empty body)`.
+    pub message: String,
+}
+
+/// `google.rpc.Status`, the failure body of OTLP/HTTP (only the fields we read).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<RpcAny>,
+}
+
+/// `google.protobuf.Any`, as found in `google.rpc.Status.details`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// Describes a failure body: a protobuf `google.rpc.Status` as `code <n>: <message>` (with
+/// the type of each detail), anything else as (lossy) text.
+pub fn describe_failure_body(body: &[u8]) -> String {
+    if body.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    if let Ok(status) = RpcStatus::decode(body)
+        && (status.code != 0 || !status.message.is_empty())
+    {
+        let mut s = format!("code {}: {}", status.code, status.message);
+        for d in &status.details {
+            s.push_str(&format!(" [detail {}]", d.type_url));
+        }
+        return s;
+    }
+    String::from_utf8_lossy(body).trim().to_owned()
+}
+
+/// The `partial_success` of a 2xx OTLP response: how many items the collector rejected,
+/// and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialSuccess {
+    /// Rejected spans, log records or data points.
+    pub rejected: i64,
+    /// The collector's explanation (may be empty).
+    pub message: String,
+}
+
+/// Decodes the `partial_success` of a successful `Export*ServiceResponse` body of `signal`;
+/// `None` for an empty body, a body without one, or one that rejected nothing.
+///
+/// # Errors
+///
+/// The protobuf decode error of a body that is not a response of that signal.
+pub fn partial_success(
+    signal: Signal,
+    body: &[u8],
+) -> Result<Option<PartialSuccess>, prost::DecodeError> {
+    /// The three `Export*PartialSuccess` messages share their layout: a count (tag 1) and
+    /// a message (tag 2), inside the response's field 1.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Partial {
+        #[prost(int64, tag = "1")]
+        rejected: i64,
+        #[prost(string, tag = "2")]
+        message: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Response {
+        #[prost(message, optional, tag = "1")]
+        partial_success: Option<Partial>,
+    }
+    let _ = signal; // Same layout for every signal; kept for the message and the future.
+    let response = Response::decode(body)?;
+    Ok(response
+        .partial_success
+        .filter(|p| p.rejected != 0 || !p.message.is_empty())
+        .map(|p| PartialSuccess {
+            rejected: p.rejected,
+            message: p.message,
+        }))
+}
+
+/// An [`Exporter`] that sends through an [`HttpExporter`] and applies the OTLP/HTTP status
+/// rules to its answers (see the [module documentation](self)).
+///
+/// `Retry-After` is honoured on 429 and 503 (the inner exporter reads it). Collector
+/// rejections are counted in the signal's stats.
+#[derive(Clone)]
+pub struct OtlpHttpExporter {
+    inner: HttpExporter,
+    signal: Signal,
+    counters: Arc<Counters>,
+}
+
+impl OtlpHttpExporter {
+    /// Wraps `inner`, which sends `signal`'s requests.
+    pub fn new(inner: HttpExporter, signal: Signal) -> OtlpHttpExporter {
+        OtlpHttpExporter::with_counters(inner, signal, Arc::default())
+    }
+
+    pub(crate) fn with_counters(
+        inner: HttpExporter,
+        signal: Signal,
+        counters: Arc<Counters>,
+    ) -> OtlpHttpExporter {
+        OtlpHttpExporter {
+            inner,
+            signal,
+            counters,
+        }
+    }
+
+    /// The inner exporter.
+    pub fn inner(&self) -> &HttpExporter {
+        &self.inner
+    }
+
+    /// Applies the OTLP rules to a failure of the inner exporter.
+    fn classify(&self, e: ExportError) -> ExportError {
+        let status = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<HttpError>())
+            .and_then(|h| Some((h.status()?, h.body_excerpt().unwrap_or_default())));
+        let Some((status, body)) = status else {
+            // Transport failures and timeouts: retryable as the inner exporter said.
+            return e;
+        };
+        let error = CollectorError {
+            signal: self.signal,
+            status,
+            message: describe_failure_body(body.as_bytes()),
+        };
+        if is_otlp_retryable_status(status) {
+            return match e.retry_after() {
+                Some(d) => ExportError::retryable_after(error, d),
+                None => ExportError::retryable(error),
+            };
+        }
+        self.counters
+            .rejected_requests
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(signal = %self.signal, status = status.as_u16(), message = %error.message,
+            "OTLP collector rejected a request permanently");
+        ExportError::permanent(error)
+    }
+}
+
+impl Exporter for OtlpHttpExporter {
+    /// Sends through the inner exporter and classifies a failure by the OTLP rules.
+    ///
+    /// # Errors
+    ///
+    /// [`ExportError::Retryable`] for 429, 502, 503, 504 and transport failures (with the
+    /// `Retry-After` delay of a 429 or 503); [`ExportError::Timeout`] for a request timeout;
+    /// [`ExportError::Permanent`] for every other status, its source a [`CollectorError`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as the inner exporter.
+    async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
+        self.inner
+            .export(payload)
+            .await
+            .map_err(|e| self.classify(e))
+    }
+
+    async fn probe(&self) -> Reachability {
+        self.inner.probe().await
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight()
+    }
+
+    fn export_timeout(&self) -> Option<Duration> {
+        self.inner.export_timeout()
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.inner.identity()
+    }
+}
+
+impl fmt::Debug for OtlpHttpExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpHttpExporter")
+            .field("inner", &self.inner)
+            .field("signal", &self.signal)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_429_502_503_504_are_retryable_under_otlp() {
+        for code in 100..600u16 {
+            let Ok(status) = StatusCode::from_u16(code) else {
+                continue;
+            };
+            assert_eq!(
+                is_otlp_retryable_status(status),
+                [429, 502, 503, 504].contains(&code),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_status_body_is_decoded_into_its_code_and_message() {
+        let body = RpcStatus {
+            code: 3,
+            message: "span name is empty".into(),
+            details: vec![RpcAny {
+                type_url: "type.googleapis.com/google.rpc.BadRequest".into(),
+                value: vec![1, 2, 3],
+            }],
+        }
+        .encode_to_vec();
+        let s = describe_failure_body(&body);
+        assert!(s.starts_with("code 3: span name is empty"), "{s}");
+        assert!(s.contains("google.rpc.BadRequest"), "{s}");
+    }
+
+    #[test]
+    fn a_text_body_is_kept_as_text() {
+        assert_eq!(describe_failure_body(b"too large\n"), "too large");
+        assert_eq!(describe_failure_body(b""), "(empty body)");
+    }
+
+    #[cfg(feature = "trace")]
+    #[test]
+    fn partial_success_of_a_response_is_decoded_and_an_empty_one_is_none() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        let body = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 7,
+                error_message: "7 spans too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        let p = partial_success(Signal::Traces, &body).expect("decodes");
+        assert_eq!(
+            p,
+            Some(PartialSuccess {
+                rejected: 7,
+                message: "7 spans too old".into()
+            })
+        );
+        assert_eq!(partial_success(Signal::Traces, &[]).expect("decodes"), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! The standard `OTEL_EXPORTER_OTLP_*` variables, taken from a map (the process environment
+//! is not touched): endpoints, headers, timeout, compression, and errors naming the variable.
+
+mod support;
+
+use std::time::Duration;
+
+use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+use outlast_otel::{ConfigError, PipelineBuilder, Signal};
+use support::*;
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn param_of(e: &ConfigError) -> &'static str {
+    match e {
+        ConfigError::Invalid { param, .. } => param,
+        _ => "",
+    }
+}
+
+#[test]
+fn the_base_endpoint_gets_each_signal_path_and_a_signal_endpoint_is_used_as_is() {
+    let b = PipelineBuilder::from_env_vars(vars(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+        (
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            "https://logs.example.invalid/ingest",
+        ),
+    ]))
+    .expect("valid variables");
+    assert_eq!(
+        b.endpoint_of(Signal::Traces),
+        "http://collector:4318/v1/traces"
+    );
+    assert_eq!(
+        b.endpoint_of(Signal::Metrics),
+        "http://collector:4318/v1/metrics"
+    );
+    assert_eq!(
+        b.endpoint_of(Signal::Logs),
+        "https://logs.example.invalid/ingest"
+    );
+    let none = PipelineBuilder::from_env_vars(vars(&[])).expect("no variables is fine");
+    assert_eq!(
+        none.endpoint_of(Signal::Traces),
+        "http://localhost:4318/v1/traces"
+    );
+}
+
+#[test]
+fn a_bad_value_is_an_error_naming_its_variable() {
+    for (var, value) in [
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+        ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "brotli"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+        ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "bad name=1"),
+        ("OUTLAST_SPOOL_MAX_BYTES", "lots"),
+    ] {
+        let err = PipelineBuilder::from_env_vars(vars(&[(var, value)]))
+            .expect_err(&format!("{var}={value} is refused"));
+        assert_eq!(param_of(&err), var, "{err}");
+    }
+    // A malformed URL is found at build time, still naming its variable.
+    let err = PipelineBuilder::from_env_vars(vars(&[(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "ftp://collector/v1/traces",
+    )]))
+    .expect("parsed")
+    .build()
+    .expect_err("an ftp URL is refused");
+    assert_eq!(
+        param_of(&err),
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_timeout_and_compression_reach_the_collector() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = PipelineBuilder::from_env_vars(vars(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url()),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=acme,x-api-key=a%3Db%2Cc",
+        ),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=traces-team"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+    ]))
+    .expect("valid variables")
+    .spool_root(root.path())
+    .client(fast_client())
+    .build()
+    .expect("valid settings");
+    otel.tracer_provider()
+        .expect("traces are on")
+        .tracer("env")
+        .start("one")
+        .end();
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let req = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/v1/traces")
+        .expect("a traces request");
+    assert_eq!(req.header("x-tenant"), Some("traces-team"));
+    assert_eq!(req.header("x-api-key"), Some("a=b,c"));
+    assert_eq!(req.header("content-encoding"), Some("gzip"));
+    assert_eq!(req.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(span_ids(&receiver).len(), 1);
+    assert!(otel.client(Signal::Traces).is_some());
+    otel.shutdown(Duration::from_secs(5)).await;
+}

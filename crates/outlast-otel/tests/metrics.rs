@@ -1,0 +1,69 @@
+//! End to end, metrics: the real SDK meter provider and periodic reader, through
+//! outlast-otel; data points spooled during an outage survive a restart of the process.
+
+mod support;
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::MeterProvider as _;
+use outlast_client::testing::Mode;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_data_points_spooled_in_an_outage_survive_a_restart() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = receiver_down().await;
+
+    // The first process: records metrics of every kind, its collector is down, it exits.
+    {
+        let otel = pipeline_to(&receiver, root.path())
+            .build()
+            .expect("valid settings");
+        let meter = otel
+            .meter_provider()
+            .expect("metrics are on")
+            .meter("outlast-otel-test");
+        let requests = meter.u64_counter("requests").build();
+        let queue = meter.i64_up_down_counter("queue").build();
+        let temperature = meter.f64_gauge("temperature").build();
+        let latency = meter.f64_histogram("latency").build();
+        for route in ["a", "b", "c"] {
+            let attrs = [KeyValue::new("route", route)];
+            requests.add(3, &attrs);
+            queue.add(-1, &attrs);
+            temperature.record(21.5, &attrs);
+            latency.record(0.25, &attrs);
+        }
+        let flush = otel.force_flush(Duration::from_secs(3)).await;
+        assert!(flush.sdk_flushed && !flush.complete, "{flush:?}");
+        let report = otel.shutdown(Duration::from_secs(2)).await;
+        assert!(!report.complete, "{report:?}");
+        assert!(report.remaining_records() >= 1, "{report:?}");
+    }
+    assert!(metric_requests(&receiver).is_empty());
+
+    // The next process on the same spool root, the collector back.
+    receiver
+        .set_mode(Mode::Up)
+        .await
+        .expect("receiver comes up");
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let points = data_points(&receiver);
+    for (name, kind) in [
+        ("requests", "sum"),
+        ("queue", "sum"),
+        ("temperature", "gauge"),
+        ("latency", "histogram"),
+    ] {
+        assert!(
+            points.get(&(name.to_owned(), kind)).copied().unwrap_or(0) >= 3,
+            "{name} ({kind}): {points:?}"
+        );
+    }
+    otel.shutdown(Duration::from_secs(5)).await;
+}
