@@ -10,8 +10,8 @@
 //!
 //! The settings come from the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_HEADERS`, ...) and the `OUTLAST_*` ones; the spools live under
-//! `OUTLAST_SPOOL_DIR` (default `<temp dir>/outlast-spool`). Run it again after an outage:
-//! it delivers what the previous run left on disk.
+//! `OUTLAST_SPOOL_DIR` (default `<temp dir>/outlast-service-<user id>`). Run it again after an
+//! outage: it delivers what the previous run left on disk.
 
 use std::time::Duration;
 

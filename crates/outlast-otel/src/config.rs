@@ -263,7 +263,8 @@ impl PipelineBuilder {
     }
 
     /// The folder under which each signal has its spool (`<root>/traces`, `<root>/logs`,
-    /// `<root>/metrics`). Default: `OUTLAST_SPOOL_DIR`, else `<temp dir>/outlast-spool`.
+    /// `<root>/metrics`). Default: `OUTLAST_SPOOL_DIR`, else
+    /// `<temp dir>/outlast-<executable name>-<user id>` ([`outlast_client::default_spool_dir`]).
     /// Servers should use persistent storage.
     pub fn spool_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.spool_root = Some(root.into());

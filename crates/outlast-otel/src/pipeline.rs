@@ -99,7 +99,7 @@ impl PipelineBuilder {
         let spool_root = self
             .spool_root
             .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join(outlast_client::DEFAULT_SPOOL_DIR_NAME));
+            .unwrap_or_else(outlast_client::default_spool_dir);
         let timeout = self.export_timeout.unwrap_or(DEFAULT_EXPORT_TIMEOUT);
         let mut signals: [Option<SignalParts>; 3] = [None, None, None];
         for signal in enabled_signals() {
