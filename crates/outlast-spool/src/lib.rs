@@ -273,6 +273,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod adopt;
+mod background;
 mod config;
 mod cursor;
 mod error;
@@ -282,17 +284,22 @@ pub mod fs;
 pub mod identity;
 pub mod inspect;
 mod lane;
+mod ledger;
+mod reader;
+mod recovery;
 mod scan;
 mod spool;
 mod types;
+mod writer;
 
+pub use background::CURSOR_FSYNC_INTERVAL;
 pub use config::{
     DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
     DEFAULT_SEGMENT_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
 pub use outlast_core::Payload;
-pub use spool::{CURSOR_FSYNC_INTERVAL, Spool};
+pub use spool::Spool;
 pub use types::{
     Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
     SpoolStats,
