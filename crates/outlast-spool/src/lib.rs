@@ -278,6 +278,7 @@ mod background;
 mod config;
 mod cursor;
 mod error;
+#[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod format;
 pub mod fs;

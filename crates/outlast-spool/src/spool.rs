@@ -44,7 +44,7 @@ impl Spool {
     }
 
     /// Like [`Spool::open`], with every data-file operation going through `fs` (tests inject
-    /// faults this way, see [`crate::fault::FaultFs`]).
+    /// faults this way: `outlast_spool::fault::FaultFs`, with the `fault-injection` feature).
     ///
     /// # Errors
     ///
