@@ -31,6 +31,7 @@ pub(crate) fn merge_report(into: &mut RecoveryReport, from: RecoveryReport) {
     into.missing_records += from.missing_records;
     into.misplaced_segments.extend(from.misplaced_segments);
     into.corrupt_segments.extend(from.corrupt_segments);
+    into.damaged_headers.extend(from.damaged_headers);
     into.skipped_entries.extend(from.skipped_entries);
 }
 

@@ -41,7 +41,7 @@ pub struct SegmentInspection {
     pub newer_version: bool,
     /// Intact records.
     pub records: u64,
-    /// Damaged regions that a reader skips (a damaged header counts as one).
+    /// Damaged regions that a reader skips (a damaged header is not one: see `header_ok`).
     pub corrupt_frames: u64,
     /// Bytes after the last intact frame (a torn tail: cut off by the next open).
     pub torn_tail_bytes: u64,

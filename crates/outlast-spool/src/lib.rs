@@ -156,8 +156,8 @@
 //! | damage followed by a valid frame (flipped bits, zeroed range, a frame cut by a later one) | skipped; each damaged region counts once in `corrupt_frames_skipped`; reading resumes at the next marker that starts a valid frame |
 //! | damage or an incomplete frame with no valid frame after it (torn tail) | the file is truncated to the end of the last valid frame; bytes counted in `torn_tail_bytes_truncated` |
 //! | a file shorter than its header (e.g. zero-length: crash while creating it) | removed (it holds no record); counted in `empty_segments_removed` |
-//! | our magic, damaged header | counted as one corrupt frame; its frames are still read |
-//! | a segment name, damaged magic, our frames after it (e.g. one flipped bit) | as a damaged header: counted once, its frames read and delivered |
+//! | our magic, damaged header | its frames are still read and delivered; listed in `damaged_headers` with a warning (no record is lost by it, so no drop is counted) |
+//! | a segment name, damaged magic, our frames after it (e.g. one flipped bit) | as a damaged header: its frames read and delivered, listed in `damaged_headers` |
 //! | a segment name, damaged magic, no frame of ours | left untouched, never appended to or deleted; listed in `corrupt_segments` |
 //! | a segment name, but not a regular file (FIFO, directory, symbolic link, device) | never opened or followed; skipped with a warning, listed in `skipped_entries` |
 //! | our magic, newer version | left untouched, not read, never appended to; listed in `newer_version_files` |

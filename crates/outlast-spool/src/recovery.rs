@@ -99,8 +99,10 @@ pub(crate) struct SegScan {
     pub(crate) kind: SegKind,
     pub(crate) file_len: u64,
     pub(crate) meta: SegMeta,
-    /// Damaged regions skipped before valid frames (a damaged header counts as one).
+    /// Damaged regions skipped before valid frames (each one may have cost records).
     pub(crate) corrupt: u64,
+    /// The header is damaged (its frames are still read; no record is lost by it).
+    pub(crate) header_damaged: bool,
     /// Bytes after the last valid frame (torn or damaged tail).
     pub(crate) tail_bytes: u64,
 }
@@ -126,6 +128,7 @@ pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result
         file_len,
         meta: SegMeta::new(id, path.to_path_buf(), file_len.min(SEGMENT_HEADER_LEN)),
         corrupt: 0,
+        header_damaged: false,
         tail_bytes: 0,
     };
     let last_seq = match kind {
@@ -161,10 +164,7 @@ pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result
         }
         scan.kind = SegKind::Damaged;
     }
-    if scan.kind == SegKind::Damaged {
-        // The damaged header counts as one damaged region.
-        scan.corrupt += 1;
-    }
+    scan.header_damaged = scan.kind == SegKind::Damaged;
     Ok(scan)
 }
 
@@ -463,7 +463,14 @@ fn recover_segment(
             first_seq,
             segment_id,
         } => (Some(segment_id), Some(first_seq)),
-        SegKind::Damaged => (None, None),
+        SegKind::Damaged => {
+            tracing::warn!(
+                path = %path.display(),
+                "segment header damaged: its records are still read and delivered"
+            );
+            report.damaged_headers.push(path.clone());
+            (None, None)
+        }
     };
     report.corrupt_frames_skipped += scan.corrupt;
     let mut meta = scan.meta;

@@ -168,6 +168,9 @@ pub struct RecoveryReport {
     /// sequence order by name (swapped or renamed files): their records are delivered in
     /// sequence order.
     pub misplaced_segments: Vec<PathBuf>,
+    /// Segments whose header is damaged (a flipped bit in the magic, a bad CRC): their
+    /// records are still read and delivered, so nothing is counted as lost for it.
+    pub damaged_headers: Vec<PathBuf>,
     /// Files named like segments whose magic is damaged and that hold no readable record:
     /// left untouched (their records, if any, count in `missing_records` when the
     /// neighbouring segments show the gap).
