@@ -254,8 +254,6 @@ mod tests {
         let _ = due(start, u64::MAX, f64::MIN_POSITIVE);
     }
 
-    use super::*;
-
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
