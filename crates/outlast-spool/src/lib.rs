@@ -18,10 +18,11 @@
 //!   lane-1/ ...
 //! ```
 //!
-//! [`Spool::open`] locks the first lane it can (creating `lane-<max+1>` if all are locked).
-//! Other unlocked lanes that hold records belonged to dead processes: the opener locks them
-//! too and drains them first ([`RecoveryReport::adopted_lanes`]); a drained adopted lane is
-//! removed.
+//! [`Spool::open`] locks the first lane of its identity it can (creating `lane-<max+1>` if
+//! all are locked or foreign). Other unlocked lanes of its identity that hold records
+//! belonged to dead processes: the opener locks them too and drains them first
+//! ([`RecoveryReport::adopted_lanes`]); a drained adopted lane is removed. Lanes of another
+//! identity are left alone (see "Identity file").
 //!
 //! # Segment file
 //!
@@ -165,7 +166,7 @@
 //!
 //! Recovery never panics, whatever the bytes. The last intact segment of the own lane is
 //! appended to if it has room; otherwise a new segment is started, with an id greater than
-//! any segment-named file in the lane.//!
+//! any segment-named file in the lane.
 //!
 //! Segments are then ordered by sequence number (the header's first sequence number, else
 //! the first record's), which is the order the writer wrote them in; the ids in the file
