@@ -277,3 +277,92 @@ fn records_in_flight_when_evicted_and_then_rewound_count_as_evicted_once() {
     assert_eq!(appended, delivered + evicted.records, "exactly");
     assert_eq!(spool.stats().evicted.records, evicted.records);
 }
+
+mod counts_add_up {
+    //! Random appends, reads, acknowledgements and rewinds under drop-oldest eviction: in
+    //! the end every appended record was delivered (acknowledged) or evicted, exactly once.
+
+    use super::evicting;
+    use outlast_spool::{Payload, Spool};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(u64),
+        Read(usize),
+        AckRead,
+        Rewind,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            // Records of 0.5 to 2 KiB: a 16 KiB segment holds about 15, so evictions come
+            // often, also while records are in flight.
+            10 => (500u64..2000).prop_map(Op::Append),
+            3 => (1usize..20).prop_map(Op::Read),
+            1 => Just(Op::AckRead),
+            1 => Just(Op::Rewind),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn appended_equals_delivered_plus_evicted(ops in proptest::collection::vec(op(), 1..400)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (spool, _) = Spool::open(evicting(dir.path())).expect("open");
+            let (mut appended, mut delivered, mut evicted) = (0u64, 0u64, 0u64);
+            let mut in_flight = Vec::new();
+            let read = |spool: &Spool, n: usize, in_flight: &mut Vec<outlast_spool::RecordId>, evicted: &mut u64| {
+                let b = spool.read_batch(n, u64::MAX).expect("read");
+                *evicted += b.evicted.records;
+                prop_assert_eq!(b.expired.records, 0);
+                prop_assert_eq!(b.corrupt_skipped, 0);
+                in_flight.extend(b.records.iter().map(|r| r.id));
+                Ok(b.records.is_empty())
+            };
+            for op in &ops {
+                match *op {
+                    Op::Append(size) => {
+                        let a = spool
+                            .append(Payload::new(vec![7u8; size as usize]))
+                            .expect("append");
+                        appended += 1;
+                        evicted += a.evicted.records;
+                    }
+                    Op::Read(n) => {
+                        read(&spool, n, &mut in_flight, &mut evicted)?;
+                    }
+                    Op::AckRead => {
+                        if let Some(&last) = in_flight.last() {
+                            spool.ack(last).expect("ack");
+                            delivered += in_flight.len() as u64;
+                            in_flight.clear();
+                        }
+                    }
+                    Op::Rewind => {
+                        spool.rewind();
+                        in_flight.clear();
+                    }
+                }
+            }
+            // The end: a failed delivery of whatever was in flight, then everything delivered.
+            spool.rewind();
+            in_flight.clear();
+            loop {
+                let empty = read(&spool, 100, &mut in_flight, &mut evicted)?;
+                if let Some(&last) = in_flight.last() {
+                    spool.ack(last).expect("ack");
+                    delivered += in_flight.len() as u64;
+                    in_flight.clear();
+                }
+                if empty {
+                    break;
+                }
+            }
+            prop_assert_eq!(appended, delivered + evicted, "delivered {} evicted {}", delivered, evicted);
+            prop_assert_eq!(spool.stats().evicted.records, evicted);
+        }
+    }
+}
