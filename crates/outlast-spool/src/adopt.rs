@@ -176,6 +176,8 @@ impl Ledger {
                 continue; // Nothing to drain: the lock is released here.
             }
             let l = Arc::new(Lane::new(n, dir, true, file, &rec));
+            // No open report tells the caller of this lane's damage: the first read does.
+            lock(&l.consumer).lost.unreported += rec.corrupt;
             if let Err(e) = lock(&l.consumer).cursor.prepare(&*self.fs) {
                 tracing::warn!(lane = n, error = %e, "could not prepare an adopted lane's cursor file");
             }

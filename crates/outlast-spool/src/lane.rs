@@ -82,6 +82,10 @@ pub(crate) struct Limbo {
 pub(crate) struct Lost {
     pub(crate) evicted: Dropped,
     pub(crate) expired: Dropped,
+    /// Records already in the spool's counters (lost to damage, or missing, found by
+    /// recovery) that no reader was told of yet: the next read reports them in
+    /// `ReadBatch::corrupt_skipped`, so a caller counting its drops from reads counts them.
+    pub(crate) unreported: u64,
 }
 
 impl Consumer {
@@ -166,7 +170,12 @@ impl Lane {
                 tail_damage_counted: 0,
                 reader: None,
                 limbo: Vec::new(),
-                lost: Lost::default(),
+                // Records found missing at recovery are told to the first reader; damage
+                // found at open is in the open's report (see `Lost::unreported`).
+                lost: Lost {
+                    unreported: rec.missing,
+                    ..Lost::default()
+                },
             }),
             cursor_sync: Mutex::new(()),
             acked: AtomicU64::new(acked),

@@ -176,7 +176,7 @@
 //! | found | done |
 //! |-------|------|
 //! | a header naming another id than the file name, or segments out of order by name (files swapped, or one renamed to a far id) | delivered in sequence order; listed in `misplaced_segments`; a warning |
-//! | numbers missing between two segments above the ack point (a segment deleted or emptied, a damaged tail or header) | counted once in `missing_records` (and `SpoolStats::missing_records`), logged; the rest is delivered |
+//! | numbers missing between two segments above the ack point (a segment deleted or emptied, a damaged tail, a tail lost to a power loss) | counted in `missing_records` (and `SpoolStats::missing_records`), logged, and reported once to the first read of the lane in `ReadBatch::corrupt_skipped`; the later segment's header is then rewritten to start right after the gap (its records untouched), so the next open does not count them again. After a power loss, records acknowledged since the cursor's last fdatasync that were lost with an unsynced tail may be counted although delivered (the same window as the duplicates) |
 //! | numbers another segment already holds, above the ack point | those records are skipped, counted in `missing_records` |
 //! | numbers missing before a lane's first segment | not counted: eviction, expiry and acknowledgements remove the head of a lane |
 //!

@@ -35,17 +35,25 @@ impl Ledger {
         let mut batch = ReadBatch::default();
         let mut bytes = 0u64;
         let max_records = max_records.max(1);
+        // Losses recovery found, already in the counters, reported to the reader now.
+        let mut counted = 0u64;
         for l in self.lanes() {
             if batch.records.len() >= max_records {
                 break;
             }
+            {
+                let mut c = lock(&l.consumer);
+                counted += std::mem::take(&mut c.lost.unreported);
+            }
             self.read_lane(&l, &mut batch, &mut bytes, max_records, max_bytes)?;
         }
-        if batch.expired.records > 0 || batch.corrupt_skipped > 0 || batch.evicted.records > 0 {
+        batch.corrupt_skipped += counted;
+        if batch.expired.records > 0 || batch.corrupt_skipped > counted || batch.evicted.records > 0
+        {
             let mut c = lock(&self.counters);
             c.expired.add(batch.expired.records, batch.expired.bytes);
             c.evicted.add(batch.evicted.records, batch.evicted.bytes);
-            c.corrupt += batch.corrupt_skipped;
+            c.corrupt += batch.corrupt_skipped - counted;
         }
         Ok(batch)
     }

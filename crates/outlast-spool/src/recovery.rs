@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::cursor::{CURSOR_FILE, CURSOR_TMP_FILE, read_cursor, settle_cursor};
 use crate::error::SpoolError;
 use crate::format::{self, CursorChoice, HeaderCheck, SEGMENT_HEADER_LEN, parse_segment_file_name};
-use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at};
+use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at, write_all_at};
 use crate::identity::IDENTITY_FILE;
 use crate::scan::{FrameReader, Next};
 use crate::types::RecoveryReport;
@@ -194,6 +194,9 @@ pub(crate) struct Continuity {
     pub(crate) missing: u64,
     /// Segments whose header names another id, or that are out of sequence order by name.
     pub(crate) misplaced: Vec<u64>,
+    /// Segments after a counted gap, with the sequence number their header should start at
+    /// so that the gap is not found (and counted) again by the next open.
+    pub(crate) rebase: Vec<(u64, u64)>,
 }
 
 /// Orders a lane's segments (given by id) by sequence number, the order the writer wrote
@@ -229,7 +232,12 @@ pub(crate) fn place_segments(segs: &mut [Placed], acked: u64, count_gaps: bool) 
         if let Some(prev) = prev_last {
             if count_gaps {
                 let gap_from = prev.max(acked).saturating_add(1);
-                out.missing += start.saturating_sub(gap_from);
+                if start > gap_from {
+                    out.missing += start - gap_from;
+                    if p.header_id.is_none_or(|h| h == p.meta.id) {
+                        out.rebase.push((p.meta.id, gap_from));
+                    }
+                }
                 if start <= prev && prev > acked {
                     // Numbers another segment already holds: these records are skipped.
                     let from = start.max(acked.saturating_add(1));
@@ -429,6 +437,10 @@ pub(crate) struct RecoveredLane {
     pub(crate) resumable: Option<(u64, u64)>,
     /// Next sequence number for the lane's writer.
     pub(crate) next_seq: u64,
+    /// Records found missing between its segments (see [`place_segments`]).
+    pub(crate) missing: u64,
+    /// Damaged regions found in its segments.
+    pub(crate) corrupt: u64,
 }
 
 /// Recovers one scanned segment file: leaves foreign and newer ones alone, removes a stub
@@ -491,6 +503,23 @@ fn recover_segment(
     }))
 }
 
+/// Once the records missing before a segment are counted, its header is rewritten to start
+/// right after the segment before it (a 32-byte overwrite, fdatasynced): the records it
+/// holds are unchanged, and the next open does not count the same gap again. A failure is
+/// logged (the gap would be counted again).
+fn rebase_after_gaps(fs: &dyn SpoolFs, dir: &Path, rebase: &[(u64, u64)]) {
+    for &(id, first_seq) in rebase {
+        let path = dir.join(format::segment_file_name(id));
+        let header = format::encode_segment_header(id, first_seq);
+        let written = fs
+            .open(&path, true)
+            .and_then(|f| write_all_at(&*f, &header, 0).and_then(|()| f.sync_data()));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "could not mark a counted gap in a segment header");
+        }
+    }
+}
+
 /// Recovers a lane we hold the lock of: truncates torn tails, removes record-less stubs,
 /// skips damage, leaves newer and foreign files alone, orders the segments by sequence
 /// number and checks that the numbers run on (see [`place_segments`]), and builds the
@@ -517,7 +546,10 @@ pub(crate) fn recover_lane(
         max_file_id: ids.last().copied().unwrap_or(0),
         resumable: None,
         next_seq: cursor.state.next_seq.max(acked + 1).max(1),
+        missing: 0,
+        corrupt: 0,
     };
+    let corrupt_before = report.corrupt_frames_skipped;
     let mut placed = Vec::new();
     let mut newer_here = false;
     for id in ids {
@@ -544,6 +576,9 @@ pub(crate) fn recover_lane(
         );
     }
     report.missing_records += continuity.missing;
+    rebase_after_gaps(fs, dir, &continuity.rebase);
+    out.missing = continuity.missing;
+    out.corrupt = report.corrupt_frames_skipped - corrupt_before;
     report.misplaced_segments.extend(
         continuity
             .misplaced

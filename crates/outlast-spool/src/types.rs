@@ -39,7 +39,11 @@ pub struct ReadBatch {
     /// read them are counted in [`Appended::evicted`]; records acknowledged are delivered,
     /// not evicted.)
     pub evicted: Dropped,
-    /// Damaged frames skipped while reading (each skipped region counts once).
+    /// Damaged frames skipped while reading (each skipped region counts once), plus, once,
+    /// the records recovery found missing in a lane
+    /// ([`RecoveryReport::missing_records`]) and the damage found in a lane taken by
+    /// [`Spool::adopt_released`](crate::Spool::adopt_released): a caller that counts its
+    /// drops from reads (and the open's `corrupt_frames_skipped`) counts every loss once.
     pub corrupt_skipped: u64,
 }
 
@@ -162,7 +166,10 @@ pub struct RecoveryReport {
     /// emptied or renamed away, a damaged tail or header) and records whose numbers another
     /// segment already holds. Gaps before a lane's first segment are not counted (eviction,
     /// expiry and acknowledgements remove the head of a lane), nor anything acknowledged.
-    /// They are counted here (and in [`SpoolStats::missing_records`]) once, never delivered.
+    /// They are counted here (and in [`SpoolStats::missing_records`]), never delivered, and
+    /// reported once more to the first read of the lane, in
+    /// [`ReadBatch::corrupt_skipped`]: a caller counting drops from reads must not add this
+    /// field too.
     pub missing_records: u64,
     /// Segments whose header names another id than their file name, or that are out of
     /// sequence order by name (swapped or renamed files): their records are delivered in

@@ -366,3 +366,21 @@ mod counts_add_up {
         }
     }
 }
+
+#[test]
+fn a_gap_counted_once_is_not_counted_again_by_the_next_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segs = fill(dir.path(), 1000);
+    let lost = records_in(&segs[1]);
+    std::fs::remove_file(&segs[1]).expect("delete");
+    let (spool, first) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(first.missing_records, lost);
+    let b = spool.read_batch(10, u64::MAX).expect("read");
+    assert_eq!(b.corrupt_skipped, lost, "told to the first reader");
+    spool.close().expect("close without delivering");
+    let (spool, second) = Spool::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(second.missing_records, 0, "{second:?}");
+    let b = spool.read_batch(10, u64::MAX).expect("read");
+    assert_eq!(b.corrupt_skipped, 0, "counted once, not at every open");
+    assert_eq!(deliver_all(&spool).len() as u64 + 10 + lost, 1000);
+}
