@@ -207,7 +207,16 @@ fn release_identities(
         };
         let wanted = args.any_identity
             || matches!(identity, RecordedIdentity::Named(s) if args.identities.contains(s));
-        if !wanted || held.contains(&l.lane) {
+        if held.contains(&l.lane) {
+            continue;
+        }
+        if !wanted {
+            console.note(&format!(
+                "outlast replay: lane {} ({} record(s)) is recorded for identity {}: delivered only if that is this client's, or with --identity / --any-identity",
+                l.lane,
+                l.unacked_records(),
+                identity_text(Some(identity))
+            ));
             continue;
         }
         match release_lane_identity(&args.dir, l.lane) {
