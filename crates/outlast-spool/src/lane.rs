@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::cursor::CursorFile;
 use crate::error::SpoolError;
-use crate::format::{CursorState, SEGMENT_HEADER_LEN};
+use crate::format::CursorState;
 use crate::fs::SpoolFs;
 use crate::ledger::lock;
 use crate::recovery::{self, SegMeta};
@@ -94,12 +94,7 @@ impl Consumer {
     /// ack (delivered) or a rewind (lost) says what became of them. Each record is counted
     /// once: delivered or dropped, never both.
     pub(crate) fn drop_counts(&mut self, m: &SegMeta, cause: DropCause, now: &mut Dropped) {
-        let framed = m.len.saturating_sub(SEGMENT_HEADER_LEN);
-        let per = |n: u64| {
-            (framed.saturating_mul(n))
-                .checked_div(m.records)
-                .unwrap_or(0)
-        };
+        let per = |n: u64| m.framed_bytes_of(n);
         let unread = m.unacked(self.handed);
         let in_flight = m.unacked(self.acked).saturating_sub(unread);
         now.add(unread, per(unread));
@@ -122,9 +117,7 @@ impl Consumer {
             }
             if x.from <= seq {
                 let left = (x.to - seq).min(x.records);
-                x.bytes = (x.bytes.saturating_mul(left))
-                    .checked_div(x.records)
-                    .unwrap_or(0);
+                x.bytes = crate::recovery::proportional(x.bytes, left, x.records);
                 x.records = left;
                 x.from = seq + 1;
             }

@@ -15,7 +15,6 @@ use crate::background::Wake;
 use crate::config::SpoolConfig;
 use crate::cursor::{self};
 use crate::error::SpoolError;
-use crate::format::SEGMENT_HEADER_LEN;
 use crate::fs::SpoolFs;
 use crate::identity;
 use crate::lane::{Consumer, DropCause, Lane};
@@ -176,10 +175,7 @@ impl Ledger {
     pub(crate) fn forget_segment(&self, l: &Lane, m: &SegMeta, dropped: &mut Dropped) {
         let acked = l.acked.load(Ordering::Acquire);
         let n = m.unacked(acked);
-        let bytes = (m.len.saturating_sub(SEGMENT_HEADER_LEN) * n)
-            .checked_div(m.records)
-            .unwrap_or(0);
-        dropped.add(n, bytes);
+        dropped.add(n, m.framed_bytes_of(n));
         let _ = self
             .total_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
@@ -353,16 +349,7 @@ impl Ledger {
                 let n = m.unacked(acked);
                 if n > 0 {
                     s.records += n;
-                    let framed = m.len.saturating_sub(crate::format::SEGMENT_HEADER_LEN);
-                    s.pending_bytes += if n >= m.records || m.records == 0 {
-                        framed
-                    } else {
-                        // Records of one segment are of similar size in practice; an
-                        // exact figure would need a per-record index, which the spool
-                        // does not keep (memory must not grow with its size).
-                        u64::try_from(u128::from(framed) * u128::from(n) / u128::from(m.records))
-                            .unwrap_or(framed)
-                    };
+                    s.pending_bytes += m.framed_bytes_of(n);
                     oldest = oldest.min(m.oldest_ns);
                 }
             }

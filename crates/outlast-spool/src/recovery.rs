@@ -63,6 +63,13 @@ impl SegMeta {
         self.newest_ns = self.newest_ns.max(created_ns);
     }
 
+    /// The framed bytes of `n` of its records, in proportion. Records of one segment are of
+    /// similar size in practice; an exact figure would need a per-record index, which the
+    /// spool does not keep (memory must not grow with its size).
+    pub(crate) fn framed_bytes_of(&self, n: u64) -> u64 {
+        proportional(self.len.saturating_sub(SEGMENT_HEADER_LEN), n, self.records)
+    }
+
     /// Records of this segment not yet acknowledged, if `acked` is the lane's ack point.
     /// Exact when sequence numbers in the segment are contiguous (they are unless records
     /// were lost to damage), an upper bound otherwise.
@@ -75,6 +82,18 @@ impl SegMeta {
             (self.last_seq - acked).min(self.records)
         }
     }
+}
+
+/// `total * part / whole`, without overflow; `total` when `part >= whole`, 0 when `whole`
+/// is 0.
+pub(crate) fn proportional(total: u64, part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        return 0;
+    }
+    if part >= whole {
+        return total;
+    }
+    u64::try_from(u128::from(total) * u128::from(part) / u128::from(whole)).unwrap_or(total)
 }
 
 /// How a segment file's header was judged.

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self};
 use std::thread::JoinHandle;
 
 use outlast_core::Payload;
@@ -23,7 +22,8 @@ use crate::types::{Appended, ReadBatch, RecordId, RecoveryReport, SpoolStats};
 #[derive(Debug)]
 pub struct Spool {
     inner: Arc<Ledger>,
-    background: Option<(mpsc::Sender<Wake>, JoinHandle<()>)>,
+    /// The background thread (its wake-up sender is the ledger's `wake`).
+    background: Option<JoinHandle<()>>,
 }
 
 impl Spool {
@@ -67,8 +67,10 @@ impl Spool {
                 tracing::warn!(lane = l.id, error = %e, "could not delete acknowledged segments");
             }
         }
-        let background = start_background(&inner);
-        *lock(&inner.wake) = background.as_ref().map(|(tx, _)| tx.clone());
+        let background = start_background(&inner).map(|(tx, handle)| {
+            *lock(&inner.wake) = Some(tx);
+            handle
+        });
         tracing::debug!(
             lane = report.lane,
             records = report.records,
@@ -190,9 +192,11 @@ impl Spool {
     }
 
     fn shutdown(&mut self) -> Result<(), SpoolError> {
-        drop(lock(&self.inner.wake).take());
-        if let Some((tx, handle)) = self.background.take() {
-            let _ = tx.send(Wake::Stop);
+        let wake = lock(&self.inner.wake).take();
+        if let Some(handle) = self.background.take() {
+            if let Some(tx) = wake {
+                let _ = tx.send(Wake::Stop);
+            }
             // The thread never panics by design; if it did, there is nothing to recover.
             let _ = handle.join();
         }
