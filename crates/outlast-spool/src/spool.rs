@@ -82,19 +82,19 @@ impl Spool {
 
     /// Appends one record at the tail of this process's lane.
     ///
-    /// In [`Durability::OsWrite`](crate::Durability::OsWrite) mode the frame has been handed to the OS with one
-    /// `write(2)` when this returns (it survives `kill -9`); in
-    /// [`Durability::FsyncEveryAppend`](crate::Durability::FsyncEveryAppend) mode it has also been fsynced (this blocks: from async
-    /// code call it via `spawn_blocking`).
+    /// In [`OsWrite`](crate::Durability::OsWrite) mode the frame has been handed to the OS
+    /// with one `write(2)` when this returns (it survives `kill -9`); in
+    /// [`FsyncEveryAppend`](crate::Durability::FsyncEveryAppend) mode it has also been
+    /// fsynced (this blocks: from async code call it via `spawn_blocking`).
     ///
     /// # Errors
     ///
-    /// The payload comes back in the [`AppendError`]: [`AppendErrorKind::TooLarge`](crate::AppendErrorKind::TooLarge) if the
-    /// framed record exceeds `max_record_bytes`,
-    /// [`AppendErrorKind::HeaderTooLarge`](crate::AppendErrorKind::HeaderTooLarge) if its key
-    /// and content type encode to more than the format allows, [`AppendErrorKind::Full`](crate::AppendErrorKind::Full) at the cap with
-    /// the drop-newest policy, [`AppendErrorKind::Io`](crate::AppendErrorKind::Io) if writing fails (what was stored
-    /// before is unharmed), [`AppendErrorKind::Closed`](crate::AppendErrorKind::Closed) after close.
+    /// The payload comes back in the [`AppendError`], whose
+    /// [`kind`](crate::AppendErrorKind) says why: `TooLarge` if the framed record exceeds
+    /// `max_record_bytes`, `HeaderTooLarge` if its key and content type encode to more than
+    /// the format allows, `Full` at the cap with the drop-newest policy, `Io` if writing fails
+    /// (what was stored before is unharmed; a disk full is `is_disk_full()`), `Closed` after
+    /// close.
     pub fn append(&self, payload: Payload) -> Result<Appended, AppendError> {
         self.inner.append(payload)
     }
