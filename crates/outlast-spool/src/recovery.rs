@@ -539,6 +539,32 @@ fn rebase_after_gaps(fs: &dyn SpoolFs, dir: &Path, rebase: &[(u64, u64)]) {
     }
 }
 
+/// Reports (and logs) what [`place_segments`] found, and marks counted gaps in the
+/// segment headers so that they are counted once.
+fn note_continuity(
+    fs: &dyn SpoolFs,
+    dir: &Path,
+    continuity: &Continuity,
+    report: &mut RecoveryReport,
+) {
+    if continuity.missing > 0 || !continuity.misplaced.is_empty() {
+        tracing::warn!(
+            lane = %dir.display(),
+            missing_records = continuity.missing,
+            misplaced_segments = ?continuity.misplaced,
+            "lane segments are not as the writer left them: records whose numbers are missing are counted as lost; misplaced segments are delivered in sequence order"
+        );
+    }
+    report.missing_records += continuity.missing;
+    rebase_after_gaps(fs, dir, &continuity.rebase);
+    report.misplaced_segments.extend(
+        continuity
+            .misplaced
+            .iter()
+            .map(|&id| dir.join(format::segment_file_name(id))),
+    );
+}
+
 /// Recovers a lane we hold the lock of: truncates torn tails, removes record-less stubs,
 /// skips damage, leaves newer and foreign files alone, orders the segments by sequence
 /// number and checks that the numbers run on (see [`place_segments`]), and builds the
@@ -586,24 +612,9 @@ pub(crate) fn recover_lane(
         }
     }
     let continuity = place_segments(&mut placed, acked, !newer_here);
-    if continuity.missing > 0 || !continuity.misplaced.is_empty() {
-        tracing::warn!(
-            lane = %dir.display(),
-            missing_records = continuity.missing,
-            misplaced_segments = ?continuity.misplaced,
-            "lane segments are not as the writer left them: records whose numbers are missing are counted as lost; misplaced segments are delivered in sequence order"
-        );
-    }
-    report.missing_records += continuity.missing;
-    rebase_after_gaps(fs, dir, &continuity.rebase);
+    note_continuity(fs, dir, &continuity, report);
     out.missing = continuity.missing;
     out.corrupt = report.corrupt_frames_skipped - corrupt_before;
-    report.misplaced_segments.extend(
-        continuity
-            .misplaced
-            .iter()
-            .map(|&id| dir.join(format::segment_file_name(id))),
-    );
     // The last segment can be appended to if it is intact, in its place, and the newest
     // by name (new segments get larger ids than any file).
     if let Some(last) = placed.last()
