@@ -73,6 +73,9 @@ pub(crate) struct Ledger {
     pub(crate) total_bytes: AtomicU64,
     pub(crate) counters: Mutex<Counters>,
     pub(crate) closed: AtomicBool,
+    /// A rewind found records lost to eviction while in flight (`Lost::evicted` of a lane):
+    /// the next append or read reports them, whichever comes first.
+    pub(crate) lost_pending: AtomicBool,
     /// Fully acknowledged segments already removed from the index and the byte count,
     /// waiting for the background thread to unlink them (unlinking a large file costs
     /// milliseconds; acks should not wait for it).
@@ -141,6 +144,7 @@ impl Ledger {
                 ..Counters::default()
             }),
             closed: AtomicBool::new(false),
+            lost_pending: AtomicBool::new(false),
             doomed: Mutex::new(Vec::new()),
             deleting: Mutex::new(()),
             wake: Mutex::new(None),

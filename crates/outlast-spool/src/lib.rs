@@ -256,7 +256,8 @@
 //! (adopted lanes first) is deleted and its unacknowledged records not yet handed out are
 //! reported in `Appended::evicted`. Records of it that a read had handed out and that are
 //! not acknowledged yet are counted once their fate is known: an ack counts them delivered,
-//! a `Spool::rewind` counts them lost, reported once in the next `ReadBatch::evicted` (or,
+//! a `Spool::rewind` counts them lost, reported once in the next `Appended::evicted` or
+//! `ReadBatch::evicted`, whichever comes first (or,
 //! for expiry, `ReadBatch::expired`). Each record is counted once. With `max_record_age`, [`Spool::read_batch`] skips and counts
 //! expired records and deletes sealed segments whose newest record has expired.
 //!

@@ -135,7 +135,11 @@ impl Spool {
     /// starts again at the oldest unacknowledged record (after a failed delivery).
     pub fn rewind(&self) {
         for l in self.inner.lanes() {
-            lock(&l.consumer).rewind();
+            let mut c = lock(&l.consumer);
+            c.rewind();
+            if c.lost.evicted.records > 0 {
+                self.inner.lost_pending.store(true, Ordering::Release);
+            }
         }
     }
 

@@ -35,9 +35,10 @@ pub struct ReadBatch {
     pub expired: Dropped,
     /// Records handed out by an earlier read whose segment the drop-oldest policy evicted
     /// before they were acknowledged, and that a [`Spool::rewind`](crate::Spool::rewind)
-    /// then declared undelivered: lost, counted here once. (Records evicted before anyone
-    /// read them are counted in [`Appended::evicted`]; records acknowledged are delivered,
-    /// not evicted.)
+    /// then declared undelivered: lost, counted once, here or in the next
+    /// [`Appended::evicted`], whichever comes first. (Records evicted before anyone read
+    /// them are counted in [`Appended::evicted`]; records acknowledged are delivered, not
+    /// evicted.)
     pub evicted: Dropped,
     /// Damaged frames skipped while reading (each skipped region counts once), plus, once,
     /// the records recovery found missing in a lane
@@ -68,7 +69,9 @@ impl Dropped {
 pub struct Appended {
     /// The id of the new record.
     pub id: RecordId,
-    /// Records deleted to make room ([`FullPolicy::DropOldest`](crate::FullPolicy)).
+    /// Records deleted to make room ([`FullPolicy::DropOldest`](crate::FullPolicy)) that no
+    /// read had handed out, plus records a rewind found lost to an earlier eviction while in
+    /// flight, if no read reported them first (see [`ReadBatch::evicted`]).
     pub evicted: Dropped,
 }
 

@@ -169,7 +169,7 @@ impl Ledger {
         if buf.capacity() <= 4 * 1024 * 1024 {
             w.buf = buf;
         }
-        let evicted = match result {
+        let mut evicted = match result {
             Ok(evicted) => evicted,
             Err(kind) => return Err(AppendError::new(kind, payload)),
         };
@@ -180,6 +180,7 @@ impl Ledger {
         {
             return Err(AppendError::new(AppendErrorKind::Io(e), payload));
         }
+        self.report_lost_in_flight(&mut evicted);
         Ok(Appended {
             id: RecordId {
                 lane: self.own.id,
@@ -187,6 +188,24 @@ impl Ledger {
             },
             evicted,
         })
+    }
+
+    /// Adds to an append's `evicted` the records a rewind found lost to eviction while in
+    /// flight, if no read reported them yet: a caller counting evictions from appends alone
+    /// counts them too (the next read would otherwise, in `ReadBatch::evicted`).
+    fn report_lost_in_flight(&self, evicted: &mut Dropped) {
+        if !self.lost_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut lost = Dropped::default();
+        for l in self.lanes() {
+            let d = std::mem::take(&mut lock(&l.consumer).lost.evicted);
+            lost.add(d.records, d.bytes);
+        }
+        if lost.records > 0 {
+            lock(&self.counters).evicted.add(lost.records, lost.bytes);
+            evicted.add(lost.records, lost.bytes);
+        }
     }
 
     /// Makes sure the own lane's cursor file is prepared (see [`CursorFile::prepare`]); a

@@ -384,3 +384,31 @@ fn a_gap_counted_once_is_not_counted_again_by_the_next_open() {
     assert_eq!(b.corrupt_skipped, 0, "counted once, not at every open");
     assert_eq!(deliver_all(&spool).len() as u64 + 10 + lost, 1000);
 }
+
+#[test]
+fn records_lost_in_flight_are_reported_by_the_next_append_if_it_comes_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(evicting(dir.path())).expect("open");
+    let (mut appended, mut evicted) = (0u64, Dropped::default());
+    let in_flight = evict_during_replay(&spool, &mut appended, &mut evicted);
+    spool.rewind();
+    // The next thing to happen is an append, not a read.
+    let a = spool.append(payload(5000)).expect("append");
+    appended += 1;
+    assert!(
+        a.evicted.records >= in_flight.len() as u64,
+        "the lost in-flight records come with this append: {:?}",
+        a.evicted
+    );
+    evicted.records += a.evicted.records;
+    let mut delivered = 0u64;
+    loop {
+        let b = spool.read_batch(100, u64::MAX).expect("read");
+        assert_eq!(b.evicted.records, 0, "already reported by the append");
+        let Some(r) = b.records.last() else { break };
+        delivered += b.records.len() as u64;
+        spool.ack(r.id).expect("ack");
+    }
+    assert_eq!(appended, delivered + evicted.records, "exactly");
+    assert_eq!(spool.stats().evicted.records, evicted.records);
+}
