@@ -248,18 +248,19 @@
 //!
 //! The bytes of all segment files of the lanes held count against the cap in force: the
 //! smaller of `max_total_bytes` and what the spool holds at open plus
-//! [`DISK_FREE_SHARE_PERCENT`] (90 %) of the file system's free space then (`statvfs`), so
-//! the spool never fills a disk to the last byte. It is shown in
+//! [`DISK_FREE_SHARE_PERCENT`] (90 %) of the file system's free space then (`statvfs`),
+//! so the spool never fills a disk to the last byte. It is shown in
 //! [`SpoolStats::max_total_bytes`] and [`RecoveryReport::max_total_bytes`]. With
 //! [`FullPolicy::DropNewest`] an append that does not fit is refused
 //! ([`AppendErrorKind::Full`]); with [`FullPolicy::DropOldest`] the oldest whole segment
 //! (adopted lanes first) is deleted and its unacknowledged records not yet handed out are
 //! reported in `Appended::evicted`. Records of it that a read had handed out and that are
-//! not acknowledged yet are counted once their fate is known: an ack counts them delivered,
-//! a `Spool::rewind` counts them lost, reported once in the next `Appended::evicted` or
-//! `ReadBatch::evicted`, whichever comes first (or,
-//! for expiry, `ReadBatch::expired`). Each record is counted once. With `max_record_age`, [`Spool::read_batch`] skips and counts
-//! expired records and deletes sealed segments whose newest record has expired.
+//! not acknowledged yet are counted once their fate is known: an ack counts them
+//! delivered, a `Spool::rewind` counts them lost, reported once in the next
+//! `Appended::evicted` or `ReadBatch::evicted`, whichever comes first (or, for expiry,
+//! `ReadBatch::expired`). Each record is counted once. With `max_record_age`,
+//! [`Spool::read_batch`] skips and counts expired records and deletes sealed segments
+//! whose newest record has expired.
 //!
 //! # Full disk
 //!
