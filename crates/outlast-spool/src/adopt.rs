@@ -13,12 +13,13 @@ use crate::fs::SpoolFs;
 use crate::identity;
 use crate::lane::Lane;
 use crate::ledger::{Ledger, lock};
-use crate::recovery::{self};
+use crate::recovery;
 use crate::types::{ForeignLane, RecordedIdentity, RecoveryReport};
 
 /// How many new lane numbers `open` tries when every existing lane is locked.
 pub(crate) const NEW_LANE_ATTEMPTS: u32 = 64;
 
+/// Adds one lane's recovery report to the open's.
 pub(crate) fn merge_report(into: &mut RecoveryReport, from: RecoveryReport) {
     into.records += from.records;
     into.bytes += from.bytes;

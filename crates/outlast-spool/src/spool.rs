@@ -13,7 +13,7 @@ use crate::config::SpoolConfig;
 use crate::error::{AppendError, SpoolError};
 use crate::fs::SpoolFs;
 use crate::ledger::{Ledger, lock};
-use crate::recovery::{self};
+use crate::recovery;
 use crate::types::{Appended, ReadBatch, RecordId, RecoveryReport, SpoolStats};
 
 /// The disk spool. See the [crate documentation](crate) for the format and guarantees.
