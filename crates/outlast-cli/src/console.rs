@@ -231,9 +231,28 @@ pub(crate) fn peak_rss_bytes() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// When the `i`-th of a run paced at `rate` per second is due: `start + i / rate`,
+/// saturated (a rate of one payload per millennium is accepted and never overflows).
+pub(crate) fn due(start: tokio::time::Instant, i: u64, rate: f64) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let offset = Duration::try_from_secs_f64(i as f64 / rate)
+        .unwrap_or(FAR)
+        .min(FAR);
+    start.checked_add(offset).unwrap_or(start + FAR)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacing_saturates_for_any_positive_rate() {
+        let start = tokio::time::Instant::now();
+        assert_eq!(due(start, 0, 1e-300), start);
+        assert!(due(start, 1, 1e-300) > start + Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(due(start, 3, 2.0), start + Duration::from_millis(1500));
+        let _ = due(start, u64::MAX, f64::MIN_POSITIVE);
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

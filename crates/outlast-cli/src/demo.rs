@@ -204,7 +204,7 @@ async fn drive(
     let permits = Arc::new(Semaphore::new(DEMO_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.count {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / args.rate)).await;
+        tokio::time::sleep_until(crate::console::due(start, i, args.rate)).await;
         // The semaphore is never closed, so acquiring only fails if it were.
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;

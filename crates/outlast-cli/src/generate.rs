@@ -185,7 +185,7 @@ pub(crate) async fn run(args: &GenArgs) -> Result<(), CliError> {
                     break;
                 }
                 if let Some(rate) = rate {
-                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    let due = crate::console::due(start, i, rate);
                     tokio::time::sleep_until(due).await;
                 }
                 let payload =

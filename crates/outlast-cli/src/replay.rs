@@ -83,23 +83,7 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     if let Some(e) = newer_version(&inspection) {
         return Err(e);
     }
-    let held = held_lanes(&inspection);
-    let skipped_lanes: Vec<u32> = held.iter().map(|l| l.lane).collect();
-    if let Some(first) = held.first()
-        && held.len() == inspection.lanes.len()
-    {
-        return Err(locked(&inspection, first));
-    }
-    for l in &held {
-        console.note(&format!(
-            "outlast replay: skipping lane {} ({} record(s)): held by a live process{}, which drains it itself",
-            l.lane,
-            l.unacked_records(),
-            crate::spoolview::lock_owner(&l.path.join("lock"))
-                .map(|p| format!(" (pid {p})"))
-                .unwrap_or_default()
-        ));
-    }
+    let skipped_lanes = skip_held_lanes(&inspection, console)?;
     let records: u64 = inspection
         .lanes
         .iter()
@@ -211,7 +195,16 @@ fn release_identities(
         let wanted = args.any_identity
             || matches!(identity, RecordedIdentity::Anonymous)
             || matches!(identity, RecordedIdentity::Named(s) if args.identities.contains(s));
-        if !wanted || held.contains(&l.lane) {
+        if held.contains(&l.lane) {
+            continue;
+        }
+        if !wanted {
+            console.note(&format!(
+                "outlast replay: lane {} ({} record(s)) is recorded for identity {}: delivered only if that is this client's, or with --identity / --any-identity",
+                l.lane,
+                l.unacked_records(),
+                identity_text(Some(identity))
+            ));
             continue;
         }
         match release_lane_identity(&args.dir, l.lane) {
@@ -242,4 +235,29 @@ fn restore_identities(args: &ReplayArgs, released: &[(u32, RecordedIdentity)]) {
             tracing::warn!(lane, error = %e, "outlast replay: could not give a lane its identity back");
         }
     }
+}
+
+/// The lanes held by a live process, each named on the console: replay leaves them to
+/// their owner. Refuses ([`CliError::Locked`]) only when every lane is held.
+fn skip_held_lanes(
+    inspection: &outlast_client::spool::inspect::Inspection,
+    console: &Console,
+) -> Result<Vec<u32>, CliError> {
+    let held = held_lanes(inspection);
+    if let Some(first) = held.first()
+        && held.len() == inspection.lanes.len()
+    {
+        return Err(locked(inspection, first));
+    }
+    for l in &held {
+        console.note(&format!(
+            "outlast replay: skipping lane {} ({} record(s)): held by a live process{}, which drains it itself",
+            l.lane,
+            l.unacked_records(),
+            crate::spoolview::lock_owner(&l.path.join("lock"))
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(held.iter().map(|l| l.lane).collect())
 }

@@ -471,7 +471,7 @@ fn problems(i: &Inspection) -> Vec<String> {
             if !s.header_ok && s.torn_tail_bytes < s.bytes {
                 out.push(format!("{p}: damaged segment header"));
             }
-            let body_corrupt = s.corrupt_frames - u64::from(!s.header_ok && s.corrupt_frames > 0);
+            let body_corrupt = s.corrupt_frames;
             if body_corrupt > 0 {
                 out.push(format!(
                     "{p}: {body_corrupt} damaged record region(s) (bad CRC or framing) between records {} and {}",

@@ -332,3 +332,24 @@ async fn replay_delivers_a_lane_of_another_identity_only_when_asked() {
     assert_eq!(asked.json()["other_identity_lanes"], serde_json::json!([0]));
     assert_eq!(receiver.unique_keys().len(), 4, "{asked:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_never_hangs_on_a_fifo_and_delivers_the_rest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_spool(dir.path(), 5);
+    mkfifo(&dir.path().join("lane-0").join("00000000000000000050.seg"));
+    let receiver = TestReceiver::start().await.expect("receiver starts");
+    let url = receiver.url();
+    let path = dir.path().to_str().expect("utf-8").to_owned();
+    // `outlast` kills the run and fails the test if it does not end within LIMIT.
+    let run = tokio::task::spawn_blocking(move || {
+        outlast(
+            &["replay", &path, "--endpoint", &url, "--timeout", "20s"],
+            LIMIT,
+        )
+    })
+    .await
+    .expect("the runner thread ends");
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(receiver.unique_keys().len(), 5, "{run:?}");
+}

@@ -36,30 +36,15 @@ pub enum SpoolError {
         reason: String,
     },
     /// A file operation failed (permission denied, read-only file system, disk full, EIO...).
-    #[error("spool I/O error on {}: {source}", path.display())]
+    ///
+    /// The message names the OS error, so the error is not also returned by `source()`: a
+    /// chain printed cause by cause shows it once.
+    #[error("spool I/O error on {}: {error}", path.display())]
     Io {
         /// The file or directory concerned.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// A file of a newer, unknown format version was found where it had to be used.
-    #[error("spool file {} has format version {version}, newer than this build understands", path.display())]
-    NewerVersion {
-        /// The file.
-        path: PathBuf,
-        /// Its format version.
-        version: u16,
-    },
-    /// Stored data is damaged beyond what recovery skips silently (e.g. an unreadable root
-    /// entry that must be used).
-    #[error("spool data corrupt in {}: {reason}", path.display())]
-    Corrupt {
-        /// The damaged file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        error: io::Error,
     },
     /// An ack named a record that was never appended to that lane.
     #[error("ack of unknown record {id:?} (the lane's newest record is {newest})")]
@@ -75,11 +60,6 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
-    /// Whether the error is about damaged stored data.
-    pub fn is_corruption(&self) -> bool {
-        matches!(self, SpoolError::Corrupt { .. })
-    }
-
     /// Whether the error comes from a file operation.
     pub fn is_io(&self) -> bool {
         matches!(self, SpoolError::Io { .. })
@@ -102,15 +82,15 @@ impl SpoolError {
     /// Whether the disk is full (ENOSPC or EDQUOT).
     pub fn is_disk_full(&self) -> bool {
         match self {
-            SpoolError::Io { source, .. } => is_disk_full(source),
+            SpoolError::Io { error, .. } => is_disk_full(error),
             _ => false,
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> SpoolError {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: io::Error) -> SpoolError {
         SpoolError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }
@@ -229,5 +209,27 @@ impl AppendError {
     /// Whether the spool was closed.
     pub fn is_closed(&self) -> bool {
         matches!(self.kind, AppendErrorKind::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_prints_its_cause_once_in_a_chain() {
+        let e = SpoolError::io("/s/cursor", io::Error::from_raw_os_error(28));
+        let mut chain = e.to_string();
+        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            chain.push_str(&format!(": {c}"));
+            cur = c.source();
+        }
+        assert_eq!(
+            chain.matches("No space left on device").count(),
+            1,
+            "{chain}"
+        );
+        assert!(e.is_disk_full());
     }
 }

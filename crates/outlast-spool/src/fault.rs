@@ -142,6 +142,8 @@ impl FaultFs {
     ///
     /// # Errors
     /// If a file cannot be truncated.
+    // Kept whole (test-only): the two kinds of unsynced writes share one random stream, so
+    // a seed replays the same crash.
     pub fn crash(&self, keep: CrashKeep) -> io::Result<()> {
         let mut st = self.lock();
         st.dead = true;

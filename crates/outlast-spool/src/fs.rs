@@ -1,5 +1,6 @@
 //! The file-access seam: every segment and cursor operation goes through [`SpoolFs`], so
-//! tests can inject faults ([`crate::fault::FaultFs`]). [`StdFs`] is the real implementation.
+//! tests can inject faults (`outlast_spool::fault::FaultFs`, with the `fault-injection` feature).
+//! [`StdFs`] is the real implementation.
 //!
 //! Lane directories and lock files are handled with `std` directly: they are not data.
 

@@ -145,12 +145,12 @@ pub fn release_lane_identity(
     root: &Path,
     lane: u32,
 ) -> Result<Option<RecordedIdentity>, SpoolError> {
-    let Some(_lock) = crate::lane::try_lock_lane(root, lane, false)? else {
+    let Some(_lock) = crate::recovery::try_lock_lane(root, lane, false)? else {
         return Err(SpoolError::Locked {
-            path: crate::lane::lane_dir(root, lane),
+            path: crate::recovery::lane_dir(root, lane),
         });
     };
-    let dir = crate::lane::lane_dir(root, lane);
+    let dir = crate::recovery::lane_dir(root, lane);
     let previous = match read_identity(&StdFs, &dir) {
         LaneIdentity::Absent => return Ok(None),
         LaneIdentity::Recorded(r) => r,
@@ -175,11 +175,11 @@ pub fn restore_lane_identity(
     lane: u32,
     identity: &RecordedIdentity,
 ) -> Result<bool, SpoolError> {
-    let dir = crate::lane::lane_dir(root, lane);
+    let dir = crate::recovery::lane_dir(root, lane);
     if !dir.is_dir() {
         return Ok(false);
     }
-    let Some(_lock) = crate::lane::try_lock_lane(root, lane, false)? else {
+    let Some(_lock) = crate::recovery::try_lock_lane(root, lane, false)? else {
         return Ok(false);
     };
     let path = dir.join(IDENTITY_FILE);

@@ -10,7 +10,7 @@ use crate::error::SpoolError;
 use crate::format;
 use crate::fs::{SpoolFs, StdFs};
 use crate::identity;
-use crate::lane::{self, SegKind};
+use crate::recovery::{self, SegKind};
 use crate::types::RecordedIdentity;
 
 /// Whether a lane's lock is held by a live process.
@@ -41,7 +41,7 @@ pub struct SegmentInspection {
     pub newer_version: bool,
     /// Intact records.
     pub records: u64,
-    /// Damaged regions that a reader skips (a damaged header counts as one).
+    /// Damaged regions that a reader skips (a damaged header is not one: see `header_ok`).
     pub corrupt_frames: u64,
     /// Bytes after the last intact frame (a torn tail: cut off by the next open).
     pub torn_tail_bytes: u64,
@@ -211,7 +211,7 @@ pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
             reason: "is not a directory".into(),
         });
     }
-    let (lanes, stray) = lane::list_lanes(root)?;
+    let (lanes, stray) = recovery::list_lanes(root)?;
     let mut out = Inspection {
         root: root.to_path_buf(),
         lanes: Vec::new(),
@@ -245,12 +245,12 @@ fn dir_lane_number(dir: &Path) -> u32 {
 /// Scans one lane read-only; what cannot be read is reported in the result. `probe_lock`:
 /// find out whether a live process holds it (else [`LockState::Unknown`]).
 fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32, probe_lock: bool) -> LaneInspection {
-    let dir = lane::lane_dir(root, n);
+    let dir = recovery::lane_dir(root, n);
     let mut li = LaneInspection {
         lane: n,
         path: dir.clone(),
         lock: if probe_lock {
-            lock_state(&dir.join(lane::LOCK_FILE))
+            lock_state(&dir.join(recovery::LOCK_FILE))
         } else {
             LockState::Unknown
         },
@@ -275,7 +275,7 @@ fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32, probe_lock: bool) -> LaneIns
         }
         Err(e) => li.cursor_error = Some(e.to_string()),
     }
-    let entries = match lane::list_entries(&dir) {
+    let entries = match recovery::list_entries(&dir) {
         Ok(e) => e,
         Err(e) => {
             li.cursor_error
@@ -288,61 +288,9 @@ fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32, probe_lock: bool) -> LaneIns
     let mut placed = Vec::new();
     let mut newer_here = false;
     for id in entries.segments {
-        let path = dir.join(format::segment_file_name(id));
-        let scan = match lane::scan_segment(fs, &path, id) {
-            Ok(s) => s,
-            Err(_) => {
-                li.skipped_entries.push(path);
-                continue;
-            }
-        };
-        let m = &scan.meta;
-        let (version, header_ok, newer, header) = match scan.kind {
-            SegKind::Valid {
-                first_seq,
-                segment_id,
-            } => (
-                Some(format::FORMAT_VERSION),
-                true,
-                false,
-                Some((segment_id, first_seq)),
-            ),
-            SegKind::Damaged | SegKind::Short => (None, false, false, None),
-            SegKind::Foreign => {
-                li.corrupt_segments.push(path);
-                continue;
-            }
-            SegKind::Newer(v) => (Some(v), false, true, None),
-        };
-        newer_here |= newer;
-        if !newer && scan.kind != SegKind::Short {
-            placed.push(lane::Placed {
-                meta: m.clone(),
-                header_id: header.map(|h| h.0),
-                header_first: header.map(|h| h.1),
-            });
-        }
-        li.segments.push(SegmentInspection {
-            id,
-            path,
-            bytes: scan.file_len,
-            version,
-            header_ok,
-            newer_version: newer,
-            records: m.records,
-            corrupt_frames: scan.corrupt,
-            torn_tail_bytes: if scan.kind == SegKind::Short {
-                scan.file_len
-            } else {
-                scan.tail_bytes
-            },
-            first_seq: m.first_seq,
-            last_seq: m.last_seq,
-            oldest_created_at: (m.records > 0).then(|| time(m.oldest_ns)),
-            newest_created_at: (m.records > 0).then(|| time(m.newest_ns)),
-        });
+        newer_here |= inspect_segment(fs, &dir, id, &mut li, &mut placed);
     }
-    let continuity = lane::place_segments(&mut placed, li.acked_through, !newer_here);
+    let continuity = recovery::place_segments(&mut placed, li.acked_through, !newer_here);
     li.missing_records = continuity.missing;
     li.misplaced_segments = continuity
         .misplaced
@@ -350,4 +298,68 @@ fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32, probe_lock: bool) -> LaneIns
         .map(|&id| dir.join(format::segment_file_name(id)))
         .collect();
     li
+}
+
+/// Scans segment `id` of the lane in `dir` into `li` (and `placed`, for the continuity
+/// check). Returns whether it is of a newer format version.
+fn inspect_segment(
+    fs: &dyn SpoolFs,
+    dir: &Path,
+    id: u64,
+    li: &mut LaneInspection,
+    placed: &mut Vec<recovery::Placed>,
+) -> bool {
+    let path = dir.join(format::segment_file_name(id));
+    let scan = match recovery::scan_segment(fs, &path, id) {
+        Ok(s) => s,
+        Err(_) => {
+            li.skipped_entries.push(path);
+            return false;
+        }
+    };
+    let m = &scan.meta;
+    let (version, header_ok, newer, header) = match scan.kind {
+        SegKind::Valid {
+            first_seq,
+            segment_id,
+        } => (
+            Some(format::FORMAT_VERSION),
+            true,
+            false,
+            Some((segment_id, first_seq)),
+        ),
+        SegKind::Damaged | SegKind::Short => (None, false, false, None),
+        SegKind::Foreign => {
+            li.corrupt_segments.push(path);
+            return false;
+        }
+        SegKind::Newer(v) => (Some(v), false, true, None),
+    };
+    if !newer && scan.kind != SegKind::Short {
+        placed.push(recovery::Placed {
+            meta: m.clone(),
+            header_id: header.map(|h| h.0),
+            header_first: header.map(|h| h.1),
+        });
+    }
+    li.segments.push(SegmentInspection {
+        id,
+        path,
+        bytes: scan.file_len,
+        version,
+        header_ok,
+        newer_version: newer,
+        records: m.records,
+        corrupt_frames: scan.corrupt,
+        torn_tail_bytes: if scan.kind == SegKind::Short {
+            scan.file_len
+        } else {
+            scan.tail_bytes
+        },
+        first_seq: m.first_seq,
+        last_seq: m.last_seq,
+        oldest_created_at: (m.records > 0).then(|| time(m.oldest_ns)),
+        newest_created_at: (m.records > 0).then(|| time(m.newest_ns)),
+    });
+    newer
 }

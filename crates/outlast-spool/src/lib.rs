@@ -18,10 +18,11 @@
 //!   lane-1/ ...
 //! ```
 //!
-//! [`Spool::open`] locks the first lane it can (creating `lane-<max+1>` if all are locked).
-//! Other unlocked lanes that hold records belonged to dead processes: the opener locks them
-//! too and drains them first ([`RecoveryReport::adopted_lanes`]); a drained adopted lane is
-//! removed.
+//! [`Spool::open`] locks the first lane of its identity it can (creating `lane-<max+1>` if
+//! all are locked or foreign). Other unlocked lanes of its identity that hold records
+//! belonged to dead processes: the opener locks them too and drains them first
+//! ([`RecoveryReport::adopted_lanes`]); a drained adopted lane is removed. Lanes of another
+//! identity are left alone (see "Identity file").
 //!
 //! # Segment file
 //!
@@ -156,8 +157,8 @@
 //! | damage followed by a valid frame (flipped bits, zeroed range, a frame cut by a later one) | skipped; each damaged region counts once in `corrupt_frames_skipped`; reading resumes at the next marker that starts a valid frame |
 //! | damage or an incomplete frame with no valid frame after it (torn tail) | the file is truncated to the end of the last valid frame; bytes counted in `torn_tail_bytes_truncated` |
 //! | a file shorter than its header (e.g. zero-length: crash while creating it) | removed (it holds no record); counted in `empty_segments_removed` |
-//! | our magic, damaged header | counted as one corrupt frame; its frames are still read |
-//! | a segment name, damaged magic, our frames after it (e.g. one flipped bit) | as a damaged header: counted once, its frames read and delivered |
+//! | our magic, damaged header | its frames are still read and delivered; listed in `damaged_headers` with a warning (no record is lost by it, so no drop is counted) |
+//! | a segment name, damaged magic, our frames after it (e.g. one flipped bit) | as a damaged header: its frames read and delivered, listed in `damaged_headers` |
 //! | a segment name, damaged magic, no frame of ours | left untouched, never appended to or deleted; listed in `corrupt_segments` |
 //! | a segment name, but not a regular file (FIFO, directory, symbolic link, device) | never opened or followed; skipped with a warning, listed in `skipped_entries` |
 //! | our magic, newer version | left untouched, not read, never appended to; listed in `newer_version_files` |
@@ -165,7 +166,7 @@
 //!
 //! Recovery never panics, whatever the bytes. The last intact segment of the own lane is
 //! appended to if it has room; otherwise a new segment is started, with an id greater than
-//! any segment-named file in the lane.//!
+//! any segment-named file in the lane.
 //!
 //! Segments are then ordered by sequence number (the header's first sequence number, else
 //! the first record's), which is the order the writer wrote them in; the ids in the file
@@ -175,7 +176,7 @@
 //! | found | done |
 //! |-------|------|
 //! | a header naming another id than the file name, or segments out of order by name (files swapped, or one renamed to a far id) | delivered in sequence order; listed in `misplaced_segments`; a warning |
-//! | numbers missing between two segments above the ack point (a segment deleted or emptied, a damaged tail or header) | counted once in `missing_records` (and `SpoolStats::missing_records`), logged; the rest is delivered |
+//! | numbers missing between two segments above the ack point (a segment deleted or emptied, a damaged tail, a tail lost to a power loss) | counted in `missing_records` (and `SpoolStats::missing_records`), logged, and reported once to the first read of the lane in `ReadBatch::corrupt_skipped`; the later segment's header is then rewritten to start right after the gap (its records untouched), so the next open does not count them again. After a power loss, records acknowledged since the cursor's last fdatasync that were lost with an unsynced tail may be counted although delivered (the same window as the duplicates) |
 //! | numbers another segment already holds, above the ack point | those records are skipped, counted in `missing_records` |
 //! | numbers missing before a lane's first segment | not counted: eviction, expiry and acknowledgements remove the head of a lane |
 //!
@@ -247,17 +248,19 @@
 //!
 //! The bytes of all segment files of the lanes held count against the cap in force: the
 //! smaller of `max_total_bytes` and what the spool holds at open plus
-//! [`DISK_FREE_SHARE_PERCENT`] (90 %) of the file system's free space then (`statvfs`), so
-//! the spool never fills a disk to the last byte. It is shown in
+//! [`DISK_FREE_SHARE_PERCENT`] (90 %) of the file system's free space then (`statvfs`),
+//! so the spool never fills a disk to the last byte. It is shown in
 //! [`SpoolStats::max_total_bytes`] and [`RecoveryReport::max_total_bytes`]. With
 //! [`FullPolicy::DropNewest`] an append that does not fit is refused
 //! ([`AppendErrorKind::Full`]); with [`FullPolicy::DropOldest`] the oldest whole segment
 //! (adopted lanes first) is deleted and its unacknowledged records not yet handed out are
 //! reported in `Appended::evicted`. Records of it that a read had handed out and that are
-//! not acknowledged yet are counted once their fate is known: an ack counts them delivered,
-//! a `Spool::rewind` counts them lost, reported once in the next `ReadBatch::evicted` (or,
-//! for expiry, `ReadBatch::expired`). Each record is counted once. With `max_record_age`, [`Spool::read_batch`] skips and counts
-//! expired records and deletes sealed segments whose newest record has expired.
+//! not acknowledged yet are counted once their fate is known: an ack counts them
+//! delivered, a `Spool::rewind` counts them lost, reported once in the next
+//! `Appended::evicted` or `ReadBatch::evicted`, whichever comes first (or, for expiry,
+//! `ReadBatch::expired`). Each record is counted once. With `max_record_age`,
+//! [`Spool::read_batch`] skips and counts expired records and deletes sealed segments
+//! whose newest record has expired.
 //!
 //! # Full disk
 //!
@@ -273,26 +276,34 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod adopt;
+mod background;
 mod config;
 mod cursor;
 mod error;
+#[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod format;
 pub mod fs;
 pub mod identity;
 pub mod inspect;
 mod lane;
+mod ledger;
+mod reader;
+mod recovery;
 mod scan;
 mod spool;
 mod types;
+mod writer;
 
+pub use background::CURSOR_FSYNC_INTERVAL;
 pub use config::{
     DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
     DEFAULT_SEGMENT_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
 pub use outlast_core::Payload;
-pub use spool::{CURSOR_FSYNC_INTERVAL, Spool};
+pub use spool::Spool;
 pub use types::{
     Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
     SpoolStats,

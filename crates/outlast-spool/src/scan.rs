@@ -132,6 +132,8 @@ impl FrameReader {
     ///
     /// # Errors
     /// Only read errors of the file.
+    // Kept whole: parse-or-resynchronise is one loop over one window; split, the window's
+    // indices would have to be handed back and forth.
     pub(crate) fn next(&mut self, want_payload: bool) -> io::Result<Next> {
         self.last_frame_lo = None;
         let mut skipped_from: Option<u64> = None;

@@ -35,11 +35,16 @@ pub struct ReadBatch {
     pub expired: Dropped,
     /// Records handed out by an earlier read whose segment the drop-oldest policy evicted
     /// before they were acknowledged, and that a [`Spool::rewind`](crate::Spool::rewind)
-    /// then declared undelivered: lost, counted here once. (Records evicted before anyone
-    /// read them are counted in [`Appended::evicted`]; records acknowledged are delivered,
-    /// not evicted.)
+    /// then declared undelivered: lost, counted once, here or in the next
+    /// [`Appended::evicted`], whichever comes first. (Records evicted before anyone read
+    /// them are counted in [`Appended::evicted`]; records acknowledged are delivered, not
+    /// evicted.)
     pub evicted: Dropped,
-    /// Damaged frames skipped while reading (each skipped region counts once).
+    /// Damaged frames skipped while reading (each skipped region counts once), plus, once,
+    /// the records recovery found missing in a lane
+    /// ([`RecoveryReport::missing_records`]) and the damage found in a lane taken by
+    /// [`Spool::adopt_released`](crate::Spool::adopt_released): a caller that counts its
+    /// drops from reads (and the open's `corrupt_frames_skipped`) counts every loss once.
     pub corrupt_skipped: u64,
 }
 
@@ -64,7 +69,9 @@ impl Dropped {
 pub struct Appended {
     /// The id of the new record.
     pub id: RecordId,
-    /// Records deleted to make room ([`FullPolicy::DropOldest`](crate::FullPolicy)).
+    /// Records deleted to make room ([`FullPolicy::DropOldest`](crate::FullPolicy)) that no
+    /// read had handed out, plus records a rewind found lost to an earlier eviction while in
+    /// flight, if no read reported them first (see [`ReadBatch::evicted`]).
     pub evicted: Dropped,
 }
 
@@ -162,12 +169,18 @@ pub struct RecoveryReport {
     /// emptied or renamed away, a damaged tail or header) and records whose numbers another
     /// segment already holds. Gaps before a lane's first segment are not counted (eviction,
     /// expiry and acknowledgements remove the head of a lane), nor anything acknowledged.
-    /// They are counted here (and in [`SpoolStats::missing_records`]) once, never delivered.
+    /// They are counted here (and in [`SpoolStats::missing_records`]), never delivered, and
+    /// reported once more to the first read of the lane, in
+    /// [`ReadBatch::corrupt_skipped`]: a caller counting drops from reads must not add this
+    /// field too.
     pub missing_records: u64,
     /// Segments whose header names another id than their file name, or that are out of
     /// sequence order by name (swapped or renamed files): their records are delivered in
     /// sequence order.
     pub misplaced_segments: Vec<PathBuf>,
+    /// Segments whose header is damaged (a flipped bit in the magic, a bad CRC): their
+    /// records are still read and delivered, so nothing is counted as lost for it.
+    pub damaged_headers: Vec<PathBuf>,
     /// Files named like segments whose magic is damaged and that hold no readable record:
     /// left untouched (their records, if any, count in `missing_records` when the
     /// neighbouring segments show the gap).

@@ -1,0 +1,330 @@
+//! The readers: reading batches across the lanes (adopted lanes first), expiry, and
+//! acknowledgements.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use outlast_core::unix_nanos;
+
+use crate::error::SpoolError;
+use crate::format::SEGMENT_HEADER_LEN;
+use crate::lane::{Consumer, DropCause, Lane};
+use crate::ledger::{Ledger, lock};
+use crate::recovery::SegMeta;
+use crate::scan::{Found, FrameReader, Next};
+use crate::types::{Dropped, ReadBatch, Record, RecordId};
+
+/// Read size of the reader's window buffer.
+pub(crate) const READ_CHUNK: usize = 256 * 1024;
+
+pub(crate) fn now_ns() -> u64 {
+    unix_nanos(SystemTime::now())
+}
+
+impl Ledger {
+    pub(crate) fn read_batch(
+        &self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<ReadBatch, SpoolError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SpoolError::Closed);
+        }
+        let mut batch = ReadBatch::default();
+        let mut bytes = 0u64;
+        let max_records = max_records.max(1);
+        // Losses recovery found, already in the counters, reported to the reader now.
+        let mut counted = 0u64;
+        for l in self.lanes() {
+            if batch.records.len() >= max_records {
+                break;
+            }
+            {
+                let mut c = lock(&l.consumer);
+                counted += std::mem::take(&mut c.lost.unreported);
+            }
+            self.read_lane(&l, &mut batch, &mut bytes, max_records, max_bytes)?;
+        }
+        batch.corrupt_skipped += counted;
+        if batch.expired.records > 0 || batch.corrupt_skipped > counted || batch.evicted.records > 0
+        {
+            let mut c = lock(&self.counters);
+            c.expired.add(batch.expired.records, batch.expired.bytes);
+            c.evicted.add(batch.evicted.records, batch.evicted.bytes);
+            c.corrupt += batch.corrupt_skipped - counted;
+        }
+        Ok(batch)
+    }
+
+    pub(crate) fn read_lane(
+        &self,
+        l: &Arc<Lane>,
+        batch: &mut ReadBatch,
+        bytes: &mut u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<(), SpoolError> {
+        let mut c = lock(&l.consumer);
+        let lost = std::mem::take(&mut c.lost);
+        batch.evicted.add(lost.evicted.records, lost.evicted.bytes);
+        batch.expired.add(lost.expired.records, lost.expired.bytes);
+        let acked_before = c.acked;
+        let result = self.read_lane_locked(l, &mut c, batch, bytes, max_records, max_bytes);
+        if c.acked != acked_before
+            && let Err(e) = l.write_cursor(&*self.fs, &mut c)
+        {
+            // Expired records at the head counted as acknowledged. The records read must
+            // still be returned; the next ack, sync or close writes the cursor again.
+            tracing::warn!(lane = l.id, error = %e, "could not write the cursor after expiry");
+        }
+        drop(c);
+        let exhausted = matches!(result, Ok(true));
+        if exhausted && l.adopted {
+            self.maybe_remove_lane(l);
+        }
+        result.map(|_| ())
+    }
+
+    /// Reads from one lane into `batch`. `Ok(true)`: the lane has nothing more to read.
+    pub(crate) fn read_lane_locked(
+        &self,
+        l: &Arc<Lane>,
+        c: &mut Consumer,
+        batch: &mut ReadBatch,
+        bytes: &mut u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<bool, SpoolError> {
+        let expiry = self
+            .config
+            .max_record_age_value()
+            .map(|age| now_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)));
+        if let Some(limit) = expiry {
+            self.expire_segments(l, c, limit, &mut batch.expired)
+                .map_err(|e| SpoolError::io(&l.dir, e))?;
+        }
+        loop {
+            if batch.records.len() >= max_records {
+                return Ok(false);
+            }
+            let Some(t) = target(l, c) else {
+                return Ok(true);
+            };
+            if c.reader.as_ref().map(|(id, _)| *id) != Some(t.id) {
+                self.open_reader(c, &t)?;
+            }
+            let Some((_, reader)) = c.reader.as_mut() else {
+                return Ok(false);
+            };
+            reader.set_end(t.end);
+            match reader.next(true).map_err(|e| SpoolError::io(&t.path, e))? {
+                Next::Frame(f) => {
+                    if take_frame(l, c, f, expiry, batch, bytes, max_bytes) == Took::NoRoom {
+                        if let Some((_, reader)) = c.reader.as_mut() {
+                            reader.unread_last();
+                        }
+                        return Ok(false);
+                    }
+                }
+                Next::End { valid_end, end } => {
+                    if valid_end < end && t.sealed && t.id > c.tail_damage_counted {
+                        batch.corrupt_skipped += 1;
+                        c.tail_damage_counted = t.id;
+                    }
+                    if !t.sealed {
+                        return Ok(false);
+                    }
+                    let Some(next) = next_segment(l, c, t.id) else {
+                        return Ok(false);
+                    };
+                    self.open_reader(c, &next)?;
+                }
+            }
+        }
+    }
+
+    /// Starts reading segment `t` from its start, skipping what was handed out already.
+    fn open_reader(&self, c: &mut Consumer, t: &Target) -> Result<(), SpoolError> {
+        let file = self
+            .fs
+            .open(&t.path, false)
+            .map_err(|e| SpoolError::io(&t.path, e))?;
+        let r = FrameReader::new(
+            file,
+            SEGMENT_HEADER_LEN,
+            t.end,
+            READ_CHUNK,
+            t.start_seq.min(c.handed),
+        );
+        c.reader = Some((t.id, r));
+        Ok(())
+    }
+
+    /// Deletes sealed segments whose newest record is older than the age limit.
+    pub(crate) fn expire_segments(
+        &self,
+        l: &Lane,
+        c: &mut Consumer,
+        limit_ns: u64,
+        expired: &mut Dropped,
+    ) -> io::Result<()> {
+        let victims: Vec<SegMeta> = {
+            let mut segs = lock(&l.segs);
+            let (gone, kept): (Vec<SegMeta>, Vec<SegMeta>) = std::mem::take(&mut *segs)
+                .into_iter()
+                .partition(|m| (m.sealed || l.adopted) && m.records > 0 && m.newest_ns < limit_ns);
+            *segs = kept;
+            gone
+        };
+        for m in victims {
+            self.drop_segment(l, c, m, DropCause::Expired, expired)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SpoolError::Closed);
+        }
+        let Some(l) = self.lane(id.lane) else {
+            return Ok(());
+        };
+        let newest = l.last_seq.load(Ordering::Acquire);
+        if id.seq > newest {
+            return Err(SpoolError::UnknownRecord { id, newest });
+        }
+        let mut c = lock(&l.consumer);
+        if id.seq <= c.acked {
+            return Ok(());
+        }
+        c.acked = id.seq;
+        c.handed = c.handed.max(id.seq);
+        c.settle_limbo(id.seq);
+        l.acked.store(id.seq, Ordering::Release);
+        match l.write_cursor(&*self.fs, &mut c) {
+            Ok(()) => {}
+            Err(e) if e.is_disk_full() => {
+                // A full disk must not lock the spool: free what is delivered first (its
+                // deletion needs no space), then try the cursor again.
+                self.free_delivered(&l, &mut c)?;
+                l.write_cursor(&*self.fs, &mut c)?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.delete_acked(&l, &mut c)?;
+        let empty_adopted = l.adopted && lock(&l.segs).is_empty();
+        drop(c);
+        if empty_adopted {
+            self.maybe_remove_lane(&l);
+        }
+        Ok(())
+    }
+}
+
+/// A segment to read: its id and file, its readable length, whether it is complete, and the
+/// sequence number before its first record.
+#[derive(Debug)]
+struct Target {
+    id: u64,
+    path: std::path::PathBuf,
+    end: u64,
+    sealed: bool,
+    start_seq: u64,
+}
+
+impl Target {
+    fn of(m: &SegMeta, adopted: bool) -> Target {
+        Target {
+            id: m.id,
+            path: m.path.clone(),
+            end: m.len,
+            sealed: m.sealed || adopted,
+            start_seq: m.first_seq.saturating_sub(1),
+        }
+    }
+}
+
+/// The segment the reader is in (or, if it was deleted under us by eviction or expiry, the
+/// first one holding records not handed out yet). The index is in sequence order (recovery
+/// orders misplaced segments), which is not always the order of the ids: positions, not
+/// ids, say what comes next.
+fn target(l: &Lane, c: &Consumer) -> Option<Target> {
+    let segs = lock(&l.segs);
+    let first_unread = || segs.iter().position(|m| m.last_seq > c.handed || !m.sealed);
+    let pos = match c.reader.as_ref().map(|(id, _)| *id) {
+        Some(id) => segs.iter().position(|m| m.id == id).or_else(first_unread),
+        None => first_unread(),
+    };
+    pos.map(|i| Target::of(&segs[i], l.adopted))
+}
+
+/// The segment after `seg_id` in sequence order.
+fn next_segment(l: &Lane, c: &Consumer, seg_id: u64) -> Option<Target> {
+    let segs = lock(&l.segs);
+    let next = match segs.iter().position(|m| m.id == seg_id) {
+        Some(i) => segs.get(i + 1),
+        None => segs.iter().find(|m| m.last_seq > c.handed || !m.sealed),
+    };
+    next.map(|m| Target::of(m, l.adopted))
+}
+
+/// What [`take_frame`] did with a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Took {
+    /// Added, skipped (handed out before, expired) or counted: read on.
+    Next,
+    /// The batch has no room for it: put it back.
+    NoRoom,
+}
+
+/// Handles one valid frame: counts damage skipped before it (once, even after a rewind),
+/// skips what was handed out already, counts an expired record (as acknowledged when
+/// nothing before it is outstanding), or adds the record to the batch.
+fn take_frame(
+    l: &Lane,
+    c: &mut Consumer,
+    f: Found,
+    expiry: Option<u64>,
+    batch: &mut ReadBatch,
+    bytes: &mut u64,
+    max_bytes: u64,
+) -> Took {
+    if f.skipped.is_some() && f.seq > c.read_through {
+        batch.corrupt_skipped += 1;
+    }
+    c.read_through = c.read_through.max(f.seq);
+    if f.seq <= c.handed {
+        return Took::Next;
+    }
+    if let Some(limit) = expiry
+        && f.meta.created_at_unix_nanos < limit
+    {
+        batch.expired.add(1, f.len);
+        if c.handed == c.acked {
+            // Nothing outstanding before it: it counts as acknowledged.
+            c.acked = f.seq;
+            l.acked.store(f.seq, Ordering::Release);
+        }
+        c.handed = f.seq;
+        return Took::Next;
+    }
+    let Some(payload) = f.payload else {
+        return Took::Next;
+    };
+    let size = payload.len() as u64;
+    if !batch.records.is_empty() && *bytes + size > max_bytes {
+        return Took::NoRoom;
+    }
+    *bytes += size;
+    c.handed = f.seq;
+    batch.records.push(Record {
+        id: RecordId {
+            lane: l.id,
+            seq: f.seq,
+        },
+        payload,
+    });
+    Took::Next
+}
