@@ -17,6 +17,8 @@ mod ol;
 #[cfg(feature = "outlast")]
 #[path = "outlast_on.rs"]
 mod ol;
+#[cfg(feature = "outlast")]
+mod otel;
 mod report;
 mod rows;
 mod sqlite;
@@ -47,8 +49,8 @@ struct Args {
     /// Directory for results.json [default: <workspace>/target/bench].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Run only these row groups (1-8; 9 = the SQLite lines, produced by groups 1 and 3),
-    /// comma-separated. Ids like 3a select their group.
+    /// Run only these row groups (1-8, 10 = OpenTelemetry; 9 = the SQLite lines, produced by
+    /// groups 1 and 3), comma-separated. Ids like 3a select their group.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where on-disk measurements write [default: a temporary directory under
@@ -128,7 +130,7 @@ fn workspace_root() -> PathBuf {
 /// The row groups selected by `--only` (all when empty).
 fn selected(only: &[String]) -> anyhow::Result<Vec<u8>> {
     if only.is_empty() {
-        return Ok((1..=8).collect());
+        return Ok((1..=8).chain([10]).collect());
     }
     let mut groups = Vec::new();
     for o in only {
@@ -136,8 +138,8 @@ fn selected(only: &[String]) -> anyhow::Result<Vec<u8>> {
         let g: u8 = digits
             .parse()
             .ok()
-            .filter(|g| (1..=9).contains(g))
-            .with_context(|| format!("--only {o:?}: rows are 1-9 (e.g. 1, 3a, 9)"))?;
+            .filter(|g| (1..=10).contains(g))
+            .with_context(|| format!("--only {o:?}: rows are 1-10 (e.g. 1, 3a, 9)"))?;
         let add: &[u8] = if g == 9 { &[1, 3] } else { &[g] };
         for g in add {
             if !groups.contains(g) {
@@ -224,6 +226,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             6 => rows::group_outage(&ctx),
             7 => rows::group_replay(&ctx),
             8 => rows::group_memory(&ctx),
+            #[cfg(feature = "outlast")]
+            10 => otel::group_otel(&ctx),
             _ => Vec::new(),
         };
         rows.append(&mut r);
@@ -272,5 +276,6 @@ mod tests {
             vec![1, 3]
         );
         assert!(selected(&["12".into()]).is_err());
+        assert_eq!(selected(&["10a".into()]).expect("valid"), vec![10]);
     }
 }
