@@ -340,17 +340,30 @@ impl PipelineBuilder {
         if !merged.is_empty() {
             vars.push((ENV_HEADERS.to_owned(), merged.join(",")));
         }
-        let b = HttpExporterBuilder::from_env_vars(vars).map_err(|e| rename(e, url_param))?;
+        let headers_param = own
+            .headers
+            .first()
+            .or(self.shared.headers.first())
+            .map_or("headers", |l| l.param("headers"));
+        let name_ours = |e: ConfigError| match &e {
+            ConfigError::Invalid { param, .. } if *param == ENV_ENDPOINT => rename(e, url_param),
+            ConfigError::Invalid { param, .. } if *param == ENV_HEADERS => rename(e, headers_param),
+            _ => e,
+        };
+        let b = HttpExporterBuilder::from_env_vars(vars).map_err(name_ours)?;
         let b = b.headers(self.code_headers.iter().cloned());
         let timeout = own
             .timeout
             .or(self.shared.timeout)
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         let gzip = own.gzip.or(self.shared.gzip).unwrap_or(false);
-        b.timeout(timeout)
-            .gzip(gzip)
-            .build()
-            .map_err(|e| rename(e, url_param))
+        if timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "request_timeout",
+                "must be greater than zero",
+            ));
+        }
+        b.timeout(timeout).gzip(gzip).build().map_err(name_ours)
     }
 }
 

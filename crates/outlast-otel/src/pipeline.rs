@@ -101,6 +101,12 @@ impl PipelineBuilder {
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join(outlast_client::DEFAULT_SPOOL_DIR_NAME));
         let timeout = self.export_timeout.unwrap_or(DEFAULT_EXPORT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "export_timeout",
+                "must be greater than zero (Duration::MAX means no bound)",
+            ));
+        }
         let mut signals: [Option<SignalParts>; 3] = [None, None, None];
         for signal in enabled_signals() {
             let counters = Arc::new(Counters::default());
@@ -360,7 +366,7 @@ impl Pipeline {
     ///
     /// Cancel safe: dropping the future leaves the flushes under way to finish on their own.
     pub async fn force_flush(&self, timeout: Duration) -> PipelineFlush {
-        self.flush_within(timeout, false).await
+        self.on_runtime(timeout, false).await
     }
 
     /// As [`force_flush`](Self::force_flush), for code that is not async: runs the flush on
@@ -373,7 +379,7 @@ impl Pipeline {
         let (tx, rx) = std::sync::mpsc::channel();
         let this = self.clone();
         self.inner.runtime.handle().spawn(async move {
-            let _ = tx.send(this.force_flush(timeout).await);
+            let _ = tx.send(this.flush_within(timeout, false).await);
         });
         rx.recv_timeout(timeout.saturating_add(Duration::from_millis(50)))
             .unwrap_or_default()
@@ -389,7 +395,20 @@ impl Pipeline {
     /// If dropped part-way, the parts under way finish on their own; a later call finishes
     /// the shutdown of the clients.
     pub async fn shutdown(&self, timeout: Duration) -> PipelineFlush {
-        self.flush_within(timeout, true).await
+        self.on_runtime(timeout, true).await
+    }
+
+    /// Runs the flush (or shutdown) as a task on the pipeline's runtime, so that it may be
+    /// awaited from any executor (its timers are that runtime's).
+    async fn on_runtime(&self, timeout: Duration, shutdown: bool) -> PipelineFlush {
+        let this = self.clone();
+        let task = self
+            .inner
+            .runtime
+            .handle()
+            .spawn(async move { this.flush_within(timeout, shutdown).await });
+        // A join error means the runtime is shutting down: nothing was flushed.
+        task.await.unwrap_or_default()
     }
 
     async fn flush_within(&self, timeout: Duration, shutdown: bool) -> PipelineFlush {

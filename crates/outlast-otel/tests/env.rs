@@ -123,3 +123,17 @@ async fn headers_timeout_and_compression_reach_the_collector() {
     assert!(otel.client(Signal::Traces).is_some());
     otel.shutdown(Duration::from_secs(5)).await;
 }
+
+#[test]
+fn zero_timeouts_are_refused_by_name() {
+    let err = outlast_otel::Pipeline::builder()
+        .export_timeout(Duration::ZERO)
+        .build()
+        .expect_err("a zero export timeout is refused");
+    assert_eq!(param_of(&err), "export_timeout", "{err}");
+    let err = outlast_otel::Pipeline::builder()
+        .request_timeout(Duration::ZERO)
+        .build()
+        .expect_err("a zero request timeout is refused");
+    assert_eq!(param_of(&err), "request_timeout", "{err}");
+}
