@@ -477,6 +477,28 @@ impl Pipeline {
         }
     }
 
+    /// Publishes [`stats`](Self::stats) as observable OpenTelemetry instruments on `meter`
+    /// (feature `metrics`): `outlast.pending.records`, `outlast.pending.bytes`,
+    /// `outlast.oldest_age`, `outlast.dropped` (by `reason`), `outlast.rejected_by_collector`
+    /// and `outlast.accepted.items`, each with a `signal` attribute. Use a meter of this
+    /// pipeline's own meter provider, or of another one.
+    ///
+    /// Note that the instruments of a pipeline's own metrics describe a state that includes
+    /// those metrics: during an outage they are spooled with the rest.
+    #[cfg(feature = "metrics")]
+    pub fn register_instruments(&self, meter: &opentelemetry::metrics::Meter) {
+        // The callbacks hold the signals' clients, not the pipeline: the pipeline's meter
+        // provider holds the callbacks, and a reference back to it would be a cycle.
+        let handoffs = self
+            .inner
+            .signals
+            .iter()
+            .flatten()
+            .map(|p| Arc::clone(&p.handoff))
+            .collect();
+        crate::stats::register(handoffs, meter);
+    }
+
     /// Per signal: pending records and bytes, oldest age, drops by reason, collector
     /// rejections, and how the SDK's calls were answered.
     pub fn stats(&self) -> PipelineStats {
