@@ -5,8 +5,6 @@
 //! scope, schema URLs, span events and links, log bodies and attributes, and every metric kind
 //! come out of the same conversion functions.
 
-use prost::Message as _;
-
 /// The resource of a provider, converted once (at `set_resource`) into its OTLP form.
 #[cfg(any(feature = "trace", feature = "logs"))]
 #[derive(Debug, Default)]
@@ -22,14 +20,55 @@ impl EncodedResource {
     }
 }
 
+/// How requests are encoded on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Encoding {
+    /// OTLP/HTTP binary protobuf (`application/x-protobuf`, `http/protobuf`). The default.
+    #[default]
+    Protobuf,
+    /// OTLP/HTTP JSON (`application/json`, `http/json`); feature `with-serde`.
+    #[cfg(feature = "with-serde")]
+    Json,
+}
+
+impl Encoding {
+    pub(crate) fn content_type(self) -> outlast_client::ContentType {
+        match self {
+            Encoding::Protobuf => outlast_client::ContentType::Protobuf,
+            #[cfg(feature = "with-serde")]
+            Encoding::Json => outlast_client::ContentType::Json,
+        }
+    }
+}
+
 /// An encoded `Export*ServiceRequest` and the number of items (spans, log records, data
 /// points) it carries.
 #[derive(Debug)]
 pub(crate) struct Encoded {
-    /// The protobuf bytes.
+    /// The encoded request.
     pub(crate) bytes: Vec<u8>,
     /// Spans, log records or metric data points in the request.
     pub(crate) items: u64,
+}
+
+/// `request` in `encoding`.
+#[cfg(feature = "with-serde")]
+fn to_bytes<M: prost::Message + serde::Serialize>(request: &M, encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::Protobuf => request.encode_to_vec(),
+        // Serialising generated message types to memory does not fail (no maps with
+        // non-string keys, no I/O); an empty body would be refused by the collector.
+        Encoding::Json => serde_json::to_vec(request).unwrap_or_default(),
+    }
+}
+
+/// `request` in `encoding`.
+#[cfg(not(feature = "with-serde"))]
+fn to_bytes<M: prost::Message>(request: &M, encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::Protobuf => request.encode_to_vec(),
+    }
 }
 
 /// Encodes a span batch as an `ExportTraceServiceRequest`.
@@ -37,6 +76,7 @@ pub(crate) struct Encoded {
 pub(crate) fn spans(
     batch: Vec<opentelemetry_sdk::trace::SpanData>,
     resource: &EncodedResource,
+    encoding: Encoding,
 ) -> Encoded {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
@@ -45,7 +85,7 @@ pub(crate) fn spans(
         resource_spans: group_spans_by_resource_and_scope(batch, &resource.0),
     };
     Encoded {
-        bytes: request.encode_to_vec(),
+        bytes: to_bytes(&request, encoding),
         items,
     }
 }
@@ -55,6 +95,7 @@ pub(crate) fn spans(
 pub(crate) fn logs(
     batch: &opentelemetry_sdk::logs::LogBatch<'_>,
     resource: &EncodedResource,
+    encoding: Encoding,
 ) -> Encoded {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::transform::logs::tonic::group_logs_by_resource_and_scope;
@@ -63,14 +104,17 @@ pub(crate) fn logs(
         resource_logs: group_logs_by_resource_and_scope(batch, &resource.0),
     };
     Encoded {
-        bytes: request.encode_to_vec(),
+        bytes: to_bytes(&request, encoding),
         items,
     }
 }
 
 /// Encodes collected metrics as an `ExportMetricsServiceRequest`.
 #[cfg(feature = "metrics")]
-pub(crate) fn metrics(metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics) -> Encoded {
+pub(crate) fn metrics(
+    metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
+    encoding: Encoding,
+) -> Encoded {
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     let request = ExportMetricsServiceRequest::from(metrics);
@@ -89,7 +133,7 @@ pub(crate) fn metrics(metrics: &opentelemetry_sdk::metrics::data::ResourceMetric
         } as u64)
         .sum();
     Encoded {
-        bytes: request.encode_to_vec(),
+        bytes: to_bytes(&request, encoding),
         items,
     }
 }

@@ -129,6 +129,7 @@ impl PipelineBuilder {
                     timeout,
                     counters,
                     Arc::new(InFlight::default()),
+                    self.encoding_of(signal),
                 )),
             });
         }
