@@ -500,3 +500,42 @@ fn rename(e: ConfigError, param: &'static str) -> ConfigError {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_header_replaces_the_shared_one_of_the_same_name_only() {
+        let b = PipelineBuilder::from_env_vars([
+            (ENV_OTLP_HEADERS.to_owned(), "X-Tenant=a, x-keep=1".to_owned()),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_HEADERS".to_owned(),
+                "x-tenant=b".to_owned(),
+            ),
+        ])
+        .expect("valid variables");
+        let logs = format!("{:?}", b.http_exporter(Signal::Logs).expect("builds"));
+        let traces = format!("{:?}", b.http_exporter(Signal::Traces).expect("builds"));
+        assert!(logs.contains("\"b\"") && !logs.contains("\"a\""), "{logs}");
+        assert!(logs.contains("x-keep"), "{logs}");
+        assert!(traces.contains("\"a\""), "{traces}");
+    }
+
+    #[test]
+    fn header_items_are_named_case_insensitively() {
+        assert_eq!(item_name(" X-Tenant =a"), "x-tenant");
+        assert_eq!(items("a=1,, ,b=2").count(), 2);
+    }
+
+    #[test]
+    fn a_builder_setting_overrides_the_environment() {
+        let b = PipelineBuilder::from_env_vars([(
+            ENV_OTLP_ENDPOINT.to_owned(),
+            "http://env:4318".to_owned(),
+        )])
+        .expect("valid variables")
+        .endpoint("http://code:4318");
+        assert_eq!(b.endpoint_of(Signal::Traces), "http://code:4318/v1/traces");
+    }
+}
