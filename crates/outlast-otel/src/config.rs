@@ -508,7 +508,10 @@ mod tests {
     #[test]
     fn a_signal_header_replaces_the_shared_one_of_the_same_name_only() {
         let b = PipelineBuilder::from_env_vars([
-            (ENV_OTLP_HEADERS.to_owned(), "X-Tenant=a, x-keep=1".to_owned()),
+            (
+                ENV_OTLP_HEADERS.to_owned(),
+                "X-Tenant=a, x-keep=1".to_owned(),
+            ),
             (
                 "OTEL_EXPORTER_OTLP_LOGS_HEADERS".to_owned(),
                 "x-tenant=b".to_owned(),
