@@ -46,28 +46,30 @@ impl Encoding {
 /// points) it carries.
 #[derive(Debug)]
 pub(crate) struct Encoded {
-    /// The encoded request.
-    pub(crate) bytes: Vec<u8>,
+    /// The encoded request, or why it could not be encoded (JSON only; protobuf encoding
+    /// to memory cannot fail).
+    pub(crate) bytes: Result<Vec<u8>, String>,
     /// Spans, log records or metric data points in the request.
     pub(crate) items: u64,
 }
 
 /// `request` in `encoding`.
 #[cfg(feature = "with-serde")]
-fn to_bytes<M: prost::Message + serde::Serialize>(request: &M, encoding: Encoding) -> Vec<u8> {
+fn to_bytes<M: prost::Message + serde::Serialize>(
+    request: &M,
+    encoding: Encoding,
+) -> Result<Vec<u8>, String> {
     match encoding {
-        Encoding::Protobuf => request.encode_to_vec(),
-        // Serialising generated message types to memory does not fail (no maps with
-        // non-string keys, no I/O); an empty body would be refused by the collector.
-        Encoding::Json => serde_json::to_vec(request).unwrap_or_default(),
+        Encoding::Protobuf => Ok(request.encode_to_vec()),
+        Encoding::Json => serde_json::to_vec(request).map_err(|e| e.to_string()),
     }
 }
 
 /// `request` in `encoding`.
 #[cfg(not(feature = "with-serde"))]
-fn to_bytes<M: prost::Message>(request: &M, encoding: Encoding) -> Vec<u8> {
+fn to_bytes<M: prost::Message>(request: &M, encoding: Encoding) -> Result<Vec<u8>, String> {
     match encoding {
-        Encoding::Protobuf => request.encode_to_vec(),
+        Encoding::Protobuf => Ok(request.encode_to_vec()),
     }
 }
 

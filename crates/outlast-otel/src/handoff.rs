@@ -179,7 +179,23 @@ impl Handoff {
             return Ok(());
         }
         let items = encoded.items;
-        let payload = Payload::new(encoded.bytes).with_content_type(self.encoding.content_type());
+        let bytes = match encoded.bytes {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.counters
+                    .batches_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .items_dropped
+                    .fetch_add(items, Ordering::Relaxed);
+                return Err(OTelSdkError::InternalFailure(format!(
+                    "outlast-otel could not encode the {} batch of {items} {}: {e}",
+                    self.signal,
+                    self.signal.item()
+                )));
+            }
+        };
+        let payload = Payload::new(bytes).with_content_type(self.encoding.content_type());
         let client = self.client.clone();
         let settle = Settle {
             counters: Arc::clone(&self.counters),
