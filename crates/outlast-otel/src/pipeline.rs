@@ -194,6 +194,12 @@ impl PipelineBuilder {
     }
 }
 
+/// The part of a deadline kept back so that a report computed within the rest arrives before
+/// it: 5 %, at most 50 ms.
+fn margin(timeout: Duration) -> Duration {
+    (timeout / 20).min(Duration::from_millis(50))
+}
+
 /// The signals this build of the crate exports.
 fn enabled_signals() -> impl Iterator<Item = Signal> {
     Signal::ALL.into_iter().filter(|s| match s {
@@ -379,11 +385,12 @@ impl Pipeline {
     pub fn force_flush_blocking(&self, timeout: Duration) -> PipelineFlush {
         let (tx, rx) = std::sync::mpsc::channel();
         let this = self.clone();
+        // The flush gets a little less than `timeout`, so that its report arrives in time.
+        let inner_timeout = timeout.saturating_sub(margin(timeout));
         self.inner.runtime.handle().spawn(async move {
-            let _ = tx.send(this.flush_within(timeout, false).await);
+            let _ = tx.send(this.flush_within(inner_timeout, false).await);
         });
-        rx.recv_timeout(timeout.saturating_add(Duration::from_millis(50)))
-            .unwrap_or_default()
+        rx.recv_timeout(timeout).unwrap_or_default()
     }
 
     /// Shuts everything down within `timeout`: the SDK providers (their queues are handed
@@ -440,7 +447,7 @@ impl Pipeline {
         // 3. Every signal's spool to the collector, concurrently, in the time left (less a
         // margin, so that their reports arrive before our own deadline).
         let left_now = left();
-        let budget = left_now.saturating_sub((left_now / 20).min(Duration::from_millis(50)));
+        let budget = left_now.saturating_sub(margin(left_now));
         let flushes = inner.signals.clone().map(|parts| {
             let parts = parts?;
             let client = parts.handoff.client.clone();
