@@ -29,12 +29,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The three lines of set-up.
     let otel = outlast_otel::Pipeline::from_env()?.build()?;
-    let tracer = otel.tracer_provider().ok_or("traces are off")?.tracer("service");
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+    let tracer = otel
+        .tracer_provider()
+        .ok_or("traces are off")?
+        .tracer("service");
+    let subscriber =
+        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
     tracing::subscriber::set_global_default(subscriber)?;
 
-    let logger = otel.logger_provider().ok_or("logs are off")?.logger("service");
+    let logger = otel
+        .logger_provider()
+        .ok_or("logs are off")?
+        .logger("service");
     for i in 0..requests {
         handle(i, &logger).await;
     }

@@ -8,6 +8,7 @@ use outlast_client::http::{ENV_ENDPOINT, ENV_HEADERS, HttpExporterBuilder};
 use outlast_client::{ClientBuilder, ConfigError};
 
 use crate::Signal;
+use crate::encode::Encoding;
 
 /// The collector endpoint when none is configured: the OTLP/HTTP default.
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
@@ -25,29 +26,35 @@ pub const ENV_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 pub const ENV_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 /// `OTEL_EXPORTER_OTLP_COMPRESSION`: `gzip` or `none`.
 pub const ENV_OTLP_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`, or `http/json` (feature `with-serde`);
+/// `grpc` is refused (this crate has no gRPC).
+pub const ENV_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// `OUTLAST_SPOOL_DIR`, read here as the spool root (each signal has a folder under it).
 pub const ENV_SPOOL_ROOT: &str = outlast_client::env::SPOOL_DIR;
 
-/// The per-signal variables: (full endpoint, headers, timeout, compression).
-const fn signal_vars(signal: Signal) -> [&'static str; 4] {
+/// The per-signal variables: (full endpoint, headers, timeout, compression, protocol).
+const fn signal_vars(signal: Signal) -> [&'static str; 5] {
     match signal {
         Signal::Traces => [
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         ],
         Signal::Logs => [
             "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
             "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
             "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
             "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
         ],
         Signal::Metrics => [
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
             "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
             "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
             "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
         ],
     }
 }
@@ -83,6 +90,7 @@ pub(crate) struct SignalSettings {
     pub(crate) headers: Vec<Sourced<String>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) gzip: Option<bool>,
+    pub(crate) encoding: Option<Encoding>,
 }
 
 /// Settings of a [`Pipeline`](crate::Pipeline): one collector, three signals, one spool
@@ -199,14 +207,15 @@ impl PipelineBuilder {
                 Some(ENV_OTLP_HEADERS),
                 Some(ENV_OTLP_TIMEOUT),
                 Some(ENV_OTLP_COMPRESSION),
+                Some(ENV_OTLP_PROTOCOL),
             ],
         )?;
         for signal in Signal::ALL {
-            let [e, h, t, c] = signal_vars(signal);
+            let [e, h, t, c, p] = signal_vars(signal);
             read_signal_vars(
                 &mut b.signals[signal.index()],
                 &get,
-                [Some(e), Some(h), Some(t), Some(c)],
+                [Some(e), Some(h), Some(t), Some(c), Some(p)],
             )?;
         }
         Ok(b)
@@ -260,6 +269,23 @@ impl PipelineBuilder {
             s.gzip = None;
         }
         self
+    }
+
+    /// How every signal's requests are encoded (default [`Encoding::Protobuf`]).
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.shared.encoding = Some(encoding);
+        for s in &mut self.signals {
+            s.encoding = None;
+        }
+        self
+    }
+
+    /// The encoding `signal`'s requests use, as configured now.
+    pub fn encoding_of(&self, signal: Signal) -> Encoding {
+        self.signals[signal.index()]
+            .encoding
+            .or(self.shared.encoding)
+            .unwrap_or_default()
     }
 
     /// The folder under which each signal has its spool (`<root>/traces`, `<root>/logs`,
@@ -341,17 +367,30 @@ impl PipelineBuilder {
         if !merged.is_empty() {
             vars.push((ENV_HEADERS.to_owned(), merged.join(",")));
         }
-        let b = HttpExporterBuilder::from_env_vars(vars).map_err(|e| rename(e, url_param))?;
+        let headers_param = own
+            .headers
+            .first()
+            .or(self.shared.headers.first())
+            .map_or("headers", |l| l.param("headers"));
+        let name_ours = |e: ConfigError| match &e {
+            ConfigError::Invalid { param, .. } if *param == ENV_ENDPOINT => rename(e, url_param),
+            ConfigError::Invalid { param, .. } if *param == ENV_HEADERS => rename(e, headers_param),
+            _ => e,
+        };
+        let b = HttpExporterBuilder::from_env_vars(vars).map_err(name_ours)?;
         let b = b.headers(self.code_headers.iter().cloned());
         let timeout = own
             .timeout
             .or(self.shared.timeout)
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT);
         let gzip = own.gzip.or(self.shared.gzip).unwrap_or(false);
-        b.timeout(timeout)
-            .gzip(gzip)
-            .build()
-            .map_err(|e| rename(e, url_param))
+        if timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "request_timeout",
+                "must be greater than zero",
+            ));
+        }
+        b.timeout(timeout).gzip(gzip).build().map_err(name_ours)
     }
 }
 
@@ -359,7 +398,7 @@ impl PipelineBuilder {
 fn read_signal_vars<'v>(
     s: &mut SignalSettings,
     get: &impl Fn(&str) -> Option<&'v str>,
-    [endpoint, headers, timeout, compression]: [Option<&'static str>; 4],
+    [endpoint, headers, timeout, compression, protocol]: [Option<&'static str>; 5],
 ) -> Result<(), ConfigError> {
     if let Some(var) = endpoint
         && let Some(v) = get(var)
@@ -384,6 +423,34 @@ fn read_signal_vars<'v>(
             return Err(ConfigError::invalid(var, "must be greater than zero"));
         }
         s.timeout = Some(Duration::from_millis(ms));
+    }
+    if let Some(var) = protocol
+        && let Some(v) = get(var)
+    {
+        s.encoding = Some(match v {
+            "http/protobuf" => Encoding::Protobuf,
+            #[cfg(feature = "with-serde")]
+            "http/json" => Encoding::Json,
+            #[cfg(not(feature = "with-serde"))]
+            "http/json" => {
+                return Err(ConfigError::invalid(
+                    var,
+                    "http/json needs outlast-otel's `with-serde` feature",
+                ));
+            }
+            "grpc" => {
+                return Err(ConfigError::invalid(
+                    var,
+                    "grpc is not supported: outlast-otel sends OTLP/HTTP (http/protobuf)",
+                ));
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    var,
+                    format!("{v:?} is not a protocol (http/protobuf or http/json)"),
+                ));
+            }
+        });
     }
     if let Some(var) = compression
         && let Some(v) = get(var)
@@ -432,5 +499,47 @@ fn rename(e: ConfigError, param: &'static str) -> ConfigError {
     match e {
         ConfigError::Invalid { reason, .. } => ConfigError::invalid(param, reason),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_header_replaces_the_shared_one_of_the_same_name_only() {
+        let b = PipelineBuilder::from_env_vars([
+            (
+                ENV_OTLP_HEADERS.to_owned(),
+                "X-Tenant=a, x-keep=1".to_owned(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_HEADERS".to_owned(),
+                "x-tenant=b".to_owned(),
+            ),
+        ])
+        .expect("valid variables");
+        let logs = format!("{:?}", b.http_exporter(Signal::Logs).expect("builds"));
+        let traces = format!("{:?}", b.http_exporter(Signal::Traces).expect("builds"));
+        assert!(logs.contains("\"b\"") && !logs.contains("\"a\""), "{logs}");
+        assert!(logs.contains("x-keep"), "{logs}");
+        assert!(traces.contains("\"a\""), "{traces}");
+    }
+
+    #[test]
+    fn header_items_are_named_case_insensitively() {
+        assert_eq!(item_name(" X-Tenant =a"), "x-tenant");
+        assert_eq!(items("a=1,, ,b=2").count(), 2);
+    }
+
+    #[test]
+    fn a_builder_setting_overrides_the_environment() {
+        let b = PipelineBuilder::from_env_vars([(
+            ENV_OTLP_ENDPOINT.to_owned(),
+            "http://env:4318".to_owned(),
+        )])
+        .expect("valid variables")
+        .endpoint("http://code:4318");
+        assert_eq!(b.endpoint_of(Signal::Traces), "http://code:4318/v1/traces");
     }
 }

@@ -32,7 +32,7 @@ pub struct SpanExporter {
 impl opentelemetry_sdk::trace::SpanExporter for SpanExporter {
     #[doc = answer_doc!()]
     async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> OTelSdkResult {
-        let encoded = crate::encode::spans(batch, &self.resource);
+        let encoded = crate::encode::spans(batch, &self.resource, self.handoff.encoding);
         self.handoff.export(encoded).await
     }
 
@@ -68,7 +68,7 @@ pub struct LogExporter {
 impl opentelemetry_sdk::logs::LogExporter for LogExporter {
     #[doc = answer_doc!()]
     async fn export(&self, batch: opentelemetry_sdk::logs::LogBatch<'_>) -> OTelSdkResult {
-        let encoded = crate::encode::logs(&batch, &self.resource);
+        let encoded = crate::encode::logs(&batch, &self.resource, self.handoff.encoding);
         self.handoff.export(encoded).await
     }
 
@@ -108,7 +108,7 @@ impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for MetricExporter
         &self,
         metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
     ) -> OTelSdkResult {
-        let encoded = crate::encode::metrics(metrics);
+        let encoded = crate::encode::metrics(metrics, self.handoff.encoding);
         self.handoff.export(encoded).await
     }
 

@@ -13,10 +13,10 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use outlast_client::{Client, ContentType, DropError, Payload};
+use outlast_client::{Client, DropError, Payload};
 
 use crate::Signal;
-use crate::encode::Encoded;
+use crate::encode::{Encoded, Encoding};
 use crate::runtime::RuntimeRef;
 
 /// Counters of one signal's exporter calls, shared by its exporters, its pipeline and its
@@ -140,6 +140,7 @@ pub(crate) struct Handoff {
     pub(crate) timeout: Duration,
     pub(crate) counters: Arc<Counters>,
     pub(crate) in_flight: Arc<InFlight>,
+    pub(crate) encoding: Encoding,
     shut_down: AtomicBool,
 }
 
@@ -151,6 +152,7 @@ impl Handoff {
         timeout: Duration,
         counters: Arc<Counters>,
         in_flight: Arc<InFlight>,
+        encoding: Encoding,
     ) -> Handoff {
         Handoff {
             signal,
@@ -159,6 +161,7 @@ impl Handoff {
             timeout,
             counters,
             in_flight,
+            encoding,
             shut_down: AtomicBool::new(false),
         }
     }
@@ -176,7 +179,23 @@ impl Handoff {
             return Ok(());
         }
         let items = encoded.items;
-        let payload = Payload::new(encoded.bytes).with_content_type(ContentType::Protobuf);
+        let bytes = match encoded.bytes {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.counters
+                    .batches_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .items_dropped
+                    .fetch_add(items, Ordering::Relaxed);
+                return Err(OTelSdkError::InternalFailure(format!(
+                    "outlast-otel could not encode the {} batch of {items} {}: {e}",
+                    self.signal,
+                    self.signal.item()
+                )));
+            }
+        };
+        let payload = Payload::new(bytes).with_content_type(self.encoding.content_type());
         let client = self.client.clone();
         let settle = Settle {
             counters: Arc::clone(&self.counters),

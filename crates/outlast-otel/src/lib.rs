@@ -52,6 +52,7 @@
 //! - `trace` (default): spans.
 //! - `logs`: log records.
 //! - `metrics`: metric data points (every kind the SDK produces).
+//! - `with-serde`: OTLP/JSON ([`Encoding::Json`], `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -68,8 +69,10 @@ mod stats;
 
 pub use config::{
     DEFAULT_ENDPOINT, DEFAULT_EXPORT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, ENV_OTLP_COMPRESSION,
-    ENV_OTLP_ENDPOINT, ENV_OTLP_HEADERS, ENV_OTLP_TIMEOUT, ENV_SPOOL_ROOT, PipelineBuilder,
+    ENV_OTLP_ENDPOINT, ENV_OTLP_HEADERS, ENV_OTLP_PROTOCOL, ENV_OTLP_TIMEOUT, ENV_SPOOL_ROOT,
+    PipelineBuilder,
 };
+pub use encode::Encoding;
 #[cfg(feature = "logs")]
 pub use exporters::LogExporter;
 #[cfg(feature = "metrics")]

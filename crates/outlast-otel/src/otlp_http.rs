@@ -216,8 +216,12 @@ impl Exporter for OtlpHttpExporter {
         self.inner.export_timeout()
     }
 
+    /// The inner exporter's identity, else `outlast-otel/<signal>`: stable across versions
+    /// of this crate (a type name would change with a refactor and orphan spooled records).
     fn identity(&self) -> Option<String> {
-        self.inner.identity()
+        self.inner
+            .identity()
+            .or_else(|| Some(format!("outlast-otel/{}", self.signal)))
     }
 }
 

@@ -101,6 +101,12 @@ impl PipelineBuilder {
             .clone()
             .unwrap_or_else(outlast_client::default_spool_dir);
         let timeout = self.export_timeout.unwrap_or(DEFAULT_EXPORT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "export_timeout",
+                "must be greater than zero (Duration::MAX means no bound)",
+            ));
+        }
         let mut signals: [Option<SignalParts>; 3] = [None, None, None];
         for signal in enabled_signals() {
             let counters = Arc::new(Counters::default());
@@ -123,6 +129,7 @@ impl PipelineBuilder {
                     timeout,
                     counters,
                     Arc::new(InFlight::default()),
+                    self.encoding_of(signal),
                 )),
             });
         }
@@ -185,6 +192,12 @@ impl PipelineBuilder {
             inner: Arc::new(inner),
         })
     }
+}
+
+/// The part of a deadline kept back so that a report computed within the rest arrives before
+/// it: 5 %, at most 50 ms.
+fn margin(timeout: Duration) -> Duration {
+    (timeout / 20).min(Duration::from_millis(50))
 }
 
 /// The signals this build of the crate exports.
@@ -360,7 +373,7 @@ impl Pipeline {
     ///
     /// Cancel safe: dropping the future leaves the flushes under way to finish on their own.
     pub async fn force_flush(&self, timeout: Duration) -> PipelineFlush {
-        self.flush_within(timeout, false).await
+        self.on_runtime(timeout, false).await
     }
 
     /// As [`force_flush`](Self::force_flush), for code that is not async: runs the flush on
@@ -372,11 +385,12 @@ impl Pipeline {
     pub fn force_flush_blocking(&self, timeout: Duration) -> PipelineFlush {
         let (tx, rx) = std::sync::mpsc::channel();
         let this = self.clone();
+        // The flush gets a little less than `timeout`, so that its report arrives in time.
+        let inner_timeout = timeout.saturating_sub(margin(timeout));
         self.inner.runtime.handle().spawn(async move {
-            let _ = tx.send(this.force_flush(timeout).await);
+            let _ = tx.send(this.flush_within(inner_timeout, false).await);
         });
-        rx.recv_timeout(timeout.saturating_add(Duration::from_millis(50)))
-            .unwrap_or_default()
+        rx.recv_timeout(timeout).unwrap_or_default()
     }
 
     /// Shuts everything down within `timeout`: the SDK providers (their queues are handed
@@ -389,7 +403,20 @@ impl Pipeline {
     /// If dropped part-way, the parts under way finish on their own; a later call finishes
     /// the shutdown of the clients.
     pub async fn shutdown(&self, timeout: Duration) -> PipelineFlush {
-        self.flush_within(timeout, true).await
+        self.on_runtime(timeout, true).await
+    }
+
+    /// Runs the flush (or shutdown) as a task on the pipeline's runtime, so that it may be
+    /// awaited from any executor (its timers are that runtime's).
+    async fn on_runtime(&self, timeout: Duration, shutdown: bool) -> PipelineFlush {
+        let this = self.clone();
+        let task = self
+            .inner
+            .runtime
+            .handle()
+            .spawn(async move { this.flush_within(timeout, shutdown).await });
+        // A join error means the runtime is shutting down: nothing was flushed.
+        task.await.unwrap_or_default()
     }
 
     async fn flush_within(&self, timeout: Duration, shutdown: bool) -> PipelineFlush {
@@ -420,7 +447,7 @@ impl Pipeline {
         // 3. Every signal's spool to the collector, concurrently, in the time left (less a
         // margin, so that their reports arrive before our own deadline).
         let left_now = left();
-        let budget = left_now.saturating_sub((left_now / 20).min(Duration::from_millis(50)));
+        let budget = left_now.saturating_sub(margin(left_now));
         let flushes = inner.signals.clone().map(|parts| {
             let parts = parts?;
             let client = parts.handoff.client.clone();
@@ -456,6 +483,28 @@ impl Pipeline {
             reports,
             elapsed: start.elapsed(),
         }
+    }
+
+    /// Publishes [`stats`](Self::stats) as observable OpenTelemetry instruments on `meter`
+    /// (feature `metrics`): `outlast.pending.records`, `outlast.pending.bytes`,
+    /// `outlast.oldest_age`, `outlast.dropped` (by `reason`), `outlast.rejected_by_collector`
+    /// and `outlast.accepted.items`, each with a `signal` attribute. Use a meter of this
+    /// pipeline's own meter provider, or of another one.
+    ///
+    /// Note that the instruments of a pipeline's own metrics describe a state that includes
+    /// those metrics: during an outage they are spooled with the rest.
+    #[cfg(feature = "metrics")]
+    pub fn register_instruments(&self, meter: &opentelemetry::metrics::Meter) {
+        // The callbacks hold the signals' clients, not the pipeline: the pipeline's meter
+        // provider holds the callbacks, and a reference back to it would be a cycle.
+        let handoffs = self
+            .inner
+            .signals
+            .iter()
+            .flatten()
+            .map(|p| Arc::clone(&p.handoff))
+            .collect();
+        crate::stats::register(handoffs, meter);
     }
 
     /// Per signal: pending records and bytes, oldest age, drops by reason, collector

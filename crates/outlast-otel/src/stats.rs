@@ -75,3 +75,103 @@ pub struct PipelineStats {
     /// Metric data points.
     pub metrics: Option<SignalStats>,
 }
+
+/// Registers the pipeline's stats as observable instruments on `meter` (feature
+/// `metrics`), read at each collection:
+///
+/// | instrument | kind | attributes |
+/// |---|---|---|
+/// | `outlast.pending.records` | gauge | `signal` |
+/// | `outlast.pending.bytes` | gauge (By) | `signal` |
+/// | `outlast.oldest_age` | gauge (s) | `signal` |
+/// | `outlast.dropped` | counter | `signal`, `reason` |
+/// | `outlast.rejected_by_collector` | counter | `signal` |
+/// | `outlast.accepted.items` | counter | `signal` |
+#[cfg(feature = "metrics")]
+pub(crate) fn register(
+    handoffs: Vec<std::sync::Arc<crate::handoff::Handoff>>,
+    meter: &opentelemetry::metrics::Meter,
+) {
+    use opentelemetry::KeyValue;
+    use outlast_client::DropReason;
+
+    /// Every signal's stats with its `signal` attribute.
+    type Handoffs = std::sync::Arc<Vec<std::sync::Arc<crate::handoff::Handoff>>>;
+    fn each(handoffs: &Handoffs) -> Vec<(KeyValue, SignalStats)> {
+        handoffs
+            .iter()
+            .map(|h| {
+                let st = SignalStats::new(h.client.stats(), &h.counters, h.in_flight.count());
+                (KeyValue::new("signal", h.signal.name()), st)
+            })
+            .collect()
+    }
+    let pipeline: Handoffs = std::sync::Arc::new(handoffs);
+    let gauge = |name: &'static str, unit: &'static str, f: fn(&SignalStats) -> u64| {
+        let p = pipeline.clone();
+        meter
+            .u64_observable_gauge(name)
+            .with_unit(unit)
+            .with_callback(move |o| {
+                for (signal, st) in each(&p) {
+                    o.observe(f(&st), std::slice::from_ref(&signal));
+                }
+            })
+            .build();
+    };
+    gauge("outlast.pending.records", "{request}", |s| {
+        s.pending_records
+    });
+    gauge("outlast.pending.bytes", "By", |s| s.pending_bytes);
+    let counter = |name: &'static str, unit: &'static str, f: fn(&SignalStats) -> u64| {
+        let p = pipeline.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_unit(unit)
+            .with_callback(move |o| {
+                for (signal, st) in each(&p) {
+                    o.observe(f(&st), std::slice::from_ref(&signal));
+                }
+            })
+            .build();
+    };
+    counter("outlast.rejected_by_collector", "{request}", |s| {
+        s.rejected_by_collector
+    });
+    counter("outlast.accepted.items", "{item}", |s| s.items_accepted);
+    let p = pipeline.clone();
+    meter
+        .f64_observable_gauge("outlast.oldest_age")
+        .with_unit("s")
+        .with_callback(move |o| {
+            for (signal, st) in each(&p) {
+                let age = st.oldest_age.map_or(0.0, |d| d.as_secs_f64());
+                o.observe(age, std::slice::from_ref(&signal));
+            }
+        })
+        .build();
+    let p = pipeline.clone();
+    meter
+        .u64_observable_counter("outlast.dropped")
+        .with_unit("{request}")
+        .with_callback(move |o| {
+            for (signal, st) in each(&p) {
+                for reason in [
+                    DropReason::SpoolFull,
+                    DropReason::Permanent,
+                    DropReason::SpoolUnavailable,
+                    DropReason::ShutDown,
+                    DropReason::TooLarge,
+                    DropReason::Expired,
+                    DropReason::Evicted,
+                    DropReason::Corrupt,
+                ] {
+                    o.observe(
+                        st.dropped.get(reason),
+                        &[signal.clone(), KeyValue::new("reason", reason.as_str())],
+                    );
+                }
+            }
+        })
+        .build();
+}

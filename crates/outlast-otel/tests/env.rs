@@ -123,3 +123,75 @@ async fn headers_timeout_and_compression_reach_the_collector() {
     assert!(otel.client(Signal::Traces).is_some());
     otel.shutdown(Duration::from_secs(5)).await;
 }
+
+#[test]
+fn zero_timeouts_are_refused_by_name() {
+    let err = outlast_otel::Pipeline::builder()
+        .export_timeout(Duration::ZERO)
+        .build()
+        .expect_err("a zero export timeout is refused");
+    assert_eq!(param_of(&err), "export_timeout", "{err}");
+    let err = outlast_otel::Pipeline::builder()
+        .request_timeout(Duration::ZERO)
+        .build()
+        .expect_err("a zero request timeout is refused");
+    assert_eq!(param_of(&err), "request_timeout", "{err}");
+}
+
+#[test]
+fn grpc_and_unknown_protocols_are_refused_by_name() {
+    for (var, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml"),
+    ] {
+        let err = PipelineBuilder::from_env_vars(vars(&[(var, value)]))
+            .expect_err(&format!("{var}={value} is refused"));
+        assert_eq!(param_of(&err), var, "{err}");
+    }
+}
+
+#[cfg(feature = "with-serde")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_sends_otlp_json_that_decodes_to_the_same_spans() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = PipelineBuilder::from_env_vars(vars(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url()),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+    ]))
+    .expect("valid variables")
+    .spool_root(root.path())
+    .client(fast_client())
+    .build()
+    .expect("valid settings");
+    let tracer = otel
+        .tracer_provider()
+        .expect("traces are on")
+        .tracer("json");
+    let mut span = tracer.start("one");
+    let id = span.span_context().span_id().to_string();
+    span.end();
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let req = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/v1/traces")
+        .expect("a traces request");
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    let body = req.body.expect("the body is recorded");
+    let text = String::from_utf8_lossy(&body);
+    // OTLP/JSON writes ids as hex strings and field names in camelCase.
+    assert!(
+        text.contains("resourceSpans") && text.contains(&id),
+        "{text}"
+    );
+    let decoded: ExportTraceServiceRequest =
+        serde_json::from_slice(&body).expect("valid OTLP/JSON");
+    let span_id = &decoded.resource_spans[0].scope_spans[0].spans[0].span_id;
+    assert_eq!(hex(span_id), id);
+    otel.shutdown(Duration::from_secs(5)).await;
+}

@@ -67,3 +67,38 @@ async fn metric_data_points_spooled_in_an_outage_survive_a_restart() {
     }
     otel.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_stats_are_published_as_instruments() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let meter = otel
+        .meter_provider()
+        .expect("metrics are on")
+        .meter("outlast");
+    otel.register_instruments(&meter);
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let points = data_points(&receiver);
+    for (name, kind, per_signal) in [
+        ("outlast.pending.records", "gauge", 1),
+        ("outlast.pending.bytes", "gauge", 1),
+        ("outlast.oldest_age", "gauge", 1),
+        ("outlast.rejected_by_collector", "sum", 1),
+        ("outlast.accepted.items", "sum", 1),
+        ("outlast.dropped", "sum", 8),
+    ] {
+        // One point per signal (and reason): traces, logs, metrics.
+        assert_eq!(
+            points.get(&(name.to_owned(), kind)).copied().unwrap_or(0),
+            3 * per_signal,
+            "{name}: {points:?}"
+        );
+    }
+    otel.shutdown(Duration::from_secs(5)).await;
+}

@@ -58,6 +58,16 @@ async fn spans_emitted_during_an_outage_arrive_after_it() {
         emitted.iter().collect::<HashSet<_>>()
     );
     assert_eq!(duplicates(&arrived), 0);
+    // An independent decoder sees the same spans, with the names they were given.
+    let mut independent = independent::spans(&receiver);
+    independent.sort();
+    let mut expected: Vec<(String, String)> = emitted
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), format!("op-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(independent, expected);
     let report = otel.shutdown(Duration::from_secs(5)).await;
     assert!(report.complete, "{report:?}");
 }

@@ -106,7 +106,7 @@ impl Ctx<'_> {
     }
 
     /// A fresh, empty subdirectory `name` (removed first if present).
-    fn fresh_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+    pub(crate) fn fresh_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
         let p = self.path(name);
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;

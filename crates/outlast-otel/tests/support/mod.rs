@@ -166,3 +166,55 @@ pub fn block_on_plain<F: std::future::Future>(fut: F) -> F::Output {
         std::thread::park();
     }
 }
+
+/// An OTLP trace request decoder written here from the `.proto` definitions, independent of
+/// opentelemetry-proto: only the fields it needs (unknown fields are skipped by prost).
+pub mod independent {
+    /// `ExportTraceServiceRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Request {
+        /// `resource_spans = 1`.
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+    /// `ResourceSpans`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        /// `scope_spans = 2`.
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+    }
+    /// `ScopeSpans`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        /// `spans = 2`.
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+    }
+    /// `Span`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        /// `trace_id = 1`.
+        #[prost(bytes = "vec", tag = "1")]
+        pub trace_id: Vec<u8>,
+        /// `span_id = 2`.
+        #[prost(bytes = "vec", tag = "2")]
+        pub span_id: Vec<u8>,
+        /// `name = 5`.
+        #[prost(string, tag = "5")]
+        pub name: String,
+    }
+
+    /// (span id hex, name) of every span in the accepted trace requests.
+    pub fn spans(receiver: &outlast_client::testing::TestReceiver) -> Vec<(String, String)> {
+        use prost::Message as _;
+        super::accepted_bodies(receiver, "/v1/traces")
+            .iter()
+            .map(|b| Request::decode(&b[..]).expect("an OTLP trace request"))
+            .flat_map(|r| r.resource_spans)
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .map(|s| (super::hex(&s.span_id), s.name))
+            .collect()
+    }
+}
