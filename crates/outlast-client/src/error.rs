@@ -105,6 +105,16 @@ pub enum DropError {
         /// The limit (`max_record_bytes`).
         max: u64,
     },
+    /// The payload's key and content type take more room than a spooled record's header
+    /// may hold, so the spool refused it: a reader would have to discard such a record.
+    KeyTooLarge {
+        /// The payload, handed back.
+        payload: Payload,
+        /// The encoded size of its key and content type.
+        size: u64,
+        /// The spool format's limit.
+        max: u64,
+    },
 }
 
 impl fmt::Display for DropError {
@@ -132,6 +142,10 @@ impl fmt::Display for DropError {
             DropError::TooLarge { size, max, .. } => write!(
                 f,
                 "payload refused: {size} bytes exceeds max_record_bytes ({max} bytes)"
+            ),
+            DropError::KeyTooLarge { size, max, .. } => write!(
+                f,
+                "payload refused: its key and content type take {size} bytes, over the spool's limit of {max} bytes"
             ),
         }
     }
@@ -173,7 +187,7 @@ impl DropError {
             DropError::Permanent { .. } => DropReason::Permanent,
             DropError::SpoolUnavailable { .. } => DropReason::SpoolUnavailable,
             DropError::ShutDown { .. } => DropReason::ShutDown,
-            DropError::TooLarge { .. } => DropReason::TooLarge,
+            DropError::TooLarge { .. } | DropError::KeyTooLarge { .. } => DropReason::TooLarge,
         }
     }
 
@@ -184,7 +198,8 @@ impl DropError {
             | DropError::Permanent { payload, .. }
             | DropError::SpoolUnavailable { payload, .. }
             | DropError::ShutDown { payload }
-            | DropError::TooLarge { payload, .. } => payload,
+            | DropError::TooLarge { payload, .. }
+            | DropError::KeyTooLarge { payload, .. } => payload,
         }
     }
 
@@ -195,7 +210,8 @@ impl DropError {
             | DropError::Permanent { payload, .. }
             | DropError::SpoolUnavailable { payload, .. }
             | DropError::ShutDown { payload }
-            | DropError::TooLarge { payload, .. } => payload,
+            | DropError::TooLarge { payload, .. }
+            | DropError::KeyTooLarge { payload, .. } => payload,
         }
     }
 
@@ -334,6 +350,14 @@ mod tests {
                 },
                 "payload refused: 3 bytes exceeds max_record_bytes (2 bytes)",
             ),
+            (
+                DropError::KeyTooLarge {
+                    payload: p.clone(),
+                    size: 70000,
+                    max: 65536,
+                },
+                "payload refused: its key and content type take 70000 bytes, over the spool's limit of 65536 bytes",
+            ),
         ];
         for (e, expected) in cases {
             assert_eq!(e.to_string(), expected);
@@ -412,6 +436,11 @@ mod tests {
             },
             DropError::ShutDown { payload: p.clone() },
             DropError::TooLarge {
+                payload: p.clone(),
+                size: 3,
+                max: 2,
+            },
+            DropError::KeyTooLarge {
                 payload: p.clone(),
                 size: 3,
                 max: 2,

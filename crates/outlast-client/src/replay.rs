@@ -45,6 +45,10 @@ impl<'a, 'b> Replayer<'a, 'b> {
             .record_drop(DropReason::Expired, batch.expired.records);
         self.shared
             .record_drop(DropReason::Corrupt, batch.corrupt_skipped);
+        // Records handed out earlier, evicted by the drop-oldest policy while in flight, and
+        // not delivered after all: the spool reports them once, here or with an append.
+        self.shared
+            .record_drop(DropReason::Evicted, batch.evicted.records);
         batch
     }
 

@@ -462,6 +462,9 @@ impl Shared {
                     AppendErrorKind::TooLarge { size, max } => {
                         DropError::TooLarge { payload, size, max }
                     }
+                    AppendErrorKind::HeaderTooLarge { size, max } => {
+                        DropError::KeyTooLarge { payload, size, max }
+                    }
                     AppendErrorKind::Io(io) => DropError::SpoolUnavailable {
                         payload,
                         source: SpoolFault::Write(io),

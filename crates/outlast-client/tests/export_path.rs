@@ -247,3 +247,36 @@ async fn a_full_spool_drops_the_newest_payload_and_says_so() {
     assert_eq!(err.into_payload().len(), 2000);
     assert_eq!(c.stats().dropped.spool_full, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_too_large_for_the_spool_is_refused_with_the_payload_and_counted() {
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new();
+    exporter.set_mode(Outcome::Fail);
+    let c = client(dir.path(), &exporter);
+    // In an outage the payload must go to the spool, whose record header holds at most 64 KiB.
+    let key = "k".repeat(70 * 1024);
+    let big = payload("body").with_key(key.clone());
+    match c.export(big).await {
+        Err(e @ DropError::KeyTooLarge { .. }) => {
+            assert_eq!(e.reason(), DropReason::TooLarge);
+            assert!(e.to_string().contains("key and content type"), "{e}");
+            assert_eq!(e.payload().meta().key.as_deref(), Some(key.as_str()));
+        }
+        other => panic!("expected KeyTooLarge, got {other:?}"),
+    }
+    let s = c.stats();
+    assert_eq!(s.dropped.too_large, 1);
+    assert_eq!(s.spooled, 0);
+    assert_eq!(
+        s.spool_records, 0,
+        "nothing half-written is left to vanish later"
+    );
+    // An ordinary payload still spools after it.
+    assert!(
+        c.export(payload("small"))
+            .await
+            .expect("spooled")
+            .is_spooled()
+    );
+}
