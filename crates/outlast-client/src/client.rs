@@ -156,7 +156,11 @@ struct ClientInner {
 }
 
 // Dropping the last `Client` drops `ClientInner` and with it the stop sender: the drain task
-// sees the channel close and ends, releasing the spool (whose Drop syncs it).
+// sees the channel close, waits for an adoption of released lanes still running on the
+// blocking pool (bounded), and ends, releasing the spool (whose Drop syncs it).
+
+/// The least a shutdown waits for the drain task to end, even with no time left.
+const STOP_GRACE: Duration = Duration::from_millis(10);
 
 /// The export pipeline: hand it payloads, it delivers them now or keeps them on disk and
 /// delivers them later, oldest first.
@@ -652,7 +656,7 @@ impl Client {
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if !left.is_zero() {
-            let _ = tokio::time::timeout(left, shared.adopt_released_on(spool)).await;
+            let _ = tokio::time::timeout(left, shared.adopt_released(spool)).await;
         }
     }
 
@@ -700,9 +704,14 @@ impl Client {
             let _ = stop.send(());
         }
         if let Some(task) = task {
-            // The task ends at its next poll; a join error (it panicked or was cancelled by
-            // the runtime) leaves nothing to clean up.
-            let _ = task.await;
+            // The task ends at its next poll, once an adoption of released lanes still under
+            // way has returned (bounded, see `drain::run`): waited for within the time left
+            // (at least a moment, so that a task with nothing to wait for is seen to end). A
+            // task still waiting after that ends by itself, and the spool is then synced
+            // rather than closed below. A join error (it panicked or was cancelled by the
+            // runtime) leaves nothing to clean up.
+            let left = timeout.saturating_sub(start.elapsed()).max(STOP_GRACE);
+            let _ = tokio::time::timeout(left, task).await;
         }
         shared
             .stopped

@@ -18,6 +18,11 @@ use crate::stats::Counters;
 
 /// Runs the drain loop until `stop` fires or its sender is dropped (the last `Client` went
 /// away). The loop itself never returns and never panics on I/O or exporter errors.
+///
+/// As it stops, the task waits (at most [`ADOPTION_STOP_WAIT`]) for an adoption of released
+/// lanes still running on the blocking pool, so that when it ends, no spool call it or a
+/// flush started holds the spool any more: dropping the last `Client` releases the spool's
+/// locks as soon as this task has ended.
 pub(crate) async fn run(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
     {
         let mut drain = Drain::new(&shared);
@@ -27,8 +32,14 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
             () = drain.run() => {}
         }
     }
+    shared.wait_for_adoption(ADOPTION_STOP_WAIT).await;
     tracing::debug!("outlast: drain task ended");
 }
+
+/// How long a stopping drain task waits for an adoption of released lanes still under way
+/// (it reads the segments of each lane it takes: about a second per few hundred MiB). Past
+/// it, the task ends anyway and the adoption lets the spool go when it returns.
+const ADOPTION_STOP_WAIT: Duration = Duration::from_secs(10);
 
 struct Drain<'a> {
     shared: &'a Shared,
@@ -200,7 +211,7 @@ impl<'a> Drain<'a> {
     async fn adopt_released(&self) {
         let shared = self.shared;
         if let Some(spool) = shared.spool() {
-            shared.adopt_released_on(spool).await;
+            shared.adopt_released(spool).await;
         }
     }
 

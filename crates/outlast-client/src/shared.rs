@@ -9,6 +9,7 @@ use outlast_core::throttle::KeyedThrottle;
 use outlast_core::{DynExporter, ExportError, Payload};
 use outlast_spool::{AppendErrorKind, Durability, Spool, SpoolError, SpoolStats};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::config::{RecoverySettings, Settings};
 use crate::stats::Counters;
@@ -98,6 +99,10 @@ pub(crate) struct Shared {
     logs: Mutex<Logs>,
     /// Spool gauges at the moment it was closed, for stats after shutdown.
     closed_stats: Mutex<Option<SpoolStats>>,
+    /// The adoption of released lanes running on the blocking pool, if one is: one at a
+    /// time, and kept here when its caller stops waiting (a flush's deadline) so that the
+    /// next caller, or the drain task as it stops, waits for it.
+    adoption: tokio::sync::Mutex<Option<JoinHandle<Result<usize, SpoolError>>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -173,6 +178,7 @@ impl Shared {
                 drops_reported: [0; 8],
             }),
             closed_stats: Mutex::new(None),
+            adoption: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -413,31 +419,65 @@ impl Shared {
     // ----- spooling -----
 
     /// Takes over released lanes of this client's identity and marks a backlog if any were
-    /// adopted. A directory listing and a non-blocking lock attempt per lane: inline in
-    /// `OsWrite` mode, as the spool's other quick calls, so that no spool handle outlives the
-    /// client on the blocking pool; on the blocking pool in `FsyncEveryAppend` mode.
-    pub(crate) async fn adopt_released_on(&self, spool: Arc<Spool>) {
-        let adopted = if self.spool_calls_inline() {
-            Some(spool.adopt_released())
-        } else {
-            match tokio::task::spawn_blocking(move || spool.adopt_released()).await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "outlast: spool task failed");
-                    None
-                }
+    /// adopted. [`Spool::adopt_released`] lists the lanes, try-locks them and recovers each
+    /// one it takes (it reads their segments): it runs on the blocking pool, one call at a
+    /// time. Returns once the call (and any earlier one still running) has finished.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a call that was started keeps running, stays in [`Shared::adoption`] and
+    /// is waited for (and its outcome counted) by the next caller, or by the drain task as it
+    /// stops ([`Shared::wait_for_adoption`]).
+    pub(crate) async fn adopt_released(&self, spool: Arc<Spool>) {
+        let mut slot = self.adoption.lock().await;
+        if let Some(earlier) = slot.as_mut() {
+            let joined = earlier.await;
+            *slot = None;
+            self.on_adopted(joined);
+        }
+        let call = slot.insert(tokio::task::spawn_blocking(move || spool.adopt_released()));
+        let joined = call.await;
+        *slot = None;
+        self.on_adopted(joined);
+    }
+
+    /// Waits, at most `limit`, for an adoption still running on the blocking pool: once it
+    /// has returned, it holds no spool handle any more.
+    pub(crate) async fn wait_for_adoption(&self, limit: Duration) {
+        let wait = async {
+            let mut slot = self.adoption.lock().await;
+            if let Some(call) = slot.as_mut() {
+                let joined = call.await;
+                *slot = None;
+                self.on_adopted(joined);
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::debug!(
+                "outlast: an adoption of released spool lanes is still running; it releases the spool when it returns"
+            );
+        }
+    }
+
+    /// The bookkeeping of an adoption: logs, and marks a backlog if lanes were adopted.
+    fn on_adopted(&self, joined: Result<Result<usize, SpoolError>, tokio::task::JoinError>) {
+        let adopted = match joined {
+            Ok(adopted) => adopted,
+            Err(e) => {
+                tracing::error!(error = %e, "outlast: spool task failed");
+                return;
             }
         };
         match adopted {
-            Some(Ok(0)) | None => {}
-            Some(Ok(n)) => {
+            Ok(0) => {}
+            Ok(n) => {
                 tracing::info!(
                     lanes = n,
                     "outlast: adopted spool lanes released by another process"
                 );
                 self.mark_adopted();
             }
-            Some(Err(e)) => self.warn_spool_trouble("adopt", &e),
+            Err(e) => self.warn_spool_trouble("adopt", &e),
         }
     }
 

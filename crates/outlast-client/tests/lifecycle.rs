@@ -30,7 +30,7 @@ async fn a_new_client_delivers_what_an_earlier_one_left_in_the_spool() {
         }
         // Dropped without shutdown: nothing spooled may be lost.
     }
-    settle().await;
+    common::lane_released(dir.path(), 0).await;
 
     let up = MemoryExporter::new();
     let b = client(dir.path(), &up);
@@ -58,7 +58,7 @@ async fn the_drain_task_starts_at_once_when_the_spool_has_records() {
         let a = client(dir.path(), &down);
         assert!(a.export(payload("x")).await.expect("spooled").is_spooled());
     }
-    settle().await;
+    common::lane_released(dir.path(), 0).await;
     let up = MemoryExporter::new();
     let b = client(dir.path(), &up);
     let start = Instant::now();
@@ -174,7 +174,7 @@ async fn the_drain_task_ends_when_the_last_client_is_dropped() {
         "a clone still holds the pipeline"
     );
     drop(clone);
-    settle().await;
+    common::lane_released(dir.path(), 0).await;
     assert!(
         alive.upgrade().is_none(),
         "the drain task ended and released the exporter"
@@ -335,4 +335,47 @@ async fn fsync_every_append_mode_spools_on_the_blocking_pool() {
     let report = c.force_flush(Duration::from_secs(10)).await;
     assert!(report.complete, "{report:?}");
     assert_eq!(texts(&exporter), ["0", "1", "2", "3", "4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_whose_flush_left_an_adoption_running_lets_the_spool_go_when_its_drain_task_ends()
+ {
+    let dir = spool_dir();
+    let inner = MemoryExporter::new();
+    let (exporter, alive) = tracked(&inner);
+    let c = common::builder(dir.path())
+        .identity("svc")
+        .build(exporter)
+        .expect("valid");
+    // Another process of the same service leaves a lane with a large backlog (a few MiB:
+    // adopting it reads it all) and exits.
+    {
+        let config =
+            outlast_client::spool::SpoolConfig::new(dir.path()).identity(Some("svc".into()));
+        let (spool, report) = Spool::open(config).expect("open");
+        assert_eq!(report.lane, 1, "lane 0 is the client's");
+        let record = vec![b'x'; 64 * 1024];
+        for _ in 0..96 {
+            spool.append(Payload::new(record.clone())).expect("append");
+        }
+        spool.close().expect("close");
+    }
+    // A flush too short for the adoption it starts: the adoption runs on.
+    let _ = c.force_flush(Duration::from_millis(1)).await;
+    drop(c);
+    // Once the drain task has ended (it held the last reference to the exporter) …
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive.upgrade().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the drain task ended");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // … no spool call holds a lane any more: both are free at once.
+    assert!(
+        common::lane_is_free(dir.path(), 0),
+        "the client's own lane is free"
+    );
+    assert!(
+        common::lane_is_free(dir.path(), 1),
+        "the adopted lane is free"
+    );
 }
