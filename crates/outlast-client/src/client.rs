@@ -23,6 +23,10 @@ pub struct FlushReport {
     /// Whether everything was delivered (or dropped on purpose): the spool is empty, no
     /// export is under way, and every delivered record is acknowledged in the spool (never
     /// true while an acknowledgement failed and no later sync wrote it).
+    ///
+    /// This covers this client's identity only: lanes of another identity in the same
+    /// directory are left alone, never delivered by this client, and not counted here
+    /// ([`ClientStats::foreign_lanes`] and [`ClientStats::foreign_records`] report them).
     pub complete: bool,
     /// Why the flush ended.
     pub outcome: FlushOutcome,
@@ -39,8 +43,8 @@ pub struct FlushReport {
     /// Acknowledgements the spool refused while the flush ran: those records were
     /// delivered but may be delivered again (at least once).
     pub ack_failures: u64,
-    /// Records still waiting in the spool; they stay on disk for a later flush, the drain
-    /// task, or the next process using the same spool directory.
+    /// Records of this client's identity still waiting in the spool; they stay on disk for
+    /// a later flush, the drain task, or the next process using the same spool directory.
     pub remaining_records: u64,
     /// Framed bytes of the records still waiting (see [`ClientStats::pending_bytes`]).
     pub remaining_bytes: u64,
@@ -278,6 +282,12 @@ impl ClientBuilder {
         if recovered.corrupt_frames_skipped > 0 {
             shared.record_drop(DropReason::Corrupt, recovered.corrupt_frames_skipped);
         }
+        // The spool warned about lanes of another identity as it opened (once): they are
+        // only counted here, for `stats()`.
+        let foreign: u64 = recovered.foreign_lanes.iter().map(|l| l.records).sum();
+        shared
+            .foreign_records
+            .store(foreign, std::sync::atomic::Ordering::Release);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = runtime.spawn(crate::drain::run(Arc::clone(&shared), stop_rx));
         Ok(Client {
@@ -760,6 +770,12 @@ impl Client {
             oldest_record_age: spool
                 .oldest_created_at
                 .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),
+            foreign_lanes: spool.foreign_lanes,
+            foreign_records: if spool.foreign_lanes == 0 {
+                0
+            } else {
+                load(&shared.foreign_records)
+            },
             online: shared.is_online(),
             backend: shared.backend_state(),
             ack_failures: load(&shared.ack_failures),

@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     next_attempt_at: Mutex<Option<tokio::time::Instant>>,
     /// Acknowledgements the spool refused (the records are delivered again later).
     pub(crate) ack_failures: AtomicU64,
+    /// Records in lanes of another identity when the spool opened (left alone).
+    pub(crate) foreign_records: AtomicU64,
     /// The `Retry-After` of the direct failure that created the backlog, for the drain task's
     /// first delay.
     retry_after_hint: Mutex<Option<Duration>>,
@@ -172,6 +174,7 @@ impl Shared {
             failed_epoch: AtomicU64::new(0),
             next_attempt_at: Mutex::new(None),
             ack_failures: AtomicU64::new(0),
+            foreign_records: AtomicU64::new(0),
             retry_after_hint: Mutex::new(None),
             logs: Mutex::new(Logs {
                 throttle: KeyedThrottle::new(warn_interval),

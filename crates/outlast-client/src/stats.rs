@@ -82,6 +82,13 @@ pub struct ClientStats {
     pub pending_bytes: u64,
     /// Age of the oldest waiting record.
     pub oldest_record_age: Option<Duration>,
+    /// Lanes of another identity in the spool directory: left alone (never replayed, never
+    /// counted in `spool_records`), for a client of that identity or `outlast replay
+    /// --identity`. As last seen when the spool opened or looked for released lanes.
+    pub foreign_lanes: usize,
+    /// Records waiting in those lanes, as counted when the spool opened (0 once no lane of
+    /// another identity is left).
+    pub foreign_records: u64,
     /// Whether the backend is believed reachable (the last attempt succeeded, or none failed).
     pub online: bool,
     /// What the client knows about the backend: online, unreachable at the transport level,
