@@ -199,7 +199,7 @@ impl ClientBuilder {
     /// else the exporter's [`identity`](Exporter::identity), else the exporter's type name.
     pub fn build<E: Exporter>(self, exporter: E) -> Result<Client, ConfigError> {
         let type_name = std::any::type_name::<E>();
-        self.build_named(Arc::new(exporter), Some(type_name))
+        self.build_named(Arc::new(exporter), Some(type_name), None)
     }
 
     /// As [`build`](ClientBuilder::build), for an exporter already behind a pointer.
@@ -212,13 +212,31 @@ impl ClientBuilder {
     ///
     /// As [`build`](ClientBuilder::build).
     pub fn build_dyn(self, exporter: Arc<dyn DynExporter>) -> Result<Client, ConfigError> {
-        self.build_named(exporter, None)
+        self.build_named(exporter, None, None)
+    }
+
+    /// As [`build`](ClientBuilder::build), with every spool file operation going through
+    /// `fs` (see [`Spool::open_with_fs`]): tests inject disk faults this way. Not for
+    /// production use.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](ClientBuilder::build).
+    #[cfg(feature = "testing")]
+    pub fn build_with_spool_fs<E: Exporter>(
+        self,
+        exporter: E,
+        fs: Arc<dyn outlast_spool::fs::SpoolFs>,
+    ) -> Result<Client, ConfigError> {
+        let type_name = std::any::type_name::<E>();
+        self.build_named(Arc::new(exporter), Some(type_name), Some(fs))
     }
 
     fn build_named(
         self,
         exporter: Arc<dyn DynExporter>,
         type_name: Option<&'static str>,
+        fs: Option<Arc<dyn outlast_spool::fs::SpoolFs>>,
     ) -> Result<Client, ConfigError> {
         let mut settings = self.resolve()?;
         let recovery = self.resolve_recovery()?;
@@ -237,7 +255,11 @@ impl ClientBuilder {
                 )
             })?,
         };
-        let (spool, open_error, recovered) = match Spool::open(settings.spool.clone()) {
+        let opened = match fs {
+            Some(fs) => Spool::open_with_fs(settings.spool.clone(), fs),
+            None => Spool::open(settings.spool.clone()),
+        };
+        let (spool, open_error, recovered) = match opened {
             Ok((spool, report)) => {
                 if report.records > 0
                     || report.corrupt_frames_skipped > 0

@@ -91,7 +91,8 @@ pub(crate) struct Shared {
     failed_epoch: AtomicU64,
     /// When the drain task will next try (probe or attempt), while it waits.
     next_attempt_at: Mutex<Option<tokio::time::Instant>>,
-    /// Acknowledgements the spool refused (the records are delivered again later).
+    /// Acknowledgements the spool refused (the records count as delivered all the same; see
+    /// `ClientStats::ack_failures`).
     pub(crate) ack_failures: AtomicU64,
     /// Records in lanes of another identity when the spool opened (left alone).
     pub(crate) foreign_records: AtomicU64,

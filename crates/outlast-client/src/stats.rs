@@ -94,7 +94,9 @@ pub struct ClientStats {
     /// What the client knows about the backend: online, unreachable at the transport level,
     /// answering with failures, or offline for a reason the exporter does not say.
     pub backend: crate::BackendState,
-    /// Acknowledgements the spool refused (those records are delivered again later).
+    /// Acknowledgements the spool refused. Their records were delivered and are counted in
+    /// `replayed` (or `dropped`) once all the same; until the spool writes its read
+    /// progress again (the next acknowledgement, sync or close), a crash delivers them again.
     pub ack_failures: u64,
     /// Whether new payloads queue behind a spooled backlog.
     pub backlog: bool,
