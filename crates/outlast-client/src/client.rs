@@ -520,7 +520,16 @@ impl Client {
         let task_shared = Arc::clone(shared);
         // Kept to hand back if the blocking task fails (a spool bug): cloning is cheap.
         let kept = payload.clone();
-        match tokio::task::spawn_blocking(move || task_shared.append_to(&spool, payload)).await {
+        let running = shared.spool_call_running();
+        let append = move || {
+            let result = task_shared.append_to(&spool, payload);
+            // Every spool handle goes before the call is seen to finish.
+            drop(spool);
+            drop(task_shared);
+            drop(running);
+            result
+        };
+        match tokio::task::spawn_blocking(append).await {
             Ok(result) => result,
             Err(join_error) => {
                 tracing::error!(error = %join_error, "outlast: spool append task failed");
@@ -633,7 +642,7 @@ impl Client {
         if let Some(spool) = shared.spool() {
             let left = deadline.saturating_duration_since(Instant::now());
             if !left.is_zero() {
-                let sync = tokio::task::spawn_blocking(move || spool.sync());
+                let sync = shared.spawn_spool_call(spool, Spool::sync);
                 match tokio::time::timeout(left, sync).await {
                     Ok(Ok(Ok(()))) => synced = true,
                     Ok(Ok(Err(e))) => shared.warn_flush_sync(&e),
@@ -779,6 +788,7 @@ impl Client {
         let c = &shared.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let spool = shared.spool_stats().unwrap_or_default();
+        let capacity = shared.capacity(&spool);
         ClientStats {
             exported: load(&c.exported),
             retried: load(&c.retried),
@@ -789,6 +799,9 @@ impl Client {
             spool_records: spool.records,
             spool_bytes: spool.bytes,
             pending_bytes: spool.pending_bytes,
+            spool_max_bytes: spool.max_total_bytes,
+            spill_rate: capacity.rate,
+            spool_full_in: capacity.full_in,
             oldest_record_age: spool
                 .oldest_created_at
                 .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),
