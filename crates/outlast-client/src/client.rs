@@ -782,7 +782,8 @@ impl Client {
     }
 
     /// Counters and gauges: delivered, retried, spooled, replayed, dropped by reason, spool
-    /// size, oldest record age, online or not.
+    /// size, how full the spool is and how long until it is full at the recent spill rate,
+    /// oldest record age, lanes of another identity left alone, online or not.
     pub fn stats(&self) -> ClientStats {
         let shared = &self.inner.shared;
         let c = &shared.counters;

@@ -459,9 +459,10 @@ impl Shared {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: a call that was started keeps running, stays in [`Shared::adoption`] and
-    /// is waited for (and its outcome counted) by the next caller, or by the drain task as it
-    /// stops ([`Shared::wait_for_adoption`]).
+    /// Cancel safe: a call that was started keeps running and stays in [`Shared::adoption`];
+    /// the next caller (the idle drain task within a second, or the next flush) waits for it
+    /// and marks the backlog if it adopted lanes. A stopping drain task waits for it too
+    /// ([`Shared::wait_for_spool_calls`]).
     pub(crate) async fn adopt_released(&self, spool: Arc<Spool>) {
         let mut slot = self.adoption.lock().await;
         if let Some(earlier) = slot.as_mut() {
