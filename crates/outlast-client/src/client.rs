@@ -23,6 +23,10 @@ pub struct FlushReport {
     /// Whether everything was delivered (or dropped on purpose): the spool is empty, no
     /// export is under way, and every delivered record is acknowledged in the spool (never
     /// true while an acknowledgement failed and no later sync wrote it).
+    ///
+    /// This covers this client's identity only: lanes of another identity in the same
+    /// directory are left alone, never delivered by this client, and not counted here
+    /// ([`ClientStats::foreign_lanes`] and [`ClientStats::foreign_records`] report them).
     pub complete: bool,
     /// Why the flush ended.
     pub outcome: FlushOutcome,
@@ -39,8 +43,8 @@ pub struct FlushReport {
     /// Acknowledgements the spool refused while the flush ran: those records were
     /// delivered but may be delivered again (at least once).
     pub ack_failures: u64,
-    /// Records still waiting in the spool; they stay on disk for a later flush, the drain
-    /// task, or the next process using the same spool directory.
+    /// Records of this client's identity still waiting in the spool; they stay on disk for
+    /// a later flush, the drain task, or the next process using the same spool directory.
     pub remaining_records: u64,
     /// Framed bytes of the records still waiting (see [`ClientStats::pending_bytes`]).
     pub remaining_bytes: u64,
@@ -156,7 +160,11 @@ struct ClientInner {
 }
 
 // Dropping the last `Client` drops `ClientInner` and with it the stop sender: the drain task
-// sees the channel close and ends, releasing the spool (whose Drop syncs it).
+// sees the channel close, waits for an adoption of released lanes still running on the
+// blocking pool (bounded), and ends, releasing the spool (whose Drop syncs it).
+
+/// The least a shutdown waits for the drain task to end, even with no time left.
+const STOP_GRACE: Duration = Duration::from_millis(10);
 
 /// The export pipeline: hand it payloads, it delivers them now or keeps them on disk and
 /// delivers them later, oldest first.
@@ -191,7 +199,7 @@ impl ClientBuilder {
     /// else the exporter's [`identity`](Exporter::identity), else the exporter's type name.
     pub fn build<E: Exporter>(self, exporter: E) -> Result<Client, ConfigError> {
         let type_name = std::any::type_name::<E>();
-        self.build_named(Arc::new(exporter), Some(type_name))
+        self.build_named(Arc::new(exporter), Some(type_name), None)
     }
 
     /// As [`build`](ClientBuilder::build), for an exporter already behind a pointer.
@@ -204,13 +212,31 @@ impl ClientBuilder {
     ///
     /// As [`build`](ClientBuilder::build).
     pub fn build_dyn(self, exporter: Arc<dyn DynExporter>) -> Result<Client, ConfigError> {
-        self.build_named(exporter, None)
+        self.build_named(exporter, None, None)
+    }
+
+    /// As [`build`](ClientBuilder::build), with every spool file operation going through
+    /// `fs` (see [`Spool::open_with_fs`]): tests inject disk faults this way. Not for
+    /// production use.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](ClientBuilder::build).
+    #[cfg(feature = "testing")]
+    pub fn build_with_spool_fs<E: Exporter>(
+        self,
+        exporter: E,
+        fs: Arc<dyn outlast_spool::fs::SpoolFs>,
+    ) -> Result<Client, ConfigError> {
+        let type_name = std::any::type_name::<E>();
+        self.build_named(Arc::new(exporter), Some(type_name), Some(fs))
     }
 
     fn build_named(
         self,
         exporter: Arc<dyn DynExporter>,
         type_name: Option<&'static str>,
+        fs: Option<Arc<dyn outlast_spool::fs::SpoolFs>>,
     ) -> Result<Client, ConfigError> {
         let mut settings = self.resolve()?;
         let recovery = self.resolve_recovery()?;
@@ -229,7 +255,11 @@ impl ClientBuilder {
                 )
             })?,
         };
-        let (spool, open_error, recovered) = match Spool::open(settings.spool.clone()) {
+        let opened = match fs {
+            Some(fs) => Spool::open_with_fs(settings.spool.clone(), fs),
+            None => Spool::open(settings.spool.clone()),
+        };
+        let (spool, open_error, recovered) = match opened {
             Ok((spool, report)) => {
                 if report.records > 0
                     || report.corrupt_frames_skipped > 0
@@ -274,6 +304,12 @@ impl ClientBuilder {
         if recovered.corrupt_frames_skipped > 0 {
             shared.record_drop(DropReason::Corrupt, recovered.corrupt_frames_skipped);
         }
+        // The spool warned about lanes of another identity as it opened (once): they are
+        // only counted here, for `stats()`.
+        let foreign: u64 = recovered.foreign_lanes.iter().map(|l| l.records).sum();
+        shared
+            .foreign_records
+            .store(foreign, std::sync::atomic::Ordering::Release);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = runtime.spawn(crate::drain::run(Arc::clone(&shared), stop_rx));
         Ok(Client {
@@ -484,7 +520,16 @@ impl Client {
         let task_shared = Arc::clone(shared);
         // Kept to hand back if the blocking task fails (a spool bug): cloning is cheap.
         let kept = payload.clone();
-        match tokio::task::spawn_blocking(move || task_shared.append_to(&spool, payload)).await {
+        let running = shared.spool_call_running();
+        let append = move || {
+            let result = task_shared.append_to(&spool, payload);
+            // Every spool handle goes before the call is seen to finish.
+            drop(spool);
+            drop(task_shared);
+            drop(running);
+            result
+        };
+        match tokio::task::spawn_blocking(append).await {
             Ok(result) => result,
             Err(join_error) => {
                 tracing::error!(error = %join_error, "outlast: spool append task failed");
@@ -597,7 +642,7 @@ impl Client {
         if let Some(spool) = shared.spool() {
             let left = deadline.saturating_duration_since(Instant::now());
             if !left.is_zero() {
-                let sync = tokio::task::spawn_blocking(move || spool.sync());
+                let sync = shared.spawn_spool_call(spool, Spool::sync);
                 match tokio::time::timeout(left, sync).await {
                     Ok(Ok(Ok(()))) => synced = true,
                     Ok(Ok(Err(e))) => shared.warn_flush_sync(&e),
@@ -652,7 +697,7 @@ impl Client {
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if !left.is_zero() {
-            let _ = tokio::time::timeout(left, shared.adopt_released_on(spool)).await;
+            let _ = tokio::time::timeout(left, shared.adopt_released(spool)).await;
         }
     }
 
@@ -700,9 +745,14 @@ impl Client {
             let _ = stop.send(());
         }
         if let Some(task) = task {
-            // The task ends at its next poll; a join error (it panicked or was cancelled by
-            // the runtime) leaves nothing to clean up.
-            let _ = task.await;
+            // The task ends at its next poll, once an adoption of released lanes still under
+            // way has returned (bounded, see `drain::run`): waited for within the time left
+            // (at least a moment, so that a task with nothing to wait for is seen to end). A
+            // task still waiting after that ends by itself, and the spool is then synced
+            // rather than closed below. A join error (it panicked or was cancelled by the
+            // runtime) leaves nothing to clean up.
+            let left = timeout.saturating_sub(start.elapsed()).max(STOP_GRACE);
+            let _ = tokio::time::timeout(left, task).await;
         }
         shared
             .stopped
@@ -732,12 +782,14 @@ impl Client {
     }
 
     /// Counters and gauges: delivered, retried, spooled, replayed, dropped by reason, spool
-    /// size, oldest record age, online or not.
+    /// size, how full the spool is and how long until it is full at the recent spill rate,
+    /// oldest record age, lanes of another identity left alone, online or not.
     pub fn stats(&self) -> ClientStats {
         let shared = &self.inner.shared;
         let c = &shared.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let spool = shared.spool_stats().unwrap_or_default();
+        let capacity = shared.capacity(&spool);
         ClientStats {
             exported: load(&c.exported),
             retried: load(&c.retried),
@@ -748,9 +800,18 @@ impl Client {
             spool_records: spool.records,
             spool_bytes: spool.bytes,
             pending_bytes: spool.pending_bytes,
+            spool_max_bytes: spool.max_total_bytes,
+            spill_rate: capacity.rate,
+            spool_full_in: capacity.full_in,
             oldest_record_age: spool
                 .oldest_created_at
                 .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),
+            foreign_lanes: spool.foreign_lanes,
+            foreign_records: if spool.foreign_lanes == 0 {
+                0
+            } else {
+                load(&shared.foreign_records)
+            },
             online: shared.is_online(),
             backend: shared.backend_state(),
             ack_failures: load(&shared.ack_failures),

@@ -18,6 +18,13 @@ use crate::stats::Counters;
 
 /// Runs the drain loop until `stop` fires or its sender is dropped (the last `Client` went
 /// away). The loop itself never returns and never panics on I/O or exporter errors.
+///
+/// As it stops, the task waits (at most [`SPOOL_CALLS_STOP_WAIT`]) for spool calls still
+/// running on the blocking pool that it or a flush started and stopped waiting for (an
+/// adoption of released lanes, a flush's sync), so that when it ends, none of them holds the
+/// spool any more: dropping the last `Client` releases the spool's locks as soon as this task
+/// has ended. (A read or acknowledgement of the replay under way is not waited for: it takes
+/// one batch.)
 pub(crate) async fn run(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
     {
         let mut drain = Drain::new(&shared);
@@ -27,8 +34,14 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
             () = drain.run() => {}
         }
     }
+    shared.wait_for_spool_calls(SPOOL_CALLS_STOP_WAIT).await;
     tracing::debug!("outlast: drain task ended");
 }
+
+/// How long a stopping drain task waits for spool calls still under way (an adoption reads
+/// the segments of each lane it takes: about a second per few hundred MiB). Past it, the task
+/// ends anyway and each call lets the spool go when it returns.
+const SPOOL_CALLS_STOP_WAIT: Duration = Duration::from_secs(10);
 
 struct Drain<'a> {
     shared: &'a Shared,
@@ -200,7 +213,7 @@ impl<'a> Drain<'a> {
     async fn adopt_released(&self) {
         let shared = self.shared;
         if let Some(spool) = shared.spool() {
-            shared.adopt_released_on(spool).await;
+            shared.adopt_released(spool).await;
         }
     }
 

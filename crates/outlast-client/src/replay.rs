@@ -104,25 +104,38 @@ impl<'a, 'b> Replayer<'a, 'b> {
     ) -> (SpoolOp<Result<(), SpoolError>>, Acks) {
         let ids = acks.ids.clone();
         let op = self.spool_op(spool, idle, move |s| -> Result<(), SpoolError> {
+            // Every lane is acknowledged even if one fails; an error that left an
+            // acknowledgement uncounted outranks one that did not (see `ack_counted`).
+            let mut result = Ok(());
             for id in ids {
-                s.ack(id)?;
+                if let Err(e) = s.ack(id)
+                    && (result.is_ok() || !ack_counted(&e))
+                {
+                    result = Err(e);
+                }
             }
-            Ok(())
+            result
         });
         (op, acks)
     }
 
     /// Handles the outcome of an acknowledgement: counts it. False if the spool refused
-    /// (logged): those records are delivered again later (at least once).
+    /// (logged, counted in `ack_failures`). The records were delivered all the same: when the
+    /// acknowledgement still counts in memory (see `ack_counted`) they are not read again by
+    /// this process, so they are counted as replayed (or dropped) now, once; a crash before
+    /// the next cursor write delivers them again (at least once).
     fn on_acked(&mut self, acked: Option<Result<(), SpoolError>>, acks: &Acks) -> bool {
         let shared = self.shared;
+        let count = |acks: &Acks| {
+            shared
+                .counters
+                .replayed
+                .fetch_add(acks.delivered, Ordering::Relaxed);
+            shared.record_drop(DropReason::Permanent, acks.rejected);
+        };
         match acked {
             Some(Ok(())) => {
-                shared
-                    .counters
-                    .replayed
-                    .fetch_add(acks.delivered, Ordering::Relaxed);
-                shared.record_drop(DropReason::Permanent, acks.rejected);
+                count(acks);
                 if acks.delivered > 0 {
                     // A success: the backend is back and the backoff starts again from its
                     // first delay.
@@ -133,6 +146,9 @@ impl<'a, 'b> Replayer<'a, 'b> {
             }
             Some(Err(e)) => {
                 shared.warn_spool_trouble("ack", &e);
+                if ack_counted(&e) {
+                    count(acks);
+                }
                 false
             }
             None => false,
@@ -256,6 +272,14 @@ impl<'a, 'b> Replayer<'a, 'b> {
             }
         }
     }
+}
+
+/// Whether an acknowledgement that failed with `e` still counts in the spool's memory: every
+/// failure past the spool's checks (writing the cursor, deleting segments) leaves it counted,
+/// and its records are not handed out again; only a closed spool or an id the spool does not
+/// know leave it undone.
+fn ack_counted(e: &SpoolError) -> bool {
+    !matches!(e, SpoolError::Closed | SpoolError::UnknownRecord { .. })
 }
 
 /// Awaits the operation; never completes without one.

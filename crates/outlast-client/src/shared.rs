@@ -9,6 +9,7 @@ use outlast_core::throttle::KeyedThrottle;
 use outlast_core::{DynExporter, ExportError, Payload};
 use outlast_spool::{AppendErrorKind, Durability, Spool, SpoolError, SpoolStats};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::config::{RecoverySettings, Settings};
 use crate::stats::{Counters, SpoolState};
@@ -77,14 +78,27 @@ pub(crate) struct Shared {
     failed_epoch: AtomicU64,
     /// When the drain task will next try (probe or attempt), while it waits.
     next_attempt_at: Mutex<Option<tokio::time::Instant>>,
-    /// Acknowledgements the spool refused (the records are delivered again later).
+    /// Acknowledgements the spool refused (the records count as delivered all the same; see
+    /// `ClientStats::ack_failures`).
     pub(crate) ack_failures: AtomicU64,
+    /// Records in lanes of another identity when the spool opened (left alone).
+    pub(crate) foreign_records: AtomicU64,
+    /// The recent rate of bytes appended to the spool.
+    spill_rate: Mutex<SpillRate>,
     /// The `Retry-After` of the direct failure that created the backlog, for the drain task's
     /// first delay.
     retry_after_hint: Mutex<Option<Duration>>,
     logs: Mutex<Logs>,
     /// Spool gauges at the moment it was closed, for stats after shutdown.
     closed_stats: Mutex<Option<SpoolStats>>,
+    /// The adoption of released lanes running on the blocking pool, if one is: one at a
+    /// time, and kept here when its caller stops waiting (a flush's deadline) so that the
+    /// next caller waits for it and counts its outcome.
+    adoption: tokio::sync::Mutex<Option<JoinHandle<Result<usize, SpoolError>>>>,
+    /// Spool calls running on the blocking pool that this module started (adoption, a
+    /// flush's sync, an append in `FsyncEveryAppend` mode): the drain task waits for them as
+    /// it stops.
+    spool_calls: Arc<SpoolCalls>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -154,12 +168,16 @@ impl Shared {
             failed_epoch: AtomicU64::new(0),
             next_attempt_at: Mutex::new(None),
             ack_failures: AtomicU64::new(0),
+            foreign_records: AtomicU64::new(0),
+            spill_rate: Mutex::new(SpillRate::default()),
             retry_after_hint: Mutex::new(None),
             logs: Mutex::new(Logs {
                 throttle: KeyedThrottle::new(warn_interval),
                 drops_reported: [0; DropReason::COUNT],
             }),
             closed_stats: Mutex::new(None),
+            adoption: tokio::sync::Mutex::new(None),
+            spool_calls: Arc::default(),
         }
     }
 
@@ -410,32 +428,86 @@ impl Shared {
 
     // ----- spooling -----
 
+    /// Runs `f` on the blocking pool with `spool`, counted in [`Shared::spool_calls`] until
+    /// it has returned and let `spool` go.
+    pub(crate) fn spawn_spool_call<T: Send + 'static>(
+        &self,
+        spool: Arc<Spool>,
+        f: impl FnOnce(&Spool) -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        let running = self.spool_calls.start();
+        tokio::task::spawn_blocking(move || {
+            let v = f(&spool);
+            drop(spool);
+            drop(running);
+            v
+        })
+    }
+
+    /// A guard counting a spool call made elsewhere on the blocking pool: drop it once the
+    /// call has let every spool handle go.
+    pub(crate) fn spool_call_running(&self) -> SpoolCallGuard {
+        self.spool_calls.start()
+    }
+
     /// Takes over released lanes of this client's identity and marks a backlog if any were
-    /// adopted. A directory listing and a non-blocking lock attempt per lane: inline in
-    /// `OsWrite` mode, as the spool's other quick calls, so that no spool handle outlives the
-    /// client on the blocking pool; on the blocking pool in `FsyncEveryAppend` mode.
-    pub(crate) async fn adopt_released_on(&self, spool: Arc<Spool>) {
-        let adopted = if self.spool_calls_inline() {
-            Some(spool.adopt_released())
-        } else {
-            match tokio::task::spawn_blocking(move || spool.adopt_released()).await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "outlast: spool task failed");
-                    None
-                }
+    /// adopted. [`Spool::adopt_released`] lists the lanes, try-locks them and recovers each
+    /// one it takes (it reads their segments): it runs on the blocking pool, one call at a
+    /// time. Returns once the call (and any earlier one still running) has finished.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a call that was started keeps running and stays in [`Shared::adoption`];
+    /// the next caller (the idle drain task within a second, or the next flush) waits for it
+    /// and marks the backlog if it adopted lanes. A stopping drain task waits for it too
+    /// ([`Shared::wait_for_spool_calls`]).
+    pub(crate) async fn adopt_released(&self, spool: Arc<Spool>) {
+        let mut slot = self.adoption.lock().await;
+        if let Some(earlier) = slot.as_mut() {
+            let joined = earlier.await;
+            *slot = None;
+            self.on_adopted(joined);
+        }
+        let call = slot.insert(self.spawn_spool_call(spool, Spool::adopt_released));
+        let joined = call.await;
+        *slot = None;
+        self.on_adopted(joined);
+    }
+
+    /// Waits, at most `limit`, until no spool call started through
+    /// [`spawn_spool_call`](Shared::spawn_spool_call) or counted by
+    /// [`spool_call_running`](Shared::spool_call_running) is running: once they have
+    /// returned, they hold no spool handle any more.
+    pub(crate) async fn wait_for_spool_calls(&self, limit: Duration) {
+        if tokio::time::timeout(limit, self.spool_calls.idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                "outlast: a spool call is still running; it releases the spool when it returns"
+            );
+        }
+    }
+
+    /// The bookkeeping of an adoption: logs, and marks a backlog if lanes were adopted.
+    fn on_adopted(&self, joined: Result<Result<usize, SpoolError>, tokio::task::JoinError>) {
+        let adopted = match joined {
+            Ok(adopted) => adopted,
+            Err(e) => {
+                tracing::error!(error = %e, "outlast: spool task failed");
+                return;
             }
         };
         match adopted {
-            Some(Ok(0)) | None => {}
-            Some(Ok(n)) => {
+            Ok(0) => {}
+            Ok(n) => {
                 tracing::info!(
                     lanes = n,
                     "outlast: adopted spool lanes released by another process"
                 );
                 self.mark_adopted();
             }
-            Some(Err(e)) => self.warn_spool_trouble("adopt", &e),
+            Err(e) => self.warn_spool_trouble("adopt", &e),
         }
     }
 
@@ -443,8 +515,10 @@ impl Shared {
     /// drain task). Synchronous, so it also completes when run on the blocking pool for an
     /// export whose future was dropped.
     pub(crate) fn append_to(&self, spool: &Spool, payload: Payload) -> Result<Delivery, DropError> {
+        let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
         match spool.append(payload) {
             Ok(appended) => {
+                lock(&self.spill_rate).record(now_std(), len);
                 Counters::bump(&self.counters.spooled);
                 if appended.evicted.records > 0 {
                     self.record_drop(DropReason::Evicted, appended.evicted.records);
@@ -497,6 +571,17 @@ impl Shared {
         err
     }
 
+    /// How full the spool is and, at the recent spill rate, how long until it is full.
+    pub(crate) fn capacity(&self, spool: &SpoolStats) -> Capacity {
+        let rate = lock(&self.spill_rate).rate(now_std());
+        // While the backend is online the drain task is emptying the spool as it fills.
+        let filling = !self.is_online();
+        Capacity {
+            rate: rate_per_sec(rate),
+            full_in: time_to_full(spool.bytes, spool.max_total_bytes, rate, filling),
+        }
+    }
+
     // ----- logging -----
 
     /// Counts `n` drops for `reason` and logs them at error level, rate-limited per reason.
@@ -531,9 +616,14 @@ impl Shared {
             .check(LogKind::Retrying, now_std())
             .is_some();
         if due {
-            let (n, b) = self
-                .spool_stats()
-                .map_or((0, 0), |s| (s.records, s.pending_bytes));
+            let spool = self.spool_stats().unwrap_or_default();
+            let (n, b) = (spool.records, spool.pending_bytes);
+            let capacity = self.capacity(&spool);
+            let percent = fill_percent(spool.bytes, spool.max_total_bytes);
+            let until_full = match capacity.full_in {
+                Some(d) => format!("full in about {} at the recent spill rate", approx(d)),
+                None => "not filling".to_owned(),
+            };
             let state = self.backend_state();
             let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             tracing::warn!(
@@ -542,7 +632,10 @@ impl Shared {
                 backend = state.as_str(),
                 next_attempt_in_ms = ms(delay),
                 next_probe_in_ms = next_probe.map(ms),
-                "currently retrying {n} failed export(s) ({b} bytes)"
+                spool_fill_percent = percent,
+                spill_bytes_per_sec = capacity.rate,
+                spool_full_in_secs = capacity.full_in.map(|d| d.as_secs()),
+                "currently retrying {n} failed export(s) ({b} bytes); spool {percent}% full, {until_full}"
             );
         }
     }
@@ -572,6 +665,131 @@ impl Shared {
         if due {
             tracing::warn!(operation = what, error = %error, "outlast: spool {what} failed; retrying with backoff");
         }
+    }
+}
+
+/// Counts spool calls running on the blocking pool.
+#[derive(Debug, Default)]
+pub(crate) struct SpoolCalls {
+    running: AtomicUsize,
+    done: Notify,
+}
+
+impl SpoolCalls {
+    fn start(self: &Arc<Self>) -> SpoolCallGuard {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        SpoolCallGuard(Arc::clone(self))
+    }
+
+    /// Returns once no call is running.
+    async fn idle(&self) {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+/// One running spool call (see [`Shared::spool_call_running`]).
+#[derive(Debug)]
+pub(crate) struct SpoolCallGuard(Arc<SpoolCalls>);
+
+impl Drop for SpoolCallGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+/// The time constant of [`SpillRate`]: the rate follows what was appended over about the
+/// last minute.
+const SPILL_RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Below this many bytes per second the spool is not filling (an exponential average never
+/// quite reaches zero once spills stop).
+const MIN_FILL_RATE: f64 = 1.0;
+
+/// An exponentially weighted rate of bytes appended to the spool: each append adds its bytes
+/// divided by the time constant, and the sum decays by `e^(-elapsed / 60 s)`. A steady flow
+/// of `r` bytes per second converges to `r` (to 63 % of it after one minute of it); an
+/// append a minute old weighs `1/e` of a new one. Pure: every call takes the time.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SpillRate {
+    /// Bytes per second as of `at`.
+    rate: f64,
+    at: Option<std::time::Instant>,
+}
+
+impl SpillRate {
+    /// Counts `bytes` appended at `now` (a `now` earlier than the last one counts as the
+    /// same moment).
+    pub(crate) fn record(&mut self, now: std::time::Instant, bytes: u64) {
+        // A rate, not an exact count: `as f64` rounds beyond 2^53 bytes.
+        self.rate = self.rate(now) + bytes as f64 / SPILL_RATE_WINDOW.as_secs_f64();
+        self.at = Some(self.at.map_or(now, |at| at.max(now)));
+    }
+
+    /// Bytes per second at `now`.
+    pub(crate) fn rate(&self, now: std::time::Instant) -> f64 {
+        match self.at {
+            None => 0.0,
+            Some(at) => {
+                let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                self.rate * (-elapsed / SPILL_RATE_WINDOW.as_secs_f64()).exp()
+            }
+        }
+    }
+}
+
+/// How full the spool is, in time (see [`Shared::capacity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Capacity {
+    /// Recent spill rate, bytes per second (rounded).
+    pub(crate) rate: u64,
+    /// How long until the spool's files reach the cap at that rate; `None` when not filling.
+    pub(crate) full_in: Option<Duration>,
+}
+
+/// A rate in whole bytes per second (saturating).
+fn rate_per_sec(rate: f64) -> u64 {
+    // `as` saturates, and maps NaN to 0.
+    rate.round() as u64
+}
+
+/// Time until `bytes` reaches `cap` at `rate` bytes per second: zero when already there,
+/// `None` when not `filling` or the rate is below [`MIN_FILL_RATE`].
+pub(crate) fn time_to_full(bytes: u64, cap: u64, rate: f64, filling: bool) -> Option<Duration> {
+    if !filling || rate.is_nan() || rate < MIN_FILL_RATE {
+        return None;
+    }
+    let room = cap.saturating_sub(bytes) as f64;
+    Some(Duration::try_from_secs_f64(room / rate).unwrap_or(Duration::MAX))
+}
+
+/// `bytes` as a whole percentage of `cap` (0 with no cap; more than 100 is possible when the
+/// cap was lowered below what the spool holds).
+pub(crate) fn fill_percent(bytes: u64, cap: u64) -> u64 {
+    if cap == 0 {
+        return 0;
+    }
+    u64::try_from(u128::from(bytes) * 100 / u128::from(cap)).unwrap_or(u64::MAX)
+}
+
+/// A duration for people: seconds under two minutes, minutes under two hours, then hours.
+pub(crate) fn approx(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 120 {
+        format!("{s} s")
+    } else if s < 120 * 60 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{} h", s / 3600)
     }
 }
 
@@ -650,5 +868,86 @@ impl Drop for DirectGuard<'_> {
     fn drop(&mut self) {
         self.0.direct_in_flight.fetch_sub(1, Ordering::AcqRel);
         self.0.progress.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t0: std::time::Instant, secs: u64) -> std::time::Instant {
+        t0 + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_steady_spill_rate_converges_to_its_bytes_per_second() {
+        let t0 = std::time::Instant::now();
+        let mut r = SpillRate::default();
+        assert_eq!(r.rate(t0), 0.0);
+        // 1000 bytes a second for ten minutes.
+        for s in 0..600 {
+            r.record(at(t0, s), 1000);
+        }
+        let rate = r.rate(at(t0, 599));
+        assert!((990.0..=1010.0).contains(&rate), "{rate}");
+        // After one minute of it, about 63 % of the way.
+        let mut fresh = SpillRate::default();
+        for s in 1..=60 {
+            fresh.record(at(t0, s), 1000);
+        }
+        let rate = fresh.rate(at(t0, 60));
+        assert!((620.0..=650.0).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn a_spill_rate_decays_by_e_each_minute_once_spills_stop() {
+        let t0 = std::time::Instant::now();
+        let mut r = SpillRate::default();
+        r.record(t0, 6000);
+        assert!((r.rate(t0) - 100.0).abs() < 1e-9);
+        let later = r.rate(at(t0, 60));
+        assert!(
+            (later - 100.0 / std::f64::consts::E).abs() < 1e-6,
+            "{later}"
+        );
+        // A time before the last append counts as that moment.
+        r.record(t0 - Duration::from_secs(5), 6000);
+        assert!((r.rate(t0) - 200.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn time_to_full_is_the_room_left_over_the_rate_and_none_when_not_filling() {
+        assert_eq!(
+            time_to_full(400, 1000, 10.0, true),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(time_to_full(1000, 1000, 10.0, true), Some(Duration::ZERO));
+        assert_eq!(time_to_full(2000, 1000, 10.0, true), Some(Duration::ZERO));
+        assert_eq!(time_to_full(400, 1000, 10.0, false), None);
+        assert_eq!(time_to_full(400, 1000, 0.5, true), None);
+        assert_eq!(time_to_full(400, 1000, f64::NAN, true), None);
+        assert_eq!(
+            time_to_full(0, u64::MAX, MIN_FILL_RATE, true),
+            Some(Duration::MAX),
+            "saturated"
+        );
+    }
+
+    #[test]
+    fn fill_is_a_whole_percentage_of_the_cap() {
+        assert_eq!(fill_percent(0, 1000), 0);
+        assert_eq!(fill_percent(999, 1000), 99);
+        assert_eq!(fill_percent(1000, 1000), 100);
+        assert_eq!(fill_percent(5, 0), 0);
+        assert_eq!(fill_percent(u64::MAX, 1), u64::MAX);
+    }
+
+    #[test]
+    fn durations_read_in_seconds_minutes_or_hours() {
+        assert_eq!(approx(Duration::from_secs(45)), "45 s");
+        assert_eq!(approx(Duration::from_secs(119)), "119 s");
+        assert_eq!(approx(Duration::from_secs(600)), "10 min");
+        assert_eq!(approx(Duration::from_secs(3 * 3600)), "3 h");
+        assert!(approx(Duration::MAX).ends_with(" h"));
     }
 }

@@ -223,14 +223,35 @@ pub struct ClientStats {
     /// Framed bytes of the records waiting in the spool (estimated in proportion for a
     /// segment delivered part-way): what the retry warning reports.
     pub pending_bytes: u64,
+    /// The cap in force on `spool_bytes`: [`ClientBuilder::spool_max_bytes`](crate::ClientBuilder::spool_max_bytes), lowered at open
+    /// when the disk has less room (0 without a spool). See [`ClientStats::spool_fill`].
+    pub spool_max_bytes: u64,
+    /// Bytes appended to the spool per second, recently: an exponentially weighted average
+    /// over about the last minute (a steady flow reaches 63 % of its rate after one minute,
+    /// and an outage's rate fades by `1/e` each minute once spills stop).
+    pub spill_rate: u64,
+    /// At `spill_rate`, how long until `spool_bytes` reaches `spool_max_bytes` (zero when
+    /// there): how much longer the outage can last before the full-spool policy applies.
+    /// `None` when not filling: nothing spilled recently (under 1 byte per second), or the
+    /// backend is online (the drain task is emptying the spool).
+    pub spool_full_in: Option<Duration>,
     /// Age of the oldest waiting record.
     pub oldest_record_age: Option<Duration>,
+    /// Lanes of another identity in the spool directory: left alone (never replayed, never
+    /// counted in `spool_records`), for a client of that identity or `outlast replay
+    /// --identity`. As last seen when the spool opened or looked for released lanes.
+    pub foreign_lanes: usize,
+    /// Records waiting in those lanes, as counted when the spool opened (0 once no lane of
+    /// another identity is left).
+    pub foreign_records: u64,
     /// Whether the backend is believed reachable (the last attempt succeeded, or none failed).
     pub online: bool,
     /// What the client knows about the backend: online, unreachable at the transport level,
     /// answering with failures, or offline for a reason the exporter does not say.
     pub backend: crate::BackendState,
-    /// Acknowledgements the spool refused (those records are delivered again later).
+    /// Acknowledgements the spool refused. Their records were delivered and are counted in
+    /// `replayed` (or `dropped`) once all the same; until the spool writes its read
+    /// progress again (the next acknowledgement, sync or close), a crash delivers them again.
     pub ack_failures: u64,
     /// Whether new payloads queue behind a spooled backlog.
     pub backlog: bool,
@@ -242,6 +263,18 @@ pub struct ClientStats {
     pub spool: SpoolState,
     /// Whether the client has been shut down.
     pub shut_down: bool,
+}
+
+impl ClientStats {
+    /// How full the spool is: `spool_bytes` as a fraction of `spool_max_bytes` (0 without a
+    /// spool; above 1 when the cap was lowered below what the spool already held).
+    pub fn spool_fill(&self) -> f64 {
+        if self.spool_max_bytes == 0 {
+            return 0.0;
+        }
+        // A fraction, not an exact count: `as f64` rounds beyond 2^53 bytes.
+        self.spool_bytes as f64 / self.spool_max_bytes as f64
+    }
 }
 
 /// The live counters, shared by the export path and the drain task.

@@ -356,3 +356,52 @@ async fn the_drop_oldest_policy_evicts_old_records_and_counts_them() {
     assert!(firsts.windows(2).all(|w| w[0] < w[1]), "{firsts:?}");
     assert_eq!(firsts.last(), Some(&99));
 }
+
+#[tokio::test(start_paused = true)]
+async fn stats_say_how_full_the_spool_is_and_how_long_until_it_is_full_at_the_spill_rate() {
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new();
+    let cap = 32 * 1024 * 1024;
+    let c = common::builder(dir.path())
+        .spool_max_bytes(cap)
+        .build(exporter.clone())
+        .expect("valid");
+    let s = c.stats();
+    // The cap in force: as configured, unless the disk has less room.
+    assert!(s.spool_max_bytes > 0 && s.spool_max_bytes <= cap, "{s:?}");
+    assert_eq!((s.spill_rate, s.spool_full_in), (0, None));
+
+    // An outage: 1000 bytes spilled every second for five minutes.
+    exporter.set_mode(Outcome::Fail);
+    let record = "x".repeat(1000);
+    for _ in 0..300 {
+        assert!(
+            c.export(payload(&record))
+                .await
+                .expect("spooled")
+                .is_spooled()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let s = c.stats();
+    // About 1000 bytes a second (the average lags a steady flow by e^-5 after five minutes).
+    assert!((980..=1010).contains(&s.spill_rate), "{s:?}");
+    let room = s.spool_max_bytes - s.spool_bytes;
+    let full_in = s.spool_full_in.expect("filling");
+    let expected = room / s.spill_rate;
+    assert!(
+        full_in.as_secs().abs_diff(expected) <= expected / 50,
+        "{full_in:?} vs {expected} s: {s:?}"
+    );
+    let fill = s.spool_bytes as f64 / s.spool_max_bytes as f64;
+    assert!(
+        s.spool_fill() > 0.0 && (s.spool_fill() - fill).abs() < 1e-12,
+        "{s:?}"
+    );
+
+    // The backend is back: the spool is emptying, not filling.
+    exporter.set_mode(Outcome::Accept);
+    let report = c.force_flush(Duration::from_secs(60)).await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(c.stats().spool_full_in, None);
+}

@@ -230,3 +230,58 @@ fn an_empty_identity_is_refused_when_the_client_is_built() {
         .expect_err("an empty identity is refused");
     assert!(err.to_string().contains("identity"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn records_of_another_identity_are_reported_in_stats_and_left_out_of_a_complete_flush() {
+    let dir = spool_dir();
+    // Another service left three records in the directory.
+    {
+        let config = outlast_client::spool::SpoolConfig::new(dir.path())
+            .identity(Some("other service".into()));
+        let (spool, _) = outlast_client::spool::Spool::open(config).expect("open");
+        for i in 0..3 {
+            spool
+                .append(payload(&format!("other {i}")))
+                .expect("append");
+        }
+        spool.close().expect("close");
+    }
+
+    let exporter = MemoryExporter::new();
+    let c = Client::builder()
+        .spool_dir(dir.path())
+        .identity("svc")
+        .build(exporter.clone())
+        .expect("client");
+    let s = c.stats();
+    assert_eq!(s.foreign_lanes, 1);
+    assert_eq!(s.foreign_records, 3);
+    assert_eq!(s.spool_records, 0, "not this client's records");
+    assert!(!s.backlog);
+
+    // Its own records are spooled and delivered; the flush is complete for them.
+    exporter.set_mode(Outcome::Fail);
+    assert!(
+        c.export(payload("mine"))
+            .await
+            .expect("spooled")
+            .is_spooled()
+    );
+    exporter.set_mode(Outcome::Accept);
+    let report = c.force_flush(Duration::from_secs(30)).await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.remaining_records, 0);
+    assert_eq!(texts(&exporter), ["mine"]);
+
+    // The other service's records are still there, still reported, after the client looked
+    // for released lanes again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle().await;
+    let s = c.stats();
+    assert_eq!((s.foreign_lanes, s.foreign_records), (1, 3));
+    let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
+    let config =
+        outlast_client::spool::SpoolConfig::new(dir.path()).identity(Some("other service".into()));
+    let (_spool, report) = outlast_client::spool::Spool::open(config).expect("reopen");
+    assert_eq!(report.records, 3, "left for a client of their identity");
+}

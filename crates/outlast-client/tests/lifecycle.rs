@@ -30,7 +30,7 @@ async fn a_new_client_delivers_what_an_earlier_one_left_in_the_spool() {
         }
         // Dropped without shutdown: nothing spooled may be lost.
     }
-    settle().await;
+    common::lane_released(dir.path(), 0).await;
 
     let up = MemoryExporter::new();
     let b = client(dir.path(), &up);
@@ -58,7 +58,7 @@ async fn the_drain_task_starts_at_once_when_the_spool_has_records() {
         let a = client(dir.path(), &down);
         assert!(a.export(payload("x")).await.expect("spooled").is_spooled());
     }
-    settle().await;
+    common::lane_released(dir.path(), 0).await;
     let up = MemoryExporter::new();
     let b = client(dir.path(), &up);
     let start = Instant::now();
@@ -174,7 +174,7 @@ async fn the_drain_task_ends_when_the_last_client_is_dropped() {
         "a clone still holds the pipeline"
     );
     drop(clone);
-    settle().await;
+    common::lane_released(dir.path(), 0).await;
     assert!(
         alive.upgrade().is_none(),
         "the drain task ended and released the exporter"
@@ -335,4 +335,171 @@ async fn fsync_every_append_mode_spools_on_the_blocking_pool() {
     let report = c.force_flush(Duration::from_secs(10)).await;
     assert!(report.complete, "{report:?}");
     assert_eq!(texts(&exporter), ["0", "1", "2", "3", "4"]);
+}
+
+/// A file system that holds the opening of segment files in `lane-1` until released: an
+/// adoption of that lane stays under way as long as a test wants.
+#[derive(Debug, Clone, Default)]
+struct Gate {
+    state: Arc<(std::sync::Mutex<GateState>, std::sync::Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    waiting: usize,
+}
+
+impl Gate {
+    fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    fn open(&self) {
+        self.lock().closed = false;
+        self.state.1.notify_all();
+    }
+
+    fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Blocks (at most 20 s) while closed, for a segment of lane 1.
+    fn pass(&self, path: &std::path::Path) {
+        let in_lane_1 = path.parent().and_then(|p| p.file_name()) == Some("lane-1".as_ref());
+        if !in_lane_1 || path.extension() != Some("seg".as_ref()) {
+            return;
+        }
+        let mut st = self.lock();
+        st.waiting += 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while st.closed && std::time::Instant::now() < deadline {
+            st = self
+                .state
+                .1
+                .wait_timeout(st, Duration::from_millis(50))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        st.waiting -= 1;
+    }
+}
+
+impl outlast_client::spool::fs::SpoolFs for Gate {
+    fn create_new(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Arc<dyn outlast_client::spool::fs::SpoolFile>> {
+        outlast_client::spool::fs::StdFs.create_new(path)
+    }
+    fn create_truncate(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Arc<dyn outlast_client::spool::fs::SpoolFile>> {
+        outlast_client::spool::fs::StdFs.create_truncate(path)
+    }
+    fn open(
+        &self,
+        path: &std::path::Path,
+        write: bool,
+    ) -> std::io::Result<Arc<dyn outlast_client::spool::fs::SpoolFile>> {
+        self.pass(path);
+        outlast_client::spool::fs::StdFs.open(path, write)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        outlast_client::spool::fs::StdFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        outlast_client::spool::fs::StdFs.remove_file(path)
+    }
+    fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
+        outlast_client::spool::fs::StdFs.sync_dir(path)
+    }
+}
+
+/// An exporter that notes, when dropped, whether an open was still held at `gate`.
+struct Watched {
+    _alive: Arc<()>,
+    gate: Gate,
+    dropped_while_held: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Exporter for Watched {
+    async fn export(&self, _payload: &Payload) -> Result<(), ExportError> {
+        Ok(())
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if self.gate.waiting() > 0 {
+            self.dropped_while_held
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_ends_its_drain_task_only_once_an_adoption_a_flush_left_running_returned()
+{
+    let dir = spool_dir();
+    let gate = Gate::default();
+    let watched = Watched {
+        _alive: Arc::new(()),
+        gate: gate.clone(),
+        dropped_while_held: Arc::default(),
+    };
+    let dropped_while_held = Arc::clone(&watched.dropped_while_held);
+    let alive = Arc::downgrade(&watched._alive);
+    let c = common::builder(dir.path())
+        .identity("svc")
+        .build_with_spool_fs(watched, Arc::new(gate.clone()))
+        .expect("valid");
+    // Another process of the same service leaves a lane with records and exits.
+    {
+        let config =
+            outlast_client::spool::SpoolConfig::new(dir.path()).identity(Some("svc".into()));
+        let (spool, report) = Spool::open(config).expect("open");
+        assert_eq!(report.lane, 1, "lane 0 is the client's");
+        for i in 0..10 {
+            spool.append(payload(&format!("left {i}"))).expect("append");
+        }
+        spool.close().expect("close");
+    }
+    // A flush too short for the adoption it starts: the adoption stays under way, held at
+    // the gate.
+    gate.close();
+    let _ = c.force_flush(Duration::from_millis(1)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gate.waiting() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the adoption started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    drop(c);
+    // The gate opens once the pipeline (its drain task) is gone or, at the latest, after a
+    // moment: a drain task that does not wait for the adoption ends at once.
+    let grace = std::time::Instant::now() + Duration::from_millis(200);
+    while alive.upgrade().is_some() && std::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gate.open();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive.upgrade().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the drain task ended");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        !dropped_while_held.load(std::sync::atomic::Ordering::SeqCst),
+        "the drain task ended while the adoption was still under way"
+    );
+    // And the spool went with it.
+    common::lane_released(dir.path(), 0).await;
+    common::lane_released(dir.path(), 1).await;
 }

@@ -83,10 +83,12 @@ async fn retry_warnings_come_at_most_once_a_minute_in_the_documented_form() {
         bytes >= 3,
         "the pending record's framed size, {bytes}, covers its payload"
     );
-    let expected = format!("currently retrying 1 failed export(s) ({bytes} bytes)");
+    let expected = format!("currently retrying 1 failed export(s) ({bytes} bytes); spool ");
     assert!(
-        logs.lines().iter().any(|l| l.contains(&expected)),
-        "no line contains {expected:?}: {:#?}",
+        logs.lines()
+            .iter()
+            .any(|l| l.contains(&expected) && l.contains("% full, not filling")),
+        "no line contains {expected:?}…\"% full, not filling\" (3 bytes in five minutes is no fill rate): {:#?}",
         logs.lines()
     );
     // Going offline is an info-level state change, logged once.
@@ -122,4 +124,58 @@ async fn an_unusable_spool_is_warned_about_once_and_drops_are_rate_limited() {
         .rfind(|l| l.contains("ERROR") && l.contains("dropped"))
         .expect("a second drop message");
     assert!(last.contains("dropped 20 payload(s)"), "{last}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_warning_says_how_full_the_spool_is_and_when_it_will_be_full() {
+    let (logs, _guard) = capture();
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new();
+    exporter.set_mode(Outcome::Fail);
+    let c = common::builder(dir.path())
+        .max_backoff(Duration::from_secs(4))
+        .build(exporter.clone())
+        .expect("valid");
+    // Spilling 10 kB a second for three minutes.
+    let record = "x".repeat(10_000);
+    for _ in 0..180 {
+        assert!(
+            c.export(payload(&record))
+                .await
+                .expect("spooled")
+                .is_spooled()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let s = c.stats();
+    let full_in = s.spool_full_in.expect("filling");
+    let last = logs
+        .lines()
+        .into_iter()
+        .rfind(|l| l.contains("currently retrying"))
+        .expect("a retry warning");
+    assert!(
+        last.contains("% full, full in about") && last.contains("at the recent spill rate"),
+        "{last}"
+    );
+    assert!(last.contains("spool_full_in_secs="), "{last}");
+    assert!(full_in > Duration::ZERO);
+
+    // Once the spill stops, the average fades (by 1/e a minute): two quiet minutes later it
+    // still fills, slower; an hour later it is not filling at a measurable rate any more.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let last = logs
+        .lines()
+        .into_iter()
+        .rfind(|l| l.contains("currently retrying"))
+        .expect("a retry warning");
+    assert!(last.contains("% full, full in about"), "{last}");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let last = logs
+        .lines()
+        .into_iter()
+        .rfind(|l| l.contains("currently retrying"))
+        .expect("a retry warning");
+    assert!(last.contains("% full, not filling"), "{last}");
+    assert_eq!(c.stats().spool_full_in, None);
 }

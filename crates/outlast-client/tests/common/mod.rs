@@ -54,31 +54,44 @@ pub fn about(d: Duration, expected: Duration) -> bool {
     d >= expected && d <= expected + Duration::from_millis(20)
 }
 
-/// Waits, in real time and at most 10 s, until no one holds the lock of lane 0 of the spool
-/// at `dir`. A client dropped without `shutdown` releases its spool when the last spool call
-/// it started on the blocking pool returns, so the lock may outlive the drop by a moment (a
-/// later client adopts the lane then, within about a second, instead of at open).
-pub fn wait_until_lane_zero_is_released(dir: &Path) {
-    let lock = dir.join("lane-0").join("lock");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let free = match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&lock)
-        {
-            Ok(file) => file.try_lock().is_ok(),
-            Err(_) => true,
-        };
-        if free {
-            return;
+/// Whether the lock of lane `n` of the spool at `dir` is free right now.
+pub fn lane_is_free(dir: &Path, n: u32) -> bool {
+    let lock = dir.join(format!("lane-{n}")).join("lock");
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock)
+    {
+        Ok(file) => file.try_lock().is_ok(),
+        Err(_) => true,
+    }
+}
+
+/// Waits, in real time and at most 10 s, until no one holds the lock of lane `n` of the
+/// spool at `dir`. A client dropped without `shutdown` releases its spool when its drain
+/// task ends, which waits for a spool call it started on the blocking pool (an adoption of
+/// released lanes) to return: the lock may outlive the drop by that call. The wait runs on
+/// the blocking pool, so the runtime (even a current-thread one) goes on running the drain
+/// task, and a paused clock does not advance meanwhile.
+pub async fn lane_released(dir: &Path, n: u32) {
+    let dir = dir.to_path_buf();
+    let waited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !lane_is_free(&dir, n) {
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "lane {n} of {} still locked after 10 s",
+                    dir.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lane 0 of {} still locked after 10 s",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
+        Ok(())
+    })
+    .await
+    .expect("the wait does not panic");
+    if let Err(e) = waited {
+        panic!("{e}");
     }
 }
 
