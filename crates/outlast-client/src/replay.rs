@@ -69,8 +69,9 @@ impl<'a, 'b> Replayer<'a, 'b> {
             let v = f(spool);
             return Box::pin(std::future::ready(Some(v)));
         }
-        let spool = Arc::clone(spool);
-        let task = tokio::task::spawn_blocking(move || f(&spool));
+        // Counted among the client's spool calls, so a stopping drain task waits for it and
+        // no spool handle outlives the client by more than this one read or acknowledgement.
+        let task = self.shared.spawn_spool_call(Arc::clone(spool), f);
         Box::pin(async move {
             match task.await {
                 Ok(v) => Some(v),
