@@ -712,13 +712,49 @@ impl Client {
     ///
     /// [`ShutdownError::AlreadyShutDown`] if a shutdown already completed;
     /// [`ShutdownError::Spool`] if closing the spool failed; [`ShutdownError::Exporter`] if
-    /// the exporter's shutdown failed or did not finish in the time left. The last two carry
-    /// the flush report.
+    /// the exporter's shutdown failed or did not finish in the time left (also logged as a
+    /// warning). The last two carry the flush report; the spool is closed either way.
     ///
     /// # Cancel safety
     ///
     /// If the future is dropped part-way, the client stays refusing new payloads and a later
     /// call finishes the shutdown.
+    ///
+    /// # Examples
+    ///
+    /// An exporter whose own shutdown fails: the error comes back, with the flush report.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use outlast_client::{Client, ErrorChain, ExportError, Exporter, Payload, ShutdownError};
+    ///
+    /// #[derive(Debug)]
+    /// struct Leaky;
+    ///
+    /// impl Exporter for Leaky {
+    ///     async fn export(&self, _: &Payload) -> Result<(), ExportError> {
+    ///         Ok(())
+    ///     }
+    ///     async fn shutdown(&self) -> Result<(), ExportError> {
+    ///         Err(ExportError::permanent("connection pool would not close"))
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let client = Client::builder().spool_dir(dir.path()).build(Leaky)?;
+    /// match client.shutdown(Duration::from_secs(1)).await {
+    ///     Err(ShutdownError::Exporter { report, source }) => {
+    ///         assert!(report.complete);
+    ///         assert!(source.is_permanent());
+    ///         assert!(ErrorChain(&source).to_string().contains("would not close"));
+    ///     }
+    ///     other => panic!("expected the exporter's error, got {other:?}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn shutdown(&self, timeout: Duration) -> Result<FlushReport, ShutdownError> {
         let start = Instant::now();
         let shared = &self.inner.shared;
@@ -776,6 +812,10 @@ impl Client {
             return Err(ShutdownError::Spool { report, source });
         }
         if let Err(source) = exporter_result {
+            tracing::warn!(
+                error = %outlast_core::ErrorChain(&source),
+                "outlast: the exporter's shutdown failed"
+            );
             return Err(ShutdownError::Exporter { report, source });
         }
         Ok(report)

@@ -203,7 +203,8 @@ pub trait Exporter: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// An error is logged by the client and otherwise ignored.
+    /// An error is logged by the client as a warning and returned from its `shutdown` (as
+    /// `ShutdownError::Exporter`, with the flush report); the spool is closed either way.
     fn shutdown(&self) -> impl Future<Output = Result<(), ExportError>> + Send {
         async { Ok(()) }
     }
