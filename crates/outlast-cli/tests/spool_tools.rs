@@ -246,16 +246,35 @@ fn verify_exits_1_when_a_middle_segment_was_deleted() {
     assert!(run.stdout.contains("missing between segments"), "{run:?}");
 }
 
+/// Opens the spool at `dir` until it takes lane `n` (at most 5 s). Another test of this
+/// binary spawning a child at the moment a spool closed can hold a copy of that spool's lock
+/// for an instant (between fork and exec), so a spool opened right then takes the next lane.
+fn open_lane(dir: &std::path::Path, n: u32) -> Spool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (spool, _) = Spool::open(SpoolConfig::new(dir)).expect("spool opens");
+        if spool.lane() == n {
+            return spool;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lane {n} of {} still held after 5 s (got lane {})",
+            dir.display(),
+            spool.lane()
+        );
+        spool.close().expect("close");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_drains_the_free_lanes_and_names_the_lane_it_skips() {
     let dir = tempfile::tempdir().expect("temp dir");
     make_spool(dir.path(), 5);
     // This test process holds lane 0, as a running application would; lane 1 was left by a
     // process that is gone.
-    let (held, _) = Spool::open(SpoolConfig::new(dir.path())).expect("spool opens");
-    assert_eq!(held.lane(), 0);
-    let (gone, _) = Spool::open(SpoolConfig::new(dir.path())).expect("second spool opens");
-    assert_eq!(gone.lane(), 1);
+    let held = open_lane(dir.path(), 0);
+    let gone = open_lane(dir.path(), 1);
     for i in 100..103 {
         gone.append(outlast_spool::Payload::new(vec![1u8; 8]).with_key(key(i)))
             .expect("append");
