@@ -390,7 +390,13 @@ impl PipelineBuilder {
                 "must be greater than zero",
             ));
         }
-        b.timeout(timeout).gzip(gzip).build().map_err(name_ours)
+        // Spooled requests of one signal merge by concatenation on replay (protobuf's rule
+        // for repeated fields); OTLP/JSON requests are never merged.
+        b.timeout(timeout)
+            .gzip(gzip)
+            .payload_framing(outlast_client::http::PayloadFraming::OtlpProtobuf)
+            .build()
+            .map_err(name_ours)
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::StatusCode;
-use outlast_client::http::{HttpError, HttpExporter};
-use outlast_client::{ExportError, Exporter, Payload, Reachability};
+use outlast_client::http::{HttpError, HttpExporter, SuccessResponse};
+use outlast_client::{Coalescing, ExportError, Exporter, Payload, Reachability};
 use prost::Message as _;
 
 use crate::Signal;
@@ -121,6 +121,52 @@ pub fn partial_success(
         }))
 }
 
+/// Least time between two warnings about items a collector rejected in a partial success.
+const PARTIAL_SUCCESS_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A hook for [`HttpExporter::with_success_hook`] that decodes the `partial_success` of each
+/// successful response of `signal`, adds its rejected items to the signal's stats, and logs
+/// them (a warning at most once a minute, with the running total). A body that is not a
+/// protobuf response (OTLP/JSON) is left alone.
+pub(crate) fn partial_success_hook(
+    signal: Signal,
+    counters: Arc<Counters>,
+) -> impl Fn(&SuccessResponse<'_>) + Send + Sync + 'static {
+    let last_warning = std::sync::Mutex::new(None::<std::time::Instant>);
+    move |response| {
+        if response.body.is_empty() {
+            return;
+        }
+        let partial = match partial_success(signal, response.body) {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(%signal, error = %e, "a success response's body is not an OTLP protobuf response");
+                return;
+            }
+        };
+        let rejected = u64::try_from(partial.rejected).unwrap_or(0);
+        let total = counters
+            .partially_rejected_items
+            .fetch_add(rejected, Ordering::Relaxed)
+            .saturating_add(rejected);
+        let now = std::time::Instant::now();
+        let mut last = last_warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|t| now.saturating_duration_since(t) >= PARTIAL_SUCCESS_WARN_INTERVAL) {
+            *last = Some(now);
+            tracing::warn!(
+                %signal,
+                rejected,
+                total_rejected = total,
+                message = %partial.message,
+                "outlast-otel: the collector accepted a request but rejected some of its items (not retried)"
+            );
+        }
+    }
+}
+
 /// An [`Exporter`] that sends through an [`HttpExporter`] and applies the OTLP/HTTP status
 /// rules to its answers (see the [module documentation](self)).
 ///
@@ -206,6 +252,19 @@ impl Exporter for OtlpHttpExporter {
 
     async fn probe(&self) -> Reachability {
         self.inner.probe().await
+    }
+
+    /// As the inner exporter: spooled protobuf requests of this signal merge on replay.
+    fn coalescing(&self, payload: &Payload) -> Option<Coalescing> {
+        self.inner.coalescing(payload)
+    }
+
+    /// Sends a merged request through the inner exporter, classified by the OTLP rules.
+    async fn export_many(&self, payloads: &[Payload]) -> Result<(), ExportError> {
+        self.inner
+            .export_many(payloads)
+            .await
+            .map_err(|e| self.classify(e))
     }
 
     fn max_in_flight(&self) -> usize {

@@ -110,7 +110,9 @@ impl PipelineBuilder {
         let mut signals: [Option<SignalParts>; 3] = [None, None, None];
         for signal in enabled_signals() {
             let counters = Arc::new(Counters::default());
-            let http = self.http_exporter(signal)?;
+            let http = self.http_exporter(signal)?.with_success_hook(
+                crate::otlp_http::partial_success_hook(signal, Arc::clone(&counters)),
+            );
             let exporter = OtlpHttpExporter::with_counters(http, signal, Arc::clone(&counters));
             let client = {
                 // The client spawns its drain task on the runtime: enter it for the build.

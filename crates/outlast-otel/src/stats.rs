@@ -23,8 +23,8 @@ pub struct SignalStats {
     /// Requests the collector rejected with a permanent status (400, 413, 500...).
     pub rejected_by_collector: u64,
     /// Items (spans, log records, data points) a collector reported rejected in a 2xx
-    /// `partial_success`. Always 0 for now: outlast's HTTP exporter does not hand over
-    /// successful response bodies yet.
+    /// `partial_success` (protobuf responses; also logged, at most once a minute). Such
+    /// items are not retried: the collector has decided on them.
     pub partially_rejected_items: u64,
     /// Batches outlast accepted (delivered or spooled) and the items in them.
     pub batches_accepted: u64,

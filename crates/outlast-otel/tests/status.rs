@@ -172,4 +172,8 @@ async fn a_partial_success_is_accepted_and_not_retried() {
     );
     let stats = otel.stats().traces.expect("traces stats");
     assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+    assert_eq!(
+        stats.partially_rejected_items, 1,
+        "the rejected span of the partial success is counted: {stats:?}"
+    );
 }

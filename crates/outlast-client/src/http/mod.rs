@@ -183,7 +183,25 @@ pub struct HttpExporter {
     probe: ProbeTarget,
     probe_timeout: Duration,
     framing: PayloadFraming,
+    on_success: Option<SuccessHook>,
 }
+
+/// What a successful (2xx) response said, as handed to a hook set with
+/// [`HttpExporter::with_success_hook`]: its status, headers, and the first
+/// [`DRAIN_LIMIT_BYTES`] bytes of its body.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct SuccessResponse<'a> {
+    /// The 2xx status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: &'a HeaderMap,
+    /// The body, at most [`DRAIN_LIMIT_BYTES`] bytes of it.
+    pub body: &'a [u8],
+}
+
+/// A hook called with every successful response.
+type SuccessHook = std::sync::Arc<dyn Fn(&SuccessResponse<'_>) + Send + Sync>;
 
 /// A failed attempt and the `Retry-After` delay the server gave with it.
 struct Failure {
@@ -241,7 +259,39 @@ impl HttpExporter {
             probe: p.probe,
             probe_timeout: p.probe_timeout,
             framing: p.framing,
+            on_success: None,
         }
+    }
+
+    /// Calls `hook` with every successful (2xx) response, its body read (up to
+    /// [`DRAIN_LIMIT_BYTES`]) instead of discarded: for protocols whose success carries news,
+    /// such as OTLP's `partial_success` (items the collector accepted the request for but
+    /// rejected). The hook runs on the exporting task: keep it short, and never block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use outlast_client::http::HttpExporter;
+    ///
+    /// # fn main() -> Result<(), outlast_client::ConfigError> {
+    /// let body_bytes = Arc::new(AtomicU64::new(0));
+    /// let seen = Arc::clone(&body_bytes);
+    /// let exporter = HttpExporter::builder("http://127.0.0.1:4318/v1/traces")
+    ///     .build()?
+    ///     .with_success_hook(move |r| {
+    ///         seen.fetch_add(r.body.len() as u64, Ordering::Relaxed);
+    ///     });
+    /// # let _ = exporter; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_success_hook(
+        mut self,
+        hook: impl Fn(&SuccessResponse<'_>) + Send + Sync + 'static,
+    ) -> HttpExporter {
+        self.on_success = Some(std::sync::Arc::new(hook));
+        self
     }
 
     /// The endpoint URL.
@@ -346,7 +396,17 @@ impl HttpExporter {
             .map_err(HttpError::from_client)?;
         let status = resp.status();
         if status.is_success() {
-            drain(resp.into_body(), false).await;
+            if let Some(hook) = &self.on_success {
+                let (parts, body) = resp.into_parts();
+                let body = drain(body, DRAIN_LIMIT_BYTES as usize).await;
+                hook(&SuccessResponse {
+                    status,
+                    headers: &parts.headers,
+                    body: &body,
+                });
+            } else {
+                drain(resp.into_body(), 0).await;
+            }
             return Ok(());
         }
         let retry_after = if status == StatusCode::TOO_MANY_REQUESTS
@@ -356,7 +416,7 @@ impl HttpExporter {
         } else {
             None
         };
-        let excerpt = drain(resp.into_body(), true).await;
+        let excerpt = drain(resp.into_body(), BODY_EXCERPT_BYTES).await;
         tracing::debug!(
             url = %self.uri,
             status = status.as_u16(),
@@ -381,7 +441,7 @@ impl HttpExporter {
         match self.client.request(req).await {
             Ok(resp) => {
                 let ok = resp.status().is_success();
-                drain(resp.into_body(), false).await;
+                drain(resp.into_body(), 0).await;
                 if ok {
                     Reachability::Reachable
                 } else {
@@ -524,6 +584,7 @@ impl fmt::Debug for HttpExporter {
             .field("probe", &self.probe)
             .field("probe_timeout", &self.probe_timeout)
             .field("framing", &self.framing)
+            .field("on_success", &self.on_success.as_ref().map(|_| "hook"))
             .finish_non_exhaustive()
     }
 }
@@ -541,9 +602,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Reads the body (at most [`DRAIN_LIMIT_BYTES`]) so the connection can be reused; returns
-/// its first [`BODY_EXCERPT_BYTES`] bytes when `keep_excerpt`. A body error ends the read:
-/// the connection is then closed by hyper, which is all that can be done with it.
-async fn drain(mut body: Incoming, keep_excerpt: bool) -> Vec<u8> {
+/// its first `keep` bytes. A body error ends the read: the connection is then closed by
+/// hyper, which is all that can be done with it.
+async fn drain(mut body: Incoming, keep: usize) -> Vec<u8> {
     let mut excerpt = Vec::new();
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {
@@ -551,8 +612,8 @@ async fn drain(mut body: Incoming, keep_excerpt: bool) -> Vec<u8> {
             break;
         };
         if let Some(data) = frame.data_ref() {
-            if keep_excerpt && excerpt.len() < BODY_EXCERPT_BYTES {
-                let take = (BODY_EXCERPT_BYTES - excerpt.len()).min(data.len());
+            if excerpt.len() < keep {
+                let take = (keep - excerpt.len()).min(data.len());
                 excerpt.extend_from_slice(&data[..take]);
             }
             total = total.saturating_add(data.len() as u64);
