@@ -15,10 +15,11 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use outlast_core::retry::Backoff;
-use outlast_core::{Coalescing, ExportError, Payload};
+use outlast_core::{Coalescing, ContentEncoding, ExportError, Payload};
 use outlast_spool::{ReadBatch, Record, RecordId, Spool, SpoolError};
 
 use crate::DropReason;
+use crate::compress;
 use crate::shared::Shared;
 
 /// An attempt under way; it hands back its payloads with the result.
@@ -119,6 +120,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                     .replayed
                     .fetch_add(acks.delivered, Ordering::Relaxed);
                 shared.record_drop(DropReason::Permanent, acks.rejected);
+                shared.record_drop(DropReason::Corrupt, acks.corrupt);
                 if acks.delivered > 0 {
                     // A success: the backend is back and the backoff starts again from its
                     // first delay.
@@ -184,6 +186,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
             shared.settings.coalesce_max_bytes,
         );
         let mut window = ReplayWindow::new(w, max_bytes, caps);
+        window.accepts_gzip = shared.exporter.accepts_encoding_dyn(ContentEncoding::Gzip);
         let merge = |p: &Payload| shared.exporter.coalescing_dyn(p);
         let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
         let mut reading: Option<SpoolOp<Result<ReadBatch, SpoolError>>> = None;
@@ -322,6 +325,8 @@ struct Slot {
 enum Outcome {
     Delivered,
     Rejected,
+    /// Its stored bytes do not decode as their encoding says: dropped, never sent.
+    Corrupt,
     /// A retryable failure: the replay stops before this record.
     Failed,
 }
@@ -346,8 +351,11 @@ struct ReplayWindow {
     /// Records of a merged send rejected permanently, to send again one by one: their
     /// window index and payload.
     singles: VecDeque<(u64, Payload)>,
-    /// Read, not started yet.
-    queued: VecDeque<Record>,
+    /// Read, not started yet: each record's payload as the exporter takes it (stored
+    /// bytes decompressed unless the exporter accepts their encoding), or corrupt.
+    queued: VecDeque<Queued>,
+    /// Whether the exporter takes gzip-encoded payloads as they are.
+    accepts_gzip: bool,
     queued_bytes: u64,
     /// Started, in spool order; `base` is the index of the first.
     slots: VecDeque<Slot>,
@@ -374,6 +382,7 @@ impl ReplayWindow {
             caps,
             singles: VecDeque::new(),
             queued: VecDeque::new(),
+            accepts_gzip: false,
             queued_bytes: 0,
             slots: VecDeque::new(),
             base: 0,
@@ -410,8 +419,41 @@ impl ReplayWindow {
         }
         self.batches += 1;
         self.last_full = n >= self.limits.max_records;
-        self.queued_bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
-        self.queued.extend(records);
+        let accepts_gzip = self.accepts_gzip;
+        let accepts = move |e: ContentEncoding| {
+            e == ContentEncoding::Identity || (accepts_gzip && e == ContentEncoding::Gzip)
+        };
+        for r in records {
+            let payload = compress::for_exporter(r.payload, accepts);
+            if let Ok(p) = &payload {
+                self.queued_bytes += p.len() as u64;
+            }
+            self.queued.push_back(Queued { id: r.id, payload });
+        }
+    }
+
+    /// The next queued record that decodes; those that do not are settled as corrupt on
+    /// the way (each takes its slot, so that it is acknowledged in order, never sent).
+    fn pop_decodable(&mut self) -> Option<(RecordId, Payload)> {
+        loop {
+            let q = self.queued.pop_front()?;
+            match q.payload {
+                Ok(p) => return Some((q.id, p)),
+                Err(compress::Corrupt) => {
+                    tracing::warn!(
+                        lane = q.id.lane,
+                        seq = q.id.seq,
+                        "outlast: spooled record does not decode as its recorded encoding; dropping it as corrupt"
+                    );
+                    self.slots.push_back(Slot {
+                        id: q.id,
+                        result: Some(Outcome::Corrupt),
+                    });
+                    self.next += 1;
+                    self.grow_settled_prefix();
+                }
+            }
+        }
     }
 
     /// The next send to start while `running` sends are under way, if the limits allow.
@@ -436,7 +478,17 @@ impl ReplayWindow {
         if room == 0 {
             return None;
         }
-        let record = self.queued.pop_front()?;
+        let (id, payload) = self.pop_decodable()?;
+        let room = self.limits.max_records.saturating_sub(self.slots.len());
+        if room == 0 {
+            // Corrupt records settled on the way took the room: it comes next time.
+            self.queued.push_front(Queued {
+                id,
+                payload: Ok(payload),
+            });
+            return None;
+        }
+        let record = Record { id, payload };
         let (max_records, max_bytes) = match merge(&record.payload) {
             Some(c) => (
                 c.max_records.min(self.caps.max_records).min(room),
@@ -447,21 +499,24 @@ impl ReplayWindow {
         let mut bytes = record.payload.len() as u64;
         let mut payloads = vec![self.take(record)];
         while payloads.len() < max_records {
-            let Some(next) = self.queued.front() else {
+            let Some(Queued {
+                payload: Ok(next), ..
+            }) = self.queued.front()
+            else {
                 break;
             };
-            let len = next.payload.len() as u64;
-            if !Coalescing::compatible(&payloads[0], &next.payload)
+            let len = next.len() as u64;
+            if !Coalescing::compatible(&payloads[0], next)
                 || bytes.saturating_add(len) > max_bytes
-                || merge(&next.payload).is_none()
+                || merge(next).is_none()
             {
                 break;
             }
             bytes += len;
-            let Some(next) = self.queued.pop_front() else {
+            let Some((id, payload)) = self.pop_decodable() else {
                 break;
             };
-            payloads.push(self.take(next));
+            payloads.push(self.take(Record { id, payload }));
         }
         let first = self.next;
         self.next += payloads.len() as u64;
@@ -518,12 +573,17 @@ impl ReplayWindow {
                 slot.result = Some(outcome);
             }
         }
-        // Grow the settled prefix; it is acknowledged as soon as no other acknowledgement is
-        // being written (acknowledgements coalesce).
+        self.grow_settled_prefix();
+    }
+
+    /// Grows the settled prefix; it is acknowledged as soon as no other acknowledgement is
+    /// being written (acknowledgements coalesce).
+    fn grow_settled_prefix(&mut self) {
         while let Some(slot) = self.slots.front() {
             match slot.result {
                 Some(Outcome::Delivered) => self.acks.push(slot.id, true),
                 Some(Outcome::Rejected) => self.acks.push(slot.id, false),
+                Some(Outcome::Corrupt) => self.acks.push_corrupt(slot.id),
                 Some(Outcome::Failed) | None => break,
             }
             self.ack_due = true;
@@ -577,14 +637,33 @@ struct Acks {
     ids: Vec<RecordId>,
     delivered: u64,
     rejected: u64,
+    /// Dropped because their stored bytes do not decode.
+    corrupt: u64,
+}
+
+/// A record read and not started yet: its id, and its payload as the exporter takes it
+/// (or why it cannot be sent).
+#[derive(Debug)]
+struct Queued {
+    id: RecordId,
+    payload: Result<Payload, compress::Corrupt>,
 }
 
 impl Acks {
-    fn push(&mut self, id: RecordId, delivered: bool) {
+    fn note(&mut self, id: RecordId) {
         match self.ids.iter_mut().find(|i| i.lane == id.lane) {
             Some(i) => *i = id,
             None => self.ids.push(id),
         }
+    }
+
+    fn push_corrupt(&mut self, id: RecordId) {
+        self.note(id);
+        self.corrupt += 1;
+    }
+
+    fn push(&mut self, id: RecordId, delivered: bool) {
+        self.note(id);
         if delivered {
             self.delivered += 1;
         } else {

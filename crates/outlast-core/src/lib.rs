@@ -16,7 +16,7 @@ pub mod throttle;
 
 pub use error::{BoxError, ExportError};
 pub use exporter::{BoxFuture, Coalescing, DynExporter, Exporter, Reachability};
-pub use payload::{ContentType, Payload, PayloadMeta, unix_nanos};
+pub use payload::{ContentEncoding, ContentType, Payload, PayloadMeta, unix_nanos};
 
 /// A configuration value that was rejected, naming the parameter and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

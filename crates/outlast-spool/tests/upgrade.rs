@@ -37,7 +37,7 @@ fn fixture_payload(i: u64) -> Payload {
     let p = Payload::new(body)
         .with_content_type(ct)
         .with_created_at(UNIX_EPOCH + Duration::from_nanos(1_750_000_000_000_000_000 + i * 1_001));
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         p
     } else {
         p.with_key(format!("batch-{i:04}"))
