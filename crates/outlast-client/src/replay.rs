@@ -764,6 +764,79 @@ mod tests {
             .collect()
     }
 
+    /// Records of lane 0 stored gzipped (as the client stores them), and their originals.
+    fn gzipped(seqs: std::ops::Range<u64>) -> (Vec<Record>, Vec<Payload>) {
+        seqs.map(|seq| {
+            let mut bytes = seq.to_le_bytes().to_vec();
+            bytes.extend(std::iter::repeat_n(b'a', 2000));
+            let p = Payload::new(bytes).with_content_type(ContentType::Protobuf);
+            let stored = compress::for_spool(&p).expect("compressible");
+            (
+                Record {
+                    id: id(0, seq),
+                    payload: stored,
+                },
+                p,
+            )
+        })
+        .unzip()
+    }
+
+    #[test]
+    fn stored_gzip_goes_out_as_it_is_only_to_an_exporter_that_takes_gzip() {
+        let (recs, originals) = gzipped(1..4);
+        let stored: Vec<Payload> = recs.iter().map(|r| r.payload.clone()).collect();
+        let mut w = window(10, 10);
+        w.on_read(recs.clone());
+        let sends = admit_all(&mut w, 0);
+        let got: Vec<Payload> = sends.into_iter().flat_map(|s| s.payloads).collect();
+        assert_eq!(got, originals, "decompressed for an identity-only exporter");
+
+        let mut w = window(10, 10);
+        w.accepts_gzip = true;
+        w.on_read(recs);
+        let sends = admit_all_with(&mut w, &mut 0, merges);
+        assert_eq!(sends.len(), 1, "gzip records merge with each other");
+        assert_eq!(
+            sends[0].payloads, stored,
+            "the stored bytes, not compressed again"
+        );
+    }
+
+    #[test]
+    fn a_record_that_does_not_decompress_is_acknowledged_as_corrupt_and_never_sent() {
+        let (mut recs, _) = gzipped(1..6);
+        let bad = recs[2].payload.clone();
+        let mut bytes = bad.bytes().to_vec();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        recs[2].payload = Payload::from_parts(bad.meta().clone(), bytes.into());
+        for accepts_gzip in [false, true] {
+            let mut w = window(10, 10);
+            w.accepts_gzip = accepts_gzip;
+            w.on_read(recs.clone());
+            let sends = admit_all(&mut w, 0);
+            let firsts: Vec<u64> = sends.iter().map(|s| s.first).collect();
+            assert_eq!(
+                firsts,
+                vec![0, 1, 3, 4],
+                "the corrupt record takes index 2, unsent"
+            );
+            for s in sends {
+                w.settle(sent(s, Ok(())));
+            }
+            let acks = w.take_acks(true).expect("acks");
+            assert_eq!(acks.ids, vec![id(0, 5)]);
+            assert_eq!((acks.delivered, acks.rejected, acks.corrupt), (4, 0, 1));
+        }
+        // The last record corrupt, nothing else to send: still acknowledged.
+        let mut w = window(10, 10);
+        w.on_read(recs[2..3].to_vec());
+        assert!(admit_all(&mut w, 0).is_empty());
+        let acks = w.take_acks(true).expect("acks");
+        assert_eq!((acks.ids, acks.corrupt), (vec![id(0, 3)], 1));
+    }
+
     #[test]
     fn acks_keep_the_last_record_of_each_lane_in_order_and_count_outcomes() {
         let mut acks = Acks::default();
