@@ -5,6 +5,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod child;
+mod codec;
 mod disk;
 mod http;
 #[cfg(any(test, not(feature = "outlast")))]
@@ -49,7 +50,8 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only these row groups (1-8; 9 = the SQLite lines, produced by groups 1 and 3;
-    /// 10 = the serverless invocation), comma-separated. Ids like 3a select their group.
+    /// 10 = the serverless invocation; 11 = the codec of stored records), comma-separated.
+    /// Ids like 3a select their group.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where on-disk measurements write [default: a temporary directory under
@@ -143,7 +145,7 @@ fn workspace_root() -> PathBuf {
 /// The row groups selected by `--only` (all when empty).
 fn selected(only: &[String]) -> anyhow::Result<Vec<u8>> {
     if only.is_empty() {
-        return Ok((1..=8).chain([10]).collect());
+        return Ok((1..=8).chain([10, 11]).collect());
     }
     let mut groups = Vec::new();
     for o in only {
@@ -151,8 +153,8 @@ fn selected(only: &[String]) -> anyhow::Result<Vec<u8>> {
         let g: u8 = digits
             .parse()
             .ok()
-            .filter(|g| (1..=10).contains(g))
-            .with_context(|| format!("--only {o:?}: rows are 1-10 (e.g. 1, 3a, 9)"))?;
+            .filter(|g| (1..=11).contains(g))
+            .with_context(|| format!("--only {o:?}: rows are 1-11 (e.g. 1, 3a, 9)"))?;
         let add: &[u8] = if g == 9 { &[1, 3] } else { &[g] };
         for g in add {
             if !groups.contains(g) {
@@ -240,6 +242,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             7 => rows::group_replay(&ctx),
             8 => rows::group_memory(&ctx),
             10 => serverless::group_serverless(&ctx),
+            11 => codec::group_codec(&ctx),
             _ => Vec::new(),
         };
         rows.append(&mut r);
