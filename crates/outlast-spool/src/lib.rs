@@ -86,10 +86,12 @@
 //!
 //! The spool stores the bytes and encoding it is given and hands them back as stored
 //! (`Record::payload`, with `Payload::content_encoding`); it compresses nothing itself. The
-//! client (`outlast-client`) stores a payload gzipped (level 6) when it is at least 512
-//! bytes, given as identity, and its gzip takes at most 7/8 of its size; otherwise as it is.
+//! client (`outlast-client`) stores a payload gzipped (level 1) when it is at least 512
+//! bytes, given as identity, its first 4 KiB do not look random (byte entropy at most 7.5
+//! bits per byte), and its gzip takes at most 7/8 of its size; otherwise as it is.
 //! On replay it hands an exporter the stored bytes when the exporter accepts gzip
-//! (`Exporter::accepts_encoding`; the HTTP exporter with gzip on), else the decompressed
+//! (`Exporter::accepts_encoding`; the HTTP exporter with gzip on; they are decompressed
+//! once to check them, not sent so), else the decompressed
 //! bytes; a record whose bytes do not decompress is dropped and counted as corrupt, never
 //! sent.
 //!
