@@ -2,7 +2,7 @@
 //! replay the stored bytes as they are for an exporter that takes gzip, decompressed for
 //! any other. See "Compressed records" in `docs/spool-format.md`.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 
 use bytes::Bytes;
 use outlast_core::{ContentEncoding, Payload};
@@ -80,14 +80,54 @@ pub(crate) fn stored_form(payload: Payload) -> (Payload, Option<Payload>) {
     }
 }
 
-/// Gzip of `data` at [`LEVEL`], if it is at most `limit` bytes.
+/// The fixed gzip member header written before the deflate stream (RFC 1952): magic,
+/// method deflate, no flags, no modification time, no extra flags, operating system
+/// unknown (255). The decoder checks it, and the trailer's CRC-32 and length.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+
+thread_local! {
+    /// One deflate state per thread, reset for each payload: allocating a fresh one (a few
+    /// hundred KiB, zeroed) cost more than compressing a 1 KiB payload.
+    static DEFLATE: std::cell::RefCell<Option<flate2::Compress>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Gzip of `data` at [`LEVEL`] (one member: header, raw deflate stream by flate2, CRC-32 and
+/// length), if it is at most `limit` bytes.
 fn gzip(data: &[u8], limit: usize) -> Option<Bytes> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(limit.min(data.len() / 2 + 64)),
-        flate2::Compression::new(LEVEL),
-    );
-    enc.write_all(data).ok()?;
-    let out = enc.finish().ok()?;
+    let mut out = Vec::with_capacity(limit);
+    out.extend_from_slice(&GZIP_HEADER);
+    let done = DEFLATE.with(|cell| {
+        let mut cell = cell.try_borrow_mut().ok()?;
+        let c = cell
+            .get_or_insert_with(|| flate2::Compress::new(flate2::Compression::new(LEVEL), false));
+        c.reset();
+        loop {
+            let consumed = usize::try_from(c.total_in()).ok()?;
+            let written = out.len();
+            let status = c
+                .compress_vec(
+                    data.get(consumed..)?,
+                    &mut out,
+                    flate2::FlushCompress::Finish,
+                )
+                .ok()?;
+            if status == flate2::Status::StreamEnd {
+                return Some(());
+            }
+            // Out of room: give up once it cannot fit in `limit` anymore (or, never
+            // expected, if the compressor made no progress).
+            let progressed = out.len() > written || c.total_in() > consumed as u64;
+            if out.len() + 8 > limit || !progressed {
+                return None;
+            }
+            out.reserve(limit.saturating_sub(out.len()).max(64));
+        }
+    });
+    done?;
+    out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    // ISIZE: the length modulo 2^32, as RFC 1952 defines it.
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     (out.len() <= limit).then(|| Bytes::from(out))
 }
 
@@ -180,6 +220,28 @@ mod tests {
             as_is, stored,
             "an exporter that takes gzip gets the stored bytes"
         );
+    }
+
+    #[test]
+    fn the_reused_deflate_state_makes_the_same_valid_gzip_each_time() {
+        let (a, b) = (json_logs(40), json_logs(7));
+        let first = for_spool(&a).expect("a");
+        for _ in 0..3 {
+            assert_eq!(
+                for_spool(&b).map(|p| p.len()),
+                for_spool(&b).map(|p| p.len())
+            );
+            assert_eq!(for_spool(&a), Some(first.clone()));
+        }
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&first.bytes()[..])
+            .read_to_end(&mut out)
+            .expect("a standard gzip member");
+        assert_eq!(out, a.bytes().to_vec());
+        // A payload larger than the room first reserved still compresses whole.
+        let big = Payload::new(json_logs(4000).bytes().clone());
+        let gz = for_spool(&big).expect("big");
+        assert_eq!(gunzip(gz.bytes()).expect("decodes"), big.bytes().clone());
     }
 
     #[test]

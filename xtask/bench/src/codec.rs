@@ -68,7 +68,7 @@ const CODECS: [Codec; 4] = [
 /// OTLP `ExportTraceServiceRequest`s of [`SDK_BATCH`] spans each, from the SDK: a web
 /// service's traces (a server span with a database, a cache and an outgoing HTTP call
 /// under it), with the semantic-convention attributes instrumentation libraries set.
-fn span_batches() -> anyhow::Result<Vec<Vec<u8>>> {
+fn span_batches(batch: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     use opentelemetry::KeyValue;
     use opentelemetry::trace::{
         Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
@@ -187,7 +187,7 @@ fn span_batches() -> anyhow::Result<Vec<Vec<u8>>> {
         &resource,
     );
     let batches = spans
-        .chunks(SDK_BATCH)
+        .chunks(batch)
         .map(|c| {
             ExportTraceServiceRequest {
                 resource_spans: group_spans_by_resource_and_scope(c.to_vec(), &encoded),
@@ -348,7 +348,11 @@ pub(crate) fn group_codec(ctx: &Ctx<'_>) -> Vec<Row> {
         ("decompress µs/record", Unit::Micros),
     ];
     let sets: Vec<(&str, &str, DataSet)> = vec![
-        ("11a", "OTLP span batches (SDK, 512 spans)", span_batches()),
+        (
+            "11a",
+            "OTLP span batches (SDK, 512 spans)",
+            span_batches(SDK_BATCH),
+        ),
         ("11b", "OTLP log batches (SDK, 512 records)", log_batches()),
         (
             "11c",
@@ -420,6 +424,7 @@ pub(crate) fn group_codec(ctx: &Ctx<'_>) -> Vec<Row> {
     }
     println!("{detail}");
     rows.extend(stored_rows(ctx, &samples));
+    rows.push(outage_row(ctx));
     rows
 }
 
@@ -503,4 +508,87 @@ fn stored_rows(ctx: &Ctx<'_>, samples: &[(String, Vec<Vec<u8>>)]) -> Vec<Row> {
 #[cfg(not(feature = "outlast"))]
 fn stored_rows(_: &Ctx<'_>, _: &[(String, Vec<Vec<u8>>)]) -> Vec<Row> {
     Vec::new()
+}
+
+/// Row 11h: row 6 with compressible payloads: `export()` latency after the first spill, of
+/// OTLP span batches of 4 spans (about 1.3 KiB, which the client stores gzipped).
+#[cfg(feature = "outlast")]
+fn outage_row(ctx: &Ctx<'_>) -> Row {
+    use crate::measure::quantile;
+    use outlast_client::testing::{MemoryExporter, Outcome};
+    use outlast_client::{Client, ContentType, Payload};
+    let calls = 20_000usize;
+    let figs = [("p99", Unit::Micros), ("p50", Unit::Micros)];
+    let mut c = Collector::new(SideSpec::new("export() while offline", &figs));
+    let bodies = span_batches(4);
+    let mut avg = 0;
+    for _ in 0..ctx.plan.reps.max(1) {
+        c.run(|| {
+            let bodies = bodies.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            avg = bodies.iter().map(Vec::len).sum::<usize>() / bodies.len().max(1);
+            let dir = tempfile::tempdir_in(ctx.dir)?;
+            let exporter = MemoryExporter::new();
+            exporter.set_mode(Outcome::Fail);
+            let mut lat = ctx.rt.block_on(async {
+                let client = Client::builder()
+                    .spool_dir(dir.path())
+                    .immediate_retry_delay(std::time::Duration::ZERO)
+                    .build(exporter)?;
+                let payload = |i: usize| {
+                    Payload::new(bodies[i % bodies.len()].clone())
+                        .with_content_type(ContentType::Protobuf)
+                };
+                anyhow::ensure!(
+                    client
+                        .export(payload(0))
+                        .await
+                        .is_ok_and(|d| d.is_spooled())
+                );
+                let mut lat = Vec::with_capacity(calls);
+                for i in 0..calls {
+                    let p = payload(i);
+                    let t = Instant::now();
+                    let d = client
+                        .export(p)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("dropped: {}", e.reason()))?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    anyhow::ensure!(d.is_spooled(), "not spooled: {d:?}");
+                }
+                let _ = client.shutdown(std::time::Duration::from_secs(5)).await;
+                Ok(lat)
+            })?;
+            lat.sort_by(f64::total_cmp);
+            Ok(vec![quantile(&lat, 0.99), quantile(&lat, 0.5)])
+        });
+    }
+    Row::new(
+        "11h",
+        "Outage: export() latency after the first spill, compressible payloads",
+        format!(
+            "{calls} export calls of OTLP span batches of 4 spans ({avg} bytes on average, stored gzipped), exporter failing, client defaults"
+        ),
+        c.finish(),
+        Cell::not_measured("no reference", "row 6 is the same with random payloads"),
+        Target::AtMost {
+            max: 50.0,
+            unit: Unit::Micros,
+            note: Some("p99, as row 6".into()),
+        },
+    )
+}
+
+#[cfg(not(feature = "outlast"))]
+fn outage_row(_: &Ctx<'_>) -> Row {
+    Row::new(
+        "11h",
+        "Outage: export() latency after the first spill, compressible payloads",
+        "not built",
+        Cell::not_measured(
+            "export() while offline",
+            "harness built without the `outlast` feature",
+        ),
+        Cell::not_measured("no reference", "row 6 is the same with random payloads"),
+        Target::None,
+    )
 }
