@@ -509,6 +509,10 @@ impl Client {
 
     /// Appends to the spool: inline in `OsWrite` mode (one `write(2)`, no allocation beyond
     /// the frame), on the blocking pool in `FsyncEveryAppend` mode.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error hands the payload back; boxing it is a change to DropError"
+    )]
     async fn spool(&self, payload: Payload) -> Result<Delivery, DropError> {
         let shared = &self.inner.shared;
         let Some(spool) = shared.spool() else {

@@ -225,6 +225,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod client;
+mod compress;
 mod config;
 mod drain;
 pub mod env;

@@ -15,10 +15,11 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use outlast_core::retry::Backoff;
-use outlast_core::{Coalescing, ExportError, Payload};
+use outlast_core::{Coalescing, ContentEncoding, ExportError, Payload};
 use outlast_spool::{ReadBatch, Record, RecordId, Spool, SpoolError};
 
 use crate::DropReason;
+use crate::compress;
 use crate::shared::Shared;
 
 /// An attempt under way; it hands back its payloads with the result.
@@ -133,6 +134,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 .replayed
                 .fetch_add(acks.delivered, Ordering::Relaxed);
             shared.record_drop(DropReason::Permanent, acks.rejected);
+            shared.record_drop(DropReason::Corrupt, acks.corrupt);
         };
         match acked {
             Some(Ok(())) => {
@@ -205,6 +207,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
             shared.settings.coalesce_max_bytes,
         );
         let mut window = ReplayWindow::new(w, max_bytes, caps);
+        window.accepts_gzip = shared.exporter.accepts_encoding_dyn(ContentEncoding::Gzip);
         let merge = |p: &Payload| shared.exporter.coalescing_dyn(p);
         let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
         let mut reading: Option<SpoolOp<Result<ReadBatch, SpoolError>>> = None;
@@ -351,6 +354,8 @@ struct Slot {
 enum Outcome {
     Delivered,
     Rejected,
+    /// Its stored bytes do not decode as their encoding says: dropped, never sent.
+    Corrupt,
     /// A retryable failure: the replay stops before this record.
     Failed,
 }
@@ -375,8 +380,11 @@ struct ReplayWindow {
     /// Records of a merged send rejected permanently, to send again one by one: their
     /// window index and payload.
     singles: VecDeque<(u64, Payload)>,
-    /// Read, not started yet.
-    queued: VecDeque<Record>,
+    /// Read, not started yet: each record's payload as the exporter takes it (stored
+    /// bytes decompressed unless the exporter accepts their encoding), or corrupt.
+    queued: VecDeque<Queued>,
+    /// Whether the exporter takes gzip-encoded payloads as they are.
+    accepts_gzip: bool,
     queued_bytes: u64,
     /// Started, in spool order; `base` is the index of the first.
     slots: VecDeque<Slot>,
@@ -403,6 +411,7 @@ impl ReplayWindow {
             caps,
             singles: VecDeque::new(),
             queued: VecDeque::new(),
+            accepts_gzip: false,
             queued_bytes: 0,
             slots: VecDeque::new(),
             base: 0,
@@ -439,8 +448,41 @@ impl ReplayWindow {
         }
         self.batches += 1;
         self.last_full = n >= self.limits.max_records;
-        self.queued_bytes += records.iter().map(|r| r.payload.len() as u64).sum::<u64>();
-        self.queued.extend(records);
+        let accepts_gzip = self.accepts_gzip;
+        let accepts = move |e: ContentEncoding| {
+            e == ContentEncoding::Identity || (accepts_gzip && e == ContentEncoding::Gzip)
+        };
+        for r in records {
+            let payload = compress::for_exporter(r.payload, accepts);
+            if let Ok(p) = &payload {
+                self.queued_bytes += p.len() as u64;
+            }
+            self.queued.push_back(Queued { id: r.id, payload });
+        }
+    }
+
+    /// The next queued record that decodes; those that do not are settled as corrupt on
+    /// the way (each takes its slot, so that it is acknowledged in order, never sent).
+    fn pop_decodable(&mut self) -> Option<(RecordId, Payload)> {
+        loop {
+            let q = self.queued.pop_front()?;
+            match q.payload {
+                Ok(p) => return Some((q.id, p)),
+                Err(compress::Corrupt) => {
+                    tracing::warn!(
+                        lane = q.id.lane,
+                        seq = q.id.seq,
+                        "outlast: spooled record does not decode as its recorded encoding; dropping it as corrupt"
+                    );
+                    self.slots.push_back(Slot {
+                        id: q.id,
+                        result: Some(Outcome::Corrupt),
+                    });
+                    self.next += 1;
+                    self.grow_settled_prefix();
+                }
+            }
+        }
     }
 
     /// The next send to start while `running` sends are under way, if the limits allow.
@@ -465,7 +507,17 @@ impl ReplayWindow {
         if room == 0 {
             return None;
         }
-        let record = self.queued.pop_front()?;
+        let (id, payload) = self.pop_decodable()?;
+        let room = self.limits.max_records.saturating_sub(self.slots.len());
+        if room == 0 {
+            // Corrupt records settled on the way took the room: it comes next time.
+            self.queued.push_front(Queued {
+                id,
+                payload: Ok(payload),
+            });
+            return None;
+        }
+        let record = Record { id, payload };
         let (max_records, max_bytes) = match merge(&record.payload) {
             Some(c) => (
                 c.max_records.min(self.caps.max_records).min(room),
@@ -476,21 +528,24 @@ impl ReplayWindow {
         let mut bytes = record.payload.len() as u64;
         let mut payloads = vec![self.take(record)];
         while payloads.len() < max_records {
-            let Some(next) = self.queued.front() else {
+            let Some(Queued {
+                payload: Ok(next), ..
+            }) = self.queued.front()
+            else {
                 break;
             };
-            let len = next.payload.len() as u64;
-            if !Coalescing::compatible(&payloads[0], &next.payload)
+            let len = next.len() as u64;
+            if !Coalescing::compatible(&payloads[0], next)
                 || bytes.saturating_add(len) > max_bytes
-                || merge(&next.payload).is_none()
+                || merge(next).is_none()
             {
                 break;
             }
             bytes += len;
-            let Some(next) = self.queued.pop_front() else {
+            let Some((id, payload)) = self.pop_decodable() else {
                 break;
             };
-            payloads.push(self.take(next));
+            payloads.push(self.take(Record { id, payload }));
         }
         let first = self.next;
         self.next += payloads.len() as u64;
@@ -547,12 +602,17 @@ impl ReplayWindow {
                 slot.result = Some(outcome);
             }
         }
-        // Grow the settled prefix; it is acknowledged as soon as no other acknowledgement is
-        // being written (acknowledgements coalesce).
+        self.grow_settled_prefix();
+    }
+
+    /// Grows the settled prefix; it is acknowledged as soon as no other acknowledgement is
+    /// being written (acknowledgements coalesce).
+    fn grow_settled_prefix(&mut self) {
         while let Some(slot) = self.slots.front() {
             match slot.result {
                 Some(Outcome::Delivered) => self.acks.push(slot.id, true),
                 Some(Outcome::Rejected) => self.acks.push(slot.id, false),
+                Some(Outcome::Corrupt) => self.acks.push_corrupt(slot.id),
                 Some(Outcome::Failed) | None => break,
             }
             self.ack_due = true;
@@ -606,14 +666,33 @@ struct Acks {
     ids: Vec<RecordId>,
     delivered: u64,
     rejected: u64,
+    /// Dropped because their stored bytes do not decode.
+    corrupt: u64,
+}
+
+/// A record read and not started yet: its id, and its payload as the exporter takes it
+/// (or why it cannot be sent).
+#[derive(Debug)]
+struct Queued {
+    id: RecordId,
+    payload: Result<Payload, compress::Corrupt>,
 }
 
 impl Acks {
-    fn push(&mut self, id: RecordId, delivered: bool) {
+    fn note(&mut self, id: RecordId) {
         match self.ids.iter_mut().find(|i| i.lane == id.lane) {
             Some(i) => *i = id,
             None => self.ids.push(id),
         }
+    }
+
+    fn push_corrupt(&mut self, id: RecordId) {
+        self.note(id);
+        self.corrupt += 1;
+    }
+
+    fn push(&mut self, id: RecordId, delivered: bool) {
+        self.note(id);
         if delivered {
             self.delivered += 1;
         } else {
@@ -712,6 +791,79 @@ mod tests {
             .iter()
             .map(|s| s.payloads.iter().map(seq_of).collect())
             .collect()
+    }
+
+    /// Records of lane 0 stored gzipped (as the client stores them), and their originals.
+    fn gzipped(seqs: std::ops::Range<u64>) -> (Vec<Record>, Vec<Payload>) {
+        seqs.map(|seq| {
+            let mut bytes = seq.to_le_bytes().to_vec();
+            bytes.extend(std::iter::repeat_n(b'a', 2000));
+            let p = Payload::new(bytes).with_content_type(ContentType::Protobuf);
+            let stored = compress::for_spool(&p).expect("compressible");
+            (
+                Record {
+                    id: id(0, seq),
+                    payload: stored,
+                },
+                p,
+            )
+        })
+        .unzip()
+    }
+
+    #[test]
+    fn stored_gzip_goes_out_as_it_is_only_to_an_exporter_that_takes_gzip() {
+        let (recs, originals) = gzipped(1..4);
+        let stored: Vec<Payload> = recs.iter().map(|r| r.payload.clone()).collect();
+        let mut w = window(10, 10);
+        w.on_read(recs.clone());
+        let sends = admit_all(&mut w, 0);
+        let got: Vec<Payload> = sends.into_iter().flat_map(|s| s.payloads).collect();
+        assert_eq!(got, originals, "decompressed for an identity-only exporter");
+
+        let mut w = window(10, 10);
+        w.accepts_gzip = true;
+        w.on_read(recs);
+        let sends = admit_all_with(&mut w, &mut 0, merges);
+        assert_eq!(sends.len(), 1, "gzip records merge with each other");
+        assert_eq!(
+            sends[0].payloads, stored,
+            "the stored bytes, not compressed again"
+        );
+    }
+
+    #[test]
+    fn a_record_that_does_not_decompress_is_acknowledged_as_corrupt_and_never_sent() {
+        let (mut recs, _) = gzipped(1..6);
+        let bad = recs[2].payload.clone();
+        let mut bytes = bad.bytes().to_vec();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        recs[2].payload = Payload::from_parts(bad.meta().clone(), bytes.into());
+        for accepts_gzip in [false, true] {
+            let mut w = window(10, 10);
+            w.accepts_gzip = accepts_gzip;
+            w.on_read(recs.clone());
+            let sends = admit_all(&mut w, 0);
+            let firsts: Vec<u64> = sends.iter().map(|s| s.first).collect();
+            assert_eq!(
+                firsts,
+                vec![0, 1, 3, 4],
+                "the corrupt record takes index 2, unsent"
+            );
+            for s in sends {
+                w.settle(sent(s, Ok(())));
+            }
+            let acks = w.take_acks(true).expect("acks");
+            assert_eq!(acks.ids, vec![id(0, 5)]);
+            assert_eq!((acks.delivered, acks.rejected, acks.corrupt), (4, 0, 1));
+        }
+        // The last record corrupt, nothing else to send: still acknowledged.
+        let mut w = window(10, 10);
+        w.on_read(recs[2..3].to_vec());
+        assert!(admit_all(&mut w, 0).is_empty());
+        let acks = w.take_acks(true).expect("acks");
+        assert_eq!((acks.ids, acks.corrupt), (vec![id(0, 3)], 1));
     }
 
     #[test]

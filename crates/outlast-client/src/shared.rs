@@ -514,9 +514,16 @@ impl Shared {
     /// Appends `payload` to `spool` and does the bookkeeping (counters, backlog flag, wake the
     /// drain task). Synchronous, so it also completes when run on the blocking pool for an
     /// export whose future was dropped.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error hands the payload back; boxing it is a change to DropError"
+    )]
     pub(crate) fn append_to(&self, spool: &Spool, payload: Payload) -> Result<Delivery, DropError> {
-        let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
-        match spool.append(payload) {
+        // Stored gzipped when that pays; an error hands back the payload as it was given.
+        let (stored, original) = crate::compress::stored_form(payload);
+        // What the spool's fill grows by: the stored (possibly compressed) bytes.
+        let len = u64::try_from(stored.len()).unwrap_or(u64::MAX);
+        match spool.append(stored) {
             Ok(appended) => {
                 lock(&self.spill_rate).record(now_std(), len);
                 Counters::bump(&self.counters.spooled);
@@ -527,7 +534,7 @@ impl Shared {
                 Ok(Delivery::Spooled)
             }
             Err(e) => {
-                let payload = e.payload;
+                let payload = original.unwrap_or(e.payload);
                 let err = match e.kind {
                     AppendErrorKind::Full { max_total_bytes } => DropError::SpoolFull {
                         payload,

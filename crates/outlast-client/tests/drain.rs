@@ -338,7 +338,9 @@ async fn the_drop_oldest_policy_evicts_old_records_and_counts_them() {
     exporter.set_mode(Outcome::Fail);
     for i in 0..100u8 {
         let d = c
-            .export(outlast_client::Payload::new(vec![i; 2000]))
+            .export(outlast_client::Payload::new(common::incompressible(
+                i, 2000,
+            )))
             .await
             .expect("never refused under drop-oldest");
         assert!(d.is_spooled());

@@ -231,7 +231,9 @@ async fn a_full_spool_drops_the_newest_payload_and_says_so() {
     let mut full = None;
     for i in 0..100 {
         match c
-            .export(outlast_client::Payload::new(vec![i as u8; 2000]))
+            .export(outlast_client::Payload::new(common::incompressible(
+                i as u8, 2000,
+            )))
             .await
         {
             Ok(d) => assert_eq!(d, Delivery::Spooled),

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::{ExportError, Payload};
+use crate::{ContentEncoding, ExportError, Payload};
 
 /// What a reachability probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +48,10 @@ impl Coalescing {
     }
 
     /// Whether `next` may travel in one request with `first`: they have the same content
-    /// type. (Records that carry an encoding of their own, once the spool stores any, must
-    /// have the same encoding too; this is the one place that rule lives.)
+    /// type and the same content encoding (this is the one place that rule lives).
     pub fn compatible(first: &Payload, next: &Payload) -> bool {
         first.content_type() == next.content_type()
+            && first.content_encoding() == next.content_encoding()
     }
 }
 
@@ -187,6 +187,18 @@ pub trait Exporter: Send + Sync + 'static {
         }
     }
 
+    /// Whether [`export`](Exporter::export) and [`export_many`](Exporter::export_many) take
+    /// payloads whose bytes are in `encoding` (and send them as they are, e.g. with that
+    /// `Content-Encoding`). The client may store spooled payloads compressed; while it
+    /// replays, it hands over a stored payload as it is only when its encoding is accepted,
+    /// and decompresses it otherwise.
+    ///
+    /// The default accepts only [`ContentEncoding::Identity`]: an exporter that does not
+    /// override this always gets the original bytes.
+    fn accepts_encoding(&self, encoding: ContentEncoding) -> bool {
+        encoding == ContentEncoding::Identity
+    }
+
     /// Who this exporter delivers to, as recorded with every record it spools: the client
     /// replays a spooled record only through an exporter of the same identity, so that two
     /// services sharing a spool directory never send each other's data to their backends.
@@ -228,6 +240,8 @@ pub trait DynExporter: Send + Sync + 'static {
     fn max_in_flight_dyn(&self) -> usize;
     /// See [`Exporter::export_timeout`].
     fn export_timeout_dyn(&self) -> Option<Duration>;
+    /// See [`Exporter::accepts_encoding`].
+    fn accepts_encoding_dyn(&self, encoding: ContentEncoding) -> bool;
     /// See [`Exporter::identity`].
     fn identity_dyn(&self) -> Option<String>;
     /// See [`Exporter::coalescing`].
@@ -261,6 +275,10 @@ impl<E: Exporter> DynExporter for E {
 
     fn identity_dyn(&self) -> Option<String> {
         self.identity()
+    }
+
+    fn accepts_encoding_dyn(&self, encoding: ContentEncoding) -> bool {
+        self.accepts_encoding(encoding)
     }
 
     fn coalescing_dyn(&self, payload: &Payload) -> Option<Coalescing> {
@@ -310,6 +328,11 @@ mod tests {
         assert_eq!(dynamic.max_in_flight_dyn(), 1);
         assert_eq!(dynamic.export_timeout_dyn(), None);
         assert_eq!(dynamic.coalescing_dyn(&p), None);
+        assert!(dynamic.accepts_encoding_dyn(ContentEncoding::Identity));
+        assert!(
+            !dynamic.accepts_encoding_dyn(ContentEncoding::Gzip),
+            "an exporter gets the original bytes unless it says otherwise"
+        );
         dynamic
             .export_many_boxed(&[p.clone(), p.clone()])
             .await
@@ -351,7 +374,7 @@ mod coalescing_tests {
     }
 
     #[test]
-    fn payloads_are_compatible_only_with_the_same_content_type() {
+    fn payloads_are_compatible_only_with_the_same_content_type_and_encoding() {
         let a = Payload::new(&b"a"[..]).with_content_type(ContentType::Protobuf);
         let b = Payload::new(&b"b"[..])
             .with_content_type(ContentType::Protobuf)
@@ -359,5 +382,10 @@ mod coalescing_tests {
         let c = Payload::new(&b"c"[..]).with_content_type(ContentType::Json);
         assert!(Coalescing::compatible(&a, &b));
         assert!(!Coalescing::compatible(&a, &c));
+        let gz = b
+            .clone()
+            .with_content_encoding(crate::ContentEncoding::Gzip);
+        assert!(!Coalescing::compatible(&a, &gz));
+        assert!(Coalescing::compatible(&gz, &gz.clone().with_key("other")));
     }
 }

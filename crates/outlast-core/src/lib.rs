@@ -17,7 +17,7 @@ pub mod units;
 
 pub use error::{BoxError, ErrorChain, ExportError};
 pub use exporter::{BoxFuture, Coalescing, DynExporter, Exporter, Reachability};
-pub use payload::{ContentType, Payload, PayloadMeta, unix_nanos};
+pub use payload::{ContentEncoding, ContentType, Payload, PayloadMeta, unix_nanos};
 
 /// A configuration value that was rejected, naming the parameter and the reason.
 ///

@@ -52,6 +52,39 @@ impl fmt::Display for ContentType {
     }
 }
 
+/// How a payload's bytes are encoded on top of their media type, sent as `Content-Encoding`
+/// by HTTP exporters.
+///
+/// The client may store a spooled payload compressed; it hands an exporter only encodings
+/// the exporter accepts ([`Exporter::accepts_encoding`](crate::Exporter::accepts_encoding)),
+/// decompressing for the others. Payloads given to `Client::export` are
+/// [`Identity`](ContentEncoding::Identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[non_exhaustive]
+pub enum ContentEncoding {
+    /// The bytes as they are. The default.
+    #[default]
+    Identity,
+    /// A gzip stream (RFC 1952): one or more gzip members.
+    Gzip,
+}
+
+impl ContentEncoding {
+    /// The token as it goes on the wire (`identity`, `gzip`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentEncoding::Identity => "identity",
+            ContentEncoding::Gzip => "gzip",
+        }
+    }
+}
+
+impl fmt::Display for ContentEncoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Metadata carried with a payload through the spool and back.
 ///
 /// Kept small on purpose: it is encoded in every spool record header.
@@ -65,6 +98,9 @@ pub struct PayloadMeta {
     pub created_at_unix_nanos: u64,
     /// An optional caller-supplied key, e.g. a batch id used by a receiver to de-duplicate.
     pub key: Option<String>,
+    /// How the bytes are encoded ([`ContentEncoding::Identity`] unless the client stored
+    /// them compressed).
+    pub content_encoding: ContentEncoding,
 }
 
 /// An encoded telemetry payload (an OTLP batch, a JSON body, anything) and its metadata.
@@ -96,6 +132,7 @@ impl Payload {
                 content_type: ContentType::default(),
                 created_at_unix_nanos: unix_nanos(SystemTime::now()),
                 key: None,
+                content_encoding: ContentEncoding::Identity,
             },
             bytes: bytes.into(),
         }
@@ -125,6 +162,19 @@ impl Payload {
     pub fn with_created_at(mut self, at: SystemTime) -> Payload {
         self.meta.created_at_unix_nanos = unix_nanos(at);
         self
+    }
+
+    /// Sets the content encoding: says how the bytes are already encoded (it does not
+    /// encode them).
+    #[must_use]
+    pub fn with_content_encoding(mut self, encoding: ContentEncoding) -> Payload {
+        self.meta.content_encoding = encoding;
+        self
+    }
+
+    /// How the bytes are encoded.
+    pub fn content_encoding(&self) -> ContentEncoding {
+        self.meta.content_encoding
     }
 
     /// The encoded bytes.
@@ -171,6 +221,7 @@ impl fmt::Debug for Payload {
             .field("content_type", &self.meta.content_type)
             .field("created_at_unix_nanos", &self.meta.created_at_unix_nanos)
             .field("key", &self.meta.key)
+            .field("content_encoding", &self.meta.content_encoding)
             .finish()
     }
 }

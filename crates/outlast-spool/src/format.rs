@@ -2,13 +2,14 @@
 //! little-endian. The crate documentation (and `docs/spool-format.md`) is its specification.
 
 use bytes::Bytes;
-use outlast_core::{Payload, PayloadMeta};
+use outlast_core::{ContentEncoding, ContentType, Payload, PayloadMeta};
 use serde::{Deserialize, Serialize};
 
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"OUTLSPSG";
-/// The segment format version written by this build.
-pub const FORMAT_VERSION: u16 = 1;
+/// The segment format version written by this build (2: a record header may end with the
+/// payload's content encoding). Version-1 segments are read as well.
+pub const FORMAT_VERSION: u16 = 2;
 /// Length of the segment header.
 pub const SEGMENT_HEADER_LEN: u64 = 32;
 /// Marker at the start of every record frame.
@@ -44,15 +45,45 @@ fn bincode_config() -> impl bincode::config::Config {
         .with_limit::<MAX_HEADER_BYTES>()
 }
 
-/// The bincode-encoded part of a record header (the sequence number is a fixed field).
+/// The bincode-encoded part of a record header (the sequence number is a fixed field), as
+/// format version 1 defined it. Version 2 appends the content encoding after it when the
+/// payload's is not identity, so that an identity record's header is the same in both.
 #[derive(Serialize)]
 struct MetaRef<'a> {
-    meta: &'a PayloadMeta,
+    content_type: &'a ContentType,
+    created_at_unix_nanos: u64,
+    key: &'a Option<String>,
 }
 
 #[derive(Deserialize)]
 struct MetaOwned {
-    meta: PayloadMeta,
+    content_type: ContentType,
+    created_at_unix_nanos: u64,
+    key: Option<String>,
+}
+
+/// Decodes a record header that must use exactly all of `header`: the version-1 fields,
+/// then, if bytes are left, the content encoding (format version 2), else identity.
+fn decode_header(header: &[u8]) -> Option<PayloadMeta> {
+    let (m, used): (MetaOwned, usize) =
+        bincode::serde::decode_from_slice(header, bincode_config()).ok()?;
+    let rest = header.get(used..)?;
+    let content_encoding = if rest.is_empty() {
+        ContentEncoding::Identity
+    } else {
+        let (e, n): (ContentEncoding, usize) =
+            bincode::serde::decode_from_slice(rest, bincode_config()).ok()?;
+        if n != rest.len() {
+            return None;
+        }
+        e
+    };
+    Some(PayloadMeta {
+        content_type: m.content_type,
+        created_at_unix_nanos: m.created_at_unix_nanos,
+        key: m.key,
+        content_encoding,
+    })
 }
 
 /// A parsed segment header.
@@ -184,14 +215,21 @@ pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, payload: &Payload) -> Result<us
     buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(&[0u8; 4]); // header length, patched below
     let header_start = buf.len();
+    let meta = payload.meta();
     bincode::serde::encode_into_std_write(
         MetaRef {
-            meta: payload.meta(),
+            content_type: &meta.content_type,
+            created_at_unix_nanos: meta.created_at_unix_nanos,
+            key: &meta.key,
         },
         buf,
         bincode_config(),
     )
     .map_err(|e| FrameError::Encode(e.to_string()))?;
+    if meta.content_encoding != ContentEncoding::Identity {
+        bincode::serde::encode_into_std_write(meta.content_encoding, buf, bincode_config())
+            .map_err(|e| FrameError::Encode(e.to_string()))?;
+    }
     let header_len = buf.len() - header_start;
     if header_len > MAX_HEADER_BYTES {
         return Err(FrameError::HeaderTooLarge {
@@ -289,18 +327,14 @@ pub fn parse_frame(buf: &[u8]) -> Parse {
     if header_len > MAX_HEADER_BYTES || header_start + header_len > total {
         return Parse::Bad;
     }
-    let decoded: Result<(MetaOwned, usize), _> = bincode::serde::decode_from_slice(
-        &buf[header_start..header_start + header_len],
-        bincode_config(),
-    );
-    match decoded {
-        Ok((m, used)) if used == header_len => Parse::Frame(FrameView {
+    match decode_header(&buf[header_start..header_start + header_len]) {
+        Some(meta) => Parse::Frame(FrameView {
             len: total,
             seq,
-            meta: m.meta,
+            meta,
             payload_start: header_start + header_len,
         }),
-        _ => Parse::Bad,
+        None => Parse::Bad,
     }
 }
 
@@ -492,12 +526,50 @@ mod tests {
     }
 
     #[test]
+    fn an_encoded_record_round_trips_and_an_identity_record_keeps_the_version_1_header() {
+        let plain = Payload::new(&b"hello"[..]).with_key("k");
+        let gz = plain.clone().with_content_encoding(ContentEncoding::Gzip);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_frame(&mut a, 7, &plain).expect("encode");
+        encode_frame(&mut b, 7, &gz).expect("encode");
+        assert_eq!(
+            b.len(),
+            a.len() + 1,
+            "the encoding costs one byte, only when not identity"
+        );
+        assert_eq!(le_u32(&a[20..24]) + 1, le_u32(&b[20..24]));
+        for (buf, p) in [(&a, &plain), (&b, &gz)] {
+            match parse_frame(buf) {
+                Parse::Frame(f) => assert_eq!(&f.payload(buf), p),
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+        // A header with an encoding the build does not know, or with a byte too many,
+        // is not a frame.
+        for extra in [&[7u8][..], &[1, 1][..]] {
+            let mut c = a.clone();
+            let at = 24 + le_u32(&a[20..24]) as usize;
+            let hl = le_u32(&a[20..24]) + extra.len() as u32;
+            c[20..24].copy_from_slice(&hl.to_le_bytes());
+            c.splice(at..at, extra.iter().copied());
+            let body = (c.len() - FRAME_PREFIX_LEN) as u32;
+            c[4..8].copy_from_slice(&body.to_le_bytes());
+            let mut h = crc32fast::Hasher::new();
+            h.update(&c[0..8]);
+            h.update(&c[FRAME_PREFIX_LEN..]);
+            let crc = h.finalize();
+            c[8..12].copy_from_slice(&crc.to_le_bytes());
+            assert!(matches!(parse_frame(&c), Parse::Bad), "{extra:?}");
+        }
+    }
+
+    #[test]
     fn header_and_cursor_round_trip_and_reject_damage() {
         let h = encode_segment_header(3, 42);
         assert_eq!(
             check_segment_header(&h),
             HeaderCheck::Valid(SegmentHeader {
-                version: 1,
+                version: 2,
                 segment_id: 3,
                 first_seq: 42
             })
@@ -512,8 +584,19 @@ mod tests {
         d[25] ^= 1;
         assert_eq!(check_segment_header(&d), HeaderCheck::Damaged);
         let mut n = h;
-        n[8] = 2;
-        assert_eq!(check_segment_header(&n), HeaderCheck::Newer(2));
+        n[8] = 3;
+        assert_eq!(check_segment_header(&n), HeaderCheck::Newer(3));
+        let mut v1 = h;
+        v1[8] = 1;
+        let crc = crc32fast::hash(&v1[0..28]);
+        v1[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(
+                check_segment_header(&v1),
+                HeaderCheck::Valid(SegmentHeader { version: 1, .. })
+            ),
+            "a version-1 segment is still read"
+        );
     }
 
     fn state(acked_through: u64) -> CursorState {

@@ -31,7 +31,7 @@
 //! | offset | size | field |
 //! |-------:|-----:|-------|
 //! | 0  | 8 | magic `OUTLSPSG` |
-//! | 8  | 2 | format version, `1` |
+//! | 8  | 2 | format version, `2` (`1`: written before records could be compressed; still read) |
 //! | 10 | 2 | flags, `0` |
 //! | 12 | 8 | segment id (as in the file name) |
 //! | 20 | 8 | sequence number the segment's first record gets |
@@ -49,11 +49,12 @@
 //! | 8  | 4 | CRC-32 of bytes 0..8 followed by the whole body |
 //! | 12 | 8 | sequence number (per lane, starts at 1, strictly increasing) |
 //! | 20 | 4 | `header_len`: at most 65 536 (an append whose key and content type encode to more is refused with `AppendErrorKind::HeaderTooLarge`: every limit the reader checks, the writer checks first) |
-//! | 24 | `header_len` | record header: bincode 2 (`bincode::serde`, standard config: little-endian, variable-length integers) of `{ meta: PayloadMeta }`, i.e. content type (enum index, then a string for `Other`), creation time in nanoseconds since the Unix epoch, optional key |
+//! | 24 | `header_len` | record header: bincode 2 (`bincode::serde`, standard config: little-endian, variable-length integers) of the payload's metadata: content type (enum index, then a string for `Other`), creation time in nanoseconds since the Unix epoch, optional key; then, in format version 2 and only for a payload not stored as it is, its content encoding (enum index: `1` gzip) |
 //! | 24 + `header_len` | rest | payload bytes |
 //!
 //! A frame is valid when the marker matches, `body_len` is in bounds and within the file,
-//! the CRC matches, the header decodes using exactly `header_len` bytes, and its sequence
+//! the CRC matches, the header decodes using exactly `header_len` bytes (with or without
+//! the trailing content encoding), and its sequence
 //! number is greater than that of the previous valid frame of the segment (and than the
 //! header's first sequence number minus one).
 //!
@@ -63,7 +64,7 @@
 //! type JSON (enum index 1), created 1 s after the epoch, without key:
 //!
 //! ```text
-//! 4f55544c53505347 0100 0000 0100000000000000 0100000000000000 SEGCRC__
+//! 4f55544c53505347 0200 0000 0100000000000000 0100000000000000 SEGCRC__
 //! 4f4c5243 15000000 FRMCRC__ 0100000000000000 07000000 01 fc00ca9a3b 00 6869
 //! ```
 //!
@@ -73,6 +74,48 @@
 //! `6869`. `SEGCRC__` and `FRMCRC__` stand for the CRCs (computed as described above). The test `format_doc_example_parses` builds these bytes from the
 //! hex in `docs/spool-format.md`, fills in the two CRCs, and checks they read back as
 //! documented.
+//!
+//! ## Compressed records (version 2)
+//!
+//! Format version 2 adds one field: a record whose payload is stored encoded ends its header
+//! with the content encoding (`PayloadMeta::content_encoding`; bincode enum index, `1` for
+//! gzip). A record stored as it is (identity) has no such byte, so its frame is the same as
+//! in version 1; a reader tells the two apart by `header_len` (the header must decode using
+//! exactly that many bytes, with or without the encoding; an unknown encoding index makes the
+//! frame invalid). The payload bytes of a gzip record are a gzip stream (RFC 1952); the
+//! frame's CRC covers them as stored.
+//!
+//! The spool stores the bytes and encoding it is given and hands them back as stored
+//! (`Record::payload`, with `Payload::content_encoding`); it compresses nothing itself. The
+//! client (`outlast-client`) stores a payload gzipped (level 1) when it is at least 512
+//! bytes, given as identity, its first 4 KiB do not look random (byte entropy at most 7.5
+//! bits per byte), and its gzip takes at most 7/8 of its size; otherwise as it is.
+//! On replay it hands an exporter the stored bytes when the exporter accepts gzip
+//! (`Exporter::accepts_encoding`; the HTTP exporter with gzip on; they are decompressed
+//! once to check them, not sent so), else the decompressed
+//! bytes; a record whose bytes do not decompress is dropped and counted as corrupt, never
+//! sent.
+//!
+//! Upgrades: segments of version 1 are read as before (every header in them is a version-1
+//! header). New segments are written as version 2. After an upgrade the spool may go on
+//! appending to the last version-1 segment of its lane, so that segment may then hold
+//! compressed records; a build of version 1 (a downgrade) would count such a record as a
+//! damaged frame and skip it, and leaves version-2 segments untouched (`newer_version_files`).
+//! The committed fixture `crates/outlast-spool/tests/fixtures/spool-v1`, written by the
+//! version-1 code, is read in full by the test
+//! `a_spool_written_by_format_version_1_is_read_in_full_by_this_build`.
+//!
+//! ## Example of a compressed record
+//!
+//! The record of the example above with its payload stored gzipped (the 22-byte gzip
+//! stream of `hi`) in a version-2 segment: `header_len` is 8, the header ends with `01`
+//! (gzip), the body is 42 bytes. The test `format_v2_doc_example_parses` builds it from the
+//! hex in `docs/spool-format.md` and checks it reads back as documented.
+//!
+//! ```text
+//! 4f55544c53505347 0200 0000 0100000000000000 0100000000000000 SEGCRC__
+//! 4f4c5243 2a000000 FRMCRC__ 0100000000000000 08000000 01 fc00ca9a3b 00 01 1f8b0800000000000003cbc80400ac2a93d802000000
+//! ```
 //!
 //! # Cursor file
 //!

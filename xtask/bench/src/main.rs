@@ -5,6 +5,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod child;
+mod codec;
 mod disk;
 mod http;
 #[cfg(any(test, not(feature = "outlast")))]
@@ -51,8 +52,8 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only these row groups (1-8; 9 = the SQLite lines, produced by groups 1 and 3;
-    /// 10 = the serverless invocation; 11 = OpenTelemetry), comma-separated. Ids like 3a
-    /// select their group.
+    /// 10 = the serverless invocation; 11 = OpenTelemetry; 12 = the codec of stored records),
+    /// comma-separated. Ids like 3a select their group.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where on-disk measurements write [default: a temporary directory under
@@ -146,7 +147,7 @@ fn workspace_root() -> PathBuf {
 /// The row groups selected by `--only` (all when empty).
 fn selected(only: &[String]) -> anyhow::Result<Vec<u8>> {
     if only.is_empty() {
-        return Ok((1..=8).chain([10, 11]).collect());
+        return Ok((1..=8).chain([10, 11, 12]).collect());
     }
     let mut groups = Vec::new();
     for o in only {
@@ -154,8 +155,8 @@ fn selected(only: &[String]) -> anyhow::Result<Vec<u8>> {
         let g: u8 = digits
             .parse()
             .ok()
-            .filter(|g| (1..=11).contains(g))
-            .with_context(|| format!("--only {o:?}: rows are 1-11 (e.g. 1, 3a, 9)"))?;
+            .filter(|g| (1..=12).contains(g))
+            .with_context(|| format!("--only {o:?}: rows are 1-12 (e.g. 1, 3a, 9)"))?;
         let add: &[u8] = if g == 9 { &[1, 3] } else { &[g] };
         for g in add {
             if !groups.contains(g) {
@@ -245,6 +246,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             10 => serverless::group_serverless(&ctx),
             #[cfg(feature = "outlast")]
             11 => otel::group_otel(&ctx),
+            12 => codec::group_codec(&ctx),
             _ => Vec::new(),
         };
         rows.append(&mut r);

@@ -39,6 +39,8 @@ pub(crate) enum Unit {
     Micros,
     /// Mebibytes of memory.
     Mib,
+    /// A dimensionless ratio (e.g. disk bytes per payload byte).
+    Ratio,
 }
 
 impl Unit {
@@ -50,6 +52,7 @@ impl Unit {
             Unit::Seconds => "s",
             Unit::Micros => "µs",
             Unit::Mib => "MiB",
+            Unit::Ratio => "×",
         }
     }
 
@@ -68,6 +71,7 @@ impl Unit {
             Unit::Micros if v >= 100.0 => format!("{v:.0}"),
             Unit::Micros => format!("{v:.1}"),
             Unit::Mib => format!("{v:.1}"),
+            Unit::Ratio => format!("{v:.3}"),
         };
         format!("{num} {}", self.suffix())
     }

@@ -41,6 +41,19 @@
 //! ([`encode_key`]; empty for a payload without one). It carries no `x-outlast-key`. With gzip on, the merged
 //! body is compressed as a whole.
 //!
+//! # Compressed records
+//!
+//! With gzip on, the exporter takes gzip-encoded payloads
+//! ([`Exporter::accepts_encoding`]): a record the client stored gzipped is sent as it was
+//! stored, with `Content-Encoding: gzip`, never compressed a second time. Merged
+//! [`PayloadFraming::OtlpProtobuf`] records that are all gzipped are sent as their gzip
+//! members one after the other, which is one gzip stream of the concatenated requests
+//! (RFC 1952: a gzip file is a series of members; Go's `compress/gzip`, which the
+//! OpenTelemetry Collector uses, and the `testing` receiver read every member). Merged
+//! [`PayloadFraming::NdJson`] records are decompressed to be joined (a newline goes between
+//! payloads only where one is missing) and the body is compressed once. A payload whose
+//! encoding is gzip is always sent with `Content-Encoding: gzip`, gzip on or not.
+//!
 //! # Status mapping
 //!
 //! | Outcome | Result |
@@ -94,7 +107,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use outlast_core::{Coalescing, ContentType, ExportError, Exporter, Payload, Reachability};
+use outlast_core::{
+    Coalescing, ContentEncoding, ContentType, ExportError, Exporter, Payload, Reachability,
+};
 
 pub use builder::PayloadFraming;
 pub use builder::{
@@ -305,7 +320,11 @@ impl HttpExporter {
     }
 
     fn request(&self, payload: &Payload) -> Result<Request<Full<Bytes>>, HttpError> {
-        let mut req = self.post(payload.bytes(), payload.content_type())?;
+        let mut req = self.post(
+            payload.bytes(),
+            payload.content_type(),
+            payload.content_encoding(),
+        )?;
         if let Some(key) = &payload.meta().key {
             // Percent-encoded to visible ASCII, which is always a valid header value.
             match HeaderValue::from_str(&encode_key(key)) {
@@ -321,17 +340,36 @@ impl HttpExporter {
     /// One request for several payloads (see "Coalesced replay" in the module docs).
     fn merged_request(&self, payloads: &[Payload]) -> Result<Request<Full<Bytes>>, HttpError> {
         let Some(first) = payloads.first() else {
-            return self.post(&Bytes::new(), &ContentType::OctetStream);
+            return self.post(
+                &Bytes::new(),
+                &ContentType::OctetStream,
+                ContentEncoding::Identity,
+            );
         };
+        // Gzip members concatenate into one gzip stream; joining NDJSON needs the text.
+        let as_members = self.framing != PayloadFraming::NdJson
+            && payloads
+                .iter()
+                .all(|p| p.content_encoding() == ContentEncoding::Gzip);
         let total: usize = payloads.iter().map(Payload::len).sum();
         let mut body = Vec::with_capacity(total + payloads.len());
         for p in payloads {
             if self.framing == PayloadFraming::NdJson && body.last().is_some_and(|b| *b != b'\n') {
                 body.push(b'\n');
             }
-            body.extend_from_slice(p.bytes());
+            if as_members || p.content_encoding() == ContentEncoding::Identity {
+                body.extend_from_slice(p.bytes());
+            } else {
+                gunzip_into(p.bytes(), &mut body)
+                    .map_err(|source| HttpError::Compress { source })?;
+            }
         }
-        let mut req = self.post(&Bytes::from(body), first.content_type())?;
+        let encoding = if as_members {
+            ContentEncoding::Gzip
+        } else {
+            ContentEncoding::Identity
+        };
+        let mut req = self.post(&Bytes::from(body), first.content_type(), encoding)?;
         let headers = req.headers_mut();
         headers.insert(RECORDS_HEADER, HeaderValue::from(payloads.len()));
         if payloads.iter().any(|p| p.meta().key.is_some()) {
@@ -348,15 +386,19 @@ impl HttpExporter {
         Ok(req)
     }
 
-    /// A `POST` of `bytes` (gzipped if configured) with this content type and the
-    /// configured headers.
+    /// A `POST` of `bytes` (gzipped if configured, unless `encoding` says they are gzip
+    /// already: then as they are) with this content type and the configured headers.
     fn post(
         &self,
         bytes: &Bytes,
         content_type: &ContentType,
+        encoding: ContentEncoding,
     ) -> Result<Request<Full<Bytes>>, HttpError> {
         let mut headers = self.headers.clone();
-        let body = if self.gzip {
+        let body = if encoding == ContentEncoding::Gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            bytes.clone()
+        } else if self.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
             gzip(bytes).map_err(|source| HttpError::Compress { source })?
         } else {
@@ -467,6 +509,11 @@ impl Exporter for HttpExporter {
     async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
         let req = self.request(payload);
         self.finish(req).await
+    }
+
+    /// Gzip when gzip is on (see "Compressed records" in the [module documentation](self)).
+    fn accepts_encoding(&self, encoding: ContentEncoding) -> bool {
+        encoding == ContentEncoding::Identity || (self.gzip && encoding == ContentEncoding::Gzip)
     }
 
     /// Says which payloads merge, by the [`PayloadFraming`] set on the builder; no caps of
@@ -626,6 +673,13 @@ async fn drain(mut body: Incoming, keep: usize) -> Vec<u8> {
 }
 
 /// Gzip-compresses `data` at the default level.
+/// Appends the decompressed bytes of a gzip stream (every member) to `out`.
+fn gunzip_into(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read as _;
+    flate2::read::MultiGzDecoder::new(data).read_to_end(out)?;
+    Ok(())
+}
+
 fn gzip(data: &[u8]) -> std::io::Result<Bytes> {
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(data.len() / 2 + 64),

@@ -158,7 +158,8 @@ impl ReceivedRequest {
         self.headers.as_ref()?.get(name)?.to_str().ok()
     }
 
-    /// The body, gunzipped when `Content-Encoding: gzip` was sent; `None` if bodies were
+    /// The body, gunzipped (every gzip member, as real receivers read them) when
+    /// `Content-Encoding: gzip` was sent; `None` if bodies were
     /// not recorded.
     ///
     /// # Errors
@@ -170,7 +171,7 @@ impl ReceivedRequest {
         };
         if self.header(CONTENT_ENCODING.as_str()) == Some("gzip") {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out)?;
+            flate2::read::MultiGzDecoder::new(&body[..]).read_to_end(&mut out)?;
             Ok(Some(Bytes::from(out)))
         } else {
             Ok(Some(body.clone()))

@@ -206,3 +206,21 @@ impl Exporter for Backend {
         }
     }
 }
+
+/// `len` bytes that start with `first` and that gzip cannot shrink (so that they take
+/// their size on disk).
+pub fn incompressible(first: u8, len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(first);
+    let mut v: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    if let Some(b) = v.first_mut() {
+        *b = first;
+    }
+    v
+}
