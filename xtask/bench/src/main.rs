@@ -295,7 +295,8 @@ mod tests {
             vec![1, 3]
         );
         assert_eq!(selected(&["10b".into()]).expect("valid"), vec![10]);
-        assert!(selected(&["12".into()]).is_err());
         assert_eq!(selected(&["11a".into()]).expect("valid"), vec![11]);
+        assert_eq!(selected(&["12h".into()]).expect("valid"), vec![12]);
+        assert!(selected(&["13".into()]).is_err());
     }
 }
