@@ -227,8 +227,9 @@ pub struct ClientStats {
     /// when the disk has less room (0 without a spool). See [`ClientStats::spool_fill`].
     pub spool_max_bytes: u64,
     /// Bytes appended to the spool per second (as stored: compressed when the record is),
-    /// recently: an exponentially weighted average over about the last minute (a steady flow reaches 63 % of its rate after one minute,
-    /// and an outage's rate fades by `1/e` each minute once spills stop).
+    /// recently: an exponentially weighted average over about the last minute (a steady
+    /// flow reaches 63 % of its rate after one minute, and an outage's rate fades by `1/e`
+    /// each minute once spills stop).
     pub spill_rate: u64,
     /// At `spill_rate`, how long until `spool_bytes` reaches `spool_max_bytes` (zero when
     /// there): how much longer the outage can last before the full-spool policy applies.
