@@ -8,18 +8,15 @@
 //! lines and kills it after a random number of them.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher as _, Hasher as _};
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::os::unix::process::ExitStatusExt as _;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::io::Write as _;
+use std::time::Duration;
 
 use outlast_client::testing::Mode;
 use outlast_client::{DEFAULT_MAX_IN_FLIGHT, Delivery};
 use outlast_tests::{
-    CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, TEST_BOUND, assert_arrival_order, fast_builder,
-    http_exporter, http_exporter_with_timeout, key, key_index, keyed_payload,
+    CALM_ATTEMPT_TIMEOUT, ChildTest, GENEROUS_FLUSH, TEST_BOUND, assert_arrival_order,
+    fast_builder, http_exporter, http_exporter_with_timeout, key, key_index, keyed_payload,
+    random_below,
 };
 
 /// Environment variable giving the child its spool directory (and switching it on).
@@ -34,14 +31,6 @@ const CHILD_MAX_EXPORTS: usize = 200_000;
 const BATCH: usize = 50;
 /// Kill rounds per test run, each at another random moment.
 const ROUNDS: usize = 3;
-
-/// A random number below `n` (not for cryptography: picks the moment of the kill).
-fn random_below(n: u64) -> u64 {
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
-        % n
-}
 
 #[test]
 #[ignore = "the child process of a_sigkilled_exporting_process_loses_nothing_it_reported_spooled, \
@@ -84,80 +73,17 @@ fn kill_and_recover(server: &tokio::runtime::Runtime) {
     let dir = tempfile::tempdir().expect("temporary spool directory");
     let receiver = outlast_tests::receiver_down(server);
 
-    let mut child = Command::new(std::env::current_exe().expect("path of this test binary"))
-        .args([
-            CHILD_TEST,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_SPOOL_DIR, dir.path())
-        .env(CHILD_URL, receiver.url())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the child process");
-    let stdout = child.stdout.take().expect("child stdout is piped");
-
-    // Complete lines only: a line cut by the kill reports nothing.
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut stdout = BufReader::new(stdout);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match stdout.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if line.ends_with(b"\n") => {
-                    let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                    if tx.send(text).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => break,
-            }
-        }
-    });
-
-    let kill_after = 1 + random_below(3000) as usize;
-    let deadline = Instant::now() + TEST_BOUND;
-    let mut reported: Vec<String> = Vec::new();
-    let mut killed = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("the child did not report {kill_after} keys within {TEST_BOUND:?}");
-            }
-        };
-        if let Some(k) = line.strip_prefix("spooled ") {
-            reported.push(k.to_owned());
-        } else {
-            assert!(
-                !line.starts_with("unexpected") && line != "done",
-                "child: {line}"
-            );
-        }
-        if !killed && reported.len() >= kill_after {
-            // A little later still, so the kill does not always land right after a print.
-            std::thread::sleep(Duration::from_micros(random_below(3000)));
-            child.kill().expect("SIGKILL the child");
-            killed = true;
-        }
-    }
-    let status = child.wait().expect("reap the child");
-    reader.join().expect("reader thread");
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the child died of SIGKILL: {status:?}"
+    let mut child = ChildTest::spawn(
+        CHILD_TEST,
+        &[
+            (CHILD_SPOOL_DIR, dir.path().as_os_str()),
+            (CHILD_URL, receiver.url().as_ref()),
+        ],
+        true,
     );
-    assert!(reported.len() >= kill_after);
+    let kill_after = 1 + random_below(3000) as usize;
+    let reported = child.read_reported_then_kill("spooled ", kill_after);
+    child.assert_killed();
 
     // A new process (here, a new client) on the same spool, with the backend back.
     let stats = server.block_on(async {

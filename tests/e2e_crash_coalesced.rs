@@ -8,15 +8,14 @@
 //! watches the receiver and kills the child once a random number of records has arrived.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher as _, Hasher as _};
-use std::os::unix::process::ExitStatusExt as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outlast_client::http::{HttpExporter, PayloadFraming};
 use outlast_client::testing::Mode;
 use outlast_client::{Client, ContentType, Delivery, Payload, ShutdownError};
-use outlast_tests::{CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, TEST_BOUND, fast_builder, key};
+use outlast_tests::{
+    CALM_ATTEMPT_TIMEOUT, ChildTest, GENEROUS_FLUSH, TEST_BOUND, fast_builder, key, random_below,
+};
 
 /// Environment variable giving the child its spool directory (and switching it on).
 const CHILD_SPOOL_DIR: &str = "OUTLAST_E2E_COALESCED_SPOOL_DIR";
@@ -32,14 +31,6 @@ const BATCH: usize = 50;
 const MERGE: usize = 10;
 /// Kill rounds per test run, each at another random moment.
 const ROUNDS: usize = 3;
-
-/// A random number below `n` (not for cryptography: picks the moment of the kill).
-fn random_below(n: u64) -> u64 {
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
-        % n
-}
 
 /// The `i`-th record: an OTLP-like protobuf request (one length-delimited field-1 entry
 /// naming its key), so that merged requests concatenate.
@@ -111,39 +102,27 @@ fn kill_during_replay(server: &tokio::runtime::Runtime) {
         .block_on(receiver.set_mode(Mode::Slow(Duration::from_millis(5))))
         .expect("receiver comes up, slowly");
 
-    let mut child = Command::new(std::env::current_exe().expect("path of this test binary"))
-        .args([
-            CHILD_TEST,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_SPOOL_DIR, dir.path())
-        .env(CHILD_URL, receiver.url())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the child process");
+    let mut child = ChildTest::spawn(
+        CHILD_TEST,
+        &[
+            (CHILD_SPOOL_DIR, dir.path().as_os_str()),
+            (CHILD_URL, receiver.url().as_ref()),
+        ],
+        false,
+    );
 
     let kill_at = 1 + random_below((RECORDS / 2) as u64) as usize;
     let deadline = Instant::now() + TEST_BOUND;
     while receiver.unique_keys().len() < kill_at {
         if Instant::now() >= deadline {
-            let _ = child.kill();
+            child.kill();
             panic!("the child did not deliver {kill_at} records within {TEST_BOUND:?}");
         }
         std::thread::sleep(Duration::from_micros(200));
     }
     std::thread::sleep(Duration::from_micros(random_below(3000)));
-    child.kill().expect("SIGKILL the child");
-    let status = child.wait().expect("reap the child");
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the child died of SIGKILL: {status:?}"
-    );
+    child.kill();
+    child.assert_killed();
     let before_restart = receiver.unique_keys().len();
     assert!(
         before_restart < RECORDS,

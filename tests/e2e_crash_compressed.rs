@@ -9,18 +9,15 @@
 //! `Spooled`, and the parent kills it after a random number of them.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher as _, Hasher as _};
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::os::unix::process::ExitStatusExt as _;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::io::Write as _;
+use std::time::Duration;
 
 use outlast_client::http::HttpExporter;
 use outlast_client::testing::Mode;
 use outlast_client::{ContentType, Delivery, Payload};
 use outlast_tests::{
-    CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, TEST_BOUND, fast_builder, key, key_index,
+    CALM_ATTEMPT_TIMEOUT, ChildTest, GENEROUS_FLUSH, TEST_BOUND, fast_builder, key, key_index,
+    random_below,
 };
 
 const CHILD_SPOOL_DIR: &str = "OUTLAST_E2E_GZ_CHILD_SPOOL_DIR";
@@ -29,13 +26,6 @@ const CHILD_TEST: &str = "child_exports_compressible_payloads_into_an_outage_unt
 const CHILD_MAX_EXPORTS: usize = 100_000;
 /// Kill rounds per test run, each at another random moment.
 const ROUNDS: usize = 2;
-
-fn random_below(n: u64) -> u64 {
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
-        % n
-}
 
 /// The `i`-th payload: about 3 KiB of JSON log lines naming it, which gzip shrinks several
 /// times over.
@@ -114,76 +104,17 @@ fn segment_bytes(dir: &std::path::Path) -> u64 {
 fn kill_and_recover(server: &tokio::runtime::Runtime) {
     let dir = tempfile::tempdir().expect("temporary spool directory");
     let receiver = outlast_tests::receiver_down(server);
-    let mut child = Command::new(std::env::current_exe().expect("path of this test binary"))
-        .args([
-            CHILD_TEST,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_SPOOL_DIR, dir.path())
-        .env(CHILD_URL, receiver.url())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the child process");
-    let stdout = child.stdout.take().expect("child stdout is piped");
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut stdout = BufReader::new(stdout);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match stdout.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if line.ends_with(b"\n") => {
-                    let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                    if tx.send(text).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => break,
-            }
-        }
-    });
-
-    let kill_after = 50 + random_below(1500) as usize;
-    let deadline = Instant::now() + TEST_BOUND;
-    let mut reported: Vec<String> = Vec::new();
-    let mut killed = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("the child did not report {kill_after} keys within {TEST_BOUND:?}");
-            }
-        };
-        if let Some(k) = line.strip_prefix("spooled ") {
-            reported.push(k.to_owned());
-        } else {
-            assert!(
-                !line.starts_with("unexpected") && line != "done",
-                "child: {line}"
-            );
-        }
-        if !killed && reported.len() >= kill_after {
-            std::thread::sleep(Duration::from_micros(random_below(3000)));
-            child.kill().expect("SIGKILL the child");
-            killed = true;
-        }
-    }
-    let status = child.wait().expect("reap the child");
-    reader.join().expect("reader thread");
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the child died of SIGKILL: {status:?}"
+    let mut child = ChildTest::spawn(
+        CHILD_TEST,
+        &[
+            (CHILD_SPOOL_DIR, dir.path().as_os_str()),
+            (CHILD_URL, receiver.url().as_ref()),
+        ],
+        true,
     );
+    let kill_after = 50 + random_below(1500) as usize;
+    let reported = child.read_reported_then_kill("spooled ", kill_after);
+    child.assert_killed();
 
     // Stored compressed: the segments hold far fewer bytes than the payloads reported.
     let payload_bytes: u64 = reported

@@ -495,3 +495,137 @@ pub fn receiver_down(rt: &tokio::runtime::Runtime) -> outlast_client::testing::T
             .expect("receiver starts")
     })
 }
+
+/// A random number below `n` (not for cryptography: picks the moment of a kill).
+pub fn random_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % n.max(1)
+}
+
+/// A child process for a crash test: this test binary run again on one `#[ignore]`d child
+/// test (`--exact --ignored`), with its settings in the environment, to be killed with
+/// SIGKILL. With `read_stdout`, its standard output is read line by line on a thread:
+/// complete lines only, so a line cut by the kill reports nothing.
+#[derive(Debug)]
+pub struct ChildTest {
+    child: std::process::Child,
+    lines: Option<std::sync::mpsc::Receiver<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ChildTest {
+    /// Starts `test` of this binary with `env` added to its environment.
+    pub fn spawn(test: &str, env: &[(&str, &std::ffi::OsStr)], read_stdout: bool) -> ChildTest {
+        use std::io::BufRead as _;
+        use std::process::Stdio;
+        let mut cmd =
+            std::process::Command::new(std::env::current_exe().expect("path of this test binary"));
+        cmd.args([
+            test,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(if read_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::inherit());
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let mut child = cmd.spawn().expect("start the child process");
+        let (lines, reader) = match child.stdout.take() {
+            Some(stdout) => {
+                let (tx, rx) = std::sync::mpsc::channel::<String>();
+                let reader = std::thread::spawn(move || {
+                    let mut stdout = std::io::BufReader::new(stdout);
+                    let mut line = Vec::new();
+                    loop {
+                        line.clear();
+                        match stdout.read_until(b'\n', &mut line) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if line.ends_with(b"\n") => {
+                                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                                if tx.send(text).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => break,
+                        }
+                    }
+                });
+                (Some(rx), Some(reader))
+            }
+            None => (None, None),
+        };
+        ChildTest {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    /// Reads the child's `<prefix><item>` lines until its output ends, and SIGKILLs it a
+    /// random moment (up to 3 ms) after the `kill_after`-th such line. A line starting with
+    /// `unexpected`, or `done`, fails the test; so does a child that reports fewer lines
+    /// within [`TEST_BOUND`]. Returns the items reported.
+    pub fn read_reported_then_kill(&mut self, prefix: &str, kill_after: usize) -> Vec<String> {
+        let lines = self.lines.take().expect("started with read_stdout");
+        let deadline = std::time::Instant::now() + TEST_BOUND;
+        let mut reported = Vec::new();
+        let mut killed = false;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    panic!("the child did not report {kill_after} items within {TEST_BOUND:?}");
+                }
+            };
+            if let Some(item) = line.strip_prefix(prefix) {
+                reported.push(item.to_owned());
+            } else {
+                assert!(
+                    !line.starts_with("unexpected") && line != "done",
+                    "child: {line}"
+                );
+            }
+            if !killed && reported.len() >= kill_after {
+                // A little later still, so the kill does not always land right after a print.
+                std::thread::sleep(Duration::from_micros(random_below(3000)));
+                self.kill();
+                killed = true;
+            }
+        }
+        assert!(reported.len() >= kill_after, "{} reported", reported.len());
+        reported
+    }
+
+    /// Kills the child with SIGKILL.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the child");
+    }
+
+    /// Reaps the child (and its output reader) and checks that it died of SIGKILL.
+    pub fn assert_killed(mut self) {
+        use std::os::unix::process::ExitStatusExt as _;
+        let status = self.child.wait().expect("reap the child");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the output reader thread");
+        }
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the child died of SIGKILL: {status:?}"
+        );
+    }
+}
