@@ -166,6 +166,16 @@ struct SegmentView {
     torn_tail_bytes: u64,
     oldest_record: Option<String>,
     newest_record: Option<String>,
+    /// Records stored as they are.
+    identity_records: u64,
+    /// Framed bytes of those on disk.
+    identity_stored_bytes: u64,
+    /// Records stored gzip-compressed.
+    gzip_records: u64,
+    /// Framed bytes of those on disk.
+    gzip_stored_bytes: u64,
+    /// Their payload bytes once decompressed, from each gzip trailer's ISIZE field.
+    gzip_uncompressed_bytes: u64,
 }
 
 /// `inspect --json`.
@@ -246,6 +256,11 @@ fn view(i: &Inspection, mine: Option<&str>) -> SpoolView {
                         torn_tail_bytes: s.torn_tail_bytes,
                         oldest_record: s.oldest_created_at.map(rfc3339),
                         newest_record: s.newest_created_at.map(rfc3339),
+                        identity_records: s.encodings.identity_records,
+                        identity_stored_bytes: s.encodings.identity_stored_bytes,
+                        gzip_records: s.encodings.gzip_records,
+                        gzip_stored_bytes: s.encodings.gzip_stored_bytes,
+                        gzip_uncompressed_bytes: s.encodings.gzip_uncompressed_bytes,
                     })
                     .collect(),
                 unknown_files: l.unknown_files.clone(),
@@ -394,6 +409,9 @@ fn table(i: &Inspection, now: SystemTime, mine: Option<&str>) -> String {
             }
         );
     }
+    for line in segment_lines(i) {
+        let _ = writeln!(s, "{line}");
+    }
     for f in &v.newer_version_files {
         let _ = writeln!(s, "newer format version (left untouched): {}", f.display());
     }
@@ -495,6 +513,34 @@ fn problems(i: &Inspection) -> Vec<String> {
 /// # Errors
 ///
 /// Those of [`scan_spool`]; [`CliError::Corrupt`] when damage was found.
+/// One line per segment: its format version as its header says, and its records by
+/// encoding with their stored sizes (framed, on disk) and, for gzip records, the payload
+/// size once decompressed as each gzip trailer's ISIZE field states it (nothing is
+/// decompressed).
+fn segment_lines(i: &Inspection) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in &i.lanes {
+        for seg in &l.segments {
+            let version = seg
+                .version
+                .map_or_else(|| "?".to_owned(), |v| v.to_string());
+            let e = &seg.encodings;
+            out.push(format!(
+                "lane {} segment {}: format v{version}, {} record(s): {} identity ({} bytes stored), {} gzip ({} bytes stored, {} bytes uncompressed per gzip ISIZE)",
+                l.lane,
+                seg.id,
+                seg.records,
+                e.identity_records,
+                e.identity_stored_bytes,
+                e.gzip_records,
+                e.gzip_stored_bytes,
+                e.gzip_uncompressed_bytes,
+            ));
+        }
+    }
+    out
+}
+
 pub(crate) fn run_verify(args: &VerifyArgs) -> Result<(), CliError> {
     let inspection = scan_spool(&args.dir)?;
     let found = problems(&inspection);
@@ -511,10 +557,16 @@ pub(crate) fn run_verify(args: &VerifyArgs) -> Result<(), CliError> {
             inspection.lanes.len(),
             inspection.total_bytes()
         );
+        for line in segment_lines(&inspection) {
+            println!("{line}");
+        }
         return Ok(());
     }
     for p in &found {
         println!("{p}");
+    }
+    for line in segment_lines(&inspection) {
+        println!("{line}");
     }
     Err(CliError::Corrupt {
         path: inspection.root.clone(),

@@ -372,3 +372,82 @@ async fn replay_never_hangs_on_a_fifo_and_delivers_the_rest() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(receiver.unique_keys().len(), 5, "{run:?}");
 }
+
+/// 10 000 zero bytes, gzip-compressed (45 bytes; the trailer's ISIZE says 10 000).
+const GZIP_OF_10000_ZEROS: [u8; 45] = [
+    31, 139, 8, 0, 0, 0, 0, 0, 2, 3, 237, 193, 1, 13, 0, 0, 0, 194, 160, 247, 79, 109, 14, 55, 160,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 224, 223, 0, 46, 202, 59, 77, 16, 39, 0, 0,
+];
+
+#[test]
+fn inspect_and_verify_show_each_segments_format_version_encodings_and_both_sizes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (spool, _) = Spool::open(SpoolConfig::new(dir.path())).expect("spool opens");
+    for _ in 0..3 {
+        spool
+            .append(
+                outlast_spool::Payload::new(GZIP_OF_10000_ZEROS.to_vec())
+                    .with_content_encoding(outlast_core::ContentEncoding::Gzip),
+            )
+            .expect("append gzip");
+    }
+    spool
+        .append(outlast_spool::Payload::new(vec![7u8; 100]))
+        .expect("append identity");
+    spool.close().expect("close");
+    let path = dir.path().to_str().expect("utf-8");
+
+    let run = outlast(&["inspect", path, "--json"], LIMIT);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    let seg = &v["lane_details"][0]["segments"][0];
+    assert_eq!(seg["version"], outlast_spool::format::FORMAT_VERSION, "{v}");
+    assert_eq!(seg["gzip_records"], 3, "{v}");
+    assert_eq!(seg["identity_records"], 1, "{v}");
+    assert_eq!(seg["gzip_uncompressed_bytes"], 30_000, "{v}");
+    let gz_stored = seg["gzip_stored_bytes"].as_u64().expect("a number");
+    assert!((3 * 45..3 * 200).contains(&gz_stored), "{v}");
+
+    let run = outlast(&["inspect", path], LIMIT);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "format v{}, 4 record(s): 1 identity",
+            outlast_spool::format::FORMAT_VERSION
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("3 gzip (")
+            && run
+                .stdout
+                .contains("30000 bytes uncompressed per gzip ISIZE"),
+        "{run:?}"
+    );
+    let run = outlast(&["verify", path], LIMIT);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("30000 bytes uncompressed"), "{run:?}");
+}
+
+#[test]
+fn inspect_shows_a_version_1_segment_as_version_1() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../outlast-spool/tests/fixtures/spool-v1");
+    let run = outlast(
+        &["inspect", fixture.to_str().expect("utf-8"), "--json"],
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    let segs = v["lane_details"][0]["segments"]
+        .as_array()
+        .expect("segments");
+    assert_eq!(segs.len(), 3, "{v}");
+    for s in segs {
+        assert_eq!(s["version"], 1, "{v}");
+        assert_eq!(s["gzip_records"], 0, "{v}");
+    }
+    let run = outlast(&["verify", fixture.to_str().expect("utf-8")], LIMIT);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains(": format v1, "), "{run:?}");
+}

@@ -24,6 +24,23 @@ pub enum LockState {
     Unknown,
 }
 
+/// Records of a segment by content encoding, and their sizes (for `inspect`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncodingTally {
+    /// Records stored as they are (`identity`).
+    pub identity_records: u64,
+    /// Framed bytes of the `identity` records on disk.
+    pub identity_stored_bytes: u64,
+    /// Records stored gzip-compressed.
+    pub gzip_records: u64,
+    /// Framed bytes of the gzip records on disk.
+    pub gzip_stored_bytes: u64,
+    /// Their payload bytes once decompressed, from each gzip stream's trailer (ISIZE: the
+    /// size of its last member, modulo 2^32; nothing is decompressed). Only counted when
+    /// the scan read the payloads.
+    pub gzip_uncompressed_bytes: u64,
+}
+
 /// One segment file.
 #[derive(Debug, Clone)]
 pub struct SegmentInspection {
@@ -53,6 +70,8 @@ pub struct SegmentInspection {
     pub oldest_created_at: Option<SystemTime>,
     /// Creation time of the newest record.
     pub newest_created_at: Option<SystemTime>,
+    /// Its records by content encoding, with stored and uncompressed sizes.
+    pub encodings: EncodingTally,
 }
 
 /// One lane.
@@ -310,7 +329,7 @@ fn inspect_segment(
     placed: &mut Vec<recovery::Placed>,
 ) -> bool {
     let path = dir.join(format::segment_file_name(id));
-    let scan = match recovery::scan_segment(fs, &path, id) {
+    let scan = match recovery::scan_segment(fs, &path, id, true) {
         Ok(s) => s,
         Err(_) => {
             li.skipped_entries.push(path);
@@ -322,12 +341,8 @@ fn inspect_segment(
         SegKind::Valid {
             first_seq,
             segment_id,
-        } => (
-            Some(format::FORMAT_VERSION),
-            true,
-            false,
-            Some((segment_id, first_seq)),
-        ),
+            version,
+        } => (Some(version), true, false, Some((segment_id, first_seq))),
         SegKind::Damaged | SegKind::Short => (None, false, false, None),
         SegKind::Foreign => {
             li.corrupt_segments.push(path);
@@ -340,6 +355,7 @@ fn inspect_segment(
             meta: m.clone(),
             header_id: header.map(|h| h.0),
             header_first: header.map(|h| h.1),
+            header_version: version.filter(|_| header_ok),
         });
     }
     li.segments.push(SegmentInspection {
@@ -360,6 +376,7 @@ fn inspect_segment(
         last_seq: m.last_seq,
         oldest_created_at: (m.records > 0).then(|| time(m.oldest_ns)),
         newest_created_at: (m.records > 0).then(|| time(m.newest_ns)),
+        encodings: scan.tally,
     });
     newer
 }

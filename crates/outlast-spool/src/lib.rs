@@ -97,10 +97,15 @@
 //! sent.
 //!
 //! Upgrades: segments of version 1 are read as before (every header in them is a version-1
-//! header). New segments are written as version 2. After an upgrade the spool may go on
-//! appending to the last version-1 segment of its lane, so that segment may then hold
-//! compressed records; a build of version 1 (a downgrade) would count such a record as a
-//! damaged frame and skip it, and leaves version-2 segments untouched (`newer_version_files`).
+//! header). New segments are written as version 2. A version-1 segment is never appended
+//! to: at open the last segment of the lane is resumed only if its header is of version 2,
+//! so after an upgrade the first append starts a new version-2 segment and the version-1
+//! segments keep exactly what version 1 wrote. A build of version 1 (a downgrade) therefore
+//! never meets a version-2 record in a version-1 segment; it leaves version-2 segments
+//! untouched (`newer_version_files`). `outlast inspect` and `verify` show each segment's
+//! format version as its header states it, and its records by encoding with their stored
+//! (framed) bytes and, for gzip records, their uncompressed size as each gzip trailer's
+//! ISIZE field states it (nothing is decompressed).
 //! The committed fixture `crates/outlast-spool/tests/fixtures/spool-v1`, written by the
 //! version-1 code, is read in full by the test
 //! `a_spool_written_by_format_version_1_is_read_in_full_by_this_build`.
@@ -286,6 +291,19 @@
 //! window above), never garbage, and starts numbering new records above every sequence
 //! number on disk and above the recovered ack point (numbers of deleted, acknowledged
 //! records may be used again; nothing refers to them).
+//!
+//! Nothing is left behind: when an ack leaves the own lane empty (every record stored is
+//! acknowledged) and its active segment holds more than 16 KiB, that segment is sealed and
+//! deleted like any other fully acknowledged one; the next append starts a fresh segment
+//! whose header's first sequence number continues the lane's numbering, so the cursor's
+//! `acked_through` is right before it and recovery counts no gap (a gap before a lane's
+//! first segment is never counted). A smaller active segment is kept and appended to, so
+//! that a trickle of records each delivered before the next does not create and delete a
+//! file per record. At open, a last segment whose records are all acknowledged is not
+//! resumed: it is deleted. Only the in-memory state changes before the deletion, which
+//! follows the rule above, so a `kill -9` or a power loss at any point loses no
+//! unacknowledged record. An adopted lane left with no segment is removed with its files
+//! and directory.
 //!
 //! # Cap, eviction, expiry
 //!

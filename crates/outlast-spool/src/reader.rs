@@ -215,9 +215,14 @@ impl Ledger {
         }
         self.delete_acked(&l, &mut c)?;
         let empty_adopted = l.adopted && lock(&l.segs).is_empty();
+        let own_drained = !l.adopted && c.acked >= l.last_seq.load(Ordering::Acquire);
         drop(c);
         if empty_adopted {
             self.maybe_remove_lane(&l);
+        }
+        if own_drained {
+            // Lock order: the writer before the consumer, so the consumer lock is let go.
+            self.seal_drained()?;
         }
         Ok(())
     }

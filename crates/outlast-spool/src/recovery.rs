@@ -6,11 +6,14 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use outlast_core::ContentEncoding;
+
 use crate::cursor::{CURSOR_FILE, CURSOR_TMP_FILE, read_cursor, settle_cursor};
 use crate::error::SpoolError;
 use crate::format::{self, CursorChoice, HeaderCheck, SEGMENT_HEADER_LEN, parse_segment_file_name};
 use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at, write_all_at};
 use crate::identity::IDENTITY_FILE;
+use crate::inspect::EncodingTally;
 use crate::scan::{FrameReader, Next};
 use crate::types::RecoveryReport;
 
@@ -99,8 +102,12 @@ pub(crate) fn proportional(total: u64, part: u64, whole: u64) -> u64 {
 /// How a segment file's header was judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SegKind {
-    /// Current version, intact header.
-    Valid { first_seq: u64, segment_id: u64 },
+    /// A version this build reads (its own or version 1), intact header.
+    Valid {
+        first_seq: u64,
+        segment_id: u64,
+        version: u16,
+    },
     /// Current version, damaged header (or a damaged magic in front of our frames): frames
     /// are still read.
     Damaged,
@@ -115,6 +122,7 @@ pub(crate) enum SegKind {
 /// A read-only scan of one segment file.
 #[derive(Debug, Clone)]
 pub(crate) struct SegScan {
+    pub(crate) tally: EncodingTally,
     pub(crate) kind: SegKind,
     pub(crate) file_len: u64,
     pub(crate) meta: SegMeta,
@@ -126,8 +134,14 @@ pub(crate) struct SegScan {
     pub(crate) tail_bytes: u64,
 }
 
-/// Reads a segment file without changing it.
-pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result<SegScan> {
+/// Reads a segment file without changing it; with `bodies`, reads the payloads too (to
+/// tally the gzip records' uncompressed sizes).
+pub(crate) fn scan_segment(
+    fs: &dyn SpoolFs,
+    path: &Path,
+    id: u64,
+    bodies: bool,
+) -> io::Result<SegScan> {
     let file = fs.open(path, false)?;
     let file_len = file.len()?;
     let mut head = [0u8; SEGMENT_HEADER_LEN as usize];
@@ -136,6 +150,7 @@ pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result
         HeaderCheck::Valid(h) => SegKind::Valid {
             first_seq: h.first_seq,
             segment_id: h.segment_id,
+            version: h.version,
         },
         HeaderCheck::Damaged => SegKind::Damaged,
         HeaderCheck::Short => SegKind::Short,
@@ -143,6 +158,7 @@ pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result
         HeaderCheck::Newer(v) => SegKind::Newer(v),
     };
     let mut scan = SegScan {
+        tally: EncodingTally::default(),
         kind,
         file_len,
         meta: SegMeta::new(id, path.to_path_buf(), file_len.min(SEGMENT_HEADER_LEN)),
@@ -159,10 +175,21 @@ pub(crate) fn scan_segment(fs: &dyn SpoolFs, path: &Path, id: u64) -> io::Result
     };
     let mut reader = FrameReader::new(file, SEGMENT_HEADER_LEN, file_len, RECOVERY_CHUNK, last_seq);
     loop {
-        match reader.next(false)? {
+        match reader.next(bodies)? {
             Next::Frame(f) => {
                 if f.skipped.is_some() {
                     scan.corrupt += 1;
+                }
+                let t = &mut scan.tally;
+                if f.meta.content_encoding == ContentEncoding::Gzip {
+                    t.gzip_records += 1;
+                    t.gzip_stored_bytes += f.len;
+                    if let Some(p) = &f.payload {
+                        t.gzip_uncompressed_bytes += gzip_isize(p.bytes());
+                    }
+                } else {
+                    t.identity_records += 1;
+                    t.identity_stored_bytes += f.len;
                 }
                 scan.meta.note_record(f.seq, f.meta.created_at_unix_nanos);
             }
@@ -196,6 +223,8 @@ pub(crate) struct Placed {
     pub(crate) header_id: Option<u64>,
     /// The header's first sequence number, if the header is intact.
     pub(crate) header_first: Option<u64>,
+    /// The header's format version, if the header is intact.
+    pub(crate) header_version: Option<u16>,
 }
 
 impl Placed {
@@ -462,6 +491,15 @@ pub(crate) struct RecoveredLane {
     pub(crate) corrupt: u64,
 }
 
+/// The ISIZE field of a gzip stream's trailer (its last 4 bytes, little-endian): the
+/// uncompressed size of the last member, modulo 2^32. 0 if the stream is too short.
+fn gzip_isize(stream: &[u8]) -> u64 {
+    match stream.len().checked_sub(4).and_then(|at| stream.get(at..)) {
+        Some(&[a, b, c, d]) if stream.len() >= 18 => u64::from(u32::from_le_bytes([a, b, c, d])),
+        _ => 0,
+    }
+}
+
 /// Recovers one scanned segment file: leaves foreign and newer ones alone, removes a stub
 /// holding no record, truncates a torn tail, and counts what it found. Returns the segment
 /// to index, if it is one.
@@ -471,7 +509,7 @@ fn recover_segment(
     scan: SegScan,
     report: &mut RecoveryReport,
 ) -> Result<Option<Placed>, SpoolError> {
-    let (header_id, header_first) = match scan.kind {
+    let (header_id, header_first, header_version) = match scan.kind {
         SegKind::Foreign => {
             tracing::warn!(
                 path = %path.display(),
@@ -493,14 +531,15 @@ fn recover_segment(
         SegKind::Valid {
             first_seq,
             segment_id,
-        } => (Some(segment_id), Some(first_seq)),
+            version,
+        } => (Some(segment_id), Some(first_seq), Some(version)),
         SegKind::Damaged => {
             tracing::warn!(
                 path = %path.display(),
                 "segment header damaged: its records are still read and delivered"
             );
             report.damaged_headers.push(path.clone());
-            (None, None)
+            (None, None, None)
         }
     };
     report.corrupt_frames_skipped += scan.corrupt;
@@ -519,6 +558,7 @@ fn recover_segment(
         meta,
         header_id,
         header_first,
+        header_version,
     }))
 }
 
@@ -599,7 +639,7 @@ pub(crate) fn recover_lane(
     let mut newer_here = false;
     for id in ids {
         let path = dir.join(format::segment_file_name(id));
-        let scan = scan_segment(fs, &path, id).map_err(|e| SpoolError::io(&path, e))?;
+        let scan = scan_segment(fs, &path, id, false).map_err(|e| SpoolError::io(&path, e))?;
         newer_here |= matches!(scan.kind, SegKind::Newer(_));
         if let Some(p) = recover_segment(fs, path, scan, report)? {
             if let Some(first) = p.header_first {
@@ -615,10 +655,13 @@ pub(crate) fn recover_lane(
     note_continuity(fs, dir, &continuity, report);
     out.missing = continuity.missing;
     out.corrupt = report.corrupt_frames_skipped - corrupt_before;
-    // The last segment can be appended to if it is intact, in its place, and the newest
-    // by name (new segments get larger ids than any file).
+    // The last segment can be appended to if it is intact, in its place, the newest by
+    // name (new segments get larger ids than any file), and of the version this build
+    // writes: a version-1 segment stays sealed, so an older build reading it never meets a
+    // record of a newer version in it.
     if let Some(last) = placed.last()
         && last.header_id == Some(last.meta.id)
+        && last.header_version == Some(format::FORMAT_VERSION)
         && last.meta.id == out.max_file_id
         && continuity.misplaced.is_empty()
     {

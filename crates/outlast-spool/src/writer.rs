@@ -19,6 +19,10 @@ use crate::ledger::{Ledger, later, lock};
 use crate::recovery::{self, SegMeta};
 use crate::types::{Appended, Dropped, RecordId};
 
+/// An own lane's active segment up to this size stays when the lane becomes empty (see
+/// [`Ledger::seal_drained`]).
+pub(crate) const DRAINED_KEEP_BYTES: u64 = 16 * 1024;
+
 /// Longest a group commit waits for the callers of the previous one to join it.
 pub(crate) const MAX_GATHER: Duration = Duration::from_millis(1);
 
@@ -57,7 +61,9 @@ impl Writer {
     }
 
     /// The writer of the own lane as recovery left it: it resumes the last segment if that
-    /// is intact and has room; otherwise the first append starts a new one.
+    /// is intact, has room and holds a record not yet acknowledged; otherwise the first
+    /// append starts a new one (a fully acknowledged segment stays sealed, and the open
+    /// deletes it).
     pub(crate) fn resume(
         fs: &dyn SpoolFs,
         config: &SpoolConfig,
@@ -74,8 +80,14 @@ impl Writer {
             dir_unsynced: false,
             closed: false,
         };
+        let acked = rec.cursor.state.acked_through;
+        let drained = rec
+            .segs
+            .last()
+            .is_some_and(|m| m.records > 0 && m.unacked(acked) == 0);
         if let Some((id, len)) = rec.resumable
             && len < config.segment_bytes_value()
+            && !drained
         {
             let path = own.dir.join(format::segment_file_name(id));
             if let Ok(file) = fs.open(&path, true) {
@@ -373,6 +385,47 @@ impl Ledger {
         if !woken && let Err(e) = self.own.sync_cursor(&*self.fs) {
             tracing::warn!(lane = self.own.id, error = %e, "cursor fsync on rotation failed");
         }
+        Ok(())
+    }
+
+    /// The own lane became empty (every record stored is acknowledged): seals its active
+    /// segment if it holds more than [`DRAINED_KEEP_BYTES`], so that the deletion of
+    /// acknowledged segments takes it too; the next append starts a fresh segment. A
+    /// smaller one is kept and appended to, so that a trickle of records (each delivered
+    /// before the next comes) does not create and delete a file per record.
+    ///
+    /// Safe at any point of a crash: only the in-memory state changes here; the file goes
+    /// through [`Ledger::delete_acked`], which deletes only what the cursor as written
+    /// covers. Sequence numbers go on from the writer's (the cursor's `next_seq`, and its
+    /// `acked_through`, cover the numbers of the deleted segment after a restart).
+    pub(crate) fn seal_drained(&self) -> Result<(), SpoolError> {
+        let mut w = lock(&self.writer);
+        let Some(seg) = w.seg.as_ref() else {
+            return Ok(());
+        };
+        if seg.offset <= DRAINED_KEEP_BYTES || w.closed {
+            return Ok(());
+        }
+        let mut c = lock(&self.own.consumer);
+        let last = self.own.last_seq.load(Ordering::Acquire);
+        if c.acked < last {
+            return Ok(());
+        }
+        let Some(old) = w.seg.take() else {
+            return Ok(());
+        };
+        {
+            let mut segs = lock(&self.own.segs);
+            if let Some(m) = segs.iter_mut().find(|m| m.id == old.id) {
+                m.sealed = true;
+                m.len = old.offset;
+            }
+        }
+        // Its bytes are all delivered: the group commit need not sync them, but a durable
+        // appender may still wait for them, so they stay in its reach.
+        w.unsynced.push(old.file);
+        drop(w);
+        self.delete_acked(&self.own, &mut c)?;
         Ok(())
     }
 

@@ -134,3 +134,66 @@ fn a_spool_written_by_format_version_1_is_read_in_full_by_this_build() {
     assert_eq!(b.records.len(), 1);
     assert_eq!(b.records[0].payload, more);
 }
+
+/// A gzip stream of `n` zero bytes (the spool stores it as given; its trailer says `n`).
+fn gzip_of_zeros(n: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&vec![0u8; n]).expect("compress");
+    enc.finish().expect("finish")
+}
+
+#[test]
+fn an_upgraded_spool_leaves_its_version_1_segments_as_they_were_and_inspect_tells_the_versions_apart()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("spool");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    copy_tree(&fixture, &root);
+    let v1_files: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(fixture.join("lane-0"))
+        .expect("fixture lane")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read fixture segment");
+            (p, bytes)
+        })
+        .collect();
+    assert_eq!(v1_files.len(), 3);
+    let (spool, _) = Spool::open(config(&root)).expect("open the version-1 spool");
+    let gz = gzip_of_zeros(10_000);
+    let stored = gz.len() as u64;
+    spool
+        .append(Payload::new(gz).with_content_encoding(outlast_core::ContentEncoding::Gzip))
+        .expect("append a gzip record");
+    spool
+        .append(Payload::new(&b"plain"[..]))
+        .expect("append an identity record");
+    spool.close().expect("close");
+
+    // The version-1 segments hold exactly what version 1 wrote: a version-1 build reading
+    // them never meets a version-2 record.
+    for (p, bytes) in &v1_files {
+        let name = p.file_name().expect("file name");
+        let now = std::fs::read(root.join("lane-0").join(name)).expect("read segment");
+        assert_eq!(&now, bytes, "{} changed", p.display());
+    }
+    let inspection = outlast_spool::inspect::scan(&root).expect("inspect");
+    let segs = &inspection.lanes[0].segments;
+    assert_eq!(segs.len(), 4, "the new records went to a new segment");
+    for s in &segs[..3] {
+        assert_eq!(s.version, Some(1), "segment {}", s.id);
+        assert_eq!(s.encodings.gzip_records, 0);
+        assert_eq!(s.encodings.identity_records, s.records);
+    }
+    let new = &segs[3];
+    assert_eq!(new.version, Some(outlast_spool::format::FORMAT_VERSION));
+    assert_eq!(new.encodings.gzip_records, 1);
+    assert_eq!(new.encodings.identity_records, 1);
+    assert_eq!(new.encodings.gzip_uncompressed_bytes, 10_000);
+    assert!(
+        new.encodings.gzip_stored_bytes > stored,
+        "framed: payload plus frame"
+    );
+    assert!(new.encodings.gzip_stored_bytes < 1_000, "stored compressed");
+}
