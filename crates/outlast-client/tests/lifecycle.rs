@@ -465,7 +465,7 @@ async fn a_dropped_client_ends_its_drain_task_only_once_an_adoption_a_flush_left
     // Another process of the same service leaves a lane with records and exits.
     {
         let config =
-            outlast_client::spool::SpoolConfig::new(dir.path()).identity(Some("svc".into()));
+            outlast_client::spool::SpoolConfig::new(dir.path()).with_identity(Some("svc".into()));
         let (spool, report) = Spool::open(config).expect("open");
         assert_eq!(report.lane, 1, "lane 0 is the client's");
         for i in 0..10 {

@@ -166,7 +166,7 @@
 //!
 //! # Identity file
 //!
-//! `identity` says who the lane's records are for (`SpoolConfig::identity`, e.g. an
+//! `identity` says who the lane's records are for (`SpoolConfig::with_identity`, e.g. an
 //! exporter's endpoint). The spool that creates a lane writes it, fdatasyncs it and its
 //! directory entry before the lane takes its first record (a lane taken that has none, from
 //! an earlier version, gets one the same way).

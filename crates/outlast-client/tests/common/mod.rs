@@ -27,7 +27,7 @@ pub fn client(dir: &Path, exporter: &MemoryExporter) -> Client {
 /// names one), to open what such a client left.
 pub fn spool_config_of<E>(dir: &Path) -> outlast_client::spool::SpoolConfig {
     outlast_client::spool::SpoolConfig::new(dir)
-        .identity(Some(std::any::type_name::<E>().to_owned()))
+        .with_identity(Some(std::any::type_name::<E>().to_owned()))
 }
 
 /// A payload whose bytes are `text`.
