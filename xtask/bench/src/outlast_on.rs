@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use outlast_client::http::{HttpExporter, PayloadFraming};
-use outlast_client::spool::{
-    DEFAULT_MAX_TOTAL_BYTES, Durability, Payload, Spool, SpoolConfig, SpoolStats,
-};
 use outlast_client::testing::{Mode, Recording, TestReceiver};
 use outlast_client::{Client, ContentType, Delivery};
+use outlast_spool::{DEFAULT_MAX_TOTAL_BYTES, Durability, Payload, Spool, SpoolConfig, SpoolStats};
 use tokio::runtime::Handle;
 
 use crate::child::{hold, say};
