@@ -1,16 +1,18 @@
-//! The command line: subcommands and options (clap derive), and the parsers for durations
-//! (`500ms`, `10s`, `2m`) and sizes (`1024`, `4KiB`).
+//! The command line: subcommands and options (clap derive). Durations (`500ms`, `10s`, `2m`)
+//! and sizes (`1024`, `4KiB`) are read with the workspace's one grammar, `outlast_core::units`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use outlast_core::units;
 
 /// Exit codes, shown at the end of `--help`.
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 runtime failure (corruption found, records lost or left undelivered, \
 spool missing, locked or unreadable); 2 usage error (bad option, number, duration or URL).
-Durations: a number with a unit: 500ms, 10s, 2m, 1h. Sizes: bytes, or with KiB/MiB/GiB.";
+Durations: a number with a unit (us, ms, s, m, h): 500ms, 1.5s, 2m, 1h. Sizes: whole bytes, \
+or with KiB/MiB/GiB/TiB.";
 
 /// outlast: telemetry export that survives network outages, crashes and restarts.
 #[derive(Debug, Parser)]
@@ -139,79 +141,50 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Why a duration or size was rejected.
+/// Why a duration, size or rate was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub(crate) enum ValueError {
-    /// Nothing was given.
-    #[error("empty value")]
-    Empty,
-    /// The number part is not a non-negative decimal number.
-    #[error("'{0}' is not a number")]
-    NotANumber(String),
     /// A duration without a unit (ambiguous: seconds or milliseconds?).
     #[error("missing unit: write e.g. 500ms, 10s, 2m or 1h")]
     MissingUnit,
-    /// The unit is not known.
-    #[error("unknown unit '{0}'")]
-    UnknownUnit(String),
-    /// The value does not fit.
-    #[error("value too large")]
-    TooLarge,
+    /// Not a duration in the shared grammar.
+    #[error("'{0}' is not a duration (write e.g. 500ms, 10s, 2m or 1h)")]
+    NotADuration(String),
+    /// Not a size in the shared grammar, or too large.
+    #[error(transparent)]
+    Size(units::UnitError),
+    /// A rate that is not a number.
+    #[error("'{0}' is not a number")]
+    NotANumber(String),
     /// A rate that is not a positive finite number.
     #[error("must be a positive number of payloads per second")]
     BadRate,
 }
 
-/// Splits `10s` into (`10`, `s`).
-fn split_number(s: &str) -> Result<(f64, &str), ValueError> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(ValueError::Empty);
-    }
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(end);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| ValueError::NotANumber(num.to_owned()))?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(ValueError::NotANumber(num.to_owned()));
-    }
-    Ok((value, unit.trim()))
-}
-
-/// Parses `500ms`, `10s`, `1.5s`, `2m`, `1h`.
+/// Parses a duration in the grammar of [`outlast_core::units`] (`500ms`, `10s`, `1.5s`,
+/// `2m`, `1h`, ...), saturated to [`units::MAX_DURATION`], except that a bare number is
+/// refused.
+///
+/// Why the command line refuses what the environment accepts: `units` reads a bare number
+/// as seconds, which suits `OUTLAST_*` variables (set once, documented next to the value).
+/// On a command line a bare `--outage 10` or `--timeout 500` is typed from memory, and the
+/// OpenTelemetry variables many users know (`OTEL_EXPORTER_OTLP_TIMEOUT`) count
+/// milliseconds: refusing costs one retype, guessing wrong costs a run. So the check below
+/// runs first, and everything else is the shared grammar.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, ValueError> {
-    let (value, unit) = split_number(s)?;
-    let seconds = match unit {
-        "" => return Err(ValueError::MissingUnit),
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => return Err(ValueError::UnknownUnit(other.to_owned())),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| ValueError::TooLarge)
+    let v = s.trim();
+    if v.bytes().any(|b| b.is_ascii_digit()) && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(ValueError::MissingUnit);
+    }
+    units::parse_duration(v)
+        .map(units::saturate)
+        .map_err(|_| ValueError::NotADuration(s.to_owned()))
 }
 
-/// Parses a size in bytes: `1024`, `4KiB`, `1MiB`, `1GiB` (also `K`, `M`, `G`, `B`).
+/// Parses a size in bytes in the grammar of [`outlast_core::units`]: a whole number,
+/// optionally with `B`, `KiB`, `MiB`, `GiB` or `TiB` (also `K`, `M`, `G`, `T`).
 pub(crate) fn parse_size(s: &str) -> Result<u64, ValueError> {
-    let (value, unit) = split_number(s)?;
-    let factor: f64 = match unit {
-        "" | "B" => 1.0,
-        "K" | "k" | "KiB" | "kiB" => 1024.0,
-        "M" | "MiB" => 1024.0 * 1024.0,
-        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(ValueError::UnknownUnit(other.to_owned())),
-    };
-    let bytes = (value * factor).round();
-    if bytes > u64::MAX as f64 / 2.0 {
-        return Err(ValueError::TooLarge);
-    }
-    // In range and non-negative: checked above.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Ok(bytes as u64)
+    units::parse_size(s).map_err(ValueError::Size)
 }
 
 /// Parses a positive finite rate (payloads per second).
@@ -238,28 +211,28 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+    }
+
+    #[test]
+    fn durations_are_saturated_to_the_shared_ceiling() {
+        assert_eq!(
+            parse_duration("99999999999999999999999h"),
+            Ok(units::MAX_DURATION)
+        );
     }
 
     #[test]
     fn durations_without_unit_or_with_garbage_are_rejected() {
         assert_eq!(parse_duration("10"), Err(ValueError::MissingUnit));
-        assert_eq!(parse_duration(""), Err(ValueError::Empty));
-        assert!(matches!(
-            parse_duration("5x"),
-            Err(ValueError::UnknownUnit(_))
-        ));
-        assert!(matches!(
-            parse_duration("-1s"),
-            Err(ValueError::NotANumber(_))
-        ));
-        assert!(matches!(
-            parse_duration("abc"),
-            Err(ValueError::NotANumber(_))
-        ));
-        assert_eq!(
-            parse_duration("1e30h"),
-            Err(ValueError::UnknownUnit("e30h".into()))
-        );
+        assert_eq!(parse_duration(" 1.5 "), Err(ValueError::MissingUnit));
+        for bad in ["", "5x", "-1s", "abc", "1e30h", "."] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(ValueError::NotADuration(bad.into())),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -267,7 +240,17 @@ mod tests {
         assert_eq!(parse_size("1024"), Ok(1024));
         assert_eq!(parse_size("4KiB"), Ok(4096));
         assert_eq!(parse_size("1MiB"), Ok(1024 * 1024));
-        assert!(parse_size("1PB").is_err());
+        assert_eq!(parse_size("512 kib"), Ok(512 * 1024));
+    }
+
+    #[test]
+    fn sizes_outside_the_shared_grammar_are_rejected() {
+        for bad in ["1PB", "1.5KiB", "64KB", "-1", ""] {
+            assert!(
+                matches!(parse_size(bad), Err(ValueError::Size(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use outlast_client::ConfigError;
-use outlast_client::spool::SpoolError;
 use outlast_client::testing::ReceiverError;
+use outlast_spool::SpoolError;
 
 /// Exit code of a usage error: bad arguments, numbers, durations or URLs.
 pub(crate) const EXIT_USAGE: i32 = 2;

@@ -24,8 +24,8 @@ use crate::console::{Console, PROGRESS_REFRESH, human_bytes, print_json_line, se
 use crate::error::CliError;
 use crate::generate::DropView;
 use crate::spoolview::{held_lanes, identity_text, locked, newer_version, scan_spool};
-use outlast_client::spool::RecordedIdentity;
-use outlast_client::spool::identity::{release_lane_identity, restore_lane_identity};
+use outlast_spool::RecordedIdentity;
+use outlast_spool::identity::{release_lane_identity, restore_lane_identity};
 
 /// Cap on the drain task's backoff during a replay: the operator is watching, so a backend
 /// that comes back is noticed within seconds (the library default is 128 s).
@@ -181,7 +181,7 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
 /// with the identity to give back.
 fn release_identities(
     args: &ReplayArgs,
-    inspection: &outlast_client::spool::inspect::Inspection,
+    inspection: &outlast_spool::inspect::Inspection,
     held: &[u32],
     console: &Console,
 ) -> Result<Vec<(u32, RecordedIdentity)>, CliError> {
@@ -240,7 +240,7 @@ fn restore_identities(args: &ReplayArgs, released: &[(u32, RecordedIdentity)]) {
 /// The lanes held by a live process, each named on the console: replay leaves them to
 /// their owner. Refuses ([`CliError::Locked`]) only when every lane is held.
 fn skip_held_lanes(
-    inspection: &outlast_client::spool::inspect::Inspection,
+    inspection: &outlast_spool::inspect::Inspection,
     console: &Console,
 ) -> Result<Vec<u32>, CliError> {
     let held = held_lanes(inspection);

@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use outlast_client::spool::RecordedIdentity;
-use outlast_client::spool::format::FORMAT_VERSION;
-use outlast_client::spool::inspect::{self, Inspection, LaneInspection, LockState};
+use outlast_spool::inspect::{self, Inspection, LaneInspection, LockState};
+use outlast_spool::{FORMAT_VERSION, RecordedIdentity};
 use serde::Serialize;
 
 use crate::args::{InspectArgs, VerifyArgs};

@@ -229,8 +229,8 @@ fn verify_and_inspect_never_hang_on_fifos_named_like_spool_files() {
 fn verify_exits_1_when_a_middle_segment_was_deleted() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = SpoolConfig::new(dir.path())
-        .segment_bytes(64 * 1024)
-        .max_record_bytes(16 * 1024);
+        .with_segment_bytes(64 * 1024)
+        .with_max_record_bytes(16 * 1024);
     let (spool, _) = Spool::open(config).expect("spool opens");
     for i in 0..2000 {
         spool
@@ -304,7 +304,7 @@ async fn replay_drains_the_free_lanes_and_names_the_lane_it_skips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_delivers_a_lane_of_another_identity_only_when_asked() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = SpoolConfig::new(dir.path()).identity(Some("service-a".into()));
+    let config = SpoolConfig::new(dir.path()).with_identity(Some("service-a".into()));
     let (spool, _) = Spool::open(config).expect("spool opens");
     for i in 0..4 {
         spool

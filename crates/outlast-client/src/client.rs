@@ -245,7 +245,7 @@ impl ClientBuilder {
             .clone()
             .or_else(|| exporter.identity_dyn().filter(|i| !i.trim().is_empty()))
             .or_else(|| type_name.map(str::to_owned));
-        settings.spool = settings.spool.identity(identity);
+        settings.spool = settings.spool.with_identity(identity);
         let runtime = match self.runtime {
             Some(h) => h,
             None => tokio::runtime::Handle::try_current().map_err(|_| {
@@ -908,12 +908,7 @@ mod tests {
         let _guard = rt.enter();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let c = build(builder.spool_dir(dir.path()));
-        c.inner
-            .shared
-            .settings
-            .spool
-            .identity_value()
-            .map(str::to_owned)
+        c.inner.shared.settings.spool.identity().map(str::to_owned)
     }
 
     #[test]

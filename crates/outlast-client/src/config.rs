@@ -371,12 +371,12 @@ impl ClientBuilder {
             other => other,
         };
         let spool = SpoolConfig::new(self.spool_dir.clone().unwrap_or_else(default_spool_dir))
-            .max_total_bytes(spool_max_bytes)
-            .segment_bytes(segment_bytes)
-            .max_record_bytes(max_record_bytes)
-            .full_policy(self.full_policy.unwrap_or_default())
-            .max_record_age(self.max_record_age.unwrap_or(None).map(saturate))
-            .durability(durability);
+            .with_max_total_bytes(spool_max_bytes)
+            .with_segment_bytes(segment_bytes)
+            .with_max_record_bytes(max_record_bytes)
+            .with_full_policy(self.full_policy.unwrap_or_default())
+            .with_max_record_age(self.max_record_age.unwrap_or(None).map(saturate))
+            .with_durability(durability);
         match spool.validate() {
             Ok(()) => {}
             // The spool's directory is never a reason to refuse building: a client without a
@@ -556,7 +556,7 @@ mod tests {
         assert_eq!(s.retry.initial_backoff, Duration::from_secs(1));
         assert_eq!(s.retry.max_backoff, Duration::from_secs(128));
         assert_eq!(s.warn_interval, Duration::from_secs(60));
-        assert_eq!(s.spool.max_total_bytes_value(), 512 * 1024 * 1024);
+        assert_eq!(s.spool.max_total_bytes(), 512 * 1024 * 1024);
         assert_eq!(s.batch_delay, Duration::ZERO);
         assert_eq!(s.coalesce_max_records, 25);
         assert_eq!(s.coalesce_max_bytes, 1024 * 1024);

@@ -212,7 +212,6 @@
 //! - [`http`]: the HTTP exporter ([`http::HttpExporter`], its builder, errors and variables);
 //! - [`env`](mod@env): the names of the `OUTLAST_*` variables and [`env::unknown_variables`];
 //! - [`units`]: the grammar of durations and sizes written as text;
-//! - [`spool`]: the disk spool itself, for operators' tools;
 //! - `testing` (feature `testing`): test doubles, below.
 //!
 //! # Features
@@ -245,8 +244,6 @@ pub use outlast_core::{
     BoxError, Coalescing, ConfigError, ContentType, DynExporter, ErrorChain, ExportError, Exporter,
     Payload, PayloadMeta, Reachability, units,
 };
-/// The disk spool, for operators' tools (the `outlast` command reads spools through it).
-pub use outlast_spool as spool;
 pub use outlast_spool::{
     DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
     DEFAULT_SEGMENT_BYTES, Durability, FullPolicy, SpoolError,

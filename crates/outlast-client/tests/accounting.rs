@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{payload, spool_dir, texts};
 use outlast_client::ClientStats;
-use outlast_client::spool::fault::{FaultFs, WriteFault};
 use outlast_client::testing::{MemoryExporter, Outcome};
+use outlast_spool::fault::{FaultFs, WriteFault};
 
 /// Payloads accounted for: delivered, dropped, or waiting in the spool.
 fn accounted(s: &ClientStats) -> u64 {

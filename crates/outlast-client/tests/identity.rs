@@ -236,9 +236,9 @@ async fn records_of_another_identity_are_reported_in_stats_and_left_out_of_a_com
     let dir = spool_dir();
     // Another service left three records in the directory.
     {
-        let config = outlast_client::spool::SpoolConfig::new(dir.path())
-            .identity(Some("other service".into()));
-        let (spool, _) = outlast_client::spool::Spool::open(config).expect("open");
+        let config =
+            outlast_spool::SpoolConfig::new(dir.path()).with_identity(Some("other service".into()));
+        let (spool, _) = outlast_spool::Spool::open(config).expect("open");
         for i in 0..3 {
             spool
                 .append(payload(&format!("other {i}")))
@@ -281,7 +281,7 @@ async fn records_of_another_identity_are_reported_in_stats_and_left_out_of_a_com
     assert_eq!((s.foreign_lanes, s.foreign_records), (1, 3));
     let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
     let config =
-        outlast_client::spool::SpoolConfig::new(dir.path()).identity(Some("other service".into()));
-    let (_spool, report) = outlast_client::spool::Spool::open(config).expect("reopen");
+        outlast_spool::SpoolConfig::new(dir.path()).with_identity(Some("other service".into()));
+    let (_spool, report) = outlast_spool::Spool::open(config).expect("reopen");
     assert_eq!(report.records, 3, "left for a client of their identity");
 }

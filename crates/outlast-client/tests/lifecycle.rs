@@ -6,12 +6,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use common::{client, payload, settle, spool_dir, texts};
-use outlast_client::spool::Spool;
 use outlast_client::testing::{MemoryExporter, Outcome};
 use outlast_client::{
     ClientBuilder, ConfigError, Delivery, DropError, DropReason, ExportError, Exporter, Payload,
     ShutdownError,
 };
+use outlast_spool::Spool;
 use tokio::time::Instant;
 
 #[tokio::test(start_paused = true)]
@@ -392,35 +392,35 @@ impl Gate {
     }
 }
 
-impl outlast_client::spool::fs::SpoolFs for Gate {
+impl outlast_spool::fs::SpoolFs for Gate {
     fn create_new(
         &self,
         path: &std::path::Path,
-    ) -> std::io::Result<Arc<dyn outlast_client::spool::fs::SpoolFile>> {
-        outlast_client::spool::fs::StdFs.create_new(path)
+    ) -> std::io::Result<Arc<dyn outlast_spool::fs::SpoolFile>> {
+        outlast_spool::fs::StdFs.create_new(path)
     }
     fn create_truncate(
         &self,
         path: &std::path::Path,
-    ) -> std::io::Result<Arc<dyn outlast_client::spool::fs::SpoolFile>> {
-        outlast_client::spool::fs::StdFs.create_truncate(path)
+    ) -> std::io::Result<Arc<dyn outlast_spool::fs::SpoolFile>> {
+        outlast_spool::fs::StdFs.create_truncate(path)
     }
     fn open(
         &self,
         path: &std::path::Path,
         write: bool,
-    ) -> std::io::Result<Arc<dyn outlast_client::spool::fs::SpoolFile>> {
+    ) -> std::io::Result<Arc<dyn outlast_spool::fs::SpoolFile>> {
         self.pass(path);
-        outlast_client::spool::fs::StdFs.open(path, write)
+        outlast_spool::fs::StdFs.open(path, write)
     }
     fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-        outlast_client::spool::fs::StdFs.rename(from, to)
+        outlast_spool::fs::StdFs.rename(from, to)
     }
     fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
-        outlast_client::spool::fs::StdFs.remove_file(path)
+        outlast_spool::fs::StdFs.remove_file(path)
     }
     fn sync_dir(&self, path: &std::path::Path) -> std::io::Result<()> {
-        outlast_client::spool::fs::StdFs.sync_dir(path)
+        outlast_spool::fs::StdFs.sync_dir(path)
     }
 }
 
@@ -464,8 +464,7 @@ async fn a_dropped_client_ends_its_drain_task_only_once_an_adoption_a_flush_left
         .expect("valid");
     // Another process of the same service leaves a lane with records and exits.
     {
-        let config =
-            outlast_client::spool::SpoolConfig::new(dir.path()).identity(Some("svc".into()));
+        let config = outlast_spool::SpoolConfig::new(dir.path()).with_identity(Some("svc".into()));
         let (spool, report) = Spool::open(config).expect("open");
         assert_eq!(report.lane, 1, "lane 0 is the client's");
         for i in 0..10 {

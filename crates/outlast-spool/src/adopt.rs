@@ -56,7 +56,7 @@ pub(crate) fn take_lanes(
 ) -> Result<(TakenLane, Vec<Arc<Lane>>), SpoolError> {
     let (existing, stray) = recovery::list_lanes(root)?;
     report.skipped_entries.extend(stray);
-    let mine = config.identity_value();
+    let mine = config.identity();
     let mut own: Option<TakenLane> = None;
     let mut adopted = Vec::new();
     for &n in &existing {
@@ -160,7 +160,7 @@ impl Ledger {
         let root = self.config.root();
         let (existing, _) = recovery::list_lanes(root)?;
         let held: Vec<u32> = self.lanes().iter().map(|l| l.id).collect();
-        let mine = self.config.identity_value();
+        let mine = self.config.identity();
         let (mut adopted, mut foreign) = (0, 0);
         for n in existing.into_iter().filter(|n| !held.contains(n)) {
             let dir = recovery::lane_dir(root, n);

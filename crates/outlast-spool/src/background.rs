@@ -33,7 +33,7 @@ pub(crate) enum Wake {
 pub(crate) fn start_background(
     inner: &Arc<Ledger>,
 ) -> Option<(mpsc::Sender<Wake>, JoinHandle<()>)> {
-    let interval = match inner.config.durability_mode() {
+    let interval = match inner.config.durability() {
         Durability::OsWrite { fsync_interval } => fsync_interval,
         Durability::FsyncEveryAppend => CURSOR_FSYNC_INTERVAL,
     };

@@ -78,16 +78,25 @@ impl Default for Durability {
 
 /// Where records are stored, and how.
 ///
+/// Setters are named `with_<field>` and getters `<field>`, as on
+/// [`Payload`](crate::Payload) and in the OpenTelemetry SDK's builders. The workspace's
+/// other builders (`ClientBuilder`, `HttpExporterBuilder`) name their setters after the field
+/// alone, but they are consumed by `build()` and need no getters; a `SpoolConfig` is kept and
+/// read back by the spool and its users, and Rust has no overloading, so a setter and a getter
+/// cannot both take the field's name. The `with_` prefix goes on the setter so that reading a
+/// setting, the common case, uses the plain name.
+///
 /// # Examples
 ///
 /// ```
 /// use outlast_spool::{Durability, FullPolicy, SpoolConfig};
 ///
 /// let config = SpoolConfig::new("/var/lib/myapp/outlast")
-///     .max_total_bytes(64 * 1024 * 1024)
-///     .full_policy(FullPolicy::DropOldest)
-///     .durability(Durability::FsyncEveryAppend);
+///     .with_max_total_bytes(64 * 1024 * 1024)
+///     .with_full_policy(FullPolicy::DropOldest)
+///     .with_durability(Durability::FsyncEveryAppend);
 /// assert!(config.validate().is_ok());
+/// assert_eq!(config.max_total_bytes(), 64 * 1024 * 1024);
 /// ```
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -120,40 +129,40 @@ impl SpoolConfig {
     /// It is recorded in every lane this spool creates; lanes recorded with another identity
     /// are left alone and reported, never adopted. `None` (the default) records no identity.
     #[must_use]
-    pub fn identity(mut self, identity: Option<String>) -> Self {
+    pub fn with_identity(mut self, identity: Option<String>) -> Self {
         self.identity = identity;
         self
     }
 
-    /// The identity set with [`SpoolConfig::identity`].
-    pub fn identity_value(&self) -> Option<&str> {
+    /// The identity set with [`SpoolConfig::with_identity`].
+    pub fn identity(&self) -> Option<&str> {
         self.identity.as_deref()
     }
 
     /// Caps the bytes all segment files may take (default [`DEFAULT_MAX_TOTAL_BYTES`]).
     #[must_use]
-    pub fn max_total_bytes(mut self, bytes: u64) -> Self {
+    pub fn with_max_total_bytes(mut self, bytes: u64) -> Self {
         self.max_total_bytes = bytes;
         self
     }
 
     /// Size at which a segment is sealed (default [`DEFAULT_SEGMENT_BYTES`]).
     #[must_use]
-    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+    pub fn with_segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes;
         self
     }
 
     /// Largest record accepted, framing included (default [`DEFAULT_MAX_RECORD_BYTES`]).
     #[must_use]
-    pub fn max_record_bytes(mut self, bytes: u64) -> Self {
+    pub fn with_max_record_bytes(mut self, bytes: u64) -> Self {
         self.max_record_bytes = bytes;
         self
     }
 
     /// What to do when the cap is reached (default [`FullPolicy::DropNewest`]).
     #[must_use]
-    pub fn full_policy(mut self, p: FullPolicy) -> Self {
+    pub fn with_full_policy(mut self, p: FullPolicy) -> Self {
         self.full_policy = p;
         self
     }
@@ -161,14 +170,14 @@ impl SpoolConfig {
     /// Records created longer ago than this are dropped (counted) instead of delivered
     /// (default `None`: records never expire).
     #[must_use]
-    pub fn max_record_age(mut self, age: Option<Duration>) -> Self {
+    pub fn with_max_record_age(mut self, age: Option<Duration>) -> Self {
         self.max_record_age = age;
         self
     }
 
     /// Durability of appends (default [`Durability::OsWrite`] with a 1 s fsync interval).
     #[must_use]
-    pub fn durability(mut self, d: Durability) -> Self {
+    pub fn with_durability(mut self, d: Durability) -> Self {
         self.durability = d;
         self
     }
@@ -242,32 +251,32 @@ impl SpoolConfig {
     }
 
     /// The cap on the bytes of all segment files.
-    pub fn max_total_bytes_value(&self) -> u64 {
+    pub fn max_total_bytes(&self) -> u64 {
         self.max_total_bytes
     }
 
     /// The size at which a segment is sealed.
-    pub fn segment_bytes_value(&self) -> u64 {
+    pub fn segment_bytes(&self) -> u64 {
         self.segment_bytes
     }
 
     /// The largest record accepted, framing included.
-    pub fn max_record_bytes_value(&self) -> u64 {
+    pub fn max_record_bytes(&self) -> u64 {
         self.max_record_bytes
     }
 
     /// What an append does when the cap is reached.
-    pub fn full_policy_value(&self) -> FullPolicy {
+    pub fn full_policy(&self) -> FullPolicy {
         self.full_policy
     }
 
     /// The maximum record age, if any.
-    pub fn max_record_age_value(&self) -> Option<Duration> {
+    pub fn max_record_age(&self) -> Option<Duration> {
         self.max_record_age
     }
 
     /// The durability mode.
-    pub fn durability_mode(&self) -> Durability {
+    pub fn durability(&self) -> Durability {
         self.durability
     }
 }

@@ -117,7 +117,7 @@ impl Ledger {
                 );
             }
         }
-        if let Err(e) = record_identity(&*fs, &own_lane, config.identity_value()) {
+        if let Err(e) = record_identity(&*fs, &own_lane, config.identity()) {
             tracing::warn!(
                 lane = n,
                 error = %e,
@@ -341,7 +341,7 @@ impl Ledger {
         let mut s = SpoolStats {
             bytes: self.total_bytes.load(Ordering::Acquire),
             max_total_bytes: self.cap,
-            configured_max_total_bytes: self.config.max_total_bytes_value(),
+            configured_max_total_bytes: self.config.max_total_bytes(),
             ..SpoolStats::default()
         };
         let lanes = self.lanes();
@@ -375,12 +375,12 @@ impl Ledger {
 /// and logged when it is below the configured one.
 fn cap_in_force(config: &SpoolConfig, held: u64, report: &mut RecoveryReport) -> u64 {
     let free = free_bytes(config.root());
-    let cap = crate::config::effective_cap(config.max_total_bytes_value(), held, free);
+    let cap = crate::config::effective_cap(config.max_total_bytes(), held, free);
     report.max_total_bytes = cap;
     report.free_bytes_at_open = free;
-    if cap < config.max_total_bytes_value() {
+    if cap < config.max_total_bytes() {
         tracing::info!(
-            configured = config.max_total_bytes_value(),
+            configured = config.max_total_bytes(),
             effective = cap,
             free_bytes = free,
             "spool cap lowered to fit the file system's free space"

@@ -171,7 +171,7 @@
 //!
 //! # Identity file
 //!
-//! `identity` says who the lane's records are for (`SpoolConfig::identity`, e.g. an
+//! `identity` says who the lane's records are for (`SpoolConfig::with_identity`, e.g. an
 //! exporter's endpoint). The spool that creates a lane writes it, fdatasyncs it and its
 //! directory entry before the lane takes its first record (a lane taken that has none, from
 //! an earlier version, gets one the same way).
@@ -363,6 +363,9 @@ pub use config::{
     DEFAULT_SEGMENT_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
+/// The newest on-disk format version this build reads and writes. Tools print it next to a
+/// segment that [`inspect`] reports as `newer_version`; what a version means stays in here.
+pub use format::FORMAT_VERSION;
 pub use outlast_core::Payload;
 pub use spool::Spool;
 pub use types::{

@@ -99,7 +99,7 @@ impl Ledger {
     ) -> Result<bool, SpoolError> {
         let expiry = self
             .config
-            .max_record_age_value()
+            .max_record_age()
             .map(|age| now_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)));
         if let Some(limit) = expiry {
             self.expire_segments(l, c, limit, &mut batch.expired)

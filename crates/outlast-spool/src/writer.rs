@@ -86,7 +86,7 @@ impl Writer {
             .last()
             .is_some_and(|m| m.records > 0 && m.unacked(acked) == 0);
         if let Some((id, len)) = rec.resumable
-            && len < config.segment_bytes_value()
+            && len < config.segment_bytes()
             && !drained
         {
             let path = own.dir.join(format::segment_file_name(id));
@@ -143,7 +143,7 @@ impl SyncState {
 
 impl Ledger {
     pub(crate) fn append(&self, payload: Payload) -> Result<Appended, AppendError> {
-        let max = self.config.max_record_bytes_value();
+        let max = self.config.max_record_bytes();
         let estimate = format::frame_len_estimate(&payload);
         if estimate > max {
             return Err(AppendError::new(
@@ -187,7 +187,7 @@ impl Ledger {
         };
         let lsn = self.written_lsn.load(Ordering::Acquire);
         drop(w);
-        if self.config.durability_mode() == Durability::FsyncEveryAppend
+        if self.config.durability() == Durability::FsyncEveryAppend
             && let Err(e) = self.sync_through(lsn)
         {
             return Err(AppendError::new(AppendErrorKind::Io(e), payload));
@@ -224,7 +224,7 @@ impl Ledger {
     /// record is taken only then. Called with the writer lock held (lock order: writer,
     /// consumer).
     pub(crate) fn own_cursor_ready(&self) -> io::Result<()> {
-        record_identity(&*self.fs, &self.own, self.config.identity_value())?;
+        record_identity(&*self.fs, &self.own, self.config.identity())?;
         let mut c = lock(&self.own.consumer);
         if c.cursor.is_ready() {
             return Ok(());
@@ -241,7 +241,7 @@ impl Ledger {
         payload: &Payload,
     ) -> Result<Dropped, AppendErrorKind> {
         let frame_len = frame.len() as u64;
-        let max = self.config.max_record_bytes_value();
+        let max = self.config.max_record_bytes();
         if frame_len > max {
             return Err(AppendErrorKind::TooLarge {
                 size: frame_len,
@@ -249,7 +249,7 @@ impl Ledger {
             });
         }
         let evicted = self.make_room(w, frame_len)?;
-        if w.needs_new_segment(frame_len, self.config.segment_bytes_value()) {
+        if w.needs_new_segment(frame_len, self.config.segment_bytes()) {
             self.rotate(w, seq).map_err(AppendErrorKind::Io)?;
         }
         let Some(seg) = w.seg.as_mut() else {
@@ -287,7 +287,7 @@ impl Ledger {
     /// (drop-oldest) and returns what they held; writer lock held.
     fn make_room(&self, w: &mut Writer, frame_len: u64) -> Result<Dropped, AppendErrorKind> {
         let cap = self.cap;
-        let seg_bytes = self.config.segment_bytes_value();
+        let seg_bytes = self.config.segment_bytes();
         let full = || AppendErrorKind::Full {
             max_total_bytes: cap,
         };
@@ -302,7 +302,7 @@ impl Ledger {
             if total + frame_len + extra <= cap {
                 break;
             }
-            match self.config.full_policy_value() {
+            match self.config.full_policy() {
                 FullPolicy::DropNewest => return Err(full()),
                 FullPolicy::DropOldest => {
                     if !self

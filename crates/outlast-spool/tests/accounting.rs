@@ -56,9 +56,9 @@ fn records_in(path: &Path) -> u64 {
 fn a_key_larger_than_the_format_allows_is_refused_at_append_and_nothing_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = small_config(dir.path())
-        .max_record_bytes(1024 * 1024)
-        .segment_bytes(4 * 1024 * 1024)
-        .max_total_bytes(64 * 1024 * 1024);
+        .with_max_record_bytes(1024 * 1024)
+        .with_segment_bytes(4 * 1024 * 1024)
+        .with_max_total_bytes(64 * 1024 * 1024);
     let (spool, _) = Spool::open(config.clone()).expect("open");
     spool.append(payload(1)).expect("append before");
     let huge = Payload::new(&b"x"[..]).with_key("k".repeat(70 * 1024));
@@ -187,8 +187,8 @@ fn acknowledged_and_evicted_heads_are_not_counted_as_missing() {
 /// Drop-oldest configuration small enough to evict while a replay is under way.
 fn evicting(root: &Path) -> SpoolConfig {
     small_config(root)
-        .max_total_bytes(48 * 1024)
-        .full_policy(FullPolicy::DropOldest)
+        .with_max_total_bytes(48 * 1024)
+        .with_full_policy(FullPolicy::DropOldest)
 }
 
 /// Appends until at least one eviction took records handed out by `in_flight`.

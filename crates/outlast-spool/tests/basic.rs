@@ -90,7 +90,7 @@ fn too_large_record_is_refused_and_handed_back() {
 #[test]
 fn full_spool_refuses_newest_by_default_and_evicts_oldest_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = small_config(dir.path()).max_total_bytes(48 * 1024);
+    let cfg = small_config(dir.path()).with_max_total_bytes(48 * 1024);
     let (spool, _) = Spool::open(cfg.clone()).expect("open");
     let mut stored = 0u64;
     let err = loop {
@@ -104,7 +104,7 @@ fn full_spool_refuses_newest_by_default_and_evicts_oldest_when_asked() {
     assert!(spool.stats().bytes <= 48 * 1024);
     spool.close().expect("close");
 
-    let (spool, _) = Spool::open(cfg.full_policy(FullPolicy::DropOldest)).expect("reopen");
+    let (spool, _) = Spool::open(cfg.with_full_policy(FullPolicy::DropOldest)).expect("reopen");
     let mut evicted = 0;
     for _ in 0..100 {
         evicted += spool
@@ -180,7 +180,7 @@ fn spool_is_send_sync_and_errors_are_send_sync_static() {
 #[test]
 fn concurrent_appenders_with_group_commit_and_a_concurrent_reader_lose_and_repeat_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = small_config(dir.path()).durability(outlast_spool::Durability::FsyncEveryAppend);
+    let cfg = small_config(dir.path()).with_durability(outlast_spool::Durability::FsyncEveryAppend);
     let (spool, _) = Spool::open(cfg).expect("open");
     let spool = std::sync::Arc::new(spool);
     let writers: Vec<_> = (0..4u64)
@@ -224,7 +224,8 @@ fn concurrent_appenders_with_group_commit_and_a_concurrent_reader_lose_and_repea
 #[test]
 fn records_older_than_max_record_age_are_skipped_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = small_config(dir.path()).max_record_age(Some(std::time::Duration::from_secs(60)));
+    let cfg =
+        small_config(dir.path()).with_max_record_age(Some(std::time::Duration::from_secs(60)));
     let (spool, _) = Spool::open(cfg).expect("open");
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     spool
@@ -246,8 +247,8 @@ fn pending_bytes_follow_appends_and_acks_while_file_bytes_wait_for_segment_delet
     let dir = tempfile::tempdir().expect("tempdir");
     // One large segment, so that nothing is deleted while acking part of it.
     let config = outlast_spool::SpoolConfig::new(dir.path())
-        .segment_bytes(4 * 1024 * 1024)
-        .max_record_bytes(64 * 1024);
+        .with_segment_bytes(4 * 1024 * 1024)
+        .with_max_record_bytes(64 * 1024);
     let (spool, _) = Spool::open(config).expect("open");
     assert_eq!(spool.stats().pending_bytes, 0);
     let mut last = None;

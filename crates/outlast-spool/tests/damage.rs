@@ -350,7 +350,7 @@ fn disk_full_during_append_hands_the_payload_back_and_harms_nothing() {
 fn failed_fsync_in_fsync_every_append_mode_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = FaultFs::new();
-    let cfg = small_config(dir.path()).durability(outlast_spool::Durability::FsyncEveryAppend);
+    let cfg = small_config(dir.path()).with_durability(outlast_spool::Durability::FsyncEveryAppend);
     let (spool, _) = Spool::open_with_fs(cfg, Arc::new(fs.clone())).expect("open");
     spool.append(payload(0)).expect("append");
     fs.fail_syncs(1);
@@ -392,7 +392,7 @@ fn a_failing_fsync_of_sealed_segments_fails_no_append_and_is_retried_until_durab
 fn every_returned_append_of_concurrent_fsync_every_append_callers_survives_a_power_loss() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = FaultFs::new();
-    let config = || small_config(dir.path()).durability(Durability::FsyncEveryAppend);
+    let config = || small_config(dir.path()).with_durability(Durability::FsyncEveryAppend);
     let (spool, _) = Spool::open_with_fs(config(), Arc::new(fs.clone())).expect("open");
     const THREADS: u64 = 8;
     const EACH: u64 = 150;

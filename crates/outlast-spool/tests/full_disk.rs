@@ -201,7 +201,7 @@ fn a_disk_filled_during_the_first_outage_drains_and_frees_itself_while_still_ful
 #[test]
 fn an_fsync_interval_of_centuries_does_not_stop_the_background_thread() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = small_config(dir.path()).durability(Durability::OsWrite {
+    let config = small_config(dir.path()).with_durability(Durability::OsWrite {
         fsync_interval: Duration::from_nanos(10_000_000_000_000_000_000),
     });
     let (spool, _) = Spool::open(config).expect("open");
@@ -212,7 +212,7 @@ fn an_fsync_interval_of_centuries_does_not_stop_the_background_thread() {
     spool.sync().expect("sync");
     assert_eq!(deliver_all(&spool).len(), 400);
     spool.close().expect("close");
-    let config = small_config(dir.path()).durability(Durability::OsWrite {
+    let config = small_config(dir.path()).with_durability(Durability::OsWrite {
         fsync_interval: Duration::MAX,
     });
     let (spool, _) = Spool::open(config).expect("open with Duration::MAX");
@@ -276,10 +276,10 @@ fn a_real_full_file_system_is_freed_by_acknowledging_and_appends_work_again() {
     };
     let root = fsys.path().join("spool");
     let config = SpoolConfig::new(&root)
-        .max_record_bytes(16 * 1024)
-        .segment_bytes(64 * 1024)
-        .max_total_bytes(64 * 1024 * 1024)
-        .durability(Durability::OsWrite {
+        .with_max_record_bytes(16 * 1024)
+        .with_segment_bytes(64 * 1024)
+        .with_max_total_bytes(64 * 1024 * 1024)
+        .with_durability(Durability::OsWrite {
             fsync_interval: Duration::from_secs(3600),
         });
     let (spool, report) = Spool::open(config.clone()).expect("open");

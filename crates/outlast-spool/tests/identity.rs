@@ -10,7 +10,7 @@ use common::{body_index, payload, small_config};
 use outlast_spool::{RecordedIdentity, Spool, SpoolConfig, inspect};
 
 fn config(root: &Path, identity: Option<&str>) -> SpoolConfig {
-    small_config(root).identity(identity.map(str::to_owned))
+    small_config(root).with_identity(identity.map(str::to_owned))
 }
 
 fn deliver_all(spool: &Spool) -> Vec<u64> {

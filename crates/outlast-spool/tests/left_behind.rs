@@ -81,10 +81,10 @@ fn drain(spool: &Spool) -> (Vec<u64>, u64) {
 fn a_delivered_40_mib_backlog_leaves_at_most_64_kib_in_the_spool_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = SpoolConfig::new(dir.path())
-        .segment_bytes(1024 * 1024)
-        .max_record_bytes(64 * 1024)
-        .max_total_bytes(64 * 1024 * 1024)
-        .durability(Durability::OsWrite {
+        .with_segment_bytes(1024 * 1024)
+        .with_max_record_bytes(64 * 1024)
+        .with_max_total_bytes(64 * 1024 * 1024)
+        .with_durability(Durability::OsWrite {
             fsync_interval: Duration::from_secs(3600),
         });
     let (spool, _) = Spool::open(config).expect("open");
@@ -121,8 +121,8 @@ fn a_drained_spool_survives_a_power_loss_with_nothing_lost_or_counted_missing() 
         let dir = tempfile::tempdir().expect("tempdir");
         let fs = FaultFs::new();
         let config = small_config(dir.path())
-            .max_record_bytes(64 * 1024)
-            .segment_bytes(256 * 1024);
+            .with_max_record_bytes(64 * 1024)
+            .with_segment_bytes(256 * 1024);
         let open = || Spool::open_with_fs(config.clone(), Arc::new(fs.clone()));
         let (spool, _) = open().expect("open");
         // Two full segments and an active one of 10 records (160 KiB).

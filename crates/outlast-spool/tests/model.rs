@@ -298,10 +298,10 @@ proptest! {
             Durability::OsWrite { fsync_interval: Duration::from_secs(3600) }
         };
         let config = SpoolConfig::new(dir.path())
-            .max_record_bytes(1024)
-            .segment_bytes(2048)
-            .max_total_bytes(16 * 1024 * 1024)
-            .durability(durability);
+            .with_max_record_bytes(1024)
+            .with_segment_bytes(2048)
+            .with_max_total_bytes(16 * 1024 * 1024)
+            .with_durability(durability);
         let mut h = Harness {
             config,
             fs: FaultFs::new(),

@@ -27,8 +27,8 @@ const ACK_CHILD_ACKED: u64 = 2001;
 fn config(root: &Path) -> SpoolConfig {
     // Default durability (write(2) per append): must survive kill -9 with zero loss.
     SpoolConfig::new(root)
-        .segment_bytes(256 * 1024)
-        .max_record_bytes(64 * 1024)
+        .with_segment_bytes(256 * 1024)
+        .with_max_record_bytes(64 * 1024)
 }
 
 fn spawn_child(test: &str, mode: &str, root: &Path, tag: &str) -> Child {

@@ -46,11 +46,11 @@ fn fixture_payload(i: u64) -> Payload {
 
 fn config(root: &Path) -> SpoolConfig {
     SpoolConfig::new(root)
-        .identity(Some(IDENTITY.to_owned()))
-        .max_record_bytes(4096)
-        .segment_bytes(16 * 1024)
-        .max_record_age(None)
-        .durability(Durability::OsWrite {
+        .with_identity(Some(IDENTITY.to_owned()))
+        .with_max_record_bytes(4096)
+        .with_segment_bytes(16 * 1024)
+        .with_max_record_age(None)
+        .with_durability(Durability::OsWrite {
             fsync_interval: Duration::from_secs(3600),
         })
 }

@@ -25,9 +25,8 @@ pub fn client(dir: &Path, exporter: &MemoryExporter) -> Client {
 /// A spool configuration on `dir` with the identity a client gives the lanes it writes
 /// through an exporter of type `E` (its type name, when neither the builder nor the exporter
 /// names one), to open what such a client left.
-pub fn spool_config_of<E>(dir: &Path) -> outlast_client::spool::SpoolConfig {
-    outlast_client::spool::SpoolConfig::new(dir)
-        .identity(Some(std::any::type_name::<E>().to_owned()))
+pub fn spool_config_of<E>(dir: &Path) -> outlast_spool::SpoolConfig {
+    outlast_spool::SpoolConfig::new(dir).with_identity(Some(std::any::type_name::<E>().to_owned()))
 }
 
 /// A payload whose bytes are `text`.

@@ -9,10 +9,10 @@ use outlast_spool::{Durability, Payload, SpoolConfig};
 /// A small configuration: 4 KiB records, 16 KiB segments, no background fsync surprises.
 pub fn small_config(root: &Path) -> SpoolConfig {
     SpoolConfig::new(root)
-        .max_record_bytes(4096)
-        .segment_bytes(16 * 1024)
-        .max_total_bytes(1024 * 1024)
-        .durability(Durability::OsWrite {
+        .with_max_record_bytes(4096)
+        .with_segment_bytes(16 * 1024)
+        .with_max_total_bytes(1024 * 1024)
+        .with_durability(Durability::OsWrite {
             fsync_interval: Duration::from_secs(3600),
         })
 }
