@@ -56,6 +56,10 @@ pub(crate) struct DemoArgs {
     /// Spool directory (default: a fresh temporary directory, removed at the end).
     #[arg(long, value_name = "DIR")]
     pub(crate) spool_dir: Option<PathBuf>,
+    /// Emit OpenTelemetry spans through the SDK and outlast-otel (one span per `--count`,
+    /// `--size` unused), across an outage and a restart of the pipeline.
+    #[arg(long)]
+    pub(crate) otel: bool,
 }
 
 /// Options of `outlast gen`.

@@ -77,6 +77,9 @@ struct Outcomes {
 /// [`CliError::Io`] for the temporary directory or stdout; [`CliError::Lost`] if any payload
 /// the client accepted never reached the receiver.
 pub(crate) async fn run(args: &DemoArgs, console: &Console) -> Result<(), CliError> {
+    if args.otel {
+        return crate::demo_otel::run(args, console).await;
+    }
     let size = usize::try_from(args.size).map_err(|_| CliError::InvalidArgument {
         arg: "--size",
         reason: "too large for this machine".into(),

@@ -6,6 +6,7 @@
 mod args;
 mod console;
 mod demo;
+mod demo_otel;
 mod error;
 mod generate;
 mod replay;

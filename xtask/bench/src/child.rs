@@ -53,6 +53,16 @@ pub(crate) enum ChildCmd {
         #[arg(long)]
         concurrency: usize,
     },
+    /// Export spans through the OpenTelemetry SDK and outlast-otel to `url` (down) until its
+    /// spool holds `bytes`, then say `result <peak rss bytes> <spool bytes> <spans>`.
+    OtelBacklog {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        bytes: u64,
+    },
 }
 
 /// Which side a memory child measures.
@@ -92,6 +102,10 @@ pub(crate) fn run(cmd: ChildCmd) -> i32 {
             count,
             concurrency,
         } => memory(mode, &url, &dir, len, count, concurrency),
+        #[cfg(feature = "outlast")]
+        ChildCmd::OtelBacklog { url, dir, bytes } => crate::otel::child_backlog(&url, &dir, bytes),
+        #[cfg(not(feature = "outlast"))]
+        ChildCmd::OtelBacklog { .. } => Err(anyhow::anyhow!("built without outlast")),
     };
     match r {
         Ok(()) => 0,

@@ -23,6 +23,14 @@ use crate::rows::Ctx;
 const BATCH: usize = 512;
 /// Spans emitted per second during the outage row.
 const OUTAGE_RATE: u64 = 2000;
+/// Spool bytes of spans the backlog row's child holds (row 11c).
+const BACKLOG_BYTES: u64 = 256 * crate::measure::MIB;
+/// Bytes of the text attribute each span of the backlog row carries, so that the backlog
+/// is built in seconds; pseudo-random letters, which compress about as well as ids do.
+const BACKLOG_ATTR_LEN: usize = 1024;
+/// Spans the backlog child emits between two flushes of the SDK's queue (within its
+/// default queue of 2048, so that the SDK drops none).
+const BACKLOG_BURST: usize = 2048;
 
 /// Which exporter a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +271,111 @@ fn outage(ctx: &Ctx<'_>, side: Side, outage: Duration) -> anyhow::Result<OutageR
     })
 }
 
+/// Row 11c, in a child process: spans through the SDK's batch span processor (its default
+/// queue, batches of [`BATCH`]) into outlast-otel while the collector at `url` is down,
+/// until the traces spool holds `bytes`; then says `result <peak rss> <spool bytes> <spans>`
+/// (peak RSS is this process's `VmHWM`, so the harness's own allocations do not count).
+///
+/// # Errors
+///
+/// The pipeline cannot be built, the SDK's flush fails, or `VmHWM` cannot be read.
+pub(crate) fn child_backlog(url: &str, dir: &std::path::Path, bytes: u64) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    let pipeline = {
+        let _rt = rt.enter();
+        outlast_otel::Pipeline::builder()
+            .endpoint(url)
+            .spool_root(dir)
+            .build()
+            .context("building the outlast-otel pipeline")?
+    };
+    let exporter = pipeline
+        .span_exporter()
+        .context("outlast-otel built without traces")?;
+    let config = BatchConfigBuilder::default()
+        .with_max_export_batch_size(BATCH)
+        .with_scheduled_delay(Duration::from_millis(100))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(config)
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("bench");
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut spans = 0u64;
+    let held = |p: &outlast_otel::Pipeline| p.stats().traces.map_or(0, |t| t.pending_bytes);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while held(&pipeline) < bytes {
+        let dropped = pipeline.stats().traces.map_or(0, |t| t.batches_dropped);
+        anyhow::ensure!(dropped == 0, "outlast-otel dropped {dropped} batch(es)");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the spool did not reach {bytes} bytes within 600 s"
+        );
+        for _ in 0..BACKLOG_BURST {
+            let text: String = (0..BACKLOG_ATTR_LEN)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    char::from(b'a' + (state % 26) as u8)
+                })
+                .collect();
+            let mut span = tracer.start("op");
+            span.set_attribute(opentelemetry::KeyValue::new("payload", text));
+            span.end();
+        }
+        spans += BACKLOG_BURST as u64;
+        provider
+            .force_flush()
+            .map_err(|e| anyhow::anyhow!("SDK flush: {e}"))?;
+    }
+    let peak = crate::machine::peak_rss_bytes().context("reading VmHWM")?;
+    crate::child::say(&format!("result {peak} {} {spans}", held(&pipeline)));
+    let _ = provider.shutdown_with_timeout(Duration::from_secs(1));
+    rt.block_on(pipeline.shutdown(Duration::from_secs(1)));
+    Ok(())
+}
+
+/// Row 11c: the peak RSS of a child process holding a [`BACKLOG_BYTES`] backlog of spans
+/// in outlast-otel's spool; one sample (MiB).
+fn backlog_rss(ctx: &Ctx<'_>) -> anyhow::Result<Vec<f64>> {
+    let receiver = start_receiver(ctx, Mode::Down)?;
+    let root = ctx.fresh_dir("otel-backlog")?;
+    let mut c = crate::child::ChildProc::spawn(&[
+        "otel-backlog".into(),
+        "--url".into(),
+        receiver.url(),
+        "--dir".into(),
+        root.display().to_string(),
+        "--bytes".into(),
+        BACKLOG_BYTES.to_string(),
+    ])?;
+    let line = c.expect("result")?;
+    c.wait()?;
+    let mut words = line.split_whitespace().map(str::parse::<u64>);
+    let peak = words.next().context("no peak RSS")?.context("peak RSS")?;
+    let held = words
+        .next()
+        .context("no spool bytes")?
+        .context("spool bytes")?;
+    let spans = words.next().context("no spans")?.context("spans")?;
+    eprintln!(
+        "  backlog: {spans} spans, {} in the spool, peak RSS {}",
+        crate::measure::size(held),
+        crate::measure::size(peak)
+    );
+    std::fs::remove_dir_all(&root).context("cleaning the spool")?;
+    Ok(vec![peak as f64 / crate::measure::MIB as f64])
+}
+
 /// Row group 11.
 pub(crate) fn group_otel(ctx: &Ctx<'_>) -> Vec<Row> {
     let quick = ctx.plan.http_requests < 20_000;
@@ -302,6 +415,9 @@ pub(crate) fn group_otel(ctx: &Ctx<'_>) -> Vec<Row> {
             Ok(vec![r.per_span_us])
         });
     }
+    let rss = [("peak RSS", Unit::Mib)];
+    let mut ours_rss = Collector::new(SideSpec::new("outlast-otel, collector down", &rss));
+    ours_rss.run(|| backlog_rss(ctx));
     vec![
         Row::new(
             "11a",
@@ -321,6 +437,22 @@ pub(crate) fn group_otel(ctx: &Ctx<'_>) -> Vec<Row> {
             ),
             ours_out.finish(),
             theirs_out.finish(),
+            Target::None,
+        ),
+        Row::new(
+            "11c",
+            "OpenTelemetry backlog: peak RSS of a process holding 256 MiB of spooled spans",
+            format!(
+                "spans with a {BACKLOG_ATTR_LEN}-byte attribute through the SDK's batch span \
+                 processor into outlast-otel, collector down, until the traces spool holds {}; \
+                 VmHWM of that child process (one repetition)",
+                crate::measure::size(BACKLOG_BYTES)
+            ),
+            ours_rss.finish(),
+            crate::measure::Cell::not_measured(
+                "opentelemetry-otlp",
+                "keeps no backlog: batches are dropped after its retries",
+            ),
             Target::None,
         ),
     ]
