@@ -24,7 +24,7 @@ pub(crate) const LEVEL: u32 = 1;
 
 /// Most bytes a stored record may decompress to: the format's limit on a record. A record
 /// that would decompress to more is treated as corrupt.
-const MAX_DECOMPRESSED_BYTES: u64 = outlast_spool::format::FORMAT_MAX_RECORD_BYTES;
+const MAX_DECOMPRESSED_BYTES: u64 = outlast_spool::FORMAT_MAX_RECORD_BYTES;
 
 /// What to append to the spool for `payload`: a gzip-encoded copy if it is large enough,
 /// not encoded already, and shrinks by the margin; `None` to store it as it is.
