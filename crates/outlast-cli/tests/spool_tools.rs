@@ -401,7 +401,7 @@ fn inspect_and_verify_show_each_segments_format_version_encodings_and_both_sizes
     assert_eq!(run.code, Some(0), "{run:?}");
     let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
     let seg = &v["lane_details"][0]["segments"][0];
-    assert_eq!(seg["version"], outlast_spool::format::FORMAT_VERSION, "{v}");
+    assert_eq!(seg["version"], outlast_spool::FORMAT_VERSION, "{v}");
     assert_eq!(seg["gzip_records"], 3, "{v}");
     assert_eq!(seg["identity_records"], 1, "{v}");
     assert_eq!(seg["gzip_uncompressed_bytes"], 30_000, "{v}");
@@ -413,7 +413,7 @@ fn inspect_and_verify_show_each_segments_format_version_encodings_and_both_sizes
     assert!(
         run.stdout.contains(&format!(
             "format v{}, 4 record(s): 1 identity",
-            outlast_spool::format::FORMAT_VERSION
+            outlast_spool::FORMAT_VERSION
         )),
         "{run:?}"
     );
