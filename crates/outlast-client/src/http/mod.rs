@@ -89,19 +89,19 @@
 //! sensitive, printed as `<redacted>` by Debug, and never logged. URLs with credentials
 //! (`https://user:pw@host`) are refused: put them in a header.
 
+mod body;
 mod builder;
 mod error;
 mod headers;
 mod tls;
 
 use std::fmt;
-use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -120,6 +120,8 @@ pub use builder::{
 pub use error::{HttpError, is_retryable_status};
 pub use headers::{encode_key, is_sensitive_header};
 pub use tls::MAX_CA_FILE_BYTES;
+
+use body::Body;
 
 /// The header carrying the payload's [`key`](outlast_core::PayloadMeta::key) (percent-encoded by
 /// [`encode_key`]), when it has
@@ -145,7 +147,7 @@ pub const DRAIN_LIMIT_BYTES: u64 = 64 * 1024;
 /// The default `User-Agent`.
 const USER_AGENT: &str = concat!("outlast/", env!("CARGO_PKG_VERSION"));
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Where [`HttpExporter::probe`](Exporter::probe) looks.
 #[derive(Debug, Clone)]
@@ -319,9 +321,9 @@ impl HttpExporter {
         self.timeout
     }
 
-    fn request(&self, payload: &Payload) -> Result<Request<Full<Bytes>>, HttpError> {
+    fn request(&self, payload: &Payload) -> Result<Request<Body>, HttpError> {
         let mut req = self.post(
-            payload.bytes(),
+            Body::from(payload.bytes().clone()),
             payload.content_type(),
             payload.content_encoding(),
         )?;
@@ -338,10 +340,12 @@ impl HttpExporter {
     }
 
     /// One request for several payloads (see "Coalesced replay" in the module docs).
-    fn merged_request(&self, payloads: &[Payload]) -> Result<Request<Full<Bytes>>, HttpError> {
+    /// The payloads' bytes are not copied: the body hands them to hyper one after the other
+    /// (see [`body`]).
+    fn merged_request(&self, payloads: &[Payload]) -> Result<Request<Body>, HttpError> {
         let Some(first) = payloads.first() else {
             return self.post(
-                &Bytes::new(),
+                Body::default(),
                 &ContentType::OctetStream,
                 ContentEncoding::Identity,
             );
@@ -351,17 +355,17 @@ impl HttpExporter {
             && payloads
                 .iter()
                 .all(|p| p.content_encoding() == ContentEncoding::Gzip);
-        let total: usize = payloads.iter().map(Payload::len).sum();
-        let mut body = Vec::with_capacity(total + payloads.len());
+        let mut body = Body::default();
         for p in payloads {
-            if self.framing == PayloadFraming::NdJson && body.last().is_some_and(|b| *b != b'\n') {
-                body.push(b'\n');
+            if self.framing == PayloadFraming::NdJson
+                && body.last_byte().is_some_and(|b| b != b'\n')
+            {
+                body.push(Bytes::from_static(b"\n"));
             }
             if as_members || p.content_encoding() == ContentEncoding::Identity {
-                body.extend_from_slice(p.bytes());
+                body.push(p.bytes().clone());
             } else {
-                gunzip_into(p.bytes(), &mut body)
-                    .map_err(|source| HttpError::Compress { source })?;
+                body.push(gunzip(p.bytes()).map_err(|source| HttpError::Compress { source })?);
             }
         }
         let encoding = if as_members {
@@ -369,7 +373,7 @@ impl HttpExporter {
         } else {
             ContentEncoding::Identity
         };
-        let mut req = self.post(&Bytes::from(body), first.content_type(), encoding)?;
+        let mut req = self.post(body, first.content_type(), encoding)?;
         let headers = req.headers_mut();
         headers.insert(RECORDS_HEADER, HeaderValue::from(payloads.len()));
         if payloads.iter().any(|p| p.meta().key.is_some()) {
@@ -390,19 +394,20 @@ impl HttpExporter {
     /// already: then as they are) with this content type and the configured headers.
     fn post(
         &self,
-        bytes: &Bytes,
+        body: Body,
         content_type: &ContentType,
         encoding: ContentEncoding,
-    ) -> Result<Request<Full<Bytes>>, HttpError> {
+    ) -> Result<Request<Body>, HttpError> {
         let mut headers = self.headers.clone();
         let body = if encoding == ContentEncoding::Gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            bytes.clone()
+            body
         } else if self.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            gzip(bytes).map_err(|source| HttpError::Compress { source })?
+            body.gzip()
+                .map_err(|source| HttpError::Compress { source })?
         } else {
-            bytes.clone()
+            body
         };
         // The common media types are static header values: no parsing per request.
         let content_type_value = match content_type {
@@ -423,14 +428,14 @@ impl HttpExporter {
                 headers.remove(CONTENT_TYPE);
             }
         }
-        let mut req = Request::new(Full::new(body));
+        let mut req = Request::new(body);
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = headers;
         Ok(req)
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>) -> Result<(), Failure> {
+    async fn send(&self, req: Request<Body>) -> Result<(), Failure> {
         let resp = self
             .client
             .request(req)
@@ -475,7 +480,7 @@ impl HttpExporter {
     }
 
     async fn probe_health(&self, uri: &Uri) -> Reachability {
-        let mut req = Request::new(Full::new(Bytes::new()));
+        let mut req = Request::new(Body::default());
         *req.uri_mut() = uri.clone();
         let mut headers = self.headers.clone();
         headers.remove(CONTENT_TYPE);
@@ -597,10 +602,7 @@ impl Exporter for HttpExporter {
 
 impl HttpExporter {
     /// Sends a request bounded by the request timeout and classifies the outcome.
-    async fn finish(
-        &self,
-        req: Result<Request<Full<Bytes>>, HttpError>,
-    ) -> Result<(), ExportError> {
+    async fn finish(&self, req: Result<Request<Body>, HttpError>) -> Result<(), ExportError> {
         let send = async { self.send(req?).await };
         match tokio::time::timeout(self.timeout, send).await {
             Ok(Ok(())) => Ok(()),
@@ -672,19 +674,10 @@ async fn drain(mut body: Incoming, keep: usize) -> Vec<u8> {
     excerpt
 }
 
-/// Gzip-compresses `data` at the default level.
-/// Appends the decompressed bytes of a gzip stream (every member) to `out`.
-fn gunzip_into(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+/// The decompressed bytes of a gzip stream (every member).
+fn gunzip(data: &[u8]) -> std::io::Result<Bytes> {
     use std::io::Read as _;
-    flate2::read::MultiGzDecoder::new(data).read_to_end(out)?;
-    Ok(())
-}
-
-fn gzip(data: &[u8]) -> std::io::Result<Bytes> {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 2 + 64),
-        flate2::Compression::default(),
-    );
-    enc.write_all(data)?;
-    Ok(Bytes::from(enc.finish()?))
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4));
+    flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out)?;
+    Ok(Bytes::from(out))
 }
