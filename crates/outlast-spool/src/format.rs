@@ -291,8 +291,13 @@ impl FrameView {
     pub fn payload(&self, buf: &[u8]) -> Payload {
         Payload::from_parts(
             self.meta.clone(),
-            Bytes::copy_from_slice(&buf[self.payload_start..self.len]),
+            Bytes::copy_from_slice(self.payload_bytes(buf)),
         )
+    }
+
+    /// The payload's bytes in `buf`, the slice that was parsed.
+    pub fn payload_bytes<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.payload_start..self.len]
     }
 }
 

@@ -151,13 +151,20 @@ impl Ledger {
             .fs
             .open(&t.path, false)
             .map_err(|e| SpoolError::io(&t.path, e))?;
+        // The payload buffers go on from segment to segment.
+        let arena = c
+            .reader
+            .take()
+            .map(|(_, r)| r.into_arena())
+            .unwrap_or_default();
         let r = FrameReader::new(
             file,
             SEGMENT_HEADER_LEN,
             t.end,
             READ_CHUNK,
             t.start_seq.min(c.handed),
-        );
+        )
+        .with_arena(arena);
         c.reader = Some((t.id, r));
         Ok(())
     }

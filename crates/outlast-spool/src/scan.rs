@@ -4,6 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use outlast_core::{Payload, PayloadMeta};
 
 use crate::format::{FRAME_PREFIX_LEN, Parse, find_marker, parse_frame};
@@ -49,6 +50,8 @@ pub(crate) struct FrameReader {
     last_frame_lo: Option<(usize, u64)>,
     /// Where the last valid frame ended (or the start position).
     valid_end: u64,
+    /// Where payloads are copied to.
+    arena: PayloadArena,
 }
 
 impl FrameReader {
@@ -70,7 +73,20 @@ impl FrameReader {
             last_seq,
             last_frame_lo: None,
             valid_end: start,
+            arena: PayloadArena::default(),
         }
+    }
+
+    /// The same reader, copying payloads into `arena` (handed on from the reader of the
+    /// previous segment, so that its buffers are reused).
+    pub(crate) fn with_arena(mut self, arena: PayloadArena) -> Self {
+        self.arena = arena;
+        self
+    }
+
+    /// The reader's payload buffers, for the reader of the next segment.
+    pub(crate) fn into_arena(self) -> PayloadArena {
+        self.arena
     }
 
     /// Moves the read limit (the active segment grows).
@@ -161,7 +177,12 @@ impl FrameReader {
             };
             if let Some(f) = parsed {
                 let offset = self.pos();
-                let payload = want_payload.then(|| f.payload(&self.buf[self.lo..self.hi]));
+                let payload = want_payload.then(|| {
+                    let bytes = self
+                        .arena
+                        .copy(f.payload_bytes(&self.buf[self.lo..self.hi]));
+                    Payload::from_parts(f.meta.clone(), bytes)
+                });
                 self.last_frame_lo = Some((self.lo, self.last_seq));
                 self.lo += f.len;
                 self.last_seq = f.seq;
@@ -201,5 +222,123 @@ impl FrameReader {
                 }
             }
         }
+    }
+}
+
+/// The buffers the payloads a reader hands out are copied into: each payload is a `Bytes`
+/// cut from a buffer of [`PayloadArena::BUF_BYTES`], and a buffer is written again once
+/// every payload cut from it is dropped.
+///
+/// Copying each payload into an allocation of its own made the replay of large records
+/// pay for fresh memory: the allocator returned the freed payloads' pages to the system
+/// and the next batch faulted them in again (most of the page faults of a replay of 16 KiB
+/// records, row 7b in docs/benchmarks.md). At most [`PayloadArena::MAX_BUFS`] buffers are
+/// kept (4 MiB); a payload larger than a quarter of a buffer, or arriving while every
+/// buffer is held by payloads still in use, gets an allocation of its own as before.
+#[derive(Debug, Default)]
+pub(crate) struct PayloadArena {
+    bufs: Vec<BytesMut>,
+}
+
+impl PayloadArena {
+    /// Bytes per buffer.
+    const BUF_BYTES: usize = 1 << 20;
+    /// Buffers kept at most.
+    const MAX_BUFS: usize = 4;
+    /// Larger payloads get an allocation of their own.
+    const MAX_SHARED_PAYLOAD: usize = Self::BUF_BYTES / 4;
+
+    /// `data` copied into a buffer of the arena (or on its own, see the type's docs).
+    pub(crate) fn copy(&mut self, data: &[u8]) -> Bytes {
+        let n = data.len();
+        if n == 0 || n > Self::MAX_SHARED_PAYLOAD {
+            return Bytes::copy_from_slice(data);
+        }
+        let room = |b: &BytesMut| b.capacity() - b.len() >= n;
+        let found = match self.bufs.iter().position(room) {
+            Some(i) => Some(i),
+            // A buffer whose payloads are all dropped is whole again.
+            None => self
+                .bufs
+                .iter_mut()
+                .position(|b| b.try_reclaim(Self::BUF_BYTES)),
+        };
+        let i = match found {
+            Some(i) => i,
+            None if self.bufs.len() < Self::MAX_BUFS => {
+                self.bufs.push(BytesMut::with_capacity(Self::BUF_BYTES));
+                self.bufs.len() - 1
+            }
+            None => return Bytes::copy_from_slice(data),
+        };
+        let Some(buf) = self.bufs.get_mut(i) else {
+            return Bytes::copy_from_slice(data);
+        };
+        buf.extend_from_slice(data);
+        buf.split().freeze()
+    }
+}
+
+#[cfg(test)]
+mod arena_tests {
+    use super::*;
+
+    /// Fills exactly one buffer's worth of payloads.
+    fn fill_one_buffer(arena: &mut PayloadArena, byte: u8) -> Vec<Bytes> {
+        let quarter = PayloadArena::MAX_SHARED_PAYLOAD;
+        (0..PayloadArena::BUF_BYTES / quarter)
+            .map(|_| arena.copy(&vec![byte; quarter]))
+            .collect()
+    }
+
+    #[test]
+    fn payloads_share_a_buffer_that_is_reused_once_they_are_dropped() {
+        let mut arena = PayloadArena::default();
+        let a = arena.copy(&[1; 1000]);
+        let b = arena.copy(&[2; 3000]);
+        assert_eq!(&a[..], &[1; 1000][..]);
+        assert_eq!(&b[..], &[2; 3000][..]);
+        assert_eq!(
+            a.as_ptr().wrapping_add(1000),
+            b.as_ptr(),
+            "cut one after the other"
+        );
+        drop((a, b));
+
+        let mut arena = PayloadArena::default();
+        let first = fill_one_buffer(&mut arena, 3);
+        let start = first[0].as_ptr();
+        let second = fill_one_buffer(&mut arena, 4);
+        assert_eq!(arena.bufs.len(), 2);
+        assert_ne!(second[0].as_ptr(), start);
+        // Both buffers are full; once the first one's payloads are gone it is written again
+        // from its start, and the second one's payloads are untouched.
+        drop(first);
+        let c = arena.copy(&[5; 10]);
+        assert_eq!(c.as_ptr(), start, "the first buffer was reused");
+        assert_eq!(&c[..], &[5; 10][..]);
+        assert_eq!(arena.bufs.len(), 2);
+        assert!(second.iter().all(|p| p.iter().all(|&x| x == 4)));
+    }
+
+    #[test]
+    fn large_payloads_and_a_full_arena_fall_back_to_their_own_allocation() {
+        let mut arena = PayloadArena::default();
+        let big = arena.copy(&vec![1; PayloadArena::MAX_SHARED_PAYLOAD + 1]);
+        assert_eq!(big.len(), PayloadArena::MAX_SHARED_PAYLOAD + 1);
+        assert!(arena.bufs.is_empty());
+        let mut held = Vec::new();
+        for _ in 0..(PayloadArena::MAX_BUFS * 4) {
+            held.push(arena.copy(&vec![2; PayloadArena::MAX_SHARED_PAYLOAD]));
+        }
+        assert_eq!(arena.bufs.len(), PayloadArena::MAX_BUFS);
+        let extra = arena.copy(&[9; 100]);
+        assert_eq!(&extra[..], &[9; 100][..]);
+        assert_eq!(
+            arena.bufs.len(),
+            PayloadArena::MAX_BUFS,
+            "never more buffers"
+        );
+        assert!(held.iter().all(|h| h.iter().all(|&b| b == 2)));
     }
 }
