@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use outlast_client::http::{HttpExporter, PayloadFraming};
 use outlast_client::testing::{Mode, Recording, TestReceiver};
-use outlast_client::{Client, ContentType, Delivery};
+use outlast_client::{Client, ContentType, Delivery, FlushOutcome};
 use outlast_spool::{DEFAULT_MAX_TOTAL_BYTES, Durability, Payload, Spool, SpoolConfig, SpoolStats};
 use tokio::runtime::Handle;
 
@@ -423,6 +423,13 @@ pub(crate) async fn replay(
             .map_err(|e| anyhow::anyhow!("export dropped: {}", e.reason()))?;
         anyhow::ensure!(d.is_spooled(), "export {i} during the outage was {d:?}");
     }
+    // As a service would before the outage ends: the backlog is on disk (a flush during the
+    // outage syncs the spool and returns), so its writeback is not timed as replay.
+    let offline = client.force_flush(FLUSH_TIMEOUT).await;
+    anyhow::ensure!(
+        offline.outcome == FlushOutcome::Offline && offline.synced,
+        "the flush during the outage did not end offline with the spool synced: {offline:?}"
+    );
     let mode = cost.map_or(Mode::Up, Mode::Slow);
     rcv.inner
         .set_mode(mode)
