@@ -19,6 +19,7 @@ use crate::fs::SpoolFs;
 use crate::identity;
 use crate::lane::{Consumer, DropCause, Lane};
 use crate::recovery::{self, SegMeta};
+use crate::scan::PayloadArena;
 use crate::types::{Dropped, RecoveryReport, SpoolStats};
 use crate::writer::{SyncState, Writer, record_identity};
 
@@ -68,6 +69,8 @@ pub(crate) struct Ledger {
     pub(crate) written_lsn: AtomicU64,
     pub(crate) sync: Mutex<SyncState>,
     pub(crate) sync_cv: Condvar,
+    /// The buffers payloads read for delivery are copied into (see [`PayloadArena`]).
+    pub(crate) arena: Mutex<PayloadArena>,
     /// Wakes a committer that is gathering callers (see `Ledger::gather`).
     pub(crate) gather_cv: Condvar,
     pub(crate) total_bytes: AtomicU64,
@@ -135,6 +138,7 @@ impl Ledger {
             written_lsn: AtomicU64::new(0),
             sync: Mutex::new(SyncState::default()),
             sync_cv: Condvar::new(),
+            arena: Mutex::new(PayloadArena::default()),
             gather_cv: Condvar::new(),
             total_bytes: AtomicU64::new(total),
             counters: Mutex::new(Counters {

@@ -13,11 +13,19 @@ use crate::format::SEGMENT_HEADER_LEN;
 use crate::lane::{Consumer, DropCause, Lane};
 use crate::ledger::{Ledger, lock};
 use crate::recovery::SegMeta;
-use crate::scan::{Found, FrameReader, Next};
+use crate::scan::{Found, FrameReader, Next, PayloadArena};
 use crate::types::{Dropped, ReadBatch, Record, RecordId};
 
 /// Read size of the reader's window buffer.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
+
+/// Where a read puts what it finds: the batch, its byte count so far, and the spool's
+/// payload buffers.
+pub(crate) struct ReadInto<'a> {
+    pub(crate) batch: &'a mut ReadBatch,
+    pub(crate) bytes: &'a mut u64,
+    pub(crate) arena: &'a mut PayloadArena,
+}
 
 pub(crate) fn now_ns() -> u64 {
     unix_nanos(SystemTime::now())
@@ -35,6 +43,8 @@ impl Ledger {
         let mut batch = ReadBatch::default();
         let mut bytes = 0u64;
         let max_records = max_records.max(1);
+        // Lock order: the payload arena, then a lane's consumer.
+        let mut arena = lock(&self.arena);
         // Losses recovery found, already in the counters, reported to the reader now.
         let mut counted = 0u64;
         for l in self.lanes() {
@@ -45,7 +55,12 @@ impl Ledger {
                 let mut c = lock(&l.consumer);
                 counted += std::mem::take(&mut c.lost.unreported);
             }
-            self.read_lane(&l, &mut batch, &mut bytes, max_records, max_bytes)?;
+            let mut into = ReadInto {
+                batch: &mut batch,
+                bytes: &mut bytes,
+                arena: &mut arena,
+            };
+            self.read_lane(&l, &mut into, max_records, max_bytes)?;
         }
         batch.corrupt_skipped += counted;
         if batch.expired.records > 0 || batch.corrupt_skipped > counted || batch.evicted.records > 0
@@ -61,17 +76,20 @@ impl Ledger {
     pub(crate) fn read_lane(
         &self,
         l: &Arc<Lane>,
-        batch: &mut ReadBatch,
-        bytes: &mut u64,
+        into: &mut ReadInto<'_>,
         max_records: usize,
         max_bytes: u64,
     ) -> Result<(), SpoolError> {
         let mut c = lock(&l.consumer);
         let lost = std::mem::take(&mut c.lost);
-        batch.evicted.add(lost.evicted.records, lost.evicted.bytes);
-        batch.expired.add(lost.expired.records, lost.expired.bytes);
+        into.batch
+            .evicted
+            .add(lost.evicted.records, lost.evicted.bytes);
+        into.batch
+            .expired
+            .add(lost.expired.records, lost.expired.bytes);
         let acked_before = c.acked;
-        let result = self.read_lane_locked(l, &mut c, batch, bytes, max_records, max_bytes);
+        let result = self.read_lane_locked(l, &mut c, into, max_records, max_bytes);
         if c.acked != acked_before
             && let Err(e) = l.write_cursor(&*self.fs, &mut c)
         {
@@ -87,16 +105,20 @@ impl Ledger {
         result.map(|_| ())
     }
 
-    /// Reads from one lane into `batch`. `Ok(true)`: the lane has nothing more to read.
+    /// Reads from one lane into `into`. `Ok(true)`: the lane has nothing more to read.
     pub(crate) fn read_lane_locked(
         &self,
         l: &Arc<Lane>,
         c: &mut Consumer,
-        batch: &mut ReadBatch,
-        bytes: &mut u64,
+        into: &mut ReadInto<'_>,
         max_records: usize,
         max_bytes: u64,
     ) -> Result<bool, SpoolError> {
+        let ReadInto {
+            batch,
+            bytes,
+            arena,
+        } = into;
         let expiry = self
             .config
             .max_record_age()
@@ -119,7 +141,10 @@ impl Ledger {
                 return Ok(false);
             };
             reader.set_end(t.end);
-            match reader.next(true).map_err(|e| SpoolError::io(&t.path, e))? {
+            match reader
+                .next(Some(&mut **arena))
+                .map_err(|e| SpoolError::io(&t.path, e))?
+            {
                 Next::Frame(f) => {
                     if take_frame(l, c, f, expiry, batch, bytes, max_bytes) == Took::NoRoom {
                         if let Some((_, reader)) = c.reader.as_mut() {
@@ -151,20 +176,13 @@ impl Ledger {
             .fs
             .open(&t.path, false)
             .map_err(|e| SpoolError::io(&t.path, e))?;
-        // The payload buffers go on from segment to segment.
-        let arena = c
-            .reader
-            .take()
-            .map(|(_, r)| r.into_arena())
-            .unwrap_or_default();
         let r = FrameReader::new(
             file,
             SEGMENT_HEADER_LEN,
             t.end,
             READ_CHUNK,
             t.start_seq.min(c.handed),
-        )
-        .with_arena(arena);
+        );
         c.reader = Some((t.id, r));
         Ok(())
     }

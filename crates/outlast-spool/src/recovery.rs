@@ -14,7 +14,7 @@ use crate::format::{self, CursorChoice, HeaderCheck, SEGMENT_HEADER_LEN, parse_s
 use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at, write_all_at};
 use crate::identity::IDENTITY_FILE;
 use crate::inspect::EncodingTally;
-use crate::scan::{FrameReader, Next};
+use crate::scan::{FrameReader, Next, PayloadArena};
 use crate::types::RecoveryReport;
 
 /// Name of a lane's lock file.
@@ -174,8 +174,9 @@ pub(crate) fn scan_segment(
         SegKind::Short | SegKind::Newer(_) => return Ok(scan),
     };
     let mut reader = FrameReader::new(file, SEGMENT_HEADER_LEN, file_len, RECOVERY_CHUNK, last_seq);
+    let mut arena = PayloadArena::default();
     loop {
-        match reader.next(bodies)? {
+        match reader.next(bodies.then_some(&mut arena))? {
             Next::Frame(f) => {
                 if f.skipped.is_some() {
                     scan.corrupt += 1;

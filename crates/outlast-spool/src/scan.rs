@@ -50,8 +50,6 @@ pub(crate) struct FrameReader {
     last_frame_lo: Option<(usize, u64)>,
     /// Where the last valid frame ended (or the start position).
     valid_end: u64,
-    /// Where payloads are copied to.
-    arena: PayloadArena,
 }
 
 impl FrameReader {
@@ -73,20 +71,7 @@ impl FrameReader {
             last_seq,
             last_frame_lo: None,
             valid_end: start,
-            arena: PayloadArena::default(),
         }
-    }
-
-    /// The same reader, copying payloads into `arena` (handed on from the reader of the
-    /// previous segment, so that its buffers are reused).
-    pub(crate) fn with_arena(mut self, arena: PayloadArena) -> Self {
-        self.arena = arena;
-        self
-    }
-
-    /// The reader's payload buffers, for the reader of the next segment.
-    pub(crate) fn into_arena(self) -> PayloadArena {
-        self.arena
     }
 
     /// Moves the read limit (the active segment grows).
@@ -144,13 +129,14 @@ impl FrameReader {
         Ok(())
     }
 
-    /// The next valid frame, skipping (and reporting) damaged bytes.
+    /// The next valid frame, skipping (and reporting) damaged bytes; its payload is copied
+    /// into `payloads` if given.
     ///
     /// # Errors
     /// Only read errors of the file.
     // Kept whole: parse-or-resynchronise is one loop over one window; split, the window's
     // indices would have to be handed back and forth.
-    pub(crate) fn next(&mut self, want_payload: bool) -> io::Result<Next> {
+    pub(crate) fn next(&mut self, mut payloads: Option<&mut PayloadArena>) -> io::Result<Next> {
         self.last_frame_lo = None;
         let mut skipped_from: Option<u64> = None;
         loop {
@@ -177,10 +163,8 @@ impl FrameReader {
             };
             if let Some(f) = parsed {
                 let offset = self.pos();
-                let payload = want_payload.then(|| {
-                    let bytes = self
-                        .arena
-                        .copy(f.payload_bytes(&self.buf[self.lo..self.hi]));
+                let payload = payloads.as_deref_mut().map(|arena| {
+                    let bytes = arena.copy(f.payload_bytes(&self.buf[self.lo..self.hi]));
                     Payload::from_parts(f.meta.clone(), bytes)
                 });
                 self.last_frame_lo = Some((self.lo, self.last_seq));
@@ -232,9 +216,10 @@ impl FrameReader {
 /// Copying each payload into an allocation of its own made the replay of large records
 /// pay for fresh memory: the allocator returned the freed payloads' pages to the system
 /// and the next batch faulted them in again (most of the page faults of a replay of 16 KiB
-/// records, row 7b in docs/benchmarks.md). At most [`PayloadArena::MAX_BUFS`] buffers are
-/// kept (4 MiB); a payload larger than a quarter of a buffer, or arriving while every
-/// buffer is held by payloads still in use, gets an allocation of its own as before.
+/// records, row 7b in docs/benchmarks.md). A spool has one arena for all its lanes (in its
+/// ledger). At most [`PayloadArena::MAX_BUFS`] buffers are kept (4 MiB); a payload larger
+/// than a quarter of a buffer, or arriving while every buffer is held by payloads still in
+/// use, gets an allocation of its own as before.
 #[derive(Debug, Default)]
 pub(crate) struct PayloadArena {
     bufs: Vec<BytesMut>,
