@@ -16,11 +16,12 @@ pub(crate) const MIN_COMPRESS_BYTES: usize = 512;
 /// payloads cost no more disk than before.
 pub(crate) const MIN_SAVING_DIVISOR: usize = 8;
 
-/// The gzip level of stored records: 1, the fastest (flate2 on its zlib-rs backend, whose
-/// level 1 codes with the fixed Huffman tables). On SDK-made OTLP batches it stores
-/// 0.14-0.22 bytes per payload byte against 0.12-0.19 at level 6, for a third of the time;
-/// on a 1.5 KiB payload it costs about half of what level 2 does (which stores JSON log
-/// lines in 0.13 instead of 0.18). Row 12 in docs/benchmarks.md.
+/// The gzip level of stored records: 1, the fastest. On SDK-made OTLP batches it stores
+/// 0.15-0.22 bytes per payload byte against 0.12-0.19 at level 6, for a fifth to a half of
+/// the time, and it keeps a payload that does not compress cheap to try (row 12 in
+/// docs/benchmarks.md). The deflate backend is flate2's default, miniz_oxide: the zlib-rs
+/// backend (0.6.8) was faster on small payloads but panicked on text that barely
+/// compresses at level 1 (see the test `text_that_barely_compresses_is_tried_and_never_panics`).
 pub(crate) const LEVEL: u32 = 1;
 
 /// Most bytes a stored record may decompress to: the format's limit on a record. A record
@@ -38,7 +39,26 @@ pub(crate) fn for_spool(payload: &Payload) -> Option<Payload> {
         return None;
     }
     let limit = payload.len() - payload.len() / MIN_SAVING_DIVISOR;
-    let gz = gzip(payload.bytes(), limit)?;
+    // Compression only saves disk: if the codec ever panics, the payload is stored as it is
+    // (the export path must not panic, and nothing accepted may be lost for it).
+    let gz = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gzip(payload.bytes(), limit)
+    })) {
+        Ok(gz) => gz?,
+        Err(_) => {
+            // The thread's deflate state may be half-way through: start afresh.
+            DEFLATE.with(|cell| {
+                if let Ok(mut c) = cell.try_borrow_mut() {
+                    *c = None;
+                }
+            });
+            tracing::error!(
+                bytes = payload.len(),
+                "outlast: gzip of a payload panicked; storing it uncompressed"
+            );
+            return None;
+        }
+    };
     let (meta, _) = payload.clone().into_parts();
     Some(Payload::from_parts(meta, gz).with_content_encoding(ContentEncoding::Gzip))
 }
@@ -96,6 +116,10 @@ thread_local! {
 /// Gzip of `data` at [`LEVEL`] (one member: header, raw deflate stream by flate2, CRC-32 and
 /// length), if it is at most `limit` bytes.
 fn gzip(data: &[u8], limit: usize) -> Option<Bytes> {
+    #[cfg(test)]
+    if tests::PANIC_IN_GZIP.with(|p| p.replace(false)) {
+        panic!("a codec failure injected by a test");
+    }
     let mut out = Vec::with_capacity(limit);
     out.extend_from_slice(&GZIP_HEADER);
     let done = DEFLATE.with(|cell| {
@@ -180,6 +204,23 @@ mod tests {
     use super::*;
     use outlast_core::ContentType;
 
+    thread_local! {
+        /// Makes the next `gzip` on this thread panic, as a codec bug would.
+        pub(super) static PANIC_IN_GZIP: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_panicking_codec_stores_the_payload_as_it_is_and_the_next_one_compresses() {
+        let p = json_logs(40);
+        PANIC_IN_GZIP.with(|f| f.set(true));
+        let (stored, original) = stored_form(p.clone());
+        assert_eq!(stored, p, "stored as it was given");
+        assert!(original.is_none());
+        let next = for_spool(&p).expect("compressed again");
+        assert_eq!(for_exporter(next, identity_only).expect("decodes"), p);
+    }
+
     fn json_logs(n: usize) -> Payload {
         let mut s = String::new();
         for i in 0..n {
@@ -243,6 +284,35 @@ mod tests {
         let big = Payload::new(json_logs(4000).bytes().clone());
         let gz = for_spool(&big).expect("big");
         assert_eq!(gunzip(gz.bytes()).expect("decodes"), big.bytes().clone());
+    }
+
+    /// Random lowercase letters (4.7 bits of entropy per byte: below the sampling
+    /// threshold, so gzip is tried) that a fixed-table level 1 does not shrink by the
+    /// margin: the compressor runs out of the room it was given, over and over. One
+    /// deflate backend panicked here (a pending-buffer overflow) on an OTLP batch of
+    /// spans with random text attributes; the payload must come back stored or not, never
+    /// a panic.
+    #[test]
+    fn text_that_barely_compresses_is_tried_and_never_panics() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for len in [600, 4096, 65_536, 600_000] {
+            let text: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    b'a' + (x % 26) as u8
+                })
+                .collect();
+            let p = Payload::new(text).with_content_type(ContentType::Protobuf);
+            assert!(!looks_incompressible(p.bytes()), "{len}: gzip is tried");
+            // Stored compressed only within the margin, and then it decodes to the payload.
+            if let Some(gz) = for_spool(&p) {
+                assert!(gz.len() <= p.len() - p.len() / MIN_SAVING_DIVISOR);
+                let back = for_exporter(gz, identity_only).expect("decodes");
+                assert_eq!(back, p, "{len}");
+            }
+        }
     }
 
     #[test]

@@ -313,8 +313,17 @@ pub(crate) fn child_backlog(url: &str, dir: &std::path::Path, bytes: u64) -> any
     let held = |p: &outlast_otel::Pipeline| p.stats().traces.map_or(0, |t| t.pending_bytes);
     let deadline = Instant::now() + Duration::from_secs(600);
     while held(&pipeline) < bytes {
-        let dropped = pipeline.stats().traces.map_or(0, |t| t.batches_dropped);
-        anyhow::ensure!(dropped == 0, "outlast-otel dropped {dropped} batch(es)");
+        if let Some(t) = pipeline.stats().traces
+            && t.batches_dropped > 0
+        {
+            anyhow::bail!(
+                "outlast-otel dropped {} batch(es): {:?}; spool {} of {} bytes",
+                t.batches_dropped,
+                t.dropped,
+                t.client.spool_bytes,
+                t.client.spool_max_bytes
+            );
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "the spool did not reach {bytes} bytes within 600 s"
