@@ -1,6 +1,7 @@
-//! Row 12: the codec of stored records. Ratio and cost per record of gzip (flate2 with its default miniz_oxide backend, levels
-//! 1, 2 and 6) and zstd (levels 1 and 3) on realistic telemetry: OTLP span and log batches made
-//! by the OpenTelemetry SDK and encoded as its OTLP exporter encodes them, JSON log lines,
+//! Row 12: the codec of stored records. Ratio and cost per record of gzip (flate2 with its
+//! default miniz_oxide backend, levels 1, 2 and 6) and zstd (levels 1 and 3) on realistic
+//! telemetry: OTLP span and log batches made by the OpenTelemetry SDK and encoded as its OTLP
+//! exporter encodes them, JSON log lines,
 //! and incompressible bytes (12a-12d); then what the client stores on disk per payload byte
 //! with its defaults, receiver down (12e-12g), and the outage latency of compressible
 //! payloads (12h).
