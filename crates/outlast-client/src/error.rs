@@ -106,7 +106,8 @@ pub enum DropError {
         max: u64,
     },
     /// The payload's key and content type take more room than a spooled record's header
-    /// may hold, so the spool refused it: a reader would have to discard such a record.
+    /// may hold (64 KiB): refused at `export`, whether the backend is up or not, since the
+    /// spool could never hold it.
     KeyTooLarge {
         /// The payload, handed back.
         payload: Payload,

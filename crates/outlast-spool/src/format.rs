@@ -202,6 +202,32 @@ impl std::fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
+/// The size of the encoded record header (content type, creation time, key, and the
+/// content encoding unless identity) of a record with `meta` stored with `encoding`: what
+/// [`MAX_HEADER_BYTES`] limits. Computed without building the header.
+pub fn header_len(meta: &PayloadMeta, encoding: ContentEncoding) -> u64 {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    let head = bincode::serde::encode_into_writer(
+        MetaRef {
+            content_type: &meta.content_type,
+            created_at_unix_nanos: meta.created_at_unix_nanos,
+            key: &meta.key,
+        },
+        &mut size,
+        bincode_config(),
+    );
+    let tail = if encoding == ContentEncoding::Identity {
+        Ok(())
+    } else {
+        bincode::serde::encode_into_writer(encoding, &mut size, bincode_config())
+    };
+    match (head, tail) {
+        (Ok(()), Ok(())) => size.bytes_written as u64,
+        // Not encodable at all: larger than any limit.
+        _ => u64::MAX,
+    }
+}
+
 /// Builds the frame of one record into `buf` (cleared first). Returns the frame length.
 ///
 /// # Errors
@@ -506,6 +532,45 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_len_is_the_size_encode_frame_writes_and_checks() {
+        for key in [
+            None,
+            Some(String::new()),
+            Some("k".repeat(300)),
+            Some("é".repeat(40_000)),
+        ] {
+            for encoding in [ContentEncoding::Identity, ContentEncoding::Gzip] {
+                let mut p = Payload::new(&b"body"[..])
+                    .with_content_type(ContentType::Protobuf)
+                    .with_content_encoding(encoding);
+                if let Some(k) = &key {
+                    p = p.with_key(k.clone());
+                }
+                let want = header_len(p.meta(), encoding);
+                let mut buf = Vec::new();
+                match encode_frame(&mut buf, 1, &p) {
+                    Ok(_) => {
+                        // The header length field follows the prefix and the sequence number.
+                        let at = FRAME_PREFIX_LEN + 8;
+                        let got = u64::from(le_u32(&buf[at..at + 4]));
+                        assert_eq!(
+                            got,
+                            want,
+                            "{encoding:?}, key of {:?} bytes",
+                            key.as_ref().map(String::len)
+                        );
+                    }
+                    Err(FrameError::HeaderTooLarge { size, .. }) => {
+                        assert_eq!(size, want);
+                        assert!(want > MAX_HEADER_BYTES as u64);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    }
 
     #[test]
     fn frame_round_trips_and_any_flipped_bit_is_detected() {
