@@ -140,14 +140,14 @@ fn a_client_dropped_mid_replay_re_sends_only_what_it_delivered_past_its_last_ack
 
     let unique = receiver.unique_keys();
     assert_arrival_order(&unique, &ledger.accepted, DEFAULT_MAX_IN_FLIGHT);
-    // Read progress is persisted at the end of each read batch: the second process
-    // re-sends only what the first had delivered past its last acknowledgement. With a
-    // backend that answers every request promptly that is less than one batch plus the
-    // attempts under way (a record that stalls lets the window run further ahead: see
-    // `e2e_restart_stall.rs`).
+    // The second process re-sends only what the first had delivered past its last
+    // acknowledgement: the replay window (at most a batch past the oldest record not yet
+    // settled) and the delivered prefix whose acknowledgement was being written (at most
+    // another batch), the bound docs/delivery-guarantees.md gives. Usually it is far
+    // fewer; 16 of 20 was seen once on a loaded machine.
     let dups = receiver.duplicate_keys();
     assert!(
-        receiver.duplicates() <= (BATCH + DEFAULT_MAX_IN_FLIGHT) as u64,
+        receiver.duplicates() <= 2 * BATCH as u64,
         "{} duplicate(s) after a restart: {dups:?}",
         receiver.duplicates()
     );
