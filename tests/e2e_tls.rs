@@ -2,8 +2,8 @@
 //! the test; the client's HTTP exporter, trusting that CA, delivers through the pipeline,
 //! and what was spooled while the receiver was down is replayed over TLS once it is back.
 
-use outlast_client::http::HttpExporter;
-use outlast_client::{Client, DEFAULT_MAX_IN_FLIGHT, Delivery};
+use outlast_client::http::{HttpExporter, PayloadFraming};
+use outlast_client::{Client, ContentType, DEFAULT_MAX_IN_FLIGHT, Delivery, Payload};
 use outlast_tests::{
     CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, Ledger, TlsReceiver, assert_arrival_order, bounded,
     fast_builder, first_arrivals,
@@ -90,6 +90,58 @@ async fn https_without_the_private_ca_is_refused_and_the_payload_kept_in_the_spo
         let stats = client.stats();
         assert_eq!(stats.spool_records, 1, "{stats:?}");
         assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+    })
+    .await;
+}
+
+/// An OTLP-like record: one length-delimited field 1 holding `n` filler bytes of `tag`, so
+/// that records concatenated are one valid message and each can be found in a merged body.
+fn otlp_like(tag: u8, n: usize) -> Vec<u8> {
+    assert!(n < 128, "a one-byte length");
+    let mut v = vec![0x0a, n as u8];
+    v.extend(std::iter::repeat_n(tag, n));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_replay_over_tls_sends_the_records_merged_and_in_order() {
+    bounded("the coalesced TLS test", async {
+        let dir = tempfile::tempdir().expect("temporary spool directory");
+        let receiver = TlsReceiver::start().await;
+        let exporter = HttpExporter::builder(receiver.url())
+            .timeout(CALM_ATTEMPT_TIMEOUT)
+            .ca_pem(receiver.ca_pem().to_owned())
+            .payload_framing(PayloadFraming::OtlpProtobuf)
+            .build()
+            .expect("valid exporter settings");
+        let client = fast_builder(dir.path())
+            .attempt_timeout(CALM_ATTEMPT_TIMEOUT)
+            .batch_size(50)
+            .build(exporter)
+            .expect("valid client settings");
+
+        receiver.go_down().await;
+        let records: Vec<Vec<u8>> = (0..40u8).map(|i| otlp_like(i, 100)).collect();
+        for (i, r) in records.iter().enumerate() {
+            let p = Payload::new(r.clone())
+                .with_content_type(ContentType::Protobuf)
+                .with_key(format!("r{i:02}"));
+            let d = client.export(p).await.expect("accepted");
+            assert_eq!(d, Delivery::Spooled);
+        }
+        receiver.come_up().await;
+        let report = client.force_flush(GENEROUS_FLUSH).await;
+        assert!(report.complete, "{report:?}");
+        assert_eq!(report.delivered, 40, "{report:?}");
+
+        // Every record arrived exactly once, in order, inside fewer requests than records
+        // (the bodies of a merged request were handed to TLS chunk by chunk).
+        let bodies = receiver.bodies();
+        assert!(bodies.len() < 40, "merged: {} requests", bodies.len());
+        let received: Vec<u8> = bodies.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(received, records.concat());
+        let want: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+        assert_eq!(receiver.keys(), want);
     })
     .await;
 }

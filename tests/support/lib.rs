@@ -16,7 +16,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use outlast_client::http::{HttpExporter, KEY_HEADER};
+use outlast_client::http::{HttpExporter, KEY_HEADER, KEYS_HEADER};
 use outlast_client::{Client, ClientBuilder, Delivery, DropReason, Payload};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls_pki_types::PrivateKeyDer;
@@ -281,8 +281,11 @@ pub struct TlsReceiver {
 /// What the TLS receiver saw.
 #[derive(Debug, Default)]
 struct TlsLog {
-    /// Keys of the requests answered 200, in arrival order (repeats included).
+    /// Keys of the payloads answered 200, in arrival order (repeats included): a request's
+    /// `x-outlast-key`, or each line of a merged request's `x-outlast-keys`.
     keys: Vec<String>,
+    /// Bodies of the requests answered 200, in arrival order.
+    bodies: Vec<Bytes>,
     /// TLS handshakes that completed.
     handshakes: u64,
 }
@@ -403,6 +406,11 @@ impl TlsReceiver {
         lock(&self.log).keys.clone()
     }
 
+    /// Bodies of the requests answered 200, in arrival order.
+    pub fn bodies(&self) -> Vec<Bytes> {
+        lock(&self.log).bodies.clone()
+    }
+
     /// TLS handshakes completed so far.
     pub fn handshakes(&self) -> u64 {
         lock(&self.log).handshakes
@@ -431,20 +439,27 @@ async fn answer(
     req: hyper::Request<Incoming>,
     log: Arc<Mutex<TlsLog>>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let key = req
-        .headers()
-        .get(KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if req.into_body().collect().await.is_err() {
+    let headers = req.headers();
+    let mut keys: Vec<String> = headers
+        .get_all(KEYS_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    if keys.is_empty()
+        && let Some(key) = headers.get(KEY_HEADER).and_then(|v| v.to_str().ok())
+    {
+        keys.push(key.to_owned());
+    }
+    let Ok(body) = req.into_body().collect().await else {
         // The client went away mid-body: nothing was received.
         let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"incomplete body")));
         *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
         return Ok(resp);
-    }
-    if let Some(key) = key {
-        lock(&log).keys.push(key);
-    }
+    };
+    let mut log = lock(&log);
+    log.keys.extend(keys);
+    log.bodies.push(body.to_bytes());
     Ok(hyper::Response::new(Full::new(Bytes::new())))
 }
 
