@@ -66,10 +66,10 @@ struct Args {
     /// Requests in flight for the HTTP rows.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Also measure the time to first delivery after a 60 s outage (row 7e): adds more than
-    /// a minute per repetition.
-    #[arg(long)]
-    long_outage: bool,
+    /// Also measure the time to first delivery after a long outage (row 7e): 60 s, or the
+    /// length given (`--long-outage 2m`); adds that much per repetition.
+    #[arg(long, num_args = 0..=1, default_missing_value = "60s", value_parser = parse_outage)]
+    long_outage: Option<std::time::Duration>,
     /// Internal: run as a child process of the harness.
     #[command(subcommand)]
     child: Option<Internal>,
@@ -83,6 +83,16 @@ enum Internal {
         #[command(subcommand)]
         cmd: child::ChildCmd,
     },
+}
+
+/// Parses an outage length in the product's grammar ("60s", "2m"); at least 3 s, so that
+/// row 7e is longer than 7d.
+fn parse_outage(s: &str) -> Result<std::time::Duration, String> {
+    let d = outlast_core::units::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(3) {
+        return Err(format!("{s:?}: a long outage lasts at least 3s"));
+    }
+    Ok(d)
 }
 
 /// Parses "512MiB", "64M", "1GiB", "4096" (bytes).
@@ -120,14 +130,9 @@ fn plan(args: &Args) -> Plan {
         backlog_record_len: 16 * 1024,
         coalesce_records: 2000,
         request_cost: std::time::Duration::from_micros(500),
-        outages: if args.long_outage {
-            vec![
-                std::time::Duration::from_secs(2),
-                std::time::Duration::from_secs(60),
-            ]
-        } else {
-            vec![std::time::Duration::from_secs(2)]
-        },
+        outages: std::iter::once(std::time::Duration::from_secs(2))
+            .chain(args.long_outage)
+            .collect(),
         memory_bytes: if q {
             [8 * MIB, 32 * MIB]
         } else {
@@ -285,6 +290,10 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0").is_err());
+        assert_eq!(parse_outage("2m"), Ok(std::time::Duration::from_secs(120)));
+        assert_eq!(parse_outage("60s"), Ok(std::time::Duration::from_secs(60)));
+        assert!(parse_outage("1s").is_err());
+        assert!(parse_outage("soon").is_err());
     }
 
     #[test]
