@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use outlast_client::http::{HttpExporter, KEYS_HEADER, PayloadFraming, RECORDS_HEADER};
+use outlast_client::http::{KEYS_HEADER, PayloadFraming, RECORDS_HEADER};
 use outlast_client::testing::{Mode, ReceivedRequest, TestReceiver};
 use outlast_client::{Client, ContentType, DropReason, Payload};
 
@@ -41,36 +41,17 @@ fn names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("r{i:03}")).collect()
 }
 
-/// A client with jitter off and no pause before the quick retry, on `dir`, replaying one
-/// request at a time (strict arrival order) unless `in_flight` says more.
+/// Merged records per request at most, in these tests.
+const MAX_RECORDS: usize = 10;
+
+/// A client replaying one request at a time (strict arrival order).
 fn client(
     dir: &std::path::Path,
     receiver: &TestReceiver,
     framing: PayloadFraming,
     gzip: bool,
 ) -> Client {
-    client_in_flight(dir, receiver, framing, gzip, 1)
-}
-
-fn client_in_flight(
-    dir: &std::path::Path,
-    receiver: &TestReceiver,
-    framing: PayloadFraming,
-    gzip: bool,
-    in_flight: usize,
-) -> Client {
-    let exporter = HttpExporter::builder(receiver.url())
-        .payload_framing(framing)
-        .gzip(gzip)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("valid exporter");
-    common::builder(dir)
-        .immediate_retry_delay(Duration::ZERO)
-        .coalesce_max_records(10)
-        .max_in_flight(in_flight)
-        .build(exporter)
-        .expect("valid client")
+    common::http_client(dir, receiver, framing, gzip, MAX_RECORDS, 1)
 }
 
 /// Spools `payloads` while the receiver is down, brings it back and flushes.
@@ -182,11 +163,12 @@ async fn a_poison_record_inside_a_merged_request_is_the_only_one_dropped() {
         let dir = common::spool_dir();
         let receiver = TestReceiver::start().await.expect("receiver");
         // Four requests in flight: they may arrive in any order among themselves.
-        let c = client_in_flight(
+        let c = common::http_client(
             dir.path(),
             &receiver,
             PayloadFraming::OtlpProtobuf,
             false,
+            MAX_RECORDS,
             4,
         );
         let want = names(30);

@@ -7,9 +7,9 @@ mod common;
 use std::io::Read as _;
 use std::time::Duration;
 
-use outlast_client::http::{HttpExporter, PayloadFraming};
+use outlast_client::http::PayloadFraming;
 use outlast_client::testing::{Mode, ReceivedRequest, TestReceiver};
-use outlast_client::{Client, ContentType, Payload};
+use outlast_client::{Client, ContentType, DEFAULT_MAX_IN_FLIGHT, Payload};
 
 /// Every test ends within this, whatever happens.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -33,23 +33,14 @@ fn otlp_like(n: usize) -> Payload {
     Payload::new(record(n)).with_content_type(ContentType::Protobuf)
 }
 
+/// A client merging at most 8 records per request, with the default attempts in flight.
 fn client(
     dir: &std::path::Path,
     receiver: &TestReceiver,
     framing: PayloadFraming,
     gzip: bool,
 ) -> Client {
-    let exporter = HttpExporter::builder(receiver.url())
-        .payload_framing(framing)
-        .gzip(gzip)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("valid exporter");
-    common::builder(dir)
-        .immediate_retry_delay(Duration::ZERO)
-        .coalesce_max_records(8)
-        .build(exporter)
-        .expect("valid client")
+    common::http_client(dir, receiver, framing, gzip, 8, DEFAULT_MAX_IN_FLIGHT)
 }
 
 /// Spools `payloads` while the receiver is down, brings it back and flushes; the requests

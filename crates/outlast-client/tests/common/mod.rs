@@ -5,14 +5,39 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use outlast_client::http::HttpError;
-use outlast_client::testing::MemoryExporter;
+use outlast_client::http::{HttpError, HttpExporter, PayloadFraming};
+use outlast_client::testing::{MemoryExporter, TestReceiver};
 use outlast_client::{Client, ClientBuilder, ExportError, Exporter, Payload, Reachability};
 use tokio::time::Instant;
 
 /// A builder for a client on `dir` without jitter, so delays are exact.
 pub fn builder(dir: &Path) -> ClientBuilder {
     Client::builder().spool_dir(dir).jitter(0.0)
+}
+
+/// A client on `dir` sending to `receiver` through an HTTP exporter with `framing` and
+/// `gzip`, merging at most `max_records` spooled records per request, `in_flight` attempts
+/// at a time; without jitter or pause before the quick retry.
+pub fn http_client(
+    dir: &Path,
+    receiver: &TestReceiver,
+    framing: PayloadFraming,
+    gzip: bool,
+    max_records: usize,
+    in_flight: usize,
+) -> Client {
+    let exporter = HttpExporter::builder(receiver.url())
+        .payload_framing(framing)
+        .gzip(gzip)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("valid exporter");
+    builder(dir)
+        .immediate_retry_delay(Duration::ZERO)
+        .coalesce_max_records(max_records)
+        .max_in_flight(in_flight)
+        .build(exporter)
+        .expect("valid client")
 }
 
 /// A client on `dir` exporting to `exporter`, without jitter.
