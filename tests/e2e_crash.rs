@@ -8,15 +8,13 @@
 //! lines and kills it after a random number of them.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::time::Duration;
 
+use outlast_client::DEFAULT_MAX_IN_FLIGHT;
 use outlast_client::testing::Mode;
-use outlast_client::{DEFAULT_MAX_IN_FLIGHT, Delivery};
 use outlast_tests::{
-    CALM_ATTEMPT_TIMEOUT, ChildTest, GENEROUS_FLUSH, TEST_BOUND, assert_arrival_order,
-    fast_builder, http_exporter, http_exporter_with_timeout, key, key_index, keyed_payload,
-    random_below,
+    CALM_ATTEMPT_TIMEOUT, ChildTest, GENEROUS_FLUSH, assert_arrival_order, fast_builder,
+    http_exporter, http_exporter_with_timeout, key, key_index, keyed_payload, random_below,
 };
 
 /// Environment variable giving the child its spool directory (and switching it on).
@@ -42,29 +40,15 @@ fn child_exports_into_an_outage_until_killed() {
     ) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime");
-    rt.block_on(async {
-        let client = fast_builder(std::path::Path::new(&dir))
-            .build(http_exporter(&url))
-            .expect("valid client settings");
-        let mut out = std::io::stdout().lock();
-        for i in 0..CHILD_MAX_EXPORTS {
-            let got = client.export(keyed_payload(i)).await;
-            match got {
-                Ok(Delivery::Spooled) => writeln!(out, "spooled {}", key(i)),
-                other => writeln!(out, "unexpected {} {other:?}", key(i)),
-            }
-            .and_then(|()| out.flush())
-            .expect("the parent reads the child's output");
-        }
-        writeln!(out, "done").expect("the parent reads the child's output");
-        drop(out);
-        // Wait to be killed: the test is about a crash, not a clean exit.
-        tokio::time::sleep(TEST_BOUND).await;
-    });
+    outlast_tests::export_until_killed(
+        CHILD_MAX_EXPORTS,
+        || {
+            fast_builder(std::path::Path::new(&dir))
+                .build(http_exporter(&url))
+                .expect("valid client settings")
+        },
+        keyed_payload,
+    );
 }
 
 /// One round: start the child, kill it after a random number of reported keys, restart

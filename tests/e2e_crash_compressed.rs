@@ -9,15 +9,13 @@
 //! `Spooled`, and the parent kills it after a random number of them.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write as _;
 use std::time::Duration;
 
 use outlast_client::http::HttpExporter;
 use outlast_client::testing::Mode;
-use outlast_client::{ContentType, Delivery, Payload};
+use outlast_client::{ContentType, Payload};
 use outlast_tests::{
-    CALM_ATTEMPT_TIMEOUT, ChildTest, GENEROUS_FLUSH, TEST_BOUND, fast_builder, key, key_index,
-    random_below,
+    CALM_ATTEMPT_TIMEOUT, ChildTest, GENEROUS_FLUSH, fast_builder, key, key_index, random_below,
 };
 
 const CHILD_SPOOL_DIR: &str = "OUTLAST_E2E_GZ_CHILD_SPOOL_DIR";
@@ -63,27 +61,15 @@ fn child_exports_compressible_payloads_into_an_outage_until_killed() {
     ) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime");
-    rt.block_on(async {
-        let client = fast_builder(std::path::Path::new(&dir))
-            .build(exporter(&url, outlast_tests::ATTEMPT_TIMEOUT))
-            .expect("valid client settings");
-        let mut out = std::io::stdout().lock();
-        for i in 0..CHILD_MAX_EXPORTS {
-            match client.export(payload(i)).await {
-                Ok(Delivery::Spooled) => writeln!(out, "spooled {}", key(i)),
-                other => writeln!(out, "unexpected {} {other:?}", key(i)),
-            }
-            .and_then(|()| out.flush())
-            .expect("the parent reads the child's output");
-        }
-        writeln!(out, "done").expect("the parent reads the child's output");
-        drop(out);
-        tokio::time::sleep(TEST_BOUND).await;
-    });
+    outlast_tests::export_until_killed(
+        CHILD_MAX_EXPORTS,
+        || {
+            fast_builder(std::path::Path::new(&dir))
+                .build(exporter(&url, outlast_tests::ATTEMPT_TIMEOUT))
+                .expect("valid client settings")
+        },
+        payload,
+    );
 }
 
 /// Bytes of the segment files under `dir`.

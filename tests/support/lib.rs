@@ -520,6 +520,38 @@ pub fn random_below(n: u64) -> u64 {
         % n.max(1)
 }
 
+/// The child side of a crash test, in the child process: on a current-thread runtime,
+/// builds a client with `build` and exports `payload(i)` for `i` in `0..max`, printing
+/// `spooled <key>` after each export answered `Spooled` (`unexpected <key> <answer>`
+/// otherwise), then `done`; then waits to be killed (the test is about a crash, not a
+/// clean exit). The parent reads the lines with [`ChildTest::read_reported_then_kill`].
+pub fn export_until_killed(
+    max: usize,
+    build: impl FnOnce() -> Client,
+    payload: impl Fn(usize) -> Payload,
+) {
+    use std::io::Write as _;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    rt.block_on(async {
+        let client = build();
+        let mut out = std::io::stdout().lock();
+        for i in 0..max {
+            match client.export(payload(i)).await {
+                Ok(Delivery::Spooled) => writeln!(out, "spooled {}", key(i)),
+                other => writeln!(out, "unexpected {} {other:?}", key(i)),
+            }
+            .and_then(|()| out.flush())
+            .expect("the parent reads the child's output");
+        }
+        writeln!(out, "done").expect("the parent reads the child's output");
+        drop(out);
+        tokio::time::sleep(TEST_BOUND).await;
+    });
+}
+
 /// A child process for a crash test: this test binary run again on one `#[ignore]`d child
 /// test (`--exact --ignored`), with its settings in the environment, to be killed with
 /// SIGKILL. With `read_stdout`, its standard output is read line by line on a thread:
