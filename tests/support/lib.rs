@@ -520,6 +520,67 @@ pub fn random_below(n: u64) -> u64 {
         % n.max(1)
 }
 
+/// A small tmpfs mounted on a temporary directory (root only), unmounted on drop: a real
+/// file system to fill up or make read-only under a client.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it, e.g. `4m`); the error says
+    /// why it cannot be mounted here (not root, no `mount`), for the test to say it skipped.
+    pub fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        run_mount(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            dir.path(),
+        )?;
+        Ok(Tmpfs { dir })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Remounts it read-only (`true`) or read-write: every write, create or rename on it
+    /// then fails with `EROFS`, or works again.
+    pub fn set_read_only(&self, read_only: bool) {
+        let opts = if read_only {
+            "remount,ro"
+        } else {
+            "remount,rw"
+        };
+        run_mount(&["-o", opts], self.path()).expect("remount the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn run_mount(args: &[&str], target: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .arg(target)
+        .output()
+        .map_err(|e| format!("cannot run mount: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// The child side of a crash test, in the child process: on a current-thread runtime,
 /// builds a client with `build` and exports `payload(i)` for `i` in `0..max`, printing
 /// `spooled <key>` after each export answered `Spooled` (`unexpected <key> <answer>`
