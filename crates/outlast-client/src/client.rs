@@ -467,7 +467,9 @@ impl Client {
         let _direct = shared.enter_direct();
         let mut attempt = 1;
         loop {
-            let (result, cut_short) = shared.attempt_by(&payload, deadline).await;
+            let (result, cut_short) = shared
+                .attempt_by(std::slice::from_ref(&payload), deadline)
+                .await;
             let error = match result {
                 Ok(()) => {
                     Counters::bump(&shared.counters.exported);

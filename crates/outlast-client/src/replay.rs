@@ -163,18 +163,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
     fn start(&self, send: Outgoing) -> Attempt<'a> {
         let shared = self.shared;
         Box::pin(async move {
-            let result = match send.payloads.as_slice() {
-                [payload] => shared.attempt(payload).await,
-                payloads => {
-                    let limit = shared.settings.attempt_timeout;
-                    match tokio::time::timeout(limit, shared.exporter.export_many_boxed(payloads))
-                        .await
-                    {
-                        Ok(result) => result,
-                        Err(_) => Err(ExportError::Timeout { after: limit }),
-                    }
-                }
-            };
+            let result = shared.attempt(&send.payloads).await;
             Sent {
                 first: send.first,
                 payloads: send.payloads,

@@ -386,17 +386,19 @@ impl Shared {
 
     // ----- export attempts -----
 
-    /// One export attempt bounded by the attempt timeout.
-    pub(crate) async fn attempt(&self, payload: &Payload) -> Result<(), ExportError> {
-        self.attempt_by(payload, None).await.0
+    /// One export attempt bounded by the attempt timeout: one payload through `export`,
+    /// several (merged) through `export_many`.
+    pub(crate) async fn attempt(&self, payloads: &[Payload]) -> Result<(), ExportError> {
+        self.attempt_by(payloads, None).await.0
     }
 
-    /// One export attempt bounded by the attempt timeout and by `deadline`. The flag is true
+    /// One export attempt of `payloads` (one through `export`, several merged through
+    /// `export_many`) bounded by the attempt timeout and by `deadline`. The flag is true
     /// when the attempt was cut short by the deadline (not by the attempt timeout): its
     /// failure then says nothing about the backend and is not remembered.
     pub(crate) async fn attempt_by(
         &self,
-        payload: &Payload,
+        payloads: &[Payload],
         deadline: Option<tokio::time::Instant>,
     ) -> (Result<(), ExportError>, bool) {
         let mut limit = self.settings.attempt_timeout;
@@ -408,11 +410,16 @@ impl Shared {
                 cut = true;
             }
         }
+        let send = match payloads {
+            [payload] => self.exporter.export_boxed(payload),
+            merged => self.exporter.export_many_boxed(merged),
+        };
         let result = if self.exporter_timeout.is_some_and(|t| t <= limit) {
-            // The exporter's own timeout is not longer than ours (see `Exporter::export_timeout`).
-            self.exporter.export_boxed(payload).await
+            // The exporter's own timeout is not longer than ours (see `Exporter::export_timeout`,
+            // which bounds `export_many` as it bounds `export`).
+            send.await
         } else {
-            match tokio::time::timeout(limit, self.exporter.export_boxed(payload)).await {
+            match tokio::time::timeout(limit, send).await {
                 Ok(result) => result,
                 Err(_) => Err(ExportError::Timeout { after: limit }),
             }

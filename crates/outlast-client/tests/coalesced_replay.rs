@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use outlast_client::http::{KEYS_HEADER, PayloadFraming, RECORDS_HEADER};
 use outlast_client::testing::{Mode, ReceivedRequest, TestReceiver};
-use outlast_client::{Client, ContentType, DropReason, Payload};
+use outlast_client::{BackendState, Client, ContentType, DropReason, Payload};
 
 /// Every test ends within this, whatever happens.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -247,4 +247,33 @@ async fn opaque_payloads_and_other_content_types_are_never_merged() {
     })
     .await
     .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_merged_request_answered_503_is_remembered_as_a_failing_backend() {
+    tokio::time::timeout(LIMIT, async {
+        let dir = common::spool_dir();
+        let receiver = TestReceiver::start().await.expect("receiver");
+        let c = client(dir.path(), &receiver, PayloadFraming::OtlpProtobuf, false);
+        receiver.set_mode(Mode::Down).await.expect("down");
+        for n in names(5) {
+            assert!(c.export(otlp_like(&n)).await.expect("spooled").is_spooled());
+        }
+        assert_eq!(c.stats().backend, BackendState::Unreachable);
+        // The backend answers again, with 503s: the replay's merged request fails, and that
+        // failure (an answer, not a refused connection) is what the client now goes by, so
+        // it follows the backoff rather than the probe's pace.
+        receiver.set_mode(Mode::Status(503)).await.expect("503");
+        let report = c.force_flush(Duration::from_secs(2)).await;
+        assert!(!report.complete, "{report:?}");
+        let merged = receiver
+            .received()
+            .iter()
+            .filter(|r| r.keys.len() > 1)
+            .count();
+        assert!(merged >= 1, "the replay sent a merged request");
+        assert_eq!(c.stats().backend, BackendState::Failing);
+    })
+    .await
+    .expect("within the limit");
 }
