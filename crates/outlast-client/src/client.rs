@@ -531,16 +531,8 @@ impl Client {
         let task_shared = Arc::clone(shared);
         // Kept to hand back if the blocking task fails (a spool bug): cloning is cheap.
         let kept = payload.clone();
-        let running = shared.spool_call_running();
-        let append = move || {
-            let result = task_shared.append_to(&spool, payload);
-            // Every spool handle goes before the call is seen to finish.
-            drop(spool);
-            drop(task_shared);
-            drop(running);
-            result
-        };
-        match tokio::task::spawn_blocking(append).await {
+        let append = shared.spawn_spool_call(spool, move |s| task_shared.append_to(s, payload));
+        match append.await {
             Ok(result) => result,
             Err(join_error) => {
                 tracing::error!(error = %join_error, "outlast: spool append task failed");

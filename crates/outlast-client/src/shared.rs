@@ -451,12 +451,6 @@ impl Shared {
         })
     }
 
-    /// A guard counting a spool call made elsewhere on the blocking pool: drop it once the
-    /// call has let every spool handle go.
-    pub(crate) fn spool_call_running(&self) -> SpoolCallGuard {
-        self.spool_calls.start()
-    }
-
     /// Takes over released lanes of this client's identity and marks a backlog if any were
     /// adopted. [`Spool::adopt_released`] lists the lanes, try-locks them and recovers each
     /// one it takes (it reads their segments): it runs on the blocking pool, one call at a
@@ -482,9 +476,8 @@ impl Shared {
     }
 
     /// Waits, at most `limit`, until no spool call started through
-    /// [`spawn_spool_call`](Shared::spawn_spool_call) or counted by
-    /// [`spool_call_running`](Shared::spool_call_running) is running: once they have
-    /// returned, they hold no spool handle any more.
+    /// [`spawn_spool_call`](Shared::spawn_spool_call) is running: once they have returned,
+    /// they hold no spool handle any more.
     pub(crate) async fn wait_for_spool_calls(&self, limit: Duration) {
         if tokio::time::timeout(limit, self.spool_calls.idle())
             .await
@@ -709,7 +702,7 @@ impl SpoolCalls {
     }
 }
 
-/// One running spool call (see [`Shared::spool_call_running`]).
+/// One running spool call (see [`Shared::spawn_spool_call`]).
 #[derive(Debug)]
 pub(crate) struct SpoolCallGuard(Arc<SpoolCalls>);
 
