@@ -173,15 +173,15 @@ pub(crate) fn for_exporter(
 ) -> Result<Payload, Corrupt> {
     match payload.content_encoding() {
         ContentEncoding::Identity => Ok(payload),
+        ContentEncoding::Gzip if accepts(ContentEncoding::Gzip) => {
+            // Sent as stored: decoded only to check it, into nothing.
+            decode_into(payload.bytes(), &mut std::io::sink())?;
+            Ok(payload)
+        }
         ContentEncoding::Gzip => {
             let decoded = gunzip(payload.bytes())?;
-            if accepts(ContentEncoding::Gzip) {
-                Ok(payload)
-            } else {
-                let (meta, _) = payload.into_parts();
-                Ok(Payload::from_parts(meta, decoded)
-                    .with_content_encoding(ContentEncoding::Identity))
-            }
+            let (meta, _) = payload.into_parts();
+            Ok(Payload::from_parts(meta, decoded).with_content_encoding(ContentEncoding::Identity))
         }
         // An encoding this build does not know: never handed out as something else.
         _ => Err(Corrupt),
@@ -191,12 +191,20 @@ pub(crate) fn for_exporter(
 /// Decodes a gzip stream (every member), bounded by [`MAX_DECOMPRESSED_BYTES`].
 fn gunzip(data: &[u8]) -> Result<Bytes, Corrupt> {
     let mut out = Vec::with_capacity(data.len().saturating_mul(4));
+    decode_into(data, &mut out)?;
+    Ok(Bytes::from(out))
+}
+
+/// Decodes a gzip stream (every member) into `out`, checking it as [`gunzip`] does: each
+/// member's CRC-32 and length, no trailing garbage, not empty, at most
+/// [`MAX_DECOMPRESSED_BYTES`]. Returns the decoded length.
+fn decode_into(data: &[u8], out: &mut impl std::io::Write) -> Result<u64, Corrupt> {
     let mut dec = flate2::read::MultiGzDecoder::new(data).take(MAX_DECOMPRESSED_BYTES + 1);
-    dec.read_to_end(&mut out).map_err(|_| Corrupt)?;
-    if out.len() as u64 > MAX_DECOMPRESSED_BYTES || data.is_empty() {
+    let n = std::io::copy(&mut dec, out).map_err(|_| Corrupt)?;
+    if n > MAX_DECOMPRESSED_BYTES || data.is_empty() {
         return Err(Corrupt);
     }
-    Ok(Bytes::from(out))
+    Ok(n)
 }
 
 #[cfg(test)]
