@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Uri};
 use outlast_core::ConfigError;
-use outlast_core::units::{self, MAX_DURATION, saturate};
+use outlast_core::units::{MAX_DURATION, saturate};
 use rustls_pki_types::CertificateDer;
 
 use super::headers::{Redacted, parse_header, parse_header_list};
@@ -361,8 +361,7 @@ impl HttpExporterBuilder {
         }
         // Empty means unset, as for every other variable.
         if let Some(t) = timeout.filter(|t| !t.trim().is_empty()) {
-            let d = units::parse_duration(&t)
-                .map_err(|e| ConfigError::invalid(ENV_TIMEOUT, e.to_string()))?;
+            let d = crate::env::parse_duration(ENV_TIMEOUT, &t)?;
             b = b.timeout(positive(ENV_TIMEOUT, d)?);
         }
         if let Some(g) = gzip {
