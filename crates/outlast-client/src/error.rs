@@ -54,7 +54,7 @@ macro_rules! debug_as_chain {
         }
     )*};
 }
-debug_as_chain!(SpoolFault, DropError, ShutdownError);
+debug_as_chain!(SpoolFault, DropError, ShutdownError, crate::http::HttpError);
 
 /// A payload the client did not deliver and did not spool. The payload comes back.
 ///

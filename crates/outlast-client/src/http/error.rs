@@ -90,12 +90,6 @@ fn excerpt_suffix(excerpt: &str) -> String {
     }
 }
 
-impl std::fmt::Debug for HttpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&outlast_core::ErrorChain(self), f)
-    }
-}
-
 impl HttpError {
     /// The HTTP status, if the server answered with one.
     pub fn status(&self) -> Option<StatusCode> {
