@@ -49,6 +49,11 @@ pub(crate) struct Writer {
     /// A rotation created a segment file whose directory entry is not fsynced yet.
     pub(crate) dir_unsynced: bool,
     pub(crate) closed: bool,
+    /// The own lane's identity and cursor are in place ([`Ledger::own_cursor_ready`]
+    /// succeeded); they stay so until close. Checked here, under the writer lock, so that
+    /// an append does not take the lane's consumer lock, which a replay read holds while it
+    /// reads from disk.
+    pub(crate) lane_ready: bool,
 }
 
 impl Writer {
@@ -79,6 +84,7 @@ impl Writer {
             unsynced: Vec::new(),
             dir_unsynced: false,
             closed: false,
+            lane_ready: false,
         };
         let acked = rec.cursor.state.acked_through;
         let drained = rec
@@ -158,8 +164,11 @@ impl Ledger {
         if w.closed || self.closed.load(Ordering::Acquire) {
             return Err(AppendError::new(AppendErrorKind::Closed, payload));
         }
-        if let Err(e) = self.own_cursor_ready() {
-            return Err(AppendError::new(AppendErrorKind::Io(e), payload));
+        if !w.lane_ready {
+            if let Err(e) = self.own_cursor_ready() {
+                return Err(AppendError::new(AppendErrorKind::Io(e), payload));
+            }
+            w.lane_ready = true;
         }
         let seq = w.next_seq;
         let mut buf = std::mem::take(&mut w.buf);
