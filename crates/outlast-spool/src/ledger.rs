@@ -178,12 +178,9 @@ impl Ledger {
             .cloned()
     }
 
-    /// Counts a segment removed from the index: its unacknowledged records into `dropped`,
-    /// its bytes off the total.
-    pub(crate) fn forget_segment(&self, l: &Lane, m: &SegMeta, dropped: &mut Dropped) {
-        let acked = l.acked.load(Ordering::Acquire);
-        let n = m.unacked(acked);
-        dropped.add(n, m.framed_bytes_of(n));
+    /// Takes a segment removed from the index off the byte total (what it held is counted
+    /// by the caller: [`Consumer::drop_counts`], or nothing for a delivered segment).
+    pub(crate) fn forget_segment(&self, m: &SegMeta) {
         let _ = self
             .total_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
@@ -195,14 +192,13 @@ impl Ledger {
     /// expired), counting them as [`Consumer::drop_counts`] says; consumer lock held.
     pub(crate) fn drop_segment(
         &self,
-        l: &Lane,
         c: &mut Consumer,
         m: SegMeta,
         cause: DropCause,
         dropped: &mut Dropped,
     ) -> io::Result<()> {
         c.drop_counts(&m, cause, dropped);
-        self.forget_segment(l, &m, &mut Dropped::default());
+        self.forget_segment(&m);
         match self.fs.remove_file(&m.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -243,14 +239,13 @@ impl Ledger {
         if victims.is_empty() {
             return Ok(false);
         }
-        let mut sink = Dropped::default();
         let mut doomed = Vec::with_capacity(victims.len());
         for m in victims {
             lock(&l.segs).retain(|s| s.id != m.id);
             if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
                 c.reader = None;
             }
-            self.forget_segment(l, &m, &mut sink);
+            self.forget_segment(&m);
             doomed.push(m.path);
         }
         lock(&self.doomed).extend(doomed);
@@ -278,12 +273,11 @@ impl Ledger {
             *segs = kept;
             gone
         };
-        let mut sink = Dropped::default();
         for m in victims {
             if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
                 c.reader = None;
             }
-            self.forget_segment(l, &m, &mut sink);
+            self.forget_segment(&m);
             match self.fs.remove_file(&m.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

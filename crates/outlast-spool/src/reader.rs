@@ -204,7 +204,7 @@ impl Ledger {
             gone
         };
         for m in victims {
-            self.drop_segment(l, c, m, DropCause::Expired, expired)?;
+            self.drop_segment(c, m, DropCause::Expired, expired)?;
         }
         Ok(())
     }
