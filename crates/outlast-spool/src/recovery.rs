@@ -128,8 +128,6 @@ pub(crate) struct SegScan {
     pub(crate) meta: SegMeta,
     /// Damaged regions skipped before valid frames (each one may have cost records).
     pub(crate) corrupt: u64,
-    /// The header is damaged (its frames are still read; no record is lost by it).
-    pub(crate) header_damaged: bool,
     /// Bytes after the last valid frame (torn or damaged tail).
     pub(crate) tail_bytes: u64,
 }
@@ -163,7 +161,6 @@ pub(crate) fn scan_segment(
         file_len,
         meta: SegMeta::new(id, path.to_path_buf(), file_len.min(SEGMENT_HEADER_LEN)),
         corrupt: 0,
-        header_damaged: false,
         tail_bytes: 0,
     };
     let last_seq = match kind {
@@ -211,7 +208,6 @@ pub(crate) fn scan_segment(
         }
         scan.kind = SegKind::Damaged;
     }
-    scan.header_damaged = scan.kind == SegKind::Damaged;
     Ok(scan)
 }
 
