@@ -107,12 +107,7 @@ impl CursorFile {
             return Ok(());
         }
         let dir = self.path.parent().map(Path::to_path_buf);
-        let file = match fs.open(&self.path, true) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs.create_new(&self.path)?,
-            Err(e) => return Err(e),
-        };
-        self.file = Some(file.clone());
+        let file = self.file(fs)?;
         if file.len()? < CURSOR_FILE_READ_LEN as u64 {
             // Both slots in one write: the state in slot 0, then (newer) in slot 1.
             let mut bytes = [0u8; CURSOR_FILE_READ_LEN];
