@@ -178,7 +178,7 @@ pub(crate) fn not_regular_error() -> io::Error {
 }
 
 /// `f` if it is a regular file.
-fn regular(f: File) -> io::Result<File> {
+pub(crate) fn regular(f: File) -> io::Result<File> {
     if f.metadata()?.file_type().is_file() {
         Ok(f)
     } else {

@@ -194,9 +194,9 @@ fn lock_state(path: &Path) -> LockState {
     else {
         return LockState::Unknown;
     };
-    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+    let Ok(file) = crate::fs::regular(file) else {
         return LockState::Unknown;
-    }
+    };
     probe(&file)
 }
 

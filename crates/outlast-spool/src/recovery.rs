@@ -451,10 +451,10 @@ pub(crate) fn try_lock_lane(root: &Path, n: u32, create: bool) -> Result<Option<
             return Ok(None);
         }
     };
-    if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+    let Ok(file) = crate::fs::regular(file) else {
         tracing::warn!(path = %path.display(), "lane lock is not a regular file: lane skipped");
         return Ok(None);
-    }
+    };
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
