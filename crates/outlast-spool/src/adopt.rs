@@ -139,7 +139,7 @@ pub(crate) fn foreign_lane(
     dir: &std::path::Path,
     ident: identity::LaneIdentity,
 ) -> ForeignLane {
-    let (records, bytes) = crate::inspect::read_only_totals(fs, dir);
+    let (records, bytes) = crate::inspect::read_only_totals(fs, dir, n);
     let identity = match ident {
         identity::LaneIdentity::Recorded(r) => r,
         identity::LaneIdentity::Absent => RecordedIdentity::Anonymous,

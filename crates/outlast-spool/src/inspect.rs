@@ -237,33 +237,32 @@ pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
         skipped_entries: stray,
     };
     for n in lanes {
-        out.lanes.push(scan_lane(&StdFs, root, n, true));
+        out.lanes.push(scan_lane(&StdFs, root, n, true, true));
     }
     Ok(out)
 }
 
-/// Unacknowledged intact records and segment bytes of the lane in `dir`, read-only and
-/// without touching its lock (not even the instant probe of [`scan`]).
-pub(crate) fn read_only_totals(fs: &dyn SpoolFs, dir: &Path) -> (u64, u64) {
-    let (root, n) = (dir.parent().unwrap_or(dir), dir_lane_number(dir));
-    let l = scan_lane(fs, root, n, false);
+/// Unacknowledged intact records and segment bytes of lane `n` in `dir`, read-only and
+/// without touching its lock (not even the instant probe of [`scan`]); payloads are not
+/// copied out (only their frames are checked).
+pub(crate) fn read_only_totals(fs: &dyn SpoolFs, dir: &Path, n: u32) -> (u64, u64) {
+    let l = scan_lane(fs, dir.parent().unwrap_or(dir), n, false, false);
     (
         l.unacked_records(),
         l.segments.iter().map(|s| s.bytes).sum(),
     )
 }
 
-fn dir_lane_number(dir: &Path) -> u32 {
-    dir.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("lane-"))
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Scans one lane read-only; what cannot be read is reported in the result. `probe_lock`:
-/// find out whether a live process holds it (else [`LockState::Unknown`]).
-fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32, probe_lock: bool) -> LaneInspection {
+/// find out whether a live process holds it (else [`LockState::Unknown`]). `bodies`: read
+/// the payloads too, for the sizes of compressed records (else those stay zero).
+fn scan_lane(
+    fs: &dyn SpoolFs,
+    root: &Path,
+    n: u32,
+    probe_lock: bool,
+    bodies: bool,
+) -> LaneInspection {
     let dir = recovery::lane_dir(root, n);
     let mut li = LaneInspection {
         lane: n,
@@ -307,7 +306,7 @@ fn scan_lane(fs: &dyn SpoolFs, root: &Path, n: u32, probe_lock: bool) -> LaneIns
     let mut placed = Vec::new();
     let mut newer_here = false;
     for id in entries.segments {
-        newer_here |= inspect_segment(fs, &dir, id, &mut li, &mut placed);
+        newer_here |= inspect_segment(fs, &dir, id, bodies, &mut li, &mut placed);
     }
     let continuity = recovery::place_segments(&mut placed, li.acked_through, !newer_here);
     li.missing_records = continuity.missing;
@@ -325,11 +324,12 @@ fn inspect_segment(
     fs: &dyn SpoolFs,
     dir: &Path,
     id: u64,
+    bodies: bool,
     li: &mut LaneInspection,
     placed: &mut Vec<recovery::Placed>,
 ) -> bool {
     let path = dir.join(format::segment_file_name(id));
-    let scan = match recovery::scan_segment(fs, &path, id, true) {
+    let scan = match recovery::scan_segment(fs, &path, id, bodies) {
         Ok(s) => s,
         Err(_) => {
             li.skipped_entries.push(path);
