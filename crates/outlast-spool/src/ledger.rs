@@ -229,24 +229,9 @@ impl Ledger {
     /// segment, which the next open deletes.
     pub(crate) fn delete_acked(&self, l: &Lane, c: &mut Consumer) -> Result<bool, SpoolError> {
         let written = c.cursor.written().acked_through;
-        let victims: Vec<SegMeta> = {
-            let segs = lock(&l.segs);
-            segs.iter()
-                .filter(|m| (m.sealed || l.adopted) && m.unacked(written) == 0)
-                .cloned()
-                .collect()
-        };
-        if victims.is_empty() {
+        let doomed = self.take_acked(l, c, written);
+        if doomed.is_empty() {
             return Ok(false);
-        }
-        let mut doomed = Vec::with_capacity(victims.len());
-        for m in victims {
-            lock(&l.segs).retain(|s| s.id != m.id);
-            if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
-                c.reader = None;
-            }
-            self.forget_segment(&m);
-            doomed.push(m.path);
         }
         lock(&self.doomed).extend(doomed);
         let woken = lock(&self.wake)
@@ -265,26 +250,34 @@ impl Ledger {
     /// are gone (never delivered twice from these segments), later ones acknowledged since
     /// the cursor's last write are delivered again (at least once).
     pub(crate) fn free_delivered(&self, l: &Lane, c: &mut Consumer) -> Result<(), SpoolError> {
-        let victims: Vec<SegMeta> = {
+        let acked = c.acked;
+        let doomed = self.take_acked(l, c, acked);
+        lock(&self.doomed).extend(doomed);
+        self.delete_doomed()
+    }
+
+    /// Takes out of `l`'s index the segments whose records are all acknowledged through
+    /// `through` (sealed ones, or any of an adopted lane), takes them off the byte total
+    /// and drops the reader of one of them; returns their paths, to unlink. Consumer lock
+    /// held.
+    fn take_acked(&self, l: &Lane, c: &mut Consumer, through: u64) -> Vec<PathBuf> {
+        let gone: Vec<SegMeta> = {
             let mut segs = lock(&l.segs);
-            let (gone, kept): (Vec<SegMeta>, Vec<SegMeta>) = std::mem::take(&mut *segs)
+            let (gone, kept) = std::mem::take(&mut *segs)
                 .into_iter()
-                .partition(|m| (m.sealed || l.adopted) && m.unacked(c.acked) == 0);
+                .partition(|m| (m.sealed || l.adopted) && m.unacked(through) == 0);
             *segs = kept;
             gone
         };
-        for m in victims {
-            if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
-                c.reader = None;
-            }
-            self.forget_segment(&m);
-            match self.fs.remove_file(&m.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SpoolError::io(&m.path, e)),
-            }
-        }
-        self.delete_doomed()
+        gone.into_iter()
+            .map(|m| {
+                if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
+                    c.reader = None;
+                }
+                self.forget_segment(&m);
+                m.path
+            })
+            .collect()
     }
 
     /// Unlinks the segments queued by [`Ledger::delete_acked`]. A failure is logged and
