@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use outlast_core::unix_nanos;
 
 use crate::error::SpoolError;
-use crate::format::SEGMENT_HEADER_LEN;
+use crate::format::{self, SEGMENT_HEADER_LEN};
 use crate::lane::{Consumer, DropCause, Lane};
 use crate::ledger::{Ledger, lock};
 use crate::recovery::SegMeta;
@@ -135,7 +135,7 @@ impl Ledger {
                 return Ok(true);
             };
             if c.reader.as_ref().map(|(id, _)| *id) != Some(t.id) {
-                self.open_reader(c, &t)?;
+                self.open_reader(l, c, &t)?;
             }
             let Some((_, reader)) = c.reader.as_mut() else {
                 return Ok(false);
@@ -143,7 +143,7 @@ impl Ledger {
             reader.set_end(t.end);
             match reader
                 .next(Some(&mut **arena))
-                .map_err(|e| SpoolError::io(&t.path, e))?
+                .map_err(|e| SpoolError::io(segment_path(l, t.id), e))?
             {
                 Next::Frame(f) => {
                     if take_frame(l, c, f, expiry, batch, bytes, max_bytes) == Took::NoRoom {
@@ -164,18 +164,19 @@ impl Ledger {
                     let Some(next) = next_segment(l, c, t.id) else {
                         return Ok(false);
                     };
-                    self.open_reader(c, &next)?;
+                    self.open_reader(l, c, &next)?;
                 }
             }
         }
     }
 
     /// Starts reading segment `t` from its start, skipping what was handed out already.
-    fn open_reader(&self, c: &mut Consumer, t: &Target) -> Result<(), SpoolError> {
+    fn open_reader(&self, l: &Lane, c: &mut Consumer, t: &Target) -> Result<(), SpoolError> {
+        let path = segment_path(l, t.id);
         let file = self
             .fs
-            .open(&t.path, false)
-            .map_err(|e| SpoolError::io(&t.path, e))?;
+            .open(&path, false)
+            .map_err(|e| SpoolError::io(&path, e))?;
         let r = FrameReader::new(
             file,
             SEGMENT_HEADER_LEN,
@@ -255,10 +256,12 @@ impl Ledger {
 
 /// A segment to read: its id and file, its readable length, whether it is complete, and the
 /// sequence number before its first record.
+/// Where the reader is to read: found again before every frame (a segment may have been
+/// evicted under it), so it holds no path (looked up when a file is opened, or an error
+/// names it) and costs no allocation per record.
 #[derive(Debug)]
 struct Target {
     id: u64,
-    path: std::path::PathBuf,
     end: u64,
     sealed: bool,
     start_seq: u64,
@@ -268,7 +271,6 @@ impl Target {
     fn of(m: &SegMeta, adopted: bool) -> Target {
         Target {
             id: m.id,
-            path: m.path.clone(),
             end: m.len,
             sealed: m.sealed || adopted,
             start_seq: m.first_seq.saturating_sub(1),
@@ -288,6 +290,15 @@ fn target(l: &Lane, c: &Consumer) -> Option<Target> {
         None => first_unread(),
     };
     pos.map(|i| Target::of(&segs[i], l.adopted))
+}
+
+/// The path of segment `id` of `l` (as its index has it; the standard name if it has left
+/// the index meanwhile).
+fn segment_path(l: &Lane, id: u64) -> std::path::PathBuf {
+    lock(&l.segs).iter().find(|m| m.id == id).map_or_else(
+        || l.dir.join(format::segment_file_name(id)),
+        |m| m.path.clone(),
+    )
 }
 
 /// The segment after `seg_id` in sequence order.
