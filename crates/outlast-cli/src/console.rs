@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use outlast_core::units;
 use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -232,13 +233,12 @@ pub(crate) fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// When the `i`-th of a run paced at `rate` per second is due: `start + i / rate`,
-/// saturated (a rate of one payload per millennium is accepted and never overflows).
+/// saturated at [`units::MAX_DURATION`] like every other duration (a rate of one payload
+/// per millennium is accepted and never overflows).
 pub(crate) fn due(start: tokio::time::Instant, i: u64, rate: f64) -> tokio::time::Instant {
-    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    let offset = Duration::try_from_secs_f64(i as f64 / rate)
-        .unwrap_or(FAR)
-        .min(FAR);
-    start.checked_add(offset).unwrap_or(start + FAR)
+    let offset =
+        Duration::try_from_secs_f64(i as f64 / rate).map_or(units::MAX_DURATION, units::saturate);
+    start + offset
 }
 
 #[cfg(test)]
