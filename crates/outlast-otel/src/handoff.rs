@@ -166,6 +166,11 @@ impl Handoff {
         }
     }
 
+    /// This signal's stats: the client's, and how the SDK's calls were answered.
+    pub(crate) fn stats(&self) -> crate::SignalStats {
+        crate::SignalStats::new(self.client.stats(), &self.counters, self.in_flight.count())
+    }
+
     /// Hands `encoded` to the client and waits at most the bound for its answer.
     ///
     /// `Ok` means delivered or spooled (durable as the client's durability mode says).

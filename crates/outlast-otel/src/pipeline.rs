@@ -14,7 +14,7 @@ use crate::config::{DEFAULT_EXPORT_TIMEOUT, PipelineBuilder};
 use crate::handoff::{Counters, Handoff, InFlight};
 use crate::otlp_http::OtlpHttpExporter;
 use crate::runtime::RuntimeRef;
-use crate::stats::{PipelineStats, SignalStats};
+use crate::stats::PipelineStats;
 
 /// One signal's client and the state its exporters share.
 #[derive(Debug, Clone)]
@@ -512,15 +512,7 @@ impl Pipeline {
     /// Per signal: pending records and bytes, oldest age, drops by reason, collector
     /// rejections, and how the SDK's calls were answered.
     pub fn stats(&self) -> PipelineStats {
-        let one = |s: Signal| {
-            let parts = self.inner.signals[s.index()].as_ref()?;
-            let h = &parts.handoff;
-            Some(SignalStats::new(
-                h.client.stats(),
-                &h.counters,
-                h.in_flight.count(),
-            ))
-        };
+        let one = |s: Signal| Some(self.inner.signals[s.index()].as_ref()?.handoff.stats());
         PipelineStats {
             traces: one(Signal::Traces),
             logs: one(Signal::Logs),

@@ -93,17 +93,13 @@ pub(crate) fn register(
     meter: &opentelemetry::metrics::Meter,
 ) {
     use opentelemetry::KeyValue;
-    use outlast_client::DropReason;
 
     /// Every signal's stats with its `signal` attribute.
     type Handoffs = std::sync::Arc<Vec<std::sync::Arc<crate::handoff::Handoff>>>;
     fn each(handoffs: &Handoffs) -> Vec<(KeyValue, SignalStats)> {
         handoffs
             .iter()
-            .map(|h| {
-                let st = SignalStats::new(h.client.stats(), &h.counters, h.in_flight.count());
-                (KeyValue::new("signal", h.signal.name()), st)
-            })
+            .map(|h| (KeyValue::new("signal", h.signal.name()), h.stats()))
             .collect()
     }
     let pipeline: Handoffs = std::sync::Arc::new(handoffs);
@@ -156,18 +152,9 @@ pub(crate) fn register(
         .with_unit("{request}")
         .with_callback(move |o| {
             for (signal, st) in each(&p) {
-                for reason in [
-                    DropReason::SpoolFull,
-                    DropReason::Permanent,
-                    DropReason::SpoolUnavailable,
-                    DropReason::ShutDown,
-                    DropReason::TooLarge,
-                    DropReason::Expired,
-                    DropReason::Evicted,
-                    DropReason::Corrupt,
-                ] {
+                for (reason, n) in st.dropped.iter() {
                     o.observe(
-                        st.dropped.get(reason),
+                        n,
                         &[signal.clone(), KeyValue::new("reason", reason.as_str())],
                     );
                 }
