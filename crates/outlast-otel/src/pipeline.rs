@@ -16,12 +16,6 @@ use crate::otlp_http::OtlpHttpExporter;
 use crate::runtime::RuntimeRef;
 use crate::stats::PipelineStats;
 
-/// One signal's client and the state its exporters share.
-#[derive(Debug, Clone)]
-struct SignalParts {
-    handoff: Arc<Handoff>,
-}
-
 /// Spans, logs and metrics to one OTLP/HTTP collector through outlast: every batch the SDK
 /// exports is delivered, or kept in the signal's spool and delivered later, across outages
 /// and restarts.
@@ -39,7 +33,8 @@ pub struct Pipeline {
 
 #[derive(Debug)]
 struct PipelineInner {
-    signals: [Option<SignalParts>; 3],
+    /// Per signal: its client and the state its exporters share.
+    signals: [Option<Arc<Handoff>>; 3],
     runtime: RuntimeRef,
     spool_root: PathBuf,
     #[cfg(feature = "trace")]
@@ -107,7 +102,7 @@ impl PipelineBuilder {
                 "must be greater than zero (Duration::MAX means no bound)",
             ));
         }
-        let mut signals: [Option<SignalParts>; 3] = [None, None, None];
+        let mut signals: [Option<Arc<Handoff>>; 3] = [None, None, None];
         for signal in enabled_signals() {
             let counters = Arc::new(Counters::default());
             let http = self.http_exporter(signal)?.with_success_hook(
@@ -123,17 +118,15 @@ impl PipelineBuilder {
                     .runtime(runtime.handle().clone())
                     .build(exporter)?
             };
-            signals[signal.index()] = Some(SignalParts {
-                handoff: Arc::new(Handoff::new(
-                    signal,
-                    client,
-                    runtime.clone(),
-                    timeout,
-                    counters,
-                    Arc::new(InFlight::default()),
-                    self.encoding_of(signal),
-                )),
-            });
+            signals[signal.index()] = Some(Arc::new(Handoff::new(
+                signal,
+                client,
+                runtime.clone(),
+                timeout,
+                counters,
+                Arc::new(InFlight::default()),
+                self.encoding_of(signal),
+            )));
         }
         let resource = self
             .resource
@@ -213,9 +206,7 @@ fn enabled_signals() -> impl Iterator<Item = Signal> {
 
 impl PipelineInner {
     fn handoff(&self, signal: Signal) -> Option<Arc<Handoff>> {
-        self.signals[signal.index()]
-            .as_ref()
-            .map(|p| Arc::clone(&p.handoff))
+        self.signals[signal.index()].clone()
     }
 
     #[cfg(feature = "trace")]
@@ -356,7 +347,7 @@ impl Pipeline {
     pub fn client(&self, signal: Signal) -> Option<&Client> {
         self.inner.signals[signal.index()]
             .as_ref()
-            .map(|p| &p.handoff.client)
+            .map(|h| &h.client)
     }
 
     /// The folder holding the signals' spools.
@@ -438,9 +429,8 @@ impl Pipeline {
         // 2. The batches handed over: wait until the clients answered them.
         let far = || Instant::now() + Duration::from_secs(86_400 * 365);
         let mut handed_over = true;
-        for parts in inner.signals.iter().flatten() {
-            handed_over &= parts
-                .handoff
+        for handoff in inner.signals.iter().flatten() {
+            handed_over &= handoff
                 .in_flight
                 .wait_idle(deadline.unwrap_or_else(far))
                 .await;
@@ -450,9 +440,8 @@ impl Pipeline {
         // margin, so that their reports arrive before our own deadline).
         let left_now = left();
         let budget = left_now.saturating_sub(margin(left_now));
-        let flushes = inner.signals.clone().map(|parts| {
-            let parts = parts?;
-            let client = parts.handoff.client.clone();
+        let flushes = inner.signals.clone().map(|handoff| {
+            let client = handoff?.client.clone();
             Some(inner.runtime.handle().spawn(async move {
                 if shutdown {
                     match client.shutdown(budget).await {
@@ -504,7 +493,7 @@ impl Pipeline {
             .signals
             .iter()
             .flatten()
-            .map(|p| Arc::clone(&p.handoff))
+            .map(Arc::clone)
             .collect();
         crate::stats::register(handoffs, meter);
     }
@@ -512,7 +501,7 @@ impl Pipeline {
     /// Per signal: pending records and bytes, oldest age, drops by reason, collector
     /// rejections, and how the SDK's calls were answered.
     pub fn stats(&self) -> PipelineStats {
-        let one = |s: Signal| Some(self.inner.signals[s.index()].as_ref()?.handoff.stats());
+        let one = |s: Signal| Some(self.inner.signals[s.index()].as_ref()?.stats());
         PipelineStats {
             traces: one(Signal::Traces),
             logs: one(Signal::Logs),
