@@ -507,11 +507,6 @@ fn problems(i: &Inspection) -> Vec<String> {
     out
 }
 
-/// `outlast verify DIR`: exit 0 if clean, 1 with one line per problem otherwise.
-///
-/// # Errors
-///
-/// Those of [`scan_spool`]; [`CliError::Corrupt`] when damage was found.
 /// One line per segment: its format version as its header says, and its records by
 /// encoding with their stored sizes (framed, on disk) and, for gzip records, the payload
 /// size once decompressed as each gzip trailer's ISIZE field states it (nothing is
@@ -540,6 +535,11 @@ fn segment_lines(i: &Inspection) -> Vec<String> {
     out
 }
 
+/// `outlast verify DIR`: exit 0 if clean, 1 with one line per problem otherwise.
+///
+/// # Errors
+///
+/// Those of [`scan_spool`]; [`CliError::Corrupt`] when damage was found.
 pub(crate) fn run_verify(args: &VerifyArgs) -> Result<(), CliError> {
     let inspection = scan_spool(&args.dir)?;
     let found = problems(&inspection);
