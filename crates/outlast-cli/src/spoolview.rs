@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use outlast_spool::identity;
 use outlast_spool::inspect::{self, Inspection, LaneInspection, LockState};
 use outlast_spool::{FORMAT_VERSION, RecordedIdentity};
 use serde::Serialize;
@@ -80,15 +81,6 @@ pub(crate) fn identity_text(identity: Option<&RecordedIdentity>) -> String {
         Some(RecordedIdentity::Named(s)) => s.clone(),
         Some(RecordedIdentity::Anonymous) => "(none declared)".to_owned(),
         Some(RecordedIdentity::Unreadable) => "(unreadable)".to_owned(),
-    }
-}
-
-/// Whether a client of identity `mine` would leave the lane alone.
-fn is_foreign(identity: Option<&RecordedIdentity>, mine: &str) -> bool {
-    match identity {
-        None => false,
-        Some(RecordedIdentity::Named(s)) => s != mine,
-        Some(_) => true,
     }
 }
 
@@ -233,7 +225,8 @@ fn view(i: &Inspection, mine: Option<&str>) -> SpoolView {
                 corrupt_frames: l.segments.iter().map(|s| s.corrupt_frames).sum(),
                 torn_tail_bytes: l.segments.iter().map(|s| s.torn_tail_bytes).sum(),
                 identity: identity_text(l.identity.as_ref()),
-                foreign: mine.is_some_and(|m| is_foreign(l.identity.as_ref(), m)),
+                // Lanes a client of identity `mine` would leave alone.
+                foreign: mine.is_some_and(|m| !identity::accepts(l.identity.as_ref(), Some(m))),
                 missing_records: l.missing_records,
                 misplaced_segments: l.misplaced_segments.clone(),
                 corrupt_segments: l.corrupt_segments.clone(),

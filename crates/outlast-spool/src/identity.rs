@@ -38,11 +38,21 @@ impl LaneIdentity {
     /// nobody's.
     pub(crate) fn accepts(&self, mine: Option<&str>) -> bool {
         match self {
-            LaneIdentity::Absent => true,
-            LaneIdentity::Recorded(RecordedIdentity::Named(s)) => mine == Some(s.as_str()),
-            LaneIdentity::Recorded(RecordedIdentity::Anonymous) => mine.is_none(),
-            LaneIdentity::Recorded(RecordedIdentity::Unreadable) => false,
+            LaneIdentity::Absent => accepts(None, mine),
+            LaneIdentity::Recorded(r) => accepts(Some(r), mine),
         }
+    }
+}
+
+/// Whether a spool opened with identity `mine` may take a lane whose identity file says
+/// `recorded` (`None`: the lane has none): the rule of adoption, for tools that report
+/// which lanes a client would leave alone.
+pub fn accepts(recorded: Option<&RecordedIdentity>, mine: Option<&str>) -> bool {
+    match recorded {
+        None => true,
+        Some(RecordedIdentity::Named(s)) => mine == Some(s.as_str()),
+        Some(RecordedIdentity::Anonymous) => mine.is_none(),
+        Some(RecordedIdentity::Unreadable) => false,
     }
 }
 
