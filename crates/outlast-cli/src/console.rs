@@ -232,6 +232,36 @@ pub(crate) fn peak_rss_bytes() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// The spool directory a command works in: `given`, or a new temporary directory named
+/// `prefix…`, returned too so that it lives as long as the caller keeps it (see
+/// [`remove_temp`]). `what` names it in the error if it cannot be created.
+pub(crate) fn spool_dir_or_temp(
+    given: Option<&std::path::PathBuf>,
+    prefix: &str,
+    what: &'static str,
+) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>), CliError> {
+    match given {
+        Some(dir) => Ok((dir.clone(), None)),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir()
+                .map_err(|e| CliError::io(what, e))?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
+}
+
+/// Removes the temporary directory made by [`spool_dir_or_temp`], if one was; a failure is
+/// only logged (the command's outcome does not depend on it).
+pub(crate) fn remove_temp(temp: Option<tempfile::TempDir>, what: &str) {
+    if let Some(t) = temp
+        && let Err(e) = t.close()
+    {
+        tracing::warn!(error = %e, "demo: could not remove the temporary {what}");
+    }
+}
+
 /// When the `i`-th of a run paced at `rate` per second is due: `start + i / rate`,
 /// saturated at [`units::MAX_DURATION`] like every other duration (a rate of one payload
 /// per millennium is accepted and never overflows).

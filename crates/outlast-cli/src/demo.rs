@@ -84,16 +84,11 @@ pub(crate) async fn run(args: &DemoArgs, console: &Console) -> Result<(), CliErr
         arg: "--size",
         reason: "too large for this machine".into(),
     })?;
-    let (spool_dir, temp) = match &args.spool_dir {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("outlast-demo-")
-                .tempdir()
-                .map_err(|e| CliError::io("creating a temporary spool directory", e))?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (spool_dir, temp) = crate::console::spool_dir_or_temp(
+        args.spool_dir.as_ref(),
+        "outlast-demo-",
+        "creating a temporary spool directory",
+    )?;
     let receiver = Arc::new(
         TestReceiver::builder()
             .recording(Recording::KeysAndSizes)
@@ -126,11 +121,7 @@ pub(crate) async fn run(args: &DemoArgs, console: &Console) -> Result<(), CliErr
         tracing::warn!(error = %e, "demo: client shutdown did not complete cleanly");
     }
     receiver.shutdown().await;
-    if let Some(t) = temp
-        && let Err(e) = t.close()
-    {
-        tracing::warn!(error = %e, "demo: could not remove the temporary spool");
-    }
+    crate::console::remove_temp(temp, "spool");
     let summary = result?;
     print_json_line(&summary)?;
     if summary.lost > 0 {

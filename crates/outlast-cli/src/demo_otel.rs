@@ -61,16 +61,11 @@ struct OtelSummary {
 /// [`CliError::Io`] for the temporary directory or stdout; [`CliError::Lost`] if any
 /// emitted span never reached the collector.
 pub(crate) async fn run(args: &DemoArgs, console: &Console) -> Result<(), CliError> {
-    let (root, temp) = match &args.spool_dir {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("outlast-demo-otel-")
-                .tempdir()
-                .map_err(|e| CliError::io("creating a temporary spool root", e))?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (root, temp) = crate::console::spool_dir_or_temp(
+        args.spool_dir.as_ref(),
+        "outlast-demo-otel-",
+        "creating a temporary spool root",
+    )?;
     let receiver = TestReceiver::start().await?;
     console.note(&format!(
         "outlast demo --otel: {} spans at {}/s (about {:.0}s) through the OpenTelemetry SDK's batch span processor and outlast-otel to a collector on {}",
@@ -96,11 +91,7 @@ pub(crate) async fn run(args: &DemoArgs, console: &Console) -> Result<(), CliErr
     let result = drive(args, &root, &receiver).await;
     console.finish();
     receiver.shutdown().await;
-    if let Some(t) = temp
-        && let Err(e) = t.close()
-    {
-        tracing::warn!(error = %e, "demo: could not remove the temporary spool root");
-    }
+    crate::console::remove_temp(temp, "spool root");
     let summary = result?;
     print_json_line(&summary)?;
     if summary.lost > 0 {

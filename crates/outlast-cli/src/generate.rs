@@ -141,16 +141,11 @@ pub(crate) async fn run(args: &GenArgs) -> Result<(), CliError> {
             context: "--endpoint",
             source,
         })?;
-    let (spool_dir, temp) = match &args.spool {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("outlast-gen-")
-                .tempdir()
-                .map_err(|e| CliError::io("creating a temporary spool directory", e))?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (spool_dir, temp) = crate::console::spool_dir_or_temp(
+        args.spool.as_ref(),
+        "outlast-gen-",
+        "creating a temporary spool directory",
+    )?;
     let client = Client::builder()
         .spool_dir(&spool_dir)
         .build(exporter)
