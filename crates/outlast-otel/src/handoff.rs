@@ -36,6 +36,19 @@ pub(crate) struct Counters {
     pub(crate) partially_rejected_items: AtomicU64,
 }
 
+impl Counters {
+    /// Counts one batch of `items`, accepted (delivered or spooled) or dropped.
+    fn count(&self, accepted: bool, items: u64) {
+        let (batches, counted) = if accepted {
+            (&self.batches_accepted, &self.items_accepted)
+        } else {
+            (&self.batches_dropped, &self.items_dropped)
+        };
+        batches.fetch_add(1, Ordering::Relaxed);
+        counted.fetch_add(items, Ordering::Relaxed);
+    }
+}
+
 /// Hand-off tasks not yet answered by the client, so a flush can wait for them.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
@@ -112,14 +125,7 @@ struct Settle {
 impl Settle {
     fn settle(&mut self, accepted: bool) {
         self.settled = true;
-        let c = &self.counters;
-        let (batches, items) = if accepted {
-            (&c.batches_accepted, &c.items_accepted)
-        } else {
-            (&c.batches_dropped, &c.items_dropped)
-        };
-        batches.fetch_add(1, Ordering::Relaxed);
-        items.fetch_add(self.items, Ordering::Relaxed);
+        self.counters.count(accepted, self.items);
     }
 }
 
@@ -187,12 +193,7 @@ impl Handoff {
         let bytes = match encoded.bytes {
             Ok(bytes) => bytes,
             Err(e) => {
-                self.counters
-                    .batches_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .items_dropped
-                    .fetch_add(items, Ordering::Relaxed);
+                self.counters.count(false, items);
                 return Err(OTelSdkError::InternalFailure(format!(
                     "outlast-otel could not encode the {} batch of {items} {}: {e}",
                     self.signal,
