@@ -414,12 +414,9 @@ impl Pipeline {
 
     async fn flush_within(&self, timeout: Duration, shutdown: bool) -> PipelineFlush {
         let start = Instant::now();
-        let deadline = start.checked_add(timeout);
-        let left = || {
-            deadline.map_or(Duration::MAX, |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-        };
+        // Saturated like every duration (`Duration::MAX`: no limit), so it cannot overflow.
+        let deadline = start + outlast_client::units::saturate(timeout);
+        let left = || deadline.saturating_duration_since(Instant::now());
         let inner = &self.inner;
 
         // 1. The SDK's queues into outlast.
@@ -427,13 +424,9 @@ impl Pipeline {
         let sdk_flushed = matches!(tokio::time::timeout(left(), sdk).await, Ok(Ok(true)));
 
         // 2. The batches handed over: wait until the clients answered them.
-        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
         let mut handed_over = true;
         for handoff in inner.signals.iter().flatten() {
-            handed_over &= handoff
-                .in_flight
-                .wait_idle(deadline.unwrap_or_else(far))
-                .await;
+            handed_over &= handoff.in_flight.wait_idle(deadline).await;
         }
 
         // 3. Every signal's spool to the collector, concurrently, in the time left (less a

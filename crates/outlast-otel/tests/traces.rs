@@ -269,3 +269,30 @@ async fn against_a_hanging_collector_export_flush_and_shutdown_keep_their_bounds
         "{stats:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duration_max_everywhere_means_no_bound_and_never_panics() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = receiver_down().await;
+    let otel = pipeline_to(&receiver, root.path())
+        .export_timeout(Duration::MAX)
+        .request_timeout(Duration::MAX)
+        .build()
+        .expect("Duration::MAX is a valid bound");
+    let provider = otel.tracer_provider().expect("traces are on");
+    let emitted = emit_spans(&provider, 50);
+    receiver
+        .set_mode(Mode::Up)
+        .await
+        .expect("receiver comes up");
+    // Unbounded, and it still ends as soon as everything is delivered.
+    let flush = otel.force_flush(Duration::MAX).await;
+    assert!(flush.complete, "{flush:?}");
+    let arrived = span_ids(&receiver);
+    assert_eq!(
+        arrived.iter().collect::<HashSet<_>>(),
+        emitted.iter().collect::<HashSet<_>>()
+    );
+    let shut = otel.shutdown(Duration::MAX).await;
+    assert!(shut.complete, "{shut:?}");
+}
