@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(20);
 
     // The three lines of set-up.
-    let otel = outlast_otel::Pipeline::from_env()?.build()?;
+    let otel = outlast_otel::Pipeline::builder_from_env()?.build()?;
     let tracer = otel
         .tracer_provider()
         .ok_or("traces are off")?

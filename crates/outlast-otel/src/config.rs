@@ -32,6 +32,14 @@ pub const ENV_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// `OUTLAST_SPOOL_DIR`, read here as the spool root (each signal has a folder under it).
 pub const ENV_SPOOL_ROOT: &str = outlast_client::env::SPOOL_DIR;
 
+/// `OTEL_TRACES_EXPORTER`, `OTEL_LOGS_EXPORTER`, `OTEL_METRICS_EXPORTER`: `otlp` exports the
+/// signal, `none` turns it off (the SDK's own variables, read here as the signal switches).
+pub const ENV_SIGNAL_EXPORTER: [&str; 3] = [
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_LOGS_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+];
+
 /// The per-signal variables: (full endpoint, headers, timeout, compression, protocol).
 const fn signal_vars(signal: Signal) -> [&'static str; 5] {
     match signal {
@@ -121,6 +129,9 @@ pub struct PipelineBuilder {
     pub(crate) resource: Option<opentelemetry_sdk::Resource>,
     pub(crate) http: Vec<(String, String)>,
     pub(crate) code_headers: Vec<(String, String)>,
+    /// Per signal: on or off as set in code or by `OTEL_<SIGNAL>_EXPORTER`; `None`: on if
+    /// its cargo feature is.
+    pub(crate) enabled: [Option<Sourced<bool>>; 3],
     #[cfg(feature = "metrics")]
     pub(crate) temporality: Option<opentelemetry_sdk::metrics::Temporality>,
     #[cfg(feature = "metrics")]
@@ -196,6 +207,25 @@ impl PipelineBuilder {
             b.http
                 .push((outlast_client::http::ENV_CA_FILE.to_owned(), ca.to_owned()));
         }
+        for signal in Signal::ALL {
+            let var = ENV_SIGNAL_EXPORTER[signal.index()];
+            if let Some(v) = get(var) {
+                let on = match v.to_ascii_lowercase().as_str() {
+                    "otlp" => true,
+                    "none" => false,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            var,
+                            format!(
+                                "{v:?} is not an exporter outlast-otel has: `otlp` (export \
+                                 {signal}) or `none` (do not)"
+                            ),
+                        ));
+                    }
+                };
+                b.enabled[signal.index()] = Some(Sourced::env(on, var));
+            }
+        }
         if let Some(v) = get(ENV_OTLP_ENDPOINT) {
             b.endpoint = Some(Sourced::env(v.to_owned(), ENV_OTLP_ENDPOINT));
         }
@@ -219,6 +249,65 @@ impl PipelineBuilder {
             )?;
         }
         Ok(b)
+    }
+
+    /// Whether to export spans (default: on when the `trace` feature is; also
+    /// `OTEL_TRACES_EXPORTER=none|otlp`). Turning it on without the feature makes
+    /// [`build`](Self::build) fail.
+    pub fn traces(self, on: bool) -> Self {
+        self.signal(Signal::Traces, on)
+    }
+
+    /// Whether to export log records (default: on when the `logs` feature is; also
+    /// `OTEL_LOGS_EXPORTER=none|otlp`). Turning it on without the feature makes
+    /// [`build`](Self::build) fail.
+    pub fn logs(self, on: bool) -> Self {
+        self.signal(Signal::Logs, on)
+    }
+
+    /// Whether to export metrics (default: on when the `metrics` feature is; also
+    /// `OTEL_METRICS_EXPORTER=none|otlp`). Turning it on without the feature makes
+    /// [`build`](Self::build) fail.
+    pub fn metrics(self, on: bool) -> Self {
+        self.signal(Signal::Metrics, on)
+    }
+
+    /// Whether to export `signal` (see [`traces`](Self::traces), [`logs`](Self::logs),
+    /// [`metrics`](Self::metrics)). A signal turned off has no client, no spool folder
+    /// opened and no provider.
+    pub fn signal(mut self, signal: Signal, on: bool) -> Self {
+        self.enabled[signal.index()] = Some(Sourced::code(on));
+        self
+    }
+
+    /// The signals [`build`](Self::build) makes: those turned on, else those whose cargo
+    /// feature is on.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the setting (or variable) that turns on a signal
+    /// this build of the crate lacks the feature of.
+    pub(crate) fn enabled_signals(&self) -> Result<Vec<Signal>, ConfigError> {
+        let mut on = Vec::new();
+        for signal in Signal::ALL {
+            let (compiled, feature) = match signal {
+                Signal::Traces => (cfg!(feature = "trace"), "trace"),
+                Signal::Logs => (cfg!(feature = "logs"), "logs"),
+                Signal::Metrics => (cfg!(feature = "metrics"), "metrics"),
+            };
+            match &self.enabled[signal.index()] {
+                Some(s) if s.value && !compiled => {
+                    return Err(ConfigError::invalid(
+                        s.param(signal.name()),
+                        format!("{signal} need outlast-otel's `{feature}` cargo feature"),
+                    ));
+                }
+                Some(s) if !s.value => {}
+                _ if compiled => on.push(signal),
+                _ => {}
+            }
+        }
+        Ok(on)
     }
 
     /// The collector's base URL (default [`DEFAULT_ENDPOINT`]); each signal is sent to it

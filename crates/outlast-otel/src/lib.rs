@@ -69,16 +69,22 @@ mod stats;
 
 pub use config::{
     DEFAULT_ENDPOINT, DEFAULT_EXPORT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, ENV_OTLP_COMPRESSION,
-    ENV_OTLP_ENDPOINT, ENV_OTLP_HEADERS, ENV_OTLP_PROTOCOL, ENV_OTLP_TIMEOUT, ENV_SPOOL_ROOT,
+    ENV_OTLP_ENDPOINT, ENV_OTLP_HEADERS, ENV_OTLP_PROTOCOL, ENV_OTLP_TIMEOUT, ENV_SIGNAL_EXPORTER, ENV_SPOOL_ROOT,
     PipelineBuilder,
 };
 pub use encode::Encoding;
 #[cfg(feature = "logs")]
-pub use exporters::LogExporter;
+pub use exporters::OutlastLogExporter;
 #[cfg(feature = "metrics")]
-pub use exporters::MetricExporter;
+pub use exporters::OutlastMetricExporter;
 #[cfg(feature = "trace")]
-pub use exporters::SpanExporter;
+pub use exporters::OutlastSpanExporter;
+/// The OpenTelemetry API this crate is built on (0.33), re-exported so that a service uses
+/// the same version: `use outlast_otel::opentelemetry;`.
+pub use opentelemetry;
+/// The OpenTelemetry SDK this crate is built on (0.33), re-exported so that a service uses
+/// the same version: `use outlast_otel::opentelemetry_sdk;`.
+pub use opentelemetry_sdk;
 pub use otlp_http::{
     CollectorError, OtlpHttpExporter, PartialSuccess, describe_failure_body,
     is_otlp_retryable_status, partial_success,

@@ -74,8 +74,8 @@ fn assert_permanent(
     );
     let stats = otel.stats().traces.expect("traces stats");
     assert_eq!(stats.rejected_by_collector, 1, "{stats:?}");
-    assert_eq!(stats.dropped.permanent, 1, "{stats:?}");
-    assert_eq!(stats.pending_records, 0, "{stats:?}");
+    assert_eq!(stats.client.dropped.permanent, 1, "{stats:?}");
+    assert_eq!(stats.client.spool_records, 0, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +171,7 @@ async fn a_partial_success_is_accepted_and_not_retried() {
         "a partial success is not retried"
     );
     let stats = otel.stats().traces.expect("traces stats");
-    assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+    assert_eq!(stats.client.dropped.total(), 0, "{stats:?}");
     assert_eq!(
         stats.partially_rejected_items, 1,
         "the rejected span of the partial success is counted: {stats:?}"
