@@ -177,7 +177,12 @@ mod trace_split {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     type ResourceOf = opentelemetry_proto::tonic::trace::v1::ResourceSpans;
     type ScopeOf = opentelemetry_proto::tonic::trace::v1::ScopeSpans;
-    split_two_levels!(ExportTraceServiceRequest, resource_spans, scope_spans, spans);
+    split_two_levels!(
+        ExportTraceServiceRequest,
+        resource_spans,
+        scope_spans,
+        spans
+    );
 }
 
 #[cfg(feature = "logs")]
@@ -186,7 +191,12 @@ mod logs_split {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     type ResourceOf = opentelemetry_proto::tonic::logs::v1::ResourceLogs;
     type ScopeOf = opentelemetry_proto::tonic::logs::v1::ScopeLogs;
-    split_two_levels!(ExportLogsServiceRequest, resource_logs, scope_logs, log_records);
+    split_two_levels!(
+        ExportLogsServiceRequest,
+        resource_logs,
+        scope_logs,
+        log_records
+    );
 }
 
 #[cfg(feature = "metrics")]

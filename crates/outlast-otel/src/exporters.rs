@@ -128,7 +128,8 @@ impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for OutlastMetricE
         &self,
         metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
     ) -> OTelSdkResult {
-        let encoded = crate::encode::metrics(metrics, self.handoff.encoding, self.handoff.part_limit);
+        let encoded =
+            crate::encode::metrics(metrics, self.handoff.encoding, self.handoff.part_limit);
         self.handoff.export(&self.shut_down, encoded).await
     }
 

@@ -248,7 +248,11 @@ impl Handoff {
     /// mode says). `Timeout` means the client had not answered yet: the parts are still being
     /// exported and end delivered, spooled or dropped (counted in the stats), never silently
     /// lost. `InternalFailure` says which parts were dropped and why; the others went on.
-    pub(crate) async fn export(&self, shut_down: &AtomicBool, parts: Vec<Encoded>) -> OTelSdkResult {
+    pub(crate) async fn export(
+        &self,
+        shut_down: &AtomicBool,
+        parts: Vec<Encoded>,
+    ) -> OTelSdkResult {
         if shut_down.load(Ordering::Acquire) {
             return Err(OTelSdkError::AlreadyShutdown);
         }

@@ -1,8 +1,8 @@
 //! What a user watches: per signal, the buffer (records and bytes pending, oldest age), what
 //! was dropped and why, what the collector rejected, and how the SDK's calls were answered.
 
-use std::sync::atomic::Ordering;
 use outlast_client::ClientStats;
+use std::sync::atomic::Ordering;
 
 use crate::handoff::Counters;
 
