@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::StatusCode;
 use outlast_client::http::{HttpError, HttpExporter, SuccessResponse};
 use outlast_client::{Coalescing, ExportError, Exporter, Payload, Reachability};
+use outlast_core::ContentEncoding;
 use prost::Message as _;
 
 use crate::Signal;
@@ -275,6 +276,17 @@ impl Exporter for OtlpHttpExporter {
         self.inner.export_timeout()
     }
 
+    /// As the inner exporter: gzip when its gzip is on, so that a record the client stored
+    /// gzipped is sent as stored, without being decompressed and compressed again.
+    fn accepts_encoding(&self, encoding: ContentEncoding) -> bool {
+        self.inner.accepts_encoding(encoding)
+    }
+
+    /// The inner exporter's shutdown.
+    async fn shutdown(&self) -> Result<(), ExportError> {
+        self.inner.shutdown().await
+    }
+
     /// The inner exporter's identity, else `outlast-otel/<signal>`: stable across versions
     /// of this crate (a type name would change with a refactor and orphan spooled records).
     fn identity(&self) -> Option<String> {
@@ -325,6 +337,28 @@ mod tests {
         let s = describe_failure_body(&body);
         assert!(s.starts_with("code 3: span name is empty"), "{s}");
         assert!(s.contains("google.rpc.BadRequest"), "{s}");
+    }
+
+    #[test]
+    fn every_capability_of_the_inner_exporter_is_forwarded() {
+        for gzip in [false, true] {
+            let inner = HttpExporter::builder("http://127.0.0.1:4318/v1/traces")
+                .gzip(gzip)
+                .max_in_flight(3)
+                .build()
+                .expect("valid settings");
+            let otlp = OtlpHttpExporter::new(inner.clone(), Signal::Traces);
+            for encoding in [ContentEncoding::Identity, ContentEncoding::Gzip] {
+                assert_eq!(
+                    otlp.accepts_encoding(encoding),
+                    inner.accepts_encoding(encoding),
+                    "gzip {gzip}, {encoding:?}"
+                );
+            }
+            assert_eq!(otlp.max_in_flight(), inner.max_in_flight());
+            assert_eq!(otlp.export_timeout(), inner.export_timeout());
+            assert_eq!(otlp.identity(), inner.identity());
+        }
     }
 
     #[test]
