@@ -483,6 +483,7 @@ impl PipelineBuilder {
         // for repeated fields); OTLP/JSON requests are never merged.
         b.timeout(timeout)
             .gzip(gzip)
+            .retryable_statuses(crate::otlp_http::OTLP_RETRYABLE_STATUSES)
             .payload_framing(outlast_client::http::PayloadFraming::OtlpProtobuf)
             .build()
             .map_err(name_ours)

@@ -382,3 +382,244 @@ pub(crate) fn metrics(
     fit(request, encoding, limit, &mut parts);
     parts
 }
+
+#[cfg(all(test, feature = "trace", feature = "metrics"))]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, InstrumentationScope, KeyValue, any_value,
+    };
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, metric::Data,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message as _;
+
+    fn text(key: &str, value: String) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value)),
+            }),
+            ..KeyValue::default()
+        }
+    }
+
+    fn span(id: u64, padding: usize) -> Span {
+        Span {
+            span_id: id.to_be_bytes().to_vec(),
+            name: format!("op-{id}"),
+            attributes: vec![text("pad", "x".repeat(padding))],
+            ..Span::default()
+        }
+    }
+
+    /// Two resources; the first with three scopes (the middle one empty) and the second
+    /// with one; the spans' sizes given in order.
+    fn request(sizes: &[usize], resource_padding: usize) -> ExportTraceServiceRequest {
+        let mut spans: Vec<Span> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| span(i as u64, n))
+            .collect();
+        let third = spans.split_off(spans.len() * 2 / 3);
+        let second = spans.split_off(spans.len() / 2);
+        let resource = |name: &str| Resource {
+            attributes: vec![
+                text("service.name", name.into()),
+                text("pad", "r".repeat(resource_padding)),
+            ],
+            ..Resource::default()
+        };
+        let scope = |name: &str, spans| ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: name.into(),
+                ..InstrumentationScope::default()
+            }),
+            spans,
+            schema_url: format!("https://example.invalid/{name}"),
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(resource("a")),
+                    scope_spans: vec![
+                        scope("a1", spans),
+                        scope("empty", vec![]),
+                        scope("a2", second),
+                    ],
+                    schema_url: "https://example.invalid/a".into(),
+                },
+                ResourceSpans {
+                    resource: Some(resource("b")),
+                    scope_spans: vec![scope("b1", third)],
+                    schema_url: "https://example.invalid/b".into(),
+                },
+            ],
+        }
+    }
+
+    /// (resource, resource schema, scope, scope schema, span id) of every span, in order.
+    fn flat(r: &ExportTraceServiceRequest) -> Vec<(String, String, String, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for rs in &r.resource_spans {
+            let res = format!("{:?}", rs.resource);
+            for ss in &rs.scope_spans {
+                let scope = format!("{:?}", ss.scope);
+                for s in &ss.spans {
+                    out.push((
+                        res.clone(),
+                        rs.schema_url.clone(),
+                        scope.clone(),
+                        ss.schema_url.clone(),
+                        s.span_id.clone(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_cut_at_any_point_keeps_every_span_once_under_its_own_resource_and_scope() {
+        let whole = request(&[10; 9], 10);
+        assert_eq!(whole.items(), 9);
+        for n in 0..=9 {
+            let mut head = whole.clone();
+            let tail = head.split_off(n);
+            assert_eq!((head.items(), tail.items()), (n, 9 - n), "cut at {n}");
+            let mut joined = flat(&head);
+            joined.extend(flat(&tail));
+            assert_eq!(joined, flat(&whole), "cut at {n}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_request_becomes_parts_under_the_limit_that_carry_every_span_once() {
+        let whole = request(&[1000; 40], 100);
+        let limit = 5_000;
+        assert!(whole.encoded_len() as u64 > limit);
+        let mut parts = Vec::new();
+        fit(whole.clone(), Encoding::Protobuf, limit, &mut parts);
+        assert!(parts.len() > 1);
+        let mut joined = Vec::new();
+        for p in &parts {
+            let bytes = p.bytes.as_ref().expect("protobuf encodes");
+            assert!(bytes.len() as u64 <= limit, "{} > {limit}", bytes.len());
+            let decoded = ExportTraceServiceRequest::decode(&bytes[..]).expect("valid");
+            assert_eq!(decoded.items() as u64, p.items);
+            joined.extend(flat(&decoded));
+        }
+        assert_eq!(joined, flat(&whole));
+    }
+
+    #[test]
+    fn one_huge_span_among_small_ones_is_the_only_part_over_the_limit() {
+        let mut sizes = vec![100; 31];
+        sizes[17] = 50_000;
+        let whole = request(&sizes, 10);
+        let limit = 10_000;
+        let mut parts = Vec::new();
+        fit(whole, Encoding::Protobuf, limit, &mut parts);
+        let over: Vec<_> = parts
+            .iter()
+            .filter(|p| p.bytes.as_ref().expect("encodes").len() as u64 > limit)
+            .collect();
+        assert_eq!(over.len(), 1, "{parts:?}");
+        assert_eq!(over[0].items, 1);
+        assert_eq!(parts.iter().map(|p| p.items).sum::<u64>(), 31);
+    }
+
+    #[test]
+    fn a_limit_below_one_resource_header_gives_one_part_per_span() {
+        let whole = request(&[10; 7], 2_000);
+        let mut parts = Vec::new();
+        fit(whole, Encoding::Protobuf, 500, &mut parts);
+        assert_eq!(parts.len(), 7);
+        assert!(parts.iter().all(|p| p.items == 1));
+    }
+
+    #[test]
+    fn a_request_without_items_is_one_empty_part() {
+        let mut parts = Vec::new();
+        fit(request(&[], 10), Encoding::Protobuf, 1, &mut parts);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].items, 0);
+    }
+
+    #[test]
+    fn the_part_limit_keeps_room_for_the_spool_frame_and_never_underflows() {
+        assert_eq!(part_limit(8 * 1024 * 1024), 8 * 1024 * 1024 - 1024);
+        assert_eq!(part_limit(1000), 500);
+        assert_eq!(part_limit(1), 1);
+        assert_eq!(part_limit(0), 0);
+        assert_eq!(part_limit(u64::MAX), u64::MAX - 1024);
+    }
+
+    #[test]
+    fn a_giant_histogram_is_split_by_data_points_keeping_its_name_and_temporality() {
+        let points: Vec<HistogramDataPoint> = (0..64)
+            .map(|i| HistogramDataPoint {
+                attributes: vec![text("i", format!("{i:04}"))],
+                bucket_counts: vec![1; 500],
+                explicit_bounds: (0..499).map(f64::from).collect(),
+                count: 500,
+                ..HistogramDataPoint::default()
+            })
+            .collect();
+        let metric = |name: &str, data_points| Metric {
+            name: name.into(),
+            unit: "ms".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points,
+                aggregation_temporality: 2,
+            })),
+            ..Metric::default()
+        };
+        let whole = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource::default()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: None,
+                    metrics: vec![
+                        metric("small", points[..1].to_vec()),
+                        metric("latency", points),
+                    ],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        assert_eq!(whole.items(), 65);
+        let limit = 20_000;
+        let mut parts = Vec::new();
+        fit(whole, Encoding::Protobuf, limit, &mut parts);
+        let mut seen = Vec::new();
+        for p in &parts {
+            let bytes = p.bytes.as_ref().expect("encodes");
+            assert!(bytes.len() as u64 <= limit);
+            let req = ExportMetricsServiceRequest::decode(&bytes[..]).expect("valid");
+            for m in req
+                .resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .flat_map(|s| &s.metrics)
+            {
+                let Some(Data::Histogram(h)) = &m.data else {
+                    panic!("a histogram stays a histogram: {m:?}");
+                };
+                assert_eq!((m.unit.as_str(), h.aggregation_temporality), ("ms", 2));
+                for dp in &h.data_points {
+                    seen.push((m.name.clone(), format!("{:?}", dp.attributes)));
+                }
+            }
+        }
+        assert_eq!(seen.len(), 65);
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 65, "every data point once");
+    }
+}

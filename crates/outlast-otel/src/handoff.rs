@@ -264,6 +264,14 @@ impl Handoff {
         let count = parts.len();
         if count > 1 {
             self.counters.batches_split.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                target: crate::LOG_TARGET,
+                signal = %self.signal,
+                items,
+                requests = count,
+                limit = self.part_limit,
+                "outlast-otel: a batch larger than max_record_bytes is sent as several requests"
+            );
         }
         let mut failures = Vec::new();
         let mut payloads = Vec::with_capacity(count);

@@ -45,7 +45,7 @@
 //!
 //! Only 429, 502, 503, 504 and transport failures are retried (with `Retry-After` honoured on
 //! 429 and 503); every other status is a permanent rejection, dropped and counted, its
-//! `google.rpc.Status` message in the error. See [`OtlpHttpExporter`].
+//! `google.rpc.Status` message in the error ([`CollectorError`]).
 //!
 //! # Features
 //!
@@ -56,6 +56,12 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+/// The target of every log event of this crate (`tracing`), stable across versions: filter on
+/// it, e.g. `RUST_LOG=outlast::otel=debug` or `EnvFilter::new("info,outlast::otel=warn")`.
+/// The events of the clients under the pipeline have the targets of `outlast_client`'s
+/// modules (`outlast_client=warn` filters them all).
+pub const LOG_TARGET: &str = "outlast::otel";
 
 mod config;
 mod encode;
@@ -86,7 +92,7 @@ pub use opentelemetry;
 /// the same version: `use outlast_otel::opentelemetry_sdk;`.
 pub use opentelemetry_sdk;
 pub use otlp_http::{
-    CollectorError, OtlpHttpExporter, PartialSuccess, describe_failure_body,
+    CollectorError, OTLP_RETRYABLE_STATUSES, PartialSuccess, describe_failure_body,
     is_otlp_retryable_status, partial_success,
 };
 pub use outlast_client::{ClientBuilder, ConfigError};

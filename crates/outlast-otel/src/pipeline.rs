@@ -138,7 +138,7 @@ impl PipelineBuilder {
             let http = self.http_exporter(signal)?.with_success_hook(
                 crate::otlp_http::partial_success_hook(signal, Arc::clone(&counters)),
             );
-            let exporter = OtlpHttpExporter::with_counters(http, signal, Arc::clone(&counters));
+            let exporter = OtlpHttpExporter::new(http, signal, Arc::clone(&counters));
             let client = {
                 // The client spawns its drain task on the runtime: enter it for the build.
                 let _entered = runtime.handle().enter();
@@ -306,7 +306,7 @@ impl PipelineInner {
                 let _ = tx.send(ok);
             });
         if let Err(e) = spawned {
-            tracing::warn!(error = %e, "outlast-otel: cannot start a thread to flush the SDK");
+            tracing::warn!(target: crate::LOG_TARGET, error = %e, "outlast-otel: cannot start a thread to flush the SDK");
         }
         rx
     }
