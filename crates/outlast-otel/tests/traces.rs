@@ -446,3 +446,54 @@ async fn a_batch_split_during_an_outage_is_spooled_in_parts_and_delivered_after_
         emitted.iter().collect::<HashSet<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_a_provider_of_your_own_leaves_the_pipelines_exporter_running() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let own = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(otel.span_exporter().expect("traces are on"))
+        .build();
+    let own_ids = emit_spans(&own, 5);
+    // The provider's shutdown blocks (it flushes its queue): off the runtime's workers.
+    let shut = tokio::task::spawn_blocking(move || own.shutdown())
+        .await
+        .expect("the shutdown thread ends");
+    assert!(shut.is_ok(), "{shut:?}");
+
+    let pipeline_ids = emit_spans(&otel.tracer_provider().expect("traces are on"), 5);
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let arrived: HashSet<String> = span_ids(&receiver).into_iter().collect();
+    let expected: HashSet<String> = own_ids.into_iter().chain(pipeline_ids).collect();
+    assert_eq!(arrived, expected);
+}
+
+#[test]
+fn a_program_without_an_executor_shuts_the_pipeline_down_with_shutdown_blocking() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let server = tokio::runtime::Runtime::new().expect("a runtime for the receiver");
+    let receiver = server.block_on(async {
+        outlast_client::testing::TestReceiver::start()
+            .await
+            .expect("receiver starts")
+    });
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let ids = emit_spans(&otel.tracer_provider().expect("traces are on"), 20);
+    let report = otel.shutdown_blocking(TEST_BOUND);
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.traces().map(|r| r.remaining_records), Some(0));
+    let arrived: HashSet<String> = span_ids(&receiver).into_iter().collect();
+    assert_eq!(arrived, ids.into_iter().collect());
+    // After shutdown, the pipeline's exporter refuses.
+    let exporter = otel.span_exporter().expect("traces are on");
+    let got = block_on_plain(exporter.export(one_span_batch()));
+    assert!(got.is_err(), "{got:?}");
+}
