@@ -6,22 +6,45 @@
 //! # Set-up
 //!
 //! ```no_run
+//! use std::time::Duration;
+//!
+//! use outlast_otel::Pipeline;
+//! use outlast_otel::opentelemetry::trace::TracerProvider as _; // brings `.tracer(name)`
+//!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let otel = outlast_otel::Pipeline::from_env()?.spool_root("/var/lib/my-service/otel").build()?;
-//! let tracer_provider = otel.tracer_provider().expect("feature `trace` is on");
-//! opentelemetry::global::set_tracer_provider(tracer_provider);
+//! let otel = Pipeline::builder_from_env()?
+//!     .spool_root("/var/lib/my-service/otel")
+//!     .build()?;
+//! let provider = otel.tracer_provider().ok_or("feature `trace` is off")?;
+//! // Install it globally, or hand `provider.tracer("my-service")` to tracing-opentelemetry.
+//! outlast_otel::opentelemetry::global::set_tracer_provider(provider.clone());
 //! // ... on the way out: hand the SDK's queues to outlast, deliver what can be in 5 s,
-//! // keep the rest on disk for the next start.
-//! otel.shutdown(std::time::Duration::from_secs(5)).await;
+//! // keep the rest on disk for the next start (`shutdown_blocking` without an executor).
+//! let report = otel.shutdown(Duration::from_secs(5)).await;
+//! # let _ = report;
 //! # Ok(()) }
 //! ```
+//!
+//! `opentelemetry` and `opentelemetry_sdk` are re-exported ([`opentelemetry`],
+//! [`opentelemetry_sdk`]) so that a service uses the versions this crate is built on.
+//! `docs/opentelemetry.md` in the repository has the `Cargo.toml` lines and a whole `tracing`
+//! service with traces and logs.
 //!
 //! [`Pipeline`] builds one outlast client per signal, each with its own URL
 //! (`<endpoint>/v1/traces`, `/v1/logs`, `/v1/metrics`) and its own spool
 //! (`<root>/traces`, `<root>/logs`, `<root>/metrics`), and the SDK providers (batch span and
 //! log processors, a periodic metric reader) that feed them. The exporters
-//! ([`SpanExporter`], [`LogExporter`], [`MetricExporter`]) can also be used on providers of
-//! your own.
+//! ([`OutlastSpanExporter`], [`OutlastLogExporter`], [`OutlastMetricExporter`]) can also be
+//! used on providers of your own. Which signals run is chosen by the cargo features and, at
+//! run time, by [`PipelineBuilder::traces`], [`logs`](PipelineBuilder::logs) and
+//! [`metrics`](PipelineBuilder::metrics) (or `OTEL_{TRACES,LOGS,METRICS}_EXPORTER=none`).
+//!
+//! # Batches larger than a record
+//!
+//! A batch whose encoding is larger than the client's `max_record_bytes` (8 MiB by default)
+//! is cut by its items (spans, log records, metric data points) into requests that fit, each
+//! keeping its resource and scope; only a single item larger than the limit is dropped, and
+//! counted once.
 //!
 //! # What an export answers
 //!
@@ -35,7 +58,9 @@
 //!   (it survives a crash of the process and a restart, and is delivered later).
 //! - `Err(InternalFailure)`: outlast dropped the batch; the message says why (the
 //!   collector rejected it permanently, spool full, spool unusable during an outage, shut
-//!   down, too large). Counted in [`Pipeline::stats`].
+//!   down, a single item larger than `max_record_bytes`); for a batch sent in several
+//!   requests, how many of its items. Counted in [`Pipeline::stats`] and in the next
+//!   [`PipelineFlush`].
 //! - `Err(Timeout)`: the client had not answered in time. The batch is **not** abandoned:
 //!   the task goes on and the batch ends delivered, spooled or dropped (counted in the
 //!   stats). The SDK may then log a failure for a batch that still arrives.
@@ -45,7 +70,12 @@
 //!
 //! Only 429, 502, 503, 504 and transport failures are retried (with `Retry-After` honoured on
 //! 429 and 503); every other status is a permanent rejection, dropped and counted, its
-//! `google.rpc.Status` message in the error ([`CollectorError`]).
+//! `google.rpc.Status` message in the error ([`CollectorError`]). The list is
+//! [`OTLP_RETRYABLE_STATUSES`], given to each signal's `HttpExporter`.
+//!
+//! # Log events
+//!
+//! This crate's `tracing` events have the target [`LOG_TARGET`] (`outlast::otel`).
 //!
 //! # Features
 //!
@@ -99,3 +129,12 @@ pub use outlast_client::{ClientBuilder, ConfigError};
 pub use pipeline::{Pipeline, PipelineFlush};
 pub use signal::Signal;
 pub use stats::{PipelineStats, SignalStats};
+
+// The pages that show how to use this crate are compiled as doctests, so they cannot drift.
+#[cfg(all(doctest, feature = "logs"))]
+#[doc = include_str!("../../../docs/opentelemetry.md")]
+struct OpenTelemetryDocDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
