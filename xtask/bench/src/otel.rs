@@ -317,9 +317,9 @@ pub(crate) fn child_backlog(url: &str, dir: &std::path::Path, bytes: u64) -> any
             && t.requests_dropped > 0
         {
             anyhow::bail!(
-                "outlast-otel dropped {} batch(es): {:?}; spool {} of {} bytes",
+                "outlast-otel dropped {} request(s): {:?}; spool {} of {} bytes",
                 t.requests_dropped,
-                t.dropped,
+                t.client.dropped,
                 t.client.spool_bytes,
                 t.client.spool_max_bytes
             );
