@@ -32,8 +32,9 @@ pub const ENV_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// `OUTLAST_SPOOL_DIR`, read here as the spool root (each signal has a folder under it).
 pub const ENV_SPOOL_ROOT: &str = outlast_client::env::SPOOL_DIR;
 
-/// `OTEL_TRACES_EXPORTER`, `OTEL_LOGS_EXPORTER`, `OTEL_METRICS_EXPORTER`: `otlp` exports the
-/// signal, `none` turns it off (the SDK's own variables, read here as the signal switches).
+/// `OTEL_TRACES_EXPORTER`, `OTEL_LOGS_EXPORTER`, `OTEL_METRICS_EXPORTER`: `none` turns the
+/// signal off; `otlp` (the specification's default) leaves it on if its feature is (the
+/// SDK's own variables, read here as the signal switches).
 pub const ENV_SIGNAL_EXPORTER: [&str; 3] = [
     "OTEL_TRACES_EXPORTER",
     "OTEL_LOGS_EXPORTER",
@@ -159,7 +160,8 @@ impl PipelineBuilder {
 
     /// Settings from `(name, value)` pairs (pass a map in tests, so the process environment
     /// is not touched): the `OTEL_EXPORTER_OTLP_*` variables (endpoint, per-signal endpoint
-    /// used as is, headers, timeout in ms, compression, each also per signal), and the
+    /// used as is, headers, timeout in ms, compression, each also per signal),
+    /// `OTEL_{TRACES,LOGS,METRICS}_EXPORTER` (`none` turns a signal off), and the
     /// `OUTLAST_*` client settings of [`ClientBuilder::from_env_vars`], with
     /// `OUTLAST_SPOOL_DIR` as the spool root. Unset or empty variables keep the default.
     /// Methods called afterwards override what the environment said.
@@ -210,8 +212,10 @@ impl PipelineBuilder {
         for signal in Signal::ALL {
             let var = ENV_SIGNAL_EXPORTER[signal.index()];
             if let Some(v) = get(var) {
+                // `otlp` is the variable's default in the SDK's specification: it leaves the
+                // signal as the features say (deployments often set it for every service).
                 let on = match v.to_ascii_lowercase().as_str() {
-                    "otlp" => true,
+                    "otlp" => continue,
                     "none" => false,
                     _ => {
                         return Err(ConfigError::invalid(
@@ -251,22 +255,22 @@ impl PipelineBuilder {
         Ok(b)
     }
 
-    /// Whether to export spans (default: on when the `trace` feature is; also
-    /// `OTEL_TRACES_EXPORTER=none|otlp`). Turning it on without the feature makes
+    /// Whether to export spans (default: on when the `trace` feature is, unless
+    /// `OTEL_TRACES_EXPORTER=none`). Turning it on without the feature makes
     /// [`build`](Self::build) fail.
     pub fn traces(self, on: bool) -> Self {
         self.signal(Signal::Traces, on)
     }
 
-    /// Whether to export log records (default: on when the `logs` feature is; also
-    /// `OTEL_LOGS_EXPORTER=none|otlp`). Turning it on without the feature makes
+    /// Whether to export log records (default: on when the `logs` feature is, unless
+    /// `OTEL_LOGS_EXPORTER=none`). Turning it on without the feature makes
     /// [`build`](Self::build) fail.
     pub fn logs(self, on: bool) -> Self {
         self.signal(Signal::Logs, on)
     }
 
-    /// Whether to export metrics (default: on when the `metrics` feature is; also
-    /// `OTEL_METRICS_EXPORTER=none|otlp`). Turning it on without the feature makes
+    /// Whether to export metrics (default: on when the `metrics` feature is, unless
+    /// `OTEL_METRICS_EXPORTER=none`). Turning it on without the feature makes
     /// [`build`](Self::build) fail.
     pub fn metrics(self, on: bool) -> Self {
         self.signal(Signal::Metrics, on)

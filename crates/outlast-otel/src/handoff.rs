@@ -394,12 +394,13 @@ impl Handoff {
     }
 }
 
-/// The error message of a dropped batch: the signal, how many items, and why.
+/// The error message of a dropped request: how many items, and why (the signal is in the
+/// message around it).
 /// The causes (the collector's status and message, the spool's error) are appended, so that
 /// the SDK's log of the failure says what happened.
 fn describe_drop(signal: Signal, items: u64, dropped: &DropError) -> String {
     let mut s = format!(
-        "{items} {} {signal} dropped ({}): {dropped}",
+        "a request of {items} {} dropped ({}): {dropped}",
         signal.item(),
         dropped.reason()
     );

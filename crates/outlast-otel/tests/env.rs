@@ -223,6 +223,26 @@ async fn a_record_limit_larger_than_a_segment_names_both_variables_and_the_fix()
     let _ = otel.shutdown(Duration::from_secs(2)).await;
 }
 
+#[cfg(not(feature = "logs"))]
+#[test]
+fn turning_on_a_signal_whose_feature_is_off_is_an_error_naming_the_setting() {
+    let err = PipelineBuilder::new()
+        .logs(true)
+        .build()
+        .expect_err("logs are not compiled in");
+    assert_eq!(param_of(&err), "logs", "{err}");
+    assert!(err.to_string().contains("`logs` cargo feature"), "{err}");
+    // `otlp` is the variable's default: it asks for nothing the build lacks.
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let otel = PipelineBuilder::from_env_vars(vars(&[("OTEL_LOGS_EXPORTER", "otlp")]))
+        .expect("a valid value")
+        .spool_root(root.path())
+        .build()
+        .expect("logs stay off, traces on");
+    assert!(otel.stats().logs.is_none() && otel.stats().traces.is_some());
+}
+
+#[cfg(all(feature = "logs", feature = "metrics"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_are_chosen_at_run_time_by_the_builder_and_otel_signal_exporter_variables() {
     let root = tempfile::tempdir().expect("temporary spool root");
@@ -250,11 +270,13 @@ async fn signals_are_chosen_at_run_time_by_the_builder_and_otel_signal_exporter_
     let b = PipelineBuilder::from_env_vars(vars(&[
         ("OTEL_TRACES_EXPORTER", "none"),
         ("OTEL_LOGS_EXPORTER", "otlp"),
+        ("OTEL_METRICS_EXPORTER", "NONE"),
     ]))
     .expect("valid variables");
     let root2 = tempfile::tempdir().expect("temporary spool root");
     let otel = b.spool_root(root2.path()).build().expect("valid settings");
     assert!(otel.tracer_provider().is_none() && otel.logger_provider().is_some());
+    assert!(otel.meter_provider().is_none());
     // A later builder call overrides the variable.
     let root3 = tempfile::tempdir().expect("temporary spool root");
     let otel3 = PipelineBuilder::from_env_vars(vars(&[("OTEL_TRACES_EXPORTER", "none")]))
