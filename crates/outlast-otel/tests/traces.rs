@@ -497,3 +497,68 @@ fn a_program_without_an_executor_shuts_the_pipeline_down_with_shutdown_blocking(
     let got = block_on_plain(exporter.export(one_span_batch()));
     assert!(got.is_err(), "{got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_batch_sends_nothing_and_counts_nothing() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let exporter = otel.span_exporter().expect("traces are on");
+    assert!(exporter.export(Vec::new()).await.is_ok());
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let stats = otel.stats().traces.expect("traces stats");
+    assert_eq!(
+        (
+            stats.requests_accepted,
+            stats.requests_dropped,
+            stats.items_dropped
+        ),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(receiver.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_limit_below_one_span_drops_each_span_once_and_says_how_many() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    // The smallest limit the spool takes: below one span with its resource.
+    let otel = pipeline_to(&receiver, root.path())
+        .client(fast_client().max_record_bytes(100))
+        .build()
+        .expect("valid settings");
+    let exporter = otel.span_exporter().expect("traces are on");
+    let memory = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(memory.clone())
+        .build();
+    emit_large_spans(&provider, [200, 200, 200]);
+    let batch = memory.get_finished_spans().expect("the finished spans");
+    assert_eq!(batch.len(), 3);
+    let got = exporter.export(batch).await;
+    match got {
+        Err(OTelSdkError::InternalFailure(msg)) => {
+            assert!(msg.contains("dropped 3 of the 3 span(s)"), "{msg}");
+            assert!(msg.contains("too_large"), "{msg}");
+        }
+        other => panic!("expected a failure naming the drops: {other:?}"),
+    }
+    let stats = otel.stats().traces.expect("traces stats");
+    assert_eq!(
+        (stats.items_dropped, stats.requests_dropped),
+        (3, 3),
+        "{stats:?}"
+    );
+    assert_eq!(stats.client.dropped.too_large, 3, "{stats:?}");
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(!flush.complete && flush.dropped_items == 3, "{flush:?}");
+    assert_eq!(receiver.request_count(), 0);
+}
