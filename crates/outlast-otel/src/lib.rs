@@ -138,3 +138,77 @@ struct OpenTelemetryDocDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    /// The public names at the crate root: what a `pub use` or a `pub const` of this file
+    /// brings there.
+    fn root_names(source: &str) -> Vec<String> {
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut names = Vec::new();
+        for statement in code.split("pub use ").skip(1) {
+            let statement = statement.split(';').next().unwrap_or_default();
+            let list = match (statement.find('{'), statement.rfind('}')) {
+                (Some(a), Some(b)) => &statement[a + 1..b],
+                _ => statement.rsplit("::").next().unwrap_or_default(),
+            };
+            names.extend(
+                list.split(',')
+                    .map(|i| i.trim().rsplit(" as ").next().unwrap_or_default().trim())
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        for line in code.lines().filter(|l| l.starts_with("pub const ")) {
+            let name = line["pub const ".len()..]
+                .split(':')
+                .next()
+                .unwrap_or_default();
+            names.push(name.trim().to_owned());
+        }
+        names.sort();
+        names
+    }
+
+    /// The committed listing of this crate's public root: a change to the public surface
+    /// shows here, on purpose.
+    #[test]
+    fn the_public_root_is_the_committed_listing() {
+        let expected = [
+            "ClientBuilder",
+            "CollectorError",
+            "ConfigError",
+            "DEFAULT_ENDPOINT",
+            "DEFAULT_EXPORT_TIMEOUT",
+            "DEFAULT_REQUEST_TIMEOUT",
+            "ENV_OTLP_COMPRESSION",
+            "ENV_OTLP_ENDPOINT",
+            "ENV_OTLP_HEADERS",
+            "ENV_OTLP_PROTOCOL",
+            "ENV_OTLP_TIMEOUT",
+            "ENV_SIGNAL_EXPORTER",
+            "ENV_SPOOL_ROOT",
+            "Encoding",
+            "LOG_TARGET",
+            "OTLP_RETRYABLE_STATUSES",
+            "OutlastLogExporter",
+            "OutlastMetricExporter",
+            "OutlastSpanExporter",
+            "PartialSuccess",
+            "Pipeline",
+            "PipelineBuilder",
+            "PipelineFlush",
+            "PipelineStats",
+            "Signal",
+            "SignalStats",
+            "describe_failure_body",
+            "is_otlp_retryable_status",
+            "opentelemetry",
+            "opentelemetry_sdk",
+            "partial_success",
+        ];
+        let mut expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        expected.sort();
+        assert_eq!(root_names(include_str!("lib.rs")), expected);
+    }
+}
