@@ -533,6 +533,26 @@ mod tests {
         assert_eq!(parts.iter().map(|p| p.items).sum::<u64>(), 31);
     }
 
+    #[cfg(feature = "with-serde")]
+    #[test]
+    fn otlp_json_requests_are_split_under_the_limit_too() {
+        let whole = request(&[1000; 40], 100);
+        let limit = 8_000;
+        let mut parts = Vec::new();
+        fit(whole.clone(), Encoding::Json, limit, &mut parts);
+        assert!(parts.len() > 1);
+        let mut joined = Vec::new();
+        for p in &parts {
+            let bytes = p.bytes.as_ref().expect("JSON encodes");
+            assert!(bytes.len() as u64 <= limit, "{} > {limit}", bytes.len());
+            let decoded: ExportTraceServiceRequest =
+                serde_json::from_slice(bytes).expect("valid OTLP/JSON");
+            assert_eq!(decoded.items() as u64, p.items);
+            joined.extend(flat(&decoded));
+        }
+        assert_eq!(joined, flat(&whole));
+    }
+
     #[test]
     fn a_limit_below_one_resource_header_gives_one_part_per_span() {
         let whole = request(&[10; 7], 2_000);

@@ -55,7 +55,9 @@ pub struct PipelineFlush {
     /// no batch is under way, every signal's spool is empty, and nothing was dropped since
     /// the previous flush report (`dropped_items` and `dropped_requests` are 0).
     pub complete: bool,
-    /// Whether the SDK providers flushed their queues into outlast in time.
+    /// Whether the SDK providers flushed their queues into outlast in time and without
+    /// error (an export of the flush that dropped something makes the SDK report an error:
+    /// see `dropped_items`).
     pub sdk_flushed: bool,
     /// Spans, log records and data points the exporters answered dropped since the previous
     /// flush report of this pipeline (or since it was built), all signals: a single item
