@@ -205,7 +205,7 @@ async fn drive(
     }
     if let Some(t) = stats.traces {
         tracing::info!(
-            batches_accepted = t.batches_accepted,
+            requests_accepted = t.requests_accepted,
             items_accepted = t.items_accepted,
             items_dropped = t.items_dropped,
             "demo: outlast-otel's trace exporter"

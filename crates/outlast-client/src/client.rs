@@ -824,6 +824,14 @@ impl Client {
         Ok(report)
     }
 
+    /// The largest payload [`export`](Client::export) takes, in bytes (the
+    /// [`max_record_bytes`](ClientBuilder::max_record_bytes) setting): a payload above it is
+    /// refused as [`DropError::TooLarge`]. A producer that can split its data (as an
+    /// OpenTelemetry batch can be split by spans) splits it below this instead.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.inner.shared.settings.max_record_bytes
+    }
+
     /// Counters and gauges: delivered, retried, spooled, replayed, dropped by reason, spool
     /// size, how full the spool is and how long until it is full at the recent spill rate,
     /// oldest record age, lanes of another identity left alone, online or not.

@@ -311,6 +311,34 @@ impl ClientBuilder {
         }
     }
 
+    /// The error of a `max_record_bytes` too large for one segment: it names both settings,
+    /// their variables, and the fix (the setting a user changed is often only the record
+    /// limit, while the spool's rule is on the segment).
+    fn record_outgrows_segment(&self, segment: u64, record: u64) -> ConfigError {
+        let from_env = |param| self.from_env.iter().any(|(p, _)| *p == param);
+        let (record_var, segment_var) = (
+            crate::env::MAX_RECORD_BYTES,
+            crate::env::SPOOL_SEGMENT_BYTES,
+        );
+        let param = if from_env("max_record_bytes") {
+            record_var
+        } else if from_env("segment_bytes") {
+            segment_var
+        } else {
+            "segment_bytes"
+        };
+        ConfigError::invalid(
+            param,
+            format!(
+                "a record of max_record_bytes ({record_var}) = {record} bytes does not fit in a \
+                 spool segment of segment_bytes ({segment_var}) = {segment} bytes with its \
+                 header: set {segment_var} (segment_bytes) above the record limit (twice it, \
+                 {} bytes, is a good value), or lower {record_var}",
+                record.saturating_mul(2)
+            ),
+        )
+    }
+
     fn resolve_inner(&self) -> Result<Settings, ConfigError> {
         // Every duration is saturated here, at the edge: `Duration::MAX` means "no limit",
         // and nothing downstream can overflow an `Instant` with what it is given.
@@ -382,6 +410,13 @@ impl ClientBuilder {
             // The spool's directory is never a reason to refuse building: a client without a
             // spool still delivers while the backend is up.
             Err(SpoolError::Config { param: "root", .. }) => {}
+            // The spool's one rule on segment_bytes: a segment holds its header and a record.
+            Err(SpoolError::Config {
+                param: "segment_bytes",
+                ..
+            }) => {
+                return Err(self.record_outgrows_segment(segment_bytes, max_record_bytes));
+            }
             Err(SpoolError::Config { param, reason }) => {
                 return Err(ConfigError::invalid(spool_param_name(param), reason));
             }

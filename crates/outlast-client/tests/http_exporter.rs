@@ -124,6 +124,45 @@ async fn retryable_statuses_are_retryable_and_other_4xx_permanent() {
 }
 
 #[tokio::test]
+async fn a_status_list_replaces_the_retryable_statuses_keeping_retry_after_and_transport_failures()
+{
+    bounded(async {
+        let r = receiver().await;
+        let e = HttpExporter::builder(format!("{}v1/logs", r.url()))
+            .timeout(Duration::from_secs(5))
+            .retryable_statuses(
+                [429, 502, 503, 504].map(|s| http::StatusCode::from_u16(s).expect("a status")),
+            )
+            .build()
+            .expect("valid exporter settings");
+        for status in [429, 502, 503, 504] {
+            r.set_mode(Mode::Status(status)).await.expect("mode set");
+            let err = e.export(&payload(b"{}")).await.expect_err("error status");
+            assert!(err.is_retryable(), "{status}: {err}");
+        }
+        // Retried by default, not under this list.
+        for status in [408, 500, 400, 413] {
+            r.set_mode(Mode::Status(status)).await.expect("mode set");
+            let err = e.export(&payload(b"{}")).await.expect_err("error status");
+            assert!(err.is_permanent(), "{status}: {err}");
+            assert_eq!(http_error(&err).status().map(|s| s.as_u16()), Some(status));
+        }
+        r.set_mode(Mode::TooManyRequests {
+            retry_after: Some(Duration::from_secs(7)),
+        })
+        .await
+        .expect("mode set");
+        let err = e.export(&payload(b"{}")).await.expect_err("429");
+        assert!(err.is_retryable());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+        r.set_mode(Mode::Down).await.expect("mode set");
+        let err = e.export(&payload(b"{}")).await.expect_err("down");
+        assert!(err.is_retryable(), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn retry_after_in_seconds_and_as_http_date_is_honoured_for_429_and_503() {
     bounded(async {
         let r = receiver().await;

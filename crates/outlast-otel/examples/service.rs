@@ -1,6 +1,7 @@
-//! An example service: `tracing` spans exported through `tracing-opentelemetry` and log
-//! records through the OpenTelemetry logs API, both to a local OTLP/HTTP collector through
-//! outlast-otel, so that they survive the collector being down and the service restarting.
+//! An example service: `tracing` spans exported through `tracing-opentelemetry` and
+//! `tracing` events exported as OpenTelemetry log records through
+//! `opentelemetry-appender-tracing`, both to an OTLP/HTTP collector through outlast-otel, so
+//! that they survive the collector being down and the service restarting.
 //!
 //! Run it with a collector on `localhost:4318` (or none, to see the spool at work):
 //!
@@ -15,9 +16,13 @@
 
 use std::time::Duration;
 
-use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
-use opentelemetry::trace::TracerProvider as _;
-use tracing_subscriber::layer::SubscriberExt as _;
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use outlast_otel::Pipeline;
+use outlast_otel::opentelemetry::trace::TracerProvider as _;
+use tracing::Instrument as _;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::prelude::*;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,46 +32,65 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(20);
 
-    // The three lines of set-up.
-    let otel = outlast_otel::Pipeline::from_env()?.build()?;
+    // Set-up: the pipeline, and two `tracing` layers feeding its providers.
+    let otel = Pipeline::builder_from_env()?.build()?;
     let tracer = otel
         .tracer_provider()
         .ok_or("traces are off")?
         .tracer("service");
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
-    tracing::subscriber::set_global_default(subscriber)?;
+    let logger_provider = otel.logger_provider().ok_or("logs are off")?;
+    // The exporters' own events (outlast's, the SDK's, the HTTP stack's) are not exported:
+    // during an outage they would feed the backlog they describe. They go to stderr.
+    let not_internal = || filter_fn(|meta| !is_internal(meta.target()));
+    tracing_subscriber::registry()
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(not_internal()),
+        )
+        .with(OpenTelemetryTracingBridge::new(&logger_provider).with_filter(not_internal()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                ),
+        )
+        .init();
 
-    let logger = otel
-        .logger_provider()
-        .ok_or("logs are off")?
-        .logger("service");
     for i in 0..requests {
-        handle(i, &logger).await;
+        handle(i).await;
     }
 
     // On the way out: the SDK's queues into outlast, then as much as can be delivered in
     // 5 s; the rest stays on disk for the next start.
     let report = otel.shutdown(Duration::from_secs(5)).await;
     println!(
-        "shut down: complete = {}, {} request(s) left in {}",
+        "shut down: complete = {}, {} request(s) left in {}, {} item(s) dropped",
         report.complete,
         report.remaining_records(),
-        otel.spool_root().display()
+        otel.spool_root().display(),
+        report.dropped_items
     );
     Ok(())
 }
 
-/// One "request": a span with a child span, and a log record.
-async fn handle(i: u32, logger: &opentelemetry_sdk::logs::SdkLogger) {
-    use tracing::Instrument as _;
+/// Whether a `tracing` target belongs to the export machinery rather than the service.
+fn is_internal(target: &str) -> bool {
+    ["outlast", "opentelemetry", "hyper", "h2", "rustls", "tokio"]
+        .iter()
+        .any(|prefix| target.starts_with(prefix))
+}
+
+/// One "request": a span with a child span, and a log event inside it.
+async fn handle(i: u32) {
     let span = tracing::info_span!("handle_request", request = i);
-    tokio::time::sleep(Duration::from_millis(2))
-        .instrument(tracing::info_span!(parent: &span, "query", table = "orders"))
-        .await;
-    let mut record = logger.create_log_record();
-    record.set_severity_number(Severity::Info);
-    record.set_body(AnyValue::from(format!("request {i} handled")));
-    record.add_attribute("request", i64::from(i));
-    logger.emit(record);
+    async {
+        tokio::time::sleep(Duration::from_millis(2))
+            .instrument(tracing::info_span!("query", table = "orders"))
+            .await;
+        tracing::info!(request = i, "request handled");
+    }
+    .instrument(span)
+    .await;
 }

@@ -32,6 +32,15 @@ pub const ENV_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// `OUTLAST_SPOOL_DIR`, read here as the spool root (each signal has a folder under it).
 pub const ENV_SPOOL_ROOT: &str = outlast_client::env::SPOOL_DIR;
 
+/// `OTEL_TRACES_EXPORTER`, `OTEL_LOGS_EXPORTER`, `OTEL_METRICS_EXPORTER`: `none` turns the
+/// signal off; `otlp` (the specification's default) leaves it on if its feature is (the
+/// SDK's own variables, read here as the signal switches).
+pub const ENV_SIGNAL_EXPORTER: [&str; 3] = [
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_LOGS_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+];
+
 /// The per-signal variables: (full endpoint, headers, timeout, compression, protocol).
 const fn signal_vars(signal: Signal) -> [&'static str; 5] {
     match signal {
@@ -121,6 +130,9 @@ pub struct PipelineBuilder {
     pub(crate) resource: Option<opentelemetry_sdk::Resource>,
     pub(crate) http: Vec<(String, String)>,
     pub(crate) code_headers: Vec<(String, String)>,
+    /// Per signal: on or off as set in code or by `OTEL_<SIGNAL>_EXPORTER`; `None`: on if
+    /// its cargo feature is.
+    pub(crate) enabled: [Option<Sourced<bool>>; 3],
     #[cfg(feature = "metrics")]
     pub(crate) temporality: Option<opentelemetry_sdk::metrics::Temporality>,
     #[cfg(feature = "metrics")]
@@ -148,7 +160,8 @@ impl PipelineBuilder {
 
     /// Settings from `(name, value)` pairs (pass a map in tests, so the process environment
     /// is not touched): the `OTEL_EXPORTER_OTLP_*` variables (endpoint, per-signal endpoint
-    /// used as is, headers, timeout in ms, compression, each also per signal), and the
+    /// used as is, headers, timeout in ms, compression, each also per signal),
+    /// `OTEL_{TRACES,LOGS,METRICS}_EXPORTER` (`none` turns a signal off), and the
     /// `OUTLAST_*` client settings of [`ClientBuilder::from_env_vars`], with
     /// `OUTLAST_SPOOL_DIR` as the spool root. Unset or empty variables keep the default.
     /// Methods called afterwards override what the environment said.
@@ -196,6 +209,27 @@ impl PipelineBuilder {
             b.http
                 .push((outlast_client::http::ENV_CA_FILE.to_owned(), ca.to_owned()));
         }
+        for signal in Signal::ALL {
+            let var = ENV_SIGNAL_EXPORTER[signal.index()];
+            if let Some(v) = get(var) {
+                // `otlp` is the variable's default in the SDK's specification: it leaves the
+                // signal as the features say (deployments often set it for every service).
+                let on = match v.to_ascii_lowercase().as_str() {
+                    "otlp" => continue,
+                    "none" => false,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            var,
+                            format!(
+                                "{v:?} is not an exporter outlast-otel has: `otlp` (export \
+                                 {signal}) or `none` (do not)"
+                            ),
+                        ));
+                    }
+                };
+                b.enabled[signal.index()] = Some(Sourced::env(on, var));
+            }
+        }
         if let Some(v) = get(ENV_OTLP_ENDPOINT) {
             b.endpoint = Some(Sourced::env(v.to_owned(), ENV_OTLP_ENDPOINT));
         }
@@ -219,6 +253,65 @@ impl PipelineBuilder {
             )?;
         }
         Ok(b)
+    }
+
+    /// Whether to export spans (default: on when the `trace` feature is, unless
+    /// `OTEL_TRACES_EXPORTER=none`). Turning it on without the feature makes
+    /// [`build`](Self::build) fail.
+    pub fn traces(self, on: bool) -> Self {
+        self.signal(Signal::Traces, on)
+    }
+
+    /// Whether to export log records (default: on when the `logs` feature is, unless
+    /// `OTEL_LOGS_EXPORTER=none`). Turning it on without the feature makes
+    /// [`build`](Self::build) fail.
+    pub fn logs(self, on: bool) -> Self {
+        self.signal(Signal::Logs, on)
+    }
+
+    /// Whether to export metrics (default: on when the `metrics` feature is, unless
+    /// `OTEL_METRICS_EXPORTER=none`). Turning it on without the feature makes
+    /// [`build`](Self::build) fail.
+    pub fn metrics(self, on: bool) -> Self {
+        self.signal(Signal::Metrics, on)
+    }
+
+    /// Whether to export `signal` (see [`traces`](Self::traces), [`logs`](Self::logs),
+    /// [`metrics`](Self::metrics)). A signal turned off has no client, no spool folder
+    /// opened and no provider.
+    pub fn signal(mut self, signal: Signal, on: bool) -> Self {
+        self.enabled[signal.index()] = Some(Sourced::code(on));
+        self
+    }
+
+    /// The signals [`build`](Self::build) makes: those turned on, else those whose cargo
+    /// feature is on.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the setting (or variable) that turns on a signal
+    /// this build of the crate lacks the feature of.
+    pub(crate) fn enabled_signals(&self) -> Result<Vec<Signal>, ConfigError> {
+        let mut on = Vec::new();
+        for signal in Signal::ALL {
+            let (compiled, feature) = match signal {
+                Signal::Traces => (cfg!(feature = "trace"), "trace"),
+                Signal::Logs => (cfg!(feature = "logs"), "logs"),
+                Signal::Metrics => (cfg!(feature = "metrics"), "metrics"),
+            };
+            match &self.enabled[signal.index()] {
+                Some(s) if s.value && !compiled => {
+                    return Err(ConfigError::invalid(
+                        s.param(signal.name()),
+                        format!("{signal} need outlast-otel's `{feature}` cargo feature"),
+                    ));
+                }
+                Some(s) if !s.value => {}
+                _ if compiled => on.push(signal),
+                _ => {}
+            }
+        }
+        Ok(on)
     }
 
     /// The collector's base URL (default [`DEFAULT_ENDPOINT`]); each signal is sent to it
@@ -394,6 +487,7 @@ impl PipelineBuilder {
         // for repeated fields); OTLP/JSON requests are never merged.
         b.timeout(timeout)
             .gzip(gzip)
+            .retryable_statuses(crate::otlp_http::OTLP_RETRYABLE_STATUSES)
             .payload_framing(outlast_client::http::PayloadFraming::OtlpProtobuf)
             .build()
             .map_err(name_ours)

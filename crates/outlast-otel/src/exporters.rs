@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -23,21 +24,29 @@ macro_rules! answer_doc {
 /// for a tracer provider of your own). Safe to call from the SDK's processor thread (no
 /// Tokio context needed) and from inside a Tokio runtime.
 #[cfg(feature = "trace")]
-pub struct SpanExporter {
+pub struct OutlastSpanExporter {
     pub(crate) handoff: Arc<Handoff>,
     pub(crate) resource: crate::encode::EncodedResource,
+    /// This handle's own shutdown: another exporter on the same client (the pipeline's, or
+    /// one for another provider) goes on.
+    pub(crate) shut_down: AtomicBool,
 }
 
 #[cfg(feature = "trace")]
-impl opentelemetry_sdk::trace::SpanExporter for SpanExporter {
+impl opentelemetry_sdk::trace::SpanExporter for OutlastSpanExporter {
     #[doc = answer_doc!()]
     async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> OTelSdkResult {
-        let encoded = crate::encode::spans(batch, &self.resource, self.handoff.encoding);
-        self.handoff.export(encoded).await
+        let encoded = crate::encode::spans(
+            batch,
+            &self.resource,
+            self.handoff.encoding,
+            self.handoff.part_limit,
+        );
+        self.handoff.export(&self.shut_down, encoded).await
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.handoff.shutdown(timeout)
+        self.handoff.shutdown(&self.shut_down, timeout)
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
@@ -46,9 +55,9 @@ impl opentelemetry_sdk::trace::SpanExporter for SpanExporter {
 }
 
 #[cfg(feature = "trace")]
-impl fmt::Debug for SpanExporter {
+impl fmt::Debug for OutlastSpanExporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpanExporter")
+        f.debug_struct("OutlastSpanExporter")
             .field("handoff", &self.handoff)
             .finish_non_exhaustive()
     }
@@ -59,21 +68,29 @@ impl fmt::Debug for SpanExporter {
 ///
 /// Safe to call from the SDK's processor thread and from inside a Tokio runtime.
 #[cfg(feature = "logs")]
-pub struct LogExporter {
+pub struct OutlastLogExporter {
     pub(crate) handoff: Arc<Handoff>,
     pub(crate) resource: crate::encode::EncodedResource,
+    /// This handle's own shutdown: another exporter on the same client (the pipeline's, or
+    /// one for another provider) goes on.
+    pub(crate) shut_down: AtomicBool,
 }
 
 #[cfg(feature = "logs")]
-impl opentelemetry_sdk::logs::LogExporter for LogExporter {
+impl opentelemetry_sdk::logs::LogExporter for OutlastLogExporter {
     #[doc = answer_doc!()]
     async fn export(&self, batch: opentelemetry_sdk::logs::LogBatch<'_>) -> OTelSdkResult {
-        let encoded = crate::encode::logs(&batch, &self.resource, self.handoff.encoding);
-        self.handoff.export(encoded).await
+        let encoded = crate::encode::logs(
+            &batch,
+            &self.resource,
+            self.handoff.encoding,
+            self.handoff.part_limit,
+        );
+        self.handoff.export(&self.shut_down, encoded).await
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.handoff.shutdown(timeout)
+        self.handoff.shutdown(&self.shut_down, timeout)
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
@@ -82,9 +99,9 @@ impl opentelemetry_sdk::logs::LogExporter for LogExporter {
 }
 
 #[cfg(feature = "logs")]
-impl fmt::Debug for LogExporter {
+impl fmt::Debug for OutlastLogExporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogExporter")
+        f.debug_struct("OutlastLogExporter")
             .field("handoff", &self.handoff)
             .finish_non_exhaustive()
     }
@@ -96,20 +113,24 @@ impl fmt::Debug for LogExporter {
 ///
 /// Safe to call from the periodic reader's thread and from inside a Tokio runtime.
 #[cfg(feature = "metrics")]
-pub struct MetricExporter {
+pub struct OutlastMetricExporter {
     pub(crate) handoff: Arc<Handoff>,
     pub(crate) temporality: opentelemetry_sdk::metrics::Temporality,
+    /// This handle's own shutdown: another exporter on the same client (the pipeline's, or
+    /// one for another provider) goes on.
+    pub(crate) shut_down: AtomicBool,
 }
 
 #[cfg(feature = "metrics")]
-impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for MetricExporter {
+impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for OutlastMetricExporter {
     #[doc = answer_doc!()]
     async fn export(
         &self,
         metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
     ) -> OTelSdkResult {
-        let encoded = crate::encode::metrics(metrics, self.handoff.encoding);
-        self.handoff.export(encoded).await
+        let encoded =
+            crate::encode::metrics(metrics, self.handoff.encoding, self.handoff.part_limit);
+        self.handoff.export(&self.shut_down, encoded).await
     }
 
     /// Nothing is held here: every batch was handed to the client at `export`. Flushing the
@@ -119,7 +140,7 @@ impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for MetricExporter
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.handoff.shutdown(timeout)
+        self.handoff.shutdown(&self.shut_down, timeout)
     }
 
     fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
@@ -128,9 +149,9 @@ impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for MetricExporter
 }
 
 #[cfg(feature = "metrics")]
-impl fmt::Debug for MetricExporter {
+impl fmt::Debug for OutlastMetricExporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MetricExporter")
+        f.debug_struct("OutlastMetricExporter")
             .field("handoff", &self.handoff)
             .field("temporality", &self.temporality)
             .finish()

@@ -8,6 +8,7 @@
 //! abandon a payload that was never accepted. So the call answers `Timeout` and the task
 //! carries on; its outcome (delivered, spooled, dropped) shows in the stats.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -23,13 +24,17 @@ use crate::runtime::RuntimeRef;
 /// HTTP status classifier.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Batches the client accepted (delivered or spooled), whether or not the SDK's call
-    /// was still waiting.
-    pub(crate) batches_accepted: AtomicU64,
+    /// Requests the client accepted (delivered or spooled), whether or not the SDK's call
+    /// was still waiting. A batch too large for one record counts as the parts it was split
+    /// into.
+    pub(crate) requests_accepted: AtomicU64,
     pub(crate) items_accepted: AtomicU64,
-    /// Batches the client dropped, or whose task was stopped with the runtime.
-    pub(crate) batches_dropped: AtomicU64,
+    /// Requests the client dropped, that could not be encoded, or whose task was stopped
+    /// with the runtime.
+    pub(crate) requests_dropped: AtomicU64,
     pub(crate) items_dropped: AtomicU64,
+    /// Batches split into several requests to fit the client's `max_record_bytes`.
+    pub(crate) batches_split: AtomicU64,
     /// SDK calls answered `Timeout` (the batch was still under way).
     pub(crate) calls_timed_out: AtomicU64,
     pub(crate) rejected_requests: AtomicU64,
@@ -37,14 +42,14 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    /// Counts one batch of `items`, accepted (delivered or spooled) or dropped.
+    /// Counts one request of `items`, accepted (delivered or spooled) or dropped.
     fn count(&self, accepted: bool, items: u64) {
-        let (batches, counted) = if accepted {
-            (&self.batches_accepted, &self.items_accepted)
+        let (requests, counted) = if accepted {
+            (&self.requests_accepted, &self.items_accepted)
         } else {
-            (&self.batches_dropped, &self.items_dropped)
+            (&self.requests_dropped, &self.items_dropped)
         };
-        batches.fetch_add(1, Ordering::Relaxed);
+        requests.fetch_add(1, Ordering::Relaxed);
         counted.fetch_add(items, Ordering::Relaxed);
     }
 }
@@ -113,28 +118,47 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Counts a hand-off task's outcome exactly once: accepted or dropped when the client
-/// answers, dropped if the task is stopped first (the runtime shut down).
+/// Counts each part of a hand-off task's batch exactly once: accepted or dropped when the
+/// client answers it, dropped if the task is stopped first (the runtime shut down).
 struct Settle {
     counters: Arc<Counters>,
-    items: u64,
-    settled: bool,
+    /// The items of each part not answered yet, in the order they are exported.
+    unsettled: VecDeque<u64>,
     _in_flight: InFlightGuard,
 }
 
 impl Settle {
-    fn settle(&mut self, accepted: bool) {
-        self.settled = true;
-        self.counters.count(accepted, self.items);
+    /// Counts the next part.
+    fn settle_next(&mut self, accepted: bool) {
+        if let Some(items) = self.unsettled.pop_front() {
+            self.counters.count(accepted, items);
+        }
     }
 }
 
 impl Drop for Settle {
     fn drop(&mut self) {
-        if !self.settled {
-            self.settle(false);
+        while !self.unsettled.is_empty() {
+            self.settle_next(false);
         }
     }
+}
+
+/// What dropping the flushed work looked like at the end of the last flush report: the
+/// items the exporters answered dropped and the requests the client dropped, so that the
+/// next flush reports what was dropped since.
+#[derive(Debug, Default)]
+pub(crate) struct DropMark {
+    reported: Mutex<(u64, u64)>,
+}
+
+/// Drops since the previous flush report, of one signal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DroppedSince {
+    /// Items (spans, log records, data points) the exporters answered dropped.
+    pub(crate) items: u64,
+    /// Requests the client dropped (any reason, direct exports and spooled records alike).
+    pub(crate) requests: u64,
 }
 
 /// What every exporter of one signal shares: the client, the runtime, the time bound.
@@ -147,7 +171,10 @@ pub(crate) struct Handoff {
     pub(crate) counters: Arc<Counters>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) encoding: Encoding,
-    shut_down: AtomicBool,
+    /// The largest encoded request handed to the client (its `max_record_bytes`, less the
+    /// spool's framing): larger batches are split.
+    pub(crate) part_limit: u64,
+    pub(crate) drop_mark: DropMark,
 }
 
 impl Handoff {
@@ -160,15 +187,17 @@ impl Handoff {
         in_flight: Arc<InFlight>,
         encoding: Encoding,
     ) -> Handoff {
+        let part_limit = crate::encode::part_limit(client.max_record_bytes());
         Handoff {
             signal,
+            part_limit,
+            drop_mark: DropMark::default(),
             client,
             runtime,
             timeout,
             counters,
             in_flight,
             encoding,
-            shut_down: AtomicBool::new(false),
         }
     }
 
@@ -177,36 +206,131 @@ impl Handoff {
         crate::SignalStats::new(self.client.stats(), &self.counters, self.in_flight.count())
     }
 
-    /// Hands `encoded` to the client and waits at most the bound for its answer.
+    /// The drops of this signal so far: (items the exporters answered dropped, requests the
+    /// client dropped).
+    fn drops_now(&self) -> (u64, u64) {
+        (
+            self.counters.items_dropped.load(Ordering::Relaxed),
+            self.client.stats().dropped.total(),
+        )
+    }
+
+    /// Where a flush starting now measures its drops from: the end of the last flush report.
+    pub(crate) fn drop_base(&self) -> (u64, u64) {
+        *self
+            .drop_mark
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What was dropped since `base` (a flush's [`drop_base`](Self::drop_base)); moves the
+    /// mark to now for the next flush. Flushes that overlap each report every drop in their
+    /// own span.
+    pub(crate) fn dropped_since(&self, base: (u64, u64)) -> DroppedSince {
+        let now = self.drops_now();
+        let mut mark = self
+            .drop_mark
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *mark = (mark.0.max(now.0), mark.1.max(now.1));
+        DroppedSince {
+            items: now.0.saturating_sub(base.0),
+            requests: now.1.saturating_sub(base.1),
+        }
+    }
+
+    /// Hands the parts of one batch to the client, in order, and waits at most the bound for
+    /// its answers.
     ///
-    /// `Ok` means delivered or spooled (durable as the client's durability mode says).
-    /// `Timeout` means the client had not answered yet: the batch is still being exported
-    /// and ends delivered, spooled or dropped (counted in the stats), never silently lost.
-    pub(crate) async fn export(&self, encoded: Encoded) -> OTelSdkResult {
-        if self.shut_down.load(Ordering::Acquire) {
+    /// `Ok` means every part was delivered or spooled (durable as the client's durability
+    /// mode says). `Timeout` means the client had not answered yet: the parts are still being
+    /// exported and end delivered, spooled or dropped (counted in the stats), never silently
+    /// lost. `InternalFailure` says which parts were dropped and why; the others went on.
+    pub(crate) async fn export(
+        &self,
+        shut_down: &AtomicBool,
+        parts: Vec<Encoded>,
+    ) -> OTelSdkResult {
+        if shut_down.load(Ordering::Acquire) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        if encoded.items == 0 {
+        let parts: Vec<Encoded> = parts.into_iter().filter(|p| p.items > 0).collect();
+        let items: u64 = parts.iter().map(|p| p.items).sum();
+        if items == 0 {
             return Ok(());
         }
-        let items = encoded.items;
-        let bytes = match encoded.bytes {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                self.counters.count(false, items);
-                return Err(OTelSdkError::InternalFailure(format!(
-                    "outlast-otel could not encode the {} batch of {items} {}: {e}",
-                    self.signal,
-                    self.signal.item()
-                )));
+        let count = parts.len();
+        if count > 1 {
+            self.counters.batches_split.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                target: crate::LOG_TARGET,
+                signal = %self.signal,
+                items,
+                requests = count,
+                limit = self.part_limit,
+                "outlast-otel: a batch larger than max_record_bytes is sent as several requests"
+            );
+        }
+        let mut failures = Vec::new();
+        let mut payloads = Vec::with_capacity(count);
+        for part in parts {
+            match part.bytes {
+                Ok(bytes) => payloads.push((
+                    Payload::new(bytes).with_content_type(self.encoding.content_type()),
+                    part.items,
+                )),
+                Err(e) => {
+                    self.counters.count(false, part.items);
+                    failures.push((
+                        part.items,
+                        format!(
+                            "outlast-otel could not encode {} {}: {e}",
+                            part.items,
+                            self.signal.item()
+                        ),
+                    ));
+                }
             }
+        }
+        let answered = if payloads.is_empty() {
+            Ok(failures)
+        } else {
+            self.export_parts(payloads, items, failures).await
         };
-        let payload = Payload::new(bytes).with_content_type(self.encoding.content_type());
+        let failures = answered?;
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let dropped: u64 = failures.iter().map(|(n, _)| n).sum();
+        let reasons: Vec<String> = failures.into_iter().map(|(_, why)| why).collect();
+        let parts = if count > 1 {
+            format!(" (split into {count} requests to fit max_record_bytes)")
+        } else {
+            String::new()
+        };
+        Err(OTelSdkError::InternalFailure(format!(
+            "outlast dropped {dropped} of the {items} {} of a {} batch{parts}: {}",
+            self.signal.item(),
+            self.signal,
+            reasons.join("; ")
+        )))
+    }
+
+    /// Exports `payloads` (each with its item count) in order on the runtime; answers the
+    /// failures (those of encoding given, then the client's drops), or the SDK error.
+    async fn export_parts(
+        &self,
+        payloads: Vec<(Payload, u64)>,
+        items: u64,
+        mut failures: Vec<(u64, String)>,
+    ) -> Result<Vec<(u64, String)>, OTelSdkError> {
         let client = self.client.clone();
+        let signal = self.signal;
         let settle = Settle {
             counters: Arc::clone(&self.counters),
-            items,
-            settled: false,
+            unsettled: payloads.iter().map(|(_, n)| *n).collect(),
             _in_flight: self.in_flight.enter(),
         };
         let bound = self.timeout;
@@ -215,19 +339,23 @@ impl Handoff {
         let outer = self.runtime.handle().spawn(async move {
             let inner = tokio::spawn(async move {
                 let mut settle = settle;
-                let result = client.export(payload).await;
-                settle.settle(result.is_ok());
-                result
+                let mut dropped = Vec::new();
+                for (payload, n) in payloads {
+                    let result = client.export(payload).await;
+                    settle.settle_next(result.is_ok());
+                    if let Err(e) = result {
+                        dropped.push((n, describe_drop(signal, n, &e)));
+                    }
+                }
+                dropped
             });
             tokio::time::timeout(bound, inner).await
         });
         match outer.await {
-            Ok(Ok(Ok(Ok(_delivery)))) => Ok(()),
-            Ok(Ok(Ok(Err(dropped)))) => Err(OTelSdkError::InternalFailure(describe_drop(
-                self.signal,
-                items,
-                &dropped,
-            ))),
+            Ok(Ok(Ok(dropped))) => {
+                failures.extend(dropped);
+                Ok(failures)
+            }
             Ok(Ok(Err(join))) => Err(OTelSdkError::InternalFailure(format!(
                 "outlast: the {} export task of {items} {} failed: {join}",
                 self.signal,
@@ -248,9 +376,12 @@ impl Handoff {
         }
     }
 
-    /// Refuses further batches; waits up to `timeout` for those under way to be answered.
-    pub(crate) fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
-        if self.shut_down.swap(true, Ordering::AcqRel) {
+    /// Refuses further batches of the exporter whose flag `shut_down` is (each exporter
+    /// handle has its own; the client stays open for the others); waits up to `timeout` for
+    /// the batches under way on this signal to be answered (those of every handle: they are
+    /// not told apart, so the wait may be longer than this handle's own work needs).
+    pub(crate) fn shutdown(&self, shut_down: &AtomicBool, timeout: Duration) -> OTelSdkResult {
+        if shut_down.swap(true, Ordering::AcqRel) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
         let started = Instant::now();
@@ -263,12 +394,13 @@ impl Handoff {
     }
 }
 
-/// The error message of a dropped batch: the signal, how many items, and why.
+/// The error message of a dropped request: how many items, and why (the signal is in the
+/// message around it).
 /// The causes (the collector's status and message, the spool's error) are appended, so that
 /// the SDK's log of the failure says what happened.
 fn describe_drop(signal: Signal, items: u64, dropped: &DropError) -> String {
     let mut s = format!(
-        "outlast dropped the {signal} batch of {items} {} ({}): {dropped}",
+        "a request of {items} {} dropped ({}): {dropped}",
         signal.item(),
         dropped.reason()
     );

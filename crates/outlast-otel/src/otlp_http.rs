@@ -1,11 +1,12 @@
-//! OTLP/HTTP status rules on top of outlast's [`HttpExporter`]: which failures are retried,
-//! and what a collector's failure body says.
+//! OTLP/HTTP on top of outlast's [`HttpExporter`]: which failures are retried, and what a
+//! collector's failure body and partial success say.
 //!
 //! [`HttpExporter`] follows outlast's general mapping (408 and 500 are retried there). OTLP
 //! is stricter: only 429, 502, 503 and 504 (and transport failures) may be retried; every
-//! other 4xx or 5xx is permanent. [`OtlpHttpExporter`] reclassifies the inner exporter's
-//! answers by those rules and decodes the `google.rpc.Status` body of a failure into the
-//! error message.
+//! other 4xx or 5xx is permanent. The pipeline builds each signal's [`HttpExporter`] with
+//! that list ([`HttpExporterBuilder::retryable_statuses`](outlast_client::http::HttpExporterBuilder::retryable_statuses)
+//! with [`OTLP_RETRYABLE_STATUSES`]); `OtlpHttpExporter` only decodes the
+//! `google.rpc.Status` body of a failure into the error and counts the rejections.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,14 +16,25 @@ use std::time::Duration;
 use http::StatusCode;
 use outlast_client::http::{HttpError, HttpExporter, SuccessResponse};
 use outlast_client::{Coalescing, ExportError, Exporter, Payload, Reachability};
+use outlast_core::ContentEncoding;
 use prost::Message as _;
 
 use crate::Signal;
 use crate::handoff::Counters;
 
+/// The statuses OTLP/HTTP allows retrying: 429, 502, 503, 504. For an [`HttpExporter`] of
+/// your own sending OTLP, pass them to
+/// [`HttpExporterBuilder::retryable_statuses`](outlast_client::http::HttpExporterBuilder::retryable_statuses).
+pub const OTLP_RETRYABLE_STATUSES: [StatusCode; 4] = [
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
 /// Whether OTLP/HTTP allows retrying a request answered with `status`: 429, 502, 503, 504.
 pub fn is_otlp_retryable_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+    OTLP_RETRYABLE_STATUSES.contains(&status)
 }
 
 /// A collector's failure status, with the message it gave.
@@ -141,7 +153,7 @@ pub(crate) fn partial_success_hook(
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(%signal, error = %e, "a success response's body is not an OTLP protobuf response");
+                tracing::debug!(target: crate::LOG_TARGET, %signal, error = %e, "a success response's body is not an OTLP protobuf response");
                 return;
             }
         };
@@ -157,6 +169,7 @@ pub(crate) fn partial_success_hook(
         if last.is_none_or(|t| now.saturating_duration_since(t) >= PARTIAL_SUCCESS_WARN_INTERVAL) {
             *last = Some(now);
             tracing::warn!(
+                target: crate::LOG_TARGET,
                 %signal,
                 rejected,
                 total_rejected = total,
@@ -167,29 +180,21 @@ pub(crate) fn partial_success_hook(
     }
 }
 
-/// An [`Exporter`] that sends through an [`HttpExporter`] and applies the OTLP/HTTP status
-/// rules to its answers (see the [module documentation](self)).
-///
-/// `Retry-After` is honoured on 429 and 503 (the inner exporter reads it). Collector
-/// rejections are counted in the signal's stats.
+/// An [`Exporter`] that sends one signal's requests through an [`HttpExporter`] built with
+/// the OTLP status list, and describes a collector's failure: its `google.rpc.Status` body
+/// becomes the message of a [`CollectorError`], and permanent rejections are counted in the
+/// signal's stats.
 #[derive(Clone)]
-pub struct OtlpHttpExporter {
+pub(crate) struct OtlpHttpExporter {
     inner: HttpExporter,
     signal: Signal,
     counters: Arc<Counters>,
 }
 
 impl OtlpHttpExporter {
-    /// Wraps `inner`, which sends `signal`'s requests.
-    pub fn new(inner: HttpExporter, signal: Signal) -> OtlpHttpExporter {
-        OtlpHttpExporter::with_counters(inner, signal, Arc::default())
-    }
-
-    pub(crate) fn with_counters(
-        inner: HttpExporter,
-        signal: Signal,
-        counters: Arc<Counters>,
-    ) -> OtlpHttpExporter {
+    /// Wraps `inner` (built with [`OTLP_RETRYABLE_STATUSES`]), which sends `signal`'s
+    /// requests.
+    pub(crate) fn new(inner: HttpExporter, signal: Signal, counters: Arc<Counters>) -> Self {
         OtlpHttpExporter {
             inner,
             signal,
@@ -197,18 +202,14 @@ impl OtlpHttpExporter {
         }
     }
 
-    /// The inner exporter.
-    pub fn inner(&self) -> &HttpExporter {
-        &self.inner
-    }
-
-    /// Applies the OTLP rules to a failure of the inner exporter.
+    /// Describes a failure of the inner exporter; whether it is retried is the inner
+    /// exporter's answer (its status list is OTLP's).
     fn classify(&self, e: ExportError) -> ExportError {
         let status = std::error::Error::source(&e)
             .and_then(|s| s.downcast_ref::<HttpError>())
             .and_then(|h| Some((h.status()?, h.body_excerpt().unwrap_or_default())));
         let Some((status, body)) = status else {
-            // Transport failures and timeouts: retryable as the inner exporter said.
+            // Transport failures and timeouts.
             return e;
         };
         let error = CollectorError {
@@ -216,7 +217,7 @@ impl OtlpHttpExporter {
             status,
             message: describe_failure_body(body.as_bytes()),
         };
-        if is_otlp_retryable_status(status) {
+        if e.is_retryable() {
             return match e.retry_after() {
                 Some(d) => ExportError::retryable_after(error, d),
                 None => ExportError::retryable(error),
@@ -225,7 +226,7 @@ impl OtlpHttpExporter {
         self.counters
             .rejected_requests
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(signal = %self.signal, status = status.as_u16(), message = %error.message,
+        tracing::debug!(target: crate::LOG_TARGET, signal = %self.signal, status = status.as_u16(), message = %error.message,
             "OTLP collector rejected a request permanently");
         ExportError::permanent(error)
     }
@@ -273,6 +274,17 @@ impl Exporter for OtlpHttpExporter {
 
     fn export_timeout(&self) -> Option<Duration> {
         self.inner.export_timeout()
+    }
+
+    /// As the inner exporter: gzip when its gzip is on, so that a record the client stored
+    /// gzipped is sent as stored, without being decompressed and compressed again.
+    fn accepts_encoding(&self, encoding: ContentEncoding) -> bool {
+        self.inner.accepts_encoding(encoding)
+    }
+
+    /// The inner exporter's shutdown.
+    async fn shutdown(&self) -> Result<(), ExportError> {
+        self.inner.shutdown().await
     }
 
     /// The inner exporter's identity, else `outlast-otel/<signal>`: stable across versions
@@ -325,6 +337,28 @@ mod tests {
         let s = describe_failure_body(&body);
         assert!(s.starts_with("code 3: span name is empty"), "{s}");
         assert!(s.contains("google.rpc.BadRequest"), "{s}");
+    }
+
+    #[test]
+    fn every_capability_of_the_inner_exporter_is_forwarded() {
+        for gzip in [false, true] {
+            let inner = HttpExporter::builder("http://127.0.0.1:4318/v1/traces")
+                .gzip(gzip)
+                .max_in_flight(3)
+                .build()
+                .expect("valid settings");
+            let otlp = OtlpHttpExporter::new(inner.clone(), Signal::Traces, Arc::default());
+            for encoding in [ContentEncoding::Identity, ContentEncoding::Gzip] {
+                assert_eq!(
+                    otlp.accepts_encoding(encoding),
+                    inner.accepts_encoding(encoding),
+                    "gzip {gzip}, {encoding:?}"
+                );
+            }
+            assert_eq!(otlp.max_in_flight(), inner.max_in_flight());
+            assert_eq!(otlp.export_timeout(), inner.export_timeout());
+            assert_eq!(otlp.identity(), inner.identity());
+        }
     }
 
     #[test]

@@ -52,18 +52,50 @@ struct PipelineInner {
 #[non_exhaustive]
 pub struct PipelineFlush {
     /// Whether everything was handed over and delivered: the SDK's queues were flushed,
-    /// no batch is under way, and every signal's spool is empty.
+    /// no batch is under way, every signal's spool is empty, and nothing was dropped since
+    /// the previous flush report (`dropped_items` and `dropped_requests` are 0).
     pub complete: bool,
-    /// Whether the SDK providers flushed their queues into outlast in time.
+    /// Whether the SDK providers flushed their queues into outlast in time and without
+    /// error (an export of the flush that dropped something makes the SDK report an error:
+    /// see `dropped_items`).
     pub sdk_flushed: bool,
-    /// Each built signal's client flush report (what is left on disk), traces, logs,
-    /// metrics; `None` for a signal not built or not reached before the deadline.
-    pub reports: [Option<FlushReport>; 3],
+    /// Spans, log records and data points the exporters answered dropped since the previous
+    /// flush report of this pipeline (or since it was built), all signals: a single item
+    /// larger than `max_record_bytes`, a collector's permanent rejection, a full spool
+    /// during an outage... [`Pipeline::stats`] says why.
+    pub dropped_items: u64,
+    /// Requests the signals' clients dropped since the previous flush report, any reason,
+    /// including spooled records dropped on replay (whose items the bridge cannot count).
+    /// A request dropped at export counts here and its items in `dropped_items`.
+    pub dropped_requests: u64,
     /// How long it took.
     pub elapsed: Duration,
+    /// Each built signal's client flush report, by [`Signal::index`] order.
+    reports: [Option<FlushReport>; 3],
 }
 
 impl PipelineFlush {
+    /// `signal`'s client flush report (what is left on disk); `None` for a signal not built
+    /// or whose flush did not answer before the deadline.
+    pub fn report(&self, signal: Signal) -> Option<&FlushReport> {
+        self.reports[signal.index()].as_ref()
+    }
+
+    /// The traces client's flush report; see [`report`](Self::report).
+    pub fn traces(&self) -> Option<&FlushReport> {
+        self.report(Signal::Traces)
+    }
+
+    /// The logs client's flush report; see [`report`](Self::report).
+    pub fn logs(&self) -> Option<&FlushReport> {
+        self.report(Signal::Logs)
+    }
+
+    /// The metrics client's flush report; see [`report`](Self::report).
+    pub fn metrics(&self) -> Option<&FlushReport> {
+        self.report(Signal::Metrics)
+    }
+
     /// Requests still waiting in the spools, all signals.
     pub fn remaining_records(&self) -> u64 {
         self.reports
@@ -103,12 +135,12 @@ impl PipelineBuilder {
             ));
         }
         let mut signals: [Option<Arc<Handoff>>; 3] = [None, None, None];
-        for signal in enabled_signals() {
+        for signal in self.enabled_signals()? {
             let counters = Arc::new(Counters::default());
             let http = self.http_exporter(signal)?.with_success_hook(
                 crate::otlp_http::partial_success_hook(signal, Arc::clone(&counters)),
             );
-            let exporter = OtlpHttpExporter::with_counters(http, signal, Arc::clone(&counters));
+            let exporter = OtlpHttpExporter::new(http, signal, Arc::clone(&counters));
             let client = {
                 // The client spawns its drain task on the runtime: enter it for the build.
                 let _entered = runtime.handle().enter();
@@ -195,41 +227,35 @@ fn margin(timeout: Duration) -> Duration {
     (timeout / 20).min(Duration::from_millis(50))
 }
 
-/// The signals this build of the crate exports.
-fn enabled_signals() -> impl Iterator<Item = Signal> {
-    Signal::ALL.into_iter().filter(|s| match s {
-        Signal::Traces => cfg!(feature = "trace"),
-        Signal::Logs => cfg!(feature = "logs"),
-        Signal::Metrics => cfg!(feature = "metrics"),
-    })
-}
-
 impl PipelineInner {
     fn handoff(&self, signal: Signal) -> Option<Arc<Handoff>> {
         self.signals[signal.index()].clone()
     }
 
     #[cfg(feature = "trace")]
-    fn span_exporter(&self) -> Option<crate::SpanExporter> {
-        Some(crate::SpanExporter {
+    fn span_exporter(&self) -> Option<crate::OutlastSpanExporter> {
+        Some(crate::OutlastSpanExporter {
             handoff: self.handoff(Signal::Traces)?,
             resource: crate::encode::EncodedResource::default(),
+            shut_down: Default::default(),
         })
     }
 
     #[cfg(feature = "logs")]
-    fn log_exporter(&self) -> Option<crate::LogExporter> {
-        Some(crate::LogExporter {
+    fn log_exporter(&self) -> Option<crate::OutlastLogExporter> {
+        Some(crate::OutlastLogExporter {
             handoff: self.handoff(Signal::Logs)?,
             resource: crate::encode::EncodedResource::default(),
+            shut_down: Default::default(),
         })
     }
 
     #[cfg(feature = "metrics")]
-    fn metric_exporter(&self) -> Option<crate::MetricExporter> {
-        Some(crate::MetricExporter {
+    fn metric_exporter(&self) -> Option<crate::OutlastMetricExporter> {
+        Some(crate::OutlastMetricExporter {
             handoff: self.handoff(Signal::Metrics)?,
             temporality: self.temporality,
+            shut_down: Default::default(),
         })
     }
 
@@ -282,19 +308,32 @@ impl PipelineInner {
                 let _ = tx.send(ok);
             });
         if let Err(e) = spawned {
-            tracing::warn!(error = %e, "outlast-otel: cannot start a thread to flush the SDK");
+            tracing::warn!(target: crate::LOG_TARGET, error = %e, "outlast-otel: cannot start a thread to flush the SDK");
         }
         rx
     }
 }
 
 impl Pipeline {
-    /// Settings from the process environment (`OTEL_EXPORTER_OTLP_*` and `OUTLAST_*`); see
-    /// [`PipelineBuilder::from_env_vars`].
+    /// A builder with the settings of the process environment (`OTEL_EXPORTER_OTLP_*`,
+    /// `OTEL_{TRACES,LOGS,METRICS}_EXPORTER` and `OUTLAST_*`); see
+    /// [`PipelineBuilder::from_env_vars`]. Methods called on it override the environment;
+    /// [`build`](PipelineBuilder::build) makes the pipeline.
     ///
     /// # Errors
     ///
     /// [`ConfigError::Invalid`] naming the variable.
+    pub fn builder_from_env() -> Result<PipelineBuilder, ConfigError> {
+        PipelineBuilder::from_env()
+    }
+
+    /// The old name of [`builder_from_env`](Self::builder_from_env), which says what it
+    /// returns: a builder, not a pipeline.
+    ///
+    /// # Errors
+    ///
+    /// As [`builder_from_env`](Self::builder_from_env).
+    #[deprecated(note = "renamed `builder_from_env`: it returns a builder")]
     pub fn from_env() -> Result<PipelineBuilder, ConfigError> {
         PipelineBuilder::from_env()
     }
@@ -325,21 +364,26 @@ impl Pipeline {
 
     /// A span exporter on the traces client, for a tracer provider of your own. Batches it
     /// exports are flushed by [`force_flush`](Self::force_flush) once the provider handed
-    /// them over (flush your provider first).
+    /// them over (flush your provider first). Its shutdown is its own: shutting down your
+    /// provider leaves the pipeline's exporters (and other handles) running, and the
+    /// pipeline's shutdown closes the client under it (later batches are then dropped,
+    /// counted `shut_down`).
     #[cfg(feature = "trace")]
-    pub fn span_exporter(&self) -> Option<crate::SpanExporter> {
+    pub fn span_exporter(&self) -> Option<crate::OutlastSpanExporter> {
         self.inner.span_exporter()
     }
 
-    /// A log exporter on the logs client, for a logger provider of your own.
+    /// A log exporter on the logs client, for a logger provider of your own; as
+    /// [`span_exporter`](Self::span_exporter).
     #[cfg(feature = "logs")]
-    pub fn log_exporter(&self) -> Option<crate::LogExporter> {
+    pub fn log_exporter(&self) -> Option<crate::OutlastLogExporter> {
         self.inner.log_exporter()
     }
 
-    /// A metric exporter on the metrics client, for a meter provider of your own.
+    /// A metric exporter on the metrics client, for a meter provider of your own; as
+    /// [`span_exporter`](Self::span_exporter).
     #[cfg(feature = "metrics")]
-    pub fn metric_exporter(&self) -> Option<crate::MetricExporter> {
+    pub fn metric_exporter(&self) -> Option<crate::OutlastMetricExporter> {
         self.inner.metric_exporter()
     }
 
@@ -376,12 +420,18 @@ impl Pipeline {
     /// current-thread one (the flush could not run until `timeout`); in async code, await
     /// [`force_flush`](Self::force_flush).
     pub fn force_flush_blocking(&self, timeout: Duration) -> PipelineFlush {
+        self.blocking(timeout, false)
+    }
+
+    /// Runs a flush (or shutdown) on the pipeline's runtime and blocks the thread until its
+    /// report, at most `timeout`.
+    fn blocking(&self, timeout: Duration, shutdown: bool) -> PipelineFlush {
         let (tx, rx) = std::sync::mpsc::channel();
         let this = self.clone();
         // The flush gets a little less than `timeout`, so that its report arrives in time.
         let inner_timeout = timeout.saturating_sub(margin(timeout));
         self.inner.runtime.handle().spawn(async move {
-            let _ = tx.send(this.flush_within(inner_timeout, false).await);
+            let _ = tx.send(this.flush_within(inner_timeout, shutdown).await);
         });
         rx.recv_timeout(timeout).unwrap_or_default()
     }
@@ -397,6 +447,17 @@ impl Pipeline {
     /// the shutdown of the clients.
     pub async fn shutdown(&self, timeout: Duration) -> PipelineFlush {
         self.on_runtime(timeout, true).await
+    }
+
+    /// As [`shutdown`](Self::shutdown), for code that is not async (a `fn main` without an
+    /// executor): runs the shutdown on the pipeline's runtime and waits for it, at most
+    /// `timeout`.
+    ///
+    /// Do not call it from a task of the pipeline's own runtime if that runtime is a
+    /// current-thread one (the shutdown could not run until `timeout`); in async code, await
+    /// [`shutdown`](Self::shutdown).
+    pub fn shutdown_blocking(&self, timeout: Duration) -> PipelineFlush {
+        self.blocking(timeout, true)
     }
 
     /// Runs the flush (or shutdown) as a task on the pipeline's runtime, so that it may be
@@ -418,6 +479,9 @@ impl Pipeline {
         let deadline = start + outlast_client::units::saturate(timeout);
         let left = || deadline.saturating_duration_since(Instant::now());
         let inner = &self.inner;
+        // Drops are reported since the previous report, so that a batch dropped before this
+        // call (the SDK exports in the background) still makes this report incomplete.
+        let bases = inner.signals.clone().map(|h| h.map(|h| h.drop_base()));
 
         // 1. The SDK's queues into outlast.
         let sdk = inner.sdk_call(shutdown, left());
@@ -461,9 +525,24 @@ impl Pipeline {
             .iter()
             .zip(&reports)
             .all(|(p, r)| p.is_none() || r.as_ref().is_some_and(|r| r.complete));
+        let mut dropped_items = 0u64;
+        let mut dropped_requests = 0u64;
+        for (handoff, base) in inner.signals.iter().zip(bases) {
+            if let (Some(handoff), Some(base)) = (handoff, base) {
+                let d = handoff.dropped_since(base);
+                dropped_items = dropped_items.saturating_add(d.items);
+                dropped_requests = dropped_requests.saturating_add(d.requests);
+            }
+        }
         PipelineFlush {
-            complete: sdk_flushed && handed_over && clients_done,
+            complete: sdk_flushed
+                && handed_over
+                && clients_done
+                && dropped_items == 0
+                && dropped_requests == 0,
             sdk_flushed,
+            dropped_items,
+            dropped_requests,
             reports,
             elapsed: start.elapsed(),
         }

@@ -1,45 +1,44 @@
 //! What a user watches: per signal, the buffer (records and bytes pending, oldest age), what
 //! was dropped and why, what the collector rejected, and how the SDK's calls were answered.
 
+use outlast_client::ClientStats;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
-
-use outlast_client::{ClientStats, DropCounts};
 
 use crate::handoff::Counters;
 
-/// The state of one signal's export.
+/// The state of one signal's export: how the SDK's calls were answered, and the signal's
+/// client (`client`: requests and bytes waiting in the spool, the oldest one's age, drops by
+/// reason, delivered and spooled counts).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SignalStats {
-    /// Requests waiting in the signal's spool.
-    pub pending_records: u64,
-    /// Bytes of the requests waiting in the spool.
-    pub pending_bytes: u64,
-    /// Age of the oldest waiting request.
-    pub oldest_age: Option<Duration>,
-    /// Requests dropped, by reason (a permanent collector rejection is `permanent`).
-    pub dropped: DropCounts,
-    /// Requests the collector rejected with a permanent status (400, 413, 500...).
+    /// Requests the collector rejected with a permanent status (400, 413, 500...); they are
+    /// among the client's drops for the reason `permanent`.
     pub rejected_by_collector: u64,
     /// Items (spans, log records, data points) a collector reported rejected in a 2xx
     /// `partial_success` (protobuf responses; also logged, at most once a minute). Such
     /// items are not retried: the collector has decided on them.
     pub partially_rejected_items: u64,
-    /// Batches outlast accepted (delivered or spooled) and the items in them.
-    pub batches_accepted: u64,
-    /// Items in the accepted batches.
+    /// Requests outlast accepted (delivered or spooled). An SDK batch whose encoding is
+    /// larger than the client's `max_record_bytes` is split into requests that fit, each
+    /// counted here.
+    pub requests_accepted: u64,
+    /// Items in the accepted requests.
     pub items_accepted: u64,
-    /// Batches dropped before they were accepted (see `dropped` for the reasons).
-    pub batches_dropped: u64,
-    /// Items in the dropped batches.
+    /// Requests dropped before they were accepted (`client.dropped` says why), including
+    /// one holding a single item larger than `max_record_bytes`.
+    pub requests_dropped: u64,
+    /// Items in the dropped requests.
     pub items_dropped: u64,
+    /// SDK batches split into several requests to fit `max_record_bytes`.
+    pub batches_split: u64,
     /// SDK exporter calls answered `Timeout` while their batch was still under way (it
     /// then ended accepted or dropped, counted above).
     pub calls_timed_out: u64,
     /// Batches handed over and not yet answered by the client.
     pub in_flight: u64,
-    /// The client's full statistics.
+    /// The client's statistics: `spool_records` and `pending_bytes` waiting,
+    /// `oldest_record_age`, `dropped` by reason, `exported`, `spooled`, `replayed`...
     pub client: ClientStats,
 }
 
@@ -47,16 +46,13 @@ impl SignalStats {
     pub(crate) fn new(client: ClientStats, c: &Counters, in_flight: u64) -> SignalStats {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         SignalStats {
-            pending_records: client.spool_records,
-            pending_bytes: client.pending_bytes,
-            oldest_age: client.oldest_record_age,
-            dropped: client.dropped,
             rejected_by_collector: load(&c.rejected_requests),
             partially_rejected_items: load(&c.partially_rejected_items),
-            batches_accepted: load(&c.batches_accepted),
+            requests_accepted: load(&c.requests_accepted),
             items_accepted: load(&c.items_accepted),
-            batches_dropped: load(&c.batches_dropped),
+            requests_dropped: load(&c.requests_dropped),
             items_dropped: load(&c.items_dropped),
+            batches_split: load(&c.batches_split),
             calls_timed_out: load(&c.calls_timed_out),
             in_flight,
             client,
@@ -116,9 +112,9 @@ pub(crate) fn register(
             .build();
     };
     gauge("outlast.pending.records", "{request}", |s| {
-        s.pending_records
+        s.client.spool_records
     });
-    gauge("outlast.pending.bytes", "By", |s| s.pending_bytes);
+    gauge("outlast.pending.bytes", "By", |s| s.client.pending_bytes);
     let counter = |name: &'static str, unit: &'static str, f: fn(&SignalStats) -> u64| {
         let p = pipeline.clone();
         meter
@@ -141,7 +137,7 @@ pub(crate) fn register(
         .with_unit("s")
         .with_callback(move |o| {
             for (signal, st) in each(&p) {
-                let age = st.oldest_age.map_or(0.0, |d| d.as_secs_f64());
+                let age = st.client.oldest_record_age.map_or(0.0, |d| d.as_secs_f64());
                 o.observe(age, std::slice::from_ref(&signal));
             }
         })
@@ -152,7 +148,7 @@ pub(crate) fn register(
         .with_unit("{request}")
         .with_callback(move |o| {
             for (signal, st) in each(&p) {
-                for (reason, n) in st.dropped.iter() {
+                for (reason, n) in st.client.dropped.iter() {
                     o.observe(
                         n,
                         &[signal.clone(), KeyValue::new("reason", reason.as_str())],

@@ -32,7 +32,7 @@ const BATCH: usize = 32;
 
 /// Our exporter, observed: prints what the SDK hands over and what was answered `Ok`.
 #[derive(Debug)]
-struct Observed(outlast_otel::SpanExporter);
+struct Observed(outlast_otel::OutlastSpanExporter);
 
 impl SpanExporter for Observed {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {

@@ -195,3 +195,101 @@ async fn http_json_sends_otlp_json_that_decodes_to_the_same_spans() {
     assert_eq!(hex(span_id), id);
     otel.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_limit_larger_than_a_segment_names_both_variables_and_the_fix() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let err = PipelineBuilder::from_env_vars(vars(&[("OUTLAST_MAX_RECORD_BYTES", "16MiB")]))
+        .expect("a valid size")
+        .spool_root(root.path())
+        .build()
+        .expect_err("a 16 MiB record does not fit in a default 16 MiB segment");
+    assert_eq!(param_of(&err), "OUTLAST_MAX_RECORD_BYTES", "{err}");
+    let text = err.to_string();
+    assert!(text.contains("OUTLAST_SPOOL_SEGMENT_BYTES"), "{text}");
+    assert!(text.contains("33554432"), "the fix, with a value: {text}");
+
+    // The fix works.
+    let otel = PipelineBuilder::from_env_vars(vars(&[
+        ("OUTLAST_MAX_RECORD_BYTES", "16MiB"),
+        ("OUTLAST_SPOOL_SEGMENT_BYTES", "32MiB"),
+    ]))
+    .expect("valid sizes")
+    .spool_root(root.path())
+    .build()
+    .expect("a segment that holds a record");
+    let client = otel.client(Signal::Traces).expect("traces client");
+    assert_eq!(client.max_record_bytes(), 16 * 1024 * 1024);
+    let _ = otel.shutdown(Duration::from_secs(2)).await;
+}
+
+#[cfg(not(feature = "logs"))]
+#[test]
+fn turning_on_a_signal_whose_feature_is_off_is_an_error_naming_the_setting() {
+    let err = PipelineBuilder::new()
+        .logs(true)
+        .build()
+        .expect_err("logs are not compiled in");
+    assert_eq!(param_of(&err), "logs", "{err}");
+    assert!(err.to_string().contains("`logs` cargo feature"), "{err}");
+    // `otlp` is the variable's default: it asks for nothing the build lacks.
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let otel = PipelineBuilder::from_env_vars(vars(&[("OTEL_LOGS_EXPORTER", "otlp")]))
+        .expect("a valid value")
+        .spool_root(root.path())
+        .build()
+        .expect("logs stay off, traces on");
+    assert!(otel.stats().logs.is_none() && otel.stats().traces.is_some());
+}
+
+#[cfg(all(feature = "logs", feature = "metrics"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_are_chosen_at_run_time_by_the_builder_and_otel_signal_exporter_variables() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .logs(false)
+        .metrics(false)
+        .build()
+        .expect("valid settings");
+    assert!(otel.tracer_provider().is_some());
+    assert!(otel.logger_provider().is_none() && otel.log_exporter().is_none());
+    assert!(otel.meter_provider().is_none() && otel.client(Signal::Metrics).is_none());
+    assert!(
+        !root.path().join("logs").exists(),
+        "no spool opened for logs"
+    );
+    let stats = otel.stats();
+    assert!(stats.traces.is_some() && stats.logs.is_none() && stats.metrics.is_none());
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete && flush.logs().is_none() && flush.traces().is_some());
+    let _ = otel.shutdown(Duration::from_secs(2)).await;
+
+    let b = PipelineBuilder::from_env_vars(vars(&[
+        ("OTEL_TRACES_EXPORTER", "none"),
+        ("OTEL_LOGS_EXPORTER", "otlp"),
+        ("OTEL_METRICS_EXPORTER", "NONE"),
+    ]))
+    .expect("valid variables");
+    let root2 = tempfile::tempdir().expect("temporary spool root");
+    let otel = b.spool_root(root2.path()).build().expect("valid settings");
+    assert!(otel.tracer_provider().is_none() && otel.logger_provider().is_some());
+    assert!(otel.meter_provider().is_none());
+    // A later builder call overrides the variable.
+    let root3 = tempfile::tempdir().expect("temporary spool root");
+    let otel3 = PipelineBuilder::from_env_vars(vars(&[("OTEL_TRACES_EXPORTER", "none")]))
+        .expect("valid variables")
+        .traces(true)
+        .spool_root(root3.path())
+        .build()
+        .expect("valid settings");
+    assert!(otel3.tracer_provider().is_some());
+    let _ = otel.shutdown(Duration::from_secs(2)).await;
+    let _ = otel3.shutdown(Duration::from_secs(2)).await;
+
+    let err = PipelineBuilder::from_env_vars(vars(&[("OTEL_METRICS_EXPORTER", "prometheus")]))
+        .expect_err("not an exporter outlast-otel has");
+    assert_eq!(param_of(&err), "OTEL_METRICS_EXPORTER", "{err}");
+}

@@ -59,3 +59,47 @@ async fn log_records_emitted_during_an_outage_arrive_after_it_with_body_and_attr
     assert!(text.contains("retried"), "{text}");
     otel.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_batches_over_max_record_bytes_are_split_and_a_giant_record_counted_once() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .client(fast_client().max_record_bytes(64 * 1024))
+        .build()
+        .expect("valid settings");
+    let logger = otel
+        .logger_provider()
+        .expect("logs are on")
+        .logger("outlast-otel-size-test");
+    // 300 records of 2 KiB (600 KB in batches of up to 512) and one of 100 KiB among them.
+    for i in 0..301i64 {
+        let size = if i == 150 { 100 * 1024 } else { 2 * 1024 };
+        let mut record = logger.create_log_record();
+        record.set_body(AnyValue::from("b".repeat(size)));
+        record.add_attribute("id", i);
+        logger.emit(record);
+    }
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(!flush.complete, "a record was dropped: {flush:?}");
+    assert_eq!(flush.dropped_items, 1, "{flush:?}");
+    let ids = log_ids(&receiver);
+    assert_eq!(duplicates(&ids), 0);
+    let expected: HashSet<i64> = (0..301).filter(|i| *i != 150).collect();
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), expected);
+    let stats = otel.stats().logs.expect("logs stats");
+    assert_eq!(
+        (stats.items_accepted, stats.items_dropped),
+        (300, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.client.dropped.too_large, 1, "{stats:?}");
+    assert!(stats.batches_split >= 1, "{stats:?}");
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(
+        flush.complete,
+        "nothing dropped since the last report: {flush:?}"
+    );
+}

@@ -102,3 +102,53 @@ async fn the_pipeline_stats_are_published_as_instruments() {
     }
     otel.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_max_record_bytes_are_split_by_data_points_and_a_giant_one_counted_once() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .client(fast_client().max_record_bytes(64 * 1024))
+        .build()
+        .expect("valid settings");
+    let meter = otel
+        .meter_provider()
+        .expect("metrics are on")
+        .meter("outlast-otel-size-test");
+    // 500 histogram data points of about 400 bytes each: 200 KB, over the 64 KiB limit.
+    let latency = meter.f64_histogram("latency").build();
+    for i in 0..500 {
+        latency.record(
+            0.5,
+            &[KeyValue::new(
+                "route",
+                format!("{i:03}-{}", "r".repeat(300)),
+            )],
+        );
+    }
+    // One data point that cannot fit in any request.
+    let giant = meter.u64_counter("giant").build();
+    giant.add(1, &[KeyValue::new("blob", "g".repeat(100 * 1024))]);
+
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(!flush.complete, "a data point was dropped: {flush:?}");
+    assert_eq!(flush.dropped_items, 1, "{flush:?}");
+    let points = data_points(&receiver);
+    assert_eq!(
+        points.get(&("latency".to_owned(), "histogram")),
+        Some(&500),
+        "{points:?}"
+    );
+    assert_eq!(points.get(&("giant".to_owned(), "sum")), None, "{points:?}");
+    assert!(metric_requests(&receiver).len() >= 4);
+    let stats = otel.stats().metrics.expect("metrics stats");
+    assert_eq!(
+        (stats.items_accepted, stats.items_dropped),
+        (500, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.client.dropped.too_large, 1, "{stats:?}");
+    let _ = otel.shutdown(Duration::from_secs(5)).await;
+}

@@ -74,8 +74,8 @@ fn assert_permanent(
     );
     let stats = otel.stats().traces.expect("traces stats");
     assert_eq!(stats.rejected_by_collector, 1, "{stats:?}");
-    assert_eq!(stats.dropped.permanent, 1, "{stats:?}");
-    assert_eq!(stats.pending_records, 0, "{stats:?}");
+    assert_eq!(stats.client.dropped.permanent, 1, "{stats:?}");
+    assert_eq!(stats.client.spool_records, 0, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,9 +171,86 @@ async fn a_partial_success_is_accepted_and_not_retried() {
         "a partial success is not retried"
     );
     let stats = otel.stats().traces.expect("traces stats");
-    assert_eq!(stats.dropped.total(), 0, "{stats:?}");
+    assert_eq!(stats.client.dropped.total(), 0, "{stats:?}");
     assert_eq!(
         stats.partially_rejected_items, 1,
         "the rejected span of the partial success is counted: {stats:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_gzip_on_a_stored_gzip_record_reaches_the_collector_byte_identical() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = receiver_down().await;
+
+    // The first process spools its spans (the collector is down) and exits.
+    {
+        let otel = pipeline_to(&receiver, root.path())
+            .gzip(true)
+            .build()
+            .expect("valid settings");
+        let tracer = otel
+            .tracer_provider()
+            .expect("traces are on")
+            .tracer("gzip");
+        for i in 0..200 {
+            let mut span = tracer.start(format!("op-{i}"));
+            span.set_attribute(opentelemetry::KeyValue::new("route", "/checkout/payments"));
+            span.end();
+        }
+        let flush = otel.force_flush(Duration::from_secs(3)).await;
+        assert!(flush.sdk_flushed && !flush.complete, "{flush:?}");
+        let _ = otel.shutdown(Duration::from_secs(2)).await;
+    }
+
+    // What the spool holds, read with the spool's own reader (nothing acknowledged).
+    let stored: Vec<u8> = {
+        let config = outlast_spool::SpoolConfig::new(root.path().join("traces"))
+            // The client's identity: its exporter's destination.
+            .with_identity(Some(format!(
+                "{}/v1/traces",
+                receiver.url().trim_end_matches('/')
+            )));
+        let (spool, _) = outlast_spool::Spool::open(config).expect("the spool opens");
+        spool
+            .adopt_released()
+            .expect("the lane the first process left");
+        let batch = spool.read_batch(1000, u64::MAX).expect("readable");
+        assert!(!batch.records.is_empty());
+        let mut bytes = Vec::new();
+        for r in &batch.records {
+            assert_eq!(
+                r.payload.content_encoding(),
+                outlast_core::ContentEncoding::Gzip,
+                "stored compressed"
+            );
+            bytes.extend_from_slice(r.payload.bytes());
+        }
+        spool.close().expect("closes");
+        bytes
+    };
+
+    // The next process delivers them: the bodies are the stored bytes, not a recompression.
+    receiver
+        .set_mode(Mode::Up)
+        .await
+        .expect("receiver comes up");
+    let otel = pipeline_to(&receiver, root.path())
+        .gzip(true)
+        .build()
+        .expect("valid settings");
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let sent: Vec<u8> = receiver
+        .received()
+        .into_iter()
+        .filter(|r| r.answer.is_accepted() && r.path == "/v1/traces")
+        .flat_map(|r| r.body.expect("bodies are recorded").to_vec())
+        .collect();
+    assert_eq!(sent.len(), stored.len(), "sent as stored");
+    assert!(
+        sent == stored,
+        "the collector got other bytes than the stored record(s)"
+    );
+    assert_eq!(span_ids(&receiver).len(), 200);
 }

@@ -43,7 +43,7 @@ async fn spans_emitted_during_an_outage_arrive_after_it() {
     assert!(!flush.complete, "nothing can be delivered yet: {flush:?}");
     let stats = otel.stats().traces.expect("traces stats");
     assert_eq!(stats.items_accepted, 300, "{stats:?}");
-    assert!(stats.pending_records >= 1, "{stats:?}");
+    assert!(stats.client.spool_records >= 1, "{stats:?}");
     assert!(span_ids(&receiver).is_empty());
 
     receiver
@@ -264,7 +264,7 @@ async fn against_a_hanging_collector_export_flush_and_shutdown_keep_their_bounds
     assert!(stats.calls_timed_out >= 1, "{stats:?}");
     assert_eq!(stats.in_flight, 0, "{stats:?}");
     assert_eq!(
-        stats.batches_accepted + stats.batches_dropped,
+        stats.requests_accepted + stats.requests_dropped,
         stats.calls_timed_out,
         "{stats:?}"
     );
@@ -295,4 +295,270 @@ async fn duration_max_everywhere_means_no_bound_and_never_panics() {
     );
     let shut = otel.shutdown(Duration::MAX).await;
     assert!(shut.complete, "{shut:?}");
+}
+
+/// The client's default `max_record_bytes`, 8 MiB.
+const MAX_RECORD_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
+
+/// Starts `n` spans on `provider`, each with a text attribute of `size` bytes, and ends
+/// them; returns their ids (hex).
+fn emit_large_spans(
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+    sizes: impl IntoIterator<Item = usize>,
+) -> Vec<String> {
+    let tracer = provider.tracer("outlast-otel-size-test");
+    sizes
+        .into_iter()
+        .enumerate()
+        .map(|(i, size)| {
+            let mut span = tracer.start(format!("op-{i}"));
+            span.set_attribute(KeyValue::new("payload", "x".repeat(size)));
+            let id = span.span_context().span_id().to_string();
+            span.end();
+            id
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_batches_of_16_kib_spans_over_max_record_bytes_are_split_and_all_arrive() {
+    // The SDK's default batch (512 spans) of 16 KiB spans encodes to about 8.4 MB, over the
+    // client's default max_record_bytes (8 MiB): each such batch must go as two requests.
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    assert_eq!(
+        otel.client(outlast_otel::Signal::Traces)
+            .expect("traces client")
+            .max_record_bytes(),
+        MAX_RECORD_BYTES_DEFAULT
+    );
+    let provider = otel.tracer_provider().expect("traces are on");
+    let emitted = emit_large_spans(&provider, std::iter::repeat_n(16 * 1024, 2000));
+
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    assert_eq!((flush.dropped_items, flush.dropped_requests), (0, 0));
+    let arrived = span_ids(&receiver);
+    assert_eq!(arrived.len(), 2000);
+    assert_eq!(duplicates(&arrived), 0);
+    assert_eq!(
+        arrived.iter().collect::<HashSet<_>>(),
+        emitted.iter().collect::<HashSet<_>>()
+    );
+    let stats = otel.stats().traces.expect("traces stats");
+    assert_eq!(
+        (stats.items_accepted, stats.items_dropped),
+        (2000, 0),
+        "{stats:?}"
+    );
+    assert!(stats.batches_split >= 1, "{stats:?}");
+    assert_eq!(stats.client.dropped.total(), 0, "{stats:?}");
+    // Every request the collector got is within the limit.
+    for r in receiver.received() {
+        let body = r.decoded_body().expect("valid").expect("recorded");
+        assert!(body.len() as u64 <= MAX_RECORD_BYTES_DEFAULT);
+    }
+    let report = otel.shutdown(Duration::from_secs(5)).await;
+    assert!(report.complete, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_span_larger_than_max_record_bytes_is_counted_once_and_the_flush_is_incomplete() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let provider = otel.tracer_provider().expect("traces are on");
+    // Twenty small spans around one of 9 MiB, in one batch.
+    let mut sizes = vec![100; 21];
+    sizes[10] = 9 * 1024 * 1024;
+    let emitted = emit_large_spans(&provider, sizes);
+
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(!flush.complete, "a span was dropped: {flush:?}");
+    assert_eq!(flush.dropped_items, 1, "{flush:?}");
+    assert_eq!(flush.dropped_requests, 1, "{flush:?}");
+    let stats = otel.stats().traces.expect("traces stats");
+    assert_eq!(
+        (stats.items_accepted, stats.items_dropped),
+        (20, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.requests_dropped, 1, "{stats:?}");
+    assert_eq!(stats.client.dropped.too_large, 1, "{stats:?}");
+    assert_eq!(stats.client.dropped.total(), 1, "{stats:?}");
+    let arrived: HashSet<String> = span_ids(&receiver).into_iter().collect();
+    let expected: HashSet<String> = emitted
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 10)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(arrived, expected);
+
+    // The drop was reported once; the next flush has nothing new to report.
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    assert_eq!(flush.dropped_items, 0);
+    let stats = otel.stats().traces.expect("traces stats");
+    assert_eq!(
+        stats.client.dropped.total(),
+        1,
+        "still counted once: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_split_during_an_outage_is_spooled_in_parts_and_delivered_after_it() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = receiver_down().await;
+    let otel = pipeline_to(&receiver, root.path())
+        .client(fast_client().max_record_bytes(64 * 1024))
+        .build()
+        .expect("valid settings");
+    let provider = otel.tracer_provider().expect("traces are on");
+    let emitted = emit_large_spans(&provider, std::iter::repeat_n(2 * 1024, 300));
+    let flush = otel.force_flush(Duration::from_secs(5)).await;
+    assert!(flush.sdk_flushed && !flush.complete, "{flush:?}");
+    assert_eq!(flush.dropped_items, 0, "{flush:?}");
+    let stats = otel.stats().traces.expect("traces stats");
+    assert_eq!(stats.items_accepted, 300, "{stats:?}");
+    assert!(stats.client.spool_records >= 10, "{stats:?}");
+
+    receiver
+        .set_mode(Mode::Up)
+        .await
+        .expect("receiver comes up");
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let arrived = span_ids(&receiver);
+    assert_eq!(duplicates(&arrived), 0);
+    assert_eq!(
+        arrived.iter().collect::<HashSet<_>>(),
+        emitted.iter().collect::<HashSet<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_a_provider_of_your_own_leaves_the_pipelines_exporter_running() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let own = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(otel.span_exporter().expect("traces are on"))
+        .build();
+    let own_ids = emit_spans(&own, 5);
+    // The provider's shutdown blocks (it flushes its queue): off the runtime's workers.
+    let shut = tokio::task::spawn_blocking(move || own.shutdown())
+        .await
+        .expect("the shutdown thread ends");
+    assert!(shut.is_ok(), "{shut:?}");
+
+    let pipeline_ids = emit_spans(&otel.tracer_provider().expect("traces are on"), 5);
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let arrived: HashSet<String> = span_ids(&receiver).into_iter().collect();
+    let expected: HashSet<String> = own_ids.into_iter().chain(pipeline_ids).collect();
+    assert_eq!(arrived, expected);
+}
+
+#[test]
+fn a_program_without_an_executor_shuts_the_pipeline_down_with_shutdown_blocking() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let server = tokio::runtime::Runtime::new().expect("a runtime for the receiver");
+    let receiver = server.block_on(async {
+        outlast_client::testing::TestReceiver::start()
+            .await
+            .expect("receiver starts")
+    });
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let ids = emit_spans(&otel.tracer_provider().expect("traces are on"), 20);
+    let report = otel.shutdown_blocking(TEST_BOUND);
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.traces().map(|r| r.remaining_records), Some(0));
+    let arrived: HashSet<String> = span_ids(&receiver).into_iter().collect();
+    assert_eq!(arrived, ids.into_iter().collect());
+    // After shutdown, the pipeline's exporter refuses.
+    let exporter = otel.span_exporter().expect("traces are on");
+    let got = block_on_plain(exporter.export(one_span_batch()));
+    assert!(got.is_err(), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_batch_sends_nothing_and_counts_nothing() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    let otel = pipeline_to(&receiver, root.path())
+        .build()
+        .expect("valid settings");
+    let exporter = otel.span_exporter().expect("traces are on");
+    assert!(exporter.export(Vec::new()).await.is_ok());
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(flush.complete, "{flush:?}");
+    let stats = otel.stats().traces.expect("traces stats");
+    assert_eq!(
+        (
+            stats.requests_accepted,
+            stats.requests_dropped,
+            stats.items_dropped
+        ),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(receiver.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_limit_below_one_span_drops_each_span_once_and_says_how_many() {
+    let root = tempfile::tempdir().expect("temporary spool root");
+    let receiver = outlast_client::testing::TestReceiver::start()
+        .await
+        .expect("receiver starts");
+    // The smallest limit the spool takes: below one span with its resource.
+    let otel = pipeline_to(&receiver, root.path())
+        .client(fast_client().max_record_bytes(100))
+        .build()
+        .expect("valid settings");
+    let exporter = otel.span_exporter().expect("traces are on");
+    let memory = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(memory.clone())
+        .build();
+    emit_large_spans(&provider, [200, 200, 200]);
+    let batch = memory.get_finished_spans().expect("the finished spans");
+    assert_eq!(batch.len(), 3);
+    let got = exporter.export(batch).await;
+    match got {
+        Err(OTelSdkError::InternalFailure(msg)) => {
+            assert!(msg.contains("dropped 3 of the 3 span(s)"), "{msg}");
+            assert!(msg.contains("too_large"), "{msg}");
+        }
+        other => panic!("expected a failure naming the drops: {other:?}"),
+    }
+    let stats = otel.stats().traces.expect("traces stats");
+    assert_eq!(
+        (stats.items_dropped, stats.requests_dropped),
+        (3, 3),
+        "{stats:?}"
+    );
+    assert_eq!(stats.client.dropped.too_large, 3, "{stats:?}");
+    let flush = otel.force_flush(TEST_BOUND).await;
+    assert!(!flush.complete && flush.dropped_items == 3, "{flush:?}");
+    assert_eq!(receiver.request_count(), 0);
 }

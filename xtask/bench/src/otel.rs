@@ -310,16 +310,16 @@ pub(crate) fn child_backlog(url: &str, dir: &std::path::Path, bytes: u64) -> any
     let tracer = provider.tracer("bench");
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut spans = 0u64;
-    let held = |p: &outlast_otel::Pipeline| p.stats().traces.map_or(0, |t| t.pending_bytes);
+    let held = |p: &outlast_otel::Pipeline| p.stats().traces.map_or(0, |t| t.client.pending_bytes);
     let deadline = Instant::now() + Duration::from_secs(600);
     while held(&pipeline) < bytes {
         if let Some(t) = pipeline.stats().traces
-            && t.batches_dropped > 0
+            && t.requests_dropped > 0
         {
             anyhow::bail!(
-                "outlast-otel dropped {} batch(es): {:?}; spool {} of {} bytes",
-                t.batches_dropped,
-                t.dropped,
+                "outlast-otel dropped {} request(s): {:?}; spool {} of {} bytes",
+                t.requests_dropped,
+                t.client.dropped,
                 t.client.spool_bytes,
                 t.client.spool_max_bytes
             );

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use outlast_core::ConfigError;
 use outlast_core::units::{MAX_DURATION, saturate};
 use rustls_pki_types::CertificateDer;
@@ -153,6 +153,7 @@ pub struct HttpExporterBuilder {
     pool_idle_timeout: Option<Duration>,
     ca: Vec<CaSource>,
     framing: Option<PayloadFraming>,
+    retryable_statuses: Option<Vec<StatusCode>>,
 }
 
 impl HttpExporterBuilder {
@@ -169,6 +170,7 @@ impl HttpExporterBuilder {
             pool_idle_timeout: None,
             ca: Vec::new(),
             framing: None,
+            retryable_statuses: None,
         }
     }
 
@@ -251,6 +253,37 @@ impl HttpExporterBuilder {
     #[must_use]
     pub fn payload_framing(mut self, framing: PayloadFraming) -> Self {
         self.framing = Some(framing);
+        self
+    }
+
+    /// The statuses worth retrying, replacing the default list (408, 429, 500, 502, 503,
+    /// 504: [`is_retryable_status`](super::is_retryable_status)) for a protocol with rules
+    /// of its own. A failure answered with one of them is retryable (with the `Retry-After`
+    /// delay of a 429 or 503); every other non-success status is permanent. Transport
+    /// failures and timeouts stay retryable whatever the list.
+    ///
+    /// OTLP/HTTP, for one, allows retries only on 429, 502, 503 and 504.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use outlast_client::http::HttpExporter;
+    ///
+    /// # fn main() -> Result<(), outlast_client::ConfigError> {
+    /// let otlp = HttpExporter::builder("http://127.0.0.1:4318/v1/traces")
+    ///     .retryable_statuses([
+    ///         StatusCode::TOO_MANY_REQUESTS,
+    ///         StatusCode::BAD_GATEWAY,
+    ///         StatusCode::SERVICE_UNAVAILABLE,
+    ///         StatusCode::GATEWAY_TIMEOUT,
+    ///     ])
+    ///     .build()?;
+    /// # drop(otlp); Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn retryable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.retryable_statuses = Some(statuses.into_iter().collect());
         self
     }
 
@@ -458,6 +491,7 @@ impl HttpExporterBuilder {
             pool_idle_timeout,
             tls,
             framing: self.framing.unwrap_or_default(),
+            retryable_statuses: self.retryable_statuses.clone().map(Into::into),
         }))
     }
 }
@@ -482,6 +516,7 @@ impl fmt::Debug for HttpExporterBuilder {
             .field("pool_idle_timeout", &self.pool_idle_timeout)
             .field("custom_cas", &self.ca.len())
             .field("framing", &self.framing)
+            .field("retryable_statuses", &self.retryable_statuses)
             .finish()
     }
 }

@@ -59,7 +59,7 @@
 //! | Outcome | Result |
 //! |---|---|
 //! | 2xx | `Ok(())` |
-//! | 408, 429, 500, 502, 503, 504 | [`ExportError::Retryable`]; for 429 and 503 with the `Retry-After` delay (seconds or HTTP-date; an unparsable value is ignored) |
+//! | 408, 429, 500, 502, 503, 504 (or the list given to [`retryable_statuses`](HttpExporterBuilder::retryable_statuses)) | [`ExportError::Retryable`]; for 429 and 503 with the `Retry-After` delay (seconds or HTTP-date; an unparsable value is ignored) |
 //! | other statuses (400, 401, 403, 404, 413, 3xx...) | [`ExportError::Permanent`], with the status and the start of the body |
 //! | connection refused, reset, closed, TLS failure, invalid response | [`ExportError::Retryable`] |
 //! | request timeout | [`ExportError::Timeout`] |
@@ -170,6 +170,8 @@ struct Parts {
     pool_idle_timeout: Option<Duration>,
     tls: rustls::ClientConfig,
     framing: PayloadFraming,
+    /// `None`: the default list ([`is_retryable_status`]).
+    retryable_statuses: Option<std::sync::Arc<[StatusCode]>>,
 }
 
 /// Sends payloads to an HTTP(S) endpoint; see the [module documentation](self) for what goes
@@ -200,6 +202,7 @@ pub struct HttpExporter {
     probe: ProbeTarget,
     probe_timeout: Duration,
     framing: PayloadFraming,
+    retryable_statuses: Option<std::sync::Arc<[StatusCode]>>,
     on_success: Option<SuccessHook>,
 }
 
@@ -276,6 +279,7 @@ impl HttpExporter {
             probe: p.probe,
             probe_timeout: p.probe_timeout,
             framing: p.framing,
+            retryable_statuses: p.retryable_statuses,
             on_success: None,
         }
     }
@@ -602,6 +606,20 @@ impl Exporter for HttpExporter {
 
 impl HttpExporter {
     /// Sends a request bounded by the request timeout and classifies the outcome.
+    /// A failure for the pipeline: by the status list given to
+    /// [`retryable_statuses`](HttpExporterBuilder::retryable_statuses) for a status, else
+    /// as [`HttpError::into_export_error`] says.
+    fn classify(&self, error: HttpError, retry_after: Option<Duration>) -> ExportError {
+        match (&self.retryable_statuses, error.status()) {
+            (Some(list), Some(status)) if list.contains(&status) => match retry_after {
+                Some(d) => ExportError::retryable_after(error, d),
+                None => ExportError::retryable(error),
+            },
+            (Some(_), Some(_)) => ExportError::permanent(error),
+            _ => error.into_export_error(retry_after),
+        }
+    }
+
     async fn finish(&self, req: Result<Request<Body>, HttpError>) -> Result<(), ExportError> {
         let send = async { self.send(req?).await };
         match tokio::time::timeout(self.timeout, send).await {
@@ -610,7 +628,7 @@ impl HttpExporter {
                 if !error.is_status() {
                     tracing::debug!(url = %self.uri, error = %outlast_core::ErrorChain(&error), "export failed");
                 }
-                Err(error.into_export_error(retry_after))
+                Err(self.classify(error, retry_after))
             }
             Err(_) => {
                 tracing::debug!(url = %self.uri, timeout_secs = self.timeout.as_secs_f64(), "export timed out");
@@ -633,6 +651,7 @@ impl fmt::Debug for HttpExporter {
             .field("probe", &self.probe)
             .field("probe_timeout", &self.probe_timeout)
             .field("framing", &self.framing)
+            .field("retryable_statuses", &self.retryable_statuses)
             .field("on_success", &self.on_success.as_ref().map(|_| "hook"))
             .finish_non_exhaustive()
     }
