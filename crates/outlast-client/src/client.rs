@@ -358,9 +358,16 @@ impl Client {
     /// # Cancel safety
     ///
     /// Dropping the future abandons the export: an attempt in progress is dropped (the
-    /// backend may still have received it) and the payload is neither retried nor spooled,
-    /// except in `FsyncEveryAppend` mode once the append has started on the blocking pool: it
-    /// then completes and is counted as spooled.
+    /// backend may still have received it) and the payload is neither retried nor spooled.
+    /// It is counted all the same, once, as dropped for
+    /// [`DropReason::Cancelled`] — unless its outcome was already counted: a payload whose
+    /// attempt the backend had answered with success is delivered (the answer and the count
+    /// happen in one poll), and in `FsyncEveryAppend` mode an append that has started on the
+    /// blocking pool completes and counts itself (spooled, or dropped for its reason). An
+    /// attempt whose answer had not arrived when the future was dropped is `cancelled` even
+    /// if the backend received it (delivery is at least once: such a payload may reach the
+    /// backend and be counted as cancelled). So `accepted = delivered + spooled + Σ drops`
+    /// holds whatever the caller does with the future.
     pub async fn export(&self, payload: Payload) -> Result<Delivery, DropError> {
         self.export_inner(payload, None).await
     }
@@ -403,9 +410,10 @@ impl Client {
     ///
     /// # Cancel safety
     ///
-    /// As [`export`](Client::export): dropping the future abandons the payload (unless an
-    /// append in `FsyncEveryAppend` mode has started). Prefer a deadline to a timeout
-    /// around `export`: the deadline spools what it could not deliver instead of losing it.
+    /// As [`export`](Client::export): dropping the future abandons the payload, counted as
+    /// [`DropReason::Cancelled`] (unless an append in `FsyncEveryAppend` mode has started).
+    /// Prefer a deadline to a timeout around `export`: the deadline spools what it could not
+    /// deliver instead of losing it.
     pub async fn export_by(
         &self,
         payload: Payload,
@@ -433,10 +441,32 @@ impl Client {
         self.export_inner(payload, Some(deadline)).await
     }
 
+    /// [`export_counted`](Client::export_counted), with the payload counted as cancelled if
+    /// the future is dropped before its outcome was counted.
     async fn export_inner(
         &self,
         payload: Payload,
         deadline: Option<Instant>,
+    ) -> Result<Delivery, DropError> {
+        let mut guard = CancelGuard {
+            shared: &self.inner.shared,
+            armed: true,
+        };
+        let result = self.export_counted(payload, deadline, &mut guard).await;
+        // Every way out of `export_counted` counted its outcome (delivered, spooled or
+        // dropped) with no await point since: nothing is left to count.
+        guard.armed = false;
+        result
+    }
+
+    /// The export path. Each outcome is counted where it happens; `guard` is disarmed when
+    /// the counting is handed to something that finishes without this future (an append
+    /// on the blocking pool).
+    async fn export_counted(
+        &self,
+        payload: Payload,
+        deadline: Option<Instant>,
+        guard: &mut CancelGuard<'_>,
     ) -> Result<Delivery, DropError> {
         let shared = &self.inner.shared;
         if !shared.is_accepting() {
@@ -456,12 +486,12 @@ impl Client {
         }
         if shared.has_backlog() {
             // Offline fast path, and ordering: behind the backlog, without the network.
-            return self.spool(payload).await;
+            return self.spool(payload, guard).await;
         }
         let past = |d: Instant| Instant::now() >= d;
         if deadline.is_some_and(past) {
             // No time for an attempt: the spool-first path.
-            return self.spool(payload).await;
+            return self.spool(payload, guard).await;
         }
 
         let _direct = shared.enter_direct();
@@ -485,7 +515,7 @@ impl Client {
                     attempts = attempt,
                     "outlast: export deadline reached; spooling"
                 );
-                return self.spool(payload).await;
+                return self.spool(payload, guard).await;
             }
             match shared.settings.retry.on_direct_failure(attempt, &error) {
                 Decision::Drop => {
@@ -499,7 +529,7 @@ impl Client {
                     tokio::time::sleep(delay).await;
                     if shared.has_backlog() {
                         // Another export found the backend down meanwhile: queue behind it.
-                        return self.spool(payload).await;
+                        return self.spool(payload, guard).await;
                     }
                     Counters::bump(&shared.counters.retried);
                     attempt += 1;
@@ -508,7 +538,7 @@ impl Client {
                     tracing::debug!(error = %outlast_core::ErrorChain(&error), attempts = attempt, "outlast: direct export failed; spooling");
                     shared.set_retry_after_hint(error.retry_after());
                     shared.set_online(false);
-                    return self.spool(payload).await;
+                    return self.spool(payload, guard).await;
                 }
             }
         }
@@ -520,7 +550,11 @@ impl Client {
         clippy::result_large_err,
         reason = "the error hands the payload back; boxing it is a change to DropError"
     )]
-    async fn spool(&self, payload: Payload) -> Result<Delivery, DropError> {
+    async fn spool(
+        &self,
+        payload: Payload,
+        guard: &mut CancelGuard<'_>,
+    ) -> Result<Delivery, DropError> {
         let shared = &self.inner.shared;
         let Some(spool) = shared.spool() else {
             return Err(shared.no_spool(payload));
@@ -532,6 +566,9 @@ impl Client {
         // Kept to hand back if the blocking task fails (a spool bug): cloning is cheap.
         let kept = payload.clone();
         let append = shared.spawn_spool_call(spool, move |s| task_shared.append_to(s, payload));
+        // The append counts its own outcome (spooled, or dropped for its reason), whether
+        // this future is still there to hear it or not.
+        guard.armed = false;
         match append.await {
             Ok(result) => result,
             Err(join_error) => {
@@ -872,6 +909,22 @@ impl Client {
             spool_available: spool_state.is_available(),
             spool: spool_state,
             shut_down: !shared.is_accepting(),
+        }
+    }
+}
+
+/// Counts an export's payload as [`DropReason::Cancelled`] when dropped still armed: the
+/// caller dropped the `export` future before its outcome was counted.
+struct CancelGuard<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::debug!("outlast: export future dropped before its payload was delivered or spooled");
+            self.shared.record_drop(DropReason::Cancelled, 1);
         }
     }
 }

@@ -197,7 +197,13 @@ impl ClientBuilder {
     );
     setter!(
         /// Delay before the one quick retry of a failed direct export (default
-        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`], 1 s).
+        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`], 1 s), at most
+        /// [`MAX_IMMEDIATE_RETRY_DELAY`](outlast_core::retry::MAX_IMMEDIATE_RETRY_DELAY)
+        /// (60 s). The retry waits inside the caller's `export`: while the backend is down, a
+        /// call returns within two attempt timeouts plus this delay. A longer value (e.g.
+        /// `Duration::MAX`) makes [`build`](ClientBuilder::build) fail with
+        /// [`ConfigError::Invalid`] naming `immediate_retry_delay` (or
+        /// `OUTLAST_IMMEDIATE_RETRY_DELAY`); it is not clamped.
         immediate_retry_delay: Duration
     );
     setter!(

@@ -153,7 +153,7 @@
 //! | `OUTLAST_DURABILITY` | [`durability`](ClientBuilder::durability) | `os_write` or `fsync_every_append` (`fsync` is accepted too) | `os_write` |
 //! | `OUTLAST_FSYNC_INTERVAL` | [`durability`](ClientBuilder::durability) (`OsWrite { fsync_interval }`) | duration (only with `os_write`) | 1 s |
 //! | `OUTLAST_ATTEMPT_TIMEOUT` | [`attempt_timeout`](ClientBuilder::attempt_timeout) | duration | 10 s |
-//! | `OUTLAST_IMMEDIATE_RETRY_DELAY` | [`immediate_retry_delay`](ClientBuilder::immediate_retry_delay) | duration | 1 s |
+//! | `OUTLAST_IMMEDIATE_RETRY_DELAY` | [`immediate_retry_delay`](ClientBuilder::immediate_retry_delay) | duration, at most 60 s | 1 s |
 //! | `OUTLAST_INITIAL_BACKOFF` | [`initial_backoff`](ClientBuilder::initial_backoff) | duration | 1 s |
 //! | `OUTLAST_MAX_BACKOFF` | [`max_backoff`](ClientBuilder::max_backoff) | duration | 128 s |
 //! | `OUTLAST_BACKOFF_JITTER` | [`jitter`](ClientBuilder::jitter) | number in `[0, 1]` | 0.5 |
@@ -237,7 +237,7 @@ mod stats;
 // `unix_nanos`, the retry schedule) stay in `outlast_core`.
 pub use outlast_core::retry::{
     DEFAULT_IMMEDIATE_RETRY_DELAY, DEFAULT_INITIAL_BACKOFF, DEFAULT_JITTER, DEFAULT_MAX_BACKOFF,
-    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_MAX_RETRY_AFTER, MAX_IMMEDIATE_RETRY_DELAY,
 };
 pub use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
 pub use outlast_core::{
