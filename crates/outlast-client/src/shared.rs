@@ -35,6 +35,12 @@ struct Logs {
     drops_reported: [u64; DropReason::COUNT],
 }
 
+/// How much longer than the attempt timeout the client waits for an exporter that bounds
+/// its own calls within it (`Exporter::export_timeout`): long enough for the exporter's own
+/// timeout to fire first and report its own error, short enough that an exporter that does
+/// not keep its promise holds an attempt only a moment longer.
+pub(crate) const EXPORTER_TIMEOUT_GRACE: Duration = Duration::from_millis(100);
+
 /// Bit 0 of [`Shared::backlog`]: a backlog exists. The other bits count appends.
 const BACKLOG_BIT: u64 = 1;
 /// What one append adds to [`Shared::backlog`].
@@ -414,15 +420,19 @@ impl Shared {
             [payload] => self.exporter.export_boxed(payload),
             merged => self.exporter.export_many_boxed(merged),
         };
-        let result = if self.exporter_timeout.is_some_and(|t| t <= limit) {
-            // The exporter's own timeout is not longer than ours (see `Exporter::export_timeout`,
-            // which bounds `export_many` as it bounds `export`).
-            send.await
+        // The client's timer bounds every attempt, whatever the exporter declares: an
+        // exporter that says it bounds its calls and then hangs must not hang `export` or
+        // the replay. When its own bound is not longer than ours, ours waits a little longer
+        // (not past a caller's deadline), so that the exporter's own timeout, with its own
+        // error, is the one that normally ends the attempt.
+        let timer = if !cut && self.exporter_timeout.is_some_and(|t| t <= limit) {
+            limit.saturating_add(EXPORTER_TIMEOUT_GRACE)
         } else {
-            match tokio::time::timeout(limit, send).await {
-                Ok(result) => result,
-                Err(_) => Err(ExportError::Timeout { after: limit }),
-            }
+            limit
+        };
+        let result = match tokio::time::timeout(timer, send).await {
+            Ok(result) => result,
+            Err(_) => Err(ExportError::Timeout { after: timer }),
         };
         let cut_short = cut && matches!(result, Err(ExportError::Timeout { .. }));
         if let Err(e) = &result
