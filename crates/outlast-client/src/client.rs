@@ -161,7 +161,7 @@ struct ClientInner {
 
 // Dropping the last `Client` drops `ClientInner` and with it the stop sender: the drain task
 // sees the channel close, waits for an adoption of released lanes still running on the
-// blocking pool (bounded), and ends, releasing the spool (whose Drop syncs it).
+// blocking pool (bounded), hands the spool's close to the blocking pool, and ends.
 
 /// The least a shutdown waits for the drain task to end, even with no time left.
 const STOP_GRACE: Duration = Duration::from_millis(10);
@@ -690,8 +690,8 @@ impl Client {
                 }
             }
         } else {
-            // Closed by shutdown, which synced it.
-            synced = stopped();
+            // Closed by shutdown, which synced it (once that finished).
+            synced = stopped() && shared.close_synced();
         }
         let ack_failures = shared
             .ack_failures
@@ -745,6 +745,12 @@ impl Client {
     /// calls get [`DropError::ShutDown`] with the payload back), flushes, stops the drain
     /// task, syncs and closes the spool (releasing its lock; what was not delivered stays on
     /// disk for the next run), and calls the exporter's `shutdown` with the time left.
+    ///
+    /// Closing the spool (joining its background thread, an fdatasync) runs on the blocking
+    /// pool, waited for within the time left (at least 10 ms): the report's
+    /// [`synced`](FlushReport::synced) is true only if it finished. If it did not, it goes
+    /// on in the background; the data is with the operating system either way, and the
+    /// spool's lock is released when the close is done.
     ///
     /// Shutting down from one clone shuts down all of them.
     ///
@@ -835,7 +841,13 @@ impl Client {
             .store(true, std::sync::atomic::Ordering::Release);
         shared.progress.notify_waiters();
 
-        let closed = shared.close_spool();
+        // At least a moment, as for the drain task: a close with nothing slow to wait for
+        // (the usual case) is seen to finish, and the lock is released before this returns.
+        let left = timeout.saturating_sub(start.elapsed()).max(STOP_GRACE);
+        let closed = shared.close_spool_within(left).await;
+        let mut report = report;
+        // Closing syncs the data and read progress: the report says whether that finished.
+        report.synced = matches!(closed, Ok(true));
         let left = timeout.saturating_sub(start.elapsed());
         let exporter_result =
             match tokio::time::timeout(left, shared.exporter.shutdown_boxed()).await {
