@@ -19,7 +19,7 @@ use outlast_core::{Coalescing, ContentEncoding, ExportError, Payload};
 use outlast_spool::{ReadBatch, Record, RecordId, Spool, SpoolError};
 
 use crate::DropReason;
-use crate::compress;
+use crate::compress::{self, Undecodable};
 use crate::shared::Shared;
 
 /// An attempt under way; it hands back its payloads with the result.
@@ -135,6 +135,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 .fetch_add(acks.delivered, Ordering::Relaxed);
             shared.record_drop(DropReason::Permanent, acks.rejected);
             shared.record_drop(DropReason::Corrupt, acks.corrupt);
+            shared.record_drop(DropReason::TooLarge, acks.too_large);
         };
         match acked {
             Some(Ok(())) => {
@@ -197,6 +198,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
         );
         let mut window = ReplayWindow::new(w, max_bytes, caps);
         window.accepts_gzip = shared.exporter.accepts_encoding_dyn(ContentEncoding::Gzip);
+        window.max_record_bytes = shared.settings.max_record_bytes;
         let merge = |p: &Payload| shared.exporter.coalescing_dyn(p);
         let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
         let mut reading: Option<SpoolOp<Result<ReadBatch, SpoolError>>> = None;
@@ -345,6 +347,8 @@ enum Outcome {
     Rejected,
     /// Its stored bytes do not decode as their encoding says: dropped, never sent.
     Corrupt,
+    /// It decodes to more than `max_record_bytes`: dropped, never sent.
+    TooLarge,
     /// A retryable failure: the replay stops before this record.
     Failed,
 }
@@ -369,11 +373,15 @@ struct ReplayWindow {
     /// Records of a merged send rejected permanently, to send again one by one: their
     /// window index and payload.
     singles: VecDeque<(u64, Payload)>,
-    /// Read, not started yet: each record's payload as the exporter takes it (stored
-    /// bytes decompressed unless the exporter accepts their encoding), or corrupt.
+    /// Read, not started yet, in spool order: each record as stored, decoded (to what the
+    /// exporter takes: stored bytes decompressed unless it accepts their encoding) only
+    /// when it is next to go, so that the records waiting here hold their stored size.
     queued: VecDeque<Queued>,
     /// Whether the exporter takes gzip-encoded payloads as they are.
     accepts_gzip: bool,
+    /// No record is decoded past this (the client's `max_record_bytes`).
+    max_record_bytes: u64,
+    /// Bytes the queued records hold in memory (stored, or decoded for the one decoded).
     queued_bytes: u64,
     /// Started, in spool order; `base` is the index of the first.
     slots: VecDeque<Slot>,
@@ -401,6 +409,7 @@ impl ReplayWindow {
             singles: VecDeque::new(),
             queued: VecDeque::new(),
             accepts_gzip: false,
+            max_record_bytes: u64::MAX,
             queued_bytes: 0,
             slots: VecDeque::new(),
             base: 0,
@@ -437,40 +446,92 @@ impl ReplayWindow {
         }
         self.batches += 1;
         self.last_full = n >= self.limits.max_records;
+        for r in records {
+            self.queued_bytes += r.payload.len() as u64;
+            self.queued.push_back(Queued {
+                id: r.id,
+                state: QueuedState::Stored(r.payload),
+            });
+        }
+    }
+
+    /// Decodes the first queued record if it is still as stored: one record at a time is
+    /// decoded, bounded by `max_record_bytes`.
+    fn decode_front(&mut self) {
         let accepts_gzip = self.accepts_gzip;
         let accepts = move |e: ContentEncoding| {
             e == ContentEncoding::Identity || (accepts_gzip && e == ContentEncoding::Gzip)
         };
-        for r in records {
-            let payload = compress::for_exporter(r.payload, accepts);
-            if let Ok(p) = &payload {
-                self.queued_bytes += p.len() as u64;
+        let limit = self.max_record_bytes;
+        let Some(front) = self.queued.front_mut() else {
+            return;
+        };
+        let QueuedState::Stored(stored) = &front.state else {
+            return;
+        };
+        let stored = stored.clone();
+        let stored_len = stored.len() as u64;
+        front.state = match compress::for_exporter(stored, accepts, limit) {
+            Ok(ready) => {
+                self.queued_bytes = self
+                    .queued_bytes
+                    .saturating_sub(stored_len)
+                    .saturating_add(ready.payload.len() as u64);
+                QueuedState::Ready(ready)
             }
-            self.queued.push_back(Queued { id: r.id, payload });
+            Err(why) => {
+                self.queued_bytes = self.queued_bytes.saturating_sub(stored_len);
+                QueuedState::Undecodable(why)
+            }
+        };
+    }
+
+    /// The first queued record, decoded, if it decodes.
+    fn peek_ready(&mut self) -> Option<&compress::Ready> {
+        self.decode_front();
+        match self.queued.front() {
+            Some(Queued {
+                state: QueuedState::Ready(ready),
+                ..
+            }) => Some(ready),
+            _ => None,
         }
     }
 
-    /// The next queued record that decodes; those that do not are settled as corrupt on
-    /// the way (each takes its slot, so that it is acknowledged in order, never sent).
-    fn pop_decodable(&mut self) -> Option<(RecordId, Payload)> {
+    /// The next queued record that decodes; those that do not are settled as corrupt or
+    /// too large on the way (each takes its slot, so that it is acknowledged in order,
+    /// never sent).
+    fn pop_decodable(&mut self) -> Option<(RecordId, compress::Ready)> {
         loop {
+            self.decode_front();
             let q = self.queued.pop_front()?;
-            match q.payload {
-                Ok(p) => return Some((q.id, p)),
-                Err(compress::Corrupt) => {
+            let outcome = match q.state {
+                QueuedState::Ready(ready) => return Some((q.id, ready)),
+                // `decode_front` decoded it.
+                QueuedState::Stored(_) | QueuedState::Undecodable(Undecodable::Corrupt) => {
                     tracing::warn!(
                         lane = q.id.lane,
                         seq = q.id.seq,
                         "outlast: spooled record does not decode as its recorded encoding; dropping it as corrupt"
                     );
-                    self.slots.push_back(Slot {
-                        id: q.id,
-                        result: Some(Outcome::Corrupt),
-                    });
-                    self.next += 1;
-                    self.grow_settled_prefix();
+                    Outcome::Corrupt
                 }
-            }
+                QueuedState::Undecodable(Undecodable::TooLarge) => {
+                    tracing::warn!(
+                        lane = q.id.lane,
+                        seq = q.id.seq,
+                        max_record_bytes = self.max_record_bytes,
+                        "outlast: spooled record decodes to more than max_record_bytes; dropping it as too large"
+                    );
+                    Outcome::TooLarge
+                }
+            };
+            self.slots.push_back(Slot {
+                id: q.id,
+                result: Some(outcome),
+            });
+            self.next += 1;
+            self.grow_settled_prefix();
         }
     }
 
@@ -496,45 +557,43 @@ impl ReplayWindow {
         if room == 0 {
             return None;
         }
-        let (id, payload) = self.pop_decodable()?;
+        let (id, ready) = self.pop_decodable()?;
         let room = self.limits.max_records.saturating_sub(self.slots.len());
         if room == 0 {
-            // Corrupt records settled on the way took the room: it comes next time.
+            // Records settled on the way (undecodable) took the room: it comes next time.
             self.queued.push_front(Queued {
                 id,
-                payload: Ok(payload),
+                state: QueuedState::Ready(ready),
             });
             return None;
         }
-        let record = Record { id, payload };
-        let (max_records, max_bytes) = match merge(&record.payload) {
+        let (max_records, max_bytes) = match merge(&ready.payload) {
             Some(c) => (
                 c.max_records.min(self.caps.max_records).min(room),
                 c.max_bytes.min(self.caps.max_bytes),
             ),
             None => (1, 0),
         };
-        let mut bytes = record.payload.len() as u64;
-        let mut payloads = vec![self.take(record)];
+        // Merging is measured in decoded bytes: what the backend (or an exporter that
+        // decodes records to join them) holds for the request.
+        let mut bytes = ready.decoded_len;
+        let mut payloads = vec![self.take(id, ready)];
         while payloads.len() < max_records {
-            let Some(Queued {
-                payload: Ok(next), ..
-            }) = self.queued.front()
-            else {
+            let Some(next) = self.peek_ready() else {
                 break;
             };
-            let len = next.len() as u64;
-            if !Coalescing::compatible(&payloads[0], next)
+            let len = next.decoded_len;
+            if !Coalescing::compatible(&payloads[0], &next.payload)
                 || bytes.saturating_add(len) > max_bytes
-                || merge(next).is_none()
+                || merge(&next.payload).is_none()
             {
                 break;
             }
             bytes += len;
-            let Some((id, payload)) = self.pop_decodable() else {
+            let Some((id, ready)) = self.pop_decodable() else {
                 break;
             };
-            payloads.push(self.take(Record { id, payload }));
+            payloads.push(self.take(id, ready));
         }
         let first = self.next;
         self.next += payloads.len() as u64;
@@ -542,15 +601,12 @@ impl ReplayWindow {
     }
 
     /// Moves a queued record into the window: its slot, and its payload for the send.
-    fn take(&mut self, record: Record) -> Payload {
+    fn take(&mut self, id: RecordId, ready: compress::Ready) -> Payload {
         self.queued_bytes = self
             .queued_bytes
-            .saturating_sub(record.payload.len() as u64);
-        self.slots.push_back(Slot {
-            id: record.id,
-            result: None,
-        });
-        record.payload
+            .saturating_sub(ready.payload.len() as u64);
+        self.slots.push_back(Slot { id, result: None });
+        ready.payload
     }
 
     /// Takes the outcome of a send: a retryable failure stops new sends (keeping the
@@ -602,6 +658,7 @@ impl ReplayWindow {
                 Some(Outcome::Delivered) => self.acks.push(slot.id, true),
                 Some(Outcome::Rejected) => self.acks.push(slot.id, false),
                 Some(Outcome::Corrupt) => self.acks.push_corrupt(slot.id),
+                Some(Outcome::TooLarge) => self.acks.push_too_large(slot.id),
                 Some(Outcome::Failed) | None => break,
             }
             self.ack_due = true;
@@ -657,14 +714,24 @@ struct Acks {
     rejected: u64,
     /// Dropped because their stored bytes do not decode.
     corrupt: u64,
+    /// Dropped because they decode to more than `max_record_bytes`.
+    too_large: u64,
 }
 
-/// A record read and not started yet: its id, and its payload as the exporter takes it
-/// (or why it cannot be sent).
+/// A record read and not started yet.
 #[derive(Debug)]
 struct Queued {
     id: RecordId,
-    payload: Result<Payload, compress::Corrupt>,
+    state: QueuedState,
+}
+
+/// A queued record as stored, or decoded (as the exporter takes it), or why it cannot be
+/// sent.
+#[derive(Debug)]
+enum QueuedState {
+    Stored(Payload),
+    Ready(compress::Ready),
+    Undecodable(Undecodable),
 }
 
 impl Acks {
@@ -678,6 +745,11 @@ impl Acks {
     fn push_corrupt(&mut self, id: RecordId) {
         self.note(id);
         self.corrupt += 1;
+    }
+
+    fn push_too_large(&mut self, id: RecordId) {
+        self.note(id);
+        self.too_large += 1;
     }
 
     fn push(&mut self, id: RecordId, delivered: bool) {
