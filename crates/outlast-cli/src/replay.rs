@@ -8,9 +8,11 @@
 //!
 //! Lanes of the replaying exporter's identity (its endpoint) and lanes that declare none are
 //! delivered. Lanes recorded for another identity (another service's backend) are left alone
-//! unless asked for: `--identity ID` (repeatable) or `--any-identity` takes their identity off
-//! before the client opens, so that it adopts them like lanes written before identities
-//! existed; whatever is left undelivered gets its identity back afterwards.
+//! unless asked for: `--identity ID` (repeatable) or `--any-identity` opens the client with
+//! a wider adoption rule ([`Adoption`]), so that it takes those lanes under its own locks
+//! and drains them. Their identity files are never touched: no other process can take them
+//! while the replay runs, and whatever is left undelivered (a timeout, Ctrl-C, a kill) is
+//! still theirs.
 
 use std::time::Duration;
 
@@ -24,8 +26,8 @@ use crate::console::{Console, PROGRESS_REFRESH, human_bytes, print_json_line, se
 use crate::error::CliError;
 use crate::generate::DropView;
 use crate::spoolview::{held_lanes, identity_text, locked, newer_version, scan_spool};
-use outlast_spool::RecordedIdentity;
-use outlast_spool::identity::{release_lane_identity, restore_lane_identity};
+use outlast_client::Adoption;
+use outlast_spool::identity;
 
 /// Cap on the drain task's backoff during a replay: the operator is watching, so a backend
 /// that comes back is noticed within seconds (the library default is 128 s).
@@ -90,8 +92,10 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         .filter(|l| !skipped_lanes.contains(&l.lane))
         .map(|l| l.unacked_records())
         .sum();
-    let released = release_identities(args, &inspection, &skipped_lanes, console)?;
-    let other_identity_lanes: Vec<u32> = released.iter().map(|(n, _)| *n).collect();
+    let mine = outlast_client::Exporter::identity(&exporter);
+    let rule = adoption_rule(args);
+    let other_identity_lanes =
+        other_identity_lanes(&inspection, &skipped_lanes, mine.as_deref(), &rule, console);
     let start = Instant::now();
     console.note(&format!(
         "outlast replay: {records} record(s) ({}) in {} to {}",
@@ -103,11 +107,11 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     let built = Client::builder()
         .spool_dir(&args.dir)
         .max_backoff(REPLAY_MAX_BACKOFF)
+        .adoption(rule)
         .build(exporter);
     let client = match built {
         Ok(c) => c,
         Err(source) => {
-            restore_identities(args, &released);
             return Err(CliError::Config {
                 context: "client configuration",
                 source,
@@ -116,7 +120,6 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     };
     if !client.stats().spool_available {
         let _ = client.shutdown(Duration::ZERO).await;
-        restore_identities(args, &released);
         return Err(CliError::SpoolUnavailable {
             path: args.dir.clone(),
         });
@@ -152,7 +155,6 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     if let Err(e) = client.shutdown(REPLAY_SHUTDOWN_TIMEOUT).await {
         tracing::warn!(error = %e, "outlast replay: shutdown did not complete cleanly");
     }
-    restore_identities(args, &released);
     let summary = ReplaySummary {
         records,
         delivered: stats.replayed + stats.exported,
@@ -176,65 +178,53 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     }
 }
 
-/// Takes the identity off the free lanes of another identity that `--identity` or
-/// `--any-identity` asks for, so that the replaying client adopts them. Returns each lane
-/// with the identity to give back.
-fn release_identities(
-    args: &ReplayArgs,
+/// The adoption rule `--identity` and `--any-identity` ask for: every lane, or besides the
+/// replaying exporter's own, lanes of the identities named and lanes of no declared
+/// identity (which belong to no one in particular: the directory the operator named is
+/// reason enough to deliver them).
+fn adoption_rule(args: &ReplayArgs) -> Adoption {
+    if args.any_identity {
+        Adoption::Any
+    } else {
+        Adoption::Also(args.identities.clone())
+    }
+}
+
+/// The free lanes of another identity that `rule` delivers on purpose, each named on the
+/// console; lanes of another identity it leaves alone are named too.
+fn other_identity_lanes(
     inspection: &outlast_spool::inspect::Inspection,
     held: &[u32],
+    mine: Option<&str>,
+    rule: &Adoption,
     console: &Console,
-) -> Result<Vec<(u32, RecordedIdentity)>, CliError> {
-    let mut released = Vec::new();
+) -> Vec<u32> {
+    let mut lanes = Vec::new();
     for l in &inspection.lanes {
-        let Some(identity) = &l.identity else {
+        let Some(recorded) = &l.identity else {
             continue; // No identity recorded: any client adopts it anyway.
         };
-        // A lane written by a spool that declared no identity belongs to no one in
-        // particular: the directory the operator named is reason enough to deliver it.
-        let wanted = args.any_identity
-            || matches!(identity, RecordedIdentity::Anonymous)
-            || matches!(identity, RecordedIdentity::Named(s) if args.identities.contains(s));
-        if held.contains(&l.lane) {
+        if held.contains(&l.lane) || identity::accepts(Some(recorded), mine) {
             continue;
         }
-        if !wanted {
+        if !identity::adoptable(Some(recorded), mine, rule) {
             console.note(&format!(
                 "outlast replay: lane {} ({} record(s)) is recorded for identity {}: delivered only if that is this client's, or with --identity / --any-identity",
                 l.lane,
                 l.unacked_records(),
-                identity_text(Some(identity))
+                identity_text(Some(recorded))
             ));
             continue;
         }
-        match release_lane_identity(&args.dir, l.lane) {
-            Ok(Some(previous)) => {
-                console.note(&format!(
-                    "outlast replay: delivering lane {} of identity {} ({} record(s)) on purpose",
-                    l.lane,
-                    identity_text(Some(&previous)),
-                    l.unacked_records()
-                ));
-                released.push((l.lane, previous));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                restore_identities(args, &released);
-                return Err(CliError::Spool(e));
-            }
-        }
+        console.note(&format!(
+            "outlast replay: delivering lane {} of identity {} ({} record(s)) on purpose",
+            l.lane,
+            identity_text(Some(recorded)),
+            l.unacked_records()
+        ));
+        lanes.push(l.lane);
     }
-    Ok(released)
-}
-
-/// Gives back the identities [`release_identities`] took, to the lanes still there (a
-/// drained lane is removed).
-fn restore_identities(args: &ReplayArgs, released: &[(u32, RecordedIdentity)]) {
-    for (lane, identity) in released {
-        if let Err(e) = restore_lane_identity(&args.dir, *lane, identity) {
-            tracing::warn!(lane, error = %e, "outlast replay: could not give a lane its identity back");
-        }
-    }
+    lanes
 }
 
 /// The lanes held by a live process, each named on the console: replay leaves them to

@@ -197,7 +197,7 @@
 //!   [`SpoolError`], and [`ErrorChain`] to print an error with its causes;
 //! - writing an exporter: [`Exporter`], [`DynExporter`], [`Payload`], [`PayloadMeta`],
 //!   [`ContentType`], [`ExportError`], [`BoxError`], [`Reachability`], [`Coalescing`];
-//! - settings: [`Durability`], [`FullPolicy`], [`default_spool_dir`], the defaults
+//! - settings: [`Durability`], [`FullPolicy`], [`Adoption`], [`default_spool_dir`], the defaults
 //!   ([`DEFAULT_ATTEMPT_TIMEOUT`], [`DEFAULT_IMMEDIATE_RETRY_DELAY`],
 //!   [`DEFAULT_INITIAL_BACKOFF`], [`DEFAULT_MAX_BACKOFF`], [`DEFAULT_JITTER`],
 //!   [`DEFAULT_MAX_RETRY_AFTER`], [`DEFAULT_WARN_INTERVAL`], [`DEFAULT_FSYNC_INTERVAL`],
@@ -245,7 +245,7 @@ pub use outlast_core::{
     Payload, PayloadMeta, Reachability, units,
 };
 pub use outlast_spool::{
-    DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
+    Adoption, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
     DEFAULT_SEGMENT_BYTES, Durability, FullPolicy, SpoolError,
 };
 
