@@ -503,24 +503,42 @@ async fn replay_of_another_identity_holds_its_lanes_and_leaves_their_identity_ev
     // Wait until it has tried the backend: it holds the lane by then.
     let start = std::time::Instant::now();
     while receiver.request_count() == 0 {
-        assert!(start.elapsed() < LIMIT, "the replay never tried the backend");
+        assert!(
+            start.elapsed() < LIMIT,
+            "the replay never tried the backend"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Meanwhile the owner's identity file is untouched, and a client of the owner's
     // identity opening the directory cannot take the lane: the replay holds it.
-    assert_eq!(identity_files(dir.path()).get("lane-0"), before.get("lane-0"));
+    assert_eq!(
+        identity_files(dir.path()).get("lane-0"),
+        before.get("lane-0")
+    );
     let (racer, report) = Spool::open(owner()).expect("a racing spool opens");
     assert!(report.adopted_lanes.is_empty(), "{report:?}");
     assert_ne!(racer.lane(), 0);
-    assert!(racer.read_batch(100, u64::MAX).expect("read").records.is_empty());
+    assert!(
+        racer
+            .read_batch(100, u64::MAX)
+            .expect("read")
+            .records
+            .is_empty()
+    );
     racer.close().expect("close");
 
     // Killed mid-way: the lane keeps its owner's identity, and the owner delivers it.
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    assert_eq!(identity_files(dir.path()).get("lane-0"), before.get("lane-0"));
+    assert_eq!(
+        identity_files(dir.path()).get("lane-0"),
+        before.get("lane-0")
+    );
     let (owner_spool, report) = Spool::open(owner()).expect("the owner opens");
-    assert!(report.adopted_lanes.contains(&0) || owner_spool.lane() == 0, "{report:?}");
+    assert!(
+        report.adopted_lanes.contains(&0) || owner_spool.lane() == 0,
+        "{report:?}"
+    );
     let b = owner_spool.read_batch(100, u64::MAX).expect("read");
     assert_eq!(b.records.len(), 4, "every record is still the owner's");
     owner_spool.close().expect("close");

@@ -935,7 +935,9 @@ struct CancelGuard<'a> {
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            tracing::debug!("outlast: export future dropped before its payload was delivered or spooled");
+            tracing::debug!(
+                "outlast: export future dropped before its payload was delivered or spooled"
+            );
             self.shared.record_drop(DropReason::Cancelled, 1);
         }
     }

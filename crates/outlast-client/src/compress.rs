@@ -269,7 +269,12 @@ mod tests {
         assert_eq!(stored, p, "stored as it was given");
         assert!(original.is_none());
         let next = for_spool(&p).expect("compressed again");
-        assert_eq!(for_exporter(next, identity_only, LIMIT).expect("decodes").payload, p);
+        assert_eq!(
+            for_exporter(next, identity_only, LIMIT)
+                .expect("decodes")
+                .payload,
+            p
+        );
     }
 
     fn json_logs(n: usize) -> Payload {
@@ -435,7 +440,10 @@ mod tests {
                 for_exporter(p.clone(), identity_only, LIMIT),
                 Err(Undecodable::Corrupt)
             );
-            assert_eq!(for_exporter(p, takes_gzip, LIMIT), Err(Undecodable::Corrupt));
+            assert_eq!(
+                for_exporter(p, takes_gzip, LIMIT),
+                Err(Undecodable::Corrupt)
+            );
         }
     }
 
@@ -487,9 +495,13 @@ mod tests {
         // Many small members add up: the limit is on the whole stream.
         let members = bomb(600 << 10, 4);
         assert_eq!(gunzip(&members, limit), Err(Undecodable::TooLarge));
-        assert_eq!(gunzip(&members, 4 * (600 << 10)).map(|b| b.len()), Ok(4 * (600 << 10)));
+        assert_eq!(
+            gunzip(&members, 4 * (600 << 10)).map(|b| b.len()),
+            Ok(4 * (600 << 10))
+        );
         // At the limit exactly: decoded, and measured.
-        let exact = Payload::new(bomb(limit as usize, 1)).with_content_encoding(ContentEncoding::Gzip);
+        let exact =
+            Payload::new(bomb(limit as usize, 1)).with_content_encoding(ContentEncoding::Gzip);
         let ready = for_exporter(exact, takes_gzip, limit).expect("at the limit");
         assert_eq!(ready.decoded_len, limit);
         // A stored identity record above the limit is too large as well.

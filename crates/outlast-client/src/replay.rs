@@ -602,9 +602,7 @@ impl ReplayWindow {
 
     /// Moves a queued record into the window: its slot, and its payload for the send.
     fn take(&mut self, id: RecordId, ready: compress::Ready) -> Payload {
-        self.queued_bytes = self
-            .queued_bytes
-            .saturating_sub(ready.payload.len() as u64);
+        self.queued_bytes = self.queued_bytes.saturating_sub(ready.payload.len() as u64);
         self.slots.push_back(Slot { id, result: None });
         ready.payload
     }

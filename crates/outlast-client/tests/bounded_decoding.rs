@@ -50,8 +50,7 @@ fn gzip_payload(bytes: Vec<u8>) -> Payload {
 }
 
 #[tokio::test]
-async fn a_gzip_bomb_in_the_spool_is_counted_too_large_once_and_the_records_around_it_delivered()
-{
+async fn a_gzip_bomb_in_the_spool_is_counted_too_large_once_and_the_records_around_it_delivered() {
     let dir = spool_dir();
     let max_record = 1u64 << 20;
     // 64 MiB of zeros in about 64 KiB, between two good records, one stored plain and one

@@ -47,7 +47,11 @@ async fn a_select_that_drops_export_during_the_quick_retry_counts_it_as_cancelle
         r = c.export(payload("a")) => panic!("the quick retry waits 5 s: {r:?}"),
         () = tokio::time::sleep(Duration::from_secs(2)) => {}
     }
-    assert_eq!(exporter.attempts(), 1, "dropped while waiting for the retry");
+    assert_eq!(
+        exporter.attempts(),
+        1,
+        "dropped while waiting for the retry"
+    );
     let s = c.stats();
     assert_eq!(s.dropped.cancelled, 1, "{s:?}");
     assert_eq!(outcomes(&s), 1, "{s:?}");
@@ -99,7 +103,10 @@ async fn export_dropped_at_any_moment_leaves_every_payload_counted_once() {
         ("hang", vec![Outcome::Hang, Outcome::Hang]),
         (
             "fail then slow",
-            vec![Outcome::Fail, Outcome::SlowAccept(Duration::from_millis(300))],
+            vec![
+                Outcome::Fail,
+                Outcome::SlowAccept(Duration::from_millis(300)),
+            ],
         ),
         (
             "slow",
@@ -209,10 +216,7 @@ async fn an_immediate_retry_delay_above_the_limit_is_refused_by_name() {
             "{e}"
         );
     }
-    let vars = [(
-        "OUTLAST_IMMEDIATE_RETRY_DELAY".to_owned(),
-        "1h".to_owned(),
-    )];
+    let vars = [("OUTLAST_IMMEDIATE_RETRY_DELAY".to_owned(), "1h".to_owned())];
     let e = ClientBuilder::from_env_vars(vars)
         .expect("parses")
         .spool_dir(dir.path())

@@ -357,10 +357,19 @@ async fn an_exporter_that_declares_a_bound_and_hangs_hangs_neither_export_nor_th
         .expect("export answers although the exporter hangs");
     assert_eq!(delivery.expect("spooled"), Delivery::Spooled);
     // Two attempts of 2 s plus the grace, and the 1 s pause.
-    assert!(about(start.elapsed(), Duration::from_millis(5200)), "{:?}", start.elapsed());
+    assert!(
+        about(start.elapsed(), Duration::from_millis(5200)),
+        "{:?}",
+        start.elapsed()
+    );
     // The drain task's first replay attempt hangs too: it is cut off, and the next one
     // delivers.
-    let report = c.force_flush_with(Duration::from_secs(300), outlast_client::FlushOptions::new().keep_trying(true)).await;
+    let report = c
+        .force_flush_with(
+            Duration::from_secs(300),
+            outlast_client::FlushOptions::new().keep_trying(true),
+        )
+        .await;
     assert!(report.complete, "{report:?}");
     assert_eq!(exporter.delivered.load(Ordering::SeqCst), 1);
     let s = c.stats();

@@ -102,8 +102,7 @@ async fn client_with_backlog(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_returns_within_its_timeout_while_the_spools_fsync_is_slow_and_says_not_synced()
-{
+async fn shutdown_returns_within_its_timeout_while_the_spools_fsync_is_slow_and_says_not_synced() {
     let dir = spool_dir();
     let fs = SlowSyncFs::default();
     let exporter = MemoryExporter::new();
@@ -139,7 +138,10 @@ async fn shutdown_with_time_for_the_close_says_synced() {
     let exporter = MemoryExporter::new();
     let c = client_with_backlog(dir.path(), &fs, &exporter).await;
     fs.delay_ms.store(200, Ordering::SeqCst);
-    let report = c.shutdown(Duration::from_secs(20)).await.expect("shut down");
+    let report = c
+        .shutdown(Duration::from_secs(20))
+        .await
+        .expect("shut down");
     assert!(report.synced, "{report:?}");
 }
 

@@ -166,7 +166,12 @@ fn a_wider_adoption_rule_drains_other_identities_lanes_under_its_locks_and_never
     // While it holds them, a spool of `a` cannot take them: it gets a new lane of its own.
     let (a, a_report) = Spool::open(config(dir.path(), Some("https://a.example"))).expect("open a");
     assert!(a_report.adopted_lanes.is_empty(), "{a_report:?}");
-    assert!(a.read_batch(100, u64::MAX).expect("read").records.is_empty());
+    assert!(
+        a.read_batch(100, u64::MAX)
+            .expect("read")
+            .records
+            .is_empty()
+    );
     assert_eq!(a.adopt_released().expect("adopt"), 0);
     a.close().expect("close a");
     // The operator's own lane is a new one, of its identity.
@@ -198,14 +203,15 @@ fn a_wider_adoption_rule_drains_other_identities_lanes_under_its_locks_and_never
     // is still a new one.
     let dir = tempfile::tempdir().expect("tempdir");
     append_and_close(dir.path(), Some("https://b.example"), 0..2);
-    let lane0 = dir.path().join(identity_files(dir.path()).keys().next().expect("a lane"));
+    let lane0 = dir
+        .path()
+        .join(identity_files(dir.path()).keys().next().expect("a lane"));
     std::fs::write(lane0.join("identity"), b"not an identity").expect("damage");
     append_and_close(dir.path(), Some("https://c.example"), 10..11);
     let before = identity_files(dir.path());
-    let (any, report) = Spool::open(
-        config(dir.path(), Some("operator")).with_adoption(Adoption::Any),
-    )
-    .expect("open");
+    let (any, report) =
+        Spool::open(config(dir.path(), Some("operator")).with_adoption(Adoption::Any))
+            .expect("open");
     assert_eq!(report.adopted_lanes.len(), 2, "{report:?}");
     let mut got = deliver_all(&any);
     got.sort_unstable();
