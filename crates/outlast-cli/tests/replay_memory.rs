@@ -98,7 +98,10 @@ async fn replaying_gzip_bombs_costs_at_most_a_few_max_record_bytes_of_memory() {
     // the bombs went through, so its peak is read while it runs.
     receiver.set_mode(Mode::Status(503)).await.expect("mode");
     let url = receiver.url();
-    let (plain, bombed) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let (plain, bombed) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
     spool_with_bombs(plain.path(), 0);
     spool_with_bombs(bombed.path(), 8);
     let (p, b) = (plain.path().to_owned(), bombed.path().to_owned());

@@ -84,11 +84,61 @@ impl<'a, 'b> Replayer<'a, 'b> {
         })
     }
 
+    /// Starts reading the next batch, with its records decoded ahead as far as `decoding`
+    /// allows ([`prepare`]). Reading and decoding run on the blocking pool; with nothing
+    /// else under way in `OsWrite` mode the read runs inline (a page-cache read), and the
+    /// decoding still goes to the blocking pool if any record is compressed, so the drain
+    /// task's worker thread never gunzips a batch.
+    fn start_read(
+        &self,
+        spool: &Arc<Spool>,
+        idle: bool,
+        max_records: usize,
+        max_bytes: u64,
+        decoding: Decoding,
+    ) -> SpoolOp<Result<Prepared, SpoolError>> {
+        let read = move |s: &Spool| s.read_batch(max_records, max_bytes);
+        if !(idle && self.shared.spool_calls_inline()) {
+            return self.spool_op(spool, false, move |s| {
+                read(s).map(|mut batch| {
+                    let records = std::mem::take(&mut batch.records);
+                    (batch, prepare(records, decoding))
+                })
+            });
+        }
+        let mut batch = match read(spool) {
+            Ok(batch) => batch,
+            Err(e) => return Box::pin(std::future::ready(Some(Err(e)))),
+        };
+        let records = std::mem::take(&mut batch.records);
+        if records
+            .iter()
+            .all(|r| r.payload.content_encoding() == ContentEncoding::Identity)
+        {
+            // Nothing to decode: measuring them is all there is.
+            let queued = prepare(records, decoding);
+            return Box::pin(std::future::ready(Some(Ok((batch, queued)))));
+        }
+        let task = tokio::task::spawn_blocking(move || prepare(records, decoding));
+        Box::pin(async move {
+            match task.await {
+                Ok(queued) => Some(Ok((batch, queued))),
+                Err(e) => {
+                    tracing::error!(error = %e, "outlast: decoding task failed");
+                    None
+                }
+            }
+        })
+    }
+
     /// Handles the outcome of a read: counts what the spool skipped; `None` if the read
     /// failed (logged).
-    fn on_read(&self, read: Option<Result<ReadBatch, SpoolError>>) -> Option<ReadBatch> {
+    fn on_read(&self, read: Option<Result<Prepared, SpoolError>>) -> Option<Vec<Queued>> {
         match read {
-            Some(Ok(batch)) => Some(self.count_skipped(batch)),
+            Some(Ok((batch, queued))) => {
+                self.count_skipped(batch);
+                Some(queued)
+            }
             Some(Err(e)) => {
                 self.shared.warn_spool_trouble("read", &e);
                 None
@@ -201,7 +251,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
         window.max_record_bytes = shared.settings.max_record_bytes;
         let merge = |p: &Payload| shared.exporter.coalescing_dyn(p);
         let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
-        let mut reading: Option<SpoolOp<Result<ReadBatch, SpoolError>>> = None;
+        let mut reading: Option<SpoolOp<Result<Prepared, SpoolError>>> = None;
         let mut acking: Option<(SpoolOp<Result<(), SpoolError>>, Acks)> = None;
         // Taken before the last read: that read found nothing more after it.
         let mut snapshot = 0;
@@ -210,8 +260,8 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 snapshot = shared.backlog_snapshot();
                 let max_records = w.max_records;
                 let idle = running.is_empty() && acking.is_none();
-                reading =
-                    Some(self.spool_op(spool, idle, move |s| s.read_batch(max_records, max_bytes)));
+                let decoding = window.decoding();
+                reading = Some(self.start_read(spool, idle, max_records, max_bytes, decoding));
             }
             while let Some(send) = window.admit(running.len(), merge) {
                 running.push(self.start(send));
@@ -252,7 +302,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 read = until_done(reading.as_mut()), if reading.is_some() => {
                     reading = None;
                     match self.on_read(read) {
-                        Some(batch) => window.on_read(batch.records),
+                        Some(queued) => window.on_read_queued(queued),
                         None => window.stop_for_spool(),
                     }
                 }
@@ -437,32 +487,50 @@ impl ReplayWindow {
             && self.queued_bytes < self.max_bytes
     }
 
-    /// Takes the records a read returned; none means the spool had nothing more.
+    /// How the records of the next read may be decoded ahead (see [`prepare`]): at most
+    /// `max_bytes` of them, what a read may hold as stored.
+    fn decoding(&self) -> Decoding {
+        Decoding {
+            accepts_gzip: self.accepts_gzip,
+            limit: self.max_record_bytes,
+            budget: self.max_bytes,
+        }
+    }
+
+    /// Takes the records a read returned, as stored; none means the spool had nothing more.
+    #[cfg(test)]
     fn on_read(&mut self, records: Vec<Record>) {
-        let n = records.len();
+        self.on_read_queued(
+            records
+                .into_iter()
+                .map(|r| Queued {
+                    id: r.id,
+                    state: QueuedState::Stored(r.payload),
+                })
+                .collect(),
+        );
+    }
+
+    /// Takes the records a read returned, decoded ahead or not ([`prepare`]); none means
+    /// the spool had nothing more.
+    fn on_read_queued(&mut self, queued: Vec<Queued>) {
+        let n = queued.len();
         if n == 0 {
             self.exhausted = true;
             return;
         }
         self.batches += 1;
         self.last_full = n >= self.limits.max_records;
-        for r in records {
-            self.queued_bytes += r.payload.len() as u64;
-            self.queued.push_back(Queued {
-                id: r.id,
-                state: QueuedState::Stored(r.payload),
-            });
+        for q in queued {
+            self.queued_bytes += q.state.bytes();
+            self.queued.push_back(q);
         }
     }
 
-    /// Decodes the first queued record if it is still as stored: one record at a time is
-    /// decoded, bounded by `max_record_bytes`.
+    /// Decodes the first queued record if it is still as stored (one not decoded ahead):
+    /// bounded by `max_record_bytes`.
     fn decode_front(&mut self) {
-        let accepts_gzip = self.accepts_gzip;
-        let accepts = move |e: ContentEncoding| {
-            e == ContentEncoding::Identity || (accepts_gzip && e == ContentEncoding::Gzip)
-        };
-        let limit = self.max_record_bytes;
+        let decoding = self.decoding();
         let Some(front) = self.queued.front_mut() else {
             return;
         };
@@ -470,20 +538,12 @@ impl ReplayWindow {
             return;
         };
         let stored = stored.clone();
-        let stored_len = stored.len() as u64;
-        front.state = match compress::for_exporter(stored, accepts, limit) {
-            Ok(ready) => {
-                self.queued_bytes = self
-                    .queued_bytes
-                    .saturating_sub(stored_len)
-                    .saturating_add(ready.payload.len() as u64);
-                QueuedState::Ready(ready)
-            }
-            Err(why) => {
-                self.queued_bytes = self.queued_bytes.saturating_sub(stored_len);
-                QueuedState::Undecodable(why)
-            }
-        };
+        let before = front.state.bytes();
+        front.state = decode(stored, decoding);
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_sub(before)
+            .saturating_add(front.state.bytes());
     }
 
     /// The first queued record, decoded, if it decodes.
@@ -716,6 +776,52 @@ struct Acks {
     too_large: u64,
 }
 
+/// A batch as read, its records taken out and prepared for the window.
+type Prepared = (ReadBatch, Vec<Queued>);
+
+/// How records are decoded for the exporter (see [`prepare`]).
+#[derive(Debug, Clone, Copy)]
+struct Decoding {
+    /// Whether the exporter takes gzip-encoded payloads as they are.
+    accepts_gzip: bool,
+    /// No record is decoded past this (`max_record_bytes`).
+    limit: u64,
+    /// Records of one read are decoded ahead while their decoded bytes stay under this.
+    budget: u64,
+}
+
+/// A stored record as the exporter takes it, or why it cannot be sent.
+fn decode(stored: Payload, d: Decoding) -> QueuedState {
+    let accepts = move |e: ContentEncoding| {
+        e == ContentEncoding::Identity || (d.accepts_gzip && e == ContentEncoding::Gzip)
+    };
+    match compress::for_exporter(stored, accepts, d.limit) {
+        Ok(ready) => QueuedState::Ready(ready),
+        Err(why) => QueuedState::Undecodable(why),
+    }
+}
+
+/// The records of one read, decoded ahead in order while what they hold decoded stays
+/// under the budget (so one read never holds more than the budget plus one record
+/// decoded); the rest stay as stored, decoded one at a time when next to go. Runs on the
+/// blocking pool with the read.
+fn prepare(records: Vec<Record>, d: Decoding) -> Vec<Queued> {
+    let mut held = 0u64;
+    records
+        .into_iter()
+        .map(|r| {
+            let state = if held < d.budget {
+                let state = decode(r.payload, d);
+                held = held.saturating_add(state.bytes());
+                state
+            } else {
+                QueuedState::Stored(r.payload)
+            };
+            Queued { id: r.id, state }
+        })
+        .collect()
+}
+
 /// A record read and not started yet.
 #[derive(Debug)]
 struct Queued {
@@ -730,6 +836,17 @@ enum QueuedState {
     Stored(Payload),
     Ready(compress::Ready),
     Undecodable(Undecodable),
+}
+
+impl QueuedState {
+    /// Bytes it holds in memory.
+    fn bytes(&self) -> u64 {
+        match self {
+            QueuedState::Stored(p) => p.len() as u64,
+            QueuedState::Ready(r) => r.payload.len() as u64,
+            QueuedState::Undecodable(_) => 0,
+        }
+    }
 }
 
 impl Acks {
@@ -923,6 +1040,41 @@ mod tests {
         assert!(admit_all(&mut w, 0).is_empty());
         let acks = w.take_acks(true).expect("acks");
         assert_eq!((acks.ids, acks.corrupt), (vec![id(0, 3)], 1));
+    }
+
+    #[test]
+    fn a_read_is_decoded_ahead_only_within_its_budget_and_the_rest_when_next_to_go() {
+        let (recs, originals) = gzipped(0..6);
+        let each = originals[0].len() as u64;
+        let d = Decoding {
+            accepts_gzip: false,
+            limit: u64::MAX,
+            budget: 2 * each,
+        };
+        let queued = prepare(recs, d);
+        let decoded: Vec<bool> = queued
+            .iter()
+            .map(|q| matches!(q.state, QueuedState::Ready(_)))
+            .collect();
+        assert_eq!(decoded, [true, true, false, false, false, false]);
+        let mut w = window(10, 10);
+        w.on_read_queued(queued);
+        let sends = admit_all(&mut w, 0);
+        let got: Vec<Payload> = sends.into_iter().flat_map(|s| s.payloads).collect();
+        assert_eq!(got, originals, "the rest decoded one by one as they go");
+        assert_eq!(w.queued_bytes, 0);
+        // A record that decodes past the limit is settled too large, in order, unsent.
+        let (recs, _) = gzipped(0..3);
+        let d = Decoding {
+            accepts_gzip: true,
+            limit: each - 1,
+            budget: u64::MAX,
+        };
+        let mut w = window(10, 10);
+        w.on_read_queued(prepare(recs, d));
+        assert!(admit_all(&mut w, 0).is_empty());
+        let acks = w.take_acks(true).expect("acks");
+        assert_eq!((acks.ids, acks.too_large), (vec![id(0, 2)], 3));
     }
 
     #[test]
