@@ -38,7 +38,9 @@ pub struct FlushReport {
     /// Whether the spool was synced (fsync of its data and read progress) before the flush
     /// answered: the records still waiting survive a power loss, and those delivered are
     /// not sent again after a crash. False if the sync failed or no time was left for it;
-    /// the data is then still with the operating system (it survives the process).
+    /// the data is then still with the operating system (it survives the process). In the
+    /// report of [`Client::shutdown`], whether closing the spool (which syncs it) finished
+    /// within the shutdown's time.
     pub synced: bool,
     /// Acknowledgements the spool refused while the flush ran: those records were
     /// delivered but may be delivered again (at least once).
