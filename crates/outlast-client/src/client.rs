@@ -370,8 +370,11 @@ impl Client {
     /// if the backend received it (delivery is at least once: such a payload may reach the
     /// backend and be counted as cancelled). So `accepted = delivered + spooled + Σ drops`
     /// holds whatever the caller does with the future.
-    pub async fn export(&self, payload: Payload) -> Result<Delivery, DropError> {
-        self.export_inner(payload, None).await
+    pub fn export(
+        &self,
+        payload: Payload,
+    ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
+        self.export_inner(payload, None)
     }
 
     /// Exports one payload within a time budget: as [`export`](Client::export), but the
@@ -416,12 +419,12 @@ impl Client {
     /// [`DropReason::Cancelled`] (unless an append in `FsyncEveryAppend` mode has started).
     /// Prefer a deadline to a timeout around `export`: the deadline spools what it could not
     /// deliver instead of losing it.
-    pub async fn export_by(
+    pub fn export_by(
         &self,
         payload: Payload,
         deadline: impl Into<Instant>,
-    ) -> Result<Delivery, DropError> {
-        self.export_inner(payload, Some(deadline.into())).await
+    ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
+        self.export_inner(payload, Some(deadline.into()))
     }
 
     /// [`export_by`](Client::export_by) with the deadline `budget` from now
@@ -434,31 +437,37 @@ impl Client {
     /// # Cancel safety
     ///
     /// As [`export_by`](Client::export_by).
-    pub async fn export_within(
+    pub fn export_within(
         &self,
         payload: Payload,
         budget: Duration,
-    ) -> Result<Delivery, DropError> {
+    ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
         let deadline = crate::shared::deadline_after(Instant::now(), budget);
-        self.export_inner(payload, Some(deadline)).await
+        self.export_inner(payload, Some(deadline))
     }
 
     /// [`export_counted`](Client::export_counted), with the payload counted as cancelled if
     /// the future is dropped before its outcome was counted.
-    async fn export_inner(
+    ///
+    /// The guard exists from the moment the future is made, so that a future dropped
+    /// before it was ever polled (a `select!` whose other branch was ready first) counts its
+    /// payload too.
+    fn export_inner(
         &self,
         payload: Payload,
         deadline: Option<Instant>,
-    ) -> Result<Delivery, DropError> {
+    ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
         let mut guard = CancelGuard {
             shared: &self.inner.shared,
             armed: true,
         };
-        let result = self.export_counted(payload, deadline, &mut guard).await;
-        // Every way out of `export_counted` counted its outcome (delivered, spooled or
-        // dropped) with no await point since: nothing is left to count.
-        guard.armed = false;
-        result
+        async move {
+            let result = self.export_counted(payload, deadline, &mut guard).await;
+            // Every way out of `export_counted` counted its outcome (delivered, spooled or
+            // dropped) with no await point since: nothing is left to count.
+            guard.disarm();
+            result
+        }
     }
 
     /// The export path. Each outcome is counted where it happens; `guard` is disarmed when
@@ -570,7 +579,7 @@ impl Client {
         let append = shared.spawn_spool_call(spool, move |s| task_shared.append_to(s, payload));
         // The append counts its own outcome (spooled, or dropped for its reason), whether
         // this future is still there to hear it or not.
-        guard.armed = false;
+        guard.disarm();
         match append.await {
             Ok(result) => result,
             Err(join_error) => {
@@ -932,6 +941,13 @@ impl Client {
 struct CancelGuard<'a> {
     shared: &'a Shared,
     armed: bool,
+}
+
+impl CancelGuard<'_> {
+    /// The outcome is counted (or will be, without this future): nothing to count on drop.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for CancelGuard<'_> {

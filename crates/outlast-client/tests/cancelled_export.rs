@@ -255,3 +255,22 @@ async fn export_returns_within_two_attempt_timeouts_and_the_longest_retry_delay_
     assert!(r.is_spooled());
     assert!(start.elapsed() <= timeout * 2 + MAX_IMMEDIATE_RETRY_DELAY + Duration::from_millis(50));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_export_future_dropped_before_its_first_poll_counts_its_payload_as_cancelled() {
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new();
+    let c = common::client(dir.path(), &exporter);
+    // A biased `select!` whose first branch is ready never polls the export.
+    tokio::select! {
+        biased;
+        () = std::future::ready(()) => {}
+        r = c.export(payload("a")) => panic!("never polled: {r:?}"),
+    }
+    drop(c.export_within(payload("b"), Duration::from_secs(1)));
+    drop(c.export_by(payload("c"), tokio::time::Instant::now()));
+    assert_eq!(exporter.attempts(), 0);
+    let s = c.stats();
+    assert_eq!(s.dropped.cancelled, 3, "{s:?}");
+    assert_eq!(outcomes(&s), 3, "{s:?}");
+}
