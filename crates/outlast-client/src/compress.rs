@@ -179,23 +179,19 @@ pub(crate) struct Ready {
 /// # Errors
 ///
 /// [`Undecodable::Corrupt`] if the bytes do not decode as their encoding says;
-/// [`Undecodable::TooLarge`] if they are (or decode to) more than `limit` bytes.
+/// [`Undecodable::TooLarge`] if they decode to more than `limit` bytes.
 pub(crate) fn for_exporter(
     payload: Payload,
     accepts: impl Fn(ContentEncoding) -> bool,
     limit: u64,
 ) -> Result<Ready, Undecodable> {
     match payload.content_encoding() {
-        ContentEncoding::Identity => {
-            let decoded_len = payload.len() as u64;
-            if decoded_len > limit {
-                return Err(Undecodable::TooLarge);
-            }
-            Ok(Ready {
-                payload,
-                decoded_len,
-            })
-        }
+        // Stored as it is: nothing is decoded, so nothing can grow (a record written while
+        // `max_record_bytes` was larger is still delivered).
+        ContentEncoding::Identity => Ok(Ready {
+            decoded_len: payload.len() as u64,
+            payload,
+        }),
         ContentEncoding::Gzip if accepts(ContentEncoding::Gzip) => {
             // Sent as stored: decoded only to check it (and measure it), into nothing.
             let decoded_len = decode_into(payload.bytes(), &mut std::io::sink(), limit)?;
@@ -504,14 +500,10 @@ mod tests {
             Payload::new(bomb(limit as usize, 1)).with_content_encoding(ContentEncoding::Gzip);
         let ready = for_exporter(exact, takes_gzip, limit).expect("at the limit");
         assert_eq!(ready.decoded_len, limit);
-        // A stored identity record above the limit is too large as well.
+        // A record stored as it is is not decoded: it is handed out whatever the limit.
         let plain = Payload::new(vec![1u8; 2000]);
         assert_eq!(
-            for_exporter(plain.clone(), identity_only, 1999),
-            Err(Undecodable::TooLarge)
-        );
-        assert_eq!(
-            for_exporter(plain, identity_only, 2000).map(|r| r.decoded_len),
+            for_exporter(plain, identity_only, 1999).map(|r| r.decoded_len),
             Ok(2000)
         );
     }
