@@ -165,6 +165,23 @@ struct ClientInner {
 // sees the channel close, waits for an adoption of released lanes still running on the
 // blocking pool (bounded), hands the spool's close to the blocking pool, and ends.
 
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        // A shutdown that took the drain task and was dropped before it closed the spool
+        // left the spool open with no task to close it: close it on the blocking pool, not
+        // on the thread dropping the client. (With the task still there, it does this.)
+        let task_gone = self
+            .drain
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .task
+            .is_none();
+        if task_gone {
+            self.shared.release_spool_in_background();
+        }
+    }
+}
+
 /// The least a shutdown waits for the drain task to end, even with no time left.
 const STOP_GRACE: Duration = Duration::from_millis(10);
 
