@@ -1,7 +1,7 @@
 //! `outlast replay DIR --endpoint URL`: drains a spool left behind (by a dead process or
 //! another host) to an endpoint, with a progress line and a JSON summary.
 //!
-//! Built on a [`Client`] whose spool directory is DIR: opening the spool adopts every lane
+//! Built on a [`Client`](outlast_client::Client) whose spool directory is DIR: opening the spool adopts every lane
 //! whose owner is gone, and `force_flush` drains them through the same code path (batches,
 //! acknowledgements, backoff) a running application uses. Lanes held by a live process are
 //! skipped (and named); the others are drained.
@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use outlast_client::Client;
+use outlast_client::ClientBuilder;
 use outlast_client::http::{ENV_ENDPOINT, HttpExporterBuilder};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -104,7 +104,17 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         args.endpoint
     ));
 
-    let built = Client::builder()
+    // The largest record the application accepted, from the variable it read: a record
+    // stored compressed is decoded up to it (one beyond it is counted `too_large`).
+    let record_limit = std::env::vars_os()
+        .filter(|(k, _)| k == outlast_client::env::MAX_RECORD_BYTES)
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())));
+    let builder =
+        ClientBuilder::from_env_vars(record_limit).map_err(|source| CliError::Config {
+            context: "OUTLAST_MAX_RECORD_BYTES",
+            source,
+        })?;
+    let built = builder
         .spool_dir(&args.dir)
         .max_backoff(REPLAY_MAX_BACKOFF)
         .adoption(rule)

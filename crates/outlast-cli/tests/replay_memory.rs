@@ -1,8 +1,8 @@
 //! `outlast replay` of a spool holding gzip bombs (records of a few dozen KiB that decode to
 //! 64 MiB each) uses about as much memory as the replay of a spool without them: decoding
 //! stops at `max_record_bytes`, and the bombs are counted `too_large`, never sent.
-//!
-//! Alone in its test binary, so that no other test's process runs beside the one measured.
+//! The peak is the replaying process's own (VmHWM in /proc), whatever else runs beside it.
+//! `outlast replay` decodes up to the `OUTLAST_MAX_RECORD_BYTES` the application used.
 
 mod common;
 
@@ -122,4 +122,63 @@ async fn replaying_gzip_bombs_costs_at_most_a_few_max_record_bytes_of_memory() {
         bomb_peak < baseline + 8 * max_record_kib,
         "{bomb_peak} KiB with bombs against {baseline} KiB without"
     );
+}
+
+/// Runs `outlast replay` of `dir` to `url` with `OUTLAST_MAX_RECORD_BYTES` set to `limit`
+/// (or unset): its JSON summary.
+fn replay_with_limit(dir: &std::path::Path, url: &str, limit: Option<&str>) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outlast"));
+    cmd.args([
+        "replay",
+        dir.to_str().expect("utf-8"),
+        "--endpoint",
+        url,
+        "--timeout",
+        "20s",
+    ])
+    .stdin(Stdio::null())
+    .env_remove("RUST_LOG")
+    .env_remove("OUTLAST_MAX_RECORD_BYTES");
+    if let Some(limit) = limit {
+        cmd.env("OUTLAST_MAX_RECORD_BYTES", limit);
+    }
+    let out = cmd.output().expect("outlast runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_decodes_up_to_the_applications_max_record_bytes() {
+    let receiver = TestReceiver::start().await.expect("receiver");
+    let url = receiver.url();
+    let make = || {
+        let dir = tempfile::tempdir().expect("dir");
+        let (spool, _) = Spool::open(SpoolConfig::new(dir.path())).expect("opens");
+        spool
+            .append(
+                Payload::new(bomb(2 << 20))
+                    .with_content_encoding(outlast_core::ContentEncoding::Gzip),
+            )
+            .expect("append");
+        spool.close().expect("closes");
+        dir
+    };
+    let (small, default) = (make(), make());
+    let (s, d) = (small.path().to_owned(), default.path().to_owned());
+    let (limited, unlimited) = tokio::task::spawn_blocking(move || {
+        (
+            replay_with_limit(&s, &url, Some("1MiB")),
+            replay_with_limit(&d, &url, None),
+        )
+    })
+    .await
+    .expect("runner");
+    assert_eq!(limited["dropped"]["too_large"], 1, "{limited}");
+    assert_eq!(limited["delivered"], 0, "{limited}");
+    assert_eq!(unlimited["dropped"]["total"], 0, "{unlimited}");
+    assert_eq!(unlimited["delivered"], 1, "{unlimited}");
 }
