@@ -119,7 +119,9 @@ pub(crate) struct ReplayArgs {
     pub(crate) endpoint: String,
     /// An extra request header, `NAME=VALUE` (repeatable), e.g. an `authorization` token.
     /// Headers from `OUTLAST_HEADERS` and the other `OUTLAST_*` HTTP variables
-    /// (`OUTLAST_HTTP_TIMEOUT`, `OUTLAST_HTTP_GZIP`, `OUTLAST_CA_FILE`) apply too.
+    /// (`OUTLAST_HTTP_TIMEOUT`, `OUTLAST_HTTP_GZIP`, `OUTLAST_CA_FILE`) apply too, and
+    /// `OUTLAST_MAX_RECORD_BYTES` (a record stored compressed that decodes past it is
+    /// counted `too_large`, not sent).
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     pub(crate) headers: Vec<(String, String)>,
     /// Give up after this long; what is not delivered stays in the spool.

@@ -33,6 +33,7 @@ pub(crate) struct DropView {
     pub(crate) expired: u64,
     pub(crate) evicted: u64,
     pub(crate) corrupt: u64,
+    pub(crate) cancelled: u64,
 }
 
 impl From<DropCounts> for DropView {
@@ -47,6 +48,7 @@ impl From<DropCounts> for DropView {
             expired: d.expired,
             evicted: d.evicted,
             corrupt: d.corrupt,
+            cancelled: d.cancelled,
         }
     }
 }
@@ -285,6 +287,7 @@ fn dropped_view(by_reason: &BTreeMap<&'static str, u64>) -> DropView {
         expired: get("expired"),
         evicted: get("evicted"),
         corrupt: get("corrupt"),
+        cancelled: get("cancelled"),
     }
 }
 

@@ -1,20 +1,22 @@
 //! `outlast replay DIR --endpoint URL`: drains a spool left behind (by a dead process or
 //! another host) to an endpoint, with a progress line and a JSON summary.
 //!
-//! Built on a [`Client`] whose spool directory is DIR: opening the spool adopts every lane
+//! Built on a [`Client`](outlast_client::Client) whose spool directory is DIR: opening the spool adopts every lane
 //! whose owner is gone, and `force_flush` drains them through the same code path (batches,
 //! acknowledgements, backoff) a running application uses. Lanes held by a live process are
 //! skipped (and named); the others are drained.
 //!
 //! Lanes of the replaying exporter's identity (its endpoint) and lanes that declare none are
 //! delivered. Lanes recorded for another identity (another service's backend) are left alone
-//! unless asked for: `--identity ID` (repeatable) or `--any-identity` takes their identity off
-//! before the client opens, so that it adopts them like lanes written before identities
-//! existed; whatever is left undelivered gets its identity back afterwards.
+//! unless asked for: `--identity ID` (repeatable) or `--any-identity` opens the client with
+//! a wider adoption rule ([`Adoption`]), so that it takes those lanes under its own locks
+//! and drains them. Their identity files are never touched: no other process can take them
+//! while the replay runs, and whatever is left undelivered (a timeout, Ctrl-C, a kill) is
+//! still theirs.
 
 use std::time::Duration;
 
-use outlast_client::Client;
+use outlast_client::ClientBuilder;
 use outlast_client::http::{ENV_ENDPOINT, HttpExporterBuilder};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -24,8 +26,8 @@ use crate::console::{Console, PROGRESS_REFRESH, human_bytes, print_json_line, se
 use crate::error::CliError;
 use crate::generate::DropView;
 use crate::spoolview::{held_lanes, identity_text, locked, newer_version, scan_spool};
-use outlast_spool::RecordedIdentity;
-use outlast_spool::identity::{release_lane_identity, restore_lane_identity};
+use outlast_client::Adoption;
+use outlast_spool::identity;
 
 /// Cap on the drain task's backoff during a replay: the operator is watching, so a backend
 /// that comes back is noticed within seconds (the library default is 128 s).
@@ -90,8 +92,10 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         .filter(|l| !skipped_lanes.contains(&l.lane))
         .map(|l| l.unacked_records())
         .sum();
-    let released = release_identities(args, &inspection, &skipped_lanes, console)?;
-    let other_identity_lanes: Vec<u32> = released.iter().map(|(n, _)| *n).collect();
+    let mine = outlast_client::Exporter::identity(&exporter);
+    let rule = adoption_rule(args);
+    let other_identity_lanes =
+        other_identity_lanes(&inspection, &skipped_lanes, mine.as_deref(), &rule, console);
     let start = Instant::now();
     console.note(&format!(
         "outlast replay: {records} record(s) ({}) in {} to {}",
@@ -100,14 +104,24 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         args.endpoint
     ));
 
-    let built = Client::builder()
+    // The largest record the application accepted, from the variable it read: a record
+    // stored compressed is decoded up to it (one beyond it is counted `too_large`).
+    let record_limit = std::env::vars_os()
+        .filter(|(k, _)| k == outlast_client::env::MAX_RECORD_BYTES)
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())));
+    let builder =
+        ClientBuilder::from_env_vars(record_limit).map_err(|source| CliError::Config {
+            context: "OUTLAST_MAX_RECORD_BYTES",
+            source,
+        })?;
+    let built = builder
         .spool_dir(&args.dir)
         .max_backoff(REPLAY_MAX_BACKOFF)
+        .adoption(rule)
         .build(exporter);
     let client = match built {
         Ok(c) => c,
         Err(source) => {
-            restore_identities(args, &released);
             return Err(CliError::Config {
                 context: "client configuration",
                 source,
@@ -116,7 +130,6 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     };
     if !client.stats().spool_available {
         let _ = client.shutdown(Duration::ZERO).await;
-        restore_identities(args, &released);
         return Err(CliError::SpoolUnavailable {
             path: args.dir.clone(),
         });
@@ -152,7 +165,6 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     if let Err(e) = client.shutdown(REPLAY_SHUTDOWN_TIMEOUT).await {
         tracing::warn!(error = %e, "outlast replay: shutdown did not complete cleanly");
     }
-    restore_identities(args, &released);
     let summary = ReplaySummary {
         records,
         delivered: stats.replayed + stats.exported,
@@ -176,65 +188,53 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     }
 }
 
-/// Takes the identity off the free lanes of another identity that `--identity` or
-/// `--any-identity` asks for, so that the replaying client adopts them. Returns each lane
-/// with the identity to give back.
-fn release_identities(
-    args: &ReplayArgs,
+/// The adoption rule `--identity` and `--any-identity` ask for: every lane, or besides the
+/// replaying exporter's own, lanes of the identities named and lanes of no declared
+/// identity (which belong to no one in particular: the directory the operator named is
+/// reason enough to deliver them).
+fn adoption_rule(args: &ReplayArgs) -> Adoption {
+    if args.any_identity {
+        Adoption::Any
+    } else {
+        Adoption::Also(args.identities.clone())
+    }
+}
+
+/// The free lanes of another identity that `rule` delivers on purpose, each named on the
+/// console; lanes of another identity it leaves alone are named too.
+fn other_identity_lanes(
     inspection: &outlast_spool::inspect::Inspection,
     held: &[u32],
+    mine: Option<&str>,
+    rule: &Adoption,
     console: &Console,
-) -> Result<Vec<(u32, RecordedIdentity)>, CliError> {
-    let mut released = Vec::new();
+) -> Vec<u32> {
+    let mut lanes = Vec::new();
     for l in &inspection.lanes {
-        let Some(identity) = &l.identity else {
+        let Some(recorded) = &l.identity else {
             continue; // No identity recorded: any client adopts it anyway.
         };
-        // A lane written by a spool that declared no identity belongs to no one in
-        // particular: the directory the operator named is reason enough to deliver it.
-        let wanted = args.any_identity
-            || matches!(identity, RecordedIdentity::Anonymous)
-            || matches!(identity, RecordedIdentity::Named(s) if args.identities.contains(s));
-        if held.contains(&l.lane) {
+        if held.contains(&l.lane) || identity::accepts(Some(recorded), mine) {
             continue;
         }
-        if !wanted {
+        if !identity::adoptable(Some(recorded), mine, rule) {
             console.note(&format!(
                 "outlast replay: lane {} ({} record(s)) is recorded for identity {}: delivered only if that is this client's, or with --identity / --any-identity",
                 l.lane,
                 l.unacked_records(),
-                identity_text(Some(identity))
+                identity_text(Some(recorded))
             ));
             continue;
         }
-        match release_lane_identity(&args.dir, l.lane) {
-            Ok(Some(previous)) => {
-                console.note(&format!(
-                    "outlast replay: delivering lane {} of identity {} ({} record(s)) on purpose",
-                    l.lane,
-                    identity_text(Some(&previous)),
-                    l.unacked_records()
-                ));
-                released.push((l.lane, previous));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                restore_identities(args, &released);
-                return Err(CliError::Spool(e));
-            }
-        }
+        console.note(&format!(
+            "outlast replay: delivering lane {} of identity {} ({} record(s)) on purpose",
+            l.lane,
+            identity_text(Some(recorded)),
+            l.unacked_records()
+        ));
+        lanes.push(l.lane);
     }
-    Ok(released)
-}
-
-/// Gives back the identities [`release_identities`] took, to the lanes still there (a
-/// drained lane is removed).
-fn restore_identities(args: &ReplayArgs, released: &[(u32, RecordedIdentity)]) {
-    for (lane, identity) in released {
-        if let Err(e) = restore_lane_identity(&args.dir, *lane, identity) {
-            tracing::warn!(lane, error = %e, "outlast replay: could not give a lane its identity back");
-        }
-    }
+    lanes
 }
 
 /// The lanes held by a live process, each named on the console: replay leaves them to

@@ -451,3 +451,95 @@ fn inspect_shows_a_version_1_segment_as_version_1() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stdout.contains(": format v1, "), "{run:?}");
 }
+
+/// The bytes of every lane's identity file under `root`, by lane directory name.
+fn identity_files(root: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(root).expect("read root") {
+        let entry = entry.expect("entry");
+        if let Ok(bytes) = std::fs::read(entry.path().join("identity")) {
+            files.insert(entry.file_name().to_string_lossy().into_owned(), bytes);
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_another_identity_holds_its_lanes_and_leaves_their_identity_even_when_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let owner = || SpoolConfig::new(dir.path()).with_identity(Some("service-a".into()));
+    let (spool, _) = Spool::open(owner()).expect("spool opens");
+    for i in 0..4 {
+        spool
+            .append(outlast_spool::Payload::new(vec![2u8; 8]).with_key(key(i)))
+            .expect("append");
+    }
+    spool.close().expect("close");
+    let before = identity_files(dir.path());
+    assert_eq!(before.len(), 1);
+
+    // The backend answers 503: the replay keeps trying until it is killed.
+    let receiver = TestReceiver::start().await.expect("receiver starts");
+    receiver
+        .set_mode(outlast_client::testing::Mode::Status(503))
+        .await
+        .expect("mode");
+    let path = dir.path().to_str().expect("utf-8").to_owned();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outlast"))
+        .args([
+            "replay",
+            &path,
+            "--endpoint",
+            &receiver.url(),
+            "--timeout",
+            "60s",
+            "--any-identity",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("outlast starts");
+    // Wait until it has tried the backend: it holds the lane by then.
+    let start = std::time::Instant::now();
+    while receiver.request_count() == 0 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the replay never tried the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile the owner's identity file is untouched, and a client of the owner's
+    // identity opening the directory cannot take the lane: the replay holds it.
+    assert_eq!(
+        identity_files(dir.path()).get("lane-0"),
+        before.get("lane-0")
+    );
+    let (racer, report) = Spool::open(owner()).expect("a racing spool opens");
+    assert!(report.adopted_lanes.is_empty(), "{report:?}");
+    assert_ne!(racer.lane(), 0);
+    assert!(
+        racer
+            .read_batch(100, u64::MAX)
+            .expect("read")
+            .records
+            .is_empty()
+    );
+    racer.close().expect("close");
+
+    // Killed mid-way: the lane keeps its owner's identity, and the owner delivers it.
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert_eq!(
+        identity_files(dir.path()).get("lane-0"),
+        before.get("lane-0")
+    );
+    let (owner_spool, report) = Spool::open(owner()).expect("the owner opens");
+    assert!(
+        report.adopted_lanes.contains(&0) || owner_spool.lane() == 0,
+        "{report:?}"
+    );
+    let b = owner_spool.read_batch(100, u64::MAX).expect("read");
+    assert_eq!(b.records.len(), 4, "every record is still the owner's");
+    owner_spool.close().expect("close");
+}

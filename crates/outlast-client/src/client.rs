@@ -38,7 +38,9 @@ pub struct FlushReport {
     /// Whether the spool was synced (fsync of its data and read progress) before the flush
     /// answered: the records still waiting survive a power loss, and those delivered are
     /// not sent again after a crash. False if the sync failed or no time was left for it;
-    /// the data is then still with the operating system (it survives the process).
+    /// the data is then still with the operating system (it survives the process). In the
+    /// report of [`Client::shutdown`], whether closing the spool (which syncs it) finished
+    /// within the shutdown's time.
     pub synced: bool,
     /// Acknowledgements the spool refused while the flush ran: those records were
     /// delivered but may be delivered again (at least once).
@@ -161,7 +163,24 @@ struct ClientInner {
 
 // Dropping the last `Client` drops `ClientInner` and with it the stop sender: the drain task
 // sees the channel close, waits for an adoption of released lanes still running on the
-// blocking pool (bounded), and ends, releasing the spool (whose Drop syncs it).
+// blocking pool (bounded), hands the spool's close to the blocking pool, and ends.
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        // A shutdown that took the drain task and was dropped before it closed the spool
+        // left the spool open with no task to close it: close it on the blocking pool, not
+        // on the thread dropping the client. (With the task still there, it does this.)
+        let task_gone = self
+            .drain
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .task
+            .is_none();
+        if task_gone {
+            self.shared.release_spool_in_background();
+        }
+    }
+}
 
 /// The least a shutdown waits for the drain task to end, even with no time left.
 const STOP_GRACE: Duration = Duration::from_millis(10);
@@ -358,11 +377,21 @@ impl Client {
     /// # Cancel safety
     ///
     /// Dropping the future abandons the export: an attempt in progress is dropped (the
-    /// backend may still have received it) and the payload is neither retried nor spooled,
-    /// except in `FsyncEveryAppend` mode once the append has started on the blocking pool: it
-    /// then completes and is counted as spooled.
-    pub async fn export(&self, payload: Payload) -> Result<Delivery, DropError> {
-        self.export_inner(payload, None).await
+    /// backend may still have received it) and the payload is neither retried nor spooled.
+    /// It is counted all the same, once, as dropped for
+    /// [`DropReason::Cancelled`] — unless its outcome was already counted: a payload whose
+    /// attempt the backend had answered with success is delivered (the answer and the count
+    /// happen in one poll), and in `FsyncEveryAppend` mode an append that has started on the
+    /// blocking pool completes and counts itself (spooled, or dropped for its reason). An
+    /// attempt whose answer had not arrived when the future was dropped is `cancelled` even
+    /// if the backend received it (delivery is at least once: such a payload may reach the
+    /// backend and be counted as cancelled). So `accepted = delivered + spooled + Σ drops`
+    /// holds whatever the caller does with the future.
+    pub fn export(
+        &self,
+        payload: Payload,
+    ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
+        self.export_inner(payload, None)
     }
 
     /// Exports one payload within a time budget: as [`export`](Client::export), but the
@@ -403,15 +432,16 @@ impl Client {
     ///
     /// # Cancel safety
     ///
-    /// As [`export`](Client::export): dropping the future abandons the payload (unless an
-    /// append in `FsyncEveryAppend` mode has started). Prefer a deadline to a timeout
-    /// around `export`: the deadline spools what it could not deliver instead of losing it.
-    pub async fn export_by(
+    /// As [`export`](Client::export): dropping the future abandons the payload, counted as
+    /// [`DropReason::Cancelled`] (unless an append in `FsyncEveryAppend` mode has started).
+    /// Prefer a deadline to a timeout around `export`: the deadline spools what it could not
+    /// deliver instead of losing it.
+    pub fn export_by(
         &self,
         payload: Payload,
         deadline: impl Into<Instant>,
-    ) -> Result<Delivery, DropError> {
-        self.export_inner(payload, Some(deadline.into())).await
+    ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
+        self.export_inner(payload, Some(deadline.into()))
     }
 
     /// [`export_by`](Client::export_by) with the deadline `budget` from now
@@ -424,19 +454,47 @@ impl Client {
     /// # Cancel safety
     ///
     /// As [`export_by`](Client::export_by).
-    pub async fn export_within(
+    pub fn export_within(
         &self,
         payload: Payload,
         budget: Duration,
-    ) -> Result<Delivery, DropError> {
+    ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
         let deadline = crate::shared::deadline_after(Instant::now(), budget);
-        self.export_inner(payload, Some(deadline)).await
+        self.export_inner(payload, Some(deadline))
     }
 
-    async fn export_inner(
+    /// [`export_counted`](Client::export_counted), with the payload counted as cancelled if
+    /// the future is dropped before its outcome was counted.
+    ///
+    /// The guard exists from the moment the future is made, so that a future dropped
+    /// before it was ever polled (a `select!` whose other branch was ready first) counts its
+    /// payload too.
+    fn export_inner(
         &self,
         payload: Payload,
         deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
+        let mut guard = CancelGuard {
+            shared: &self.inner.shared,
+            armed: true,
+        };
+        async move {
+            let result = self.export_counted(payload, deadline, &mut guard).await;
+            // Every way out of `export_counted` counted its outcome (delivered, spooled or
+            // dropped) with no await point since: nothing is left to count.
+            guard.disarm();
+            result
+        }
+    }
+
+    /// The export path. Each outcome is counted where it happens; `guard` is disarmed when
+    /// the counting is handed to something that finishes without this future (an append
+    /// on the blocking pool).
+    async fn export_counted(
+        &self,
+        payload: Payload,
+        deadline: Option<Instant>,
+        guard: &mut CancelGuard<'_>,
     ) -> Result<Delivery, DropError> {
         let shared = &self.inner.shared;
         if !shared.is_accepting() {
@@ -456,12 +514,12 @@ impl Client {
         }
         if shared.has_backlog() {
             // Offline fast path, and ordering: behind the backlog, without the network.
-            return self.spool(payload).await;
+            return self.spool(payload, guard).await;
         }
         let past = |d: Instant| Instant::now() >= d;
         if deadline.is_some_and(past) {
             // No time for an attempt: the spool-first path.
-            return self.spool(payload).await;
+            return self.spool(payload, guard).await;
         }
 
         let _direct = shared.enter_direct();
@@ -485,7 +543,7 @@ impl Client {
                     attempts = attempt,
                     "outlast: export deadline reached; spooling"
                 );
-                return self.spool(payload).await;
+                return self.spool(payload, guard).await;
             }
             match shared.settings.retry.on_direct_failure(attempt, &error) {
                 Decision::Drop => {
@@ -499,7 +557,7 @@ impl Client {
                     tokio::time::sleep(delay).await;
                     if shared.has_backlog() {
                         // Another export found the backend down meanwhile: queue behind it.
-                        return self.spool(payload).await;
+                        return self.spool(payload, guard).await;
                     }
                     Counters::bump(&shared.counters.retried);
                     attempt += 1;
@@ -508,7 +566,7 @@ impl Client {
                     tracing::debug!(error = %outlast_core::ErrorChain(&error), attempts = attempt, "outlast: direct export failed; spooling");
                     shared.set_retry_after_hint(error.retry_after());
                     shared.set_online(false);
-                    return self.spool(payload).await;
+                    return self.spool(payload, guard).await;
                 }
             }
         }
@@ -520,7 +578,11 @@ impl Client {
         clippy::result_large_err,
         reason = "the error hands the payload back; boxing it is a change to DropError"
     )]
-    async fn spool(&self, payload: Payload) -> Result<Delivery, DropError> {
+    async fn spool(
+        &self,
+        payload: Payload,
+        guard: &mut CancelGuard<'_>,
+    ) -> Result<Delivery, DropError> {
         let shared = &self.inner.shared;
         let Some(spool) = shared.spool() else {
             return Err(shared.no_spool(payload));
@@ -532,6 +594,9 @@ impl Client {
         // Kept to hand back if the blocking task fails (a spool bug): cloning is cheap.
         let kept = payload.clone();
         let append = shared.spawn_spool_call(spool, move |s| task_shared.append_to(s, payload));
+        // The append counts its own outcome (spooled, or dropped for its reason), whether
+        // this future is still there to hear it or not.
+        guard.disarm();
         match append.await {
             Ok(result) => result,
             Err(join_error) => {
@@ -653,8 +718,8 @@ impl Client {
                 }
             }
         } else {
-            // Closed by shutdown, which synced it.
-            synced = stopped();
+            // Closed by shutdown, which synced it (once that finished).
+            synced = stopped() && shared.close_synced();
         }
         let ack_failures = shared
             .ack_failures
@@ -708,6 +773,12 @@ impl Client {
     /// calls get [`DropError::ShutDown`] with the payload back), flushes, stops the drain
     /// task, syncs and closes the spool (releasing its lock; what was not delivered stays on
     /// disk for the next run), and calls the exporter's `shutdown` with the time left.
+    ///
+    /// Closing the spool (joining its background thread, an fdatasync) runs on the blocking
+    /// pool, waited for within the time left (at least 10 ms): the report's
+    /// [`synced`](FlushReport::synced) is true only if it finished. If it did not, it goes
+    /// on in the background; the data is with the operating system either way, and the
+    /// spool's lock is released when the close is done.
     ///
     /// Shutting down from one clone shuts down all of them.
     ///
@@ -798,7 +869,13 @@ impl Client {
             .store(true, std::sync::atomic::Ordering::Release);
         shared.progress.notify_waiters();
 
-        let closed = shared.close_spool();
+        // At least a moment, as for the drain task: a close with nothing slow to wait for
+        // (the usual case) is seen to finish, and the lock is released before this returns.
+        let left = timeout.saturating_sub(start.elapsed()).max(STOP_GRACE);
+        let closed = shared.close_spool_within(left).await;
+        let mut report = report;
+        // Closing syncs the data and read progress: the report says whether that finished.
+        report.synced = matches!(closed, Ok(true));
         let left = timeout.saturating_sub(start.elapsed());
         let exporter_result =
             match tokio::time::timeout(left, shared.exporter.shutdown_boxed()).await {
@@ -872,6 +949,31 @@ impl Client {
             spool_available: spool_state.is_available(),
             spool: spool_state,
             shut_down: !shared.is_accepting(),
+        }
+    }
+}
+
+/// Counts an export's payload as [`DropReason::Cancelled`] when dropped still armed: the
+/// caller dropped the `export` future before its outcome was counted.
+struct CancelGuard<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl CancelGuard<'_> {
+    /// The outcome is counted (or will be, without this future): nothing to count on drop.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::debug!(
+                "outlast: export future dropped before its payload was delivered or spooled"
+            );
+            self.shared.record_drop(DropReason::Cancelled, 1);
         }
     }
 }

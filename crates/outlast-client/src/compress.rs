@@ -24,10 +24,6 @@ pub(crate) const MIN_SAVING_DIVISOR: usize = 8;
 /// compresses at level 1 (see the test `text_that_barely_compresses_is_tried_and_never_panics`).
 pub(crate) const LEVEL: u32 = 1;
 
-/// Most bytes a stored record may decompress to: the format's limit on a record. A record
-/// that would decompress to more is treated as corrupt.
-const MAX_DECOMPRESSED_BYTES: u64 = outlast_spool::FORMAT_MAX_RECORD_BYTES;
-
 /// What to append to the spool for `payload`: a gzip-encoded copy if it is large enough,
 /// not encoded already, and shrinks by the margin; `None` to store it as it is.
 pub(crate) fn for_spool(payload: &Payload) -> Option<Payload> {
@@ -156,53 +152,96 @@ fn gzip(data: &[u8], limit: usize) -> Option<Bytes> {
     (out.len() <= limit).then(|| Bytes::from(out))
 }
 
-/// A stored record whose bytes do not decode in their recorded encoding.
-#[derive(Debug)]
-pub(crate) struct Corrupt;
+/// Why a stored record cannot be handed to an exporter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Undecodable {
+    /// Its bytes do not decode as their encoding says (bad gzip, a bad checksum, trailing
+    /// garbage, an unknown encoding): counted `corrupt`.
+    Corrupt,
+    /// It decodes to more than the limit (`max_record_bytes`: more than `export` accepts,
+    /// e.g. a decompression bomb, or a record written with a larger limit): counted
+    /// `too_large`, never decoded further.
+    TooLarge,
+}
+
+/// A stored record as an exporter takes it, and how many bytes it is once decoded (what a
+/// backend, or an exporter that decodes it to join it with others, holds in memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ready {
+    pub(crate) payload: Payload,
+    pub(crate) decoded_len: u64,
+}
 
 /// The payload to hand an exporter for a stored record: as it is if the exporter accepts
-/// its encoding (checked to decode, so that damaged bytes are never sent), else decoded.
+/// its encoding (checked to decode, so that damaged bytes are never sent), else decoded;
+/// never decoded past `limit` bytes.
 ///
 /// # Errors
 ///
-/// [`Corrupt`] if the bytes do not decode as their encoding says (bad gzip, a bad
-/// checksum, trailing garbage, or more than the format's record limit).
+/// [`Undecodable::Corrupt`] if the bytes do not decode as their encoding says;
+/// [`Undecodable::TooLarge`] if they decode to more than `limit` bytes.
 pub(crate) fn for_exporter(
     payload: Payload,
     accepts: impl Fn(ContentEncoding) -> bool,
-) -> Result<Payload, Corrupt> {
+    limit: u64,
+) -> Result<Ready, Undecodable> {
     match payload.content_encoding() {
-        ContentEncoding::Identity => Ok(payload),
+        // Stored as it is: nothing is decoded, so nothing can grow (a record written while
+        // `max_record_bytes` was larger is still delivered).
+        ContentEncoding::Identity => Ok(Ready {
+            decoded_len: payload.len() as u64,
+            payload,
+        }),
         ContentEncoding::Gzip if accepts(ContentEncoding::Gzip) => {
-            // Sent as stored: decoded only to check it, into nothing.
-            decode_into(payload.bytes(), &mut std::io::sink())?;
-            Ok(payload)
+            // Sent as stored: decoded only to check it (and measure it), into nothing.
+            let decoded_len = decode_into(payload.bytes(), &mut std::io::sink(), limit)?;
+            Ok(Ready {
+                payload,
+                decoded_len,
+            })
         }
         ContentEncoding::Gzip => {
-            let decoded = gunzip(payload.bytes())?;
+            let decoded = gunzip(payload.bytes(), limit)?;
             let (meta, _) = payload.into_parts();
-            Ok(Payload::from_parts(meta, decoded).with_content_encoding(ContentEncoding::Identity))
+            let payload =
+                Payload::from_parts(meta, decoded).with_content_encoding(ContentEncoding::Identity);
+            Ok(Ready {
+                decoded_len: payload.len() as u64,
+                payload,
+            })
         }
         // An encoding this build does not know: never handed out as something else.
-        _ => Err(Corrupt),
+        _ => Err(Undecodable::Corrupt),
     }
 }
 
-/// Decodes a gzip stream (every member), bounded by [`MAX_DECOMPRESSED_BYTES`].
-fn gunzip(data: &[u8]) -> Result<Bytes, Corrupt> {
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4));
-    decode_into(data, &mut out)?;
+/// Decodes a gzip stream (every member), never holding more than `limit` decoded bytes
+/// (plus what the vector's growth reserves): the one gunzip of the crate.
+///
+/// # Errors
+///
+/// As [`decode_into`].
+pub(crate) fn gunzip(data: &[u8], limit: u64) -> Result<Bytes, Undecodable> {
+    let first = data
+        .len()
+        .saturating_mul(4)
+        .min(usize::try_from(limit).unwrap_or(usize::MAX));
+    let mut out = Vec::with_capacity(first);
+    decode_into(data, &mut out, limit)?;
     Ok(Bytes::from(out))
 }
 
-/// Decodes a gzip stream (every member) into `out`, checking it as [`gunzip`] does: each
-/// member's CRC-32 and length, no trailing garbage, not empty, at most
-/// [`MAX_DECOMPRESSED_BYTES`]. Returns the decoded length.
-fn decode_into(data: &[u8], out: &mut impl std::io::Write) -> Result<u64, Corrupt> {
-    let mut dec = flate2::read::MultiGzDecoder::new(data).take(MAX_DECOMPRESSED_BYTES + 1);
-    let n = std::io::copy(&mut dec, out).map_err(|_| Corrupt)?;
-    if n > MAX_DECOMPRESSED_BYTES || data.is_empty() {
-        return Err(Corrupt);
+/// Decodes a gzip stream (every member) into `out`, checking each member's CRC-32 and
+/// length, no trailing garbage, not empty, and stopping as soon as it passes `limit`
+/// decoded bytes. Returns the decoded length.
+fn decode_into(data: &[u8], out: &mut impl std::io::Write, limit: u64) -> Result<u64, Undecodable> {
+    if data.is_empty() {
+        return Err(Undecodable::Corrupt);
+    }
+    let mut dec = flate2::read::MultiGzDecoder::new(data).take(limit.saturating_add(1));
+    let n = std::io::copy(&mut dec, out).map_err(|_| Undecodable::Corrupt)?;
+    if n > limit {
+        return Err(Undecodable::TooLarge);
     }
     Ok(n)
 }
@@ -226,7 +265,12 @@ mod tests {
         assert_eq!(stored, p, "stored as it was given");
         assert!(original.is_none());
         let next = for_spool(&p).expect("compressed again");
-        assert_eq!(for_exporter(next, identity_only).expect("decodes"), p);
+        assert_eq!(
+            for_exporter(next, identity_only, LIMIT)
+                .expect("decodes")
+                .payload,
+            p
+        );
     }
 
     fn json_logs(n: usize) -> Payload {
@@ -242,6 +286,9 @@ mod tests {
             .with_content_type(ContentType::Json)
             .with_key("k")
     }
+
+    /// A decoding limit none of these tests' payloads reach.
+    const LIMIT: u64 = 64 << 20;
 
     fn identity_only(e: ContentEncoding) -> bool {
         e == ContentEncoding::Identity
@@ -263,9 +310,13 @@ mod tests {
             p.len()
         );
         assert_eq!(stored.meta().key, p.meta().key);
-        let back = for_exporter(stored.clone(), identity_only).expect("decodes");
+        let back = for_exporter(stored.clone(), identity_only, LIMIT)
+            .expect("decodes")
+            .payload;
         assert_eq!(back, p);
-        let as_is = for_exporter(stored.clone(), takes_gzip).expect("decodes");
+        let as_is = for_exporter(stored.clone(), takes_gzip, LIMIT)
+            .expect("decodes")
+            .payload;
         assert_eq!(
             as_is, stored,
             "an exporter that takes gzip gets the stored bytes"
@@ -291,7 +342,10 @@ mod tests {
         // A payload larger than the room first reserved still compresses whole.
         let big = Payload::new(json_logs(4000).bytes().clone());
         let gz = for_spool(&big).expect("big");
-        assert_eq!(gunzip(gz.bytes()).expect("decodes"), big.bytes().clone());
+        assert_eq!(
+            gunzip(gz.bytes(), LIMIT).expect("decodes"),
+            big.bytes().clone()
+        );
     }
 
     /// Random lowercase letters (4.7 bits of entropy per byte: below the sampling
@@ -317,7 +371,9 @@ mod tests {
             // Stored compressed only within the margin, and then it decodes to the payload.
             if let Some(gz) = for_spool(&p) {
                 assert!(gz.len() <= p.len() - p.len() / MIN_SAVING_DIVISOR);
-                let back = for_exporter(gz, identity_only).expect("decodes");
+                let back = for_exporter(gz, identity_only, LIMIT)
+                    .expect("decodes")
+                    .payload;
                 assert_eq!(back, p, "{len}");
             }
         }
@@ -376,8 +432,14 @@ mod tests {
             b"plain text".to_vec(),
         ] {
             let p = Payload::from_parts(stored.meta().clone(), Bytes::from(bytes));
-            assert!(for_exporter(p.clone(), identity_only).is_err());
-            assert!(for_exporter(p, takes_gzip).is_err());
+            assert_eq!(
+                for_exporter(p.clone(), identity_only, LIMIT),
+                Err(Undecodable::Corrupt)
+            );
+            assert_eq!(
+                for_exporter(p, takes_gzip, LIMIT),
+                Err(Undecodable::Corrupt)
+            );
         }
     }
 
@@ -389,6 +451,60 @@ mod tests {
         both.extend_from_slice(gb.bytes());
         let mut want = a.bytes().to_vec();
         want.extend_from_slice(b.bytes());
-        assert_eq!(gunzip(&both).expect("multi-member"), Bytes::from(want));
+        assert_eq!(
+            gunzip(&both, LIMIT).expect("multi-member"),
+            Bytes::from(want)
+        );
+    }
+
+    /// A gzip stream of `members` members, each `member_len` zero bytes once decoded.
+    fn bomb(member_len: usize, members: usize) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = member_len;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            enc.write_all(&zeros[..n]).expect("in memory");
+            left -= n;
+        }
+        let one = enc.finish().expect("in memory");
+        one.repeat(members)
+    }
+
+    #[test]
+    fn a_record_that_decodes_past_the_limit_is_too_large_and_is_not_decoded_further() {
+        // 16 MiB of zeros in about 16 KiB of gzip.
+        let gz = bomb(16 << 20, 1);
+        assert!(gz.len() < 32 << 10, "{}", gz.len());
+        let p = Payload::new(gz).with_content_encoding(ContentEncoding::Gzip);
+        let limit = 1 << 20;
+        assert_eq!(
+            for_exporter(p.clone(), identity_only, limit),
+            Err(Undecodable::TooLarge)
+        );
+        assert_eq!(
+            for_exporter(p.clone(), takes_gzip, limit),
+            Err(Undecodable::TooLarge)
+        );
+        assert_eq!(gunzip(p.bytes(), limit), Err(Undecodable::TooLarge));
+        // Many small members add up: the limit is on the whole stream.
+        let members = bomb(600 << 10, 4);
+        assert_eq!(gunzip(&members, limit), Err(Undecodable::TooLarge));
+        assert_eq!(
+            gunzip(&members, 4 * (600 << 10)).map(|b| b.len()),
+            Ok(4 * (600 << 10))
+        );
+        // At the limit exactly: decoded, and measured.
+        let exact =
+            Payload::new(bomb(limit as usize, 1)).with_content_encoding(ContentEncoding::Gzip);
+        let ready = for_exporter(exact, takes_gzip, limit).expect("at the limit");
+        assert_eq!(ready.decoded_len, limit);
+        // A record stored as it is is not decoded: it is handed out whatever the limit.
+        let plain = Payload::new(vec![1u8; 2000]);
+        assert_eq!(
+            for_exporter(plain, identity_only, 1999).map(|r| r.decoded_len),
+            Ok(2000)
+        );
     }
 }

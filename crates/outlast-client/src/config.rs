@@ -12,7 +12,7 @@ use outlast_core::retry::{
 use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
 use outlast_core::units::saturate;
 use outlast_spool::{
-    DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_SEGMENT_BYTES, Durability,
+    Adoption, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_SEGMENT_BYTES, Durability,
     FullPolicy, SpoolConfig, SpoolError,
 };
 
@@ -163,6 +163,7 @@ pub struct ClientBuilder {
     pub(crate) runtime: Option<tokio::runtime::Handle>,
     // ----- lane identity and recovery detection (see the block at the end of the file) -----
     pub(crate) identity: Option<String>,
+    pub(crate) adoption: Option<Adoption>,
     pub(crate) probe_interval: Option<Duration>,
     /// Settings that came from environment variables: (builder parameter, variable), so that
     /// `build()` can name the variable when it rejects the value.
@@ -197,7 +198,13 @@ impl ClientBuilder {
     );
     setter!(
         /// Delay before the one quick retry of a failed direct export (default
-        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`], 1 s).
+        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`], 1 s), at most
+        /// [`MAX_IMMEDIATE_RETRY_DELAY`](outlast_core::retry::MAX_IMMEDIATE_RETRY_DELAY)
+        /// (60 s). The retry waits inside the caller's `export`: while the backend is down, a
+        /// call returns within two attempt timeouts plus this delay. A longer value (e.g.
+        /// `Duration::MAX`) makes [`build`](ClientBuilder::build) fail with
+        /// [`ConfigError::Invalid`] naming `immediate_retry_delay` (or
+        /// `OUTLAST_IMMEDIATE_RETRY_DELAY`); it is not clamped.
         immediate_retry_delay: Duration
     );
     setter!(
@@ -404,7 +411,8 @@ impl ClientBuilder {
             .with_max_record_bytes(max_record_bytes)
             .with_full_policy(self.full_policy.unwrap_or_default())
             .with_max_record_age(self.max_record_age.unwrap_or(None).map(saturate))
-            .with_durability(durability);
+            .with_durability(durability)
+            .with_adoption(self.adoption.clone().unwrap_or_default());
         match spool.validate() {
             Ok(()) => {}
             // The spool's directory is never a reason to refuse building: a client without a
@@ -461,6 +469,17 @@ impl ClientBuilder {
     pub fn identity(mut self, identity: impl Into<String>) -> Self {
         self.identity = Some(identity.into());
         self.forget_env("identity");
+        self
+    }
+
+    /// Which lanes of other identities in the spool directory this client also delivers
+    /// (default [`Adoption::Own`]: none). For an operator's tool that delivers another
+    /// service's records on purpose (`outlast replay --identity`, `--any-identity`), not
+    /// for applications: records of another identity go to this client's exporter. Those
+    /// lanes are taken under the spool's own locks, only drained (never appended to), and
+    /// their identity files are never rewritten, so whatever is left of them stays theirs.
+    pub fn adoption(mut self, adoption: Adoption) -> Self {
+        self.adoption = Some(adoption);
         self
     }
 

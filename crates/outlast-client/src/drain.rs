@@ -22,19 +22,26 @@ use crate::stats::Counters;
 /// As it stops, the task waits (at most [`SPOOL_CALLS_STOP_WAIT`]) for spool calls still
 /// running on the blocking pool that it or a flush started and stopped waiting for (an
 /// adoption of released lanes, a flush's sync), so that when it ends, none of them holds the
-/// spool any more: dropping the last `Client` releases the spool's locks as soon as this task
-/// has ended. (A read or acknowledgement of the replay under way is not waited for: it takes
-/// one batch.)
+/// spool any more. When the last `Client` was dropped (no `shutdown` closes the spool), it
+/// then hands the spool's close (the background thread's join, the fdatasync, the release of
+/// its locks) to the blocking pool, so that no worker thread waits for the disk. (A read or
+/// acknowledgement of the replay under way is not waited for: it takes one batch.)
 pub(crate) async fn run(shared: Arc<Shared>, stop: oneshot::Receiver<()>) {
-    {
+    let last_client_gone = {
         let mut drain = Drain::new(&shared);
         tokio::select! {
             biased;
-            _ = stop => {}
-            () = drain.run() => {}
+            stopped = stop => stopped.is_err(),
+            () = drain.run() => false,
         }
-    }
+    };
     shared.wait_for_spool_calls(SPOOL_CALLS_STOP_WAIT).await;
+    if last_client_gone {
+        // No `shutdown` closes the spool: close it here, on the blocking pool, so that
+        // neither this worker thread nor the thread that dropped the client waits for the
+        // background thread's join and the fdatasync.
+        shared.release_spool_in_background();
+    }
     tracing::debug!("outlast: drain task ended");
 }
 

@@ -127,7 +127,7 @@ env_settings! {
         format "duration", default "10 s";
     /// `OUTLAST_IMMEDIATE_RETRY_DELAY`: delay before the quick retry.
     IMMEDIATE_RETRY_DELAY = "OUTLAST_IMMEDIATE_RETRY_DELAY" => immediate_retry_delay: duration,
-        format "duration", default "1 s";
+        format "duration, at most 60 s", default "1 s";
     /// `OUTLAST_INITIAL_BACKOFF`: first backoff delay.
     INITIAL_BACKOFF = "OUTLAST_INITIAL_BACKOFF" => initial_backoff: duration,
         format "duration", default "1 s";

@@ -153,7 +153,7 @@
 //! | `OUTLAST_DURABILITY` | [`durability`](ClientBuilder::durability) | `os_write` or `fsync_every_append` (`fsync` is accepted too) | `os_write` |
 //! | `OUTLAST_FSYNC_INTERVAL` | [`durability`](ClientBuilder::durability) (`OsWrite { fsync_interval }`) | duration (only with `os_write`) | 1 s |
 //! | `OUTLAST_ATTEMPT_TIMEOUT` | [`attempt_timeout`](ClientBuilder::attempt_timeout) | duration | 10 s |
-//! | `OUTLAST_IMMEDIATE_RETRY_DELAY` | [`immediate_retry_delay`](ClientBuilder::immediate_retry_delay) | duration | 1 s |
+//! | `OUTLAST_IMMEDIATE_RETRY_DELAY` | [`immediate_retry_delay`](ClientBuilder::immediate_retry_delay) | duration, at most 60 s | 1 s |
 //! | `OUTLAST_INITIAL_BACKOFF` | [`initial_backoff`](ClientBuilder::initial_backoff) | duration | 1 s |
 //! | `OUTLAST_MAX_BACKOFF` | [`max_backoff`](ClientBuilder::max_backoff) | duration | 128 s |
 //! | `OUTLAST_BACKOFF_JITTER` | [`jitter`](ClientBuilder::jitter) | number in `[0, 1]` | 0.5 |
@@ -197,7 +197,7 @@
 //!   [`SpoolError`], and [`ErrorChain`] to print an error with its causes;
 //! - writing an exporter: [`Exporter`], [`DynExporter`], [`Payload`], [`PayloadMeta`],
 //!   [`ContentType`], [`ExportError`], [`BoxError`], [`Reachability`], [`Coalescing`];
-//! - settings: [`Durability`], [`FullPolicy`], [`default_spool_dir`], the defaults
+//! - settings: [`Durability`], [`FullPolicy`], [`Adoption`], [`default_spool_dir`], the defaults
 //!   ([`DEFAULT_ATTEMPT_TIMEOUT`], [`DEFAULT_IMMEDIATE_RETRY_DELAY`],
 //!   [`DEFAULT_INITIAL_BACKOFF`], [`DEFAULT_MAX_BACKOFF`], [`DEFAULT_JITTER`],
 //!   [`DEFAULT_MAX_RETRY_AFTER`], [`DEFAULT_WARN_INTERVAL`], [`DEFAULT_FSYNC_INTERVAL`],
@@ -205,7 +205,7 @@
 //!   [`DEFAULT_BATCH_SIZE`], [`DEFAULT_BATCH_MAX_BYTES`], [`DEFAULT_MAX_IN_FLIGHT`],
 //!   [`DEFAULT_BATCH_DELAY`], [`DEFAULT_PROBE_INTERVAL`], [`DEFAULT_COALESCE_MAX_RECORDS`],
 //!   [`DEFAULT_COALESCE_MAX_BYTES`], [`DEFAULT_SPOOL_DIR_PREFIX`]) and limits
-//!   ([`MAX_IN_FLIGHT_LIMIT`], [`units::MAX_DURATION`]).
+//!   ([`MAX_IN_FLIGHT_LIMIT`], [`MAX_IMMEDIATE_RETRY_DELAY`], [`units::MAX_DURATION`]).
 //!
 //! And these modules:
 //!
@@ -237,7 +237,7 @@ mod stats;
 // `unix_nanos`, the retry schedule) stay in `outlast_core`.
 pub use outlast_core::retry::{
     DEFAULT_IMMEDIATE_RETRY_DELAY, DEFAULT_INITIAL_BACKOFF, DEFAULT_JITTER, DEFAULT_MAX_BACKOFF,
-    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_MAX_RETRY_AFTER, MAX_IMMEDIATE_RETRY_DELAY,
 };
 pub use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
 pub use outlast_core::{
@@ -245,7 +245,7 @@ pub use outlast_core::{
     Payload, PayloadMeta, Reachability, units,
 };
 pub use outlast_spool::{
-    DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
+    Adoption, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
     DEFAULT_SEGMENT_BYTES, Durability, FullPolicy, SpoolError,
 };
 

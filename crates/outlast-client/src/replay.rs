@@ -19,7 +19,7 @@ use outlast_core::{Coalescing, ContentEncoding, ExportError, Payload};
 use outlast_spool::{ReadBatch, Record, RecordId, Spool, SpoolError};
 
 use crate::DropReason;
-use crate::compress;
+use crate::compress::{self, Undecodable};
 use crate::shared::Shared;
 
 /// An attempt under way; it hands back its payloads with the result.
@@ -84,11 +84,61 @@ impl<'a, 'b> Replayer<'a, 'b> {
         })
     }
 
+    /// Starts reading the next batch, with its records decoded ahead as far as `decoding`
+    /// allows ([`prepare`]). Reading and decoding run on the blocking pool; with nothing
+    /// else under way in `OsWrite` mode the read runs inline (a page-cache read), and the
+    /// decoding still goes to the blocking pool if any record is compressed, so the drain
+    /// task's worker thread never gunzips a batch.
+    fn start_read(
+        &self,
+        spool: &Arc<Spool>,
+        idle: bool,
+        max_records: usize,
+        max_bytes: u64,
+        decoding: Decoding,
+    ) -> SpoolOp<Result<Prepared, SpoolError>> {
+        let read = move |s: &Spool| s.read_batch(max_records, max_bytes);
+        if !(idle && self.shared.spool_calls_inline()) {
+            return self.spool_op(spool, false, move |s| {
+                read(s).map(|mut batch| {
+                    let records = std::mem::take(&mut batch.records);
+                    (batch, prepare(records, decoding))
+                })
+            });
+        }
+        let mut batch = match read(spool) {
+            Ok(batch) => batch,
+            Err(e) => return Box::pin(std::future::ready(Some(Err(e)))),
+        };
+        let records = std::mem::take(&mut batch.records);
+        if records
+            .iter()
+            .all(|r| r.payload.content_encoding() == ContentEncoding::Identity)
+        {
+            // Nothing to decode: measuring them is all there is.
+            let queued = prepare(records, decoding);
+            return Box::pin(std::future::ready(Some(Ok((batch, queued)))));
+        }
+        let task = tokio::task::spawn_blocking(move || prepare(records, decoding));
+        Box::pin(async move {
+            match task.await {
+                Ok(queued) => Some(Ok((batch, queued))),
+                Err(e) => {
+                    tracing::error!(error = %e, "outlast: decoding task failed");
+                    None
+                }
+            }
+        })
+    }
+
     /// Handles the outcome of a read: counts what the spool skipped; `None` if the read
     /// failed (logged).
-    fn on_read(&self, read: Option<Result<ReadBatch, SpoolError>>) -> Option<ReadBatch> {
+    fn on_read(&self, read: Option<Result<Prepared, SpoolError>>) -> Option<Vec<Queued>> {
         match read {
-            Some(Ok(batch)) => Some(self.count_skipped(batch)),
+            Some(Ok((batch, queued))) => {
+                self.count_skipped(batch);
+                Some(queued)
+            }
             Some(Err(e)) => {
                 self.shared.warn_spool_trouble("read", &e);
                 None
@@ -135,6 +185,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 .fetch_add(acks.delivered, Ordering::Relaxed);
             shared.record_drop(DropReason::Permanent, acks.rejected);
             shared.record_drop(DropReason::Corrupt, acks.corrupt);
+            shared.record_drop(DropReason::TooLarge, acks.too_large);
         };
         match acked {
             Some(Ok(())) => {
@@ -197,9 +248,10 @@ impl<'a, 'b> Replayer<'a, 'b> {
         );
         let mut window = ReplayWindow::new(w, max_bytes, caps);
         window.accepts_gzip = shared.exporter.accepts_encoding_dyn(ContentEncoding::Gzip);
+        window.max_record_bytes = shared.settings.max_record_bytes;
         let merge = |p: &Payload| shared.exporter.coalescing_dyn(p);
         let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
-        let mut reading: Option<SpoolOp<Result<ReadBatch, SpoolError>>> = None;
+        let mut reading: Option<SpoolOp<Result<Prepared, SpoolError>>> = None;
         let mut acking: Option<(SpoolOp<Result<(), SpoolError>>, Acks)> = None;
         // Taken before the last read: that read found nothing more after it.
         let mut snapshot = 0;
@@ -208,8 +260,8 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 snapshot = shared.backlog_snapshot();
                 let max_records = w.max_records;
                 let idle = running.is_empty() && acking.is_none();
-                reading =
-                    Some(self.spool_op(spool, idle, move |s| s.read_batch(max_records, max_bytes)));
+                let decoding = window.decoding();
+                reading = Some(self.start_read(spool, idle, max_records, max_bytes, decoding));
             }
             while let Some(send) = window.admit(running.len(), merge) {
                 running.push(self.start(send));
@@ -250,7 +302,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 read = until_done(reading.as_mut()), if reading.is_some() => {
                     reading = None;
                     match self.on_read(read) {
-                        Some(batch) => window.on_read(batch.records),
+                        Some(queued) => window.on_read_queued(queued),
                         None => window.stop_for_spool(),
                     }
                 }
@@ -345,6 +397,8 @@ enum Outcome {
     Rejected,
     /// Its stored bytes do not decode as their encoding says: dropped, never sent.
     Corrupt,
+    /// It decodes to more than `max_record_bytes`: dropped, never sent.
+    TooLarge,
     /// A retryable failure: the replay stops before this record.
     Failed,
 }
@@ -369,11 +423,15 @@ struct ReplayWindow {
     /// Records of a merged send rejected permanently, to send again one by one: their
     /// window index and payload.
     singles: VecDeque<(u64, Payload)>,
-    /// Read, not started yet: each record's payload as the exporter takes it (stored
-    /// bytes decompressed unless the exporter accepts their encoding), or corrupt.
+    /// Read, not started yet, in spool order: each record as stored, decoded (to what the
+    /// exporter takes: stored bytes decompressed unless it accepts their encoding) only
+    /// when it is next to go, so that the records waiting here hold their stored size.
     queued: VecDeque<Queued>,
     /// Whether the exporter takes gzip-encoded payloads as they are.
     accepts_gzip: bool,
+    /// No record is decoded past this (the client's `max_record_bytes`).
+    max_record_bytes: u64,
+    /// Bytes the queued records hold in memory (stored, or decoded for the one decoded).
     queued_bytes: u64,
     /// Started, in spool order; `base` is the index of the first.
     slots: VecDeque<Slot>,
@@ -401,6 +459,7 @@ impl ReplayWindow {
             singles: VecDeque::new(),
             queued: VecDeque::new(),
             accepts_gzip: false,
+            max_record_bytes: u64::MAX,
             queued_bytes: 0,
             slots: VecDeque::new(),
             base: 0,
@@ -428,49 +487,111 @@ impl ReplayWindow {
             && self.queued_bytes < self.max_bytes
     }
 
-    /// Takes the records a read returned; none means the spool had nothing more.
+    /// How the records of the next read may be decoded ahead (see [`prepare`]): at most
+    /// `max_bytes` of them, what a read may hold as stored.
+    fn decoding(&self) -> Decoding {
+        Decoding {
+            accepts_gzip: self.accepts_gzip,
+            limit: self.max_record_bytes,
+            budget: self.max_bytes,
+        }
+    }
+
+    /// Takes the records a read returned, as stored; none means the spool had nothing more.
+    #[cfg(test)]
     fn on_read(&mut self, records: Vec<Record>) {
-        let n = records.len();
+        self.on_read_queued(
+            records
+                .into_iter()
+                .map(|r| Queued {
+                    id: r.id,
+                    state: QueuedState::Stored(r.payload),
+                })
+                .collect(),
+        );
+    }
+
+    /// Takes the records a read returned, decoded ahead or not ([`prepare`]); none means
+    /// the spool had nothing more.
+    fn on_read_queued(&mut self, queued: Vec<Queued>) {
+        let n = queued.len();
         if n == 0 {
             self.exhausted = true;
             return;
         }
         self.batches += 1;
         self.last_full = n >= self.limits.max_records;
-        let accepts_gzip = self.accepts_gzip;
-        let accepts = move |e: ContentEncoding| {
-            e == ContentEncoding::Identity || (accepts_gzip && e == ContentEncoding::Gzip)
-        };
-        for r in records {
-            let payload = compress::for_exporter(r.payload, accepts);
-            if let Ok(p) = &payload {
-                self.queued_bytes += p.len() as u64;
-            }
-            self.queued.push_back(Queued { id: r.id, payload });
+        for q in queued {
+            self.queued_bytes += q.state.bytes();
+            self.queued.push_back(q);
         }
     }
 
-    /// The next queued record that decodes; those that do not are settled as corrupt on
-    /// the way (each takes its slot, so that it is acknowledged in order, never sent).
-    fn pop_decodable(&mut self) -> Option<(RecordId, Payload)> {
+    /// Decodes the first queued record if it is still as stored (one not decoded ahead):
+    /// bounded by `max_record_bytes`.
+    fn decode_front(&mut self) {
+        let decoding = self.decoding();
+        let Some(front) = self.queued.front_mut() else {
+            return;
+        };
+        let QueuedState::Stored(stored) = &front.state else {
+            return;
+        };
+        let stored = stored.clone();
+        let before = front.state.bytes();
+        front.state = decode(stored, decoding);
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_sub(before)
+            .saturating_add(front.state.bytes());
+    }
+
+    /// The first queued record, decoded, if it decodes.
+    fn peek_ready(&mut self) -> Option<&compress::Ready> {
+        self.decode_front();
+        match self.queued.front() {
+            Some(Queued {
+                state: QueuedState::Ready(ready),
+                ..
+            }) => Some(ready),
+            _ => None,
+        }
+    }
+
+    /// The next queued record that decodes; those that do not are settled as corrupt or
+    /// too large on the way (each takes its slot, so that it is acknowledged in order,
+    /// never sent).
+    fn pop_decodable(&mut self) -> Option<(RecordId, compress::Ready)> {
         loop {
+            self.decode_front();
             let q = self.queued.pop_front()?;
-            match q.payload {
-                Ok(p) => return Some((q.id, p)),
-                Err(compress::Corrupt) => {
+            let outcome = match q.state {
+                QueuedState::Ready(ready) => return Some((q.id, ready)),
+                // `decode_front` decoded it.
+                QueuedState::Stored(_) | QueuedState::Undecodable(Undecodable::Corrupt) => {
                     tracing::warn!(
                         lane = q.id.lane,
                         seq = q.id.seq,
                         "outlast: spooled record does not decode as its recorded encoding; dropping it as corrupt"
                     );
-                    self.slots.push_back(Slot {
-                        id: q.id,
-                        result: Some(Outcome::Corrupt),
-                    });
-                    self.next += 1;
-                    self.grow_settled_prefix();
+                    Outcome::Corrupt
                 }
-            }
+                QueuedState::Undecodable(Undecodable::TooLarge) => {
+                    tracing::warn!(
+                        lane = q.id.lane,
+                        seq = q.id.seq,
+                        max_record_bytes = self.max_record_bytes,
+                        "outlast: spooled record decodes to more than max_record_bytes; dropping it as too large"
+                    );
+                    Outcome::TooLarge
+                }
+            };
+            self.slots.push_back(Slot {
+                id: q.id,
+                result: Some(outcome),
+            });
+            self.next += 1;
+            self.grow_settled_prefix();
         }
     }
 
@@ -496,45 +617,43 @@ impl ReplayWindow {
         if room == 0 {
             return None;
         }
-        let (id, payload) = self.pop_decodable()?;
+        let (id, ready) = self.pop_decodable()?;
         let room = self.limits.max_records.saturating_sub(self.slots.len());
         if room == 0 {
-            // Corrupt records settled on the way took the room: it comes next time.
+            // Records settled on the way (undecodable) took the room: it comes next time.
             self.queued.push_front(Queued {
                 id,
-                payload: Ok(payload),
+                state: QueuedState::Ready(ready),
             });
             return None;
         }
-        let record = Record { id, payload };
-        let (max_records, max_bytes) = match merge(&record.payload) {
+        let (max_records, max_bytes) = match merge(&ready.payload) {
             Some(c) => (
                 c.max_records.min(self.caps.max_records).min(room),
                 c.max_bytes.min(self.caps.max_bytes),
             ),
             None => (1, 0),
         };
-        let mut bytes = record.payload.len() as u64;
-        let mut payloads = vec![self.take(record)];
+        // Merging is measured in decoded bytes: what the backend (or an exporter that
+        // decodes records to join them) holds for the request.
+        let mut bytes = ready.decoded_len;
+        let mut payloads = vec![self.take(id, ready)];
         while payloads.len() < max_records {
-            let Some(Queued {
-                payload: Ok(next), ..
-            }) = self.queued.front()
-            else {
+            let Some(next) = self.peek_ready() else {
                 break;
             };
-            let len = next.len() as u64;
-            if !Coalescing::compatible(&payloads[0], next)
+            let len = next.decoded_len;
+            if !Coalescing::compatible(&payloads[0], &next.payload)
                 || bytes.saturating_add(len) > max_bytes
-                || merge(next).is_none()
+                || merge(&next.payload).is_none()
             {
                 break;
             }
             bytes += len;
-            let Some((id, payload)) = self.pop_decodable() else {
+            let Some((id, ready)) = self.pop_decodable() else {
                 break;
             };
-            payloads.push(self.take(Record { id, payload }));
+            payloads.push(self.take(id, ready));
         }
         let first = self.next;
         self.next += payloads.len() as u64;
@@ -542,15 +661,10 @@ impl ReplayWindow {
     }
 
     /// Moves a queued record into the window: its slot, and its payload for the send.
-    fn take(&mut self, record: Record) -> Payload {
-        self.queued_bytes = self
-            .queued_bytes
-            .saturating_sub(record.payload.len() as u64);
-        self.slots.push_back(Slot {
-            id: record.id,
-            result: None,
-        });
-        record.payload
+    fn take(&mut self, id: RecordId, ready: compress::Ready) -> Payload {
+        self.queued_bytes = self.queued_bytes.saturating_sub(ready.payload.len() as u64);
+        self.slots.push_back(Slot { id, result: None });
+        ready.payload
     }
 
     /// Takes the outcome of a send: a retryable failure stops new sends (keeping the
@@ -602,6 +716,7 @@ impl ReplayWindow {
                 Some(Outcome::Delivered) => self.acks.push(slot.id, true),
                 Some(Outcome::Rejected) => self.acks.push(slot.id, false),
                 Some(Outcome::Corrupt) => self.acks.push_corrupt(slot.id),
+                Some(Outcome::TooLarge) => self.acks.push_too_large(slot.id),
                 Some(Outcome::Failed) | None => break,
             }
             self.ack_due = true;
@@ -657,14 +772,81 @@ struct Acks {
     rejected: u64,
     /// Dropped because their stored bytes do not decode.
     corrupt: u64,
+    /// Dropped because they decode to more than `max_record_bytes`.
+    too_large: u64,
 }
 
-/// A record read and not started yet: its id, and its payload as the exporter takes it
-/// (or why it cannot be sent).
+/// A batch as read, its records taken out and prepared for the window.
+type Prepared = (ReadBatch, Vec<Queued>);
+
+/// How records are decoded for the exporter (see [`prepare`]).
+#[derive(Debug, Clone, Copy)]
+struct Decoding {
+    /// Whether the exporter takes gzip-encoded payloads as they are.
+    accepts_gzip: bool,
+    /// No record is decoded past this (`max_record_bytes`).
+    limit: u64,
+    /// Records of one read are decoded ahead while their decoded bytes stay under this.
+    budget: u64,
+}
+
+/// A stored record as the exporter takes it, or why it cannot be sent.
+fn decode(stored: Payload, d: Decoding) -> QueuedState {
+    let accepts = move |e: ContentEncoding| {
+        e == ContentEncoding::Identity || (d.accepts_gzip && e == ContentEncoding::Gzip)
+    };
+    match compress::for_exporter(stored, accepts, d.limit) {
+        Ok(ready) => QueuedState::Ready(ready),
+        Err(why) => QueuedState::Undecodable(why),
+    }
+}
+
+/// The records of one read, decoded ahead in order while what they hold decoded stays
+/// under the budget (so one read never holds more than the budget plus one record
+/// decoded); the rest stay as stored, decoded one at a time when next to go. Runs on the
+/// blocking pool with the read.
+fn prepare(records: Vec<Record>, d: Decoding) -> Vec<Queued> {
+    let mut held = 0u64;
+    records
+        .into_iter()
+        .map(|r| {
+            let state = if held < d.budget {
+                let state = decode(r.payload, d);
+                held = held.saturating_add(state.bytes());
+                state
+            } else {
+                QueuedState::Stored(r.payload)
+            };
+            Queued { id: r.id, state }
+        })
+        .collect()
+}
+
+/// A record read and not started yet.
 #[derive(Debug)]
 struct Queued {
     id: RecordId,
-    payload: Result<Payload, compress::Corrupt>,
+    state: QueuedState,
+}
+
+/// A queued record as stored, or decoded (as the exporter takes it), or why it cannot be
+/// sent.
+#[derive(Debug)]
+enum QueuedState {
+    Stored(Payload),
+    Ready(compress::Ready),
+    Undecodable(Undecodable),
+}
+
+impl QueuedState {
+    /// Bytes it holds in memory.
+    fn bytes(&self) -> u64 {
+        match self {
+            QueuedState::Stored(p) => p.len() as u64,
+            QueuedState::Ready(r) => r.payload.len() as u64,
+            QueuedState::Undecodable(_) => 0,
+        }
+    }
 }
 
 impl Acks {
@@ -678,6 +860,11 @@ impl Acks {
     fn push_corrupt(&mut self, id: RecordId) {
         self.note(id);
         self.corrupt += 1;
+    }
+
+    fn push_too_large(&mut self, id: RecordId) {
+        self.note(id);
+        self.too_large += 1;
     }
 
     fn push(&mut self, id: RecordId, delivered: bool) {
@@ -853,6 +1040,41 @@ mod tests {
         assert!(admit_all(&mut w, 0).is_empty());
         let acks = w.take_acks(true).expect("acks");
         assert_eq!((acks.ids, acks.corrupt), (vec![id(0, 3)], 1));
+    }
+
+    #[test]
+    fn a_read_is_decoded_ahead_only_within_its_budget_and_the_rest_when_next_to_go() {
+        let (recs, originals) = gzipped(0..6);
+        let each = originals[0].len() as u64;
+        let d = Decoding {
+            accepts_gzip: false,
+            limit: u64::MAX,
+            budget: 2 * each,
+        };
+        let queued = prepare(recs, d);
+        let decoded: Vec<bool> = queued
+            .iter()
+            .map(|q| matches!(q.state, QueuedState::Ready(_)))
+            .collect();
+        assert_eq!(decoded, [true, true, false, false, false, false]);
+        let mut w = window(10, 10);
+        w.on_read_queued(queued);
+        let sends = admit_all(&mut w, 0);
+        let got: Vec<Payload> = sends.into_iter().flat_map(|s| s.payloads).collect();
+        assert_eq!(got, originals, "the rest decoded one by one as they go");
+        assert_eq!(w.queued_bytes, 0);
+        // A record that decodes past the limit is settled too large, in order, unsent.
+        let (recs, _) = gzipped(0..3);
+        let d = Decoding {
+            accepts_gzip: true,
+            limit: each - 1,
+            budget: u64::MAX,
+        };
+        let mut w = window(10, 10);
+        w.on_read_queued(prepare(recs, d));
+        assert!(admit_all(&mut w, 0).is_empty());
+        let acks = w.take_acks(true).expect("acks");
+        assert_eq!((acks.ids, acks.too_large), (vec![id(0, 2)], 3));
     }
 
     #[test]

@@ -35,6 +35,12 @@ struct Logs {
     drops_reported: [u64; DropReason::COUNT],
 }
 
+/// How much longer than the attempt timeout the client waits for an exporter that bounds
+/// its own calls within it (`Exporter::export_timeout`): long enough for the exporter's own
+/// timeout to fire first and report its own error, short enough that an exporter that does
+/// not keep its promise holds an attempt only a moment longer.
+pub(crate) const EXPORTER_TIMEOUT_GRACE: Duration = Duration::from_millis(100);
+
 /// Bit 0 of [`Shared::backlog`]: a backlog exists. The other bits count appends.
 const BACKLOG_BIT: u64 = 1;
 /// What one append adds to [`Shared::backlog`].
@@ -91,6 +97,9 @@ pub(crate) struct Shared {
     logs: Mutex<Logs>,
     /// Spool gauges at the moment it was closed, for stats after shutdown.
     closed_stats: Mutex<Option<SpoolStats>>,
+    /// Set once the spool taken out by a shutdown has been closed (or synced) without error,
+    /// even after the shutdown stopped waiting for it.
+    close_synced: Arc<AtomicBool>,
     /// The adoption of released lanes running on the blocking pool, if one is: one at a
     /// time, and kept here when its caller stops waiting (a flush's deadline) so that the
     /// next caller waits for it and counts its outcome.
@@ -176,6 +185,7 @@ impl Shared {
                 drops_reported: [0; DropReason::COUNT],
             }),
             closed_stats: Mutex::new(None),
+            close_synced: Arc::default(),
             adoption: tokio::sync::Mutex::new(None),
             spool_calls: Arc::default(),
         }
@@ -223,22 +233,78 @@ impl Shared {
         }
     }
 
-    /// Takes the spool out (no new appends or reads can start), syncs it and closes it.
-    /// If an export still holds it, it is synced and released when that export finishes.
-    pub(crate) fn close_spool(&self) -> Result<(), SpoolError> {
-        let taken = self
+    /// Takes the spool out (no new appends or reads can start), and syncs and closes it on
+    /// the blocking pool (joining its background thread and an fdatasync take as long as
+    /// the disk does), waiting at most `limit`. If an export still holds it, it is synced,
+    /// and released when that export finishes.
+    ///
+    /// `Ok(true)` once it is closed (or synced) within `limit`; `Ok(false)` if it did not
+    /// finish in time: it goes on in the background and the spool's lock is released when
+    /// it is done. Without a spool, `Ok(true)`.
+    ///
+    /// # Errors
+    ///
+    /// The spool's error if the sync or close failed within `limit`.
+    pub(crate) async fn close_spool_within(&self, limit: Duration) -> Result<bool, SpoolError> {
+        let Some(spool) = self.take_spool() else {
+            return Ok(true);
+        };
+        let synced = Arc::clone(&self.close_synced);
+        let close = tokio::task::spawn_blocking(move || {
+            let result = close_or_sync(spool);
+            synced.store(result.is_ok(), Ordering::Release);
+            result
+        });
+        match tokio::time::timeout(limit, close).await {
+            Ok(Ok(result)) => result.map(|()| true),
+            // The blocking task panicked or was cancelled with the runtime: nothing known.
+            Ok(Err(_)) => Ok(false),
+            Err(_) => {
+                tracing::warn!(
+                    "outlast: closing the spool did not finish within the shutdown's time; it goes on in the background"
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Takes the spool out and closes it on the blocking pool without waiting (the last
+    /// `Client` was dropped): the worker thread running the drain task never waits for the
+    /// disk. Without a runtime to hand it to, it is closed here.
+    pub(crate) fn release_spool_in_background(&self) {
+        let Some(spool) = self.take_spool() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || {
+                    if let Err(e) = close_or_sync(spool) {
+                        tracing::warn!(error = %e, "outlast: closing the spool failed");
+                    }
+                });
+            }
+            Err(_) => {
+                if let Err(e) = close_or_sync(spool) {
+                    tracing::warn!(error = %e, "outlast: closing the spool failed");
+                }
+            }
+        }
+    }
+
+    /// Whether the spool a shutdown took out has been closed (or synced) without error.
+    pub(crate) fn close_synced(&self) -> bool {
+        self.close_synced.load(Ordering::Acquire)
+    }
+
+    /// Takes the spool out of the shared state, keeping its gauges for `stats()`.
+    fn take_spool(&self) -> Option<Arc<Spool>> {
+        let spool = self
             .spool
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some(spool) = taken else {
-            return Ok(());
-        };
+            .take()?;
         *lock(&self.closed_stats) = Some(spool.stats());
-        match Arc::try_unwrap(spool) {
-            Ok(spool) => spool.close(),
-            Err(shared) => shared.sync(),
-        }
+        Some(spool)
     }
 
     // ----- state flags -----
@@ -414,15 +480,19 @@ impl Shared {
             [payload] => self.exporter.export_boxed(payload),
             merged => self.exporter.export_many_boxed(merged),
         };
-        let result = if self.exporter_timeout.is_some_and(|t| t <= limit) {
-            // The exporter's own timeout is not longer than ours (see `Exporter::export_timeout`,
-            // which bounds `export_many` as it bounds `export`).
-            send.await
+        // The client's timer bounds every attempt, whatever the exporter declares: an
+        // exporter that says it bounds its calls and then hangs must not hang `export` or
+        // the replay. When its own bound is not longer than ours, ours waits a little longer
+        // (not past a caller's deadline), so that the exporter's own timeout, with its own
+        // error, is the one that normally ends the attempt.
+        let timer = if !cut && self.exporter_timeout.is_some_and(|t| t <= limit) {
+            limit.saturating_add(EXPORTER_TIMEOUT_GRACE)
         } else {
-            match tokio::time::timeout(limit, send).await {
-                Ok(result) => result,
-                Err(_) => Err(ExportError::Timeout { after: limit }),
-            }
+            limit
+        };
+        let result = match tokio::time::timeout(timer, send).await {
+            Ok(result) => result,
+            Err(_) => Err(ExportError::Timeout { after: timer }),
         };
         let cut_short = cut && matches!(result, Err(ExportError::Timeout { .. }));
         if let Err(e) = &result
@@ -672,6 +742,15 @@ impl Shared {
         if due {
             tracing::warn!(operation = what, error = %error, "outlast: spool {what} failed; retrying with backoff");
         }
+    }
+}
+
+/// Closes `spool` if this is its last handle, else syncs it (the last holder's drop
+/// releases it). Blocks on the disk: for the blocking pool.
+fn close_or_sync(spool: Arc<Spool>) -> Result<(), SpoolError> {
+    match Arc::try_unwrap(spool) {
+        Ok(spool) => spool.close(),
+        Err(shared) => shared.sync(),
     }
 }
 

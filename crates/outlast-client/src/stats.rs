@@ -174,6 +174,10 @@ drop_reasons! {
     /// A spooled record was damaged on disk (bad checksum) and skipped.
     Corrupt => corrupt, "corrupt",
         "Damaged records skipped in the spool (each damaged region counts once).";
+    /// The caller dropped the `export` future (a timeout around it, a `select!`) before
+    /// the payload was delivered or spooled.
+    Cancelled => cancelled, "cancelled",
+        "`export` futures dropped before their payload was delivered or spooled (the backend may have received an attempt cut off this way).";
 }
 
 impl fmt::Display for DropReason {
@@ -352,7 +356,8 @@ mod tests {
                 "too_large",
                 "expired",
                 "evicted",
-                "corrupt"
+                "corrupt",
+                "cancelled"
             ]
         );
     }
@@ -373,6 +378,7 @@ mod tests {
             d.expired,
             d.evicted,
             d.corrupt,
+            d.cancelled,
         ];
         for (i, r) in DropReason::ALL.into_iter().enumerate() {
             assert_eq!(d.get(r), 1 << i, "{r}");

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{about, client, payload, spool_dir};
@@ -163,12 +165,13 @@ async fn export_self_bounded(declared: Duration) -> (Delivery, Duration) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_exporter_that_bounds_its_own_exports_within_the_attempt_timeout_gets_no_second_timer() {
-    // The exporter breaks its promise (2 s declared, 5 s taken) only to make the absence of
-    // the client's own 3 s timer observable: the attempt is not cut off.
+async fn an_exporter_that_breaks_its_declared_bound_is_cut_off_by_the_clients_timer_and_grace() {
+    // The exporter declares 2 s and takes 5 s: the client's 3 s timer, plus its grace for an
+    // exporter that bounds its own calls, cuts each attempt.
     let (delivery, took) = export_self_bounded(Duration::from_secs(2)).await;
-    assert_eq!(delivery, Delivery::Delivered);
-    assert!(about(took, Duration::from_secs(5)), "{took:?}");
+    assert_eq!(delivery, Delivery::Spooled);
+    // Two attempts cut at 3.1 s each and the 1 s pause between them.
+    assert!(about(took, Duration::from_millis(7200)), "{took:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -306,4 +309,69 @@ async fn a_key_too_large_for_the_spool_is_refused_with_the_payload_and_counted()
             .expect("spooled")
             .is_spooled()
     );
+}
+
+/// Declares that it bounds its exports within 1 s, and hangs on its first `hangs` calls
+/// (then accepts).
+#[derive(Debug, Clone)]
+struct HangsDespiteItsBound {
+    hangs: Arc<AtomicU64>,
+    delivered: Arc<AtomicU64>,
+}
+
+impl outlast_client::Exporter for HangsDespiteItsBound {
+    async fn export(
+        &self,
+        _payload: &outlast_client::Payload,
+    ) -> Result<(), outlast_client::ExportError> {
+        let hang = self
+            .hangs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        self.delivered.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn export_timeout(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exporter_that_declares_a_bound_and_hangs_hangs_neither_export_nor_the_replay() {
+    let dir = spool_dir();
+    let exporter = HangsDespiteItsBound {
+        hangs: Arc::new(AtomicU64::new(3)),
+        delivered: Arc::new(AtomicU64::new(0)),
+    };
+    let c = common::builder(dir.path())
+        .attempt_timeout(Duration::from_secs(2))
+        .build(exporter.clone())
+        .expect("valid");
+    let start = Instant::now();
+    let delivery = tokio::time::timeout(Duration::from_secs(60), c.export(payload("a")))
+        .await
+        .expect("export answers although the exporter hangs");
+    assert_eq!(delivery.expect("spooled"), Delivery::Spooled);
+    // Two attempts of 2 s plus the grace, and the 1 s pause.
+    assert!(
+        about(start.elapsed(), Duration::from_millis(5200)),
+        "{:?}",
+        start.elapsed()
+    );
+    // The drain task's first replay attempt hangs too: it is cut off, and the next one
+    // delivers.
+    let report = c
+        .force_flush_with(
+            Duration::from_secs(300),
+            outlast_client::FlushOptions::new().keep_trying(true),
+        )
+        .await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(exporter.delivered.load(Ordering::SeqCst), 1);
+    let s = c.stats();
+    assert_eq!((s.replayed, s.dropped.total()), (1, 0), "{s:?}");
 }

@@ -128,13 +128,13 @@ pub trait Exporter: Send + Sync + 'static {
     }
 
     /// The longest one [`export`](Exporter::export) call can take, if the exporter bounds
-    /// every call itself (a request timeout of its own). When it is set and not longer than
-    /// the client's attempt timeout, the client adds no timer of its own around the call
-    /// (one timer per attempt instead of two). The default, `None`, makes the client bound
-    /// every attempt.
+    /// every call itself (a request timeout of its own). The client bounds every attempt
+    /// with its own attempt timeout all the same; when this is set and not longer than that
+    /// timeout, the client's timer waits a moment longer (100 ms), so that the exporter's
+    /// own timeout, and its own error, normally end the attempt. The default is `None`.
     ///
-    /// Return `Some` only if every `export` future really completes within that time: the
-    /// client relies on it to bound its retries, flushes and shutdown.
+    /// An exporter that declares a bound and does not keep it is cut off by the client's
+    /// timer: it cannot hang `export`, a flush or the replay.
     fn export_timeout(&self) -> Option<Duration> {
         None
     }

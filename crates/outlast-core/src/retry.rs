@@ -20,6 +20,11 @@ use crate::{ConfigError, ExportError};
 /// One second rides out a dropped connection or a collector restart without making the
 /// caller wait long.
 pub const DEFAULT_IMMEDIATE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Longest `immediate_retry_delay` accepted: the quick retry is a wait inside the caller's
+/// `export`, so its delay bounds how long a call can take while the backend is down (about
+/// two attempt timeouts plus this delay). A minute is far beyond a collector's restart; a
+/// longer wait is the drain task's job, which does not hold the caller.
+pub const MAX_IMMEDIATE_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// First backoff delay of the drain task after a failure: short, so a blip costs little.
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest backoff delay: about two minutes bounds how stale data gets once the backend is
@@ -90,6 +95,15 @@ impl RetryPolicy {
     ///
     /// [`ConfigError::Invalid`] naming the first bad parameter.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.immediate_retry_delay > MAX_IMMEDIATE_RETRY_DELAY {
+            return Err(ConfigError::invalid(
+                "immediate_retry_delay",
+                format!(
+                    "{:?} is above the limit of {:?}: the quick retry waits inside the caller's export",
+                    self.immediate_retry_delay, MAX_IMMEDIATE_RETRY_DELAY
+                ),
+            ));
+        }
         if self.initial_backoff.is_zero() {
             return Err(ConfigError::invalid(
                 "initial_backoff",
@@ -399,6 +413,33 @@ mod tests {
             })
         ));
         assert!(policy().validate().is_ok());
+    }
+
+    #[test]
+    fn an_immediate_retry_delay_above_the_limit_is_rejected_by_name() {
+        for delay in [
+            MAX_IMMEDIATE_RETRY_DELAY + Duration::from_nanos(1),
+            Duration::MAX,
+        ] {
+            let bad = RetryPolicy {
+                immediate_retry_delay: delay,
+                ..policy()
+            };
+            assert!(matches!(
+                bad.validate(),
+                Err(ConfigError::Invalid {
+                    param: "immediate_retry_delay",
+                    ..
+                })
+            ));
+        }
+        for delay in [Duration::ZERO, MAX_IMMEDIATE_RETRY_DELAY] {
+            let ok = RetryPolicy {
+                immediate_retry_delay: delay,
+                ..policy()
+            };
+            assert!(ok.validate().is_ok(), "{delay:?}");
+        }
     }
 
     #[test]

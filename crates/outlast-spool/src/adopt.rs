@@ -45,8 +45,10 @@ pub(crate) struct TakenLane {
 }
 
 /// Takes the lanes at open: the first usable lane of this identity (or with none recorded)
-/// becomes the own lane, the other unlocked ones holding records are adopted; lanes of
-/// another identity are scanned read-only and reported; a lane that cannot be recovered
+/// becomes the own lane, the other unlocked ones holding records are adopted, and so are
+/// those of another identity that the adoption rule takes (never as the own lane, their
+/// identity file untouched); lanes of another identity left alone are scanned read-only
+/// and reported; a lane that cannot be recovered
 /// (or a stray entry) costs only itself. With no own lane yet, a new lane is created.
 pub(crate) fn take_lanes(
     config: &SpoolConfig,
@@ -57,19 +59,22 @@ pub(crate) fn take_lanes(
     let (existing, stray) = recovery::list_lanes(root)?;
     report.skipped_entries.extend(stray);
     let mine = config.identity();
+    let rule = config.adoption();
     let mut own: Option<TakenLane> = None;
     let mut adopted = Vec::new();
     for &n in &existing {
         let dir = recovery::lane_dir(root, n);
         let ident = identity::read_identity(fs, &dir);
-        if !ident.accepts(mine) {
+        if !ident.adoptable(mine, rule) {
             report.foreign_lanes.push(foreign_lane(fs, n, &dir, ident));
             continue;
         }
         let Some((file, rec)) = lock_and_recover(fs, root, n, false, report)? else {
             continue;
         };
-        if own.is_none() {
+        // Only a lane of this identity becomes the own lane (whose identity file may be
+        // written): one taken under a wider adoption rule is only drained.
+        if own.is_none() && ident.accepts(mine) {
             own = Some(TakenLane { n, file, rec });
         } else if rec.segs.iter().any(|s| s.records > 0) {
             adopted.push(Arc::new(Lane::new(n, dir, true, file, &rec)));
@@ -161,10 +166,11 @@ impl Ledger {
         let (existing, _) = recovery::list_lanes(root)?;
         let held: Vec<u32> = self.lanes().iter().map(|l| l.id).collect();
         let mine = self.config.identity();
+        let rule = self.config.adoption();
         let (mut adopted, mut foreign) = (0, 0);
         for n in existing.into_iter().filter(|n| !held.contains(n)) {
             let dir = recovery::lane_dir(root, n);
-            if !identity::read_identity(&*self.fs, &dir).accepts(mine) {
+            if !identity::read_identity(&*self.fs, &dir).adoptable(mine, rule) {
                 foreign += 1;
                 continue;
             }

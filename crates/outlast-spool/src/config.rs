@@ -108,6 +108,31 @@ pub struct SpoolConfig {
     max_record_age: Option<Duration>,
     durability: Durability,
     identity: Option<String>,
+    adoption: Adoption,
+}
+
+/// Which lanes of the spool directory a spool takes besides its own identity's: the rule of
+/// adoption. Whatever the rule, a spool never rewrites another lane's identity file, and
+/// its own lane (the one it appends to) is always one of its own identity: a lane taken
+/// under a wider rule is only drained.
+///
+/// The default, [`Adoption::Own`], is what an application wants. The wider rules are for an
+/// operator delivering another identity's records on purpose (`outlast replay --identity`,
+/// `--any-identity`): the spool takes those lanes under its own locks, so that no other
+/// process can take them meanwhile, and leaves their identity as it was for whoever takes
+/// what is left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Adoption {
+    /// Lanes recorded with this spool's identity, and lanes with no identity file (written
+    /// before identities were recorded). The default.
+    #[default]
+    Own,
+    /// As [`Own`](Adoption::Own), and lanes recorded for one of these identities, and lanes
+    /// whose spool declared no identity.
+    Also(Vec<String>),
+    /// Every lane, whatever identity it records (even one that cannot be read).
+    Any,
 }
 
 impl SpoolConfig {
@@ -122,6 +147,7 @@ impl SpoolConfig {
             max_record_age: None,
             durability: Durability::default(),
             identity: None,
+            adoption: Adoption::Own,
         }
     }
 
@@ -137,6 +163,19 @@ impl SpoolConfig {
     /// The identity set with [`SpoolConfig::with_identity`].
     pub fn identity(&self) -> Option<&str> {
         self.identity.as_deref()
+    }
+
+    /// Sets which lanes of other identities the spool takes (default [`Adoption::Own`]:
+    /// none). Identity files are never rewritten, whatever the rule.
+    #[must_use]
+    pub fn with_adoption(mut self, adoption: Adoption) -> Self {
+        self.adoption = adoption;
+        self
+    }
+
+    /// The rule set with [`SpoolConfig::with_adoption`].
+    pub fn adoption(&self) -> &Adoption {
+        &self.adoption
     }
 
     /// Caps the bytes all segment files may take (default [`DEFAULT_MAX_TOTAL_BYTES`]).

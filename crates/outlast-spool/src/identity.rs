@@ -5,8 +5,8 @@
 use std::io;
 use std::path::Path;
 
-use crate::error::SpoolError;
-use crate::fs::{SpoolFs, StdFs, read_full_at, write_all_at};
+use crate::config::Adoption;
+use crate::fs::{SpoolFs, read_full_at, write_all_at};
 use crate::types::RecordedIdentity;
 
 /// Name of a lane's identity file.
@@ -37,10 +37,39 @@ impl LaneIdentity {
     /// their data on upgrade), others only by the same identity. An unreadable identity is
     /// nobody's.
     pub(crate) fn accepts(&self, mine: Option<&str>) -> bool {
+        accepts(self.recorded(), mine)
+    }
+
+    /// Whether a spool opened with `mine` and the adoption rule `rule` may take the lane
+    /// (to drain it; only a lane it [`accepts`](Self::accepts) can become its own).
+    pub(crate) fn adoptable(&self, mine: Option<&str>, rule: &Adoption) -> bool {
+        adoptable(self.recorded(), mine, rule)
+    }
+
+    fn recorded(&self) -> Option<&RecordedIdentity> {
         match self {
-            LaneIdentity::Absent => accepts(None, mine),
-            LaneIdentity::Recorded(r) => accepts(Some(r), mine),
+            LaneIdentity::Absent => None,
+            LaneIdentity::Recorded(r) => Some(r),
         }
+    }
+}
+
+/// Whether a spool opened with identity `mine` and the adoption rule `rule` takes a lane
+/// whose identity file says `recorded` (`None`: the lane has none), to drain it: what
+/// [`accepts`] takes, and under a wider rule the identities it names (and lanes of no
+/// declared identity), or every lane.
+pub fn adoptable(recorded: Option<&RecordedIdentity>, mine: Option<&str>, rule: &Adoption) -> bool {
+    if accepts(recorded, mine) {
+        return true;
+    }
+    match rule {
+        Adoption::Own => false,
+        Adoption::Also(names) => match recorded {
+            None | Some(RecordedIdentity::Anonymous) => true,
+            Some(RecordedIdentity::Named(s)) => names.iter().any(|n| n == s),
+            Some(RecordedIdentity::Unreadable) => false,
+        },
+        Adoption::Any => true,
     }
 }
 
@@ -140,72 +169,6 @@ pub(crate) fn write_identity(
         let _ = fs.remove_file(&path);
     }
     result
-}
-
-/// For an operator delivering another identity's lanes on purpose (`outlast replay
-/// --any-identity`): removes lane `lane`'s identity file, so that the next spool opened on
-/// the root adopts it like a lane written before identities existed. Returns the identity
-/// it had (`None`: it had none), to give back with [`restore_lane_identity`].
-///
-/// # Errors
-///
-/// [`SpoolError::Locked`] if a live process holds the lane; [`SpoolError::Io`] if the file
-/// cannot be removed.
-pub fn release_lane_identity(
-    root: &Path,
-    lane: u32,
-) -> Result<Option<RecordedIdentity>, SpoolError> {
-    let Some(_lock) = crate::recovery::try_lock_lane(root, lane, false)? else {
-        return Err(SpoolError::Locked {
-            path: crate::recovery::lane_dir(root, lane),
-        });
-    };
-    let dir = crate::recovery::lane_dir(root, lane);
-    let previous = match read_identity(&StdFs, &dir) {
-        LaneIdentity::Absent => return Ok(None),
-        LaneIdentity::Recorded(r) => r,
-    };
-    let path = dir.join(IDENTITY_FILE);
-    StdFs
-        .remove_file(&path)
-        .and_then(|()| StdFs.sync_dir(&dir))
-        .map_err(|e| SpoolError::io(&path, e))?;
-    Ok(Some(previous))
-}
-
-/// Gives lane `lane` back the identity [`release_lane_identity`] took, if the lane still
-/// exists (it is removed once drained) and no live process holds it. Returns whether it was
-/// written. An unreadable identity is given back as one that matches no spool.
-///
-/// # Errors
-///
-/// [`SpoolError::Io`] if the file cannot be written.
-pub fn restore_lane_identity(
-    root: &Path,
-    lane: u32,
-    identity: &RecordedIdentity,
-) -> Result<bool, SpoolError> {
-    let dir = crate::recovery::lane_dir(root, lane);
-    if !dir.is_dir() {
-        return Ok(false);
-    }
-    let Some(_lock) = crate::recovery::try_lock_lane(root, lane, false)? else {
-        return Ok(false);
-    };
-    let path = dir.join(IDENTITY_FILE);
-    let written = match identity {
-        RecordedIdentity::Named(s) => write_identity(&StdFs, &dir, Some(s)),
-        RecordedIdentity::Anonymous => write_identity(&StdFs, &dir, None),
-        RecordedIdentity::Unreadable => {
-            // Bytes no spool accepts, as before.
-            StdFs.create_truncate(&path).and_then(|f| {
-                write_all_at(&*f, b"OLID unreadable", 0)?;
-                f.sync_data()
-            })
-        }
-    };
-    written.map_err(|e| SpoolError::io(&path, e))?;
-    Ok(true)
 }
 
 #[cfg(test)]

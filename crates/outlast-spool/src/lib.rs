@@ -32,7 +32,7 @@ mod writer;
 
 pub use background::CURSOR_FSYNC_INTERVAL;
 pub use config::{
-    DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
+    Adoption, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
     DEFAULT_SEGMENT_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{body_index, payload, small_config};
-use outlast_spool::{RecordedIdentity, Spool, SpoolConfig, inspect};
+use outlast_spool::{Adoption, RecordedIdentity, Spool, SpoolConfig, inspect};
 
 fn config(root: &Path, identity: Option<&str>) -> SpoolConfig {
     small_config(root).with_identity(identity.map(str::to_owned))
@@ -131,4 +131,116 @@ fn a_lane_released_after_open_is_adopted_by_adopt_released_and_drained_first() {
         "drained adopted lane removed"
     );
     assert!(deliver_all(&other).is_empty());
+}
+
+/// The bytes of every lane's identity file under `root`, by lane directory name.
+fn identity_files(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(root).expect("read root") {
+        let entry = entry.expect("entry");
+        let path = entry.path().join("identity");
+        if let Ok(bytes) = std::fs::read(&path) {
+            files.insert(entry.file_name().to_string_lossy().into_owned(), bytes);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_wider_adoption_rule_drains_other_identities_lanes_under_its_locks_and_never_rewrites_an_identity()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    append_and_close(dir.path(), Some("https://a.example"), 0..3);
+    append_and_close(dir.path(), Some("https://b.example"), 100..102);
+    append_and_close(dir.path(), None, 200..201);
+    let before = identity_files(dir.path());
+    assert_eq!(before.len(), 3);
+
+    // An operator's spool of its own identity, taking `a`'s lanes and anonymous ones on
+    // purpose, but not `b`'s.
+    let operator = config(dir.path(), Some("operator"))
+        .with_adoption(Adoption::Also(vec!["https://a.example".to_owned()]));
+    let (op, report) = Spool::open(operator).expect("open");
+    assert_eq!(report.adopted_lanes.len(), 2, "{report:?}");
+    assert_eq!(report.foreign_lanes.len(), 1, "{report:?}");
+    // While it holds them, a spool of `a` cannot take them: it gets a new lane of its own.
+    let (a, a_report) = Spool::open(config(dir.path(), Some("https://a.example"))).expect("open a");
+    assert!(a_report.adopted_lanes.is_empty(), "{a_report:?}");
+    assert!(
+        a.read_batch(100, u64::MAX)
+            .expect("read")
+            .records
+            .is_empty()
+    );
+    assert_eq!(a.adopt_released().expect("adopt"), 0);
+    a.close().expect("close a");
+    // The operator's own lane is a new one, of its identity.
+    assert!(![0, 1, 2].contains(&op.lane()), "{}", op.lane());
+    // Part-way (records read, none acknowledged), dropped without a close, as a killed
+    // process would leave it: every identity file as it was.
+    assert!(!op.read_batch(1, u64::MAX).expect("read").records.is_empty());
+    drop(op);
+    let after = identity_files(dir.path());
+    for (lane, bytes) in &before {
+        assert_eq!(after.get(lane), Some(bytes), "lane {lane}'s identity file");
+    }
+    // So `a`'s lane is `a`'s again, and the anonymous lane nobody's of a declared identity.
+    let (a, _) = Spool::open(config(dir.path(), Some("https://a.example"))).expect("open a");
+    assert_eq!(deliver_all(&a), vec![0, 1, 2]);
+    a.close().expect("close a");
+    // A second operator run delivers what is left of what it asks for.
+    let operator = config(dir.path(), Some("operator"))
+        .with_adoption(Adoption::Also(vec!["https://a.example".to_owned()]));
+    let (op, _) = Spool::open(operator).expect("open");
+    assert_eq!(deliver_all(&op), vec![200]);
+    op.close().expect("close");
+    // `b`'s records are still `b`'s alone.
+    let (b, _) = Spool::open(config(dir.path(), Some("https://b.example"))).expect("open b");
+    assert_eq!(deliver_all(&b), vec![100, 101]);
+    b.close().expect("close b");
+
+    // `Any` takes every lane, including one whose identity cannot be read, and the own lane
+    // is still a new one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    append_and_close(dir.path(), Some("https://b.example"), 0..2);
+    let lane0 = dir
+        .path()
+        .join(identity_files(dir.path()).keys().next().expect("a lane"));
+    std::fs::write(lane0.join("identity"), b"not an identity").expect("damage");
+    append_and_close(dir.path(), Some("https://c.example"), 10..11);
+    let before = identity_files(dir.path());
+    let (any, report) =
+        Spool::open(config(dir.path(), Some("operator")).with_adoption(Adoption::Any))
+            .expect("open");
+    assert_eq!(report.adopted_lanes.len(), 2, "{report:?}");
+    let mut got = deliver_all(&any);
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1, 10]);
+    any.close().expect("close");
+    let after = identity_files(dir.path());
+    for (lane, bytes) in &before {
+        if let Some(now) = after.get(lane) {
+            assert_eq!(now, bytes, "lane {lane}'s identity file");
+        }
+    }
+}
+
+#[test]
+fn the_default_rule_takes_only_its_own_and_unrecorded_lanes() {
+    use outlast_spool::identity::adoptable;
+    let named = |s: &str| RecordedIdentity::Named(s.to_owned());
+    let also = Adoption::Also(vec!["b".to_owned()]);
+    for (recorded, own, also_b, any) in [
+        (None, true, true, true),
+        (Some(named("a")), true, true, true),
+        (Some(named("b")), false, true, true),
+        (Some(named("c")), false, false, true),
+        (Some(RecordedIdentity::Anonymous), false, true, true),
+        (Some(RecordedIdentity::Unreadable), false, false, true),
+    ] {
+        let r = recorded.as_ref();
+        assert_eq!(adoptable(r, Some("a"), &Adoption::Own), own, "{recorded:?}");
+        assert_eq!(adoptable(r, Some("a"), &also), also_b, "{recorded:?}");
+        assert_eq!(adoptable(r, Some("a"), &Adoption::Any), any, "{recorded:?}");
+    }
 }

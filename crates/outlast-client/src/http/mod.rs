@@ -360,6 +360,8 @@ impl HttpExporter {
                 .iter()
                 .all(|p| p.content_encoding() == ContentEncoding::Gzip);
         let mut body = Body::default();
+        // What the records decoded to join them hold, at most.
+        let mut decode_budget = MAX_DECODED_BODY_BYTES;
         for p in payloads {
             if self.framing == PayloadFraming::NdJson
                 && body.last_byte().is_some_and(|b| b != b'\n')
@@ -369,7 +371,23 @@ impl HttpExporter {
             if as_members || p.content_encoding() == ContentEncoding::Identity {
                 body.push(p.bytes().clone());
             } else {
-                body.push(gunzip(p.bytes()).map_err(|source| HttpError::Compress { source })?);
+                let decoded = crate::compress::gunzip(p.bytes(), decode_budget).map_err(|why| {
+                    HttpError::Compress {
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            match why {
+                                crate::compress::Undecodable::TooLarge => format!(
+                                    "gzip payloads of the merged request decode to more than {MAX_DECODED_BODY_BYTES} bytes"
+                                ),
+                                crate::compress::Undecodable::Corrupt => {
+                                    "a gzip payload of the merged request does not decode".to_owned()
+                                }
+                            },
+                        ),
+                    }
+                })?;
+                decode_budget = decode_budget.saturating_sub(decoded.len() as u64);
+                body.push(decoded);
             }
         }
         let encoding = if as_members {
@@ -693,10 +711,9 @@ async fn drain(mut body: Incoming, keep: usize) -> Vec<u8> {
     excerpt
 }
 
-/// The decompressed bytes of a gzip stream (every member).
-fn gunzip(data: &[u8]) -> std::io::Result<Bytes> {
-    use std::io::Read as _;
-    let mut out = Vec::with_capacity(data.len().saturating_mul(4));
-    flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out)?;
-    Ok(Bytes::from(out))
-}
+/// Most bytes the gzip payloads of one merged request may decode to when they are decoded
+/// to be joined: the format's limit on one record. The client's replay never comes near it
+/// (it merges records up to its `coalesce_max_bytes`, counted decoded, each at most
+/// `max_record_bytes`); it bounds what any other caller of `export_many` can make the
+/// exporter hold.
+const MAX_DECODED_BODY_BYTES: u64 = outlast_spool::FORMAT_MAX_RECORD_BYTES;

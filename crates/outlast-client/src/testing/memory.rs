@@ -50,6 +50,8 @@ struct State {
     probe: ProbeMode,
     attempt_times: Vec<tokio::time::Instant>,
     coalescing: Option<Coalescing>,
+    /// Whether gzip-encoded payloads are taken as they are.
+    accepts_gzip: bool,
     /// Payloads carried by each attempt, in the order they started.
     call_sizes: Vec<usize>,
 }
@@ -129,6 +131,7 @@ impl MemoryExporter {
                     probe: ProbeMode::Unsupported,
                     attempt_times: Vec::new(),
                     coalescing: None,
+                    accepts_gzip: false,
                     call_sizes: Vec::new(),
                 }),
                 attempts: AtomicU64::new(0),
@@ -164,6 +167,15 @@ impl MemoryExporter {
     #[must_use]
     pub fn with_coalescing(self, caps: Coalescing) -> MemoryExporter {
         self.state().coalescing = Some(caps);
+        self
+    }
+
+    /// Takes gzip-encoded payloads as they are (what [`Exporter::accepts_encoding`]
+    /// answers for gzip): the client then hands it records it stored gzipped without
+    /// decompressing them. Default: identity only.
+    #[must_use]
+    pub fn with_gzip(self) -> MemoryExporter {
+        self.state().accepts_gzip = true;
         self
     }
 
@@ -305,6 +317,11 @@ impl Drop for InFlight<'_> {
 impl Exporter for MemoryExporter {
     async fn export(&self, payload: &Payload) -> Result<(), ExportError> {
         self.attempt(std::slice::from_ref(payload)).await
+    }
+
+    fn accepts_encoding(&self, encoding: outlast_core::ContentEncoding) -> bool {
+        encoding == outlast_core::ContentEncoding::Identity
+            || (encoding == outlast_core::ContentEncoding::Gzip && self.state().accepts_gzip)
     }
 
     fn coalescing(&self, _payload: &Payload) -> Option<Coalescing> {
