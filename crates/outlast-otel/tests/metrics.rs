@@ -91,7 +91,7 @@ async fn the_pipeline_stats_are_published_as_instruments() {
         ("outlast.oldest_age", "gauge", 1),
         ("outlast.rejected_by_collector", "sum", 1),
         ("outlast.accepted.items", "sum", 1),
-        ("outlast.dropped", "sum", 8),
+        ("outlast.dropped", "sum", outlast_client::DropReason::COUNT),
     ] {
         // One point per signal (and reason): traces, logs, metrics.
         assert_eq!(
