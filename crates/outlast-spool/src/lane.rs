@@ -48,6 +48,9 @@ pub(crate) struct Consumer {
     /// The highest seq ever read since open; not reset by a rewind, so that damage read
     /// past again after a rewind is not counted again.
     pub(crate) read_through: u64,
+    /// Frames (by sequence number, ascending) after a damaged region that recovery counted
+    /// already: a reader meeting that damage does not count it again.
+    pub(crate) damage_counted: Vec<u64>,
     /// The highest segment id whose damaged tail was counted.
     pub(crate) tail_damage_counted: u64,
     pub(crate) reader: Option<(u64, FrameReader)>,
@@ -89,6 +92,21 @@ pub(crate) struct Lost {
 }
 
 impl Consumer {
+    /// Whether a damaged region just before frame `seq` is met for the first time: not
+    /// counted by recovery, and not read past since open (a rewind reads it again).
+    pub(crate) fn first_sight_of_damage(&mut self, seq: u64) -> bool {
+        if seq <= self.read_through {
+            return false;
+        }
+        match self.damage_counted.binary_search(&seq) {
+            Ok(i) => {
+                self.damage_counted.remove(i);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Splits a segment being dropped (evicted or expired) into the records no one has seen,
     /// counted into `now`, and those handed out and not acknowledged, kept in limbo until an
     /// ack (delivered) or a rewind (lost) says what became of them. Each record is counted
@@ -160,6 +178,7 @@ impl Lane {
                 cursor,
                 handed: acked,
                 read_through: acked,
+                damage_counted: rec.damage_before.clone(),
                 tail_damage_counted: 0,
                 reader: None,
                 limbo: Vec::new(),

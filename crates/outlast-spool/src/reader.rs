@@ -228,6 +228,7 @@ impl Ledger {
         c.acked = id.seq;
         c.handed = c.handed.max(id.seq);
         c.settle_limbo(id.seq);
+        c.damage_counted.retain(|&s| s > id.seq);
         l.acked.store(id.seq, Ordering::Release);
         match l.write_cursor(&*self.fs, &mut c) {
             Ok(()) => {}
@@ -332,7 +333,7 @@ fn take_frame(
     bytes: &mut u64,
     max_bytes: u64,
 ) -> Took {
-    if f.skipped.is_some() && f.seq > c.read_through {
+    if f.skipped.is_some() && c.first_sight_of_damage(f.seq) {
         batch.corrupt_skipped += 1;
     }
     c.read_through = c.read_through.max(f.seq);

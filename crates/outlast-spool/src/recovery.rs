@@ -128,6 +128,9 @@ pub(crate) struct SegScan {
     pub(crate) meta: SegMeta,
     /// Damaged regions skipped before valid frames (each one may have cost records).
     pub(crate) corrupt: u64,
+    /// The sequence number of the frame found right after each of those regions: how a
+    /// reader knows the region it meets again was counted already.
+    pub(crate) damage_before: Vec<u64>,
     /// Bytes after the last valid frame (torn or damaged tail).
     pub(crate) tail_bytes: u64,
 }
@@ -161,6 +164,7 @@ pub(crate) fn scan_segment(
         file_len,
         meta: SegMeta::new(id, path.to_path_buf(), file_len.min(SEGMENT_HEADER_LEN)),
         corrupt: 0,
+        damage_before: Vec::new(),
         tail_bytes: 0,
     };
     let last_seq = match kind {
@@ -177,6 +181,7 @@ pub(crate) fn scan_segment(
             Next::Frame(f) => {
                 if f.skipped.is_some() {
                     scan.corrupt += 1;
+                    scan.damage_before.push(f.seq);
                 }
                 let t = &mut scan.tally;
                 if f.meta.content_encoding == ContentEncoding::Gzip {
@@ -204,6 +209,7 @@ pub(crate) fn scan_segment(
             scan.meta.len = file_len.min(SEGMENT_HEADER_LEN);
             scan.tail_bytes = 0;
             scan.corrupt = 0;
+            scan.damage_before.clear();
             return Ok(scan);
         }
         scan.kind = SegKind::Damaged;
@@ -486,6 +492,9 @@ pub(crate) struct RecoveredLane {
     pub(crate) missing: u64,
     /// Damaged regions found in its segments.
     pub(crate) corrupt: u64,
+    /// The frame after each of those regions, by sequence number, ascending (see
+    /// [`SegScan::damage_before`]): counted here, not again when a reader meets them.
+    pub(crate) damage_before: Vec<u64>,
 }
 
 /// The ISIZE field of a gzip stream's trailer (its last 4 bytes, little-endian): the
@@ -504,6 +513,7 @@ fn recover_segment(
     fs: &dyn SpoolFs,
     path: PathBuf,
     scan: SegScan,
+    acked: u64,
     report: &mut RecoveryReport,
 ) -> Result<Option<Placed>, SpoolError> {
     let (header_id, header_first, header_version) = match scan.kind {
@@ -539,7 +549,9 @@ fn recover_segment(
             (None, None, None)
         }
     };
-    report.corrupt_frames_skipped += scan.corrupt;
+    // Damage among records acknowledged already cost nothing undelivered (and was counted
+    // when a reader first met it, if it was there then).
+    report.corrupt_frames_skipped += scan.damage_before.iter().filter(|&&s| s > acked).count() as u64;
     let mut meta = scan.meta;
     if scan.tail_bytes > 0 {
         let f = fs.open(&path, true).map_err(|e| SpoolError::io(&path, e))?;
@@ -630,6 +642,7 @@ pub(crate) fn recover_lane(
         next_seq: cursor.state.next_seq.max(acked + 1).max(1),
         missing: 0,
         corrupt: 0,
+        damage_before: Vec::new(),
     };
     let corrupt_before = report.corrupt_frames_skipped;
     let mut placed = Vec::new();
@@ -638,7 +651,11 @@ pub(crate) fn recover_lane(
         let path = dir.join(format::segment_file_name(id));
         let scan = scan_segment(fs, &path, id, false).map_err(|e| SpoolError::io(&path, e))?;
         newer_here |= matches!(scan.kind, SegKind::Newer(_));
-        if let Some(p) = recover_segment(fs, path, scan, report)? {
+        if !matches!(scan.kind, SegKind::Foreign | SegKind::Newer(_) | SegKind::Short) {
+            out.damage_before
+                .extend(scan.damage_before.iter().filter(|&&s| s > acked));
+        }
+        if let Some(p) = recover_segment(fs, path, scan, acked, report)? {
             if let Some(first) = p.header_first {
                 out.next_seq = out.next_seq.max(first);
             }
@@ -665,5 +682,6 @@ pub(crate) fn recover_lane(
         out.resumable = Some((last.meta.id, last.meta.len));
     }
     out.segs = placed.into_iter().map(|p| p.meta).collect();
+    out.damage_before.sort_unstable();
     Ok(out)
 }

@@ -73,24 +73,57 @@ fn reader_skips_record_with_flipped_bit_in_the_middle_and_delivers_the_rest() {
 }
 
 #[test]
-fn damage_read_past_again_after_a_rewind_is_counted_once() {
+fn damage_found_at_open_is_counted_once_whether_read_past_or_rewound_over() {
     let dir = tempfile::tempdir().expect("tempdir");
     fill_with_a_flipped_bit_in_record_10(dir.path());
-    let (spool, _) = Spool::open(small_config(dir.path())).expect("open");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.corrupt_frames_skipped, 1, "counted by recovery");
     // Read past the damage without acknowledging, as a failed delivery attempt does...
     let first = spool.read_batch(20, u64::MAX).expect("read");
-    assert_eq!(first.corrupt_skipped, 1);
     assert_eq!(first.records.len(), 20);
+    assert_eq!(
+        first.corrupt_skipped, 0,
+        "recovery counted this damage; the reader meeting it is not a second loss"
+    );
     // ...then rewind and read everything again: the same damage is not counted again.
     spool.rewind();
     let (seen, corrupt) = drain(&spool);
     assert_eq!(corrupt, 0, "the damaged record was already counted");
     assert_eq!(seen, (0..50).filter(|&i| i != 10).collect::<Vec<u64>>());
+    assert_eq!(spool.stats().corrupt_skipped, 1, "one damaged record, one count");
+    // Everything delivered but the last record: the damage is below the ack point now.
+    spool
+        .ack(RecordId { lane: 0, seq: 49 })
+        .expect("ack all but the last");
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("reopen");
+    let (seen, corrupt) = drain(&spool);
+    assert_eq!(seen, vec![49], "only the unacknowledged record is left");
     assert_eq!(
-        spool.stats().corrupt_skipped,
-        2,
-        "one at recovery, one at the first read"
+        (report.corrupt_frames_skipped, corrupt),
+        (0, 0),
+        "damage among acknowledged records is not counted by a later open"
     );
+}
+
+#[test]
+fn damage_appearing_after_open_is_counted_once_by_the_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = fill(dir.path(), 50);
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.corrupt_frames_skipped, 0);
+    // The byte flips while the spool is open (recovery never saw it).
+    let mut bytes = std::fs::read(&seg).expect("read seg");
+    let pos = find(&bytes, b"record-00000010") + 3;
+    bytes[pos] ^= 0x10;
+    std::fs::write(&seg, &bytes).expect("write seg");
+    let first = spool.read_batch(20, u64::MAX).expect("read");
+    assert_eq!(first.corrupt_skipped, 1);
+    spool.rewind();
+    let (seen, corrupt) = drain(&spool);
+    assert_eq!(corrupt, 0);
+    assert_eq!(seen.len(), 49);
+    assert_eq!(spool.stats().corrupt_skipped, 1);
 }
 
 #[test]
