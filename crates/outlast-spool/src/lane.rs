@@ -51,6 +51,10 @@ pub(crate) struct Consumer {
     /// Frames (by sequence number, ascending) after a damaged region that recovery counted
     /// already: a reader meeting that damage does not count it again.
     pub(crate) damage_counted: Vec<u64>,
+    /// Sequence numbers above the ack point (inclusive ranges, ascending, disjoint) of
+    /// records counted as expired while records before them were still outstanding: a
+    /// rewind reads them again, and they are not counted again.
+    pub(crate) expired_counted: Vec<(u64, u64)>,
     /// The highest segment id whose damaged tail was counted.
     pub(crate) tail_damage_counted: u64,
     pub(crate) reader: Option<(u64, FrameReader)>,
@@ -107,6 +111,44 @@ impl Consumer {
         }
     }
 
+    /// Whether record `seq`, found expired, is counted now: not if it was counted before
+    /// (read, counted, then rewound over). Records at or below the ack point are never
+    /// read again, so only those above it are remembered.
+    pub(crate) fn count_expired(&mut self, seq: u64) -> bool {
+        if self.expired_counted.iter().any(|&(a, b)| a <= seq && seq <= b) {
+            return false;
+        }
+        match self.expired_counted.last_mut() {
+            Some((_, b)) if *b + 1 == seq => *b = seq,
+            _ => {
+                self.expired_counted.push((seq, seq));
+                self.expired_counted.sort_unstable();
+            }
+        }
+        true
+    }
+
+    /// Records `from..=to` counted as expired already (see [`Consumer::count_expired`]).
+    fn expired_among(&self, from: u64, to: u64) -> u64 {
+        self.expired_counted
+            .iter()
+            .map(|&(a, b)| {
+                let (lo, hi) = (a.max(from), b.min(to));
+                if lo <= hi { hi - lo + 1 } else { 0 }
+            })
+            .sum()
+    }
+
+    /// The ack point moved to `acked`: what is at or below it is never read again.
+    pub(crate) fn forget_below_ack(&mut self) {
+        let acked = self.acked;
+        self.damage_counted.retain(|&s| s > acked);
+        self.expired_counted.retain_mut(|(a, b)| {
+            *a = (*a).max(acked.saturating_add(1));
+            *a <= *b
+        });
+    }
+
     /// Splits a segment being dropped (evicted or expired) into the records no one has seen,
     /// counted into `now`, and those handed out and not acknowledged, kept in limbo until an
     /// ack (delivered) or a rewind (lost) says what became of them. Each record is counted
@@ -114,12 +156,18 @@ impl Consumer {
     pub(crate) fn drop_counts(&mut self, m: &SegMeta, cause: DropCause, now: &mut Dropped) {
         let per = |n: u64| m.framed_bytes_of(n);
         let unread = m.unacked(self.handed);
-        let in_flight = m.unacked(self.acked).saturating_sub(unread);
+        let from = m.first_seq.max(self.acked.saturating_add(1));
+        let to = m.last_seq.min(self.handed);
+        // Those handed out as expired were counted then: they are not in flight.
+        let in_flight = m
+            .unacked(self.acked)
+            .saturating_sub(unread)
+            .saturating_sub(self.expired_among(from, to));
         now.add(unread, per(unread));
         if in_flight > 0 {
             self.limbo.push(Limbo {
-                from: m.first_seq.max(self.acked.saturating_add(1)),
-                to: m.last_seq.min(self.handed),
+                from,
+                to,
                 records: in_flight,
                 bytes: per(in_flight),
                 cause,
@@ -179,6 +227,7 @@ impl Lane {
                 handed: acked,
                 read_through: acked,
                 damage_counted: rec.damage_before.clone(),
+                expired_counted: Vec::new(),
                 tail_damage_counted: 0,
                 reader: None,
                 limbo: Vec::new(),

@@ -228,7 +228,7 @@ impl Ledger {
         c.acked = id.seq;
         c.handed = c.handed.max(id.seq);
         c.settle_limbo(id.seq);
-        c.damage_counted.retain(|&s| s > id.seq);
+        c.forget_below_ack();
         l.acked.store(id.seq, Ordering::Release);
         match l.write_cursor(&*self.fs, &mut c) {
             Ok(()) => {}
@@ -322,8 +322,8 @@ enum Took {
 }
 
 /// Handles one valid frame: counts damage skipped before it (once, even after a rewind),
-/// skips what was handed out already, counts an expired record (as acknowledged when
-/// nothing before it is outstanding), or adds the record to the batch.
+/// skips what was handed out already, counts an expired record (once, even after a rewind;
+/// as acknowledged when nothing before it is outstanding), or adds the record to the batch.
 fn take_frame(
     l: &Lane,
     c: &mut Consumer,
@@ -343,10 +343,14 @@ fn take_frame(
     if let Some(limit) = expiry
         && f.meta.created_at_unix_nanos < limit
     {
-        batch.expired.add(1, f.len);
+        // Counted once, though a rewind may read it again.
+        if c.count_expired(f.seq) {
+            batch.expired.add(1, f.len);
+        }
         if c.handed == c.acked {
             // Nothing outstanding before it: it counts as acknowledged.
             c.acked = f.seq;
+            c.forget_below_ack();
             l.acked.store(f.seq, Ordering::Release);
         }
         c.handed = f.seq;
