@@ -47,7 +47,9 @@ impl Ledger {
         let mut arena = lock(&self.arena);
         // Losses recovery found, already in the counters, reported to the reader now.
         let mut counted = 0u64;
-        for l in self.lanes() {
+        let lanes = self.lanes();
+        let mut failed = None;
+        for l in &lanes {
             if batch.records.len() >= max_records {
                 break;
             }
@@ -60,17 +62,55 @@ impl Ledger {
                 bytes: &mut bytes,
                 arena: &mut arena,
             };
-            self.read_lane(&l, &mut into, max_records, max_bytes)?;
+            if let Err(e) = self.read_lane(l, &mut into, max_records, max_bytes) {
+                failed = Some(e);
+                break;
+            }
         }
         batch.corrupt_skipped += counted;
-        if batch.expired.records > 0 || batch.corrupt_skipped > counted || batch.evicted.records > 0
-        {
-            let mut c = lock(&self.counters);
-            c.expired.add(batch.expired.records, batch.expired.bytes);
-            c.evicted.add(batch.evicted.records, batch.evicted.bytes);
-            c.corrupt += batch.corrupt_skipped - counted;
+        let fresh_corrupt = batch.corrupt_skipped - counted;
+        match failed {
+            None => {
+                if batch.expired.records > 0 || fresh_corrupt > 0 || batch.evicted.records > 0 {
+                    let mut c = lock(&self.counters);
+                    c.expired.add(batch.expired.records, batch.expired.bytes);
+                    c.evicted.add(batch.evicted.records, batch.evicted.bytes);
+                    c.corrupt += fresh_corrupt;
+                }
+                Ok(batch)
+            }
+            Some(e) => {
+                self.keep_for_next_read(&lanes, &batch, fresh_corrupt);
+                Err(e)
+            }
         }
-        Ok(batch)
+    }
+
+    /// A read failed part-way: the batch never reaches the caller. What it counted is kept
+    /// for the next read (or append) to report, each loss once, and the records it took
+    /// are handed out again by the next read.
+    fn keep_for_next_read(&self, lanes: &[Arc<Lane>], batch: &ReadBatch, fresh_corrupt: u64) {
+        lock(&self.counters).corrupt += fresh_corrupt;
+        for l in lanes {
+            let mut c = lock(&l.consumer);
+            if let Some(first) = batch
+                .records
+                .iter()
+                .filter(|r| r.id.lane == l.id)
+                .map(|r| r.id.seq)
+                .min()
+            {
+                c.handed = c.handed.min(first.saturating_sub(1)).max(c.acked);
+                c.reader = None;
+            }
+        }
+        let mut c = lock(&self.own.consumer);
+        c.lost.unreported += batch.corrupt_skipped;
+        c.lost.expired.add(batch.expired.records, batch.expired.bytes);
+        c.lost.evicted.add(batch.evicted.records, batch.evicted.bytes);
+        if batch.evicted.records > 0 {
+            self.lost_pending.store(true, Ordering::Release);
+        }
     }
 
     pub(crate) fn read_lane(
@@ -81,13 +121,11 @@ impl Ledger {
         max_bytes: u64,
     ) -> Result<(), SpoolError> {
         let mut c = lock(&l.consumer);
-        let lost = std::mem::take(&mut c.lost);
-        into.batch
-            .evicted
-            .add(lost.evicted.records, lost.evicted.bytes);
-        into.batch
-            .expired
-            .add(lost.expired.records, lost.expired.bytes);
+        // `lost.unreported` is the caller's (see `read_batch`).
+        let evicted = std::mem::take(&mut c.lost.evicted);
+        let expired = std::mem::take(&mut c.lost.expired);
+        into.batch.evicted.add(evicted.records, evicted.bytes);
+        into.batch.expired.add(expired.records, expired.bytes);
         let acked_before = c.acked;
         let result = self.read_lane_locked(l, &mut c, into, max_records, max_bytes);
         if c.acked != acked_before

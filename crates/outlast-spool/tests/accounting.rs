@@ -6,10 +6,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use common::{body_index, payload, small_config};
+use outlast_spool::fault::FaultFs;
 use outlast_spool::inspect;
-use outlast_spool::{AppendErrorKind, Dropped, FullPolicy, Payload, Spool, SpoolConfig};
+use outlast_spool::{
+    AppendErrorKind, Dropped, FullPolicy, Payload, Spool, SpoolConfig, SpoolError,
+};
 
 /// Appends payloads `0..n` to a fresh spool and closes it; returns its segment files by id.
 fn fill(root: &Path, n: u64) -> Vec<PathBuf> {
@@ -411,4 +415,68 @@ fn records_lost_in_flight_are_reported_by_the_next_append_if_it_comes_first() {
     }
     assert_eq!(appended, delivered + evicted.records, "exactly");
     assert_eq!(spool.stats().evicted.records, evicted.records);
+}
+
+#[test]
+fn losses_taken_by_a_read_that_fails_with_eio_are_reported_by_the_next_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    // Several sealed segments of expired records, then fresh ones in the active segment.
+    let config = small_config(dir.path())
+        .with_max_record_bytes(300)
+        .with_segment_bytes(1024)
+        .with_max_record_age(Some(std::time::Duration::from_secs(60)));
+    let (spool, _) = Spool::open(config.clone()).expect("open");
+    let mut old_records = 0u64;
+    while spool.stats().records < 40 {
+        spool.append(payload(old_records).with_created_at(old)).expect("append old");
+        old_records += 1;
+    }
+    for i in 0..3 {
+        let fresh = payload(1000 + i).with_created_at(std::time::SystemTime::now());
+        spool.append(fresh).expect("append fresh");
+    }
+    spool.close().expect("close");
+    // A middle segment is lost as well: recovery counts it, the first read reports it.
+    let segs = fill_count(dir.path());
+    let lost = records_in(&segs[1]);
+    std::fs::remove_file(&segs[1]).expect("delete");
+
+    let fs = FaultFs::new();
+    let (spool, report) = Spool::open_with_fs(config, Arc::new(fs.clone())).expect("reopen");
+    assert_eq!(report.missing_records, lost);
+    // The read expires whole segments, takes the missing count, then the disk fails.
+    fs.fail_reads(1);
+    let err = spool.read_batch(100, u64::MAX).expect_err("EIO");
+    assert!(matches!(err, SpoolError::Io { .. }), "{err}");
+    let (mut expired, mut corrupt, mut delivered) = (0u64, 0u64, Vec::new());
+    loop {
+        let b = spool.read_batch(100, u64::MAX).expect("read");
+        expired += b.expired.records;
+        corrupt += b.corrupt_skipped;
+        let Some(last) = b.records.last() else { break };
+        delivered.extend(b.records.iter().map(|r| body_index(&r.payload)));
+        spool.ack(last.id).expect("ack");
+    }
+    assert_eq!(delivered, vec![1000, 1001, 1002]);
+    assert_eq!(corrupt, lost, "the missing records are reported once, after the failure");
+    assert_eq!(
+        expired + lost,
+        old_records,
+        "every expired record reported once, none lost with the failed read"
+    );
+    let stats = spool.stats();
+    assert_eq!(stats.expired.records, expired);
+    assert_eq!(stats.missing_records + stats.corrupt_skipped, lost);
+}
+
+/// The segment files of lane 0, by id.
+fn fill_count(root: &Path) -> Vec<PathBuf> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(root.join("lane-0"))
+        .expect("lane")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs
 }
