@@ -924,6 +924,7 @@ impl Client {
             exported: load(&c.exported),
             retried: load(&c.retried),
             spooled: load(&c.spooled),
+            spooled_not_durable: load(&c.spooled_not_durable),
             replayed: load(&c.replayed),
             replay_failures: load(&c.replay_failures),
             dropped: c.dropped(),

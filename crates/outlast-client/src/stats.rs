@@ -213,6 +213,11 @@ pub struct ClientStats {
     pub retried: u64,
     /// Payloads appended to the spool.
     pub spooled: u64,
+    /// Of `spooled`, payloads whose fsync failed in `FsyncEveryAppend` mode: they are in the
+    /// spool (`export` answered [`Delivery::Spooled`](crate::Delivery::Spooled)) and the
+    /// drain task delivers them like any other, but until a later sync succeeds a power
+    /// loss may take them. Not a drop: each is counted once, as spooled.
+    pub spooled_not_durable: u64,
     /// Spooled records delivered by the drain task.
     pub replayed: u64,
     /// Replay attempts that failed (retryable), each followed by a backoff.
@@ -288,6 +293,7 @@ pub(crate) struct Counters {
     pub(crate) exported: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) spooled: AtomicU64,
+    pub(crate) spooled_not_durable: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) replay_failures: AtomicU64,
     /// Drops, indexed by [`DropReason::index`].

@@ -65,3 +65,84 @@ async fn records_delivered_whose_acknowledgement_failed_are_counted_as_replayed_
     assert_eq!(exporter.received_bytes().len(), 5);
     let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_record_whose_fsync_failed_is_spooled_once_counted_not_durable_and_delivered_once() {
+    let dir = spool_dir();
+    let fs = FaultFs::new();
+    let exporter = MemoryExporter::new();
+    let c = common::builder(dir.path())
+        .durability(outlast_client::Durability::FsyncEveryAppend)
+        .build_with_spool_fs(exporter.clone(), Arc::new(fs.clone()))
+        .expect("valid");
+    exporter.set_mode(Outcome::Fail);
+    assert!(c.export(payload("0")).await.expect("spooled").is_spooled());
+    // The next fsync is this append's: the frame is written and indexed, its sync fails.
+    fs.fail_syncs(1);
+    let answer = c.export(payload("1")).await;
+    assert!(
+        matches!(answer, Ok(d) if d.is_spooled()),
+        "in the spool, not dropped, the payload not handed back: {answer:?}"
+    );
+    let s = c.stats();
+    assert_eq!(s.spooled, 2);
+    assert_eq!(s.spooled_not_durable, 1);
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
+    assert_eq!(s.spool_records, 2);
+    assert_eq!(accounted(&s), 2, "{s:?}");
+
+    exporter.set_mode(Outcome::Accept);
+    let report = c.force_flush(Duration::from_secs(30)).await;
+    assert!(report.complete, "{report:?}");
+    assert_eq!(texts(&exporter), ["0", "1"], "each sent once");
+    let s = c.stats();
+    assert_eq!((s.replayed, s.spool_records, s.dropped.total()), (2, 0, 0));
+    assert_eq!(accounted(&s), 2, "{s:?}");
+    let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_flipped_byte_in_the_spool_is_one_corrupt_drop_for_the_client() {
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new();
+    {
+        let c = common::client(dir.path(), &exporter);
+        exporter.set_mode(Outcome::Fail);
+        for i in 0..20 {
+            assert!(
+                c.export(payload(&format!("record-{i:04}")))
+                    .await
+                    .expect("spooled")
+                    .is_spooled()
+            );
+        }
+        let _ = c.shutdown(Duration::from_secs(5)).await.expect("shut down");
+    }
+    // One byte of record 7's payload flips on disk while no process runs.
+    let lane = dir.path().join("lane-0");
+    let seg = std::fs::read_dir(&lane)
+        .expect("lane")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"record-0007")
+        .expect("record 7 stored uncompressed");
+    bytes[at + 8] ^= 0x01;
+    std::fs::write(&seg, &bytes).expect("write");
+
+    exporter.set_mode(Outcome::Accept);
+    let c = common::client(dir.path(), &exporter);
+    let report = c.force_flush(Duration::from_secs(30)).await;
+    assert!(report.complete, "{report:?}");
+    let s = c.stats();
+    assert_eq!(s.replayed, 19);
+    assert_eq!(
+        s.dropped.corrupt, 1,
+        "one damaged record, seen at open and again by the replay, one count: {s:?}"
+    );
+    assert_eq!(s.dropped.total(), 1);
+    let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
+}

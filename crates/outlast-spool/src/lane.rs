@@ -115,7 +115,11 @@ impl Consumer {
     /// (read, counted, then rewound over). Records at or below the ack point are never
     /// read again, so only those above it are remembered.
     pub(crate) fn count_expired(&mut self, seq: u64) -> bool {
-        if self.expired_counted.iter().any(|&(a, b)| a <= seq && seq <= b) {
+        if self
+            .expired_counted
+            .iter()
+            .any(|&(a, b)| a <= seq && seq <= b)
+        {
             return false;
         }
         match self.expired_counted.last_mut() {

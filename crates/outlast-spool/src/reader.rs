@@ -106,8 +106,12 @@ impl Ledger {
         }
         let mut c = lock(&self.own.consumer);
         c.lost.unreported += batch.corrupt_skipped;
-        c.lost.expired.add(batch.expired.records, batch.expired.bytes);
-        c.lost.evicted.add(batch.evicted.records, batch.evicted.bytes);
+        c.lost
+            .expired
+            .add(batch.expired.records, batch.expired.bytes);
+        c.lost
+            .evicted
+            .add(batch.evicted.records, batch.evicted.bytes);
         if batch.evicted.records > 0 {
             self.lost_pending.store(true, Ordering::Release);
         }

@@ -551,7 +551,8 @@ fn recover_segment(
     };
     // Damage among records acknowledged already cost nothing undelivered (and was counted
     // when a reader first met it, if it was there then).
-    report.corrupt_frames_skipped += scan.damage_before.iter().filter(|&&s| s > acked).count() as u64;
+    report.corrupt_frames_skipped +=
+        scan.damage_before.iter().filter(|&&s| s > acked).count() as u64;
     let mut meta = scan.meta;
     if scan.tail_bytes > 0 {
         let f = fs.open(&path, true).map_err(|e| SpoolError::io(&path, e))?;
@@ -651,7 +652,10 @@ pub(crate) fn recover_lane(
         let path = dir.join(format::segment_file_name(id));
         let scan = scan_segment(fs, &path, id, false).map_err(|e| SpoolError::io(&path, e))?;
         newer_here |= matches!(scan.kind, SegKind::Newer(_));
-        if !matches!(scan.kind, SegKind::Foreign | SegKind::Newer(_) | SegKind::Short) {
+        if !matches!(
+            scan.kind,
+            SegKind::Foreign | SegKind::Newer(_) | SegKind::Short
+        ) {
             out.damage_before
                 .extend(scan.damage_before.iter().filter(|&&s| s > acked));
         }

@@ -85,7 +85,10 @@ impl Spool {
     /// In [`OsWrite`](crate::Durability::OsWrite) mode the frame has been handed to the OS
     /// with one `write(2)` when this returns (it survives `kill -9`); in
     /// [`FsyncEveryAppend`](crate::Durability::FsyncEveryAppend) mode it has also been
-    /// fsynced (this blocks: from async code call it via `spawn_blocking`).
+    /// fsynced (this blocks: from async code call it via `spawn_blocking`), unless
+    /// [`Appended::sync_error`] says that fsync failed: the record is then in the spool all
+    /// the same (it is read and delivered like any other), only not yet safe from a power
+    /// loss.
     ///
     /// # Errors
     ///
@@ -94,7 +97,7 @@ impl Spool {
     /// `max_record_bytes`, `HeaderTooLarge` if its key and content type encode to more than
     /// the format allows, `Full` at the cap with the drop-newest policy, `Io` if writing fails
     /// (what was stored before is unharmed; a disk full is `is_disk_full()`), `Closed` after
-    /// close.
+    /// close. An error means the record is not in the spool.
     pub fn append(&self, payload: Payload) -> Result<Appended, AppendError> {
         self.inner.append(payload)
     }

@@ -57,6 +57,14 @@ pub struct Dropped {
     pub bytes: u64,
 }
 
+impl Appended {
+    /// Whether the append is as durable as the spool's mode promises (see
+    /// [`Appended::sync_error`]).
+    pub fn is_durable(&self) -> bool {
+        self.sync_error.is_none()
+    }
+}
+
 impl Dropped {
     pub(crate) fn add(&mut self, records: u64, bytes: u64) {
         self.records += records;
@@ -64,11 +72,20 @@ impl Dropped {
     }
 }
 
-/// A successful append.
+/// A successful append: the record is in the spool, and a read will hand it out.
 #[derive(Debug)]
 pub struct Appended {
     /// The id of the new record.
     pub id: RecordId,
+    /// In [`FsyncEveryAppend`](crate::Durability::FsyncEveryAppend) mode, the fdatasync
+    /// that was to make the record durable failed: the record is written (it survives a
+    /// process crash, and reads hand it out like any other), but a power loss before a
+    /// later fdatasync succeeds may take it. Later syncs (the next durable append, the
+    /// background interval, [`Spool::sync`](crate::Spool::sync), close) retry it. It is
+    /// one record in the spool, not a failed append: the caller must not append it again.
+    /// Always `None` in [`OsWrite`](crate::Durability::OsWrite) mode, which promises no
+    /// fdatasync per append.
+    pub sync_error: Option<std::io::Error>,
     /// Records deleted to make room ([`FullPolicy::DropOldest`](crate::FullPolicy)) that no
     /// read had handed out, plus records a rewind found lost to an earlier eviction while in
     /// flight, if no read reported them first (see [`ReadBatch::evicted`]).

@@ -196,17 +196,21 @@ impl Ledger {
         };
         let lsn = self.written_lsn.load(Ordering::Acquire);
         drop(w);
-        if self.config.durability() == Durability::FsyncEveryAppend
-            && let Err(e) = self.sync_through(lsn)
-        {
-            return Err(AppendError::new(AppendErrorKind::Io(e), payload));
-        }
+        // The frame is written and indexed: whatever the fsync does, the record is in the
+        // spool and will be read. A failed fsync is its own outcome, not a failed append
+        // (handing the payload back would have it appended, or counted lost, twice).
+        let sync_error = if self.config.durability() == Durability::FsyncEveryAppend {
+            self.sync_through(lsn).err()
+        } else {
+            None
+        };
         self.report_lost_in_flight(&mut evicted);
         Ok(Appended {
             id: RecordId {
                 lane: self.own.id,
                 seq,
             },
+            sync_error,
             evicted,
         })
     }

@@ -429,7 +429,9 @@ fn losses_taken_by_a_read_that_fails_with_eio_are_reported_by_the_next_read() {
     let (spool, _) = Spool::open(config.clone()).expect("open");
     let mut old_records = 0u64;
     while spool.stats().records < 40 {
-        spool.append(payload(old_records).with_created_at(old)).expect("append old");
+        spool
+            .append(payload(old_records).with_created_at(old))
+            .expect("append old");
         old_records += 1;
     }
     for i in 0..3 {
@@ -459,7 +461,10 @@ fn losses_taken_by_a_read_that_fails_with_eio_are_reported_by_the_next_read() {
         spool.ack(last.id).expect("ack");
     }
     assert_eq!(delivered, vec![1000, 1001, 1002]);
-    assert_eq!(corrupt, lost, "the missing records are reported once, after the failure");
+    assert_eq!(
+        corrupt, lost,
+        "the missing records are reported once, after the failure"
+    );
     assert_eq!(
         expired + lost,
         old_records,

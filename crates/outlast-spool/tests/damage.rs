@@ -90,7 +90,11 @@ fn damage_found_at_open_is_counted_once_whether_read_past_or_rewound_over() {
     let (seen, corrupt) = drain(&spool);
     assert_eq!(corrupt, 0, "the damaged record was already counted");
     assert_eq!(seen, (0..50).filter(|&i| i != 10).collect::<Vec<u64>>());
-    assert_eq!(spool.stats().corrupt_skipped, 1, "one damaged record, one count");
+    assert_eq!(
+        spool.stats().corrupt_skipped,
+        1,
+        "one damaged record, one count"
+    );
     // Everything delivered but the last record: the damage is below the ack point now.
     spool
         .ack(RecordId { lane: 0, seq: 49 })
@@ -380,16 +384,31 @@ fn disk_full_during_append_hands_the_payload_back_and_harms_nothing() {
 }
 
 #[test]
-fn failed_fsync_in_fsync_every_append_mode_is_reported() {
+fn failed_fsync_in_fsync_every_append_mode_is_reported_as_not_durable_and_the_record_stays_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = FaultFs::new();
     let cfg = small_config(dir.path()).with_durability(outlast_spool::Durability::FsyncEveryAppend);
-    let (spool, _) = Spool::open_with_fs(cfg, Arc::new(fs.clone())).expect("open");
-    spool.append(payload(0)).expect("append");
+    let (spool, _) = Spool::open_with_fs(cfg.clone(), Arc::new(fs.clone())).expect("open");
+    assert!(spool.append(payload(0)).expect("append").is_durable());
     fs.fail_syncs(1);
-    let err = spool.append(payload(1)).expect_err("sync fails");
-    assert!(err.is_io());
-    spool.append(payload(2)).expect("later append works");
+    let a = spool
+        .append(payload(1))
+        .expect("the record is written: the append succeeded, only not durably");
+    assert!(!a.is_durable());
+    assert!(a.sync_error.is_some());
+    assert_eq!(a.id.seq, 2);
+    assert_eq!(spool.stats().records, 2, "in the spool, once");
+    let c = spool.append(payload(2)).expect("later append works");
+    assert!(
+        c.is_durable(),
+        "the next fsync covers the earlier record too"
+    );
+    // A power loss now keeps everything: the later fsync made record 1 durable.
+    fs.crash(CrashKeep::Nothing).expect("crash");
+    drop(spool);
+    fs.revive();
+    let (spool, _) = Spool::open_with_fs(cfg, Arc::new(fs.clone())).expect("reopen");
+    assert_eq!(drain(&spool), (vec![0, 1, 2], 0), "each record once");
 }
 
 #[test]
