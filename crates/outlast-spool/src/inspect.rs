@@ -286,10 +286,12 @@ fn scan_lane(
         skipped_entries: Vec::new(),
         cursor_error: None,
     };
+    let mut written_next = 0;
     match crate::cursor::read_cursor(fs, &dir) {
         Ok(c) => {
             li.acked_through = c.state.acked_through;
             li.cursor_damaged = c.damaged;
+            written_next = c.state.next_seq;
         }
         Err(e) => li.cursor_error = Some(e.to_string()),
     }
@@ -308,7 +310,8 @@ fn scan_lane(
     for id in entries.segments {
         newer_here |= inspect_segment(fs, &dir, id, bodies, &mut li, &mut placed);
     }
-    let continuity = recovery::place_segments(&mut placed, li.acked_through, !newer_here);
+    let continuity =
+        recovery::place_segments(&mut placed, li.acked_through, written_next, !newer_here);
     li.missing_records = continuity.missing;
     li.misplaced_segments = continuity
         .misplaced

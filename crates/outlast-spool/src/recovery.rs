@@ -248,6 +248,13 @@ pub(crate) struct Continuity {
     /// Segments after a counted gap, with the sequence number their header should start at
     /// so that the gap is not found (and counted) again by the next open.
     pub(crate) rebase: Vec<(u64, u64)>,
+    /// Of `missing`, the records cut from the end of the lane: numbers below the lane's
+    /// written mark (the cursor's `next_seq`, or a segment header's first number) that no
+    /// segment holds any more.
+    pub(crate) tail_missing: u64,
+    /// With a tail missing: the number the lane's writer goes on from (right after what is
+    /// on disk or acknowledged), so that the numbers counted are not found missing again.
+    pub(crate) resume_at: Option<u64>,
 }
 
 /// Orders a lane's segments (given by id) by sequence number, the order the writer wrote
@@ -260,7 +267,18 @@ pub(crate) struct Continuity {
 /// expiry and acknowledgements remove the head of a lane), nor any gap at or below
 /// `acked`. With `count_gaps` false (a lane holding newer-version files this build cannot
 /// read), gaps are not counted.
-pub(crate) fn place_segments(segs: &mut [Placed], acked: u64, count_gaps: bool) -> Continuity {
+///
+/// `written_next` is the cursor's `next_seq`: the lane's writer had written every number
+/// below it (it is recorded at every fsync point). Numbers below it and above everything
+/// the segments hold (and the ack point, and the start of the first segment: eviction and
+/// expiry remove heads, never tails) are records cut from the end of the lane: counted as
+/// missing too ([`Continuity::tail_missing`]).
+pub(crate) fn place_segments(
+    segs: &mut [Placed],
+    acked: u64,
+    written_next: u64,
+    count_gaps: bool,
+) -> Continuity {
     let mut out = Continuity::default();
     let has_records = |p: &&Placed| p.meta.records > 0;
     let by_name: Vec<u64> = segs.iter().filter(has_records).map(|p| p.meta.id).collect();
@@ -300,7 +318,49 @@ pub(crate) fn place_segments(segs: &mut [Placed], acked: u64, count_gaps: bool) 
             prev_last = Some(p.meta.last_seq);
         }
     }
+    if count_gaps {
+        count_tail(segs, acked, written_next, &mut out);
+    }
     out
+}
+
+/// Counts the records cut from the end of a lane (see [`place_segments`]); `segs` in
+/// sequence order.
+fn count_tail(segs: &[Placed], acked: u64, written_next: u64, out: &mut Continuity) {
+    // Every number below a header's first number was written before that segment began.
+    let mark = segs
+        .iter()
+        .filter_map(|p| p.header_first)
+        .chain(std::iter::once(written_next))
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    // With no segment left at all, nothing tells a tail cut off from a head evicted or
+    // expired: nothing is counted.
+    let Some(first) = segs
+        .iter()
+        .find(|p| p.meta.records > 0 || p.header_first.is_some())
+    else {
+        return;
+    };
+    let on_disk = segs.iter().map(|p| p.meta.last_seq).max().unwrap_or(0);
+    let held = acked.max(on_disk).max(first.start().saturating_sub(1));
+    if mark <= held {
+        return;
+    }
+    out.tail_missing = mark - held;
+    out.missing += mark - held;
+    let resume = held + 1;
+    out.resume_at = Some(resume);
+    // A segment begun after the cut, still empty, starts where the writer goes on.
+    for p in segs {
+        if p.meta.records == 0
+            && p.header_first.is_some_and(|f| f > resume)
+            && p.header_id == Some(p.meta.id)
+        {
+            out.rebase.push((p.meta.id, resume));
+        }
+    }
 }
 
 /// Refuses a root that is a symlink, not a directory, or owned by another user; creates it
@@ -628,9 +688,9 @@ pub(crate) fn recover_lane(
     report.unknown_files.extend(entries.unknown);
     report.skipped_entries.extend(entries.not_regular);
     let ids = entries.segments;
-    let cursor = read_cursor(fs, dir)
-        .and_then(|found| settle_cursor(fs, dir, found))
-        .map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
+    // Settled (made durable in both slots) once the segments are read: a tail found cut
+    // off lowers its `next_seq` first.
+    let cursor = read_cursor(fs, dir).map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
     if cursor.damaged {
         report.damaged_cursors += 1;
     }
@@ -669,9 +729,23 @@ pub(crate) fn recover_lane(
             placed.push(p);
         }
     }
-    let continuity = place_segments(&mut placed, acked, !newer_here);
+    let continuity = place_segments(&mut placed, acked, cursor.state.next_seq, !newer_here);
     note_continuity(fs, dir, &continuity, report);
     out.missing = continuity.missing;
+    if let Some(resume) = continuity.resume_at {
+        // The numbers cut off are counted: the writer goes on right after what is left,
+        // and the cursor says so before anything else happens, so that the next open does
+        // not count them again.
+        out.next_seq = resume;
+        out.cursor.state.next_seq = resume;
+        for p in &mut placed {
+            if let Some(&(_, first)) = continuity.rebase.iter().find(|(id, _)| *id == p.meta.id) {
+                p.header_first = Some(first);
+            }
+        }
+    }
+    out.cursor = settle_cursor(fs, dir, out.cursor)
+        .map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
     out.corrupt = report.corrupt_frames_skipped - corrupt_before;
     // The last segment can be appended to if it is intact, in its place, the newest by
     // name (new segments get larger ids than any file), and of the version this build

@@ -144,12 +144,19 @@ fn torn_tail_is_truncated_to_the_last_whole_record() {
     let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
     assert!(report.torn_tail_bytes_truncated > 0);
     assert_eq!(report.records, 19);
+    // The writer had completed record 19 (the cursor says 20 were written): it is lost,
+    // and counted once, as missing.
+    assert_eq!(report.missing_records, 1);
     let (seen, corrupt) = drain(&spool);
     assert_eq!(seen, (0..19).collect::<Vec<_>>());
-    assert_eq!(corrupt, 0);
+    assert_eq!(corrupt, 1, "told once to the reader");
     // Appending continues after the cut, and the new record reads back.
     spool.append(payload(100)).expect("append after truncation");
     assert_eq!(drain(&spool).0, vec![100]);
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(report.missing_records, 0, "counted once, not at every open");
+    assert_eq!(drain(&spool), ((0..19).chain([100]).collect::<Vec<_>>(), 0));
 }
 
 #[test]
@@ -390,7 +397,8 @@ fn failed_fsync_in_fsync_every_append_mode_is_reported_as_not_durable_and_the_re
     let cfg = small_config(dir.path()).with_durability(outlast_spool::Durability::FsyncEveryAppend);
     let (spool, _) = Spool::open_with_fs(cfg.clone(), Arc::new(fs.clone())).expect("open");
     assert!(spool.append(payload(0)).expect("append").is_durable());
-    fs.fail_syncs(1);
+    // Every fsync fails meanwhile (the background thread's cursor fsync may come first).
+    fs.fail_syncs(u32::MAX);
     let a = spool
         .append(payload(1))
         .expect("the record is written: the append succeeded, only not durably");
@@ -398,6 +406,7 @@ fn failed_fsync_in_fsync_every_append_mode_is_reported_as_not_durable_and_the_re
     assert!(a.sync_error.is_some());
     assert_eq!(a.id.seq, 2);
     assert_eq!(spool.stats().records, 2, "in the spool, once");
+    fs.fail_syncs(0);
     let c = spool.append(payload(2)).expect("later append works");
     assert!(
         c.is_durable(),
@@ -654,4 +663,106 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len())
         .position(|w| w == needle)
         .expect("needle present")
+}
+
+/// The cursor record a lane's cursor file holds now (the newer valid slot).
+fn cursor_state(root: &Path) -> CursorState {
+    let bytes = std::fs::read(root.join("lane-0").join("cursor")).expect("cursor file");
+    outlast_spool::format::decode_cursor_file(&bytes).state
+}
+
+#[test]
+fn a_clean_close_records_how_far_the_lane_was_written_in_the_cursor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fill(dir.path(), 20);
+    let state = cursor_state(dir.path());
+    assert_eq!(state.next_seq, 21, "{state:?}");
+    assert_eq!(state.acked_through, 0);
+}
+
+#[test]
+fn records_zeroed_at_the_end_of_a_lane_are_counted_missing_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = fill(dir.path(), 20);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let from = find(&bytes, b"record-00000017");
+    bytes[from..].fill(0);
+    std::fs::write(&seg, &bytes).expect("write");
+    let scan = inspect::scan(dir.path()).expect("scan");
+    assert!(!scan.is_healthy(), "verify sees the loss");
+    assert_eq!(scan.lanes[0].missing_records, 3, "records 17, 18 and 19");
+
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!((report.records, report.missing_records), (17, 3));
+    assert_eq!(spool.stats().missing_records, 3);
+    let (seen, told) = drain(&spool);
+    assert_eq!(seen, (0..17).collect::<Vec<_>>());
+    assert_eq!(told, 3, "reported to the reader once");
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(report.missing_records, 0, "counted by one open only");
+    assert_eq!(drain(&spool).1, 0);
+    assert!(inspect::scan(dir.path()).expect("scan").is_healthy());
+}
+
+#[test]
+fn a_last_segment_cut_to_its_header_counts_all_its_records_missing_and_numbering_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_config(dir.path());
+    let (spool, _) = Spool::open(config.clone()).expect("open");
+    for i in 0..600 {
+        spool.append(payload(i)).expect("append");
+    }
+    let b = spool.read_batch(10, u64::MAX).expect("read");
+    spool.ack(b.records[9].id).expect("ack 10");
+    spool.close().expect("close");
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 2);
+    let last = segs.last().expect("last");
+    let lost = inspect::scan(dir.path()).expect("scan").lanes[0]
+        .segments
+        .last()
+        .expect("seg")
+        .records;
+    let f = std::fs::OpenOptions::new().write(true).open(last).expect("open");
+    f.set_len(32).expect("cut to the header");
+    drop(f);
+    let (spool, report) = Spool::open(config.clone()).expect("reopen");
+    assert_eq!(report.missing_records, lost);
+    let (seen, told) = drain(&spool);
+    assert_eq!(told, lost);
+    assert_eq!(seen.len() as u64 + lost + 10, 600);
+    let a = spool.append(payload(9999)).expect("append");
+    assert_eq!(a.id.seq, 600 - lost + 1, "numbering goes on after what is left");
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(config).expect("reopen");
+    assert_eq!(report.missing_records, 0, "{report:?}");
+    let (seen, told) = drain(&spool);
+    assert_eq!((seen.last().copied(), told), (Some(9999), 0));
+}
+
+#[test]
+fn records_whose_data_fsync_failed_and_were_lost_to_a_power_loss_are_counted_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let open = || Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone()));
+    let (spool, _) = open().expect("open");
+    for i in 0..10 {
+        spool.append(payload(i)).expect("append");
+    }
+    spool.sync().expect("durable");
+    for i in 10..15 {
+        spool.append(payload(i)).expect("append");
+    }
+    // The data fsync fails; the cursor's (how far the lane is written) succeeds.
+    fs.fail_syncs(1);
+    spool.sync().expect_err("the data fsync failed");
+    fs.crash(CrashKeep::Nothing).expect("power loss");
+    drop(spool);
+    fs.revive();
+    let (spool, report) = open().expect("reopen");
+    assert_eq!(report.records, 10);
+    assert_eq!(report.missing_records, 5, "the five accepted records lost are counted");
+    let (seen, told) = drain(&spool);
+    assert_eq!((seen, told), ((0..10).collect::<Vec<_>>(), 5));
 }
