@@ -232,8 +232,9 @@ pub struct ClientStats {
     /// Framed bytes of the records waiting in the spool (estimated in proportion for a
     /// segment delivered part-way): what the retry warning reports.
     pub pending_bytes: u64,
-    /// The cap in force on `spool_bytes`: [`ClientBuilder::spool_max_bytes`](crate::ClientBuilder::spool_max_bytes), lowered at open
-    /// when the disk has less room (0 without a spool). See [`ClientStats::spool_fill`].
+    /// The cap in force on `spool_bytes`: [`ClientBuilder::spool_max_bytes`](crate::ClientBuilder::spool_max_bytes), lowered
+    /// when the disk has less room (measured at open, and again when the spool is at that cap
+    /// or frees segments) (0 without a spool). See [`ClientStats::spool_fill`].
     pub spool_max_bytes: u64,
     /// Bytes appended to the spool per second (as stored: compressed when the record is),
     /// recently: an exponentially weighted average over about the last minute (a steady

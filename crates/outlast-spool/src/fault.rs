@@ -61,6 +61,8 @@ struct State {
     set_len_failures: u32,
     dir_sync_failures: u32,
     read_failures: u32,
+    /// What `free_bytes` answers (`None`: the real file system's figure).
+    free_bytes: Option<Option<u64>>,
     /// Every write that would grow a file, every creation and every extension fails with
     /// ENOSPC; overwrites of bytes a file already has succeed (as on a real full disk).
     disk_full: bool,
@@ -118,6 +120,17 @@ impl FaultFs {
     /// The next `n` reads of file data fail with EIO.
     pub fn fail_reads(&self, n: u32) {
         self.lock().read_failures = n;
+    }
+
+    /// Makes [`SpoolFs::free_bytes`] answer `free` (`None`: not measurable) instead of the
+    /// real file system's figure, until [`FaultFs::measure_real_free_bytes`].
+    pub fn set_free_bytes(&self, free: Option<u64>) {
+        self.lock().free_bytes = Some(free);
+    }
+
+    /// Makes [`SpoolFs::free_bytes`] measure the real file system again.
+    pub fn measure_real_free_bytes(&self) {
+        self.lock().free_bytes = None;
     }
 
     /// The next `n` file creations fail with ENOSPC.
@@ -478,5 +491,12 @@ impl SpoolFs for FaultFs {
             }
         }
         StdFs.sync_dir(path)
+    }
+
+    fn free_bytes(&self, path: &Path) -> Option<u64> {
+        match self.lock().free_bytes {
+            Some(free) => free,
+            None => StdFs.free_bytes(path),
+        }
     }
 }

@@ -744,8 +744,8 @@ pub(crate) fn recover_lane(
             }
         }
     }
-    out.cursor = settle_cursor(fs, dir, out.cursor)
-        .map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
+    out.cursor =
+        settle_cursor(fs, dir, out.cursor).map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
     out.corrupt = report.corrupt_frames_skipped - corrupt_before;
     // The last segment can be appended to if it is intact, in its place, the newest by
     // name (new segments get larger ids than any file), and of the version this build

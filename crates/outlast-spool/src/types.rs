@@ -109,7 +109,9 @@ pub struct SpoolStats {
     pub oldest_created_at: Option<SystemTime>,
     /// Lanes held: this process's own plus adopted ones.
     pub lanes: usize,
-    /// The cap in force: `max_total_bytes` as configured, lowered at open to what the spool
+    /// The cap in force: `max_total_bytes` as configured, lowered (at open, and whenever an
+    /// append does not fit or segments are freed, see
+    /// [`CAP_REMEASURE_INTERVAL`](crate::CAP_REMEASURE_INTERVAL)) to what the spool
     /// held plus [`DISK_FREE_SHARE_PERCENT`](crate::DISK_FREE_SHARE_PERCENT) of the file
     /// system's free space, so that the spool never fills the disk.
     pub max_total_bytes: u64,

@@ -299,13 +299,13 @@ impl Ledger {
     /// if it needs one): refuses it (drop-newest), or evicts the oldest segments
     /// (drop-oldest) and returns what they held; writer lock held.
     fn make_room(&self, w: &mut Writer, frame_len: u64) -> Result<Dropped, AppendErrorKind> {
-        let cap = self.cap;
         let seg_bytes = self.config.segment_bytes();
-        let full = || AppendErrorKind::Full {
-            max_total_bytes: cap,
-        };
         let mut evicted = Dropped::default();
+        // A cap lowered by a full disk is measured again (rate-limited) before anything is
+        // refused or evicted for it: the space may have come back.
+        let mut measured = false;
         loop {
+            let cap = self.cap.load(Ordering::Acquire);
             let extra = if w.needs_new_segment(frame_len, seg_bytes) {
                 SEGMENT_HEADER_LEN
             } else {
@@ -315,14 +315,23 @@ impl Ledger {
             if total + frame_len + extra <= cap {
                 break;
             }
+            if !measured {
+                measured = true;
+                if self.remeasure_cap(true) {
+                    continue;
+                }
+            }
+            let full = AppendErrorKind::Full {
+                max_total_bytes: cap,
+            };
             match self.config.full_policy() {
-                FullPolicy::DropNewest => return Err(full()),
+                FullPolicy::DropNewest => return Err(full),
                 FullPolicy::DropOldest => {
                     if !self
                         .evict_oldest(w, &mut evicted)
                         .map_err(AppendErrorKind::Io)?
                     {
-                        return Err(full());
+                        return Err(full);
                     }
                 }
             }

@@ -724,7 +724,10 @@ fn a_last_segment_cut_to_its_header_counts_all_its_records_missing_and_numbering
         .last()
         .expect("seg")
         .records;
-    let f = std::fs::OpenOptions::new().write(true).open(last).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .expect("open");
     f.set_len(32).expect("cut to the header");
     drop(f);
     let (spool, report) = Spool::open(config.clone()).expect("reopen");
@@ -733,7 +736,11 @@ fn a_last_segment_cut_to_its_header_counts_all_its_records_missing_and_numbering
     assert_eq!(told, lost);
     assert_eq!(seen.len() as u64 + lost + 10, 600);
     let a = spool.append(payload(9999)).expect("append");
-    assert_eq!(a.id.seq, 600 - lost + 1, "numbering goes on after what is left");
+    assert_eq!(
+        a.id.seq,
+        600 - lost + 1,
+        "numbering goes on after what is left"
+    );
     spool.close().expect("close");
     let (spool, report) = Spool::open(config).expect("reopen");
     assert_eq!(report.missing_records, 0, "{report:?}");
@@ -762,7 +769,10 @@ fn records_whose_data_fsync_failed_and_were_lost_to_a_power_loss_are_counted_mis
     fs.revive();
     let (spool, report) = open().expect("reopen");
     assert_eq!(report.records, 10);
-    assert_eq!(report.missing_records, 5, "the five accepted records lost are counted");
+    assert_eq!(
+        report.missing_records, 5,
+        "the five accepted records lost are counted"
+    );
     let (seen, told) = drain(&spool);
     assert_eq!((seen, told), ((0..10).collect::<Vec<_>>(), 5));
 }
