@@ -3,6 +3,7 @@
 //! segments, fully acknowledged or dropped ones) and how to wake the background thread; the
 //! writer, the readers and the background thread stand on it.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use std::sync::mpsc::{self};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::adopt::TakenLane;
+use crate::adopt::{Lanes, TakenLane};
 use crate::background::Wake;
 use crate::config::SpoolConfig;
 use crate::cursor::{self};
@@ -53,6 +54,9 @@ pub(crate) struct Counters {
     pub(crate) corrupt: u64,
     pub(crate) missing: u64,
     pub(crate) foreign_lanes: usize,
+    /// Lanes no spool can use as they are, with their records that none will deliver, as
+    /// last seen (a gauge: the same lane found again replaces its entry).
+    pub(crate) stranded: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug)]
@@ -99,13 +103,26 @@ impl Ledger {
     pub(crate) fn new(
         config: SpoolConfig,
         fs: Arc<dyn SpoolFs>,
-        own: TakenLane,
-        adopted: Vec<Arc<Lane>>,
+        lanes: Lanes,
         report: &mut RecoveryReport,
     ) -> Ledger {
-        let TakenLane { n, file, rec } = own;
+        let Lanes {
+            own: TakenLane { n, file, rec },
+            adopted,
+            stranded,
+            orphan_missing,
+        } = lanes;
         let own_dir = recovery::lane_dir(config.root(), n);
         let own_lane = Arc::new(Lane::new(n, own_dir, false, file, &rec));
+        lock(&own_lane.consumer).lost.unreported += orphan_missing;
+        if report.stranded_records > 0 || !report.unusable_lanes.is_empty() {
+            tracing::warn!(
+                stranded_records = report.stranded_records,
+                unusable_lanes = ?report.unusable_lanes,
+                stranded_files = ?report.stranded_files,
+                "spool records stranded: on disk, but no spool will deliver them until the lanes or files are repaired (see `outlast verify`)"
+            );
+        }
         own_lane.identity_pending.store(
             identity::read_identity(&*fs, &own_lane.dir) == identity::LaneIdentity::Absent,
             Ordering::Release,
@@ -149,6 +166,7 @@ impl Ledger {
                 corrupt: report.corrupt_frames_skipped,
                 missing: report.missing_records,
                 foreign_lanes: report.foreign_lanes.len(),
+                stranded,
                 ..Counters::default()
             }),
             closed: AtomicBool::new(false),
@@ -404,6 +422,8 @@ impl Ledger {
         s.corrupt_skipped = c.corrupt;
         s.missing_records = c.missing;
         s.foreign_lanes = c.foreign_lanes;
+        s.stranded_lanes = c.stranded.len();
+        s.stranded_records = c.stranded.values().sum();
         s
     }
 }

@@ -228,6 +228,10 @@ pub(crate) struct Placed {
     pub(crate) header_first: Option<u64>,
     /// The header's format version, if the header is intact.
     pub(crate) header_version: Option<u16>,
+    /// A file the spool cannot place by its name (see [`RecoveryReport::stranded_files`]):
+    /// its records are on disk, so their numbers are neither a gap nor a cut tail, but it
+    /// is never read for delivery (nor checked for its place).
+    pub(crate) stranded: bool,
 }
 
 impl Placed {
@@ -280,10 +284,10 @@ pub(crate) fn place_segments(
     count_gaps: bool,
 ) -> Continuity {
     let mut out = Continuity::default();
-    let has_records = |p: &&Placed| p.meta.records > 0;
+    let has_records = |p: &&Placed| p.meta.records > 0 && !p.stranded;
     let by_name: Vec<u64> = segs.iter().filter(has_records).map(|p| p.meta.id).collect();
     segs.sort_by_key(|p| (p.start(), p.meta.id));
-    for p in segs.iter() {
+    for p in segs.iter().filter(|p| !p.stranded) {
         if p.header_id.is_some_and(|h| h != p.meta.id) {
             out.misplaced.push(p.meta.id);
         }
@@ -303,7 +307,7 @@ pub(crate) fn place_segments(
                 let gap_from = prev.max(acked).saturating_add(1);
                 if start > gap_from {
                     out.missing += start - gap_from;
-                    if p.header_id.is_none_or(|h| h == p.meta.id) {
+                    if !p.stranded && p.header_id.is_none_or(|h| h == p.meta.id) {
                         out.rebase.push((p.meta.id, gap_from));
                     }
                 }
@@ -448,6 +452,82 @@ pub(crate) struct LaneEntries {
     /// Entries named like a spool file (segment, cursor, lock, identity) that are not
     /// regular files: a FIFO, a directory, a symbolic link, a device. Skipped, never opened.
     pub(crate) not_regular: Vec<PathBuf>,
+    /// Regular files named `<digits>.seg` that are not a segment name the spool writes (not
+    /// 20 digits, or a number beyond `u64`): checked for records (see
+    /// [`misnamed_segment_records`]).
+    pub(crate) misnamed: Vec<PathBuf>,
+}
+
+/// Whether `name` looks like a segment the spool cannot place: `<digits>.seg`, but not a
+/// name [`format::segment_file_name`] gives.
+fn is_misnamed_segment(name: &str) -> bool {
+    name.strip_suffix(".seg").is_some_and(|d| {
+        !d.is_empty()
+            && d.bytes().all(|b| b.is_ascii_digit())
+            && parse_segment_file_name(name).is_none()
+    })
+}
+
+/// What to do with a file named like a segment but not as the spool names them.
+#[derive(Debug)]
+pub(crate) enum Misnamed {
+    /// Its header is intact and names a segment id no other file of the lane has: read it
+    /// as that segment.
+    Place(u64),
+    /// It holds nothing of ours (or is of a newer version): left alone, as unknown.
+    NotOurs,
+}
+
+/// Judges a misnamed segment file (see [`Misnamed`]); `files` are the lane's segments so
+/// far. An error for one that holds our records but cannot be placed (a damaged header, an
+/// id another file has, an id too large to leave room for new segments after it): the lane
+/// is then unusable, and its records stranded until an operator renames the file.
+pub(crate) fn placeable_misnamed(
+    fs: &dyn SpoolFs,
+    path: &Path,
+    files: &[(u64, PathBuf)],
+) -> Result<Misnamed, SpoolError> {
+    let scan = scan_segment(fs, path, 0, false).map_err(|e| SpoolError::io(path, e))?;
+    match scan.kind {
+        SegKind::Valid { segment_id, .. }
+            if segment_id < u64::MAX / 2 && files.iter().all(|(id, _)| *id != segment_id) =>
+        {
+            Ok(Misnamed::Place(segment_id))
+        }
+        SegKind::Foreign | SegKind::Newer(_) | SegKind::Short => Ok(Misnamed::NotOurs),
+        _ if scan.meta.records == 0 => Ok(Misnamed::NotOurs),
+        _ => Err(SpoolError::io(
+            path,
+            io::Error::other(
+                "a file named like a segment, but not as the spool names them, whose header does not say which segment it is: rename it to its segment id (see `outlast inspect`)",
+            ),
+        )),
+    }
+}
+
+/// A file named like a segment that the spool cannot place (see [`placeable_misnamed`]),
+/// read without changing it: its unacknowledged records (above `acked`), and its place in
+/// the lane's numbering (for the continuity check of `inspect` only). `None` if it holds no
+/// record of ours or cannot be read.
+pub(crate) fn misnamed_segment(fs: &dyn SpoolFs, path: &Path, acked: u64) -> Option<(u64, Placed)> {
+    let scan = scan_segment(fs, path, 0, false).ok()?;
+    if matches!(scan.kind, SegKind::Foreign | SegKind::Newer(_)) || scan.meta.records == 0 {
+        return None;
+    }
+    let header_first = match scan.kind {
+        SegKind::Valid { first_seq, .. } => Some(first_seq),
+        _ => None,
+    };
+    Some((
+        scan.meta.unacked(acked),
+        Placed {
+            meta: scan.meta,
+            header_id: None,
+            header_first,
+            header_version: None,
+            stranded: true,
+        },
+    ))
 }
 
 /// Lists a lane directory's entries.
@@ -464,7 +544,11 @@ pub(crate) fn list_entries(dir: &Path) -> io::Result<LaneEntries> {
         let ours = seg.is_some()
             || [LOCK_FILE, CURSOR_FILE, CURSOR_TMP_FILE, IDENTITY_FILE].contains(&name);
         if !ours {
-            out.unknown.push(entry.path());
+            if is_misnamed_segment(name) && entry.file_type()?.is_file() {
+                out.misnamed.push(entry.path());
+            } else {
+                out.unknown.push(entry.path());
+            }
             continue;
         }
         if !entry.file_type()?.is_file() {
@@ -629,6 +713,7 @@ fn recover_segment(
         header_id,
         header_first,
         header_version,
+        stranded: false,
     }))
 }
 
@@ -636,9 +721,15 @@ fn recover_segment(
 /// right after the segment before it (a 32-byte overwrite, fdatasynced): the records it
 /// holds are unchanged, and the next open does not count the same gap again. A failure is
 /// logged (the gap would be counted again).
-fn rebase_after_gaps(fs: &dyn SpoolFs, dir: &Path, rebase: &[(u64, u64)]) {
+fn rebase_after_gaps(fs: &dyn SpoolFs, placed: &[Placed], rebase: &[(u64, u64)]) {
     for &(id, first_seq) in rebase {
-        let path = dir.join(format::segment_file_name(id));
+        let Some(path) = placed
+            .iter()
+            .find(|p| p.meta.id == id)
+            .map(|p| &p.meta.path)
+        else {
+            continue;
+        };
         let header = format::encode_segment_header(id, first_seq);
         let written = fs
             .open(&path, true)
@@ -654,6 +745,7 @@ fn rebase_after_gaps(fs: &dyn SpoolFs, dir: &Path, rebase: &[(u64, u64)]) {
 fn note_continuity(
     fs: &dyn SpoolFs,
     dir: &Path,
+    placed: &[Placed],
     continuity: &Continuity,
     report: &mut RecoveryReport,
 ) {
@@ -666,13 +758,14 @@ fn note_continuity(
         );
     }
     report.missing_records += continuity.missing;
-    rebase_after_gaps(fs, dir, &continuity.rebase);
-    report.misplaced_segments.extend(
-        continuity
-            .misplaced
-            .iter()
-            .map(|&id| dir.join(format::segment_file_name(id))),
-    );
+    rebase_after_gaps(fs, placed, &continuity.rebase);
+    for &id in &continuity.misplaced {
+        if let Some(p) = placed.iter().find(|p| p.meta.id == id)
+            && !report.misplaced_segments.contains(&p.meta.path)
+        {
+            report.misplaced_segments.push(p.meta.path.clone());
+        }
+    }
 }
 
 /// Recovers a lane we hold the lock of: truncates torn tails, removes record-less stubs,
@@ -705,11 +798,28 @@ pub(crate) fn recover_lane(
         corrupt: 0,
         damage_before: Vec::new(),
     };
-    let corrupt_before = report.corrupt_frames_skipped;
     let mut placed = Vec::new();
+    let corrupt_before = report.corrupt_frames_skipped;
     let mut newer_here = false;
-    for id in ids {
-        let path = dir.join(format::segment_file_name(id));
+    // Files renamed by hand whose header says which segment they are: delivered in their
+    // place (and reported as misplaced); one that cannot be placed makes the lane unusable
+    // (its records stranded, not delivered out of order nor acknowledged past).
+    let mut files: Vec<(u64, PathBuf)> = ids
+        .iter()
+        .map(|&id| (id, dir.join(format::segment_file_name(id))))
+        .collect();
+    for path in entries.misnamed {
+        match placeable_misnamed(fs, &path, &files)? {
+            Misnamed::Place(id) => {
+                out.max_file_id = out.max_file_id.max(id);
+                report.misplaced_segments.push(path.clone());
+                files.push((id, path));
+            }
+            Misnamed::NotOurs => report.unknown_files.push(path),
+        }
+    }
+    files.sort_unstable_by_key(|(id, _)| *id);
+    for (id, path) in files {
         let scan = scan_segment(fs, &path, id, false).map_err(|e| SpoolError::io(&path, e))?;
         newer_here |= matches!(scan.kind, SegKind::Newer(_));
         if !matches!(
@@ -730,7 +840,7 @@ pub(crate) fn recover_lane(
         }
     }
     let continuity = place_segments(&mut placed, acked, cursor.state.next_seq, !newer_here);
-    note_continuity(fs, dir, &continuity, report);
+    note_continuity(fs, dir, &placed, &continuity, report);
     out.missing = continuity.missing;
     if let Some(resume) = continuity.resume_at {
         // The numbers cut off are counted: the writer goes on right after what is left,
@@ -752,6 +862,8 @@ pub(crate) fn recover_lane(
     // writes: a version-1 segment stays sealed, so an older build reading it never meets a
     // record of a newer version in it.
     if let Some(last) = placed.last()
+        && !last.stranded
+        && last.meta.path == dir.join(format::segment_file_name(last.meta.id))
         && last.header_id == Some(last.meta.id)
         && last.header_version == Some(format::FORMAT_VERSION)
         && last.meta.id == out.max_file_id
@@ -759,7 +871,11 @@ pub(crate) fn recover_lane(
     {
         out.resumable = Some((last.meta.id, last.meta.len));
     }
-    out.segs = placed.into_iter().map(|p| p.meta).collect();
+    out.segs = placed
+        .into_iter()
+        .filter(|p| !p.stranded)
+        .map(|p| p.meta)
+        .collect();
     out.damage_before.sort_unstable();
     Ok(out)
 }

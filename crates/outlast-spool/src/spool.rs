@@ -57,9 +57,9 @@ impl Spool {
         let root = config.root().to_path_buf();
         recovery::prepare_root(&root, true)?;
         let mut report = RecoveryReport::default();
-        let (own, adopted) = take_lanes(&config, &*fs, &root, &mut report)?;
-        report.lane = own.n;
-        let inner = Arc::new(Ledger::new(config, fs, own, adopted, &mut report));
+        let lanes = take_lanes(&config, &*fs, &root, &mut report)?;
+        report.lane = lanes.own.n;
+        let inner = Arc::new(Ledger::new(config, fs, lanes, &mut report));
         // Segments left fully acked by an earlier process can go now.
         for l in inner.lanes() {
             let mut c = lock(&l.consumer);

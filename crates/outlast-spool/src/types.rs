@@ -130,6 +130,18 @@ pub struct SpoolStats {
     /// Lanes of another identity under the root, left alone (as last seen by open or
     /// [`Spool::adopt_released`](crate::Spool::adopt_released)).
     pub foreign_lanes: usize,
+    /// Lanes of this spool's identity that no spool can use as they are (recovery failed on
+    /// them: their cursor or lock is not a regular file, a file named like a segment that
+    /// cannot be placed, a read error): their records stay
+    /// on disk, undelivered, until an operator repairs the lane. As last seen by open or
+    /// [`Spool::adopt_released`](crate::Spool::adopt_released). See
+    /// [`RecoveryReport::unusable_lanes`].
+    pub stranded_lanes: usize,
+    /// Records on disk that no spool will deliver as things are: the unacknowledged records
+    /// of the stranded lanes (see [`RecoveryReport::stranded_records`]). Never counted as
+    /// delivered or dropped: they are still there, and delivered once the lane is repaired
+    /// (then [`Spool::adopt_released`](crate::Spool::adopt_released) takes it).
+    pub stranded_records: u64,
 }
 
 /// The identity a lane records (see [`SpoolConfig::identity`](crate::SpoolConfig::identity)).
@@ -208,9 +220,21 @@ pub struct RecoveryReport {
     /// directory, a symbolic link, a device, a plain file where a lane directory belongs):
     /// skipped, never opened or followed.
     pub skipped_entries: Vec<PathBuf>,
-    /// Lanes that could not be used (recovery failed on them: e.g. their cursor is not a
-    /// regular file); left as they are. This process took another lane.
+    /// Lanes that could not be used (recovery failed on them: e.g. their cursor or lock is
+    /// not a regular file); left as they are. This process took another lane. Their
+    /// records are stranded (see [`RecoveryReport::stranded_records`]).
     pub unusable_lanes: Vec<u32>,
+    /// Files in lane directories named like segments (`<digits>.seg`) but not as the spool
+    /// names them (not 20 digits, or beyond `u64`: renamed by hand), holding records, whose
+    /// header does not say which segment they are (damaged, or naming an id another file
+    /// has): their lane is unusable (listed in `unusable_lanes`) until the file is renamed.
+    /// (A renamed file whose header names its segment is read in its place instead, and
+    /// listed in `misplaced_segments`.)
+    pub stranded_files: Vec<PathBuf>,
+    /// Unacknowledged records no spool will deliver as things are: those of
+    /// `unusable_lanes` (a read-only count; a lane whose cursor cannot be read counts from
+    /// its start). Logged at open, and shown in [`SpoolStats::stranded_records`].
+    pub stranded_records: u64,
     /// Lanes of another identity: left alone, not locked, not adopted.
     pub foreign_lanes: Vec<ForeignLane>,
     /// Whether a lane's cursor file was missing its CRC or damaged (its lane is then read
