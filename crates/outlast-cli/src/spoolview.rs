@@ -450,6 +450,19 @@ fn problems(i: &Inspection) -> Vec<String> {
                 p.display()
             ));
         }
+        for p in &l.stranded_files {
+            out.push(format!(
+                "{}: named like a segment, but not as the spool names them, and its header does not say which segment it is: rename it to its segment id (20 digits)",
+                p.display()
+            ));
+        }
+        if l.is_unusable() {
+            out.push(format!(
+                "{}: no client can use this lane as it is: {} record(s) stranded (neither delivered nor dropped) until it is repaired",
+                l.path.display(),
+                l.stranded_records()
+            ));
+        }
         for p in &l.misplaced_segments {
             out.push(format!(
                 "{}: segment out of place (its header names another id, or its records are out of sequence order by name): delivered in sequence order",
@@ -458,7 +471,7 @@ fn problems(i: &Inspection) -> Vec<String> {
         }
         if l.missing_records > 0 {
             out.push(format!(
-                "{}: {} record(s) missing between segments (a segment deleted, emptied or damaged): counted as lost",
+                "{}: {} record(s) missing between segments or at the end of the lane (a segment deleted, emptied or damaged, a tail cut off): counted as lost",
                 l.path.display(),
                 l.missing_records
             ));

@@ -255,6 +255,15 @@ pub struct ClientStats {
     /// Records waiting in those lanes, as counted when the spool opened (0 once no lane of
     /// another identity is left).
     pub foreign_records: u64,
+    /// Lanes of this client's identity in the spool directory that no client can use as
+    /// they are (a `cursor` or `lock` that is not a regular file, a renamed segment whose
+    /// header does not say which it is): left alone, logged, and reported by `outlast
+    /// verify`. As last seen when the spool opened or looked for released lanes. The
+    /// project's troubleshooting guide ("Records stranded") says how to repair them.
+    pub stranded_lanes: usize,
+    /// Records in those lanes: on disk, not in `spool_records`, neither delivered nor
+    /// dropped; delivered once the lane is repaired (the drain task adopts it then).
+    pub stranded_records: u64,
     /// Whether the backend is believed reachable (the last attempt succeeded, or none failed).
     pub online: bool,
     /// What the client knows about the backend: online, unreachable at the transport level,

@@ -146,3 +146,44 @@ async fn one_flipped_byte_in_the_spool_is_one_corrupt_drop_for_the_client() {
     assert_eq!(s.dropped.total(), 1);
     let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
 }
+
+#[tokio::test(start_paused = true)]
+async fn records_of_a_lane_no_client_can_use_are_reported_stranded_not_lost() {
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new();
+    {
+        let c = common::client(dir.path(), &exporter);
+        exporter.set_mode(Outcome::Fail);
+        for i in 0..4 {
+            assert!(
+                c.export(payload(&format!("{i}")))
+                    .await
+                    .expect("spooled")
+                    .is_spooled()
+            );
+        }
+        let _ = c.shutdown(Duration::from_secs(5)).await.expect("shut down");
+    }
+    // The lane's cursor is replaced by a directory while no process runs.
+    let cursor = dir.path().join("lane-0").join("cursor");
+    std::fs::remove_file(&cursor).expect("rm cursor");
+    std::fs::create_dir(&cursor).expect("mkdir");
+    exporter.set_mode(Outcome::Accept);
+    let c = common::client(dir.path(), &exporter);
+    let _ = c.force_flush(Duration::from_secs(5)).await;
+    let s = c.stats();
+    assert_eq!((s.stranded_lanes, s.stranded_records), (1, 4), "{s:?}");
+    assert_eq!((s.spool_records, s.replayed, s.dropped.total()), (0, 0, 0));
+    // Repaired: the drain task adopts the lane and delivers it.
+    std::fs::remove_dir(&cursor).expect("rmdir");
+    let report = c.force_flush(Duration::from_secs(30)).await;
+    assert!(report.complete, "{report:?}");
+    let s = c.stats();
+    assert_eq!(
+        (s.stranded_lanes, s.stranded_records, s.replayed),
+        (0, 0, 4),
+        "{s:?}"
+    );
+    assert_eq!(texts(&exporter), ["0", "1", "2", "3"]);
+    let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
+}
