@@ -173,7 +173,7 @@ drop_reasons! {
         "Spooled records evicted for newer ones (drop-oldest policy).";
     /// A spooled record was damaged on disk (bad checksum) and skipped.
     Corrupt => corrupt, "corrupt",
-        "Damaged records skipped in the spool (each damaged region counts once).";
+        "Spooled records lost to damage on disk (bad checksum or framing): each lost record counts once, whether recovery or a replay found it, however often it is read past.";
     /// The caller dropped the `export` future (a timeout around it, a `select!`) before
     /// the payload was delivered or spooled.
     Cancelled => cancelled, "cancelled",

@@ -13,6 +13,7 @@ use crate::fs::SpoolFs;
 use crate::ledger::lock;
 use crate::recovery::{self, SegMeta};
 use crate::scan::FrameReader;
+use crate::seqset::SeqSet;
 use crate::types::Dropped;
 
 /// One lane held by this process: its own, or an adopted one.
@@ -30,6 +31,8 @@ pub(crate) struct Lane {
     pub(crate) cursor_sync: Mutex<()>,
     /// Mirror of `consumer.acked`, readable without the consumer lock.
     pub(crate) acked: AtomicU64,
+    /// Records of `consumer.counted` (readable without the consumer lock, for stats).
+    pub(crate) counted_ahead: AtomicU64,
     /// Newest sequence number stored in the lane (0: none).
     pub(crate) last_seq: AtomicU64,
     /// Next sequence number (own lane: the writer's; adopted: recovered).
@@ -45,18 +48,11 @@ pub(crate) struct Consumer {
     pub(crate) cursor: CursorFile,
     /// Records up to this seq were handed out (or skipped) since the last rewind.
     pub(crate) handed: u64,
-    /// The highest seq ever read since open; not reset by a rewind, so that damage read
-    /// past again after a rewind is not counted again.
-    pub(crate) read_through: u64,
-    /// Frames (by sequence number, ascending) after a damaged region that recovery counted
-    /// already: a reader meeting that damage does not count it again.
-    pub(crate) damage_counted: Vec<u64>,
-    /// Sequence numbers above the ack point (inclusive ranges, ascending, disjoint) of
-    /// records counted as expired while records before them were still outstanding: a
-    /// rewind reads them again, and they are not counted again.
-    pub(crate) expired_counted: Vec<(u64, u64)>,
-    /// The highest segment id whose damaged tail was counted.
-    pub(crate) tail_damage_counted: u64,
+    /// Records above the ack point, still in the segment index, that a read counted as
+    /// dropped already: expired (read ahead of records still outstanding), or lost to
+    /// damage found after open. Not reset by a rewind, so that a record read again is not
+    /// counted again; not counted as waiting either (see [`Lane::counted_ahead`]).
+    pub(crate) counted: SeqSet,
     pub(crate) reader: Option<(u64, FrameReader)>,
     /// Records handed out and not yet acknowledged whose segment was evicted or expired
     /// meanwhile: an ack counts them delivered; a rewind counts them lost (in `lost`).
@@ -96,61 +92,16 @@ pub(crate) struct Lost {
 }
 
 impl Consumer {
-    /// Whether a damaged region just before frame `seq` is met for the first time: not
-    /// counted by recovery, and not read past since open (a rewind reads it again).
-    pub(crate) fn first_sight_of_damage(&mut self, seq: u64) -> bool {
-        if seq <= self.read_through {
-            return false;
-        }
-        match self.damage_counted.binary_search(&seq) {
-            Ok(i) => {
-                self.damage_counted.remove(i);
-                false
-            }
-            Err(_) => true,
-        }
+    /// Counts the records `from..=to` as dropped, those not counted before and not in
+    /// `absent` (numbers recovery found missing and counted); returns how many.
+    pub(crate) fn count_new(&mut self, from: u64, to: u64, absent: &SeqSet) -> u64 {
+        self.counted
+            .insert_new(from.max(self.acked + 1), to, absent)
     }
 
-    /// Whether record `seq`, found expired, is counted now: not if it was counted before
-    /// (read, counted, then rewound over). Records at or below the ack point are never
-    /// read again, so only those above it are remembered.
-    pub(crate) fn count_expired(&mut self, seq: u64) -> bool {
-        if self
-            .expired_counted
-            .iter()
-            .any(|&(a, b)| a <= seq && seq <= b)
-        {
-            return false;
-        }
-        match self.expired_counted.last_mut() {
-            Some((_, b)) if *b + 1 == seq => *b = seq,
-            _ => {
-                self.expired_counted.push((seq, seq));
-                self.expired_counted.sort_unstable();
-            }
-        }
-        true
-    }
-
-    /// Records `from..=to` counted as expired already (see [`Consumer::count_expired`]).
-    fn expired_among(&self, from: u64, to: u64) -> u64 {
-        self.expired_counted
-            .iter()
-            .map(|&(a, b)| {
-                let (lo, hi) = (a.max(from), b.min(to));
-                if lo <= hi { hi - lo + 1 } else { 0 }
-            })
-            .sum()
-    }
-
-    /// The ack point moved to `acked`: what is at or below it is never read again.
+    /// The ack point moved: what is at or below it is never read again.
     pub(crate) fn forget_below_ack(&mut self) {
-        let acked = self.acked;
-        self.damage_counted.retain(|&s| s > acked);
-        self.expired_counted.retain_mut(|(a, b)| {
-            *a = (*a).max(acked.saturating_add(1));
-            *a <= *b
-        });
+        self.counted.remove_through(self.acked);
     }
 
     /// Splits a segment being dropped (evicted or expired) into the records no one has seen,
@@ -159,14 +110,19 @@ impl Consumer {
     /// once: delivered or dropped, never both.
     pub(crate) fn drop_counts(&mut self, m: &SegMeta, cause: DropCause, now: &mut Dropped) {
         let per = |n: u64| m.framed_bytes_of(n);
-        let unread = m.unacked(self.handed);
+        // Records a read counted already (expired, lost to damage) are neither unread nor in
+        // flight: they are forgotten with their segment.
+        let unread = m.unacked(self.handed).saturating_sub(
+            self.counted
+                .count_in(m.first_seq.max(self.handed.saturating_add(1)), m.last_seq),
+        );
         let from = m.first_seq.max(self.acked.saturating_add(1));
         let to = m.last_seq.min(self.handed);
-        // Those handed out as expired were counted then: they are not in flight.
         let in_flight = m
             .unacked(self.acked)
-            .saturating_sub(unread)
-            .saturating_sub(self.expired_among(from, to));
+            .saturating_sub(m.unacked(self.handed))
+            .saturating_sub(self.counted.count_in(from, to));
+        self.counted.remove(m.first_seq, m.last_seq);
         now.add(unread, per(unread));
         if in_flight > 0 {
             self.limbo.push(Limbo {
@@ -229,10 +185,7 @@ impl Lane {
                 acked,
                 cursor,
                 handed: acked,
-                read_through: acked,
-                damage_counted: rec.damage_before.clone(),
-                expired_counted: Vec::new(),
-                tail_damage_counted: 0,
+                counted: SeqSet::default(),
                 reader: None,
                 limbo: Vec::new(),
                 // Records found missing at recovery are told to the first reader; damage
@@ -244,10 +197,17 @@ impl Lane {
             }),
             cursor_sync: Mutex::new(()),
             acked: AtomicU64::new(acked),
+            counted_ahead: AtomicU64::new(0),
             last_seq: AtomicU64::new(last),
             next_seq: AtomicU64::new(rec.next_seq),
             identity_pending: AtomicBool::new(false),
         }
+    }
+
+    /// Mirrors the size of `c.counted` for [`Lane::counted_ahead`]; call after changing it.
+    pub(crate) fn note_counted(&self, c: &Consumer) {
+        self.counted_ahead
+            .store(c.counted.count_in(0, u64::MAX), Ordering::Release);
     }
 
     pub(crate) fn cursor_state(&self, acked: u64) -> CursorState {

@@ -214,12 +214,14 @@ impl Ledger {
     /// expired), counting them as [`Consumer::drop_counts`] says; consumer lock held.
     pub(crate) fn drop_segment(
         &self,
+        l: &Lane,
         c: &mut Consumer,
         m: SegMeta,
         cause: DropCause,
         dropped: &mut Dropped,
     ) -> io::Result<()> {
         c.drop_counts(&m, cause, dropped);
+        l.note_counted(c);
         self.forget_segment(&m);
         match self.fs.remove_file(&m.path) {
             Ok(()) => {}
@@ -404,14 +406,18 @@ impl Ledger {
         let mut oldest = u64::MAX;
         for l in &lanes {
             let acked = l.acked.load(Ordering::Acquire);
+            let mut waiting = 0u64;
             for m in lock(&l.segs).iter() {
                 let n = m.unacked(acked);
                 if n > 0 {
-                    s.records += n;
+                    waiting += n;
                     s.pending_bytes += m.framed_bytes_of(n);
                     oldest = oldest.min(m.oldest_ns);
                 }
             }
+            // Records a read counted as dropped already (expired ahead of the ack point, lost
+            // to damage) are still indexed, but wait no more.
+            s.records += waiting.saturating_sub(l.counted_ahead.load(Ordering::Acquire));
         }
         if oldest != u64::MAX {
             s.oldest_created_at = Some(UNIX_EPOCH + Duration::from_nanos(oldest));

@@ -26,6 +26,7 @@ mod ledger;
 mod reader;
 mod recovery;
 mod scan;
+mod seqset;
 mod spool;
 mod types;
 mod writer;

@@ -14,6 +14,7 @@ use crate::lane::{Consumer, DropCause, Lane};
 use crate::ledger::{Ledger, lock};
 use crate::recovery::SegMeta;
 use crate::scan::{Found, FrameReader, Next, PayloadArena};
+use crate::seqset::SeqSet;
 use crate::types::{Dropped, ReadBatch, Record, RecordId};
 
 /// Read size of the reader's window buffer.
@@ -188,6 +189,16 @@ impl Ledger {
                 .map_err(|e| SpoolError::io(segment_path(l, t.id), e))?
             {
                 Next::Frame(f) => {
+                    if f.skipped.is_some() {
+                        // The records between the frames around the damage are lost:
+                        // counted once (not those recovery counted, nor again after a
+                        // rewind).
+                        // Within this segment only: numbers before it are other segments'.
+                        let from = f.prev_seq.max(t.start_seq) + 1;
+                        let absent = segment_holes(l, t.id);
+                        batch.corrupt_skipped += c.count_new(from, f.seq - 1, &absent);
+                        l.note_counted(c);
+                    }
                     if take_frame(l, c, f, expiry, batch, bytes, max_bytes) == Took::NoRoom {
                         if let Some((_, reader)) = c.reader.as_mut() {
                             reader.unread_last();
@@ -196,9 +207,16 @@ impl Ledger {
                     }
                 }
                 Next::End { valid_end, end } => {
-                    if valid_end < end && t.sealed && t.id > c.tail_damage_counted {
-                        batch.corrupt_skipped += 1;
-                        c.tail_damage_counted = t.id;
+                    if valid_end < end && t.sealed {
+                        // A damaged end of a complete segment: its last records are lost.
+                        let after = c
+                            .reader
+                            .as_ref()
+                            .map_or(t.last_seq, |(_, r)| r.last_seq())
+                            .max(t.start_seq);
+                        let absent = segment_holes(l, t.id);
+                        batch.corrupt_skipped += c.count_new(after + 1, t.last_seq, &absent);
+                        l.note_counted(c);
                     }
                     if !t.sealed {
                         return Ok(false);
@@ -247,7 +265,7 @@ impl Ledger {
             gone
         };
         for m in victims {
-            self.drop_segment(c, m, DropCause::Expired, expired)?;
+            self.drop_segment(l, c, m, DropCause::Expired, expired)?;
         }
         Ok(())
     }
@@ -271,6 +289,7 @@ impl Ledger {
         c.handed = c.handed.max(id.seq);
         c.settle_limbo(id.seq);
         c.forget_below_ack();
+        l.note_counted(&c);
         l.acked.store(id.seq, Ordering::Release);
         match l.write_cursor(&*self.fs, &mut c) {
             Ok(()) => {}
@@ -308,6 +327,7 @@ struct Target {
     end: u64,
     sealed: bool,
     start_seq: u64,
+    last_seq: u64,
 }
 
 impl Target {
@@ -317,8 +337,18 @@ impl Target {
             end: m.len,
             sealed: m.sealed || adopted,
             start_seq: m.first_seq.saturating_sub(1),
+            last_seq: m.last_seq,
         }
     }
+}
+
+/// The numbers recovery found missing in segment `id` of `l` (counted by it).
+fn segment_holes(l: &Lane, id: u64) -> SeqSet {
+    lock(&l.segs)
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.holes.clone())
+        .unwrap_or_default()
 }
 
 /// The segment the reader is in (or, if it was deleted under us by eviction or expiry, the
@@ -363,8 +393,8 @@ enum Took {
     NoRoom,
 }
 
-/// Handles one valid frame: counts damage skipped before it (once, even after a rewind),
-/// skips what was handed out already, counts an expired record (once, even after a rewind;
+/// Handles one valid frame (damage before it is counted by the caller): skips what was
+/// handed out already, counts an expired record (once, even after a rewind;
 /// as acknowledged when nothing before it is outstanding), or adds the record to the batch.
 fn take_frame(
     l: &Lane,
@@ -375,10 +405,6 @@ fn take_frame(
     bytes: &mut u64,
     max_bytes: u64,
 ) -> Took {
-    if f.skipped.is_some() && c.first_sight_of_damage(f.seq) {
-        batch.corrupt_skipped += 1;
-    }
-    c.read_through = c.read_through.max(f.seq);
     if f.seq <= c.handed {
         return Took::Next;
     }
@@ -386,7 +412,7 @@ fn take_frame(
         && f.meta.created_at_unix_nanos < limit
     {
         // Counted once, though a rewind may read it again.
-        if c.count_expired(f.seq) {
+        if c.count_new(f.seq, f.seq, &SeqSet::default()) == 1 {
             batch.expired.add(1, f.len);
         }
         if c.handed == c.acked {
@@ -395,6 +421,7 @@ fn take_frame(
             c.forget_below_ack();
             l.acked.store(f.seq, Ordering::Release);
         }
+        l.note_counted(c);
         c.handed = f.seq;
         return Took::Next;
     }

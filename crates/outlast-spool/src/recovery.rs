@@ -15,6 +15,7 @@ use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at, write_all_at};
 use crate::identity::IDENTITY_FILE;
 use crate::inspect::EncodingTally;
 use crate::scan::{FrameReader, Next, PayloadArena};
+use crate::seqset::SeqSet;
 use crate::types::RecoveryReport;
 
 /// Name of a lane's lock file.
@@ -39,6 +40,9 @@ pub(crate) struct SegMeta {
     pub(crate) newest_ns: u64,
     /// No more appends go to it.
     pub(crate) sealed: bool,
+    /// Numbers between its first and last record that recovery found missing (lost to
+    /// damage, counted then): not in `records`.
+    pub(crate) holes: SeqSet,
 }
 
 impl SegMeta {
@@ -53,6 +57,7 @@ impl SegMeta {
             oldest_ns: u64::MAX,
             newest_ns: 0,
             sealed: false,
+            holes: SeqSet::default(),
         }
     }
 
@@ -74,15 +79,16 @@ impl SegMeta {
     }
 
     /// Records of this segment not yet acknowledged, if `acked` is the lane's ack point.
-    /// Exact when sequence numbers in the segment are contiguous (they are unless records
-    /// were lost to damage), an upper bound otherwise.
+    /// Exact: numbers missing inside the segment are known (`holes`).
     pub(crate) fn unacked(&self, acked: u64) -> u64 {
         if self.records == 0 || self.last_seq <= acked {
             0
         } else if self.first_seq > acked {
             self.records
         } else {
-            (self.last_seq - acked).min(self.records)
+            let span = self.last_seq - acked;
+            span.saturating_sub(self.holes.count_in(acked + 1, self.last_seq))
+                .min(self.records)
         }
     }
 }
@@ -128,9 +134,9 @@ pub(crate) struct SegScan {
     pub(crate) meta: SegMeta,
     /// Damaged regions skipped before valid frames (each one may have cost records).
     pub(crate) corrupt: u64,
-    /// The sequence number of the frame found right after each of those regions: how a
-    /// reader knows the region it meets again was counted already.
-    pub(crate) damage_before: Vec<u64>,
+    /// The numbers of the records those regions destroyed (between the frames around
+    /// them); in `meta.holes` too.
+    pub(crate) holes: SeqSet,
     /// Bytes after the last valid frame (torn or damaged tail).
     pub(crate) tail_bytes: u64,
 }
@@ -164,7 +170,7 @@ pub(crate) fn scan_segment(
         file_len,
         meta: SegMeta::new(id, path.to_path_buf(), file_len.min(SEGMENT_HEADER_LEN)),
         corrupt: 0,
-        damage_before: Vec::new(),
+        holes: SeqSet::default(),
         tail_bytes: 0,
     };
     let last_seq = match kind {
@@ -181,7 +187,12 @@ pub(crate) fn scan_segment(
             Next::Frame(f) => {
                 if f.skipped.is_some() {
                     scan.corrupt += 1;
-                    scan.damage_before.push(f.seq);
+                    // Before the first frame of a segment whose header is damaged, where
+                    // the segment began is unknown: the continuity check counts that gap.
+                    let known = f.prev_seq > 0 || matches!(kind, SegKind::Valid { .. });
+                    if known {
+                        scan.holes.insert(f.prev_seq + 1, f.seq - 1);
+                    }
                 }
                 let t = &mut scan.tally;
                 if f.meta.content_encoding == ContentEncoding::Gzip {
@@ -209,7 +220,7 @@ pub(crate) fn scan_segment(
             scan.meta.len = file_len.min(SEGMENT_HEADER_LEN);
             scan.tail_bytes = 0;
             scan.corrupt = 0;
-            scan.damage_before.clear();
+            scan.holes = SeqSet::default();
             return Ok(scan);
         }
         scan.kind = SegKind::Damaged;
@@ -636,9 +647,6 @@ pub(crate) struct RecoveredLane {
     pub(crate) missing: u64,
     /// Damaged regions found in its segments.
     pub(crate) corrupt: u64,
-    /// The frame after each of those regions, by sequence number, ascending (see
-    /// [`SegScan::damage_before`]): counted here, not again when a reader meets them.
-    pub(crate) damage_before: Vec<u64>,
 }
 
 /// The ISIZE field of a gzip stream's trailer (its last 4 bytes, little-endian): the
@@ -693,11 +701,11 @@ fn recover_segment(
             (None, None, None)
         }
     };
-    // Damage among records acknowledged already cost nothing undelivered (and was counted
-    // when a reader first met it, if it was there then).
-    report.corrupt_frames_skipped +=
-        scan.damage_before.iter().filter(|&&s| s > acked).count() as u64;
+    // Records lost to damage, each counted once; those acknowledged already were delivered
+    // (and counted when a reader first met the damage, if it was there then).
+    report.corrupt_frames_skipped += scan.holes.count_in(acked.saturating_add(1), u64::MAX);
     let mut meta = scan.meta;
+    meta.holes = scan.holes;
     if scan.tail_bytes > 0 {
         let f = fs.open(&path, true).map_err(|e| SpoolError::io(&path, e))?;
         f.set_len(meta.len)
@@ -796,7 +804,6 @@ pub(crate) fn recover_lane(
         next_seq: cursor.state.next_seq.max(acked + 1).max(1),
         missing: 0,
         corrupt: 0,
-        damage_before: Vec::new(),
     };
     let mut placed = Vec::new();
     let corrupt_before = report.corrupt_frames_skipped;
@@ -822,13 +829,6 @@ pub(crate) fn recover_lane(
     for (id, path) in files {
         let scan = scan_segment(fs, &path, id, false).map_err(|e| SpoolError::io(&path, e))?;
         newer_here |= matches!(scan.kind, SegKind::Newer(_));
-        if !matches!(
-            scan.kind,
-            SegKind::Foreign | SegKind::Newer(_) | SegKind::Short
-        ) {
-            out.damage_before
-                .extend(scan.damage_before.iter().filter(|&&s| s > acked));
-        }
         if let Some(p) = recover_segment(fs, path, scan, acked, report)? {
             if let Some(first) = p.header_first {
                 out.next_seq = out.next_seq.max(first);
@@ -876,6 +876,5 @@ pub(crate) fn recover_lane(
         .filter(|p| !p.stranded)
         .map(|p| p.meta)
         .collect();
-    out.damage_before.sort_unstable();
     Ok(out)
 }

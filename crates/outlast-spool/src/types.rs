@@ -40,7 +40,9 @@ pub struct ReadBatch {
     /// them are counted in [`Appended::evicted`]; records acknowledged are delivered, not
     /// evicted.)
     pub evicted: Dropped,
-    /// Damaged frames skipped while reading (each skipped region counts once), plus, once,
+    /// Records lost to damage met while reading (the numbers between the intact frames
+    /// around a damaged region, each counted once, whatever the number of reads or rewinds
+    /// that meet it; damage recovery counted already is not counted again), plus, once,
     /// the records recovery found missing in a lane
     /// ([`RecoveryReport::missing_records`]) and the damage found in a lane taken by
     /// [`Spool::adopt_released`](crate::Spool::adopt_released): a caller that counts its
@@ -121,7 +123,7 @@ pub struct SpoolStats {
     pub evicted: Dropped,
     /// Records dropped for age since open.
     pub expired: Dropped,
-    /// Damaged frames skipped since open (recovery and reads).
+    /// Records lost to damage since open (found by recovery or by reads; each once).
     pub corrupt_skipped: u64,
     /// Records found missing between segments by recovery (at open and by
     /// [`Spool::adopt_released`](crate::Spool::adopt_released)): known by their sequence
@@ -177,7 +179,10 @@ pub struct RecoveryReport {
     pub bytes: u64,
     /// Bytes cut off the end of segments because the last record was incomplete or damaged.
     pub torn_tail_bytes_truncated: u64,
-    /// Damaged regions skipped in the middle of segments (each counts once).
+    /// Records lost to damage in the middle of segments, above the ack point: the numbers
+    /// missing between the intact frames around each damaged region (a region that
+    /// destroyed no record counts nothing). Each counts once: a read meeting the same
+    /// damage does not report it again.
     pub corrupt_frames_skipped: u64,
     /// Segment files of a newer format version: left untouched, not read, not deleted.
     pub newer_version_files: Vec<PathBuf>,

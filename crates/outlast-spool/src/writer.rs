@@ -472,7 +472,7 @@ impl Ledger {
                 }
             };
             if let Some(m) = victim {
-                self.drop_segment(&mut c, m, DropCause::Evicted, evicted)?;
+                self.drop_segment(l, &mut c, m, DropCause::Evicted, evicted)?;
                 return Ok(true);
             }
         }
@@ -486,7 +486,7 @@ impl Ledger {
                     .map(|i| segs.remove(i))
             };
             if let Some(m) = victim {
-                self.drop_segment(&mut c, m, DropCause::Evicted, evicted)?;
+                self.drop_segment(&self.own, &mut c, m, DropCause::Evicted, evicted)?;
                 return Ok(true);
             }
         }

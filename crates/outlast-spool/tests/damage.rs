@@ -169,8 +169,15 @@ fn zeroed_range_in_the_middle_is_skipped_and_counted() {
     bytes[a..b].fill(0);
     std::fs::write(&seg, &bytes).expect("write");
     let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
-    assert_eq!(report.corrupt_frames_skipped, 1);
-    let (seen, _) = drain(&spool);
+    // One damaged region, four records lost in it (5 to 8): each record counts once.
+    assert_eq!(report.corrupt_frames_skipped, 4);
+    assert_eq!(
+        inspect::scan(dir.path()).expect("scan").lanes[0].segments[0].corrupt_frames,
+        1
+    );
+    let (seen, told) = drain(&spool);
+    assert_eq!(told, 0, "counted by recovery, not again by the reader");
+    assert_eq!(seen.len() + 4, 40, "every record delivered or counted");
     // The zeroed range runs from record 5's payload to record 8's payload: frames 5 to 8
     // are damaged, one region; everything before and after is delivered.
     assert!(seen.starts_with(&[0, 1, 2, 3, 4]));
