@@ -33,6 +33,9 @@ pub(crate) struct Lane {
     pub(crate) acked: AtomicU64,
     /// Records of `consumer.counted` (readable without the consumer lock, for stats).
     pub(crate) counted_ahead: AtomicU64,
+    /// Records of `consumer.limbo`: handed out, their segment dropped since, their fate not
+    /// known yet (readable without the consumer lock, for stats).
+    pub(crate) in_limbo: AtomicU64,
     /// Newest sequence number stored in the lane (0: none).
     pub(crate) last_seq: AtomicU64,
     /// Next sequence number (own lane: the writer's; adopted: recovered).
@@ -80,7 +83,8 @@ pub(crate) struct Limbo {
     pub(crate) cause: DropCause,
 }
 
-/// Lost records waiting to be reported by the next read.
+/// Lost records waiting to be reported by the next read (all of them already in the
+/// spool's counters).
 #[derive(Debug, Default)]
 pub(crate) struct Lost {
     pub(crate) evicted: Dropped,
@@ -151,16 +155,22 @@ impl Consumer {
         });
     }
 
-    /// A rewind: what is in limbo was not delivered and is gone from disk: lost.
-    pub(crate) fn rewind(&mut self) {
+    /// A rewind: what is in limbo was not delivered and is gone from disk: lost. Returns
+    /// what it found lost (evicted, expired), for the spool's counters at once; the next
+    /// read (or append, for evictions) reports it.
+    pub(crate) fn rewind(&mut self) -> (Dropped, Dropped) {
+        let (mut evicted, mut expired) = (Dropped::default(), Dropped::default());
         for x in std::mem::take(&mut self.limbo) {
             match x.cause {
-                DropCause::Evicted => self.lost.evicted.add(x.records, x.bytes),
-                DropCause::Expired => self.lost.expired.add(x.records, x.bytes),
+                DropCause::Evicted => evicted.add(x.records, x.bytes),
+                DropCause::Expired => expired.add(x.records, x.bytes),
             }
         }
+        self.lost.evicted.add(evicted.records, evicted.bytes);
+        self.lost.expired.add(expired.records, expired.bytes);
         self.handed = self.acked;
         self.reader = None;
+        (evicted, expired)
     }
 }
 
@@ -198,16 +208,20 @@ impl Lane {
             cursor_sync: Mutex::new(()),
             acked: AtomicU64::new(acked),
             counted_ahead: AtomicU64::new(0),
+            in_limbo: AtomicU64::new(0),
             last_seq: AtomicU64::new(last),
             next_seq: AtomicU64::new(rec.next_seq),
             identity_pending: AtomicBool::new(false),
         }
     }
 
-    /// Mirrors the size of `c.counted` for [`Lane::counted_ahead`]; call after changing it.
+    /// Mirrors the sizes of `c.counted` and `c.limbo` ([`Lane::counted_ahead`],
+    /// [`Lane::in_limbo`]); call after changing either.
     pub(crate) fn note_counted(&self, c: &Consumer) {
         self.counted_ahead
             .store(c.counted.count_in(0, u64::MAX), Ordering::Release);
+        self.in_limbo
+            .store(c.limbo.iter().map(|x| x.records).sum(), Ordering::Release);
     }
 
     pub(crate) fn cursor_state(&self, acked: u64) -> CursorState {

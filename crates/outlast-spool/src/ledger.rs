@@ -418,6 +418,9 @@ impl Ledger {
             // Records a read counted as dropped already (expired ahead of the ack point, lost
             // to damage) are still indexed, but wait no more.
             s.records += waiting.saturating_sub(l.counted_ahead.load(Ordering::Acquire));
+            // Records handed out whose segment was evicted or expired meanwhile are still
+            // waiting for their fate (an ack: delivered; a rewind: lost, counted then).
+            s.records += l.in_limbo.load(Ordering::Acquire);
         }
         if oldest != u64::MAX {
             s.oldest_created_at = Some(UNIX_EPOCH + Duration::from_nanos(oldest));

@@ -24,6 +24,9 @@ pub(crate) const READ_CHUNK: usize = 256 * 1024;
 /// payload buffers.
 pub(crate) struct ReadInto<'a> {
     pub(crate) batch: &'a mut ReadBatch,
+    /// Of the batch's evicted and expired, what was counted already (found lost by a
+    /// rewind, or kept from a failed read) and is only reported now.
+    pub(crate) reported: &'a mut (Dropped, Dropped),
     pub(crate) bytes: &'a mut u64,
     pub(crate) arena: &'a mut PayloadArena,
 }
@@ -50,6 +53,7 @@ impl Ledger {
         let mut counted = 0u64;
         let lanes = self.lanes();
         let mut failed = None;
+        let mut reported = (Dropped::default(), Dropped::default());
         for l in &lanes {
             if batch.records.len() >= max_records {
                 break;
@@ -60,6 +64,7 @@ impl Ledger {
             }
             let mut into = ReadInto {
                 batch: &mut batch,
+                reported: &mut reported,
                 bytes: &mut bytes,
                 arena: &mut arena,
             };
@@ -69,29 +74,29 @@ impl Ledger {
             }
         }
         batch.corrupt_skipped += counted;
+        // What this read found (not what it only reports) goes into the counters now.
         let fresh_corrupt = batch.corrupt_skipped - counted;
+        let fresh_expired = minus(batch.expired, reported.1);
+        let fresh_evicted = minus(batch.evicted, reported.0);
+        if fresh_expired.records > 0 || fresh_corrupt > 0 || fresh_evicted.records > 0 {
+            let mut c = lock(&self.counters);
+            c.expired.add(fresh_expired.records, fresh_expired.bytes);
+            c.evicted.add(fresh_evicted.records, fresh_evicted.bytes);
+            c.corrupt += fresh_corrupt;
+        }
         match failed {
-            None => {
-                if batch.expired.records > 0 || fresh_corrupt > 0 || batch.evicted.records > 0 {
-                    let mut c = lock(&self.counters);
-                    c.expired.add(batch.expired.records, batch.expired.bytes);
-                    c.evicted.add(batch.evicted.records, batch.evicted.bytes);
-                    c.corrupt += fresh_corrupt;
-                }
-                Ok(batch)
-            }
+            None => Ok(batch),
             Some(e) => {
-                self.keep_for_next_read(&lanes, &batch, fresh_corrupt);
+                self.keep_for_next_read(&lanes, &batch);
                 Err(e)
             }
         }
     }
 
-    /// A read failed part-way: the batch never reaches the caller. What it counted is kept
-    /// for the next read (or append) to report, each loss once, and the records it took
-    /// are handed out again by the next read.
-    fn keep_for_next_read(&self, lanes: &[Arc<Lane>], batch: &ReadBatch, fresh_corrupt: u64) {
-        lock(&self.counters).corrupt += fresh_corrupt;
+    /// A read failed part-way: the batch never reaches the caller. What it counted (in the
+    /// counters already) is kept for the next read (or append) to report, each loss once,
+    /// and the records it took are handed out again by the next read.
+    fn keep_for_next_read(&self, lanes: &[Arc<Lane>], batch: &ReadBatch) {
         for l in lanes {
             let mut c = lock(&l.consumer);
             if let Some(first) = batch
@@ -131,6 +136,8 @@ impl Ledger {
         let expired = std::mem::take(&mut c.lost.expired);
         into.batch.evicted.add(evicted.records, evicted.bytes);
         into.batch.expired.add(expired.records, expired.bytes);
+        into.reported.0.add(evicted.records, evicted.bytes);
+        into.reported.1.add(expired.records, expired.bytes);
         let acked_before = c.acked;
         let result = self.read_lane_locked(l, &mut c, into, max_records, max_bytes);
         if c.acked != acked_before
@@ -161,6 +168,7 @@ impl Ledger {
             batch,
             bytes,
             arena,
+            ..
         } = into;
         let expiry = self
             .config
@@ -313,6 +321,14 @@ impl Ledger {
             self.seal_drained()?;
         }
         Ok(())
+    }
+}
+
+/// `a - b`, saturated.
+fn minus(a: Dropped, b: Dropped) -> Dropped {
+    Dropped {
+        records: a.records.saturating_sub(b.records),
+        bytes: a.bytes.saturating_sub(b.bytes),
     }
 }
 

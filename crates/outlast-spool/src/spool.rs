@@ -139,7 +139,14 @@ impl Spool {
     pub fn rewind(&self) {
         for l in self.inner.lanes() {
             let mut c = lock(&l.consumer);
-            c.rewind();
+            let (evicted, expired) = c.rewind();
+            l.note_counted(&c);
+            if evicted.records > 0 || expired.records > 0 {
+                // Counted now, when their fate is known; reported by the next read.
+                let mut counters = lock(&self.inner.counters);
+                counters.evicted.add(evicted.records, evicted.bytes);
+                counters.expired.add(expired.records, expired.bytes);
+            }
             if c.lost.evicted.records > 0 {
                 self.inner.lost_pending.store(true, Ordering::Release);
             }

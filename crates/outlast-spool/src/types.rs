@@ -97,8 +97,11 @@ pub struct Appended {
 /// Current gauges of a spool.
 #[derive(Debug, Clone, Default)]
 pub struct SpoolStats {
-    /// Records stored and not yet acknowledged (approximate while records are being acked in
-    /// the middle of a segment: counted from per-segment indexes).
+    /// Records waiting to be delivered: stored and not yet acknowledged, less those a read
+    /// counted as dropped already (expired, lost to damage), plus those handed out whose
+    /// segment was evicted or expired before they were acknowledged (their fate is the
+    /// caller's ack or rewind). So, at every moment, records appended = delivered + dropped
+    /// (each reason) + `records` (+ what recovery found lost before this open).
     pub records: u64,
     /// Bytes of all segment files (what the cap applies to). A segment's file is deleted
     /// only once all its records are acknowledged, so this stays above zero after a drain.

@@ -227,10 +227,8 @@ impl Ledger {
             let d = std::mem::take(&mut lock(&l.consumer).lost.evicted);
             lost.add(d.records, d.bytes);
         }
-        if lost.records > 0 {
-            lock(&self.counters).evicted.add(lost.records, lost.bytes);
-            evicted.add(lost.records, lost.bytes);
-        }
+        // Already in the counters (since the rewind): reported here only.
+        evicted.add(lost.records, lost.bytes);
     }
 
     /// Makes sure the own lane's cursor file is prepared (see [`CursorFile::prepare`]); a
