@@ -219,6 +219,14 @@ impl Spool {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // Records handed out whose segment was dropped, and not acknowledged by now, will
+        // not be: lost, counted (as a rewind would).
+        for l in self.inner.lanes() {
+            let (evicted, expired) = lock(&l.consumer).rewind();
+            let mut counters = lock(&self.inner.counters);
+            counters.evicted.add(evicted.records, evicted.bytes);
+            counters.expired.add(expired.records, expired.bytes);
+        }
         let result = self.inner.sync_all();
         {
             let mut w = lock(&self.inner.writer);
