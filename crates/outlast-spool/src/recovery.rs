@@ -740,7 +740,7 @@ fn rebase_after_gaps(fs: &dyn SpoolFs, placed: &[Placed], rebase: &[(u64, u64)])
         };
         let header = format::encode_segment_header(id, first_seq);
         let written = fs
-            .open(&path, true)
+            .open(path, true)
             .and_then(|f| write_all_at(&*f, &header, 0).and_then(|()| f.sync_data()));
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "could not mark a counted gap in a segment header");
