@@ -187,3 +187,61 @@ async fn records_of_a_lane_no_client_can_use_are_reported_stranded_not_lost() {
     assert_eq!(texts(&exporter), ["0", "1", "2", "3"]);
     let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_read_that_fails_with_eio_loses_no_count_and_no_record() {
+    let dir = spool_dir();
+    let fs = FaultFs::new();
+    let exporter = MemoryExporter::new();
+    let small = || {
+        common::builder(dir.path())
+            .max_record_bytes(1024)
+            .segment_bytes(2048)
+    };
+    {
+        let c = small().build(exporter.clone()).expect("valid");
+        exporter.set_mode(Outcome::Fail);
+        for i in 0..30 {
+            let p = payload(&format!("record-{i:04}-{}", "x".repeat(200)));
+            assert!(c.export(p).await.expect("spooled").is_spooled());
+        }
+        let _ = c.shutdown(Duration::from_secs(5)).await.expect("shut down");
+    }
+    // A segment is lost while no process runs: recovery counts its records as missing,
+    // and the first read reports them, which the client counts.
+    let lane = dir.path().join("lane-0");
+    let mut segs: Vec<_> = std::fs::read_dir(&lane)
+        .expect("lane")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let lost = {
+        let n = outlast_spool::inspect::scan(dir.path())
+            .expect("scan")
+            .lanes[0]
+            .segments
+            .iter()
+            .find(|s| s.path == segs[1])
+            .map_or(0, |s| s.records);
+        std::fs::remove_file(&segs[1]).expect("remove");
+        n
+    };
+    assert!(lost > 0);
+    exporter.set_mode(Outcome::Accept);
+    let c = small()
+        .build_with_spool_fs(exporter.clone(), Arc::new(fs.clone()))
+        .expect("valid");
+    assert_eq!(c.stats().stranded_lanes, 0);
+    // The drain task's first read fails with EIO (it has not run yet: time is paused and
+    // nothing was awaited); the next succeeds.
+    fs.fail_reads(1);
+    let report = c.force_flush(Duration::from_secs(60)).await;
+    assert!(report.complete, "{report:?}");
+    let s = c.stats();
+    assert_eq!(s.dropped.corrupt, lost, "{s:?}");
+    assert_eq!(s.replayed + lost, 30, "{s:?}");
+    assert_eq!(accounted(&s), 30, "{s:?}");
+    let _ = c.shutdown(Duration::from_secs(1)).await.expect("shut down");
+}
