@@ -200,9 +200,11 @@ impl Ledger {
                     if f.skipped.is_some() {
                         // The records between the frames around the damage are lost:
                         // counted once (not those recovery counted, nor again after a
-                        // rewind).
-                        // Within this segment only: numbers before it are other segments'.
-                        let from = f.prev_seq.max(t.start_seq) + 1;
+                        // rewind). Within this segment only (numbers before it are other
+                        // segments'), and not those handed out already: damaged since they
+                        // were read, their fate is the caller's (an ack: delivered; a
+                        // rewind reads them again, and counts them then).
+                        let from = f.prev_seq.max(t.start_seq).max(c.handed) + 1;
                         let absent = segment_holes(l, t.id);
                         batch.corrupt_skipped += c.count_new(from, f.seq - 1, &absent);
                         l.note_counted(c);
@@ -221,7 +223,8 @@ impl Ledger {
                             .reader
                             .as_ref()
                             .map_or(t.last_seq, |(_, r)| r.last_seq())
-                            .max(t.start_seq);
+                            .max(t.start_seq)
+                            .max(c.handed);
                         let absent = segment_holes(l, t.id);
                         batch.corrupt_skipped += c.count_new(after + 1, t.last_seq, &absent);
                         l.note_counted(c);
