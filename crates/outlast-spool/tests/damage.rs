@@ -783,3 +783,61 @@ fn records_whose_data_fsync_failed_and_were_lost_to_a_power_loss_are_counted_mis
     let (seen, told) = drain(&spool);
     assert_eq!((seen, told), ((0..10).collect::<Vec<_>>(), 5));
 }
+
+#[test]
+fn a_record_damaged_after_it_was_handed_out_is_delivered_if_acknowledged_and_counted_once_if_rewound()
+ {
+    for ack in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(dir.path(), 600);
+        assert!(
+            segments(dir.path()).len() >= 2,
+            "the read below crosses a segment"
+        );
+        let fs = FaultFs::new();
+        let (spool, _) =
+            Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone())).expect("open");
+        let first = spool.read_batch(20, u64::MAX).expect("read");
+        assert_eq!(first.records.len(), 20);
+        // Record 10, handed out already, is damaged on disk.
+        let seg = &segments(dir.path())[0];
+        let mut bytes = std::fs::read(seg).expect("read seg");
+        let pos = find(&bytes, b"record-00000010") + 3;
+        bytes[pos] ^= 0x10;
+        std::fs::write(seg, &bytes).expect("write seg");
+        // The next read fails at the next segment: the one after it reads the first
+        // segment again from its start, and passes the damage below what was handed out.
+        fs.fail_reads(1);
+        spool.read_batch(10_000, u64::MAX).expect_err("EIO");
+        let mut corrupt = 0;
+        if !ack {
+            spool.rewind();
+        }
+        // Acknowledged (with the rest, below): the first 20 were delivered.
+        let mut seen: Vec<u64> = if ack {
+            first
+                .records
+                .iter()
+                .map(|r| body_index(&r.payload))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        loop {
+            let b = spool.read_batch(100, u64::MAX).expect("read");
+            corrupt += b.corrupt_skipped;
+            let Some(last) = b.records.last() else { break };
+            seen.extend(b.records.iter().map(|r| body_index(&r.payload)));
+            spool.ack(last.id).expect("ack");
+        }
+        if ack {
+            assert_eq!(corrupt, 0, "delivered before it was damaged: not a loss");
+            assert_eq!(seen, (0..600).collect::<Vec<_>>());
+        } else {
+            assert_eq!(corrupt, 1, "lost, once");
+            assert_eq!(seen.len(), 599);
+        }
+        assert_eq!(spool.stats().corrupt_skipped, corrupt);
+        assert_eq!(spool.stats().records, 0);
+    }
+}
