@@ -94,6 +94,20 @@ pub(crate) enum CliError {
         /// The time limit, in seconds.
         timeout_s: f64,
     },
+    /// Records on disk that no client can deliver as things are (a lane whose cursor or lock
+    /// is not a regular file, a renamed segment that cannot be placed): reported, not lost.
+    #[error(
+        "{records} record(s) in {lanes} lane(s) of {} are stranded: no client can deliver them until the lanes are repaired (see `outlast verify`)",
+        path.display()
+    )]
+    Stranded {
+        /// The spool directory.
+        path: PathBuf,
+        /// Lanes no client can use.
+        lanes: usize,
+        /// Their records.
+        records: u64,
+    },
     /// Accepted records were still in the spool at the end (the endpoint was unreachable):
     /// the spool is kept.
     #[error(

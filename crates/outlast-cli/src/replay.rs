@@ -51,6 +51,10 @@ struct ReplaySummary {
     skipped_lanes: Vec<u32>,
     /// Lanes of another identity delivered on purpose (`--identity`, `--any-identity`).
     other_identity_lanes: Vec<u32>,
+    /// Lanes no client can use as they are, and their records: left on disk, neither
+    /// delivered nor dropped. `complete` is false while any are.
+    stranded_lanes: usize,
+    stranded_records: u64,
 }
 
 /// Runs `outlast replay`.
@@ -59,7 +63,8 @@ struct ReplaySummary {
 ///
 /// [`CliError::Config`] for a bad endpoint; those of [`scan_spool`];
 /// [`CliError::NewerVersion`], [`CliError::Locked`], [`CliError::SpoolUnavailable`];
-/// [`CliError::Incomplete`] when records remain after the timeout.
+/// [`CliError::Incomplete`] when records remain after the timeout; [`CliError::Stranded`]
+/// when records are left on disk that no client can deliver.
 pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliError> {
     // The endpoint comes from --endpoint; headers, timeout, gzip and CA from the same
     // OUTLAST_* variables an application would use, plus any --header.
@@ -171,12 +176,21 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         dropped: DropView::from(stats.dropped),
         remaining_records: report.remaining_records,
         remaining_bytes: report.remaining_bytes,
-        complete: report.complete,
+        complete: report.complete && stats.stranded_records == 0 && stats.stranded_lanes == 0,
         elapsed_s: secs(start.elapsed()),
         skipped_lanes,
         other_identity_lanes,
+        stranded_lanes: stats.stranded_lanes,
+        stranded_records: stats.stranded_records,
     };
     print_json_line(&summary)?;
+    if report.complete && (stats.stranded_lanes > 0 || stats.stranded_records > 0) {
+        return Err(CliError::Stranded {
+            path: args.dir.clone(),
+            lanes: stats.stranded_lanes,
+            records: stats.stranded_records,
+        });
+    }
     if report.complete {
         Ok(())
     } else {

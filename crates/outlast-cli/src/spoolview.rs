@@ -137,6 +137,12 @@ struct LaneView {
     misplaced_segments: Vec<PathBuf>,
     corrupt_segments: Vec<PathBuf>,
     skipped_entries: Vec<PathBuf>,
+    /// No client can use the lane as it is: its records are stranded.
+    unusable: bool,
+    /// Records no client will deliver as things are (all of an unusable lane's).
+    stranded_records: u64,
+    /// Files named like segments that cannot be placed (they make the lane unusable).
+    stranded_files: Vec<PathBuf>,
     segments: Vec<SegmentView>,
     unknown_files: Vec<PathBuf>,
 }
@@ -183,6 +189,8 @@ struct SpoolView {
     newest_record: Option<String>,
     corrupt_frames: u64,
     torn_tail_bytes: u64,
+    /// Records no client will deliver as things are (in lanes no client can use).
+    stranded_records: u64,
     newer_version_files: Vec<PathBuf>,
     /// Entries named like lanes that are not directories.
     skipped_entries: Vec<PathBuf>,
@@ -256,6 +264,9 @@ fn view(i: &Inspection, mine: Option<&str>) -> SpoolView {
                     })
                     .collect(),
                 unknown_files: l.unknown_files.clone(),
+                unusable: l.is_unusable(),
+                stranded_records: l.stranded_records(),
+                stranded_files: l.stranded_files.clone(),
             }
         })
         .collect();
@@ -274,6 +285,7 @@ fn view(i: &Inspection, mine: Option<&str>) -> SpoolView {
         newest_record: newest.map(rfc3339),
         corrupt_frames: lanes.iter().map(|l| l.corrupt_frames).sum(),
         torn_tail_bytes: lanes.iter().map(|l| l.torn_tail_bytes).sum(),
+        stranded_records: i.stranded_records(),
         newer_version_files: i
             .lanes
             .iter()
@@ -450,6 +462,19 @@ fn problems(i: &Inspection) -> Vec<String> {
                 p.display()
             ));
         }
+        for p in &l.stranded_files {
+            out.push(format!(
+                "{}: named like a segment, but not as the spool names them, and its header does not say which segment it is: rename it to its segment id (20 digits)",
+                p.display()
+            ));
+        }
+        if l.is_unusable() {
+            out.push(format!(
+                "{}: no client can use this lane as it is: {} record(s) stranded (neither delivered nor dropped) until it is repaired",
+                l.path.display(),
+                l.stranded_records()
+            ));
+        }
         for p in &l.misplaced_segments {
             out.push(format!(
                 "{}: segment out of place (its header names another id, or its records are out of sequence order by name): delivered in sequence order",
@@ -458,7 +483,7 @@ fn problems(i: &Inspection) -> Vec<String> {
         }
         if l.missing_records > 0 {
             out.push(format!(
-                "{}: {} record(s) missing between segments (a segment deleted, emptied or damaged): counted as lost",
+                "{}: {} record(s) missing between segments or at the end of the lane (a segment deleted, emptied or damaged, a tail cut off): counted as lost",
                 l.path.display(),
                 l.missing_records
             ));

@@ -543,3 +543,71 @@ async fn replay_of_another_identity_holds_its_lanes_and_leaves_their_identity_ev
     assert_eq!(b.records.len(), 4, "every record is still the owner's");
     owner_spool.close().expect("close");
 }
+
+#[test]
+fn verify_exits_1_when_the_end_of_a_lane_was_cut_off() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_spool(dir.path(), 50);
+    let segs = segment_files(dir.path());
+    let last = segs.last().expect("a segment");
+    let len = std::fs::metadata(last).expect("meta").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .expect("open");
+    f.set_len(len / 2).expect("cut the tail");
+    drop(f);
+    let run = outlast(&["verify", dir.path().to_str().expect("utf-8")], LIMIT);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stdout.contains("at the end of the lane"), "{run:?}");
+}
+
+#[test]
+fn verify_exits_1_for_a_segment_renamed_beyond_u64() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_spool(dir.path(), 50);
+    let segs = segment_files(dir.path());
+    let first = &segs[0];
+    let renamed = first.with_file_name("99999999999999999999.seg");
+    std::fs::rename(first, &renamed).expect("rename");
+    let run = outlast(&["verify", dir.path().to_str().expect("utf-8")], LIMIT);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stdout.contains("99999999999999999999.seg"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_exits_1_and_reports_records_stranded_in_a_lane_no_client_can_use() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_spool(dir.path(), 30);
+    let cursor = dir.path().join("lane-0").join("cursor");
+    std::fs::remove_file(&cursor).expect("rm cursor");
+    std::fs::create_dir(&cursor).expect("a directory where the cursor was");
+    let verify = outlast(&["verify", dir.path().to_str().expect("utf-8")], LIMIT);
+    assert_eq!(verify.code, Some(1), "{verify:?}");
+    assert!(
+        verify.stdout.contains("30 record(s) stranded"),
+        "{verify:?}"
+    );
+
+    let receiver = TestReceiver::start().await.expect("receiver starts");
+    let url = receiver.url();
+    let path = dir.path().to_str().expect("utf-8").to_owned();
+    let run = tokio::task::spawn_blocking(move || {
+        outlast(
+            &["replay", &path, "--endpoint", &url, "--timeout", "10s"],
+            LIMIT,
+        )
+    })
+    .await
+    .expect("the runner thread ends");
+    assert_eq!(
+        run.code,
+        Some(1),
+        "records left on disk are not a success: {run:?}"
+    );
+    let v = run.json();
+    assert_eq!(v["stranded_lanes"], 1, "{v}");
+    assert_eq!(v["stranded_records"], 30, "{v}");
+    assert_eq!(v["complete"], false, "{v}");
+    assert!(run.stderr.contains("stranded"), "{run:?}");
+}

@@ -924,6 +924,7 @@ impl Client {
             exported: load(&c.exported),
             retried: load(&c.retried),
             spooled: load(&c.spooled),
+            spooled_not_durable: load(&c.spooled_not_durable),
             replayed: load(&c.replayed),
             replay_failures: load(&c.replay_failures),
             dropped: c.dropped(),
@@ -937,6 +938,8 @@ impl Client {
                 .oldest_created_at
                 .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),
             foreign_lanes: spool.foreign_lanes,
+            stranded_lanes: spool.stranded_lanes,
+            stranded_records: spool.stranded_records,
             foreign_records: if spool.foreign_lanes == 0 {
                 0
             } else {

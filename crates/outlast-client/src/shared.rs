@@ -26,6 +26,8 @@ pub(crate) enum LogKind {
     SpoolTrouble,
     /// The spool could not be synced at the end of a flush.
     FlushSync,
+    /// A spooled record's fsync failed (`FsyncEveryAppend` mode).
+    NotDurable,
 }
 
 /// The throttle and what the last drop message of each reason reported.
@@ -597,6 +599,11 @@ impl Shared {
             Ok(appended) => {
                 lock(&self.spill_rate).record(now_std(), len);
                 Counters::bump(&self.counters.spooled);
+                if let Some(e) = &appended.sync_error {
+                    // Written, indexed and going to be replayed: spooled, not dropped; only
+                    // not yet safe from a power loss. Counted, and the drain task told.
+                    self.warn_not_durable(e);
+                }
                 if appended.evicted.records > 0 {
                     self.record_drop(DropReason::Evicted, appended.evicted.records);
                 }
@@ -727,6 +734,23 @@ impl Shared {
             .is_some();
         if due {
             tracing::warn!(error = %error, "outlast: spool sync at the end of a flush failed; written data is still with the OS, the next sync tries again");
+        }
+    }
+
+    /// Counts a record spooled whose fsync failed (`FsyncEveryAppend` mode) and logs it,
+    /// rate-limited.
+    fn warn_not_durable(&self, error: &std::io::Error) {
+        let total = self
+            .counters
+            .spooled_not_durable
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let due = lock(&self.logs)
+            .throttle
+            .check(LogKind::NotDurable, now_std())
+            .is_some();
+        if due {
+            tracing::warn!(error = %error, spooled_not_durable = total, "outlast: a spooled record's fsync failed; it is in the spool and will be delivered, but a power loss before the next successful sync may take it");
         }
     }
 

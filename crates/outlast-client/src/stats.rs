@@ -173,7 +173,7 @@ drop_reasons! {
         "Spooled records evicted for newer ones (drop-oldest policy).";
     /// A spooled record was damaged on disk (bad checksum) and skipped.
     Corrupt => corrupt, "corrupt",
-        "Damaged records skipped in the spool (each damaged region counts once).";
+        "Spooled records lost to damage on disk (bad checksum or framing): each lost record counts once, whether recovery or a replay found it, however often it is read past.";
     /// The caller dropped the `export` future (a timeout around it, a `select!`) before
     /// the payload was delivered or spooled.
     Cancelled => cancelled, "cancelled",
@@ -213,6 +213,11 @@ pub struct ClientStats {
     pub retried: u64,
     /// Payloads appended to the spool.
     pub spooled: u64,
+    /// Of `spooled`, payloads whose fsync failed in `FsyncEveryAppend` mode: they are in the
+    /// spool (`export` answered [`Delivery::Spooled`](crate::Delivery::Spooled)) and the
+    /// drain task delivers them like any other, but until a later sync succeeds a power
+    /// loss may take them. Not a drop: each is counted once, as spooled.
+    pub spooled_not_durable: u64,
     /// Spooled records delivered by the drain task.
     pub replayed: u64,
     /// Replay attempts that failed (retryable), each followed by a backoff.
@@ -227,8 +232,9 @@ pub struct ClientStats {
     /// Framed bytes of the records waiting in the spool (estimated in proportion for a
     /// segment delivered part-way): what the retry warning reports.
     pub pending_bytes: u64,
-    /// The cap in force on `spool_bytes`: [`ClientBuilder::spool_max_bytes`](crate::ClientBuilder::spool_max_bytes), lowered at open
-    /// when the disk has less room (0 without a spool). See [`ClientStats::spool_fill`].
+    /// The cap in force on `spool_bytes`: [`ClientBuilder::spool_max_bytes`](crate::ClientBuilder::spool_max_bytes), lowered
+    /// when the disk has less room (measured at open, and again when the spool is at that cap
+    /// or frees segments) (0 without a spool). See [`ClientStats::spool_fill`].
     pub spool_max_bytes: u64,
     /// Bytes appended to the spool per second (as stored: compressed when the record is),
     /// recently: an exponentially weighted average over about the last minute (a steady
@@ -249,6 +255,15 @@ pub struct ClientStats {
     /// Records waiting in those lanes, as counted when the spool opened (0 once no lane of
     /// another identity is left).
     pub foreign_records: u64,
+    /// Lanes of this client's identity in the spool directory that no client can use as
+    /// they are (a `cursor` or `lock` that is not a regular file, a renamed segment whose
+    /// header does not say which it is): left alone, logged, and reported by `outlast
+    /// verify`. As last seen when the spool opened or looked for released lanes. The
+    /// project's troubleshooting guide ("Records stranded") says how to repair them.
+    pub stranded_lanes: usize,
+    /// Records in those lanes: on disk, not in `spool_records`, neither delivered nor
+    /// dropped; delivered once the lane is repaired (the drain task adopts it then).
+    pub stranded_records: u64,
     /// Whether the backend is believed reachable (the last attempt succeeded, or none failed).
     pub online: bool,
     /// What the client knows about the backend: online, unreachable at the transport level,
@@ -288,6 +303,7 @@ pub(crate) struct Counters {
     pub(crate) exported: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) spooled: AtomicU64,
+    pub(crate) spooled_not_durable: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) replay_failures: AtomicU64,
     /// Drops, indexed by [`DropReason::index`].

@@ -3,6 +3,7 @@
 //!
 //! [`Spool::adopt_released`]: crate::Spool::adopt_released
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,39 @@ pub(crate) fn merge_report(into: &mut RecoveryReport, from: RecoveryReport) {
     into.corrupt_segments.extend(from.corrupt_segments);
     into.damaged_headers.extend(from.damaged_headers);
     into.skipped_entries.extend(from.skipped_entries);
+    into.stranded_files.extend(from.stranded_files);
+    into.stranded_records += from.stranded_records;
+}
+
+/// Whether lane `n`'s lock is there but is not a regular file (a directory, a FIFO, a
+/// link): no process can lock the lane, so none will drain it.
+fn lock_unusable(root: &std::path::Path, n: u32) -> bool {
+    let path = recovery::lane_dir(root, n).join(recovery::LOCK_FILE);
+    std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file())
+}
+
+/// What [`lock_and_recover`] found.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// Locked and recovered.
+    Lane(File, recovery::RecoveredLane),
+    /// Held by another process, or not a lane: not ours to count.
+    Busy,
+    /// No process can use it as it is (its cursor or lock is not a regular file, recovery
+    /// failed): its records are stranded. The error, for the log.
+    Unusable(String),
+}
+
+/// The lanes `open` took, and what it found in those it did not.
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    pub(crate) own: TakenLane,
+    pub(crate) adopted: Vec<Arc<Lane>>,
+    /// Lanes no spool can use, with their stranded records.
+    pub(crate) stranded: BTreeMap<u32, u64>,
+    /// Records found missing in lanes with nothing left to drain (their lock released):
+    /// counted in the report, told to the own lane's first read.
+    pub(crate) orphan_missing: u64,
 }
 
 /// A lane locked and recovered by `open`.
@@ -55,13 +89,15 @@ pub(crate) fn take_lanes(
     fs: &dyn SpoolFs,
     root: &std::path::Path,
     report: &mut RecoveryReport,
-) -> Result<(TakenLane, Vec<Arc<Lane>>), SpoolError> {
+) -> Result<Lanes, SpoolError> {
     let (existing, stray) = recovery::list_lanes(root)?;
     report.skipped_entries.extend(stray);
     let mine = config.identity();
     let rule = config.adoption();
     let mut own: Option<TakenLane> = None;
     let mut adopted = Vec::new();
+    let mut stranded = BTreeMap::new();
+    let mut orphan_missing = 0;
     for &n in &existing {
         let dir = recovery::lane_dir(root, n);
         let ident = identity::read_identity(fs, &dir);
@@ -69,8 +105,20 @@ pub(crate) fn take_lanes(
             report.foreign_lanes.push(foreign_lane(fs, n, &dir, ident));
             continue;
         }
-        let Some((file, rec)) = lock_and_recover(fs, root, n, false, report)? else {
-            continue;
+        let (file, rec) = match lock_and_recover(fs, root, n, false, report)? {
+            Taken::Lane(file, rec) => (file, rec),
+            Taken::Busy => continue,
+            Taken::Unusable(error) => {
+                let records = stranded_lane(fs, root, n, report);
+                tracing::warn!(
+                    lane = n,
+                    records,
+                    error,
+                    "spool lane unusable: left as it is, its records stranded until it is repaired (see `outlast verify`); another lane is used"
+                );
+                stranded.insert(n, records);
+                continue;
+            }
         };
         // Only a lane of this identity becomes the own lane (whose identity file may be
         // written): one taken under a wider adoption rule is only drained.
@@ -79,8 +127,11 @@ pub(crate) fn take_lanes(
         } else if rec.segs.iter().any(|s| s.records > 0) {
             adopted.push(Arc::new(Lane::new(n, dir, true, file, &rec)));
             report.adopted_lanes.push(n);
+        } else {
+            // The lock is released here: nothing to drain. Records recovery found missing
+            // in it (counted in the report) are told to the own lane's first read.
+            orphan_missing += rec.missing;
         }
-        // Otherwise the lock is released here: nothing to drain.
     }
     if let Some(&last) = existing.last()
         && own.is_none()
@@ -90,9 +141,22 @@ pub(crate) fn take_lanes(
     if own.is_none() {
         let start = existing.last().map_or(0, |&n| n.saturating_add(1));
         for n in start..start.saturating_add(NEW_LANE_ATTEMPTS) {
-            if let Some((file, rec)) = lock_and_recover(fs, root, n, true, report)? {
-                own = Some(TakenLane { n, file, rec });
-                break;
+            match lock_and_recover(fs, root, n, true, report)? {
+                Taken::Lane(file, rec) => {
+                    own = Some(TakenLane { n, file, rec });
+                    break;
+                }
+                Taken::Busy => {}
+                Taken::Unusable(error) => {
+                    let records = stranded_lane(fs, root, n, report);
+                    tracing::warn!(
+                        lane = n,
+                        records,
+                        error,
+                        "spool lane unusable: left as it is, its records stranded"
+                    );
+                    stranded.insert(n, records);
+                }
             }
         }
     }
@@ -103,37 +167,57 @@ pub(crate) fn take_lanes(
         );
     }
     match own {
-        Some(own) => Ok((own, adopted)),
+        Some(own) => Ok(Lanes {
+            own,
+            adopted,
+            stranded,
+            orphan_missing,
+        }),
         None => Err(SpoolError::Locked {
             path: root.to_path_buf(),
         }),
     }
 }
 
-/// Locks lane `n` (creating it if `create`) and recovers it. `Ok(None)`: held by another
-/// process, not a lane, or unusable (logged and listed in `unusable_lanes`).
+/// Counts an unusable lane's records as stranded in `report` (a read-only scan) and lists
+/// the lane in `unusable_lanes`; returns the count.
+pub(crate) fn stranded_lane(
+    fs: &dyn SpoolFs,
+    root: &std::path::Path,
+    n: u32,
+    report: &mut RecoveryReport,
+) -> u64 {
+    let (records, files) = crate::inspect::read_only_stranded(fs, &recovery::lane_dir(root, n), n);
+    report.unusable_lanes.push(n);
+    report.stranded_files.extend(files);
+    report.stranded_records += records;
+    records
+}
+
+/// Locks lane `n` (creating it if `create`) and recovers it. A lane no process can use is
+/// [`Taken::Unusable`], for the caller to count ([`stranded_lane`]) and log.
 pub(crate) fn lock_and_recover(
     fs: &dyn SpoolFs,
     root: &std::path::Path,
     n: u32,
     create: bool,
     report: &mut RecoveryReport,
-) -> Result<Option<(File, recovery::RecoveredLane)>, SpoolError> {
+) -> Result<Taken, SpoolError> {
     let Some(file) = recovery::try_lock_lane(root, n, create)? else {
-        return Ok(None);
+        if lock_unusable(root, n) {
+            return Ok(Taken::Unusable("its lock is not a regular file".to_owned()));
+        }
+        return Ok(Taken::Busy);
     };
     let dir = recovery::lane_dir(root, n);
     let mut sub = RecoveryReport::default();
     match recovery::recover_lane(fs, &dir, &mut sub) {
         Ok(rec) => {
             merge_report(report, sub);
-            Ok(Some((file, rec)))
+            Ok(Taken::Lane(file, rec))
         }
-        Err(e) => {
-            tracing::warn!(lane = n, error = %e, "spool lane unusable: left as it is, another lane is used");
-            report.unusable_lanes.push(n);
-            Ok(None)
-        }
+        // The lock is released (dropped) here: another process may try, and fail, too.
+        Err(e) => Ok(Taken::Unusable(e.to_string())),
     }
 }
 
@@ -168,6 +252,9 @@ impl Ledger {
         let mine = self.config.identity();
         let rule = self.config.adoption();
         let (mut adopted, mut foreign) = (0, 0);
+        // What this look finds stranded in the lanes not held, replacing what the last one
+        // found (a lane repaired meanwhile is no longer stranded).
+        let mut stranded = std::collections::BTreeMap::new();
         for n in existing.into_iter().filter(|n| !held.contains(n)) {
             let dir = recovery::lane_dir(root, n);
             if !identity::read_identity(&*self.fs, &dir).adoptable(mine, rule) {
@@ -175,12 +262,39 @@ impl Ledger {
                 continue;
             }
             let mut report = RecoveryReport::default();
-            let Some((file, rec)) = lock_and_recover(&*self.fs, root, n, false, &mut report)?
-            else {
-                continue;
+            let (file, rec) = match lock_and_recover(&*self.fs, root, n, false, &mut report)? {
+                Taken::Lane(file, rec) => (file, rec),
+                Taken::Busy => {
+                    // Held by a live process: whatever it found is its own to count. Known
+                    // stranded files of a lane held since stay as last seen.
+                    if let Some(&s) = lock(&self.counters).stranded.get(&n) {
+                        stranded.insert(n, s);
+                    }
+                    continue;
+                }
+                Taken::Unusable(error) => {
+                    let records = stranded_lane(&*self.fs, root, n, &mut report);
+                    let known = lock(&self.counters).stranded.get(&n).copied();
+                    if known != Some(records) {
+                        tracing::warn!(
+                            lane = n,
+                            records,
+                            error,
+                            "spool lane unusable: left as it is, its records stranded until it is repaired (see `outlast verify`)"
+                        );
+                    }
+                    stranded.insert(n, records);
+                    continue;
+                }
             };
             if !rec.segs.iter().any(|s| s.records > 0) {
-                continue; // Nothing to drain: the lock is released here.
+                // Nothing to drain: the lock is released here. Records recovery found
+                // missing are told to the next read of the own lane (a reader counts them).
+                if rec.missing > 0 {
+                    lock(&self.counters).missing += rec.missing;
+                    lock(&self.own.consumer).lost.unreported += rec.missing;
+                }
+                continue;
             }
             let l = Arc::new(Lane::new(n, dir, true, file, &rec));
             // No open report tells the caller of this lane's damage: the first read does.
@@ -209,7 +323,13 @@ impl Ledger {
             );
             adopted += 1;
         }
-        lock(&self.counters).foreign_lanes = foreign;
+        {
+            let mut c = lock(&self.counters);
+            c.foreign_lanes = foreign;
+            // The lanes held keep what their recovery found.
+            c.stranded.retain(|n, _| held.contains(n));
+            c.stranded.extend(stranded);
+        }
         Ok(adopted)
     }
 }

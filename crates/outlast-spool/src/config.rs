@@ -15,8 +15,9 @@ pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 512 * 1024 * 1024;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Default largest record: 8 MiB, above any sane OTLP batch, and half a default segment.
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 * 1024 * 1024;
-/// Share of the file system's free space (measured when the spool opens) that the spool
-/// may fill on top of what it already holds: 90 %. The cap in force is the smaller of
+/// Share of the file system's free space (measured when the spool opens, and again when an
+/// append does not fit under the cap or segments are freed) that the spool may fill on top
+/// of what it already holds: 90 %. The cap in force is the smaller of
 /// `max_total_bytes` and that, so the spool never fills a disk to the last byte (the rest
 /// of the host keeps room for its logs and temporary files); a disk filled by others
 /// anyway is survived too (see the crate documentation, "Full disk").

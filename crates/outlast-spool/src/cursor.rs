@@ -170,8 +170,8 @@ impl CursorFile {
         Ok(())
     }
 
-    /// Prepares an fsync: writes `state` if its ack point differs from the last record
-    /// written, and, if anything was written since the last fsync, writes the newest state
+    /// Prepares an fsync: writes `state` if it differs from the last record written (its
+    /// ack point, or how far the lane is written: every fsync point records both), and, if anything was written since the last fsync, writes the newest state
     /// into the other slot too, so that once synced both slots hold it: a later write torn by
     /// a power loss then costs nothing acknowledged before this fsync. Returns the file to
     /// fsync (outside the lane's lock), if any; call [`CursorFile::sync_failed`] if that
@@ -181,7 +181,7 @@ impl CursorFile {
         fs: &dyn SpoolFs,
         state: CursorState,
     ) -> io::Result<Option<Arc<dyn SpoolFile>>> {
-        if state.acked_through != self.written.acked_through {
+        if state != self.written {
             self.write(fs, state)?;
         }
         if !self.unsynced {

@@ -1,5 +1,5 @@
 //! A [`SpoolFs`] for tests that injects faults (ENOSPC, EIO, short and torn writes, failed
-//! fsyncs) and simulates a machine crash (bytes written since the last fsync are lost, or a
+//! fsyncs, failed reads) and simulates a machine crash (bytes written since the last fsync are lost, or a
 //! prefix of them is kept; so are overwrites of bytes already synced, such as cursor slots).
 //! Not for production use.
 
@@ -60,6 +60,9 @@ struct State {
     create_failures: u32,
     set_len_failures: u32,
     dir_sync_failures: u32,
+    read_failures: u32,
+    /// What `free_bytes` answers (`None`: the real file system's figure).
+    free_bytes: Option<Option<u64>>,
     /// Every write that would grow a file, every creation and every extension fails with
     /// ENOSPC; overwrites of bytes a file already has succeed (as on a real full disk).
     disk_full: bool,
@@ -112,6 +115,22 @@ impl FaultFs {
     /// The next `n` fsyncs fail with EIO.
     pub fn fail_syncs(&self, n: u32) {
         self.lock().sync_failures = n;
+    }
+
+    /// The next `n` reads of file data fail with EIO.
+    pub fn fail_reads(&self, n: u32) {
+        self.lock().read_failures = n;
+    }
+
+    /// Makes [`SpoolFs::free_bytes`] answer `free` (`None`: not measurable) instead of the
+    /// real file system's figure, until [`FaultFs::measure_real_free_bytes`].
+    pub fn set_free_bytes(&self, free: Option<u64>) {
+        self.lock().free_bytes = Some(free);
+    }
+
+    /// Makes [`SpoolFs::free_bytes`] measure the real file system again.
+    pub fn measure_real_free_bytes(&self) {
+        self.lock().free_bytes = None;
     }
 
     /// The next `n` file creations fail with ENOSPC.
@@ -228,6 +247,7 @@ impl FaultFs {
         st.create_failures = 0;
         st.set_len_failures = 0;
         st.dir_sync_failures = 0;
+        st.read_failures = 0;
         st.disk_full = false;
         st.synced.clear();
         st.undo.clear();
@@ -301,7 +321,16 @@ impl FaultFile {
 
 impl SpoolFile for FaultFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.fs.check_dead()?;
+        {
+            let mut st = self.fs.lock();
+            if st.dead {
+                return Err(err(io::ErrorKind::Other));
+            }
+            if st.read_failures > 0 {
+                st.read_failures -= 1;
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
+        }
         self.inner.read_at(buf, offset)
     }
 
@@ -462,5 +491,12 @@ impl SpoolFs for FaultFs {
             }
         }
         StdFs.sync_dir(path)
+    }
+
+    fn free_bytes(&self, path: &Path) -> Option<u64> {
+        match self.lock().free_bytes {
+            Some(free) => free,
+            None => StdFs.free_bytes(path),
+        }
     }
 }

@@ -78,6 +78,18 @@ pub trait SpoolFs: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// Any I/O error.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Free bytes of the file system holding `path`, for an unprivileged user (`statvfs`'s
+    /// `f_bavail` blocks of `f_frsize` bytes); `None` if it cannot be measured. The spool's
+    /// cap in force follows it (see [`DISK_FREE_SHARE_PERCENT`](crate::DISK_FREE_SHARE_PERCENT)).
+    fn free_bytes(&self, path: &Path) -> Option<u64> {
+        statvfs_free_bytes(path)
+    }
+}
+
+/// Free bytes of the file system holding `path`, as [`SpoolFs::free_bytes`] measures them.
+pub(crate) fn statvfs_free_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The real file system, through `std`.

@@ -107,6 +107,15 @@ pub struct LaneInspection {
     pub skipped_entries: Vec<PathBuf>,
     /// Why the cursor could not be read, if it could not (the lane is unusable as it is).
     pub cursor_error: Option<String>,
+    /// Files named like segments (`<digits>.seg`) but not as the spool names them (renamed
+    /// by hand: not 20 digits, or beyond `u64`), holding records, whose header does not say
+    /// which segment they are (damaged, or an id another file has): no spool can place
+    /// them, so none uses the lane (see [`LaneInspection::is_unusable`]). A renamed file
+    /// whose header names its segment is read in its place instead, and listed in
+    /// `misplaced_segments`.
+    pub stranded_files: Vec<PathBuf>,
+    /// Unacknowledged records in `stranded_files`.
+    pub stranded_file_records: u64,
 }
 
 impl LaneInspection {
@@ -123,6 +132,31 @@ impl LaneInspection {
                 }
             })
             .sum()
+    }
+
+    /// Whether no spool can use the lane as it is: its cursor cannot be read, its cursor or
+    /// lock is not a regular file, or it holds a file named like a segment that cannot be
+    /// placed (see `stranded_files`). Its records are stranded until it is repaired.
+    pub fn is_unusable(&self) -> bool {
+        self.cursor_error.is_some()
+            || !self.stranded_files.is_empty()
+            || self.skipped_entries.iter().any(|p| {
+                p.parent() == Some(self.path.as_path())
+                    && p.file_name().is_some_and(|n| {
+                        n == crate::cursor::CURSOR_FILE || n == recovery::LOCK_FILE
+                    })
+            })
+    }
+
+    /// Records on disk in this lane that no spool will deliver as things are: all its
+    /// unacknowledged records (and those of its `stranded_files`) if it
+    /// [is unusable](Self::is_unusable), else none.
+    pub fn stranded_records(&self) -> u64 {
+        if self.is_unusable() {
+            self.unacked_records() + self.stranded_file_records
+        } else {
+            0
+        }
     }
 
     /// Files of a newer format version.
@@ -160,9 +194,19 @@ impl Inspection {
         self.lanes.iter().map(LaneInspection::unacked_records).sum()
     }
 
+    /// Records no spool will deliver as things are, all lanes (see
+    /// [`LaneInspection::stranded_records`]).
+    pub fn stranded_records(&self) -> u64 {
+        self.lanes
+            .iter()
+            .map(LaneInspection::stranded_records)
+            .sum()
+    }
+
     /// Whether nothing is damaged: no corrupt frame, no torn tail, no damaged cursor, no
-    /// damaged header, no record missing between segments, no misplaced or corrupt segment,
-    /// no stray entry. (Newer-version files are not damage.)
+    /// damaged header, no record missing between segments or at the end of a lane, no
+    /// misplaced or corrupt segment, no stray entry, nothing stranded. (Newer-version files
+    /// are not damage.)
     pub fn is_healthy(&self) -> bool {
         self.skipped_entries.is_empty()
             && self.lanes.iter().all(|l| {
@@ -172,6 +216,7 @@ impl Inspection {
                     && l.misplaced_segments.is_empty()
                     && l.corrupt_segments.is_empty()
                     && l.skipped_entries.is_empty()
+                    && l.stranded_files.is_empty()
                     && l.segments.iter().all(|s| {
                         s.corrupt_frames == 0
                             && s.torn_tail_bytes == 0
@@ -242,9 +287,20 @@ pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
     Ok(out)
 }
 
-/// Unacknowledged intact records and segment bytes of lane `n` in `dir`, read-only and
-/// without touching its lock (not even the instant probe of [`scan`]); payloads are not
-/// copied out (only their frames are checked).
+/// Every unacknowledged record of lane `n` in `dir` (in its segments and in files the spool
+/// cannot place), read-only and without touching its lock (not even the instant probe of
+/// [`scan`]); payloads are not copied out (only their frames are checked). A cursor that
+/// cannot be read counts the lane from its start.
+pub(crate) fn read_only_stranded(fs: &dyn SpoolFs, dir: &Path, n: u32) -> (u64, Vec<PathBuf>) {
+    let l = scan_lane(fs, dir.parent().unwrap_or(dir), n, false, false);
+    (
+        l.unacked_records() + l.stranded_file_records,
+        l.stranded_files,
+    )
+}
+
+/// As [`read_only_stranded`], for a lane of another identity: its unacknowledged intact
+/// records and segment bytes.
 pub(crate) fn read_only_totals(fs: &dyn SpoolFs, dir: &Path, n: u32) -> (u64, u64) {
     let l = scan_lane(fs, dir.parent().unwrap_or(dir), n, false, false);
     (
@@ -285,11 +341,15 @@ fn scan_lane(
         corrupt_segments: Vec::new(),
         skipped_entries: Vec::new(),
         cursor_error: None,
+        stranded_files: Vec::new(),
+        stranded_file_records: 0,
     };
+    let mut written_next = 0;
     match crate::cursor::read_cursor(fs, &dir) {
         Ok(c) => {
             li.acked_through = c.state.acked_through;
             li.cursor_damaged = c.damaged;
+            written_next = c.state.next_seq;
         }
         Err(e) => li.cursor_error = Some(e.to_string()),
     }
@@ -304,17 +364,47 @@ fn scan_lane(
     li.unknown_files = entries.unknown;
     li.skipped_entries = entries.not_regular;
     let mut placed = Vec::new();
-    let mut newer_here = false;
-    for id in entries.segments {
-        newer_here |= inspect_segment(fs, &dir, id, bodies, &mut li, &mut placed);
-    }
-    let continuity = recovery::place_segments(&mut placed, li.acked_through, !newer_here);
-    li.missing_records = continuity.missing;
-    li.misplaced_segments = continuity
-        .misplaced
+    // As recovery does: a renamed file whose header says which segment it is is read in
+    // its place (and reported misplaced); one that cannot be placed strands its lane.
+    let mut files: Vec<(u64, PathBuf)> = entries
+        .segments
         .iter()
-        .map(|&id| dir.join(format::segment_file_name(id)))
+        .map(|&id| (id, dir.join(format::segment_file_name(id))))
         .collect();
+    let mut renamed = Vec::new();
+    for path in entries.misnamed {
+        match recovery::placeable_misnamed(fs, &path, &files) {
+            Ok(recovery::Misnamed::Place(id)) => {
+                renamed.push(path.clone());
+                files.push((id, path));
+            }
+            Ok(recovery::Misnamed::NotOurs) => li.unknown_files.push(path),
+            Err(_) => match recovery::misnamed_segment(fs, &path, li.acked_through) {
+                None => li.unknown_files.push(path),
+                Some((n, p)) => {
+                    li.stranded_file_records += n;
+                    li.stranded_files.push(path);
+                    placed.push(p);
+                }
+            },
+        }
+    }
+    files.sort_unstable_by_key(|(id, _)| *id);
+    let mut newer_here = false;
+    for (id, path) in files {
+        newer_here |= inspect_segment(fs, path, id, bodies, &mut li, &mut placed);
+    }
+    let continuity =
+        recovery::place_segments(&mut placed, li.acked_through, written_next, !newer_here);
+    li.missing_records = continuity.missing;
+    li.misplaced_segments = renamed;
+    for id in continuity.misplaced {
+        if let Some(s) = li.segments.iter().find(|s| s.id == id)
+            && !li.misplaced_segments.contains(&s.path)
+        {
+            li.misplaced_segments.push(s.path.clone());
+        }
+    }
     li
 }
 
@@ -322,13 +412,12 @@ fn scan_lane(
 /// check). Returns whether it is of a newer format version.
 fn inspect_segment(
     fs: &dyn SpoolFs,
-    dir: &Path,
+    path: PathBuf,
     id: u64,
     bodies: bool,
     li: &mut LaneInspection,
     placed: &mut Vec<recovery::Placed>,
 ) -> bool {
-    let path = dir.join(format::segment_file_name(id));
     let scan = match recovery::scan_segment(fs, &path, id, bodies) {
         Ok(s) => s,
         Err(_) => {
@@ -356,6 +445,7 @@ fn inspect_segment(
             header_id: header.map(|h| h.0),
             header_first: header.map(|h| h.1),
             header_version: version.filter(|_| header_ok),
+            stranded: false,
         });
     }
     li.segments.push(SegmentInspection {

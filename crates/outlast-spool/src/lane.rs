@@ -13,6 +13,7 @@ use crate::fs::SpoolFs;
 use crate::ledger::lock;
 use crate::recovery::{self, SegMeta};
 use crate::scan::FrameReader;
+use crate::seqset::SeqSet;
 use crate::types::Dropped;
 
 /// One lane held by this process: its own, or an adopted one.
@@ -30,6 +31,11 @@ pub(crate) struct Lane {
     pub(crate) cursor_sync: Mutex<()>,
     /// Mirror of `consumer.acked`, readable without the consumer lock.
     pub(crate) acked: AtomicU64,
+    /// Records of `consumer.counted` (readable without the consumer lock, for stats).
+    pub(crate) counted_ahead: AtomicU64,
+    /// Records of `consumer.limbo`: handed out, their segment dropped since, their fate not
+    /// known yet (readable without the consumer lock, for stats).
+    pub(crate) in_limbo: AtomicU64,
     /// Newest sequence number stored in the lane (0: none).
     pub(crate) last_seq: AtomicU64,
     /// Next sequence number (own lane: the writer's; adopted: recovered).
@@ -45,11 +51,11 @@ pub(crate) struct Consumer {
     pub(crate) cursor: CursorFile,
     /// Records up to this seq were handed out (or skipped) since the last rewind.
     pub(crate) handed: u64,
-    /// The highest seq ever read since open; not reset by a rewind, so that damage read
-    /// past again after a rewind is not counted again.
-    pub(crate) read_through: u64,
-    /// The highest segment id whose damaged tail was counted.
-    pub(crate) tail_damage_counted: u64,
+    /// Records above the ack point, still in the segment index, that a read counted as
+    /// dropped already: expired (read ahead of records still outstanding), or lost to
+    /// damage found after open. Not reset by a rewind, so that a record read again is not
+    /// counted again; not counted as waiting either (see [`Lane::counted_ahead`]).
+    pub(crate) counted: SeqSet,
     pub(crate) reader: Option<(u64, FrameReader)>,
     /// Records handed out and not yet acknowledged whose segment was evicted or expired
     /// meanwhile: an ack counts them delivered; a rewind counts them lost (in `lost`).
@@ -77,7 +83,8 @@ pub(crate) struct Limbo {
     pub(crate) cause: DropCause,
 }
 
-/// Lost records waiting to be reported by the next read.
+/// Lost records waiting to be reported by the next read (all of them already in the
+/// spool's counters).
 #[derive(Debug, Default)]
 pub(crate) struct Lost {
     pub(crate) evicted: Dropped,
@@ -89,19 +96,42 @@ pub(crate) struct Lost {
 }
 
 impl Consumer {
+    /// Counts the records `from..=to` as dropped, those not counted before and not in
+    /// `absent` (numbers recovery found missing and counted); returns how many.
+    pub(crate) fn count_new(&mut self, from: u64, to: u64, absent: &SeqSet) -> u64 {
+        self.counted
+            .insert_new(from.max(self.acked + 1), to, absent)
+    }
+
+    /// The ack point moved: what is at or below it is never read again.
+    pub(crate) fn forget_below_ack(&mut self) {
+        self.counted.remove_through(self.acked);
+    }
+
     /// Splits a segment being dropped (evicted or expired) into the records no one has seen,
     /// counted into `now`, and those handed out and not acknowledged, kept in limbo until an
     /// ack (delivered) or a rewind (lost) says what became of them. Each record is counted
     /// once: delivered or dropped, never both.
     pub(crate) fn drop_counts(&mut self, m: &SegMeta, cause: DropCause, now: &mut Dropped) {
         let per = |n: u64| m.framed_bytes_of(n);
-        let unread = m.unacked(self.handed);
-        let in_flight = m.unacked(self.acked).saturating_sub(unread);
+        // Records a read counted already (expired, lost to damage) are neither unread nor in
+        // flight: they are forgotten with their segment.
+        let unread = m.unacked(self.handed).saturating_sub(
+            self.counted
+                .count_in(m.first_seq.max(self.handed.saturating_add(1)), m.last_seq),
+        );
+        let from = m.first_seq.max(self.acked.saturating_add(1));
+        let to = m.last_seq.min(self.handed);
+        let in_flight = m
+            .unacked(self.acked)
+            .saturating_sub(m.unacked(self.handed))
+            .saturating_sub(self.counted.count_in(from, to));
+        self.counted.remove(m.first_seq, m.last_seq);
         now.add(unread, per(unread));
         if in_flight > 0 {
             self.limbo.push(Limbo {
-                from: m.first_seq.max(self.acked.saturating_add(1)),
-                to: m.last_seq.min(self.handed),
+                from,
+                to,
                 records: in_flight,
                 bytes: per(in_flight),
                 cause,
@@ -125,16 +155,22 @@ impl Consumer {
         });
     }
 
-    /// A rewind: what is in limbo was not delivered and is gone from disk: lost.
-    pub(crate) fn rewind(&mut self) {
+    /// A rewind: what is in limbo was not delivered and is gone from disk: lost. Returns
+    /// what it found lost (evicted, expired), for the spool's counters at once; the next
+    /// read (or append, for evictions) reports it.
+    pub(crate) fn rewind(&mut self) -> (Dropped, Dropped) {
+        let (mut evicted, mut expired) = (Dropped::default(), Dropped::default());
         for x in std::mem::take(&mut self.limbo) {
             match x.cause {
-                DropCause::Evicted => self.lost.evicted.add(x.records, x.bytes),
-                DropCause::Expired => self.lost.expired.add(x.records, x.bytes),
+                DropCause::Evicted => evicted.add(x.records, x.bytes),
+                DropCause::Expired => expired.add(x.records, x.bytes),
             }
         }
+        self.lost.evicted.add(evicted.records, evicted.bytes);
+        self.lost.expired.add(expired.records, expired.bytes);
         self.handed = self.acked;
         self.reader = None;
+        (evicted, expired)
     }
 }
 
@@ -159,8 +195,7 @@ impl Lane {
                 acked,
                 cursor,
                 handed: acked,
-                read_through: acked,
-                tail_damage_counted: 0,
+                counted: SeqSet::default(),
                 reader: None,
                 limbo: Vec::new(),
                 // Records found missing at recovery are told to the first reader; damage
@@ -172,10 +207,21 @@ impl Lane {
             }),
             cursor_sync: Mutex::new(()),
             acked: AtomicU64::new(acked),
+            counted_ahead: AtomicU64::new(0),
+            in_limbo: AtomicU64::new(0),
             last_seq: AtomicU64::new(last),
             next_seq: AtomicU64::new(rec.next_seq),
             identity_pending: AtomicBool::new(false),
         }
+    }
+
+    /// Mirrors the sizes of `c.counted` and `c.limbo` ([`Lane::counted_ahead`],
+    /// [`Lane::in_limbo`]); call after changing either.
+    pub(crate) fn note_counted(&self, c: &Consumer) {
+        self.counted_ahead
+            .store(c.counted.count_in(0, u64::MAX), Ordering::Release);
+        self.in_limbo
+            .store(c.limbo.iter().map(|x| x.records).sum(), Ordering::Release);
     }
 
     pub(crate) fn cursor_state(&self, acked: u64) -> CursorState {

@@ -3,6 +3,7 @@
 //! segments, fully acknowledged or dropped ones) and how to wake the background thread; the
 //! writer, the readers and the background thread stand on it.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use std::sync::mpsc::{self};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::adopt::TakenLane;
+use crate::adopt::{Lanes, TakenLane};
 use crate::background::Wake;
 use crate::config::SpoolConfig;
 use crate::cursor::{self};
@@ -33,12 +34,12 @@ pub(crate) fn later(now: Instant, d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-/// Free bytes of the file system holding `path`, for an unprivileged user (`statvfs`'s
-/// `f_bavail` blocks of `f_frsize` bytes); `None` if it cannot be measured.
-pub(crate) fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let st = rustix::fs::statvfs(path).ok()?;
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
-}
+/// How often at most an append that does not fit under a cap lowered by the file system's
+/// free space measures that free space again (a spool opened on a full disk thus takes
+/// records again within this long of space returning): a `statvfs` is cheap, but a spool
+/// at its cap meets this on every append, and a disk's free space does not change that
+/// fast. Deleting segments measures it at once.
+pub const CAP_REMEASURE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of our locks leaves plain data behind (no invariant spans
@@ -53,14 +54,20 @@ pub(crate) struct Counters {
     pub(crate) corrupt: u64,
     pub(crate) missing: u64,
     pub(crate) foreign_lanes: usize,
+    /// Lanes no spool can use as they are, with their records that none will deliver, as
+    /// last seen (a gauge: the same lane found again replaces its entry).
+    pub(crate) stranded: BTreeMap<u32, u64>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Ledger {
     pub(crate) config: SpoolConfig,
-    /// The cap in force: `max_total_bytes`, lowered at open to fit the file system (see
-    /// [`crate::DISK_FREE_SHARE_PERCENT`]).
-    pub(crate) cap: u64,
+    /// The cap in force: `max_total_bytes`, lowered to fit the file system (see
+    /// [`crate::DISK_FREE_SHARE_PERCENT`]): measured at open, and again when an append is
+    /// refused for room and when segments are freed (see [`Ledger::remeasure_cap`]).
+    pub(crate) cap: AtomicU64,
+    /// When an append refused for room last measured the free space again.
+    pub(crate) cap_measured: Mutex<Option<Instant>>,
     pub(crate) fs: Arc<dyn SpoolFs>,
     pub(crate) own: Arc<Lane>,
     pub(crate) adopted: RwLock<Vec<Arc<Lane>>>,
@@ -96,13 +103,26 @@ impl Ledger {
     pub(crate) fn new(
         config: SpoolConfig,
         fs: Arc<dyn SpoolFs>,
-        own: TakenLane,
-        adopted: Vec<Arc<Lane>>,
+        lanes: Lanes,
         report: &mut RecoveryReport,
     ) -> Ledger {
-        let TakenLane { n, file, rec } = own;
+        let Lanes {
+            own: TakenLane { n, file, rec },
+            adopted,
+            stranded,
+            orphan_missing,
+        } = lanes;
         let own_dir = recovery::lane_dir(config.root(), n);
         let own_lane = Arc::new(Lane::new(n, own_dir, false, file, &rec));
+        lock(&own_lane.consumer).lost.unreported += orphan_missing;
+        if report.stranded_records > 0 || !report.unusable_lanes.is_empty() {
+            tracing::warn!(
+                stranded_records = report.stranded_records,
+                unusable_lanes = ?report.unusable_lanes,
+                stranded_files = ?report.stranded_files,
+                "spool records stranded: on disk, but no spool will deliver them until the lanes or files are repaired (see `outlast verify`)"
+            );
+        }
         own_lane.identity_pending.store(
             identity::read_identity(&*fs, &own_lane.dir) == identity::LaneIdentity::Absent,
             Ordering::Release,
@@ -127,10 +147,11 @@ impl Ledger {
                 "could not record the lane's identity; the lane takes no record until it can"
             );
         }
-        let cap = cap_in_force(&config, total, report);
+        let cap = cap_in_force(&config, &*fs, total, report);
         let writer = Writer::resume(&*fs, &config, &own_lane, &rec);
         Ledger {
-            cap,
+            cap: AtomicU64::new(cap),
+            cap_measured: Mutex::new(None),
             fs,
             own: own_lane,
             adopted: RwLock::new(adopted),
@@ -145,6 +166,7 @@ impl Ledger {
                 corrupt: report.corrupt_frames_skipped,
                 missing: report.missing_records,
                 foreign_lanes: report.foreign_lanes.len(),
+                stranded,
                 ..Counters::default()
             }),
             closed: AtomicBool::new(false),
@@ -192,18 +214,22 @@ impl Ledger {
     /// expired), counting them as [`Consumer::drop_counts`] says; consumer lock held.
     pub(crate) fn drop_segment(
         &self,
+        l: &Lane,
         c: &mut Consumer,
         m: SegMeta,
         cause: DropCause,
         dropped: &mut Dropped,
     ) -> io::Result<()> {
         c.drop_counts(&m, cause, dropped);
+        l.note_counted(c);
         self.forget_segment(&m);
         match self.fs.remove_file(&m.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
+        self.remeasure_cap(false);
+        Ok(())
     }
 
     /// Deletes sealed segments whose records are all acknowledged by the cursor as written
@@ -285,6 +311,7 @@ impl Ledger {
     pub(crate) fn delete_doomed(&self) -> Result<(), SpoolError> {
         let _deleting = lock(&self.deleting);
         let doomed = std::mem::take(&mut *lock(&self.doomed));
+        let freed = !doomed.is_empty();
         let mut first_err = None;
         for path in doomed {
             match self.fs.remove_file(&path) {
@@ -295,6 +322,9 @@ impl Ledger {
                     first_err.get_or_insert(SpoolError::io(&path, e));
                 }
             }
+        }
+        if freed {
+            self.remeasure_cap(false);
         }
         match first_err {
             None => Ok(()),
@@ -328,10 +358,46 @@ impl Ledger {
         tracing::info!(lane = l.id, "adopted lane drained and removed");
     }
 
+    /// Measures the file system's free space again and sets the cap in force from it and
+    /// what the spool holds now, so that a spool whose cap was lowered by a full disk takes
+    /// records again once space returns (and holds back if others filled the disk
+    /// meanwhile). `rate_limited`: at most once per [`CAP_REMEASURE_INTERVAL`] (an append
+    /// refused for room); otherwise (segments were freed) whenever the cap is below the
+    /// configured one. Returns whether it measured.
+    pub(crate) fn remeasure_cap(&self, rate_limited: bool) -> bool {
+        let configured = self.config.max_total_bytes();
+        let before = self.cap.load(Ordering::Acquire);
+        if before >= configured {
+            return false;
+        }
+        if rate_limited {
+            let mut last = lock(&self.cap_measured);
+            let now = Instant::now();
+            if last.is_some_and(|t| now.saturating_duration_since(t) < CAP_REMEASURE_INTERVAL) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        let free = self.fs.free_bytes(self.config.root());
+        let held = self.total_bytes.load(Ordering::Acquire);
+        let cap = crate::config::effective_cap(configured, held, free);
+        self.cap.store(cap, Ordering::Release);
+        if cap != before {
+            tracing::info!(
+                configured,
+                before,
+                effective = cap,
+                free_bytes = free,
+                "spool cap measured again against the file system's free space"
+            );
+        }
+        true
+    }
+
     pub(crate) fn stats(&self) -> SpoolStats {
         let mut s = SpoolStats {
             bytes: self.total_bytes.load(Ordering::Acquire),
-            max_total_bytes: self.cap,
+            max_total_bytes: self.cap.load(Ordering::Acquire),
             configured_max_total_bytes: self.config.max_total_bytes(),
             ..SpoolStats::default()
         };
@@ -340,14 +406,21 @@ impl Ledger {
         let mut oldest = u64::MAX;
         for l in &lanes {
             let acked = l.acked.load(Ordering::Acquire);
+            let mut waiting = 0u64;
             for m in lock(&l.segs).iter() {
                 let n = m.unacked(acked);
                 if n > 0 {
-                    s.records += n;
+                    waiting += n;
                     s.pending_bytes += m.framed_bytes_of(n);
                     oldest = oldest.min(m.oldest_ns);
                 }
             }
+            // Records a read counted as dropped already (expired ahead of the ack point, lost
+            // to damage) are still indexed, but wait no more.
+            s.records += waiting.saturating_sub(l.counted_ahead.load(Ordering::Acquire));
+            // Records handed out whose segment was evicted or expired meanwhile are still
+            // waiting for their fate (an ack: delivered; a rewind: lost, counted then).
+            s.records += l.in_limbo.load(Ordering::Acquire);
         }
         if oldest != u64::MAX {
             s.oldest_created_at = Some(UNIX_EPOCH + Duration::from_nanos(oldest));
@@ -358,14 +431,21 @@ impl Ledger {
         s.corrupt_skipped = c.corrupt;
         s.missing_records = c.missing;
         s.foreign_lanes = c.foreign_lanes;
+        s.stranded_lanes = c.stranded.len();
+        s.stranded_records = c.stranded.values().sum();
         s
     }
 }
 
 /// The cap in force at open (see [`crate::DISK_FREE_SHARE_PERCENT`]), noted in the report
 /// and logged when it is below the configured one.
-fn cap_in_force(config: &SpoolConfig, held: u64, report: &mut RecoveryReport) -> u64 {
-    let free = free_bytes(config.root());
+fn cap_in_force(
+    config: &SpoolConfig,
+    fs: &dyn SpoolFs,
+    held: u64,
+    report: &mut RecoveryReport,
+) -> u64 {
+    let free = fs.free_bytes(config.root());
     let cap = crate::config::effective_cap(config.max_total_bytes(), held, free);
     report.max_total_bytes = cap;
     report.free_bytes_at_open = free;

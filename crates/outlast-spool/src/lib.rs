@@ -26,6 +26,7 @@ mod ledger;
 mod reader;
 mod recovery;
 mod scan;
+mod seqset;
 mod spool;
 mod types;
 mod writer;
@@ -39,6 +40,7 @@ pub use error::{AppendError, AppendErrorKind, SpoolError};
 /// The newest on-disk format version this build reads and writes. Tools print it next to a
 /// segment that [`inspect`] reports as `newer_version`; what a version means stays in here.
 pub use format::{FORMAT_MAX_RECORD_BYTES, FORMAT_VERSION};
+pub use ledger::CAP_REMEASURE_INTERVAL;
 pub use outlast_core::Payload;
 pub use spool::Spool;
 pub use types::{

@@ -14,6 +14,7 @@ use crate::lane::{Consumer, DropCause, Lane};
 use crate::ledger::{Ledger, lock};
 use crate::recovery::SegMeta;
 use crate::scan::{Found, FrameReader, Next, PayloadArena};
+use crate::seqset::SeqSet;
 use crate::types::{Dropped, ReadBatch, Record, RecordId};
 
 /// Read size of the reader's window buffer.
@@ -23,6 +24,9 @@ pub(crate) const READ_CHUNK: usize = 256 * 1024;
 /// payload buffers.
 pub(crate) struct ReadInto<'a> {
     pub(crate) batch: &'a mut ReadBatch,
+    /// Of the batch's evicted and expired, what was counted already (found lost by a
+    /// rewind, or kept from a failed read) and is only reported now.
+    pub(crate) reported: &'a mut (Dropped, Dropped),
     pub(crate) bytes: &'a mut u64,
     pub(crate) arena: &'a mut PayloadArena,
 }
@@ -47,7 +51,10 @@ impl Ledger {
         let mut arena = lock(&self.arena);
         // Losses recovery found, already in the counters, reported to the reader now.
         let mut counted = 0u64;
-        for l in self.lanes() {
+        let lanes = self.lanes();
+        let mut failed = None;
+        let mut reported = (Dropped::default(), Dropped::default());
+        for l in &lanes {
             if batch.records.len() >= max_records {
                 break;
             }
@@ -57,20 +64,63 @@ impl Ledger {
             }
             let mut into = ReadInto {
                 batch: &mut batch,
+                reported: &mut reported,
                 bytes: &mut bytes,
                 arena: &mut arena,
             };
-            self.read_lane(&l, &mut into, max_records, max_bytes)?;
+            if let Err(e) = self.read_lane(l, &mut into, max_records, max_bytes) {
+                failed = Some(e);
+                break;
+            }
         }
         batch.corrupt_skipped += counted;
-        if batch.expired.records > 0 || batch.corrupt_skipped > counted || batch.evicted.records > 0
-        {
+        // What this read found (not what it only reports) goes into the counters now.
+        let fresh_corrupt = batch.corrupt_skipped - counted;
+        let fresh_expired = minus(batch.expired, reported.1);
+        let fresh_evicted = minus(batch.evicted, reported.0);
+        if fresh_expired.records > 0 || fresh_corrupt > 0 || fresh_evicted.records > 0 {
             let mut c = lock(&self.counters);
-            c.expired.add(batch.expired.records, batch.expired.bytes);
-            c.evicted.add(batch.evicted.records, batch.evicted.bytes);
-            c.corrupt += batch.corrupt_skipped - counted;
+            c.expired.add(fresh_expired.records, fresh_expired.bytes);
+            c.evicted.add(fresh_evicted.records, fresh_evicted.bytes);
+            c.corrupt += fresh_corrupt;
         }
-        Ok(batch)
+        match failed {
+            None => Ok(batch),
+            Some(e) => {
+                self.keep_for_next_read(&lanes, &batch);
+                Err(e)
+            }
+        }
+    }
+
+    /// A read failed part-way: the batch never reaches the caller. What it counted (in the
+    /// counters already) is kept for the next read (or append) to report, each loss once,
+    /// and the records it took are handed out again by the next read.
+    fn keep_for_next_read(&self, lanes: &[Arc<Lane>], batch: &ReadBatch) {
+        for l in lanes {
+            let mut c = lock(&l.consumer);
+            if let Some(first) = batch
+                .records
+                .iter()
+                .filter(|r| r.id.lane == l.id)
+                .map(|r| r.id.seq)
+                .min()
+            {
+                c.handed = c.handed.min(first.saturating_sub(1)).max(c.acked);
+                c.reader = None;
+            }
+        }
+        let mut c = lock(&self.own.consumer);
+        c.lost.unreported += batch.corrupt_skipped;
+        c.lost
+            .expired
+            .add(batch.expired.records, batch.expired.bytes);
+        c.lost
+            .evicted
+            .add(batch.evicted.records, batch.evicted.bytes);
+        if batch.evicted.records > 0 {
+            self.lost_pending.store(true, Ordering::Release);
+        }
     }
 
     pub(crate) fn read_lane(
@@ -81,13 +131,13 @@ impl Ledger {
         max_bytes: u64,
     ) -> Result<(), SpoolError> {
         let mut c = lock(&l.consumer);
-        let lost = std::mem::take(&mut c.lost);
-        into.batch
-            .evicted
-            .add(lost.evicted.records, lost.evicted.bytes);
-        into.batch
-            .expired
-            .add(lost.expired.records, lost.expired.bytes);
+        // `lost.unreported` is the caller's (see `read_batch`).
+        let evicted = std::mem::take(&mut c.lost.evicted);
+        let expired = std::mem::take(&mut c.lost.expired);
+        into.batch.evicted.add(evicted.records, evicted.bytes);
+        into.batch.expired.add(expired.records, expired.bytes);
+        into.reported.0.add(evicted.records, evicted.bytes);
+        into.reported.1.add(expired.records, expired.bytes);
         let acked_before = c.acked;
         let result = self.read_lane_locked(l, &mut c, into, max_records, max_bytes);
         if c.acked != acked_before
@@ -118,6 +168,7 @@ impl Ledger {
             batch,
             bytes,
             arena,
+            ..
         } = into;
         let expiry = self
             .config
@@ -146,6 +197,18 @@ impl Ledger {
                 .map_err(|e| SpoolError::io(segment_path(l, t.id), e))?
             {
                 Next::Frame(f) => {
+                    if f.skipped.is_some() {
+                        // The records between the frames around the damage are lost:
+                        // counted once (not those recovery counted, nor again after a
+                        // rewind). Within this segment only (numbers before it are other
+                        // segments'), and not those handed out already: damaged since they
+                        // were read, their fate is the caller's (an ack: delivered; a
+                        // rewind reads them again, and counts them then).
+                        let from = f.prev_seq.max(t.start_seq).max(c.handed) + 1;
+                        let absent = segment_holes(l, t.id);
+                        batch.corrupt_skipped += c.count_new(from, f.seq - 1, &absent);
+                        l.note_counted(c);
+                    }
                     if take_frame(l, c, f, expiry, batch, bytes, max_bytes) == Took::NoRoom {
                         if let Some((_, reader)) = c.reader.as_mut() {
                             reader.unread_last();
@@ -154,9 +217,17 @@ impl Ledger {
                     }
                 }
                 Next::End { valid_end, end } => {
-                    if valid_end < end && t.sealed && t.id > c.tail_damage_counted {
-                        batch.corrupt_skipped += 1;
-                        c.tail_damage_counted = t.id;
+                    if valid_end < end && t.sealed {
+                        // A damaged end of a complete segment: its last records are lost.
+                        let after = c
+                            .reader
+                            .as_ref()
+                            .map_or(t.last_seq, |(_, r)| r.last_seq())
+                            .max(t.start_seq)
+                            .max(c.handed);
+                        let absent = segment_holes(l, t.id);
+                        batch.corrupt_skipped += c.count_new(after + 1, t.last_seq, &absent);
+                        l.note_counted(c);
                     }
                     if !t.sealed {
                         return Ok(false);
@@ -205,7 +276,7 @@ impl Ledger {
             gone
         };
         for m in victims {
-            self.drop_segment(c, m, DropCause::Expired, expired)?;
+            self.drop_segment(l, c, m, DropCause::Expired, expired)?;
         }
         Ok(())
     }
@@ -228,6 +299,8 @@ impl Ledger {
         c.acked = id.seq;
         c.handed = c.handed.max(id.seq);
         c.settle_limbo(id.seq);
+        c.forget_below_ack();
+        l.note_counted(&c);
         l.acked.store(id.seq, Ordering::Release);
         match l.write_cursor(&*self.fs, &mut c) {
             Ok(()) => {}
@@ -254,6 +327,14 @@ impl Ledger {
     }
 }
 
+/// `a - b`, saturated.
+fn minus(a: Dropped, b: Dropped) -> Dropped {
+    Dropped {
+        records: a.records.saturating_sub(b.records),
+        bytes: a.bytes.saturating_sub(b.bytes),
+    }
+}
+
 /// A segment to read: its id and file, its readable length, whether it is complete, and the
 /// sequence number before its first record.
 /// Where the reader is to read: found again before every frame (a segment may have been
@@ -265,6 +346,7 @@ struct Target {
     end: u64,
     sealed: bool,
     start_seq: u64,
+    last_seq: u64,
 }
 
 impl Target {
@@ -274,8 +356,18 @@ impl Target {
             end: m.len,
             sealed: m.sealed || adopted,
             start_seq: m.first_seq.saturating_sub(1),
+            last_seq: m.last_seq,
         }
     }
+}
+
+/// The numbers recovery found missing in segment `id` of `l` (counted by it).
+fn segment_holes(l: &Lane, id: u64) -> SeqSet {
+    lock(&l.segs)
+        .iter()
+        .find(|m| m.id == id)
+        .map(|m| m.holes.clone())
+        .unwrap_or_default()
 }
 
 /// The segment the reader is in (or, if it was deleted under us by eviction or expiry, the
@@ -320,9 +412,9 @@ enum Took {
     NoRoom,
 }
 
-/// Handles one valid frame: counts damage skipped before it (once, even after a rewind),
-/// skips what was handed out already, counts an expired record (as acknowledged when
-/// nothing before it is outstanding), or adds the record to the batch.
+/// Handles one valid frame (damage before it is counted by the caller): skips what was
+/// handed out already, counts an expired record (once, even after a rewind;
+/// as acknowledged when nothing before it is outstanding), or adds the record to the batch.
 fn take_frame(
     l: &Lane,
     c: &mut Consumer,
@@ -332,22 +424,23 @@ fn take_frame(
     bytes: &mut u64,
     max_bytes: u64,
 ) -> Took {
-    if f.skipped.is_some() && f.seq > c.read_through {
-        batch.corrupt_skipped += 1;
-    }
-    c.read_through = c.read_through.max(f.seq);
     if f.seq <= c.handed {
         return Took::Next;
     }
     if let Some(limit) = expiry
         && f.meta.created_at_unix_nanos < limit
     {
-        batch.expired.add(1, f.len);
+        // Counted once, though a rewind may read it again.
+        if c.count_new(f.seq, f.seq, &SeqSet::default()) == 1 {
+            batch.expired.add(1, f.len);
+        }
         if c.handed == c.acked {
             // Nothing outstanding before it: it counts as acknowledged.
             c.acked = f.seq;
+            c.forget_below_ack();
             l.acked.store(f.seq, Ordering::Release);
         }
+        l.note_counted(c);
         c.handed = f.seq;
         return Took::Next;
     }

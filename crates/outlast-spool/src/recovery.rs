@@ -15,6 +15,7 @@ use crate::fs::{DIR_MODE, FILE_MODE, SpoolFs, read_full_at, write_all_at};
 use crate::identity::IDENTITY_FILE;
 use crate::inspect::EncodingTally;
 use crate::scan::{FrameReader, Next, PayloadArena};
+use crate::seqset::SeqSet;
 use crate::types::RecoveryReport;
 
 /// Name of a lane's lock file.
@@ -39,6 +40,9 @@ pub(crate) struct SegMeta {
     pub(crate) newest_ns: u64,
     /// No more appends go to it.
     pub(crate) sealed: bool,
+    /// Numbers between its first and last record that recovery found missing (lost to
+    /// damage, counted then): not in `records`.
+    pub(crate) holes: SeqSet,
 }
 
 impl SegMeta {
@@ -53,6 +57,7 @@ impl SegMeta {
             oldest_ns: u64::MAX,
             newest_ns: 0,
             sealed: false,
+            holes: SeqSet::default(),
         }
     }
 
@@ -74,15 +79,16 @@ impl SegMeta {
     }
 
     /// Records of this segment not yet acknowledged, if `acked` is the lane's ack point.
-    /// Exact when sequence numbers in the segment are contiguous (they are unless records
-    /// were lost to damage), an upper bound otherwise.
+    /// Exact: numbers missing inside the segment are known (`holes`).
     pub(crate) fn unacked(&self, acked: u64) -> u64 {
         if self.records == 0 || self.last_seq <= acked {
             0
         } else if self.first_seq > acked {
             self.records
         } else {
-            (self.last_seq - acked).min(self.records)
+            let span = self.last_seq - acked;
+            span.saturating_sub(self.holes.count_in(acked + 1, self.last_seq))
+                .min(self.records)
         }
     }
 }
@@ -128,6 +134,9 @@ pub(crate) struct SegScan {
     pub(crate) meta: SegMeta,
     /// Damaged regions skipped before valid frames (each one may have cost records).
     pub(crate) corrupt: u64,
+    /// The numbers of the records those regions destroyed (between the frames around
+    /// them); in `meta.holes` too.
+    pub(crate) holes: SeqSet,
     /// Bytes after the last valid frame (torn or damaged tail).
     pub(crate) tail_bytes: u64,
 }
@@ -161,6 +170,7 @@ pub(crate) fn scan_segment(
         file_len,
         meta: SegMeta::new(id, path.to_path_buf(), file_len.min(SEGMENT_HEADER_LEN)),
         corrupt: 0,
+        holes: SeqSet::default(),
         tail_bytes: 0,
     };
     let last_seq = match kind {
@@ -177,6 +187,12 @@ pub(crate) fn scan_segment(
             Next::Frame(f) => {
                 if f.skipped.is_some() {
                     scan.corrupt += 1;
+                    // Before the first frame of a segment whose header is damaged, where
+                    // the segment began is unknown: the continuity check counts that gap.
+                    let known = f.prev_seq > 0 || matches!(kind, SegKind::Valid { .. });
+                    if known {
+                        scan.holes.insert(f.prev_seq + 1, f.seq - 1);
+                    }
                 }
                 let t = &mut scan.tally;
                 if f.meta.content_encoding == ContentEncoding::Gzip {
@@ -204,6 +220,7 @@ pub(crate) fn scan_segment(
             scan.meta.len = file_len.min(SEGMENT_HEADER_LEN);
             scan.tail_bytes = 0;
             scan.corrupt = 0;
+            scan.holes = SeqSet::default();
             return Ok(scan);
         }
         scan.kind = SegKind::Damaged;
@@ -222,6 +239,10 @@ pub(crate) struct Placed {
     pub(crate) header_first: Option<u64>,
     /// The header's format version, if the header is intact.
     pub(crate) header_version: Option<u16>,
+    /// A file the spool cannot place by its name (see [`RecoveryReport::stranded_files`]):
+    /// its records are on disk, so their numbers are neither a gap nor a cut tail, but it
+    /// is never read for delivery (nor checked for its place).
+    pub(crate) stranded: bool,
 }
 
 impl Placed {
@@ -242,6 +263,13 @@ pub(crate) struct Continuity {
     /// Segments after a counted gap, with the sequence number their header should start at
     /// so that the gap is not found (and counted) again by the next open.
     pub(crate) rebase: Vec<(u64, u64)>,
+    /// Of `missing`, the records cut from the end of the lane: numbers below the lane's
+    /// written mark (the cursor's `next_seq`, or a segment header's first number) that no
+    /// segment holds any more.
+    pub(crate) tail_missing: u64,
+    /// With a tail missing: the number the lane's writer goes on from (right after what is
+    /// on disk or acknowledged), so that the numbers counted are not found missing again.
+    pub(crate) resume_at: Option<u64>,
 }
 
 /// Orders a lane's segments (given by id) by sequence number, the order the writer wrote
@@ -254,12 +282,23 @@ pub(crate) struct Continuity {
 /// expiry and acknowledgements remove the head of a lane), nor any gap at or below
 /// `acked`. With `count_gaps` false (a lane holding newer-version files this build cannot
 /// read), gaps are not counted.
-pub(crate) fn place_segments(segs: &mut [Placed], acked: u64, count_gaps: bool) -> Continuity {
+///
+/// `written_next` is the cursor's `next_seq`: the lane's writer had written every number
+/// below it (it is recorded at every fsync point). Numbers below it and above everything
+/// the segments hold (and the ack point, and the start of the first segment: eviction and
+/// expiry remove heads, never tails) are records cut from the end of the lane: counted as
+/// missing too ([`Continuity::tail_missing`]).
+pub(crate) fn place_segments(
+    segs: &mut [Placed],
+    acked: u64,
+    written_next: u64,
+    count_gaps: bool,
+) -> Continuity {
     let mut out = Continuity::default();
-    let has_records = |p: &&Placed| p.meta.records > 0;
+    let has_records = |p: &&Placed| p.meta.records > 0 && !p.stranded;
     let by_name: Vec<u64> = segs.iter().filter(has_records).map(|p| p.meta.id).collect();
     segs.sort_by_key(|p| (p.start(), p.meta.id));
-    for p in segs.iter() {
+    for p in segs.iter().filter(|p| !p.stranded) {
         if p.header_id.is_some_and(|h| h != p.meta.id) {
             out.misplaced.push(p.meta.id);
         }
@@ -279,7 +318,7 @@ pub(crate) fn place_segments(segs: &mut [Placed], acked: u64, count_gaps: bool) 
                 let gap_from = prev.max(acked).saturating_add(1);
                 if start > gap_from {
                     out.missing += start - gap_from;
-                    if p.header_id.is_none_or(|h| h == p.meta.id) {
+                    if !p.stranded && p.header_id.is_none_or(|h| h == p.meta.id) {
                         out.rebase.push((p.meta.id, gap_from));
                     }
                 }
@@ -294,7 +333,49 @@ pub(crate) fn place_segments(segs: &mut [Placed], acked: u64, count_gaps: bool) 
             prev_last = Some(p.meta.last_seq);
         }
     }
+    if count_gaps {
+        count_tail(segs, acked, written_next, &mut out);
+    }
     out
+}
+
+/// Counts the records cut from the end of a lane (see [`place_segments`]); `segs` in
+/// sequence order.
+fn count_tail(segs: &[Placed], acked: u64, written_next: u64, out: &mut Continuity) {
+    // Every number below a header's first number was written before that segment began.
+    let mark = segs
+        .iter()
+        .filter_map(|p| p.header_first)
+        .chain(std::iter::once(written_next))
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    // With no segment left at all, nothing tells a tail cut off from a head evicted or
+    // expired: nothing is counted.
+    let Some(first) = segs
+        .iter()
+        .find(|p| p.meta.records > 0 || p.header_first.is_some())
+    else {
+        return;
+    };
+    let on_disk = segs.iter().map(|p| p.meta.last_seq).max().unwrap_or(0);
+    let held = acked.max(on_disk).max(first.start().saturating_sub(1));
+    if mark <= held {
+        return;
+    }
+    out.tail_missing = mark - held;
+    out.missing += mark - held;
+    let resume = held + 1;
+    out.resume_at = Some(resume);
+    // A segment begun after the cut, still empty, starts where the writer goes on.
+    for p in segs {
+        if p.meta.records == 0
+            && p.header_first.is_some_and(|f| f > resume)
+            && p.header_id == Some(p.meta.id)
+        {
+            out.rebase.push((p.meta.id, resume));
+        }
+    }
 }
 
 /// Refuses a root that is a symlink, not a directory, or owned by another user; creates it
@@ -382,6 +463,82 @@ pub(crate) struct LaneEntries {
     /// Entries named like a spool file (segment, cursor, lock, identity) that are not
     /// regular files: a FIFO, a directory, a symbolic link, a device. Skipped, never opened.
     pub(crate) not_regular: Vec<PathBuf>,
+    /// Regular files named `<digits>.seg` that are not a segment name the spool writes (not
+    /// 20 digits, or a number beyond `u64`): checked for records (see
+    /// [`misnamed_segment_records`]).
+    pub(crate) misnamed: Vec<PathBuf>,
+}
+
+/// Whether `name` looks like a segment the spool cannot place: `<digits>.seg`, but not a
+/// name [`format::segment_file_name`] gives.
+fn is_misnamed_segment(name: &str) -> bool {
+    name.strip_suffix(".seg").is_some_and(|d| {
+        !d.is_empty()
+            && d.bytes().all(|b| b.is_ascii_digit())
+            && parse_segment_file_name(name).is_none()
+    })
+}
+
+/// What to do with a file named like a segment but not as the spool names them.
+#[derive(Debug)]
+pub(crate) enum Misnamed {
+    /// Its header is intact and names a segment id no other file of the lane has: read it
+    /// as that segment.
+    Place(u64),
+    /// It holds nothing of ours (or is of a newer version): left alone, as unknown.
+    NotOurs,
+}
+
+/// Judges a misnamed segment file (see [`Misnamed`]); `files` are the lane's segments so
+/// far. An error for one that holds our records but cannot be placed (a damaged header, an
+/// id another file has, an id too large to leave room for new segments after it): the lane
+/// is then unusable, and its records stranded until an operator renames the file.
+pub(crate) fn placeable_misnamed(
+    fs: &dyn SpoolFs,
+    path: &Path,
+    files: &[(u64, PathBuf)],
+) -> Result<Misnamed, SpoolError> {
+    let scan = scan_segment(fs, path, 0, false).map_err(|e| SpoolError::io(path, e))?;
+    match scan.kind {
+        SegKind::Valid { segment_id, .. }
+            if segment_id < u64::MAX / 2 && files.iter().all(|(id, _)| *id != segment_id) =>
+        {
+            Ok(Misnamed::Place(segment_id))
+        }
+        SegKind::Foreign | SegKind::Newer(_) | SegKind::Short => Ok(Misnamed::NotOurs),
+        _ if scan.meta.records == 0 => Ok(Misnamed::NotOurs),
+        _ => Err(SpoolError::io(
+            path,
+            io::Error::other(
+                "a file named like a segment, but not as the spool names them, whose header does not say which segment it is: rename it to its segment id (see `outlast inspect`)",
+            ),
+        )),
+    }
+}
+
+/// A file named like a segment that the spool cannot place (see [`placeable_misnamed`]),
+/// read without changing it: its unacknowledged records (above `acked`), and its place in
+/// the lane's numbering (for the continuity check of `inspect` only). `None` if it holds no
+/// record of ours or cannot be read.
+pub(crate) fn misnamed_segment(fs: &dyn SpoolFs, path: &Path, acked: u64) -> Option<(u64, Placed)> {
+    let scan = scan_segment(fs, path, 0, false).ok()?;
+    if matches!(scan.kind, SegKind::Foreign | SegKind::Newer(_)) || scan.meta.records == 0 {
+        return None;
+    }
+    let header_first = match scan.kind {
+        SegKind::Valid { first_seq, .. } => Some(first_seq),
+        _ => None,
+    };
+    Some((
+        scan.meta.unacked(acked),
+        Placed {
+            meta: scan.meta,
+            header_id: None,
+            header_first,
+            header_version: None,
+            stranded: true,
+        },
+    ))
 }
 
 /// Lists a lane directory's entries.
@@ -398,7 +555,11 @@ pub(crate) fn list_entries(dir: &Path) -> io::Result<LaneEntries> {
         let ours = seg.is_some()
             || [LOCK_FILE, CURSOR_FILE, CURSOR_TMP_FILE, IDENTITY_FILE].contains(&name);
         if !ours {
-            out.unknown.push(entry.path());
+            if is_misnamed_segment(name) && entry.file_type()?.is_file() {
+                out.misnamed.push(entry.path());
+            } else {
+                out.unknown.push(entry.path());
+            }
             continue;
         }
         if !entry.file_type()?.is_file() {
@@ -504,6 +665,7 @@ fn recover_segment(
     fs: &dyn SpoolFs,
     path: PathBuf,
     scan: SegScan,
+    acked: u64,
     report: &mut RecoveryReport,
 ) -> Result<Option<Placed>, SpoolError> {
     let (header_id, header_first, header_version) = match scan.kind {
@@ -539,8 +701,11 @@ fn recover_segment(
             (None, None, None)
         }
     };
-    report.corrupt_frames_skipped += scan.corrupt;
+    // Records lost to damage, each counted once; those acknowledged already were delivered
+    // (and counted when a reader first met the damage, if it was there then).
+    report.corrupt_frames_skipped += scan.holes.count_in(acked.saturating_add(1), u64::MAX);
     let mut meta = scan.meta;
+    meta.holes = scan.holes;
     if scan.tail_bytes > 0 {
         let f = fs.open(&path, true).map_err(|e| SpoolError::io(&path, e))?;
         f.set_len(meta.len)
@@ -556,6 +721,7 @@ fn recover_segment(
         header_id,
         header_first,
         header_version,
+        stranded: false,
     }))
 }
 
@@ -563,12 +729,18 @@ fn recover_segment(
 /// right after the segment before it (a 32-byte overwrite, fdatasynced): the records it
 /// holds are unchanged, and the next open does not count the same gap again. A failure is
 /// logged (the gap would be counted again).
-fn rebase_after_gaps(fs: &dyn SpoolFs, dir: &Path, rebase: &[(u64, u64)]) {
+fn rebase_after_gaps(fs: &dyn SpoolFs, placed: &[Placed], rebase: &[(u64, u64)]) {
     for &(id, first_seq) in rebase {
-        let path = dir.join(format::segment_file_name(id));
+        let Some(path) = placed
+            .iter()
+            .find(|p| p.meta.id == id)
+            .map(|p| &p.meta.path)
+        else {
+            continue;
+        };
         let header = format::encode_segment_header(id, first_seq);
         let written = fs
-            .open(&path, true)
+            .open(path, true)
             .and_then(|f| write_all_at(&*f, &header, 0).and_then(|()| f.sync_data()));
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "could not mark a counted gap in a segment header");
@@ -581,6 +753,7 @@ fn rebase_after_gaps(fs: &dyn SpoolFs, dir: &Path, rebase: &[(u64, u64)]) {
 fn note_continuity(
     fs: &dyn SpoolFs,
     dir: &Path,
+    placed: &[Placed],
     continuity: &Continuity,
     report: &mut RecoveryReport,
 ) {
@@ -593,13 +766,14 @@ fn note_continuity(
         );
     }
     report.missing_records += continuity.missing;
-    rebase_after_gaps(fs, dir, &continuity.rebase);
-    report.misplaced_segments.extend(
-        continuity
-            .misplaced
-            .iter()
-            .map(|&id| dir.join(format::segment_file_name(id))),
-    );
+    rebase_after_gaps(fs, placed, &continuity.rebase);
+    for &id in &continuity.misplaced {
+        if let Some(p) = placed.iter().find(|p| p.meta.id == id)
+            && !report.misplaced_segments.contains(&p.meta.path)
+        {
+            report.misplaced_segments.push(p.meta.path.clone());
+        }
+    }
 }
 
 /// Recovers a lane we hold the lock of: truncates torn tails, removes record-less stubs,
@@ -615,9 +789,9 @@ pub(crate) fn recover_lane(
     report.unknown_files.extend(entries.unknown);
     report.skipped_entries.extend(entries.not_regular);
     let ids = entries.segments;
-    let cursor = read_cursor(fs, dir)
-        .and_then(|found| settle_cursor(fs, dir, found))
-        .map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
+    // Settled (made durable in both slots) once the segments are read: a tail found cut
+    // off lowers its `next_seq` first.
+    let cursor = read_cursor(fs, dir).map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
     if cursor.damaged {
         report.damaged_cursors += 1;
     }
@@ -631,14 +805,31 @@ pub(crate) fn recover_lane(
         missing: 0,
         corrupt: 0,
     };
-    let corrupt_before = report.corrupt_frames_skipped;
     let mut placed = Vec::new();
+    let corrupt_before = report.corrupt_frames_skipped;
     let mut newer_here = false;
-    for id in ids {
-        let path = dir.join(format::segment_file_name(id));
+    // Files renamed by hand whose header says which segment they are: delivered in their
+    // place (and reported as misplaced); one that cannot be placed makes the lane unusable
+    // (its records stranded, not delivered out of order nor acknowledged past).
+    let mut files: Vec<(u64, PathBuf)> = ids
+        .iter()
+        .map(|&id| (id, dir.join(format::segment_file_name(id))))
+        .collect();
+    for path in entries.misnamed {
+        match placeable_misnamed(fs, &path, &files)? {
+            Misnamed::Place(id) => {
+                out.max_file_id = out.max_file_id.max(id);
+                report.misplaced_segments.push(path.clone());
+                files.push((id, path));
+            }
+            Misnamed::NotOurs => report.unknown_files.push(path),
+        }
+    }
+    files.sort_unstable_by_key(|(id, _)| *id);
+    for (id, path) in files {
         let scan = scan_segment(fs, &path, id, false).map_err(|e| SpoolError::io(&path, e))?;
         newer_here |= matches!(scan.kind, SegKind::Newer(_));
-        if let Some(p) = recover_segment(fs, path, scan, report)? {
+        if let Some(p) = recover_segment(fs, path, scan, acked, report)? {
             if let Some(first) = p.header_first {
                 out.next_seq = out.next_seq.max(first);
             }
@@ -648,15 +839,31 @@ pub(crate) fn recover_lane(
             placed.push(p);
         }
     }
-    let continuity = place_segments(&mut placed, acked, !newer_here);
-    note_continuity(fs, dir, &continuity, report);
+    let continuity = place_segments(&mut placed, acked, cursor.state.next_seq, !newer_here);
+    note_continuity(fs, dir, &placed, &continuity, report);
     out.missing = continuity.missing;
+    if let Some(resume) = continuity.resume_at {
+        // The numbers cut off are counted: the writer goes on right after what is left,
+        // and the cursor says so before anything else happens, so that the next open does
+        // not count them again.
+        out.next_seq = resume;
+        out.cursor.state.next_seq = resume;
+        for p in &mut placed {
+            if let Some(&(_, first)) = continuity.rebase.iter().find(|(id, _)| *id == p.meta.id) {
+                p.header_first = Some(first);
+            }
+        }
+    }
+    out.cursor =
+        settle_cursor(fs, dir, out.cursor).map_err(|e| SpoolError::io(dir.join(CURSOR_FILE), e))?;
     out.corrupt = report.corrupt_frames_skipped - corrupt_before;
     // The last segment can be appended to if it is intact, in its place, the newest by
     // name (new segments get larger ids than any file), and of the version this build
     // writes: a version-1 segment stays sealed, so an older build reading it never meets a
     // record of a newer version in it.
     if let Some(last) = placed.last()
+        && !last.stranded
+        && last.meta.path == dir.join(format::segment_file_name(last.meta.id))
         && last.header_id == Some(last.meta.id)
         && last.header_version == Some(format::FORMAT_VERSION)
         && last.meta.id == out.max_file_id
@@ -664,6 +871,10 @@ pub(crate) fn recover_lane(
     {
         out.resumable = Some((last.meta.id, last.meta.len));
     }
-    out.segs = placed.into_iter().map(|p| p.meta).collect();
+    out.segs = placed
+        .into_iter()
+        .filter(|p| !p.stranded)
+        .map(|p| p.meta)
+        .collect();
     Ok(out)
 }

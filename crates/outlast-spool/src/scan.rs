@@ -23,6 +23,10 @@ pub(crate) struct Found {
     pub(crate) payload: Option<Payload>,
     /// A damaged region skipped just before this frame, as (from, to) offsets.
     pub(crate) skipped: Option<(u64, u64)>,
+    /// The sequence number of the frame before it in this segment (or the one before the
+    /// segment's first, as the reader was started with): the numbers between the two are
+    /// records lost to the damage, if any.
+    pub(crate) prev_seq: u64,
 }
 
 /// What [`FrameReader::next`] returns.
@@ -72,6 +76,11 @@ impl FrameReader {
             last_frame_lo: None,
             valid_end: start,
         }
+    }
+
+    /// The sequence number of the last frame returned (or the one the reader started after).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 
     /// Moves the read limit (the active segment grows).
@@ -163,6 +172,7 @@ impl FrameReader {
             };
             if let Some(f) = parsed {
                 let offset = self.pos();
+                let prev_seq = self.last_seq;
                 let payload = payloads.as_deref_mut().map(|arena| {
                     let bytes = arena.copy(f.payload_bytes(&self.buf[self.lo..self.hi]));
                     Payload::from_parts(f.meta.clone(), bytes)
@@ -177,6 +187,7 @@ impl FrameReader {
                     meta: f.meta,
                     payload,
                     skipped: skipped_from.map(|from| (from, offset)),
+                    prev_seq,
                 }));
             }
             // Damaged at lo: look for the next marker.

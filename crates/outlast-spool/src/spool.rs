@@ -57,9 +57,9 @@ impl Spool {
         let root = config.root().to_path_buf();
         recovery::prepare_root(&root, true)?;
         let mut report = RecoveryReport::default();
-        let (own, adopted) = take_lanes(&config, &*fs, &root, &mut report)?;
-        report.lane = own.n;
-        let inner = Arc::new(Ledger::new(config, fs, own, adopted, &mut report));
+        let lanes = take_lanes(&config, &*fs, &root, &mut report)?;
+        report.lane = lanes.own.n;
+        let inner = Arc::new(Ledger::new(config, fs, lanes, &mut report));
         // Segments left fully acked by an earlier process can go now.
         for l in inner.lanes() {
             let mut c = lock(&l.consumer);
@@ -85,7 +85,10 @@ impl Spool {
     /// In [`OsWrite`](crate::Durability::OsWrite) mode the frame has been handed to the OS
     /// with one `write(2)` when this returns (it survives `kill -9`); in
     /// [`FsyncEveryAppend`](crate::Durability::FsyncEveryAppend) mode it has also been
-    /// fsynced (this blocks: from async code call it via `spawn_blocking`).
+    /// fsynced (this blocks: from async code call it via `spawn_blocking`), unless
+    /// [`Appended::sync_error`] says that fsync failed: the record is then in the spool all
+    /// the same (it is read and delivered like any other), only not yet safe from a power
+    /// loss.
     ///
     /// # Errors
     ///
@@ -94,7 +97,7 @@ impl Spool {
     /// `max_record_bytes`, `HeaderTooLarge` if its key and content type encode to more than
     /// the format allows, `Full` at the cap with the drop-newest policy, `Io` if writing fails
     /// (what was stored before is unharmed; a disk full is `is_disk_full()`), `Closed` after
-    /// close.
+    /// close. An error means the record is not in the spool.
     pub fn append(&self, payload: Payload) -> Result<Appended, AppendError> {
         self.inner.append(payload)
     }
@@ -136,7 +139,14 @@ impl Spool {
     pub fn rewind(&self) {
         for l in self.inner.lanes() {
             let mut c = lock(&l.consumer);
-            c.rewind();
+            let (evicted, expired) = c.rewind();
+            l.note_counted(&c);
+            if evicted.records > 0 || expired.records > 0 {
+                // Counted now, when their fate is known; reported by the next read.
+                let mut counters = lock(&self.inner.counters);
+                counters.evicted.add(evicted.records, evicted.bytes);
+                counters.expired.add(expired.records, expired.bytes);
+            }
             if c.lost.evicted.records > 0 {
                 self.inner.lost_pending.store(true, Ordering::Release);
             }
@@ -208,6 +218,14 @@ impl Spool {
         }
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        // Records handed out whose segment was dropped, and not acknowledged by now, will
+        // not be: lost, counted (as a rewind would).
+        for l in self.inner.lanes() {
+            let (evicted, expired) = lock(&l.consumer).rewind();
+            let mut counters = lock(&self.inner.counters);
+            counters.evicted.add(evicted.records, evicted.bytes);
+            counters.expired.add(expired.records, expired.bytes);
         }
         let result = self.inner.sync_all();
         {

@@ -40,7 +40,9 @@ pub struct ReadBatch {
     /// them are counted in [`Appended::evicted`]; records acknowledged are delivered, not
     /// evicted.)
     pub evicted: Dropped,
-    /// Damaged frames skipped while reading (each skipped region counts once), plus, once,
+    /// Records lost to damage met while reading (the numbers between the intact frames
+    /// around a damaged region, each counted once, whatever the number of reads or rewinds
+    /// that meet it; damage recovery counted already is not counted again), plus, once,
     /// the records recovery found missing in a lane
     /// ([`RecoveryReport::missing_records`]) and the damage found in a lane taken by
     /// [`Spool::adopt_released`](crate::Spool::adopt_released): a caller that counts its
@@ -57,6 +59,14 @@ pub struct Dropped {
     pub bytes: u64,
 }
 
+impl Appended {
+    /// Whether the append is as durable as the spool's mode promises (see
+    /// [`Appended::sync_error`]).
+    pub fn is_durable(&self) -> bool {
+        self.sync_error.is_none()
+    }
+}
+
 impl Dropped {
     pub(crate) fn add(&mut self, records: u64, bytes: u64) {
         self.records += records;
@@ -64,11 +74,20 @@ impl Dropped {
     }
 }
 
-/// A successful append.
+/// A successful append: the record is in the spool, and a read will hand it out.
 #[derive(Debug)]
 pub struct Appended {
     /// The id of the new record.
     pub id: RecordId,
+    /// In [`FsyncEveryAppend`](crate::Durability::FsyncEveryAppend) mode, the fdatasync
+    /// that was to make the record durable failed: the record is written (it survives a
+    /// process crash, and reads hand it out like any other), but a power loss before a
+    /// later fdatasync succeeds may take it. Later syncs (the next durable append, the
+    /// background interval, [`Spool::sync`](crate::Spool::sync), close) retry it. It is
+    /// one record in the spool, not a failed append: the caller must not append it again.
+    /// Always `None` in [`OsWrite`](crate::Durability::OsWrite) mode, which promises no
+    /// fdatasync per append.
+    pub sync_error: Option<std::io::Error>,
     /// Records deleted to make room ([`FullPolicy::DropOldest`](crate::FullPolicy)) that no
     /// read had handed out, plus records a rewind found lost to an earlier eviction while in
     /// flight, if no read reported them first (see [`ReadBatch::evicted`]).
@@ -78,8 +97,11 @@ pub struct Appended {
 /// Current gauges of a spool.
 #[derive(Debug, Clone, Default)]
 pub struct SpoolStats {
-    /// Records stored and not yet acknowledged (approximate while records are being acked in
-    /// the middle of a segment: counted from per-segment indexes).
+    /// Records waiting to be delivered: stored and not yet acknowledged, less those a read
+    /// counted as dropped already (expired, lost to damage), plus those handed out whose
+    /// segment was evicted or expired before they were acknowledged (their fate is the
+    /// caller's ack or rewind). So, at every moment, records appended = delivered + dropped
+    /// (each reason) + `records` (+ what recovery found lost before this open).
     pub records: u64,
     /// Bytes of all segment files (what the cap applies to). A segment's file is deleted
     /// only once all its records are acknowledged, so this stays above zero after a drain.
@@ -92,7 +114,9 @@ pub struct SpoolStats {
     pub oldest_created_at: Option<SystemTime>,
     /// Lanes held: this process's own plus adopted ones.
     pub lanes: usize,
-    /// The cap in force: `max_total_bytes` as configured, lowered at open to what the spool
+    /// The cap in force: `max_total_bytes` as configured, lowered (at open, and whenever an
+    /// append does not fit or segments are freed, see
+    /// [`CAP_REMEASURE_INTERVAL`](crate::CAP_REMEASURE_INTERVAL)) to what the spool
     /// held plus [`DISK_FREE_SHARE_PERCENT`](crate::DISK_FREE_SHARE_PERCENT) of the file
     /// system's free space, so that the spool never fills the disk.
     pub max_total_bytes: u64,
@@ -102,7 +126,7 @@ pub struct SpoolStats {
     pub evicted: Dropped,
     /// Records dropped for age since open.
     pub expired: Dropped,
-    /// Damaged frames skipped since open (recovery and reads).
+    /// Records lost to damage since open (found by recovery or by reads; each once).
     pub corrupt_skipped: u64,
     /// Records found missing between segments by recovery (at open and by
     /// [`Spool::adopt_released`](crate::Spool::adopt_released)): known by their sequence
@@ -111,6 +135,18 @@ pub struct SpoolStats {
     /// Lanes of another identity under the root, left alone (as last seen by open or
     /// [`Spool::adopt_released`](crate::Spool::adopt_released)).
     pub foreign_lanes: usize,
+    /// Lanes of this spool's identity that no spool can use as they are (recovery failed on
+    /// them: their cursor or lock is not a regular file, a file named like a segment that
+    /// cannot be placed, a read error): their records stay
+    /// on disk, undelivered, until an operator repairs the lane. As last seen by open or
+    /// [`Spool::adopt_released`](crate::Spool::adopt_released). See
+    /// [`RecoveryReport::unusable_lanes`].
+    pub stranded_lanes: usize,
+    /// Records on disk that no spool will deliver as things are: the unacknowledged records
+    /// of the stranded lanes (see [`RecoveryReport::stranded_records`]). Never counted as
+    /// delivered or dropped: they are still there, and delivered once the lane is repaired
+    /// (then [`Spool::adopt_released`](crate::Spool::adopt_released) takes it).
+    pub stranded_records: u64,
 }
 
 /// The identity a lane records (see [`SpoolConfig::identity`](crate::SpoolConfig::identity)).
@@ -146,7 +182,10 @@ pub struct RecoveryReport {
     pub bytes: u64,
     /// Bytes cut off the end of segments because the last record was incomplete or damaged.
     pub torn_tail_bytes_truncated: u64,
-    /// Damaged regions skipped in the middle of segments (each counts once).
+    /// Records lost to damage in the middle of segments, above the ack point: the numbers
+    /// missing between the intact frames around each damaged region (a region that
+    /// destroyed no record counts nothing). Each counts once: a read meeting the same
+    /// damage does not report it again.
     pub corrupt_frames_skipped: u64,
     /// Segment files of a newer format version: left untouched, not read, not deleted.
     pub newer_version_files: Vec<PathBuf>,
@@ -189,9 +228,21 @@ pub struct RecoveryReport {
     /// directory, a symbolic link, a device, a plain file where a lane directory belongs):
     /// skipped, never opened or followed.
     pub skipped_entries: Vec<PathBuf>,
-    /// Lanes that could not be used (recovery failed on them: e.g. their cursor is not a
-    /// regular file); left as they are. This process took another lane.
+    /// Lanes that could not be used (recovery failed on them: e.g. their cursor or lock is
+    /// not a regular file); left as they are. This process took another lane. Their
+    /// records are stranded (see [`RecoveryReport::stranded_records`]).
     pub unusable_lanes: Vec<u32>,
+    /// Files in lane directories named like segments (`<digits>.seg`) but not as the spool
+    /// names them (not 20 digits, or beyond `u64`: renamed by hand), holding records, whose
+    /// header does not say which segment they are (damaged, or naming an id another file
+    /// has): their lane is unusable (listed in `unusable_lanes`) until the file is renamed.
+    /// (A renamed file whose header names its segment is read in its place instead, and
+    /// listed in `misplaced_segments`.)
+    pub stranded_files: Vec<PathBuf>,
+    /// Unacknowledged records no spool will deliver as things are: those of
+    /// `unusable_lanes` (a read-only count; a lane whose cursor cannot be read counts from
+    /// its start). Logged at open, and shown in [`SpoolStats::stranded_records`].
+    pub stranded_records: u64,
     /// Lanes of another identity: left alone, not locked, not adopted.
     pub foreign_lanes: Vec<ForeignLane>,
     /// Whether a lane's cursor file was missing its CRC or damaged (its lane is then read

@@ -196,17 +196,21 @@ impl Ledger {
         };
         let lsn = self.written_lsn.load(Ordering::Acquire);
         drop(w);
-        if self.config.durability() == Durability::FsyncEveryAppend
-            && let Err(e) = self.sync_through(lsn)
-        {
-            return Err(AppendError::new(AppendErrorKind::Io(e), payload));
-        }
+        // The frame is written and indexed: whatever the fsync does, the record is in the
+        // spool and will be read. A failed fsync is its own outcome, not a failed append
+        // (handing the payload back would have it appended, or counted lost, twice).
+        let sync_error = if self.config.durability() == Durability::FsyncEveryAppend {
+            self.sync_through(lsn).err()
+        } else {
+            None
+        };
         self.report_lost_in_flight(&mut evicted);
         Ok(Appended {
             id: RecordId {
                 lane: self.own.id,
                 seq,
             },
+            sync_error,
             evicted,
         })
     }
@@ -223,10 +227,8 @@ impl Ledger {
             let d = std::mem::take(&mut lock(&l.consumer).lost.evicted);
             lost.add(d.records, d.bytes);
         }
-        if lost.records > 0 {
-            lock(&self.counters).evicted.add(lost.records, lost.bytes);
-            evicted.add(lost.records, lost.bytes);
-        }
+        // Already in the counters (since the rewind): reported here only.
+        evicted.add(lost.records, lost.bytes);
     }
 
     /// Makes sure the own lane's cursor file is prepared (see [`CursorFile::prepare`]); a
@@ -295,13 +297,13 @@ impl Ledger {
     /// if it needs one): refuses it (drop-newest), or evicts the oldest segments
     /// (drop-oldest) and returns what they held; writer lock held.
     fn make_room(&self, w: &mut Writer, frame_len: u64) -> Result<Dropped, AppendErrorKind> {
-        let cap = self.cap;
         let seg_bytes = self.config.segment_bytes();
-        let full = || AppendErrorKind::Full {
-            max_total_bytes: cap,
-        };
         let mut evicted = Dropped::default();
+        // A cap lowered by a full disk is measured again (rate-limited) before anything is
+        // refused or evicted for it: the space may have come back.
+        let mut measured = false;
         loop {
+            let cap = self.cap.load(Ordering::Acquire);
             let extra = if w.needs_new_segment(frame_len, seg_bytes) {
                 SEGMENT_HEADER_LEN
             } else {
@@ -311,14 +313,23 @@ impl Ledger {
             if total + frame_len + extra <= cap {
                 break;
             }
+            if !measured {
+                measured = true;
+                if self.remeasure_cap(true) {
+                    continue;
+                }
+            }
+            let full = AppendErrorKind::Full {
+                max_total_bytes: cap,
+            };
             match self.config.full_policy() {
-                FullPolicy::DropNewest => return Err(full()),
+                FullPolicy::DropNewest => return Err(full),
                 FullPolicy::DropOldest => {
                     if !self
                         .evict_oldest(w, &mut evicted)
                         .map_err(AppendErrorKind::Io)?
                     {
-                        return Err(full());
+                        return Err(full);
                     }
                 }
             }
@@ -459,7 +470,7 @@ impl Ledger {
                 }
             };
             if let Some(m) = victim {
-                self.drop_segment(&mut c, m, DropCause::Evicted, evicted)?;
+                self.drop_segment(l, &mut c, m, DropCause::Evicted, evicted)?;
                 return Ok(true);
             }
         }
@@ -473,7 +484,7 @@ impl Ledger {
                     .map(|i| segs.remove(i))
             };
             if let Some(m) = victim {
-                self.drop_segment(&mut c, m, DropCause::Evicted, evicted)?;
+                self.drop_segment(&self.own, &mut c, m, DropCause::Evicted, evicted)?;
                 return Ok(true);
             }
         }

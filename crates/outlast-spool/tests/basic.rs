@@ -243,6 +243,50 @@ fn records_older_than_max_record_age_are_skipped_and_counted() {
 }
 
 #[test]
+fn an_expired_record_read_ahead_of_the_ack_point_is_counted_once_across_rewinds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Segments of a few records, so that whole expired segments go too.
+    let cfg = small_config(dir.path())
+        .with_max_record_bytes(200)
+        .with_segment_bytes(300)
+        .with_max_record_age(Some(std::time::Duration::from_secs(60)));
+    let (spool, _) = Spool::open(cfg).expect("open");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    // fresh, old, fresh, old, old, fresh: the old ones sit behind outstanding records.
+    let kinds = [false, true, false, true, true, false];
+    for (i, &is_old) in kinds.iter().enumerate() {
+        let p = Payload::new(format!("r{i}").into_bytes());
+        let p = if is_old { p.with_created_at(old) } else { p };
+        spool.append(p).expect("append");
+    }
+    let mut expired = 0;
+    let mut delivered = Vec::new();
+    // Three failed attempts: read everything, rewind.
+    for _ in 0..3 {
+        loop {
+            let b = spool.read_batch(2, u64::MAX).expect("read");
+            expired += b.expired.records;
+            if b.records.is_empty() && b.expired.records == 0 {
+                break;
+            }
+        }
+        spool.rewind();
+    }
+    // Then one that succeeds, record by record.
+    loop {
+        let b = spool.read_batch(1, u64::MAX).expect("read");
+        expired += b.expired.records;
+        let Some(r) = b.records.first() else { break };
+        delivered.push(String::from_utf8_lossy(r.payload.bytes()).into_owned());
+        spool.ack(r.id).expect("ack");
+    }
+    assert_eq!(delivered, ["r0", "r2", "r5"]);
+    assert_eq!(expired, 3, "three expired records, each counted once");
+    assert_eq!(spool.stats().expired.records, 3);
+    assert_eq!(spool.stats().records, 0);
+}
+
+#[test]
 fn pending_bytes_follow_appends_and_acks_while_file_bytes_wait_for_segment_deletion() {
     let dir = tempfile::tempdir().expect("tempdir");
     // One large segment, so that nothing is deleted while acking part of it.

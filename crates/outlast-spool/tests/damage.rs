@@ -73,14 +73,18 @@ fn reader_skips_record_with_flipped_bit_in_the_middle_and_delivers_the_rest() {
 }
 
 #[test]
-fn damage_read_past_again_after_a_rewind_is_counted_once() {
+fn damage_found_at_open_is_counted_once_whether_read_past_or_rewound_over() {
     let dir = tempfile::tempdir().expect("tempdir");
     fill_with_a_flipped_bit_in_record_10(dir.path());
-    let (spool, _) = Spool::open(small_config(dir.path())).expect("open");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.corrupt_frames_skipped, 1, "counted by recovery");
     // Read past the damage without acknowledging, as a failed delivery attempt does...
     let first = spool.read_batch(20, u64::MAX).expect("read");
-    assert_eq!(first.corrupt_skipped, 1);
     assert_eq!(first.records.len(), 20);
+    assert_eq!(
+        first.corrupt_skipped, 0,
+        "recovery counted this damage; the reader meeting it is not a second loss"
+    );
     // ...then rewind and read everything again: the same damage is not counted again.
     spool.rewind();
     let (seen, corrupt) = drain(&spool);
@@ -88,9 +92,42 @@ fn damage_read_past_again_after_a_rewind_is_counted_once() {
     assert_eq!(seen, (0..50).filter(|&i| i != 10).collect::<Vec<u64>>());
     assert_eq!(
         spool.stats().corrupt_skipped,
-        2,
-        "one at recovery, one at the first read"
+        1,
+        "one damaged record, one count"
     );
+    // Everything delivered but the last record: the damage is below the ack point now.
+    spool
+        .ack(RecordId { lane: 0, seq: 49 })
+        .expect("ack all but the last");
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("reopen");
+    let (seen, corrupt) = drain(&spool);
+    assert_eq!(seen, vec![49], "only the unacknowledged record is left");
+    assert_eq!(
+        (report.corrupt_frames_skipped, corrupt),
+        (0, 0),
+        "damage among acknowledged records is not counted by a later open"
+    );
+}
+
+#[test]
+fn damage_appearing_after_open_is_counted_once_by_the_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = fill(dir.path(), 50);
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.corrupt_frames_skipped, 0);
+    // The byte flips while the spool is open (recovery never saw it).
+    let mut bytes = std::fs::read(&seg).expect("read seg");
+    let pos = find(&bytes, b"record-00000010") + 3;
+    bytes[pos] ^= 0x10;
+    std::fs::write(&seg, &bytes).expect("write seg");
+    let first = spool.read_batch(20, u64::MAX).expect("read");
+    assert_eq!(first.corrupt_skipped, 1);
+    spool.rewind();
+    let (seen, corrupt) = drain(&spool);
+    assert_eq!(corrupt, 0);
+    assert_eq!(seen.len(), 49);
+    assert_eq!(spool.stats().corrupt_skipped, 1);
 }
 
 #[test]
@@ -107,12 +144,19 @@ fn torn_tail_is_truncated_to_the_last_whole_record() {
     let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
     assert!(report.torn_tail_bytes_truncated > 0);
     assert_eq!(report.records, 19);
+    // The writer had completed record 19 (the cursor says 20 were written): it is lost,
+    // and counted once, as missing.
+    assert_eq!(report.missing_records, 1);
     let (seen, corrupt) = drain(&spool);
     assert_eq!(seen, (0..19).collect::<Vec<_>>());
-    assert_eq!(corrupt, 0);
+    assert_eq!(corrupt, 1, "told once to the reader");
     // Appending continues after the cut, and the new record reads back.
     spool.append(payload(100)).expect("append after truncation");
     assert_eq!(drain(&spool).0, vec![100]);
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(report.missing_records, 0, "counted once, not at every open");
+    assert_eq!(drain(&spool), ((0..19).chain([100]).collect::<Vec<_>>(), 0));
 }
 
 #[test]
@@ -125,8 +169,15 @@ fn zeroed_range_in_the_middle_is_skipped_and_counted() {
     bytes[a..b].fill(0);
     std::fs::write(&seg, &bytes).expect("write");
     let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
-    assert_eq!(report.corrupt_frames_skipped, 1);
-    let (seen, _) = drain(&spool);
+    // One damaged region, four records lost in it (5 to 8): each record counts once.
+    assert_eq!(report.corrupt_frames_skipped, 4);
+    assert_eq!(
+        inspect::scan(dir.path()).expect("scan").lanes[0].segments[0].corrupt_frames,
+        1
+    );
+    let (seen, told) = drain(&spool);
+    assert_eq!(told, 0, "counted by recovery, not again by the reader");
+    assert_eq!(seen.len() + 4, 40, "every record delivered or counted");
     // The zeroed range runs from record 5's payload to record 8's payload: frames 5 to 8
     // are damaged, one region; everything before and after is delivered.
     assert!(seen.starts_with(&[0, 1, 2, 3, 4]));
@@ -347,16 +398,33 @@ fn disk_full_during_append_hands_the_payload_back_and_harms_nothing() {
 }
 
 #[test]
-fn failed_fsync_in_fsync_every_append_mode_is_reported() {
+fn failed_fsync_in_fsync_every_append_mode_is_reported_as_not_durable_and_the_record_stays_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = FaultFs::new();
     let cfg = small_config(dir.path()).with_durability(outlast_spool::Durability::FsyncEveryAppend);
-    let (spool, _) = Spool::open_with_fs(cfg, Arc::new(fs.clone())).expect("open");
-    spool.append(payload(0)).expect("append");
-    fs.fail_syncs(1);
-    let err = spool.append(payload(1)).expect_err("sync fails");
-    assert!(err.is_io());
-    spool.append(payload(2)).expect("later append works");
+    let (spool, _) = Spool::open_with_fs(cfg.clone(), Arc::new(fs.clone())).expect("open");
+    assert!(spool.append(payload(0)).expect("append").is_durable());
+    // Every fsync fails meanwhile (the background thread's cursor fsync may come first).
+    fs.fail_syncs(u32::MAX);
+    let a = spool
+        .append(payload(1))
+        .expect("the record is written: the append succeeded, only not durably");
+    assert!(!a.is_durable());
+    assert!(a.sync_error.is_some());
+    assert_eq!(a.id.seq, 2);
+    assert_eq!(spool.stats().records, 2, "in the spool, once");
+    fs.fail_syncs(0);
+    let c = spool.append(payload(2)).expect("later append works");
+    assert!(
+        c.is_durable(),
+        "the next fsync covers the earlier record too"
+    );
+    // A power loss now keeps everything: the later fsync made record 1 durable.
+    fs.crash(CrashKeep::Nothing).expect("crash");
+    drop(spool);
+    fs.revive();
+    let (spool, _) = Spool::open_with_fs(cfg, Arc::new(fs.clone())).expect("reopen");
+    assert_eq!(drain(&spool), (vec![0, 1, 2], 0), "each record once");
 }
 
 #[test]
@@ -602,4 +670,174 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len())
         .position(|w| w == needle)
         .expect("needle present")
+}
+
+/// The cursor record a lane's cursor file holds now (the newer valid slot).
+fn cursor_state(root: &Path) -> CursorState {
+    let bytes = std::fs::read(root.join("lane-0").join("cursor")).expect("cursor file");
+    outlast_spool::format::decode_cursor_file(&bytes).state
+}
+
+#[test]
+fn a_clean_close_records_how_far_the_lane_was_written_in_the_cursor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fill(dir.path(), 20);
+    let state = cursor_state(dir.path());
+    assert_eq!(state.next_seq, 21, "{state:?}");
+    assert_eq!(state.acked_through, 0);
+}
+
+#[test]
+fn records_zeroed_at_the_end_of_a_lane_are_counted_missing_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seg = fill(dir.path(), 20);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let from = find(&bytes, b"record-00000017");
+    bytes[from..].fill(0);
+    std::fs::write(&seg, &bytes).expect("write");
+    let scan = inspect::scan(dir.path()).expect("scan");
+    assert!(!scan.is_healthy(), "verify sees the loss");
+    assert_eq!(scan.lanes[0].missing_records, 3, "records 17, 18 and 19");
+
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!((report.records, report.missing_records), (17, 3));
+    assert_eq!(spool.stats().missing_records, 3);
+    let (seen, told) = drain(&spool);
+    assert_eq!(seen, (0..17).collect::<Vec<_>>());
+    assert_eq!(told, 3, "reported to the reader once");
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("reopen");
+    assert_eq!(report.missing_records, 0, "counted by one open only");
+    assert_eq!(drain(&spool).1, 0);
+    assert!(inspect::scan(dir.path()).expect("scan").is_healthy());
+}
+
+#[test]
+fn a_last_segment_cut_to_its_header_counts_all_its_records_missing_and_numbering_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_config(dir.path());
+    let (spool, _) = Spool::open(config.clone()).expect("open");
+    for i in 0..600 {
+        spool.append(payload(i)).expect("append");
+    }
+    let b = spool.read_batch(10, u64::MAX).expect("read");
+    spool.ack(b.records[9].id).expect("ack 10");
+    spool.close().expect("close");
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 2);
+    let last = segs.last().expect("last");
+    let lost = inspect::scan(dir.path()).expect("scan").lanes[0]
+        .segments
+        .last()
+        .expect("seg")
+        .records;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .expect("open");
+    f.set_len(32).expect("cut to the header");
+    drop(f);
+    let (spool, report) = Spool::open(config.clone()).expect("reopen");
+    assert_eq!(report.missing_records, lost);
+    let (seen, told) = drain(&spool);
+    assert_eq!(told, lost);
+    assert_eq!(seen.len() as u64 + lost + 10, 600);
+    let a = spool.append(payload(9999)).expect("append");
+    assert_eq!(
+        a.id.seq,
+        600 - lost + 1,
+        "numbering goes on after what is left"
+    );
+    spool.close().expect("close");
+    let (spool, report) = Spool::open(config).expect("reopen");
+    assert_eq!(report.missing_records, 0, "{report:?}");
+    let (seen, told) = drain(&spool);
+    assert_eq!((seen.last().copied(), told), (Some(9999), 0));
+}
+
+#[test]
+fn records_whose_data_fsync_failed_and_were_lost_to_a_power_loss_are_counted_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let open = || Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone()));
+    let (spool, _) = open().expect("open");
+    for i in 0..10 {
+        spool.append(payload(i)).expect("append");
+    }
+    spool.sync().expect("durable");
+    for i in 10..15 {
+        spool.append(payload(i)).expect("append");
+    }
+    // The data fsync fails; the cursor's (how far the lane is written) succeeds.
+    fs.fail_syncs(1);
+    spool.sync().expect_err("the data fsync failed");
+    fs.crash(CrashKeep::Nothing).expect("power loss");
+    drop(spool);
+    fs.revive();
+    let (spool, report) = open().expect("reopen");
+    assert_eq!(report.records, 10);
+    assert_eq!(
+        report.missing_records, 5,
+        "the five accepted records lost are counted"
+    );
+    let (seen, told) = drain(&spool);
+    assert_eq!((seen, told), ((0..10).collect::<Vec<_>>(), 5));
+}
+
+#[test]
+fn a_record_damaged_after_it_was_handed_out_is_delivered_if_acknowledged_and_counted_once_if_rewound()
+ {
+    for ack in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(dir.path(), 600);
+        assert!(
+            segments(dir.path()).len() >= 2,
+            "the read below crosses a segment"
+        );
+        let fs = FaultFs::new();
+        let (spool, _) =
+            Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone())).expect("open");
+        let first = spool.read_batch(20, u64::MAX).expect("read");
+        assert_eq!(first.records.len(), 20);
+        // Record 10, handed out already, is damaged on disk.
+        let seg = &segments(dir.path())[0];
+        let mut bytes = std::fs::read(seg).expect("read seg");
+        let pos = find(&bytes, b"record-00000010") + 3;
+        bytes[pos] ^= 0x10;
+        std::fs::write(seg, &bytes).expect("write seg");
+        // The next read fails at the next segment: the one after it reads the first
+        // segment again from its start, and passes the damage below what was handed out.
+        fs.fail_reads(1);
+        spool.read_batch(10_000, u64::MAX).expect_err("EIO");
+        let mut corrupt = 0;
+        if !ack {
+            spool.rewind();
+        }
+        // Acknowledged (with the rest, below): the first 20 were delivered.
+        let mut seen: Vec<u64> = if ack {
+            first
+                .records
+                .iter()
+                .map(|r| body_index(&r.payload))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        loop {
+            let b = spool.read_batch(100, u64::MAX).expect("read");
+            corrupt += b.corrupt_skipped;
+            let Some(last) = b.records.last() else { break };
+            seen.extend(b.records.iter().map(|r| body_index(&r.payload)));
+            spool.ack(last.id).expect("ack");
+        }
+        if ack {
+            assert_eq!(corrupt, 0, "delivered before it was damaged: not a loss");
+            assert_eq!(seen, (0..600).collect::<Vec<_>>());
+        } else {
+            assert_eq!(corrupt, 1, "lost, once");
+            assert_eq!(seen.len(), 599);
+        }
+        assert_eq!(spool.stats().corrupt_skipped, corrupt);
+        assert_eq!(spool.stats().records, 0);
+    }
 }

@@ -350,3 +350,148 @@ fn a_real_full_file_system_is_freed_by_acknowledging_and_appends_work_again() {
     let (spool, _) = Spool::open(config).expect("reopen");
     assert_eq!(spool.stats().records, 100);
 }
+
+#[test]
+fn a_cap_lowered_by_a_full_disk_rises_again_once_space_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    fs.set_free_bytes(Some(0));
+    let (spool, report) =
+        Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone())).expect("open");
+    assert_eq!(report.max_total_bytes, 0, "opened on a full disk");
+    let err = spool.append(payload(0)).expect_err("no room");
+    assert!(err.is_full(), "{err}");
+    // Space comes back. The refusal just measured: the next measure waits its interval.
+    fs.set_free_bytes(Some(100 * 1024 * 1024));
+    assert!(
+        spool
+            .append(payload(1))
+            .expect_err("rate-limited")
+            .is_full()
+    );
+    std::thread::sleep(outlast_spool::CAP_REMEASURE_INTERVAL + Duration::from_millis(50));
+    spool.append(payload(2)).expect("the cap rose again");
+    assert_eq!(
+        spool.stats().max_total_bytes,
+        small_config(dir.path()).max_total_bytes(),
+        "back to the configured cap"
+    );
+    assert_eq!(deliver_all(&spool), vec![2]);
+}
+
+#[test]
+fn freeing_delivered_segments_measures_the_cap_again_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    fs.set_free_bytes(Some(200 * 1024));
+    let (spool, report) =
+        Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone())).expect("open");
+    assert_eq!(report.max_total_bytes, 180 * 1024, "90 % of 200 KiB");
+    let mut accepted = 0;
+    while spool.append(payload(accepted)).is_ok() {
+        accepted += 1;
+    }
+    // The disk is emptied by others meanwhile; the refusal above measured (still 200 KiB).
+    fs.set_free_bytes(Some(100 * 1024 * 1024));
+    assert_eq!(deliver_all(&spool).len() as u64, accepted);
+    spool.sync().expect("deletions done");
+    assert_eq!(
+        spool.stats().max_total_bytes,
+        small_config(dir.path()).max_total_bytes()
+    );
+    for i in 0..2 * accepted {
+        spool
+            .append(payload(i))
+            .expect("room again, beyond the old cap");
+    }
+}
+
+/// Fills the file system of `path` with a file `ballast`, leaving `leave` bytes free.
+fn ballast(fsys: &Path, leave: u64) -> PathBuf {
+    use std::io::Write;
+    let path = fsys.join("ballast");
+    let mut f = std::fs::File::create(&path).expect("ballast");
+    let block = vec![0xa5u8; 4096];
+    loop {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("ballast: {e}"),
+        }
+    }
+    let len = f.metadata().expect("meta").len();
+    f.set_len(len.saturating_sub(leave))
+        .expect("shrink ballast");
+    path
+}
+
+#[test]
+fn a_spool_opened_on_a_real_full_or_nearly_full_disk_takes_records_again_once_it_is_emptied() {
+    for leave in [0, 200 * 1024] {
+        let fsys = match SmallFs::mount() {
+            Ok(f) => f,
+            Err(reason) => {
+                eprintln!(
+                    "SKIPPED a_spool_opened_on_a_real_full_or_nearly_full_disk_takes_records_again_once_it_is_emptied: \
+                     cannot mount a small tmpfs here ({reason}); the fault-seam tests above cover \
+                     the same paths"
+                );
+                return;
+            }
+        };
+        let root = fsys.path().join("spool");
+        std::fs::create_dir(&root).expect("root");
+        let weight = ballast(fsys.path(), leave);
+        let config = SpoolConfig::new(&root)
+            .with_max_record_bytes(16 * 1024)
+            .with_segment_bytes(64 * 1024)
+            .with_max_total_bytes(64 * 1024 * 1024);
+        let (spool, report) = Spool::open(config).expect("open");
+        assert!(
+            report.max_total_bytes <= leave,
+            "the cap follows the free space: {report:?}"
+        );
+        // Appends until the cap (or the disk) refuses one.
+        let mut before = 0u64;
+        while spool
+            .append(outlast_spool::Payload::new(vec![1u8; 1000]))
+            .is_ok()
+        {
+            before += 1;
+            assert!(before < 1000, "{leave}: the cap held");
+        }
+        std::fs::remove_file(&weight).expect("the disk is emptied");
+        std::thread::sleep(outlast_spool::CAP_REMEASURE_INTERVAL + Duration::from_millis(50));
+        // 1 MiB: more than the cap the spool opened with.
+        for i in 0..1000u32 {
+            spool
+                .append(outlast_spool::Payload::new(vec![i as u8; 1000]))
+                .unwrap_or_else(|e| panic!("{leave}: append {i} once space returned: {e}"));
+        }
+        assert!(
+            spool.stats().max_total_bytes > 1024 * 1024,
+            "{:?}",
+            spool.stats()
+        );
+        assert_eq!(
+            deliver_count(&spool),
+            before + 1000,
+            "{leave}: nothing lost"
+        );
+        spool.close().expect("close");
+    }
+}
+
+/// Reads and acknowledges everything; the number of records.
+fn deliver_count(spool: &Spool) -> u64 {
+    let mut n = 0;
+    loop {
+        let b = spool.read_batch(256, u64::MAX).expect("read");
+        let Some(last) = b.records.last() else {
+            return n;
+        };
+        n += b.records.len() as u64;
+        spool.ack(last.id).expect("ack");
+    }
+}

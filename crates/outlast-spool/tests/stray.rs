@@ -196,3 +196,110 @@ fn symbolic_links_inside_the_spool_are_never_followed_and_nothing_outside_is_tou
         "nothing is created through a linked lane"
     );
 }
+
+#[test]
+fn a_lane_whose_cursor_is_a_directory_is_reported_stranded_with_its_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lane = spool_with_ten(dir.path());
+    let cursor = lane.join("cursor");
+    std::fs::remove_file(&cursor).expect("remove cursor");
+    std::fs::create_dir(&cursor).expect("mkdir");
+    let scan = scan_bounded(dir.path());
+    assert!(scan.lanes[0].is_unusable());
+    assert_eq!(scan.stranded_records(), 10);
+    let (spool, report) = open_bounded(dir.path());
+    assert_eq!(report.unusable_lanes, vec![0]);
+    assert_eq!(report.stranded_records, 10, "{report:?}");
+    let stats = spool.stats();
+    assert_eq!((stats.stranded_lanes, stats.stranded_records), (1, 10));
+    assert_eq!(stats.records, 0, "not deliverable here");
+    // Looking for released lanes again finds the same lane: the gauge stays, not doubled.
+    spool.adopt_released().expect("adopt");
+    spool.adopt_released().expect("adopt");
+    let stats = spool.stats();
+    assert_eq!((stats.stranded_lanes, stats.stranded_records), (1, 10));
+    // Repaired, the lane is adopted and delivered; nothing is stranded any more.
+    std::fs::remove_dir(&cursor).expect("rmdir");
+    assert_eq!(spool.adopt_released().expect("adopt"), 1);
+    let stats = spool.stats();
+    assert_eq!((stats.stranded_lanes, stats.stranded_records), (0, 0));
+    assert_eq!(deliver_all(&spool), (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_segment_renamed_beyond_u64_is_delivered_in_its_place_and_reported_misplaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lane = spool_with_ten(dir.path());
+    let seg = first_segment(&lane);
+    let renamed = lane.join("99999999999999999999.seg");
+    std::fs::rename(&seg, &renamed).expect("rename");
+    let scan = scan_bounded(dir.path());
+    assert!(!scan.is_healthy(), "verify must not say no damage");
+    assert_eq!(scan.lanes[0].misplaced_segments, vec![renamed.clone()]);
+    assert_eq!(
+        (scan.stranded_records(), scan.lanes[0].missing_records),
+        (0, 0)
+    );
+    assert_eq!(scan.unacked_records(), 10);
+    let (spool, report) = open_bounded(dir.path());
+    assert_eq!(
+        report.misplaced_segments,
+        vec![renamed.clone()],
+        "{report:?}"
+    );
+    assert_eq!((report.stranded_records, report.missing_records), (0, 0));
+    spool.append(payload(50)).expect("append");
+    assert_eq!(
+        deliver_all(&spool),
+        (0..10).chain([50]).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+    spool.sync().expect("sync");
+    assert!(
+        !renamed.exists(),
+        "delivered, then deleted like any segment"
+    );
+}
+
+#[test]
+fn a_renamed_segment_that_cannot_be_placed_strands_its_lane_and_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lane = spool_with_ten(dir.path());
+    let seg = first_segment(&lane);
+    let renamed = lane.join("7.seg");
+    std::fs::rename(&seg, &renamed).expect("rename");
+    // Its header's CRC is damaged: nothing says which segment it is.
+    let mut bytes = std::fs::read(&renamed).expect("read");
+    bytes[10] ^= 0xff;
+    std::fs::write(&renamed, &bytes).expect("write");
+    let scan = scan_bounded(dir.path());
+    assert!(!scan.is_healthy());
+    assert!(scan.lanes[0].is_unusable());
+    assert_eq!(scan.lanes[0].stranded_files, vec![renamed.clone()]);
+    assert_eq!(scan.stranded_records(), 10);
+    let (spool, report) = open_bounded(dir.path());
+    assert_eq!(report.unusable_lanes, vec![0], "{report:?}");
+    assert_eq!(report.stranded_files, vec![renamed.clone()]);
+    assert_eq!(report.stranded_records, 10);
+    assert_eq!(report.missing_records, 0, "on disk, not lost");
+    let stats = spool.stats();
+    assert_eq!((stats.stranded_lanes, stats.stranded_records), (1, 10));
+    // Renamed to its segment id (and its header repaired), the lane is taken again.
+    bytes[10] ^= 0xff;
+    std::fs::write(&seg, &bytes).expect("restore");
+    std::fs::remove_file(&renamed).expect("remove");
+    assert_eq!(spool.adopt_released().expect("adopt"), 1);
+    assert_eq!(spool.stats().stranded_records, 0);
+    assert_eq!(deliver_all(&spool), (0..10).collect::<Vec<_>>());
+}
+
+/// The first segment file of a lane directory.
+fn first_segment(lane: &std::path::Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(lane)
+        .expect("lane")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    segs.remove(0)
+}
