@@ -159,6 +159,18 @@ impl SpoolFs for StdFs {
     }
 }
 
+/// Makes the directory entry of `path` durable: fsyncs the directory that holds it. For
+/// the directories the spool creates itself (its root, a lane), which do not go through
+/// [`SpoolFs`]: until then a power loss can take a new directory away with every file in
+/// it, fsynced or not.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
 /// Flags of every open of a spool file: never follow a symbolic link (a link inside the
 /// spool could make recovery truncate a file elsewhere), and never block (opening a FIFO
 /// without `O_NONBLOCK` waits for a writer forever). `O_NONBLOCK` has no effect on the

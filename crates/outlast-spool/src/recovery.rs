@@ -322,11 +322,22 @@ pub(crate) fn prepare_root(root: &Path, create: bool) -> Result<(), SpoolError> 
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+            let missing: Vec<&Path> = root
+                .ancestors()
+                .filter(|a| !a.as_os_str().is_empty())
+                .take_while(|a| {
+                    std::fs::symlink_metadata(a).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+                })
+                .collect();
             DirBuilder::new()
                 .recursive(true)
                 .mode(DIR_MODE)
                 .create(root)
                 .map_err(|e| SpoolError::io(root, e))?;
+            // Each new directory's entry, outermost first, before anything is stored in it.
+            for dir in missing.iter().rev() {
+                crate::fs::sync_parent(dir).map_err(|e| SpoolError::io(dir, e))?;
+            }
             // Re-check: a racing process could have put a symlink there.
             prepare_root(root, false)
         }
@@ -425,6 +436,9 @@ pub(crate) fn try_lock_lane(root: &Path, n: u32, create: bool) -> Result<Option<
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(SpoolError::io(&dir, e)),
         }
+        // The lane's entry in the root, durable before the lane takes a record. Always (not
+        // only when created here): an earlier attempt may have created it and then failed.
+        crate::fs::sync_parent(&dir).map_err(|e| SpoolError::io(root, e))?;
     }
     match std::fs::symlink_metadata(&dir) {
         Ok(m) if m.is_dir() => {}
