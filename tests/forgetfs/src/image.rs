@@ -80,7 +80,8 @@ impl FileData {
     /// Truncates or extends (with zeros) to `len`.
     pub(crate) fn set_len(&mut self, len: u64) {
         let old = self.data.len() as u64;
-        self.data.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
+        self.data
+            .resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
         self.low_water = self.low_water.min(len);
         if len != old {
             // The page holding the new end: its tail bytes changed (cut or zeroed).
@@ -212,10 +213,7 @@ impl Image {
                     // name per directory).
                     entries.retain(|_, child| {
                         !(visited.contains(child)
-                            && matches!(
-                                self.nodes.get(child).map(|n| &n.kind),
-                                Some(Kind::Dir(_))
-                            ))
+                            && matches!(self.nodes.get(child).map(|n| &n.kind), Some(Kind::Dir(_))))
                     });
                     stack.extend(entries.values().copied());
                     Kind::Dir(DirData {

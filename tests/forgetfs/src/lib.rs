@@ -37,13 +37,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
-pub use image::{Image, PAGE};
 use image::{DirData, FileData, Kind, Node};
+pub use image::{Image, PAGE};
 
 /// Attributes and entries are never cached by the kernel: every lookup asks.
 const TTL: Duration = Duration::ZERO;
@@ -592,6 +592,68 @@ pub fn clear_stale_mount(path: &Path) {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// A fresh, empty directory to mount on, under `<temp>/outlast-forgetfs/<pid>-<n>`, removed
+/// when dropped. Making one first clears what runs killed before they could unmount left
+/// there: the mount points of processes that no longer exist are unmounted (lazily) and
+/// removed, so a stale mount never wedges a later run.
+#[derive(Debug)]
+pub struct MountPoint {
+    path: PathBuf,
+}
+
+impl MountPoint {
+    /// Makes the directory, after clearing the dead processes' ones.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be created.
+    pub fn new() -> std::io::Result<MountPoint> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir().join("outlast-forgetfs");
+        std::fs::create_dir_all(&base)?;
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let pid = name
+                    .to_str()
+                    .and_then(|n| n.split('-').next())
+                    .and_then(|p| p.parse::<u32>().ok());
+                if let Some(pid) = pid
+                    && !Path::new("/proc").join(pid.to_string()).exists()
+                {
+                    clear_stale_mount(&e.path());
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = base.join(format!("{}-{n}", std::process::id()));
+        clear_stale_mount(&path);
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path)?;
+        Ok(MountPoint { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        clear_stale_mount(&self.path);
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Whether a test that needs FUSE must fail rather than skip where it is missing: in CI
+/// (`CI` set), which must run the power-loss tests.
+pub fn required() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// A mounted forgetting file system, unmounted (lazily, so it never waits for a user) when

@@ -3,19 +3,22 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, FileExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
 use std::path::Path;
 
-use super::{Image, Mount, PAGE, available};
+use super::{Image, Mount, MountPoint, PAGE, available, required};
 
 /// A mount on a fresh temporary directory, or `None` (after printing `SKIPPED` and the
 /// reason) where FUSE is not available.
-fn mounted(image: Image) -> Option<(tempfile::TempDir, Mount)> {
+fn mounted(image: Image) -> Option<(MountPoint, Mount)> {
     if let Err(reason) = available() {
+        assert!(!required(), "CI must run the FUSE tests: {reason}");
         println!("SKIPPED: {reason}");
         return None;
     }
-    let dir = tempfile::tempdir().expect("mount point");
+    let dir = MountPoint::new().expect("mount point");
     let m = Mount::new(dir.path(), image).expect("mount forgetfs");
     Some((dir, m))
 }
@@ -73,7 +76,10 @@ fn written_and_fdatasynced_survives_a_cut() {
     f.write_all_at(b"-and-lost", 4).expect("pwrite");
     let m = cut_and_remount(dir.path(), m, None);
     assert_eq!(read(&p).expect("read after"), b"kept");
-    let mode = std::fs::metadata(&p).expect("metadata").permissions().mode();
+    let mode = std::fs::metadata(&p)
+        .expect("metadata")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     m.unmount();
 }
@@ -119,7 +125,10 @@ fn a_new_directory_needs_its_parent_synced() {
     sync_dir(&lane);
     // The lane directory itself is not in its parent durably yet: all of it goes.
     let m = cut_and_remount(dir.path(), m, None);
-    assert!(!lane.exists(), "lane directory survived without its parent's fsync");
+    assert!(
+        !lane.exists(),
+        "lane directory survived without its parent's fsync"
+    );
 
     // Same again, with the parent synced: everything stays, with its permissions.
     std::fs::DirBuilder::new()
@@ -215,7 +224,10 @@ fn truncation_and_set_len_are_durable_only_after_fsync() {
     let data = read(&p).expect("read");
     assert_eq!(data.len(), 2 * PAGE as usize);
     assert!(data[..100].iter().all(|&b| b == 7));
-    assert!(data[100..].iter().all(|&b| b == 0), "truncated bytes came back");
+    assert!(
+        data[100..].iter().all(|&b| b == 0),
+        "truncated bytes came back"
+    );
     m.unmount();
 }
 
@@ -281,7 +293,11 @@ fn a_torn_cut_keeps_whole_pages_from_the_unsynced_writes_and_is_reproducible() {
     }
     let one = m.snapshot().after_power_cut(Some(7));
     let two = m.snapshot().after_power_cut(Some(7));
-    assert_eq!(one.read_file("f"), two.read_file("f"), "same seed, same cut");
+    assert_eq!(
+        one.read_file("f"),
+        two.read_file("f"),
+        "same seed, same cut"
+    );
     drop(f);
     let survived = m.cut_power(Some(7));
     m.unmount();
@@ -292,7 +308,10 @@ fn a_torn_cut_keeps_whole_pages_from_the_unsynced_writes_and_is_reproducible() {
     for (i, page) in data.chunks(PAGE as usize).enumerate() {
         let v = page[0];
         assert!(page.iter().all(|&b| b == v), "page {i} torn inside");
-        assert!(v == 0 || v == i as u8 + 1, "page {i} holds another page's data");
+        assert!(
+            v == 0 || v == i as u8 + 1,
+            "page {i} holds another page's data"
+        );
         kept += usize::from(v != 0);
     }
     assert!(kept < pages || data.len() == pages * PAGE as usize);
