@@ -181,7 +181,8 @@ fn child_works_on_the_forgetting_mount_until_the_power_is_cut() {
 /// The spool alone: appends, and every few appends reads and acknowledges a batch (like a
 /// drain task), and in `SpoolSync` syncs. Prints `durable <key>` (an append answered in
 /// `FsyncEveryAppend`), `appended <key>` (in `OsWrite`), `synced <index>` (everything
-/// appended up to that index is durable), `acked <key>`, `error <key> <error>`.
+/// appended up to that index is durable), `acking <key>` and `acked <key>` around each
+/// acknowledgement, `error <key> <error>`.
 fn child_spool(scenario: Scenario, dir: &Path, rng: &mut StdRng, say: impl Fn(String)) {
     let durability = match scenario {
         Scenario::SpoolFsync => Durability::FsyncEveryAppend,
@@ -217,6 +218,9 @@ fn child_spool(scenario: Scenario, dir: &Path, rng: &mut StdRng, say: impl Fn(St
             };
             for r in batch.records {
                 let k = r.payload.meta().key.clone().unwrap_or_default();
+                // Before the ack too: a kill right after it must not make the record look
+                // lost (the acknowledgement is written to the OS at once).
+                say(format!("acking {k}"));
                 if spool.ack(r.id).is_err() {
                     return;
                 }
@@ -285,7 +289,10 @@ struct Reported {
     confirmed: BTreeSet<usize>,
     /// Keys accepted (appended, spooled or delivered), confirmed durable or not.
     accepted: BTreeSet<usize>,
-    /// Keys acknowledged by the spool-alone child (delivered, in its terms).
+    /// Keys the spool-alone child started to acknowledge (delivered, in its terms): they
+    /// may be gone.
+    acking: BTreeSet<usize>,
+    /// Keys whose acknowledgement returned.
     acked: BTreeSet<usize>,
     /// Keys acknowledged before the last `synced`: they must not come back.
     acked_before_sync: BTreeSet<usize>,
@@ -324,6 +331,9 @@ impl Reported {
                 let upto: usize = arg.parse().expect("synced index");
                 self.confirmed.extend(self.accepted.range(..=upto).copied());
                 self.acked_before_sync.extend(self.acked.iter().copied());
+            }
+            "acking" => {
+                self.acking.insert(idx());
             }
             "acked" => {
                 self.acked.insert(idx());
@@ -500,7 +510,7 @@ fn round(server: &tokio::runtime::Runtime, mnt: &Path, seed: u64) -> RoundStats 
     let lost: Vec<usize> = rep
         .confirmed
         .iter()
-        .filter(|i| !recovered.contains_key(i) && !rep.acked.contains(i))
+        .filter(|i| !recovered.contains_key(i) && !rep.acking.contains(i))
         .copied()
         .collect();
     assert!(
@@ -536,7 +546,7 @@ fn round(server: &tokio::runtime::Runtime, mnt: &Path, seed: u64) -> RoundStats 
         .accepted
         .iter()
         .filter(|i| !rep.confirmed.contains(i) && !recovered.contains_key(i))
-        .filter(|i| !rep.acked.contains(i))
+        .filter(|i| !rep.acking.contains(i))
         .count();
     stats.refused_delivered = rep
         .refused
