@@ -319,6 +319,65 @@ impl Image {
         }
     }
 
+    /// An image holding what the directory `dir` holds (regular files and directories,
+    /// with their permissions; anything else is left out), all of it durable: to start from
+    /// a state kept on disk, e.g. by [`Image::write_to`].
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error.
+    pub fn load(dir: &std::path::Path) -> std::io::Result<Image> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(dir)?;
+        let mut img = Image::empty(meta.uid(), meta.gid());
+        let mut stack = vec![(ROOT, dir.to_path_buf())];
+        while let Some((parent, path)) = stack.pop() {
+            for entry in std::fs::read_dir(&path)? {
+                let entry = entry?;
+                let m = entry.metadata()?;
+                let kind = if m.is_file() {
+                    let data = std::fs::read(entry.path())?;
+                    Kind::File(FileData {
+                        low_water: data.len() as u64,
+                        durable: data.clone(),
+                        data,
+                        dirty: BTreeSet::new(),
+                    })
+                } else if m.is_dir() {
+                    Kind::Dir(DirData::default())
+                } else {
+                    continue;
+                };
+                let ino = img.next_ino;
+                img.next_ino += 1;
+                if matches!(kind, Kind::Dir(_)) {
+                    stack.push((ino, entry.path()));
+                }
+                let mtime = m.modified().unwrap_or_else(|_| SystemTime::now());
+                img.nodes.insert(
+                    ino,
+                    Node {
+                        kind,
+                        perm: u16::try_from(m.mode() & 0o7777).unwrap_or(0o600),
+                        uid: m.uid(),
+                        gid: m.gid(),
+                        mtime,
+                        ctime: mtime,
+                        links: 1,
+                    },
+                );
+                if let Some(Node {
+                    kind: Kind::Dir(d), ..
+                }) = img.nodes.get_mut(&parent)
+                {
+                    d.entries.insert(entry.file_name(), ino);
+                    d.durable.insert(entry.file_name(), ino);
+                }
+            }
+        }
+        Ok(img)
+    }
+
     /// Writes the image's files and directories under `dir` (which must exist), e.g. to
     /// keep the state a failed check saw for inspection.
     ///

@@ -18,6 +18,10 @@
 //! - permissions, owners and times are durable at once (a simplification: the product
 //!   never depends on them across a crash).
 //!
+//! The durable state is the backing store: [`Image::write_to`] writes it out as a plain
+//! directory (to inspect a failed round with `outlast inspect`) and [`Image::load`] reads
+//! one back, all of it durable.
+//!
 //! With a seed, a cut also models writeback that was under way: each directory keeps its
 //! current entries instead of its durable ones with probability ½, and each file keeps a
 //! random subset of its un-synced 4 KiB pages and either length: torn and reordered writes.

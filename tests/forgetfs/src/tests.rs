@@ -318,3 +318,41 @@ fn a_torn_cut_keeps_whole_pages_from_the_unsynced_writes_and_is_reproducible() {
     let m = Mount::new(dir.path(), survived).expect("mount again");
     m.unmount();
 }
+
+#[test]
+fn an_image_written_to_a_directory_loads_back_whole_and_durable() {
+    let Some((dir, m)) = mounted(Image::for_this_user()) else {
+        return;
+    };
+    let lane = dir.path().join("lane-0");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&lane)
+        .expect("mkdir");
+    std::fs::write(lane.join("seg"), b"records").expect("write");
+    let kept = tempfile_dir();
+    m.snapshot().write_to(&kept).expect("write out");
+    m.unmount();
+    let loaded = Image::load(&kept).expect("load");
+    let _ = std::fs::remove_dir_all(&kept);
+    // Loaded state is durable: a cut right away keeps all of it.
+    let after = loaded.after_power_cut(None);
+    assert_eq!(after.read_file("lane-0/seg").as_deref(), Some(&b"records"[..]));
+    assert_eq!(after.list_dir(""), Some(vec!["lane-0".to_owned()]));
+    let m = Mount::new(dir.path(), after).expect("mount the loaded image");
+    let mode = std::fs::metadata(&lane).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    m.unmount();
+}
+
+/// A fresh directory outside any mount.
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "outlast-forgetfs-image-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temporary directory");
+    d
+}
