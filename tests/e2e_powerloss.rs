@@ -46,6 +46,8 @@ const ENV_SCENARIO: &str = "OUTLAST_POWERLOSS_CHILD_SCENARIO";
 const ENV_DIR: &str = "OUTLAST_POWERLOSS_CHILD_DIR";
 /// Environment variable giving the child the receiver's URL.
 const ENV_URL: &str = "OUTLAST_POWERLOSS_CHILD_URL";
+/// Environment variable giving the child the index of its first payload.
+const ENV_FIRST: &str = "OUTLAST_POWERLOSS_CHILD_FIRST";
 /// Environment variable giving the child its seed (how often it acks, syncs, flushes).
 const ENV_SEED: &str = "OUTLAST_POWERLOSS_CHILD_SEED";
 /// Rounds of [`power_cuts_lose_nothing_outlast_confirmed_durable`] (default [`CI_ROUNDS`]).
@@ -54,7 +56,7 @@ const ENV_ROUNDS: &str = "OUTLAST_POWERLOSS_ROUNDS";
 const ENV_FIRST_SEED: &str = "OUTLAST_POWERLOSS_SEED";
 /// The child test's name, for `--exact`.
 const CHILD_TEST: &str = "child_works_on_the_forgetting_mount_until_the_power_is_cut";
-/// Rounds per run in CI: every scenario twice, one torn cut and one clean.
+/// Rounds per run in CI: every scenario twice (consecutive seeds take the scenarios in turn).
 const CI_ROUNDS: u64 = 2 * SCENARIOS.len() as u64;
 /// The child stops after this many payloads: far more than it reaches before the cut.
 const CHILD_MAX: usize = 100_000;
@@ -159,6 +161,10 @@ fn child_works_on_the_forgetting_mount_until_the_power_is_cut() {
     ) else {
         return;
     };
+    let first: usize = std::env::var(ENV_FIRST)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let dir = Path::new(&dir);
     let mut rng = StdRng::seed_from_u64(seed);
     let out = std::io::stdout();
@@ -169,10 +175,10 @@ fn child_works_on_the_forgetting_mount_until_the_power_is_cut() {
             .expect("the parent reads the child's output");
     };
     if scenario.is_spool() {
-        child_spool(scenario, dir, &mut rng, say);
+        child_spool(scenario, dir, first, &mut rng, say);
     } else {
         let url = std::env::var(ENV_URL).expect("receiver URL");
-        child_client(scenario, dir, &url, &mut rng, say);
+        child_client(scenario, dir, &url, first, &mut rng, say);
     }
     // Wait for the kill: the test is about a power cut, not a clean exit.
     std::thread::sleep(TEST_BOUND);
@@ -183,7 +189,13 @@ fn child_works_on_the_forgetting_mount_until_the_power_is_cut() {
 /// `FsyncEveryAppend`), `appended <key>` (in `OsWrite`), `synced <index>` (everything
 /// appended up to that index is durable), `acking <key>` and `acked <key>` around each
 /// acknowledgement, `error <key> <error>`.
-fn child_spool(scenario: Scenario, dir: &Path, rng: &mut StdRng, say: impl Fn(String)) {
+fn child_spool(
+    scenario: Scenario,
+    dir: &Path,
+    first: usize,
+    rng: &mut StdRng,
+    say: impl Fn(String),
+) {
     let durability = match scenario {
         Scenario::SpoolFsync => Durability::FsyncEveryAppend,
         _ => Durability::default(),
@@ -201,7 +213,7 @@ fn child_spool(scenario: Scenario, dir: &Path, rng: &mut StdRng, say: impl Fn(St
     };
     let ack_every = rng.random_range(3..40);
     let sync_every = rng.random_range(5..60);
-    for i in 0..CHILD_MAX {
+    for i in first..first + CHILD_MAX {
         match spool.append(payload(i)) {
             Ok(_) if durability == Durability::FsyncEveryAppend => {
                 say(format!("durable {}", key(i)));
@@ -240,7 +252,14 @@ fn child_spool(scenario: Scenario, dir: &Path, rng: &mut StdRng, say: impl Fn(St
 /// <reason>`; in `ClientFlush`, every few exports a short `force_flush`, printing
 /// `synced <index>` when it reports `synced` (everything accepted up to that index is
 /// delivered or durable).
-fn child_client(scenario: Scenario, dir: &Path, url: &str, rng: &mut StdRng, say: impl Fn(String)) {
+fn child_client(
+    scenario: Scenario,
+    dir: &Path,
+    url: &str,
+    first: usize,
+    rng: &mut StdRng,
+    say: impl Fn(String),
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -263,7 +282,7 @@ fn child_client(scenario: Scenario, dir: &Path, url: &str, rng: &mut StdRng, say
                 return;
             }
         };
-        for i in 0..CHILD_MAX {
+        for i in first..first + CHILD_MAX {
             match client.export(payload(i)).await {
                 Ok(Delivery::Delivered) => say(format!("delivered {}", key(i))),
                 Ok(Delivery::Spooled) => say(format!("spooled {}", key(i))),
@@ -298,12 +317,32 @@ struct Reported {
     acked_before_sync: BTreeSet<usize>,
     /// Keys the child's export refused.
     refused: BTreeSet<usize>,
-    /// The highest index whose export or append was started.
-    started: Option<usize>,
+    /// The index range each phase's child worked in: first index, and one past the last
+    /// whose export or append it started.
+    started: Vec<(usize, usize)>,
     lines: usize,
 }
 
 impl Reported {
+    /// Adds what one phase's child reported.
+    fn merge(&mut self, phase: Reported) {
+        self.confirmed.extend(phase.confirmed);
+        self.accepted.extend(phase.accepted);
+        self.acking.extend(phase.acking);
+        self.acked.extend(phase.acked);
+        self.acked_before_sync.extend(phase.acked_before_sync);
+        self.refused.extend(phase.refused);
+        self.started.extend(phase.started);
+        self.lines += phase.lines;
+    }
+
+    /// Whether the child of some phase started to submit record `i`.
+    fn submitted(&self, i: usize) -> bool {
+        self.started
+            .iter()
+            .any(|&(first, end)| first <= i && i <= end)
+    }
+
     fn take(&mut self, line: &str, fsync_every_append: bool) {
         // The test harness prints too: only the child's own lines count.
         let Some(line) = line.strip_prefix(LINE_MARK) else {
@@ -344,8 +383,8 @@ impl Reported {
             "error" => {}
             _ => panic!("child: {line}"),
         }
-        if let Some(i) = parsed {
-            self.started = self.started.max(Some(i + 1));
+        if let (Some(i), Some(last)) = (parsed, self.started.last_mut()) {
+            last.1 = last.1.max(i + 1);
         }
     }
 }
@@ -385,8 +424,15 @@ fn round(server: &tokio::runtime::Runtime, mnt: &Path, seed: u64) -> RoundStats 
     } else {
         cut_after
     };
+    // One round in four has the power cut again while a new process recovers and works
+    // on what the first cut left (or twice again).
+    let phases = if more.random_bool(0.25) {
+        more.random_range(2..=3)
+    } else {
+        1
+    };
     eprintln!(
-        "powerloss: seed {seed}: {scenario:?}, {} after {cut_after} line(s) + {cut_delay:?}{}",
+        "powerloss: seed {seed}: {scenario:?}, {} after {cut_after} line(s) + {cut_delay:?}{}{}",
         if power_cut {
             "power cut"
         } else {
@@ -396,9 +442,13 @@ fn round(server: &tokio::runtime::Runtime, mnt: &Path, seed: u64) -> RoundStats 
             ", torn"
         } else {
             ""
+        },
+        if phases > 1 {
+            format!(", then {} more cut(s) while recovering", phases - 1)
+        } else {
+            String::new()
         }
     );
-    let fsync_every_append = matches!(scenario, Scenario::SpoolFsync | Scenario::ClientFsync(_));
 
     let receiver = server.block_on(async {
         TestReceiver::builder()
@@ -425,72 +475,39 @@ fn round(server: &tokio::runtime::Runtime, mnt: &Path, seed: u64) -> RoundStats 
         })
     };
 
-    let mount = Mount::new(mnt, Image::for_this_user()).expect("mount the forgetting fs");
-    let dir = mnt.join("spool");
-    let mut child = ChildTest::spawn(
-        CHILD_TEST,
-        &[
-            (ENV_SCENARIO, scenario.name().as_ref()),
-            (ENV_DIR, dir.as_os_str()),
-            (ENV_URL, receiver.url().as_ref()),
-            (ENV_SEED, mix(seed ^ 1).to_string().as_ref()),
-        ],
-        true,
-    );
-    let lines = child.take_lines().expect("started with read_stdout");
     let mut rep = Reported::default();
-    let deadline = Instant::now() + TEST_BOUND;
-    while rep.lines < cut_after {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => rep.take(&line, fsync_every_append),
-            Err(e) => {
-                child.kill();
-                panic!(
-                    "seed {seed}: the child gave {} of {cut_after} lines ({e}); last started: \
-                     {:?}",
-                    rep.lines, rep.started
-                );
-            }
-        }
+    let mut image = Image::for_this_user();
+    let dir = mnt.join("spool");
+    for phase in 0..phases {
+        let cut_after = if phase == 0 {
+            cut_after
+        } else {
+            more.random_range(1..400usize)
+        };
+        let power_cut = phase > 0 || power_cut;
+        let (phase_rep, survived) = run_phase(
+            &Phase {
+                seed,
+                scenario,
+                mnt,
+                dir: &dir,
+                url: &receiver.url(),
+                first: phase * CHILD_MAX,
+                cut_after,
+                cut_delay,
+                cut: power_cut.then_some(torn),
+            },
+            image,
+        );
+        rep.merge(phase_rep);
+        image = survived;
     }
-    std::thread::sleep(cut_delay);
-    let cut = power_cut.then(|| mount.cut_power(torn));
-    child.kill();
-    // Everything it printed before dying counts: those answers came before the cut.
-    let drain_deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = drain_deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => rep.take(&line, fsync_every_append),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                panic!("seed {seed}: the killed child's output did not end")
-            }
-        }
-    }
-    child.assert_killed();
-    // Without a power cut, what the dead process wrote stays: the kernel has it.
-    let survived = cut.unwrap_or_else(|| mount.snapshot());
-    if !power_cut {
-        rep.confirmed.extend(rep.accepted.iter().copied());
-    }
-    if let Some(keep) = std::env::var_os("OUTLAST_POWERLOSS_KEEP") {
-        // For a round being investigated: the state before the cut and what survived, as
-        // plain directories (`outlast inspect` reads them).
-        let keep = Path::new(&keep).join(seed.to_string());
-        for (name, image) in [("before", mount.snapshot()), ("after", survived.clone())] {
-            let d = keep.join(name);
-            std::fs::create_dir_all(&d).expect("directory to keep the state in");
-            image.write_to(&d).expect("keep the state");
-        }
-    }
+    let survived = image;
     flapping.store(false, Ordering::Release);
     server.block_on(async {
         let _ = flapper.await;
     });
     let before_cut: HashSet<String> = receiver.unique_keys().into_iter().collect();
-    mount.unmount();
 
     // The power is back: the durable state, mounted again, drained by a new spool or client.
     let mount = Mount::new(mnt, survived).expect("mount what survived");
@@ -521,11 +538,11 @@ fn round(server: &tokio::runtime::Runtime, mnt: &Path, seed: u64) -> RoundStats 
         lost.len()
     );
     // Nothing that was never submitted.
-    let limit = rep.started.unwrap_or(0);
     for &i in recovered.keys() {
         assert!(
-            i <= limit,
-            "seed {seed}: record {i} delivered, but the child never got past {limit}"
+            rep.submitted(i),
+            "seed {seed}: record {i} delivered, but no child submitted it: {:?}",
+            rep.started
         );
     }
     // No acknowledged record comes back once a sync made the acknowledgement durable.
@@ -564,6 +581,96 @@ fn round(server: &tokio::runtime::Runtime, mnt: &Path, seed: u64) -> RoundStats 
         stats.corrupt
     );
     stats
+}
+
+/// One child's life on the mount, up to the cut.
+struct Phase<'a> {
+    seed: u64,
+    scenario: Scenario,
+    mnt: &'a Path,
+    dir: &'a Path,
+    url: &'a str,
+    /// Index of the child's first payload.
+    first: usize,
+    /// The cut (or kill) comes after this many lines of the child.
+    cut_after: usize,
+    cut_delay: Duration,
+    /// `Some(torn seed)`: a power cut; `None`: a kill only.
+    cut: Option<Option<u64>>,
+}
+
+/// Mounts `image`, runs the child on it until `cut_after` lines, cuts the power (or not),
+/// kills the child. Returns what it reported and what survived.
+fn run_phase(p: &Phase<'_>, image: Image) -> (Reported, Image) {
+    let seed = p.seed;
+    let fsync_every_append = matches!(p.scenario, Scenario::SpoolFsync | Scenario::ClientFsync(_));
+    let mount = Mount::new(p.mnt, image).expect("mount the forgetting fs");
+    let mut child = ChildTest::spawn(
+        CHILD_TEST,
+        &[
+            (ENV_SCENARIO, p.scenario.name().as_ref()),
+            (ENV_DIR, p.dir.as_os_str()),
+            (ENV_URL, p.url.as_ref()),
+            (
+                ENV_SEED,
+                mix(seed ^ 1 ^ p.first as u64).to_string().as_ref(),
+            ),
+            (ENV_FIRST, p.first.to_string().as_ref()),
+        ],
+        true,
+    );
+    let lines = child.take_lines().expect("started with read_stdout");
+    let mut rep = Reported {
+        started: vec![(p.first, p.first)],
+        ..Reported::default()
+    };
+    let deadline = Instant::now() + TEST_BOUND;
+    while rep.lines < p.cut_after {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => rep.take(&line, fsync_every_append),
+            Err(e) => {
+                child.kill();
+                panic!(
+                    "seed {seed}: the child gave {} of {} lines ({e}); started: {:?}",
+                    rep.lines, p.cut_after, rep.started
+                );
+            }
+        }
+    }
+    std::thread::sleep(p.cut_delay);
+    let cut = p.cut.map(|torn| mount.cut_power(torn));
+    child.kill();
+    // Everything it printed before dying counts: those answers came before the cut.
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = drain_deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => rep.take(&line, fsync_every_append),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("seed {seed}: the killed child's output did not end")
+            }
+        }
+    }
+    child.assert_killed();
+    // Without a power cut, what the dead process wrote stays: the kernel has it.
+    let survived = cut.unwrap_or_else(|| mount.snapshot());
+    if p.cut.is_none() {
+        rep.confirmed.extend(rep.accepted.iter().copied());
+    }
+    if let Some(keep) = std::env::var_os("OUTLAST_POWERLOSS_KEEP") {
+        // For a round being investigated: the state before the cut and what survived, as
+        // plain directories (`outlast inspect` reads them).
+        let keep = Path::new(&keep).join(format!("{seed}-{}", p.first / CHILD_MAX));
+        for (name, image) in [("before", mount.snapshot()), ("after", survived.clone())] {
+            let d = keep.join(name);
+            std::fs::create_dir_all(&d).expect("directory to keep the state in");
+            image.write_to(&d).expect("keep the state");
+        }
+    }
+    mount.unmount();
+    (rep, survived)
 }
 
 /// Checks that a delivered body is exactly the one submitted under `k`; returns the index.

@@ -337,7 +337,10 @@ fn an_image_written_to_a_directory_loads_back_whole_and_durable() {
     let _ = std::fs::remove_dir_all(&kept);
     // Loaded state is durable: a cut right away keeps all of it.
     let after = loaded.after_power_cut(None);
-    assert_eq!(after.read_file("lane-0/seg").as_deref(), Some(&b"records"[..]));
+    assert_eq!(
+        after.read_file("lane-0/seg").as_deref(),
+        Some(&b"records"[..])
+    );
     assert_eq!(after.list_dir(""), Some(vec!["lane-0".to_owned()]));
     let m = Mount::new(dir.path(), after).expect("mount the loaded image");
     let mode = std::fs::metadata(&lane).expect("stat").permissions().mode();
