@@ -344,8 +344,9 @@ impl Reported {
     }
 
     fn take(&mut self, line: &str, fsync_every_append: bool) {
-        // The test harness prints too: only the child's own lines count.
-        let Some(line) = line.strip_prefix(LINE_MARK) else {
+        // The test harness prints too, even on the same line first: only the child's own
+        // text counts.
+        let Some((_, line)) = line.split_once(LINE_MARK) else {
             return;
         };
         self.lines += 1;
