@@ -561,6 +561,13 @@ fn recover_segment(
             .and_then(|()| f.sync_data())
             .map_err(|e| SpoolError::io(&path, e))?;
         report.torn_tail_bytes_truncated += scan.tail_bytes;
+    } else if meta.records > 0 {
+        // A killed writer's last records may be in the page cache only: durable from here
+        // on, so that a later sync's promise (every record waiting survives a power loss)
+        // holds for the records found too.
+        fs.open(&path, false)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| SpoolError::io(&path, e))?;
     }
     report.records += meta.records;
     report.bytes += meta.len;
@@ -661,6 +668,11 @@ pub(crate) fn recover_lane(
             }
             placed.push(p);
         }
+    }
+    if !placed.is_empty() {
+        // Their entries too: a killed writer may have created a segment and died before it
+        // synced the directory.
+        fs.sync_dir(dir).map_err(|e| SpoolError::io(dir, e))?;
     }
     let continuity = place_segments(&mut placed, acked, !newer_here);
     note_continuity(fs, dir, &continuity, report);
