@@ -12,9 +12,16 @@
 //!   one submitted under its key (each body carries its index and a check value, so torn or
 //!   stale bytes cannot pass for a record);
 //! - recovery neither fails nor stalls (bounded in time), and the new client's counters
-//!   add up (delivered + dropped + left = what it found);
-//! - duplicates only where documented: a record acknowledged before a successful sync
-//!   never comes back; one delivered since may be delivered again.
+//!   match what arrived: the records it counts as replayed are those that reached the
+//!   receiver after the restart, its only drops are damaged frames (`corrupt`), nothing is
+//!   left;
+//! - duplicates only where documented: a record the spool-alone child acknowledged before
+//!   a successful sync never comes back; a record delivered twice was first delivered
+//!   before the cut (its acknowledgement was not durable yet).
+//!
+//! Some rounds only kill the process (then everything accepted must be delivered: the
+//! kernel keeps what was written), and some cut the power again, once or twice, while a new
+//! process recovers and works on what the last cut left.
 //!
 //! Records accepted but not yet durable may be lost: that is the `OsWrite` promise (about
 //! the last fsync interval), and nothing can count them after the power is gone.
