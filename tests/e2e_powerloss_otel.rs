@@ -60,7 +60,7 @@ fn client_settings() -> ClientBuilder {
 /// The bridge's exporter, observed: prints what the SDK hands over and what was answered
 /// `Ok`.
 #[derive(Debug)]
-struct Observed(outlast_otel::SpanExporter);
+struct Observed(outlast_otel::OutlastSpanExporter);
 
 impl SpanExporter for Observed {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
