@@ -718,6 +718,12 @@ impl ChildTest {
         reported
     }
 
+    /// The child's output lines (complete lines only), for a test that reads them itself;
+    /// `None` if it was not started with `read_stdout` or they were taken already.
+    pub fn take_lines(&mut self) -> Option<std::sync::mpsc::Receiver<String>> {
+        self.lines.take()
+    }
+
     /// Kills the child with SIGKILL.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL the child");

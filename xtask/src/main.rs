@@ -2,10 +2,12 @@
 //!
 //! - `cargo xtask ci`: everything CI checks — formatting, clippy, tests, cargo-deny.
 //! - `cargo xtask bench [-- ARGS]`: the benchmark harness (`xtask/bench`), in release mode.
+//! - `cargo xtask powerloss --rounds N [--seed S]`: a long run of the power-cut tests.
 
 #![forbid(unsafe_code)]
 
 mod deny;
+mod powerloss;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +23,9 @@ commands:
                      sources, and advisories against ../shared/advisory-db)
   deny               only the cargo-deny checks
   bench [ARGS...]    run the benchmark harness in release mode (ARGS go to it; try --help)
+  powerloss --rounds N [--seed S]
+                     N power-cut rounds on the forgetting file system (seeds S.., random
+                     S if not given); a failure names its seed
 ";
 
 fn main() {
@@ -43,6 +48,7 @@ fn run() -> Result<()> {
                 .args(&rest);
             step("bench", &root, cmd)
         }
+        Some("powerloss") => powerloss::run(&root, args.collect()),
         Some("-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())

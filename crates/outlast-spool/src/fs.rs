@@ -171,6 +171,34 @@ impl SpoolFs for StdFs {
     }
 }
 
+/// Makes the directory entry of `path` durable: fsyncs the directory that holds it. For
+/// the directories the spool creates itself (its root, a lane), which do not go through
+/// [`SpoolFs`]: until then a power loss can take a new directory away with every file in
+/// it, fsynced or not.
+///
+/// A parent this user may create entries in but not read (mode `0300` and the like) cannot
+/// be opened to be fsynced: that is logged, not an error (the spool worked there before it
+/// fsynced parents, and the entry is then as durable as the file system makes it on its
+/// own). An fsync that fails is an error.
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match File::open(parent) {
+        Ok(dir) => dir.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            tracing::warn!(
+                path = %parent.display(),
+                "cannot open the directory to fsync the new entry in it (no read permission): \
+                 its durability is left to the file system"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Flags of every open of a spool file: never follow a symbolic link (a link inside the
 /// spool could make recovery truncate a file elsewhere), and never block (opening a FIFO
 /// without `O_NONBLOCK` waits for a writer forever). `O_NONBLOCK` has no effect on the

@@ -403,11 +403,22 @@ pub(crate) fn prepare_root(root: &Path, create: bool) -> Result<(), SpoolError> 
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+            let missing: Vec<&Path> = root
+                .ancestors()
+                .filter(|a| !a.as_os_str().is_empty())
+                .take_while(|a| {
+                    std::fs::symlink_metadata(a).is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+                })
+                .collect();
             DirBuilder::new()
                 .recursive(true)
                 .mode(DIR_MODE)
                 .create(root)
                 .map_err(|e| SpoolError::io(root, e))?;
+            // Each new directory's entry, outermost first, before anything is stored in it.
+            for dir in missing.iter().rev() {
+                crate::fs::sync_parent(dir).map_err(|e| SpoolError::io(dir, e))?;
+            }
             // Re-check: a racing process could have put a symlink there.
             prepare_root(root, false)
         }
@@ -586,6 +597,9 @@ pub(crate) fn try_lock_lane(root: &Path, n: u32, create: bool) -> Result<Option<
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(SpoolError::io(&dir, e)),
         }
+        // The lane's entry in the root, durable before the lane takes a record. Always (not
+        // only when created here): an earlier attempt may have created it and then failed.
+        crate::fs::sync_parent(&dir).map_err(|e| SpoolError::io(root, e))?;
     }
     match std::fs::symlink_metadata(&dir) {
         Ok(m) if m.is_dir() => {}
@@ -712,6 +726,13 @@ fn recover_segment(
             .and_then(|()| f.sync_data())
             .map_err(|e| SpoolError::io(&path, e))?;
         report.torn_tail_bytes_truncated += scan.tail_bytes;
+    } else if meta.records > 0 {
+        // A killed writer's last records may be in the page cache only: durable from here
+        // on, so that a later sync's promise (every record waiting survives a power loss)
+        // holds for the records found too.
+        fs.open(&path, false)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| SpoolError::io(&path, e))?;
     }
     report.records += meta.records;
     report.bytes += meta.len;
@@ -838,6 +859,11 @@ pub(crate) fn recover_lane(
             }
             placed.push(p);
         }
+    }
+    if !placed.is_empty() {
+        // Their entries too: a killed writer may have created a segment and died before it
+        // synced the directory.
+        fs.sync_dir(dir).map_err(|e| SpoolError::io(dir, e))?;
     }
     let continuity = place_segments(&mut placed, acked, cursor.state.next_seq, !newer_here);
     note_continuity(fs, dir, &placed, &continuity, report);
