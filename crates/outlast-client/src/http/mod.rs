@@ -629,10 +629,9 @@ impl HttpExporter {
     /// as [`HttpError::into_export_error`] says.
     fn classify(&self, error: HttpError, retry_after: Option<Duration>) -> ExportError {
         match (&self.retryable_statuses, error.status()) {
-            (Some(list), Some(status)) if list.contains(&status) => match retry_after {
-                Some(d) => ExportError::retryable_after(error, d),
-                None => ExportError::retryable(error),
-            },
+            (Some(list), Some(status)) if list.contains(&status) => {
+                error::answered_retryable(error, retry_after)
+            }
             (Some(_), Some(_)) => ExportError::permanent(error),
             _ => error.into_export_error(retry_after),
         }
