@@ -450,7 +450,8 @@ impl outlast_client::Exporter for Broker {
     }
 
     async fn probe(&self) -> Reachability {
-        self.probes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.probes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Reachability::Unreachable
     }
 }
@@ -463,7 +464,11 @@ async fn ten_seconds_down(dir: &std::path::Path, broker: &Broker) -> outlast_cli
         .build(broker.clone())
         .expect("valid configuration");
     assert!(c.export(payload("a")).await.expect("spooled").is_spooled());
-    assert_eq!(broker.attempts(), 2, "the direct attempt and its quick retry");
+    assert_eq!(
+        broker.attempts(),
+        2,
+        "the direct attempt and its quick retry"
+    );
     tokio::time::sleep(Duration::from_millis(10_500)).await;
     c
 }
@@ -485,7 +490,11 @@ async fn a_custom_exporters_plain_retryable_failure_follows_the_backoff_only() {
     let broker = Broker::new(false);
     let c = ten_seconds_down(dir.path(), &broker).await;
     assert_eq!(c.stats().backend, outlast_client::BackendState::Offline);
-    assert_eq!(broker.probes(), 0, "nothing says the backend is unreachable");
+    assert_eq!(
+        broker.probes(),
+        0,
+        "nothing says the backend is unreachable"
+    );
     assert_eq!(broker.attempts(), 2);
     // The first drain attempt, after the backoff's 30 s, probes: from its answer on, the
     // probe cadence holds.

@@ -380,7 +380,10 @@ mod tests {
         let busy = otlp.classify(status(502).into_export_error(None));
         assert!(busy.is_retryable() && busy.is_answered() && !busy.is_unreachable());
         let source = std::error::Error::source(&busy).expect("a source");
-        assert!(source.downcast_ref::<CollectorError>().is_some(), "{busy:?}");
+        assert!(
+            source.downcast_ref::<CollectorError>().is_some(),
+            "{busy:?}"
+        );
 
         let wait = otlp.classify(status(503).into_export_error(Some(Duration::from_secs(4))));
         assert_eq!(wait.retry_after(), Some(Duration::from_secs(4)));

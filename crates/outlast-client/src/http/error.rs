@@ -316,7 +316,10 @@ mod tests {
             HttpError::Transport { source: io() },
         ] {
             let e = e.into_export_error(None);
-            assert!(e.is_retryable() && e.is_unreachable() && !e.is_answered(), "{e:?}");
+            assert!(
+                e.is_retryable() && e.is_unreachable() && !e.is_answered(),
+                "{e:?}"
+            );
         }
         for e in [
             HttpError::Status {
@@ -326,7 +329,10 @@ mod tests {
             HttpError::InvalidResponse { source: io() },
         ] {
             let e = e.into_export_error(None);
-            assert!(e.is_retryable() && e.is_answered() && !e.is_unreachable(), "{e:?}");
+            assert!(
+                e.is_retryable() && e.is_answered() && !e.is_unreachable(),
+                "{e:?}"
+            );
             assert_eq!(e.retry_after(), None);
         }
         let rejected = HttpError::Status {
