@@ -922,53 +922,22 @@ fn state_from_code(code: u8) -> BackendState {
     }
 }
 
-/// What a failed attempt says about the backend:
+/// What a failed attempt says about the backend, as the error classifies itself:
 ///
-/// - [`BackendState::Unreachable`]: no answer at the transport level. An attempt that timed
-///   out; an [`HttpError`](crate::http::HttpError) that is a connect, transport or timeout
-///   failure; an I/O error (anywhere in the source chain) whose kind is a refused, reset,
-///   aborted or unreachable connection, a timeout or a broken pipe.
-/// - [`BackendState::Failing`]: the backend answered with a failure: an HTTP status or an
-///   invalid response, or any error that carries a `Retry-After`.
-/// - [`BackendState::Offline`]: nothing says which (an exporter's own error type).
+/// - [`BackendState::Unreachable`]: no answer at the transport level
+///   ([`ExportError::is_unreachable`]: an unreachable failure, a timeout, a retryable failure
+///   carrying a connection error).
+/// - [`BackendState::Failing`]: the backend answered with a failure
+///   ([`ExportError::is_answered`]: a failing or permanent failure, a `Retry-After`).
+/// - [`BackendState::Offline`]: nothing says which.
 pub(crate) fn classify(error: &ExportError) -> BackendState {
-    use std::io::ErrorKind;
-    if error.is_timeout() {
-        return BackendState::Unreachable;
+    if error.is_unreachable() {
+        BackendState::Unreachable
+    } else if error.is_answered() {
+        BackendState::Failing
+    } else {
+        BackendState::Offline
     }
-    if error.retry_after().is_some() {
-        return BackendState::Failing;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(e) = cause {
-        if let Some(h) = e.downcast_ref::<crate::http::HttpError>() {
-            if h.is_connect() || h.is_transport() || h.is_timeout() {
-                return BackendState::Unreachable;
-            }
-            if h.is_status() || h.is_invalid_response() {
-                return BackendState::Failing;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                ErrorKind::ConnectionRefused
-                    | ErrorKind::ConnectionReset
-                    | ErrorKind::ConnectionAborted
-                    | ErrorKind::NotConnected
-                    | ErrorKind::TimedOut
-                    | ErrorKind::BrokenPipe
-                    | ErrorKind::HostUnreachable
-                    | ErrorKind::NetworkUnreachable
-                    | ErrorKind::AddrNotAvailable
-                    | ErrorKind::UnexpectedEof
-            )
-        {
-            return BackendState::Unreachable;
-        }
-        cause = e.source();
-    }
-    BackendState::Offline
 }
 
 /// Counts a direct export as under way until dropped, then wakes flush waiters.

@@ -408,3 +408,98 @@ async fn stats_say_how_full_the_spool_is_and_how_long_until_it_is_full_at_the_sp
     assert!(report.complete, "{report:?}");
     assert_eq!(c.stats().spool_full_in, None);
 }
+
+/// An exporter of the application's own (not HTTP) whose backend never answers: its exports
+/// fail as `unreachable` says (an error saying it could not be reached) or as a plain
+/// retryable error; its probe never gets through.
+#[derive(Clone)]
+struct Broker {
+    transport_level: bool,
+    attempts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    probes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Broker {
+    fn new(transport_level: bool) -> Self {
+        Broker {
+            transport_level,
+            attempts: std::sync::Arc::default(),
+            probes: std::sync::Arc::default(),
+        }
+    }
+
+    fn attempts(&self) -> u64 {
+        self.attempts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn probes(&self) -> u64 {
+        self.probes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl outlast_client::Exporter for Broker {
+    async fn export(&self, _: &outlast_client::Payload) -> Result<(), outlast_client::ExportError> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let cause = "the broker did not answer";
+        Err(if self.transport_level {
+            outlast_client::ExportError::unreachable(cause)
+        } else {
+            outlast_client::ExportError::retryable(cause)
+        })
+    }
+
+    async fn probe(&self) -> Reachability {
+        self.probes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Reachability::Unreachable
+    }
+}
+
+/// Spools one payload through a client of `broker` whose backoff starts at 30 s, then lets
+/// ten and a half seconds pass.
+async fn ten_seconds_down(dir: &std::path::Path, broker: &Broker) -> outlast_client::Client {
+    let c = common::builder(dir)
+        .initial_backoff(Duration::from_secs(30))
+        .build(broker.clone())
+        .expect("valid configuration");
+    assert!(c.export(payload("a")).await.expect("spooled").is_spooled());
+    assert_eq!(
+        broker.attempts(),
+        2,
+        "the direct attempt and its quick retry"
+    );
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    c
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_exporters_unreachable_failure_gets_the_probe_cadence() {
+    let dir = spool_dir();
+    let broker = Broker::new(true);
+    let c = ten_seconds_down(dir.path(), &broker).await;
+    assert_eq!(c.stats().backend, outlast_client::BackendState::Unreachable);
+    // A probe every second, while the backoff (30 s) keeps the payload back.
+    assert_eq!(broker.probes(), 10);
+    assert_eq!(broker.attempts(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_exporters_plain_retryable_failure_follows_the_backoff_only() {
+    let dir = spool_dir();
+    let broker = Broker::new(false);
+    let c = ten_seconds_down(dir.path(), &broker).await;
+    assert_eq!(c.stats().backend, outlast_client::BackendState::Offline);
+    assert_eq!(
+        broker.probes(),
+        0,
+        "nothing says the backend is unreachable"
+    );
+    assert_eq!(broker.attempts(), 2);
+    // The first drain attempt, after the backoff's 30 s, probes: from its answer on, the
+    // probe cadence holds.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(c.stats().backend, outlast_client::BackendState::Unreachable);
+    assert_eq!(broker.probes(), 1);
+    assert_eq!(broker.attempts(), 2);
+}

@@ -71,8 +71,12 @@ impl Coalescing {
 ///   returned future when it expires. Dropping the future at any `.await` must leave the
 ///   exporter usable for the next call. A dropped attempt is treated as failed; the payload may
 ///   still have reached the backend, so delivery is *at least once*.
-/// - **Errors.** Return [`ExportError::Retryable`] when a later attempt may succeed (connection
-///   refused, timeout, 429, 5xx), with `retry_after` when the backend said how long to wait;
+/// - **Errors.** Return a retryable error when a later attempt may succeed, saying where it
+///   failed if you know: [`ExportError::unreachable`] when no answer came at the transport
+///   level (connection refused or reset, DNS, TLS handshake: the client then probes on its
+///   short cadence), [`ExportError::failing`] when the backend answered with a failure that
+///   may pass (5xx), [`ExportError::retryable_after`] when it said how long to wait (429),
+///   [`ExportError::retryable`] when you cannot tell (then the client follows the backoff).
 ///   [`ExportError::Permanent`] when it never will (malformed payload, 400). Permanent failures
 ///   are dropped and counted, never retried. `Ok(())` means the backend has accepted the
 ///   payload: a spooled record is deleted after it.

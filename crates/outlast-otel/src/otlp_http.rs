@@ -217,10 +217,12 @@ impl OtlpHttpExporter {
             status,
             message: describe_failure_body(body.as_bytes()),
         };
+        // The collector answered: a retryable status stays an answer, so the client follows
+        // the backoff rather than the probe's pace.
         if e.is_retryable() {
             return match e.retry_after() {
                 Some(d) => ExportError::retryable_after(error, d),
-                None => ExportError::retryable(error),
+                None => ExportError::failing(error),
             };
         }
         self.counters
@@ -237,9 +239,12 @@ impl Exporter for OtlpHttpExporter {
     ///
     /// # Errors
     ///
-    /// [`ExportError::Retryable`] for 429, 502, 503, 504 and transport failures (with the
-    /// `Retry-After` delay of a 429 or 503); [`ExportError::Timeout`] for a request timeout;
-    /// [`ExportError::Permanent`] for every other status, its source a [`CollectorError`].
+    /// A retryable error the collector answered with for 429, 502, 503 and 504
+    /// ([`ExportError::Failing`], or [`ExportError::retryable_after`] with the `Retry-After`
+    /// delay of a 429 or 503), its source a [`CollectorError`];
+    /// [`ExportError::Unreachable`] for a transport failure; [`ExportError::Timeout`] for a
+    /// request timeout; [`ExportError::Permanent`] for every other status, its source a
+    /// [`CollectorError`].
     ///
     /// # Cancel safety
     ///
@@ -359,6 +364,36 @@ mod tests {
             assert_eq!(otlp.export_timeout(), inner.export_timeout());
             assert_eq!(otlp.identity(), inner.identity());
         }
+    }
+
+    #[test]
+    fn the_collectors_answers_stay_answers_and_transport_failures_stay_unreachable() {
+        let inner = HttpExporter::builder("http://127.0.0.1:4318/v1/traces")
+            .build()
+            .expect("valid settings");
+        let otlp = OtlpHttpExporter::new(inner, Signal::Traces, Arc::default());
+        let status = |code: u16| HttpError::Status {
+            status: StatusCode::from_u16(code).expect("a status"),
+            body_excerpt: String::new(),
+        };
+
+        let busy = otlp.classify(status(502).into_export_error(None));
+        assert!(busy.is_retryable() && busy.is_answered() && !busy.is_unreachable());
+        let source = std::error::Error::source(&busy).expect("a source");
+        assert!(
+            source.downcast_ref::<CollectorError>().is_some(),
+            "{busy:?}"
+        );
+
+        let wait = otlp.classify(status(503).into_export_error(Some(Duration::from_secs(4))));
+        assert_eq!(wait.retry_after(), Some(Duration::from_secs(4)));
+        assert!(wait.is_answered() && !wait.is_unreachable());
+
+        let refused = HttpError::Connect {
+            source: Box::new(std::io::Error::other("refused")),
+        };
+        let refused = otlp.classify(refused.into_export_error(None));
+        assert!(refused.is_retryable() && refused.is_unreachable());
     }
 
     #[test]

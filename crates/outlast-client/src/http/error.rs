@@ -146,15 +146,17 @@ impl HttpError {
     }
 
     /// Classifies this failure for the pipeline: a timeout becomes
-    /// [`ExportError::Timeout`], anything else retryable becomes [`ExportError::Retryable`]
-    /// (with `retry_after` if given), the rest [`ExportError::Permanent`].
+    /// [`ExportError::Timeout`]; a connect or transport failure
+    /// [`ExportError::Unreachable`] (no answer came); a retryable status or an invalid
+    /// response [`ExportError::retryable_after`] with `retry_after` if given, else
+    /// [`ExportError::Failing`] (the backend answered); the rest [`ExportError::Permanent`].
     pub fn into_export_error(self, retry_after: Option<Duration>) -> ExportError {
         match self {
             HttpError::Timeout { after } => ExportError::Timeout { after },
-            e if e.is_retryable() => match retry_after {
-                Some(d) => ExportError::retryable_after(e, d),
-                None => ExportError::retryable(e),
-            },
+            e @ (HttpError::Connect { .. } | HttpError::Transport { .. }) => {
+                ExportError::unreachable(e)
+            }
+            e if e.is_retryable() => answered_retryable(e, retry_after),
             e => ExportError::permanent(e),
         }
     }
@@ -175,6 +177,14 @@ impl HttpError {
         HttpError::Transport {
             source: Box::new(e),
         }
+    }
+}
+
+/// A retryable failure the server answered with: it asked to wait `retry_after`, or not.
+pub(crate) fn answered_retryable(e: HttpError, retry_after: Option<Duration>) -> ExportError {
+    match retry_after {
+        Some(d) => ExportError::retryable_after(e, d),
+        None => ExportError::failing(e),
     }
 }
 
@@ -296,6 +306,41 @@ mod tests {
             assert_eq!(outlast_core::ErrorChain(&e).to_string(), chain);
             assert_eq!(format!("{e:?}"), chain);
         }
+    }
+
+    #[test]
+    fn transport_failures_are_unreachable_and_answers_are_failing() {
+        let io = || -> BoxError { Box::new(std::io::Error::other("gone")) };
+        for e in [
+            HttpError::Connect { source: io() },
+            HttpError::Transport { source: io() },
+        ] {
+            let e = e.into_export_error(None);
+            assert!(
+                e.is_retryable() && e.is_unreachable() && !e.is_answered(),
+                "{e:?}"
+            );
+        }
+        for e in [
+            HttpError::Status {
+                status: StatusCode::BAD_GATEWAY,
+                body_excerpt: String::new(),
+            },
+            HttpError::InvalidResponse { source: io() },
+        ] {
+            let e = e.into_export_error(None);
+            assert!(
+                e.is_retryable() && e.is_answered() && !e.is_unreachable(),
+                "{e:?}"
+            );
+            assert_eq!(e.retry_after(), None);
+        }
+        let rejected = HttpError::Status {
+            status: StatusCode::BAD_REQUEST,
+            body_excerpt: String::new(),
+        }
+        .into_export_error(None);
+        assert!(rejected.is_permanent() && rejected.is_answered());
     }
 
     #[test]

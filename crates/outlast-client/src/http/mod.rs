@@ -59,9 +59,10 @@
 //! | Outcome | Result |
 //! |---|---|
 //! | 2xx | `Ok(())` |
-//! | 408, 429, 500, 502, 503, 504 (or the list given to [`retryable_statuses`](HttpExporterBuilder::retryable_statuses)) | [`ExportError::Retryable`]; for 429 and 503 with the `Retry-After` delay (seconds or HTTP-date; an unparsable value is ignored) |
+//! | 408, 429, 500, 502, 503, 504 (or the list given to [`retryable_statuses`](HttpExporterBuilder::retryable_statuses)) | retryable, the backend answered: [`ExportError::Failing`], or for 429 and 503 with a `Retry-After` delay (seconds or HTTP-date; an unparsable value is ignored) [`ExportError::Retryable`] with that delay |
 //! | other statuses (400, 401, 403, 404, 413, 3xx...) | [`ExportError::Permanent`], with the status and the start of the body |
-//! | connection refused, reset, closed, TLS failure, invalid response | [`ExportError::Retryable`] |
+//! | invalid response | [`ExportError::Failing`] |
+//! | connection refused, reset, closed, TLS failure | [`ExportError::Unreachable`]: the client probes on its short cadence |
 //! | request timeout | [`ExportError::Timeout`] |
 //!
 //! The error's source is an [`HttpError`] (except for the timeout).
@@ -629,10 +630,9 @@ impl HttpExporter {
     /// as [`HttpError::into_export_error`] says.
     fn classify(&self, error: HttpError, retry_after: Option<Duration>) -> ExportError {
         match (&self.retryable_statuses, error.status()) {
-            (Some(list), Some(status)) if list.contains(&status) => match retry_after {
-                Some(d) => ExportError::retryable_after(error, d),
-                None => ExportError::retryable(error),
-            },
+            (Some(list), Some(status)) if list.contains(&status) => {
+                error::answered_retryable(error, retry_after)
+            }
             (Some(_), Some(_)) => ExportError::permanent(error),
             _ => error.into_export_error(retry_after),
         }
