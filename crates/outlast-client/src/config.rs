@@ -728,6 +728,35 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_rate_cap_of_zero_is_refused_and_any_other_is_kept() {
+        let b = ClientBuilder::new().replay_bytes_per_sec(Some(0));
+        assert_eq!(rejected_param(&b), "replay_bytes_per_sec");
+        let b = ClientBuilder::new().replay_requests_per_sec(Some(0));
+        assert_eq!(rejected_param(&b), "replay_requests_per_sec");
+        let p = ClientBuilder::new()
+            .replay_bytes_per_sec(Some(u64::MAX))
+            .replay_requests_per_sec(Some(1))
+            .replay_order(ReplayOrder::LiveFirst)
+            .resolve()
+            .expect("valid")
+            .pacing;
+        assert_eq!(p.bytes_per_sec, Some(u64::MAX));
+        assert_eq!(p.requests_per_sec, Some(1));
+        assert_eq!(p.order, ReplayOrder::LiveFirst);
+        let d = ClientBuilder::new().resolve().expect("valid").pacing;
+        assert_eq!(
+            (d.order, d.bytes_per_sec, d.requests_per_sec),
+            (ReplayOrder::OldestFirst, None, None)
+        );
+        assert_eq!(
+            "Live-First".parse::<ReplayOrder>(),
+            Ok(ReplayOrder::LiveFirst)
+        );
+        assert_eq!(ReplayOrder::LiveFirst.to_string(), "live_first");
+        assert!("newest_first".parse::<ReplayOrder>().is_err());
+    }
+
+    #[test]
     fn defaults_are_valid_and_match_the_documented_values() {
         let s = ClientBuilder::new().resolve().expect("defaults are valid");
         assert_eq!(s.attempt_timeout, Duration::from_secs(10));
