@@ -679,6 +679,14 @@ impl ClientBuilder {
         replay_requests_per_sec: Option<u64>
     );
 
+    /// The replay order set on this builder, by [`replay_order`](Self::replay_order) or
+    /// `OUTLAST_REPLAY_ORDER`; `None` if neither did (the client then uses
+    /// [`DEFAULT_REPLAY_ORDER`]). Lets a layer above the client pick its own default
+    /// without overriding the user's choice.
+    pub fn configured_replay_order(&self) -> Option<ReplayOrder> {
+        self.replay_order
+    }
+
     /// Checks and resolves the replay order and rate cap.
     fn resolve_pacing(&self) -> Result<Pacing, ConfigError> {
         let bytes = self
