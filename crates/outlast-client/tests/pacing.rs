@@ -373,11 +373,7 @@ async fn stats_give_the_drain_rate_and_the_time_left() {
     assert!((900..=1100).contains(&s.drain_rate), "{s:?}");
     let left = s.drain_time_left.expect("measured");
     let expected = Duration::from_millis(100) * u32::try_from(s.spool_records).expect("small");
-    let diff = if left > expected {
-        left - expected
-    } else {
-        expected - left
-    };
+    let diff = left.abs_diff(expected);
     assert!(
         diff <= expected / 10,
         "{left:?} for {} records",
