@@ -31,6 +31,13 @@
 //! direct again. The task ends when the last `Client` clone is dropped; it never keeps the
 //! process alive.
 //!
+//! Two settings shape a recovery. [`ReplayOrder::LiveFirst`] sends new payloads directly
+//! once the backend answers again, while the backlog drains beside them (the default,
+//! [`ReplayOrder::OldestFirst`], queues them behind it); a replay rate cap
+//! ([`ClientBuilder::replay_bytes_per_sec`], [`ClientBuilder::replay_requests_per_sec`])
+//! spares a recovering backend. [`ClientStats`] shows the backlog, the drain rate and the
+//! time left.
+//!
 //! Nothing is dropped silently: every [`DropError`] and every record dropped by the drain
 //! task is counted in [`Client::stats`] under its [`DropReason`] and logged at error level
 //! (at most once a minute per reason). While retrying, a warning of the form
