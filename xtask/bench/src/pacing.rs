@@ -346,7 +346,7 @@ fn window_rates(at: &[(Instant, u64)]) -> (f64, f64) {
 /// 13d: [`FLEET`] clients with spooled backlogs replay at once into a receiver answering
 /// 429 + Retry-After above [`FLEET_RATE`]; uncapped against each capped at a share of it.
 fn fleet_row(ctx: &Ctx<'_>) -> Row {
-    let per_client = (ctx.plan.volume_bytes / FLEET as u64).min(32 * MIB);
+    let per_client = ctx.plan.volume_bytes.min(32 * MIB);
     let count = per_client / RECORD;
     progress(&format!(
         "row 13d: {FLEET} replayers of {} each into a receiver limited to {} MB/s",
