@@ -12,7 +12,7 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 runtime failure (corruption found, records lost or left undelivered, \
 spool missing, locked or unreadable); 2 usage error (bad option, number, duration or URL).
 Durations: a number with a unit (us, ms, s, m, h): 500ms, 1.5s, 2m, 1h. Sizes: whole bytes, \
-or with KiB/MiB/GiB/TiB.";
+or with KiB/MiB/GiB/TiB. Rates: a size per second, e.g. 5MiB/s.";
 
 /// outlast: telemetry export that survives network outages, crashes and restarts.
 #[derive(Debug, Parser)]
