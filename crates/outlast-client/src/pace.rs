@@ -83,6 +83,14 @@ impl TokenBucket {
         self.debt_wait()
     }
 
+    /// Gives back `n` tokens taken for a send that was not made (never above a full
+    /// bucket).
+    pub(crate) fn give_back(&mut self, now: Instant, n: u64) {
+        self.refill(now);
+        let cost = i128::from(n).saturating_mul(NANOS_PER_SEC as i128);
+        self.level = self.level.saturating_add(cost).min(self.capacity);
+    }
+
     /// How long until the bucket is out of debt (zero if it is not in debt).
     fn debt_wait(&self) -> Duration {
         if self.level >= 0 {
@@ -132,6 +140,16 @@ impl RateCap {
             .as_mut()
             .map_or(Duration::ZERO, |r| r.take(now, 1));
         b.max(r)
+    }
+
+    /// Gives back what [`take`](Self::take) took for a request of `bytes` that was not sent.
+    pub(crate) fn give_back(&mut self, now: Instant, bytes: u64) {
+        if let Some(b) = self.bytes.as_mut() {
+            b.give_back(now, bytes);
+        }
+        if let Some(r) = self.requests.as_mut() {
+            r.give_back(now, 1);
+        }
     }
 }
 
@@ -333,6 +351,26 @@ mod tests {
         let mut b = TokenBucket::new(1000);
         assert_eq!(b.take(t0 + ms(10), 50), Duration::ZERO);
         assert_eq!(b.take(t0, 10), ms(10));
+    }
+
+    #[test]
+    fn tokens_given_back_shorten_the_next_wait_but_never_overfill_the_bucket() {
+        let t0 = Instant::now();
+        let mut cap = RateCap::new(Some(1000), Some(10));
+        assert_eq!(cap.take(t0, 1050), ms(1000));
+        assert_eq!(cap.take(t0, 100), ms(1100), "behind the first");
+        // The first was not sent after all: the second waits only for its own cost.
+        cap.give_back(t0, 1050);
+        assert_eq!(
+            cap.take(t0, 0),
+            ms(100),
+            "one request of debt at 10 a second"
+        );
+        // Giving back more than was taken fills the bucket, no more.
+        let mut b = TokenBucket::new(1000);
+        b.give_back(t0, u64::MAX);
+        assert_eq!(b.take(t0, 50), Duration::ZERO);
+        assert_eq!(b.take(t0, 1), ms(1));
     }
 
     #[test]

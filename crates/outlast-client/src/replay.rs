@@ -63,6 +63,19 @@ impl<'a, 'b> Replayer<'a, 'b> {
         self.cap.take(tokio::time::Instant::now().into_std(), bytes)
     }
 
+    /// Gives back to the rate cap what [`pace`](Self::pace) took for `send`, not sent.
+    fn unpace(&mut self, send: &Outgoing) {
+        if !self.cap.is_on() {
+            return;
+        }
+        let bytes = send
+            .payloads
+            .iter()
+            .fold(0u64, |n, p| n.saturating_add(p.len() as u64));
+        self.cap
+            .give_back(tokio::time::Instant::now().into_std(), bytes);
+    }
+
     /// Replay sends the window may count as under way besides its own: with
     /// [`ReplayOrder::LiveFirst`], the direct exports under way take their place in the
     /// in-flight limit first, but never all of it: the replay keeps one send going.
@@ -322,7 +335,9 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 && let Some((send, _)) = paced.take()
             {
                 // The replay stopped while this send waited for the cap: it is not sent
-                // (it will be read again), and nobody waits out its turn.
+                // (it will be read again), nobody waits out its turn, and its tokens go
+                // back to the bucket.
+                self.unpace(&send);
                 window.settle(Sent {
                     first: send.first,
                     payloads: send.payloads,

@@ -209,6 +209,52 @@ async fn a_replay_that_meets_a_429_starts_nothing_more_until_its_retry_after_has
     assert_eq!(s.replay_failures, 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_replay_stopped_by_a_failure_does_not_wait_out_the_turn_of_a_send_held_by_the_cap() {
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new().with_max_in_flight(4);
+    // 100-byte records at 20 bytes per second: each waits about 5 s for its turn.
+    let c = build(
+        builder(dir.path())
+            .max_in_flight(4)
+            .attempt_timeout(Duration::from_secs(1))
+            .replay_bytes_per_sec(Some(20)),
+        &exporter,
+    );
+    spool_backlog(&c, &exporter, 5).await;
+    // The oldest record goes through; the next one hangs until the attempt timeout, while
+    // the one after it waits for its turn.
+    exporter.push_outcomes([Outcome::Accept, Outcome::Hang]);
+    let t0 = Instant::now();
+    let flush = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.force_flush_with(
+                Duration::from_secs(600),
+                outlast_client::FlushOptions::new().keep_trying(true),
+            )
+            .await
+        })
+    };
+    // r0 at about 4.75 s, r1 at about 9.75 s, timed out at about 10.75 s; r2's turn would
+    // come at about 14.75 s.
+    tokio::time::sleep_until(t0 + Duration::from_secs(11)).await;
+    assert_eq!(
+        c.stats().replay_failures,
+        1,
+        "the failure waited for the held send's turn"
+    );
+    let report = flush.await.expect("joined");
+    assert!(report.complete, "{report:?}");
+    let got: Vec<String> = texts(&exporter)
+        .iter()
+        .map(|t| name_of(t).to_owned())
+        .collect();
+    assert_eq!(got, ["r0", "r1", "r2", "r3", "r4"]);
+    let s = c.stats();
+    assert_eq!((s.replayed, s.spool_records), (5, 0));
+}
+
 /// A client with a slow (paced) drain of `n` records, live-first or not, whose backend is
 /// known reachable again (the first replayed record was acknowledged).
 async fn draining(order: ReplayOrder, n: usize) -> (tempfile::TempDir, MemoryExporter, Client) {
