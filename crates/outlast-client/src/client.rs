@@ -363,6 +363,9 @@ impl Client {
     ///   records), the payload goes straight to the spool without touching the network, so
     ///   it is delivered after the older records, and the call returns within microseconds
     ///   (in the default `OsWrite` durability mode; `FsyncEveryAppend` waits for the disk).
+    /// - With [`ReplayOrder::LiveFirst`](crate::ReplayOrder::LiveFirst), while a backlog
+    ///   exists and the backend is reachable, the payload is sent directly instead, once (no
+    ///   quick retry); a retryable failure puts it in the spool behind the backlog.
     ///
     /// # Errors
     ///
