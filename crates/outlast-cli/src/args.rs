@@ -12,7 +12,7 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 runtime failure (corruption found, records lost or left undelivered, \
 spool missing, locked or unreadable); 2 usage error (bad option, number, duration or URL).
 Durations: a number with a unit (us, ms, s, m, h): 500ms, 1.5s, 2m, 1h. Sizes: whole bytes, \
-or with KiB/MiB/GiB/TiB.";
+or with KiB/MiB/GiB/TiB. Rates: a size per second, e.g. 5MiB/s.";
 
 /// outlast: telemetry export that survives network outages, crashes and restarts.
 #[derive(Debug, Parser)]
@@ -56,6 +56,14 @@ pub(crate) struct DemoArgs {
     /// Spool directory (default: a fresh temporary directory, removed at the end).
     #[arg(long, value_name = "DIR")]
     pub(crate) spool_dir: Option<PathBuf>,
+    /// What reaches the receiver first once it is back: `oldest-first` (the backlog, then
+    /// new payloads behind it) or `live-first` (new payloads at once, the backlog beside
+    /// them).
+    #[arg(long, value_name = "ORDER", default_value = "oldest-first", value_parser = parse_order)]
+    pub(crate) order: outlast_client::ReplayOrder,
+    /// Cap on the replay's rate, a size per second (e.g. `5MiB/s`); default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = parse_replay_rate)]
+    pub(crate) replay_rate: Option<u64>,
     /// Emit OpenTelemetry spans through the SDK and outlast-otel (one span per `--count`,
     /// `--size` unused), across an outage and a restart of the pipeline.
     #[arg(long)]
@@ -135,6 +143,10 @@ pub(crate) struct ReplayArgs {
     /// Deliver the lanes of every identity to this endpoint, on purpose.
     #[arg(long)]
     pub(crate) any_identity: bool,
+    /// Cap on the replay's rate, a size per second (e.g. `5MiB/s`), to spare the
+    /// endpoint; default: no cap.
+    #[arg(long, value_name = "RATE", value_parser = parse_replay_rate)]
+    pub(crate) replay_rate: Option<u64>,
 }
 
 /// Parses a `NAME=VALUE` header argument.
@@ -165,6 +177,9 @@ pub(crate) enum ValueError {
     /// A rate that is not a positive finite number.
     #[error("must be a positive number of payloads per second")]
     BadRate,
+    /// A replay rate cap of zero bytes per second.
+    #[error("must be at least 1 byte per second (leave it out for no cap)")]
+    ZeroRate,
 }
 
 /// Parses a duration in the grammar of [`outlast_core::units`] (`500ms`, `10s`, `1.5s`,
@@ -191,6 +206,21 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, ValueError> {
 /// optionally with `B`, `KiB`, `MiB`, `GiB` or `TiB` (also `K`, `M`, `G`, `T`).
 pub(crate) fn parse_size(s: &str) -> Result<u64, ValueError> {
     units::parse_size(s).map_err(ValueError::Size)
+}
+
+/// Parses a replay rate cap: a size per second in the grammar of [`outlast_core::units`]
+/// (`5MiB/s`, `512KiB`), at least one byte.
+pub(crate) fn parse_replay_rate(s: &str) -> Result<u64, ValueError> {
+    match units::parse_rate(s).map_err(ValueError::Size)? {
+        0 => Err(ValueError::ZeroRate),
+        r => Ok(r),
+    }
+}
+
+/// Parses a replay order: `oldest-first` or `live-first` (`_` for `-` accepted).
+pub(crate) fn parse_order(s: &str) -> Result<outlast_client::ReplayOrder, String> {
+    s.parse()
+        .map_err(|_| format!("'{s}' is not oldest-first or live-first"))
 }
 
 /// Parses a positive finite rate (payloads per second).
@@ -271,5 +301,25 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn replay_rates_and_orders_read_as_documented() {
+        assert_eq!(parse_replay_rate("5MiB/s"), Ok(5 << 20));
+        assert_eq!(parse_replay_rate("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_replay_rate("0/s"), Err(ValueError::ZeroRate));
+        assert!(matches!(
+            parse_replay_rate("5MB/s"),
+            Err(ValueError::Size(_))
+        ));
+        assert_eq!(
+            parse_order("live-first"),
+            Ok(outlast_client::ReplayOrder::LiveFirst)
+        );
+        assert_eq!(
+            parse_order("oldest_first"),
+            Ok(outlast_client::ReplayOrder::OldestFirst)
+        );
+        assert!(parse_order("newest-first").is_err());
     }
 }

@@ -108,6 +108,8 @@ pub(crate) async fn run(args: &DemoArgs, console: &Console) -> Result<(), CliErr
         .initial_backoff(DEMO_INITIAL_BACKOFF)
         .max_backoff(DEMO_MAX_BACKOFF)
         .attempt_timeout(DEMO_ATTEMPT_TIMEOUT)
+        .replay_order(args.order)
+        .replay_bytes_per_sec(args.replay_rate)
         .build(exporter)
         .map_err(|source| CliError::Config {
             context: "demo client",
@@ -165,6 +167,14 @@ fn intro(
         DEMO_INITIAL_BACKOFF.as_millis(),
         DEMO_MAX_BACKOFF.as_secs(),
         DEMO_ATTEMPT_TIMEOUT.as_secs()
+    ));
+    console.note(&format!(
+        "  replay: {}, {}",
+        args.order,
+        args.replay_rate.map_or_else(
+            || "no rate cap".to_owned(),
+            |r| format!("capped at {}/s", human_bytes(r))
+        )
     ));
 }
 
@@ -329,8 +339,16 @@ async fn progress(
         } else {
             "up"
         };
+        let drain = match (s.drain_rate, s.drain_time_left) {
+            (0, _) => String::new(),
+            (rate, left) => format!(
+                " draining {}/s{}",
+                human_bytes(rate),
+                left.map_or_else(String::new, |d| format!(", {:.1}s left", d.as_secs_f64()))
+            ),
+        };
         console.progress(&format!(
-            "sent {}/{count} | delivered {} | spooled {} | backlog {} rec, {} | {} | receiver {receiver_state}",
+            "sent {}/{count} | delivered {} | spooled {} | backlog {} rec, {}{drain} | {} | receiver {receiver_state}",
             outcomes.sent.load(Ordering::Relaxed),
             s.exported + s.replayed,
             s.spooled,

@@ -123,6 +123,7 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         .spool_dir(&args.dir)
         .max_backoff(REPLAY_MAX_BACKOFF)
         .adoption(rule)
+        .replay_bytes_per_sec(args.replay_rate)
         .build(exporter);
     let client = match built {
         Ok(c) => c,

@@ -363,6 +363,9 @@ impl Client {
     ///   records), the payload goes straight to the spool without touching the network, so
     ///   it is delivered after the older records, and the call returns within microseconds
     ///   (in the default `OsWrite` durability mode; `FsyncEveryAppend` waits for the disk).
+    /// - With [`ReplayOrder::LiveFirst`](crate::ReplayOrder::LiveFirst), while a backlog
+    ///   exists and the backend is reachable, the payload is sent directly instead, once (no
+    ///   quick retry); a retryable failure puts it in the spool behind the backlog.
     ///
     /// # Errors
     ///
@@ -512,7 +515,10 @@ impl Client {
             shared.record_drop(DropReason::TooLarge, 1);
             return Err(DropError::KeyTooLarge { payload, size, max });
         }
-        if shared.has_backlog() {
+        // Live-first: with a backlog draining and the backend reachable, new payloads go
+        // directly, ahead of the backlog (see `live_first`).
+        let live = shared.has_backlog() && self.live_first();
+        if shared.has_backlog() && !live {
             // Offline fast path, and ordering: behind the backlog, without the network.
             return self.spool(payload, guard).await;
         }
@@ -536,6 +542,19 @@ impl Client {
                 }
                 Err(e) => e,
             };
+            if live {
+                // A live send beside a backlog gets one attempt: the drain task is already
+                // retrying with backoff, and a second attempt a second later would only
+                // delay the payload's place in the spool. A failure spills it behind the
+                // backlog (delivered by the drain task, counted once as spooled), and
+                // until the drain task delivers again, exports go to the spool.
+                if !error.is_permanent() && !cut_short {
+                    tracing::debug!(error = %outlast_core::ErrorChain(&error), "outlast: live export beside a backlog failed; spooling");
+                    shared.set_retry_after_hint(error.retry_after());
+                    shared.set_online(false);
+                    return self.spool(payload, guard).await;
+                }
+            }
             if cut_short {
                 // The caller's deadline, not the backend, ended the attempt: spool the
                 // payload; the drain task tries again at once.
@@ -570,6 +589,15 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Whether a payload exported now goes directly although a backlog exists: the order is
+    /// [`ReplayOrder::LiveFirst`](crate::ReplayOrder::LiveFirst) and the backend is
+    /// reachable (the last attempt, direct or replayed, succeeded; at start, with a backlog
+    /// an earlier run left, none has failed yet, and the first live attempt finds out).
+    fn live_first(&self) -> bool {
+        let shared = &self.inner.shared;
+        shared.settings.pacing.order == crate::ReplayOrder::LiveFirst && shared.is_online()
     }
 
     /// Appends to the spool: inline in `OsWrite` mode (one `write(2)`, no allocation beyond
@@ -918,6 +946,7 @@ impl Client {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let spool = shared.spool_stats().unwrap_or_default();
         let capacity = shared.capacity(&spool);
+        let drain = shared.drain_progress(&spool);
         // Read once, so that the two fields it fills cannot disagree.
         let spool_state = shared.spool_state();
         ClientStats {
@@ -937,6 +966,8 @@ impl Client {
             oldest_record_age: spool
                 .oldest_created_at
                 .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),
+            drain_rate: drain.map_or(0, |(rate, _)| rate),
+            drain_time_left: drain.and_then(|(_, left)| left),
             foreign_lanes: spool.foreign_lanes,
             stranded_lanes: spool.stranded_lanes,
             stranded_records: spool.stranded_records,

@@ -165,6 +165,10 @@ pub struct ClientBuilder {
     pub(crate) identity: Option<String>,
     pub(crate) adoption: Option<Adoption>,
     pub(crate) probe_interval: Option<Duration>,
+    // ----- replay order and rate cap (see the block at the end of the file) -----
+    pub(crate) replay_order: Option<ReplayOrder>,
+    pub(crate) replay_bytes_per_sec: Option<Option<u64>>,
+    pub(crate) replay_requests_per_sec: Option<Option<u64>>,
     /// Settings that came from environment variables: (builder parameter, variable), so that
     /// `build()` can name the variable when it rejects the value.
     pub(crate) from_env: Vec<(&'static str, &'static str)>,
@@ -434,6 +438,7 @@ impl ClientBuilder {
         }
 
         let (coalesce_max_records, coalesce_max_bytes) = self.resolve_coalescing()?;
+        let pacing = self.resolve_pacing()?;
 
         Ok(Settings {
             retry,
@@ -448,6 +453,7 @@ impl ClientBuilder {
             batch_delay: saturate(self.batch_delay.unwrap_or(DEFAULT_BATCH_DELAY)),
             coalesce_max_records,
             coalesce_max_bytes,
+            pacing,
         })
     }
 }
@@ -588,6 +594,133 @@ pub(crate) struct Settings {
     pub(crate) batch_delay: Duration,
     pub(crate) coalesce_max_records: usize,
     pub(crate) coalesce_max_bytes: u64,
+    pub(crate) pacing: Pacing,
+}
+
+// ----- replay order and rate cap -----
+
+/// In what order a backlog and new exports reach the backend once it answers again (see
+/// `docs/delivery-guarantees.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReplayOrder {
+    /// While a backlog exists, new payloads go to the spool behind it: the backend receives
+    /// everything in the order it was exported (the client's default).
+    #[default]
+    OldestFirst,
+    /// While a backlog exists and the backend is reachable, new payloads are sent directly
+    /// (one attempt; on failure they go to the spool, behind the backlog) while the backlog
+    /// drains beside them, and they take precedence over replay requests within the
+    /// in-flight limit: fresh data arrives at once, history after it. While the backend is
+    /// unreachable, payloads go to the spool as with [`OldestFirst`](Self::OldestFirst).
+    LiveFirst,
+}
+
+impl ReplayOrder {
+    /// The name used in environment variables and on the command line: `oldest_first`,
+    /// `live_first`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayOrder::OldestFirst => "oldest_first",
+            ReplayOrder::LiveFirst => "live_first",
+        }
+    }
+}
+
+impl std::fmt::Display for ReplayOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ReplayOrder {
+    type Err = ConfigError;
+
+    /// `oldest_first` or `live_first` (case-insensitive; `-` for `_` accepted).
+    fn from_str(s: &str) -> Result<ReplayOrder, ConfigError> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "oldest_first" => Ok(ReplayOrder::OldestFirst),
+            "live_first" => Ok(ReplayOrder::LiveFirst),
+            _ => Err(ConfigError::invalid(
+                "replay_order",
+                format!("{s:?} is not oldest_first or live_first"),
+            )),
+        }
+    }
+}
+
+/// The order of replay against new exports: [`ReplayOrder::OldestFirst`], so the backend
+/// sees data in the order it was produced unless told otherwise.
+pub const DEFAULT_REPLAY_ORDER: ReplayOrder = ReplayOrder::OldestFirst;
+/// The replay's byte rate cap: none, so a backlog drains at the backend's speed. Set one to
+/// spare a recovering collector that a fleet replays into at once.
+pub const DEFAULT_REPLAY_BYTES_PER_SEC: Option<u64> = None;
+/// The replay's request rate cap: none.
+pub const DEFAULT_REPLAY_REQUESTS_PER_SEC: Option<u64> = None;
+
+impl ClientBuilder {
+    setter!(
+        /// The order of the backlog and new exports once the backend answers again (default
+        /// [`DEFAULT_REPLAY_ORDER`], [`ReplayOrder::OldestFirst`]).
+        replay_order: ReplayOrder
+    );
+    setter!(
+        /// Cap on the replay's rate in payload bytes per second (default
+        /// [`DEFAULT_REPLAY_BYTES_PER_SEC`]: `None`, no cap). A token bucket paces the
+        /// drain task's requests so that over any time `t` it sends at most
+        /// `rate × (t + 50 ms)` bytes; a record larger than that is never refused, it waits
+        /// its turn. Direct exports are not limited. Must not be `Some(0)`.
+        replay_bytes_per_sec: Option<u64>
+    );
+    setter!(
+        /// Cap on the replay's requests per second (default
+        /// [`DEFAULT_REPLAY_REQUESTS_PER_SEC`]: `None`, no cap); a merged request counts
+        /// once. Direct exports are not limited. Must not be `Some(0)`.
+        replay_requests_per_sec: Option<u64>
+    );
+
+    /// The replay order set on this builder, by [`replay_order`](Self::replay_order) or
+    /// `OUTLAST_REPLAY_ORDER`; `None` if neither did (the client then uses
+    /// [`DEFAULT_REPLAY_ORDER`]). Lets a layer above the client pick its own default
+    /// without overriding the user's choice.
+    pub fn configured_replay_order(&self) -> Option<ReplayOrder> {
+        self.replay_order
+    }
+
+    /// Checks and resolves the replay order and rate cap.
+    fn resolve_pacing(&self) -> Result<Pacing, ConfigError> {
+        let bytes = self
+            .replay_bytes_per_sec
+            .unwrap_or(DEFAULT_REPLAY_BYTES_PER_SEC);
+        if bytes == Some(0) {
+            return Err(ConfigError::invalid(
+                "replay_bytes_per_sec",
+                "must be at least 1 byte per second, or the backlog is never replayed (None: no cap)",
+            ));
+        }
+        let requests = self
+            .replay_requests_per_sec
+            .unwrap_or(DEFAULT_REPLAY_REQUESTS_PER_SEC);
+        if requests == Some(0) {
+            return Err(ConfigError::invalid(
+                "replay_requests_per_sec",
+                "must be at least 1 request per second, or the backlog is never replayed (None: no cap)",
+            ));
+        }
+        Ok(Pacing {
+            order: self.replay_order.unwrap_or(DEFAULT_REPLAY_ORDER),
+            bytes_per_sec: bytes,
+            requests_per_sec: requests,
+        })
+    }
+}
+
+/// The resolved replay order and rate cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pacing {
+    pub(crate) order: ReplayOrder,
+    pub(crate) bytes_per_sec: Option<u64>,
+    pub(crate) requests_per_sec: Option<u64>,
 }
 
 #[cfg(test)]
@@ -600,6 +733,35 @@ mod tests {
             Ok(_) => panic!("accepted a bad configuration: {b:?}"),
             Err(other) => panic!("unexpected error {other}"),
         }
+    }
+
+    #[test]
+    fn a_replay_rate_cap_of_zero_is_refused_and_any_other_is_kept() {
+        let b = ClientBuilder::new().replay_bytes_per_sec(Some(0));
+        assert_eq!(rejected_param(&b), "replay_bytes_per_sec");
+        let b = ClientBuilder::new().replay_requests_per_sec(Some(0));
+        assert_eq!(rejected_param(&b), "replay_requests_per_sec");
+        let p = ClientBuilder::new()
+            .replay_bytes_per_sec(Some(u64::MAX))
+            .replay_requests_per_sec(Some(1))
+            .replay_order(ReplayOrder::LiveFirst)
+            .resolve()
+            .expect("valid")
+            .pacing;
+        assert_eq!(p.bytes_per_sec, Some(u64::MAX));
+        assert_eq!(p.requests_per_sec, Some(1));
+        assert_eq!(p.order, ReplayOrder::LiveFirst);
+        let d = ClientBuilder::new().resolve().expect("valid").pacing;
+        assert_eq!(
+            (d.order, d.bytes_per_sec, d.requests_per_sec),
+            (ReplayOrder::OldestFirst, None, None)
+        );
+        assert_eq!(
+            "Live-First".parse::<ReplayOrder>(),
+            Ok(ReplayOrder::LiveFirst)
+        );
+        assert_eq!(ReplayOrder::LiveFirst.to_string(), "live_first");
+        assert!("newest_first".parse::<ReplayOrder>().is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::BackendState;
+use crate::pace::RateCap;
 use crate::replay::{Replayed, Replayer, Window};
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -72,6 +73,8 @@ struct Drain<'a> {
     seen_flush: u64,
     /// When the idle task last looked for released lanes.
     last_adopt: Instant,
+    /// The replay rate cap (its buckets keep their level from one replay to the next).
+    cap: RateCap,
 }
 
 /// How often an idle drain task looks for lanes of its identity that another process
@@ -100,6 +103,10 @@ impl<'a> Drain<'a> {
             // ran is still to be answered.
             seen_flush: 0,
             last_adopt: Instant::now(),
+            cap: RateCap::new(
+                shared.settings.pacing.bytes_per_sec,
+                shared.settings.pacing.requests_per_sec,
+            ),
         }
     }
 
@@ -331,7 +338,7 @@ impl<'a> Drain<'a> {
 
     /// Replays the spool through the sliding window of [`crate::replay`].
     async fn replay(&mut self, spool: &Arc<Spool>, w: Window) -> Replayed {
-        Replayer::new(self.shared, &mut self.backoff)
+        Replayer::new(self.shared, &mut self.backoff, &mut self.cap)
             .replay(spool, w)
             .await
     }

@@ -93,6 +93,9 @@ macro_rules! env_settings {
     (@parse duration_or_none, $var:ident, $value:ident) => {
         parse_duration_or_none($var, $value)?
     };
+    (@parse replay_order, $var:ident, $value:ident) => { parse_replay_order($var, $value)? };
+    (@parse rate_or_none, $var:ident, $value:ident) => { parse_rate_or_none($var, $value)? };
+    (@parse count_or_none, $var:ident, $value:ident) => { parse_count_or_none($var, $value)? };
 }
 
 env_settings! {
@@ -155,6 +158,15 @@ env_settings! {
     /// `OUTLAST_BATCH_DELAY`: pause between two replay batches.
     BATCH_DELAY = "OUTLAST_BATCH_DELAY" => batch_delay: duration,
         format "duration", default "0";
+    /// `OUTLAST_REPLAY_ORDER`: `oldest_first` or `live_first`.
+    REPLAY_ORDER = "OUTLAST_REPLAY_ORDER" => replay_order: replay_order,
+        format "`oldest_first` or `live_first`", default "`oldest_first`";
+    /// `OUTLAST_REPLAY_BYTES_PER_SEC`: cap on the replay's payload bytes per second.
+    REPLAY_BYTES_PER_SEC = "OUTLAST_REPLAY_BYTES_PER_SEC" => replay_bytes_per_sec: rate_or_none,
+        format "rate (a size per second: `5MiB/s`), or `none` / `off`", default "none (no cap)";
+    /// `OUTLAST_REPLAY_REQUESTS_PER_SEC`: cap on the replay's requests per second.
+    REPLAY_REQUESTS_PER_SEC = "OUTLAST_REPLAY_REQUESTS_PER_SEC" => replay_requests_per_sec: count_or_none,
+        format "count (per second), or `none` / `off`", default "none (no cap)";
     /// `OUTLAST_PROBE_INTERVAL`: how often an unreachable backend is probed.
     PROBE_INTERVAL = "OUTLAST_PROBE_INTERVAL" => probe_interval: duration,
         format "duration", default "1 s";
@@ -406,6 +418,33 @@ fn parse_duration_or_none(var: &'static str, value: &str) -> Result<Option<Durat
     }
 }
 
+/// `oldest_first` or `live_first`.
+fn parse_replay_order(var: &'static str, value: &str) -> Result<crate::ReplayOrder, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(var, format!("{value:?} is not oldest_first or live_first"))
+    })
+}
+
+/// A rate in bytes per second ([`outlast_core::units::parse_rate`]), or `none` / `off`.
+fn parse_rate_or_none(var: &'static str, value: &str) -> Result<Option<u64>, ConfigError> {
+    match normalise(value).as_str() {
+        "none" | "off" => Ok(None),
+        _ => units::parse_rate(value)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid(var, e.to_string())),
+    }
+}
+
+/// A whole number, or `none` / `off`.
+fn parse_count_or_none(var: &'static str, value: &str) -> Result<Option<u64>, ConfigError> {
+    match normalise(value).as_str() {
+        "none" | "off" => Ok(None),
+        v => v.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(var, format!("{value:?} is not a whole number, none or off"))
+        }),
+    }
+}
+
 /// A number in `[0, 1]` (checked by `build`; here only parsed).
 fn parse_fraction(var: &'static str, value: &str) -> Result<f64, ConfigError> {
     value
@@ -535,6 +574,46 @@ mod tests {
             .resolve()
             .expect_err("zero is rejected");
         assert_eq!(param_of(e), "OUTLAST_COALESCE_MAX_RECORDS");
+    }
+
+    #[test]
+    fn the_replay_order_and_rate_cap_come_from_their_variables() {
+        let b = ClientBuilder::from_env_vars(vars(&[
+            ("OUTLAST_REPLAY_ORDER", "Live-First"),
+            ("OUTLAST_REPLAY_BYTES_PER_SEC", "5MiB/s"),
+            ("OUTLAST_REPLAY_REQUESTS_PER_SEC", "200"),
+        ]))
+        .expect("valid variables");
+        let p = b.resolve().expect("valid").pacing;
+        assert_eq!(p.order, crate::ReplayOrder::LiveFirst);
+        assert_eq!(p.bytes_per_sec, Some(5 << 20));
+        assert_eq!(p.requests_per_sec, Some(200));
+        let off = ClientBuilder::from_env_vars(vars(&[
+            ("OUTLAST_REPLAY_BYTES_PER_SEC", "off"),
+            ("OUTLAST_REPLAY_REQUESTS_PER_SEC", "none"),
+        ]))
+        .expect("valid variables");
+        let p = off.resolve().expect("valid").pacing;
+        assert_eq!((p.bytes_per_sec, p.requests_per_sec), (None, None));
+        for (var, bad) in [
+            ("OUTLAST_REPLAY_ORDER", "newest_first"),
+            ("OUTLAST_REPLAY_BYTES_PER_SEC", "5MB/s"),
+            ("OUTLAST_REPLAY_REQUESTS_PER_SEC", "-1"),
+        ] {
+            let e = ClientBuilder::from_env_vars(vars(&[(var, bad)])).expect_err(bad);
+            assert_eq!(param_of(e), var);
+        }
+        // Zero parses, and is refused by the build, naming the variable.
+        for var in [
+            "OUTLAST_REPLAY_BYTES_PER_SEC",
+            "OUTLAST_REPLAY_REQUESTS_PER_SEC",
+        ] {
+            let e = ClientBuilder::from_env_vars(vars(&[(var, "0")]))
+                .expect("parses")
+                .resolve()
+                .expect_err("zero is refused");
+            assert_eq!(param_of(e), var);
+        }
     }
 
     #[test]
@@ -779,6 +858,8 @@ mod tests {
                 f if f.starts_with("count") => "3",
                 f if f.starts_with("duration") => "3s",
                 f if f.starts_with("number") => "0.25",
+                f if f.starts_with("rate") => "1MiB/s",
+                f if f.contains("live_first") => "live_first",
                 f if f.contains("drop_newest") => "drop_oldest",
                 _ => "fsync",
             };

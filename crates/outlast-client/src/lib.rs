@@ -31,6 +31,13 @@
 //! direct again. The task ends when the last `Client` clone is dropped; it never keeps the
 //! process alive.
 //!
+//! Two settings shape a recovery. [`ReplayOrder::LiveFirst`] sends new payloads directly
+//! once the backend answers again, while the backlog drains beside them (the default,
+//! [`ReplayOrder::OldestFirst`], queues them behind it); a replay rate cap
+//! ([`ClientBuilder::replay_bytes_per_sec`], [`ClientBuilder::replay_requests_per_sec`])
+//! spares a recovering backend. [`ClientStats`] shows the backlog, the drain rate and the
+//! time left.
+//!
 //! Nothing is dropped silently: every [`DropError`] and every record dropped by the drain
 //! task is counted in [`Client::stats`] under its [`DropReason`] and logged at error level
 //! (at most once a minute per reason). While retrying, a warning of the form
@@ -163,6 +170,9 @@
 //! | `OUTLAST_BATCH_MAX_BYTES` | [`batch_max_bytes`](ClientBuilder::batch_max_bytes) | size | 4 MiB |
 //! | `OUTLAST_MAX_IN_FLIGHT` | [`max_in_flight`](ClientBuilder::max_in_flight) | count, 1 to 1024 | 4 (and at most the exporter's own limit) |
 //! | `OUTLAST_BATCH_DELAY` | [`batch_delay`](ClientBuilder::batch_delay) | duration | 0 |
+//! | `OUTLAST_REPLAY_ORDER` | [`replay_order`](ClientBuilder::replay_order) | `oldest_first` or `live_first` | `oldest_first` ([`ReplayOrder`]) |
+//! | `OUTLAST_REPLAY_BYTES_PER_SEC` | [`replay_bytes_per_sec`](ClientBuilder::replay_bytes_per_sec) | rate (a size per second: `5MiB/s`), or `none` / `off` | none (no cap) |
+//! | `OUTLAST_REPLAY_REQUESTS_PER_SEC` | [`replay_requests_per_sec`](ClientBuilder::replay_requests_per_sec) | count (per second), or `none` / `off` | none (no cap) |
 //! | `OUTLAST_PROBE_INTERVAL` | [`probe_interval`](ClientBuilder::probe_interval) | duration | 1 s |
 //! | `OUTLAST_COALESCE_MAX_RECORDS` | [`coalesce_max_records`](ClientBuilder::coalesce_max_records) | count | 25 |
 //! | `OUTLAST_COALESCE_MAX_BYTES` | [`coalesce_max_bytes`](ClientBuilder::coalesce_max_bytes) | size | 1 MiB |
@@ -204,7 +214,8 @@
 //!   [`DEFAULT_MAX_TOTAL_BYTES`], [`DEFAULT_SEGMENT_BYTES`], [`DEFAULT_MAX_RECORD_BYTES`],
 //!   [`DEFAULT_BATCH_SIZE`], [`DEFAULT_BATCH_MAX_BYTES`], [`DEFAULT_MAX_IN_FLIGHT`],
 //!   [`DEFAULT_BATCH_DELAY`], [`DEFAULT_PROBE_INTERVAL`], [`DEFAULT_COALESCE_MAX_RECORDS`],
-//!   [`DEFAULT_COALESCE_MAX_BYTES`], [`DEFAULT_SPOOL_DIR_PREFIX`]) and limits
+//!   [`DEFAULT_COALESCE_MAX_BYTES`], [`DEFAULT_REPLAY_ORDER`], [`DEFAULT_REPLAY_BYTES_PER_SEC`],
+//!   [`DEFAULT_REPLAY_REQUESTS_PER_SEC`], [`DEFAULT_SPOOL_DIR_PREFIX`]) and limits
 //!   ([`MAX_IN_FLIGHT_LIMIT`], [`MAX_IMMEDIATE_RETRY_DELAY`], [`units::MAX_DURATION`]).
 //!
 //! And these modules:
@@ -229,6 +240,7 @@ mod config;
 mod drain;
 pub mod env;
 mod error;
+mod pace;
 mod replay;
 mod shared;
 mod stats;
@@ -257,6 +269,10 @@ pub use config::{
     default_spool_dir,
 };
 pub use config::{DEFAULT_COALESCE_MAX_BYTES, DEFAULT_COALESCE_MAX_RECORDS};
+pub use config::{
+    DEFAULT_REPLAY_BYTES_PER_SEC, DEFAULT_REPLAY_ORDER, DEFAULT_REPLAY_REQUESTS_PER_SEC,
+    ReplayOrder,
+};
 pub use error::{Delivery, DropError, ShutdownError, SpoolFault};
 pub use stats::{ClientStats, DropCounts, DropReason, SpoolState};
 

@@ -18,9 +18,10 @@ use outlast_core::retry::Backoff;
 use outlast_core::{Coalescing, ContentEncoding, ExportError, Payload};
 use outlast_spool::{ReadBatch, Record, RecordId, Spool, SpoolError};
 
-use crate::DropReason;
 use crate::compress::{self, Undecodable};
+use crate::pace::RateCap;
 use crate::shared::Shared;
+use crate::{DropReason, ReplayOrder};
 
 /// An attempt under way; it hands back its payloads with the result.
 type Attempt<'a> = Pin<Box<dyn Future<Output = Sent> + Send + 'a>>;
@@ -28,16 +29,61 @@ type Attempt<'a> = Pin<Box<dyn Future<Output = Sent> + Send + 'a>>;
 /// A spool operation running on the blocking pool.
 type SpoolOp<T> = Pin<Box<dyn Future<Output = Option<T>> + Send>>;
 
-/// What a replay works with: the client's shared state, and the drain task's backoff, which
-/// a delivery resets.
+/// What a replay works with: the client's shared state, the drain task's backoff, which a
+/// delivery resets, and its replay rate cap, which paces the sends.
 pub(crate) struct Replayer<'a, 'b> {
     shared: &'a Shared,
     backoff: &'b mut Backoff,
+    cap: &'b mut RateCap,
 }
 
 impl<'a, 'b> Replayer<'a, 'b> {
-    pub(crate) fn new(shared: &'a Shared, backoff: &'b mut Backoff) -> Replayer<'a, 'b> {
-        Replayer { shared, backoff }
+    pub(crate) fn new(
+        shared: &'a Shared,
+        backoff: &'b mut Backoff,
+        cap: &'b mut RateCap,
+    ) -> Replayer<'a, 'b> {
+        Replayer {
+            shared,
+            backoff,
+            cap,
+        }
+    }
+
+    /// How long `send` must wait for the rate cap before it goes (zero without a cap). The
+    /// tokens are taken now: sends go in the order they were admitted.
+    fn pace(&mut self, send: &Outgoing) -> Duration {
+        if !self.cap.is_on() {
+            return Duration::ZERO;
+        }
+        let bytes = send
+            .payloads
+            .iter()
+            .fold(0u64, |n, p| n.saturating_add(p.len() as u64));
+        self.cap.take(tokio::time::Instant::now().into_std(), bytes)
+    }
+
+    /// Gives back to the rate cap what [`pace`](Self::pace) took for `send`, not sent.
+    fn unpace(&mut self, send: &Outgoing) {
+        if !self.cap.is_on() {
+            return;
+        }
+        let bytes = send
+            .payloads
+            .iter()
+            .fold(0u64, |n, p| n.saturating_add(p.len() as u64));
+        self.cap
+            .give_back(tokio::time::Instant::now().into_std(), bytes);
+    }
+
+    /// Replay sends the window may count as under way besides its own: with
+    /// [`ReplayOrder::LiveFirst`], the direct exports under way take their place in the
+    /// in-flight limit first, but never all of it: the replay keeps one send going.
+    fn live_share(&self, running: usize) -> usize {
+        if self.shared.settings.pacing.order != ReplayOrder::LiveFirst || running == 0 {
+            return running;
+        }
+        running.saturating_add(self.shared.direct_in_flight())
     }
 
     /// Counts what the spool skipped while reading (expired or damaged records).
@@ -196,6 +242,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                     self.backoff.reset();
                 }
                 shared.set_online(true);
+                shared.report_drain_rate();
                 true
             }
             Some(Err(e)) => {
@@ -253,9 +300,15 @@ impl<'a, 'b> Replayer<'a, 'b> {
         let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
         let mut reading: Option<SpoolOp<Result<Prepared, SpoolError>>> = None;
         let mut acking: Option<(SpoolOp<Result<(), SpoolError>>, Acks)> = None;
+        // A send admitted but held back by the rate cap until the instant given.
+        let mut paced: Option<(Outgoing, tokio::time::Instant)> = None;
         // Taken before the last read: that read found nothing more after it.
         let mut snapshot = 0;
         loop {
+            // Wakes the loop when a direct export ends (it may free room for replay sends).
+            let live_done = shared.live_done.notified();
+            tokio::pin!(live_done);
+            live_done.as_mut().enable();
             if reading.is_none() && window.wants_read() {
                 snapshot = shared.backlog_snapshot();
                 let max_records = w.max_records;
@@ -263,10 +316,35 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 let decoding = window.decoding();
                 reading = Some(self.start_read(spool, idle, max_records, max_bytes, decoding));
             }
-            while let Some(send) = window.admit(running.len(), merge) {
-                running.push(self.start(send));
+            while paced.is_none()
+                && let Some(send) = window.admit(self.live_share(running.len()), merge)
+            {
+                let wait = self.pace(&send);
+                if wait.is_zero() {
+                    running.push(self.start(send));
+                } else {
+                    let at = crate::shared::deadline_after(tokio::time::Instant::now(), wait);
+                    paced = Some((send, at));
+                }
             }
-            let idle = running.is_empty() && reading.is_none();
+            // Held back by live sends: room may free up when one ends.
+            let held_by_live = paced.is_none()
+                && !running.is_empty()
+                && self.live_share(running.len()) > running.len();
+            if window.stopped().is_some()
+                && let Some((send, _)) = paced.take()
+            {
+                // The replay stopped while this send waited for the cap: it is not sent
+                // (it will be read again), nobody waits out its turn, and its tokens go
+                // back to the bucket.
+                self.unpace(&send);
+                window.settle(Sent {
+                    first: send.first,
+                    payloads: send.payloads,
+                    result: Err(ExportError::retryable("not sent: the replay stopped")),
+                });
+            }
+            let idle = running.is_empty() && reading.is_none() && paced.is_none();
             if acking.is_none()
                 && let Some(acks) = window.take_acks(idle)
             {
@@ -295,10 +373,20 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 }
                 continue;
             }
+            let paced_at = paced.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 Some(sent) = running.next(), if !running.is_empty() => {
+                    if sent.result.is_ok() {
+                        shared.record_drained(&sent.payloads);
+                    }
                     window.settle(sent);
                 }
+                () = sleep_until_some(paced_at), if paced_at.is_some() => {
+                    if let Some((send, _)) = paced.take() {
+                        running.push(self.start(send));
+                    }
+                }
+                () = &mut live_done, if held_by_live => {}
                 read = until_done(reading.as_mut()), if reading.is_some() => {
                     reading = None;
                     match self.on_read(read) {
@@ -325,6 +413,14 @@ impl<'a, 'b> Replayer<'a, 'b> {
 /// know leave it undone.
 fn ack_counted(e: &SpoolError) -> bool {
     !matches!(e, SpoolError::Closed | SpoolError::UnknownRecord { .. })
+}
+
+/// Sleeps until `at`; never completes without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Awaits the operation; never completes without one.

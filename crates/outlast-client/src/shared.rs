@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::{RecoverySettings, Settings};
+use crate::pace::{DrainMeter, human_bytes, human_duration, human_rate, time_to_drain};
 use crate::stats::{Counters, SpoolState};
 use crate::{BackendState, Delivery, DropError, DropReason, SpoolFault};
 
@@ -93,6 +94,16 @@ pub(crate) struct Shared {
     pub(crate) foreign_records: AtomicU64,
     /// The recent rate of bytes appended to the spool.
     spill_rate: Mutex<SpillRate>,
+    /// The replay's recent deliveries, for the drain rate and the time left.
+    drain_meter: Mutex<DrainMeter>,
+    /// When the backend was last found down (`None` while online).
+    offline_since: Mutex<Option<tokio::time::Instant>>,
+    /// The backend came back with a backlog, before the drain rate was known: the drain
+    /// rate is logged once it is.
+    drain_report_due: AtomicBool,
+    /// A direct export ended: wakes a replay that left it room in the in-flight limit
+    /// (live-first).
+    pub(crate) live_done: Notify,
     /// The `Retry-After` of the direct failure that created the backlog, for the drain task's
     /// first delay.
     retry_after_hint: Mutex<Option<Duration>>,
@@ -181,6 +192,10 @@ impl Shared {
             ack_failures: AtomicU64::new(0),
             foreign_records: AtomicU64::new(0),
             spill_rate: Mutex::new(SpillRate::default()),
+            drain_meter: Mutex::new(DrainMeter::default()),
+            offline_since: Mutex::new(None),
+            drain_report_due: AtomicBool::new(backlog),
+            live_done: Notify::new(),
             retry_after_hint: Mutex::new(None),
             logs: Mutex::new(Logs {
                 throttle: KeyedThrottle::new(warn_interval),
@@ -371,12 +386,9 @@ impl Shared {
             return;
         }
         if state == BackendState::Online {
-            tracing::info!(
-                online = true,
-                backend = state.as_str(),
-                "outlast: backend reachable again"
-            );
+            self.log_recovered();
         } else {
+            lock(&self.offline_since).get_or_insert_with(tokio::time::Instant::now);
             let (records, bytes) = self.spool_stats().map_or((0, 0), |s| (s.records, s.bytes));
             tracing::info!(
                 online = false,
@@ -387,6 +399,105 @@ impl Shared {
                 state.describe()
             );
         }
+    }
+
+    /// Logs that the backend is reachable again: after how long, and the backlog waiting
+    /// (its size, its oldest record's age, and the drain rate and time left if measured;
+    /// if not yet, they are logged once they are, by [`report_drain_rate`](Self::report_drain_rate)).
+    fn log_recovered(&self) {
+        let outage = lock(&self.offline_since).take().map(|at| at.elapsed());
+        let spool = self.spool_stats().unwrap_or_default();
+        let after = outage.map_or_else(String::new, |d| format!(" after {}", human_duration(d)));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if spool.records == 0 {
+            tracing::info!(
+                online = true,
+                backend = BackendState::Online.as_str(),
+                outage_ms = outage.map(ms),
+                "outlast: backend reachable again{after}"
+            );
+            return;
+        }
+        let oldest = self.oldest_record_age(&spool);
+        let oldest_text =
+            oldest.map_or_else(String::new, |d| format!(" (oldest {})", human_duration(d)));
+        let drain = self.drain_progress(&spool);
+        let drain_text = match drain {
+            Some((rate, left)) => format!(", {}", describe_drain(rate, left)),
+            None => {
+                self.drain_report_due.store(true, Ordering::Release);
+                String::new()
+            }
+        };
+        tracing::info!(
+            online = true,
+            backend = BackendState::Online.as_str(),
+            outage_ms = outage.map(ms),
+            backlog_records = spool.records,
+            backlog_bytes = spool.pending_bytes,
+            oldest_record_age_ms = oldest.map(ms),
+            drain_bytes_per_sec = drain.map(|(r, _)| r),
+            drain_left_ms = drain.and_then(|(_, l)| l).map(ms),
+            "outlast: backend reachable again{after}; backlog {}{oldest_text}{drain_text}",
+            human_bytes(spool.pending_bytes)
+        );
+    }
+
+    /// Counts payloads the replay delivered, for the drain rate.
+    pub(crate) fn record_drained(&self, payloads: &[Payload]) {
+        let bytes = payloads
+            .iter()
+            .fold(0u64, |n, p| n.saturating_add(p.len() as u64));
+        lock(&self.drain_meter).record(now_std(), bytes, payloads.len() as u64);
+    }
+
+    /// The drain rate (payload bytes per second) and, at the recent record rate, the time
+    /// left to deliver the backlog; `None` until measured (see [`DrainMeter::rate`]).
+    pub(crate) fn drain_progress(&self, spool: &SpoolStats) -> Option<(u64, Option<Duration>)> {
+        let rate = lock(&self.drain_meter).rate(now_std())?;
+        Some((
+            rate_per_sec(rate.bytes_per_sec),
+            time_to_drain(spool.records, rate.records_per_sec),
+        ))
+    }
+
+    /// The oldest waiting record's age.
+    pub(crate) fn oldest_record_age(&self, spool: &SpoolStats) -> Option<Duration> {
+        spool.oldest_created_at.map(|t| {
+            std::time::SystemTime::now()
+                .duration_since(t)
+                .unwrap_or_default()
+        })
+    }
+
+    /// Logs the drain rate and the time left once they are measured after the backend came
+    /// back (once per recovery).
+    pub(crate) fn report_drain_rate(&self) {
+        if !self.drain_report_due.load(Ordering::Acquire) {
+            return;
+        }
+        let spool = self.spool_stats().unwrap_or_default();
+        let Some((rate, left)) = self.drain_progress(&spool) else {
+            return;
+        };
+        if !self.drain_report_due.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            backlog_records = spool.records,
+            backlog_bytes = spool.pending_bytes,
+            drain_bytes_per_sec = rate,
+            drain_left_ms = left.map(ms),
+            "outlast: backlog {} {}",
+            human_bytes(spool.pending_bytes),
+            describe_drain(rate, left)
+        );
+    }
+
+    /// Direct exports under way.
+    pub(crate) fn direct_in_flight(&self) -> usize {
+        self.direct_in_flight.load(Ordering::Acquire)
     }
 
     /// Remembers what a failed attempt said about the backend.
@@ -903,6 +1014,15 @@ pub(crate) fn approx(d: Duration) -> String {
     }
 }
 
+/// `draining at 12 MB/s, about 3.4 s left`.
+fn describe_drain(rate: u64, left: Option<Duration>) -> String {
+    let left = left.map_or_else(String::new, |d| {
+        format!(", about {} left", human_duration(d))
+    });
+    // A rate, not an exact count.
+    format!("draining at {}{left}", human_rate(rate as f64))
+}
+
 /// The code of `state` in [`Shared`]'s atomics.
 fn state_code(state: BackendState) -> u8 {
     match state {
@@ -947,6 +1067,7 @@ impl Drop for DirectGuard<'_> {
     fn drop(&mut self) {
         self.0.direct_in_flight.fetch_sub(1, Ordering::AcqRel);
         self.0.progress.notify_waiters();
+        self.0.live_done.notify_waiters();
     }
 }
 

@@ -248,6 +248,15 @@ pub struct ClientStats {
     pub spool_full_in: Option<Duration>,
     /// Age of the oldest waiting record.
     pub oldest_record_age: Option<Duration>,
+    /// How fast the backlog is being delivered: payload bytes (as sent) per second that the
+    /// replay delivered over about the last 5 seconds. 0 until half a second of replay has
+    /// been measured, and once nothing was delivered for 5 seconds.
+    pub drain_rate: u64,
+    /// At the replay's recent pace (records per second over about the last 5 seconds), how
+    /// long until the records waiting now are delivered: an estimate, for people. `None`
+    /// while the drain rate is not measured (see `drain_rate`). The backlog's size is
+    /// `spool_records` and `pending_bytes`; its oldest record's age `oldest_record_age`.
+    pub drain_time_left: Option<Duration>,
     /// Lanes of another identity in the spool directory: left alone (never replayed, never
     /// counted in `spool_records`), for a client of that identity or `outlast replay
     /// --identity`. As last seen when the spool opened or looked for released lanes.

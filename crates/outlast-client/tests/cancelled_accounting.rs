@@ -51,7 +51,7 @@ fn answered(s: &ClientStats) -> u64 {
     s.exported + s.spooled + s.dropped.total() - s.dropped.cancelled
 }
 
-fn run(steps: Vec<Step>, fsync: bool) -> Result<(), TestCaseError> {
+fn run(steps: Vec<Step>, fsync: bool, live_first: bool) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -65,6 +65,9 @@ fn run(steps: Vec<Step>, fsync: bool) -> Result<(), TestCaseError> {
             .immediate_retry_delay(Duration::from_millis(300));
         if fsync {
             b = b.durability(Durability::FsyncEveryAppend);
+        }
+        if live_first {
+            b = b.replay_order(outlast_client::ReplayOrder::LiveFirst);
         }
         let c = b.build(exporter.clone()).expect("valid");
         let mut accepted = 0u64;
@@ -160,7 +163,8 @@ proptest! {
     fn every_payload_is_counted_once_whatever_moment_its_export_is_cut(
         steps in proptest::collection::vec(step(), 1..25),
         fsync in any::<bool>(),
+        live_first in any::<bool>(),
     ) {
-        run(steps, fsync)?;
+        run(steps, fsync, live_first)?;
     }
 }

@@ -22,6 +22,13 @@ const EDGES: [Duration; 4] = [
 /// fails, hangs, fails again and then accepts (so a flush without limit ends). Returns what
 /// was delivered plus what stayed in the spool, which must be everything exported.
 fn exercise(d: Duration) -> (u64, u64) {
+    exercise_with(d, None)
+}
+
+/// As [`exercise`], with live-first replay and a replay rate cap of `cap` bytes and
+/// requests per second when given (a flush without limit then completes only if the cap
+/// lets the records through in time, so completion is asserted only for the largest cap).
+fn exercise_with(d: Duration, cap: Option<u64>) -> (u64, u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -31,11 +38,14 @@ fn exercise(d: Duration) -> (u64, u64) {
         let dir = spool_dir();
         let exporter = MemoryExporter::new();
         exporter.push_outcomes([Outcome::Fail, Outcome::Hang, Outcome::Fail, Outcome::Fail]);
-        let c = Client::builder()
-            .spool_dir(dir.path())
-            .jitter(0.0)
-            .build(exporter.clone())
-            .expect("valid configuration");
+        let mut b = Client::builder().spool_dir(dir.path()).jitter(0.0);
+        if let Some(cap) = cap {
+            b = b
+                .replay_order(outlast_client::ReplayOrder::LiveFirst)
+                .replay_bytes_per_sec(Some(cap))
+                .replay_requests_per_sec(Some(cap));
+        }
+        let c = b.build(exporter.clone()).expect("valid configuration");
         let mut accepted = 0;
         for i in 0..3 {
             if c.export_within(payload(&format!("p{i}")), d).await.is_ok() {
@@ -43,7 +53,7 @@ fn exercise(d: Duration) -> (u64, u64) {
             }
         }
         let flushed = c.force_flush(d).await;
-        if d == Duration::MAX {
+        if d == Duration::MAX && cap.is_none_or(|c| c == u64::MAX) {
             assert!(flushed.complete, "{flushed:?}");
         }
         let report = c.shutdown(d).await.expect("shutdown");
@@ -60,6 +70,19 @@ fn the_edge_durations_never_panic_and_lose_nothing() {
         assert_eq!(accepted, 3, "{d:?}");
         if d == Duration::MAX {
             assert_eq!(delivered, 3);
+        }
+    }
+}
+
+#[test]
+fn the_edge_durations_with_live_first_and_the_extreme_rate_caps_never_panic_and_lose_nothing() {
+    for cap in [1, u64::MAX] {
+        for d in EDGES {
+            let (accepted, delivered) = exercise_with(d, Some(cap));
+            assert_eq!(accepted, 3, "{d:?}, cap {cap}");
+            if d == Duration::MAX && cap == u64::MAX {
+                assert_eq!(delivered, 3);
+            }
         }
     }
 }

@@ -179,3 +179,40 @@ async fn the_retry_warning_says_how_full_the_spool_is_and_when_it_will_be_full()
     assert!(last.contains("% full, not filling"), "{last}");
     assert_eq!(c.stats().spool_full_in, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_recovery_line_gives_the_outage_the_backlog_and_then_the_drain_rate() {
+    let (captured, _guard) = capture();
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new();
+    let c = common::builder(dir.path())
+        .replay_bytes_per_sec(Some(1000))
+        .build(exporter.clone())
+        .expect("valid");
+    exporter.set_mode(Outcome::Fail);
+    for i in 0..40 {
+        let _ = c
+            .export(payload(&format!("{i:-<100}")))
+            .await
+            .expect("spooled");
+    }
+    // An outage of about two minutes.
+    exporter.set_mode(Outcome::Fail);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    exporter.set_mode(Outcome::Accept);
+    let _ = c.force_flush(Duration::from_secs(2)).await;
+    let lines = captured.lines();
+    let back = lines
+        .iter()
+        .find(|l| l.contains("backend reachable again after"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(back.contains("; backlog "), "{back}");
+    assert!(back.contains("after 2m"), "{back}");
+    assert!(back.contains(" (oldest "), "{back}");
+    let rate = lines
+        .iter()
+        .find(|l| l.contains("draining at"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(rate.contains("B/s, about "), "{rate}");
+    assert!(rate.contains(" s left"), "{rate}");
+}

@@ -9,6 +9,9 @@
 //!   `1048576`, `64KiB`, `512 MiB`. Decimal units (`MB`) are refused, so that nobody reads
 //!   `10MB` as 10⁷ when it would be 10 × 2²⁰.
 //!
+//! - A **rate** (the replay rate cap) is a size per second: a size, optionally followed by
+//!   `/s`: `5MiB/s`, `512KiB`, `1048576/s`.
+//!
 //! Watch the `m`: in a duration it means minutes, in a size it means MiB.
 
 use std::fmt;
@@ -174,6 +177,36 @@ pub fn parse_size(value: &str) -> Result<u64, UnitError> {
     };
     let n: u64 = number.parse().map_err(|_| too_large())?;
     n.checked_mul(1u64 << shift).ok_or_else(too_large)
+}
+
+/// Parses a rate in bytes per second: a size (see [`parse_size`]), optionally followed by
+/// `/s` (see the [module documentation](self)).
+///
+/// # Errors
+///
+/// As [`parse_size`].
+///
+/// # Examples
+///
+/// ```
+/// use outlast_core::units::parse_rate;
+///
+/// assert_eq!(parse_rate("5MiB/s"), Ok(5 << 20));
+/// assert_eq!(parse_rate("512 KiB"), Ok(512 << 10));
+/// assert!(parse_rate("5MB/s").is_err());
+/// ```
+pub fn parse_rate(value: &str) -> Result<u64, UnitError> {
+    let v = value.trim();
+    let size = v.strip_suffix("/s").unwrap_or(v);
+    parse_size(size).map_err(|e| match e {
+        UnitError::NotASize { .. } => UnitError::NotASize {
+            value: value.to_owned(),
+        },
+        UnitError::SizeTooLarge { .. } => UnitError::SizeTooLarge {
+            value: value.to_owned(),
+        },
+        other => other,
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use outlast_client::http::{ENV_ENDPOINT, ENV_HEADERS, HttpExporterBuilder};
-use outlast_client::{ClientBuilder, ConfigError};
+use outlast_client::{ClientBuilder, ConfigError, ReplayOrder};
 
 use crate::Signal;
 use crate::encode::Encoding;
@@ -40,6 +40,19 @@ pub const ENV_SIGNAL_EXPORTER: [&str; 3] = [
     "OTEL_LOGS_EXPORTER",
     "OTEL_METRICS_EXPORTER",
 ];
+
+/// The replay order a signal's client gets unless told otherwise: fresh spans and logs
+/// matter more than their order across an outage (a trace backend indexes spans by their own
+/// timestamps, a log store by the record's time), so they go **live-first**; metrics go
+/// **oldest-first**, because some metric backends reject a sample older than the newest one
+/// they hold for its series (Prometheus remote write and Mimir refuse out-of-order samples
+/// by default), so a backlog replayed after fresh points could be refused as a whole.
+pub const fn default_replay_order(signal: Signal) -> ReplayOrder {
+    match signal {
+        Signal::Traces | Signal::Logs => ReplayOrder::LiveFirst,
+        Signal::Metrics => ReplayOrder::OldestFirst,
+    }
+}
 
 /// The per-signal variables: (full endpoint, headers, timeout, compression, protocol).
 const fn signal_vars(signal: Signal) -> [&'static str; 5] {
@@ -137,6 +150,8 @@ pub struct PipelineBuilder {
     pub(crate) temporality: Option<opentelemetry_sdk::metrics::Temporality>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics_interval: Option<Duration>,
+    /// Each signal's replay order, if set (see [`PipelineBuilder::replay_order`]).
+    pub(crate) replay_orders: [Option<ReplayOrder>; 3],
 }
 
 impl PipelineBuilder {
@@ -397,6 +412,21 @@ impl PipelineBuilder {
         self
     }
 
+    /// The replay order of `signal`'s client (see [`ReplayOrder`]). Default, unless the
+    /// [`client`](Self::client) settings or `OUTLAST_REPLAY_ORDER` name one for every
+    /// signal: [`default_replay_order`] (traces and logs live-first, metrics oldest-first).
+    pub fn replay_order(mut self, signal: Signal, order: ReplayOrder) -> Self {
+        self.replay_orders[signal.index()] = Some(order);
+        self
+    }
+
+    /// The replay order `signal`'s client gets, as configured now.
+    pub fn replay_order_of(&self, signal: Signal) -> ReplayOrder {
+        self.replay_orders[signal.index()]
+            .or(self.client.configured_replay_order())
+            .unwrap_or(default_replay_order(signal))
+    }
+
     /// Time bound of one SDK exporter call (default [`DEFAULT_EXPORT_TIMEOUT`]). When it
     /// expires the call answers `Timeout` and the batch carries on to the collector or the
     /// spool. `Duration::MAX` means no bound.
@@ -641,5 +671,27 @@ mod tests {
         .expect("valid variables")
         .endpoint("http://code:4318");
         assert_eq!(b.endpoint_of(Signal::Traces), "http://code:4318/v1/traces");
+    }
+
+    #[test]
+    fn traces_and_logs_replay_live_first_and_metrics_oldest_first_unless_told_otherwise() {
+        let order = |b: &PipelineBuilder| Signal::ALL.map(|s| b.replay_order_of(s));
+        use ReplayOrder::{LiveFirst, OldestFirst};
+        let b = PipelineBuilder::new();
+        assert_eq!(order(&b), [LiveFirst, LiveFirst, OldestFirst]);
+        // One signal told otherwise.
+        let b = PipelineBuilder::new().replay_order(Signal::Metrics, LiveFirst);
+        assert_eq!(order(&b), [LiveFirst, LiveFirst, LiveFirst]);
+        // The client settings name one for every signal; a per-signal choice still wins.
+        let b = PipelineBuilder::new()
+            .client(ClientBuilder::new().replay_order(OldestFirst))
+            .replay_order(Signal::Logs, LiveFirst);
+        assert_eq!(order(&b), [OldestFirst, LiveFirst, OldestFirst]);
+        let b = PipelineBuilder::from_env_vars([(
+            "OUTLAST_REPLAY_ORDER".to_owned(),
+            "live_first".to_owned(),
+        )])
+        .expect("valid");
+        assert_eq!(order(&b), [LiveFirst, LiveFirst, LiveFirst]);
     }
 }

@@ -103,6 +103,7 @@ mod runtime;
 mod signal;
 mod stats;
 
+pub use config::default_replay_order;
 pub use config::{
     DEFAULT_ENDPOINT, DEFAULT_EXPORT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, ENV_OTLP_COMPRESSION,
     ENV_OTLP_ENDPOINT, ENV_OTLP_HEADERS, ENV_OTLP_PROTOCOL, ENV_OTLP_TIMEOUT, ENV_SIGNAL_EXPORTER,
@@ -125,6 +126,7 @@ pub use otlp_http::{
     CollectorError, OTLP_RETRYABLE_STATUSES, PartialSuccess, describe_failure_body,
     is_otlp_retryable_status, partial_success,
 };
+pub use outlast_client::ReplayOrder;
 pub use outlast_client::{ClientBuilder, ConfigError};
 pub use pipeline::{Pipeline, PipelineFlush};
 pub use signal::Signal;
@@ -199,8 +201,10 @@ mod tests {
             "PipelineBuilder",
             "PipelineFlush",
             "PipelineStats",
+            "ReplayOrder",
             "Signal",
             "SignalStats",
+            "default_replay_order",
             "describe_failure_body",
             "is_otlp_retryable_status",
             "opentelemetry",

@@ -146,6 +146,7 @@ impl PipelineBuilder {
                 let _entered = runtime.handle().enter();
                 self.client
                     .clone()
+                    .replay_order(self.replay_order_of(signal))
                     .spool_dir(spool_root.join(signal.name()))
                     .runtime(runtime.handle().clone())
                     .build(exporter)?

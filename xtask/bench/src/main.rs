@@ -20,6 +20,8 @@ mod ol;
 mod ol;
 #[cfg(feature = "outlast")]
 mod otel;
+#[cfg(feature = "outlast")]
+mod pacing;
 mod report;
 mod rows;
 mod serverless;
@@ -52,7 +54,8 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only these row groups (1-8; 9 = the SQLite lines, produced by groups 1 and 3;
-    /// 10 = the serverless invocation; 11 = OpenTelemetry; 12 = the codec of stored records),
+    /// 10 = the serverless invocation; 11 = OpenTelemetry; 12 = the codec of stored records;
+    /// 13 = replay order and rate cap),
     /// comma-separated. Ids like 3a select their group.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -152,7 +155,7 @@ fn workspace_root() -> PathBuf {
 /// The row groups selected by `--only` (all when empty).
 fn selected(only: &[String]) -> anyhow::Result<Vec<u8>> {
     if only.is_empty() {
-        return Ok((1..=8).chain([10, 11, 12]).collect());
+        return Ok((1..=8).chain([10, 11, 12, 13]).collect());
     }
     let mut groups = Vec::new();
     for o in only {
@@ -160,8 +163,8 @@ fn selected(only: &[String]) -> anyhow::Result<Vec<u8>> {
         let g: u8 = digits
             .parse()
             .ok()
-            .filter(|g| (1..=12).contains(g))
-            .with_context(|| format!("--only {o:?}: rows are 1-12 (e.g. 1, 3a, 9)"))?;
+            .filter(|g| (1..=13).contains(g))
+            .with_context(|| format!("--only {o:?}: rows are 1-13 (e.g. 1, 3a, 9)"))?;
         let add: &[u8] = if g == 9 { &[1, 3] } else { &[g] };
         for g in add {
             if !groups.contains(g) {
@@ -252,6 +255,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             #[cfg(feature = "outlast")]
             11 => otel::group_otel(&ctx),
             12 => codec::group_codec(&ctx),
+            #[cfg(feature = "outlast")]
+            13 => pacing::group_pacing(&ctx),
             _ => Vec::new(),
         };
         rows.append(&mut r);

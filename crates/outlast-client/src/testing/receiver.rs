@@ -52,6 +52,22 @@ pub enum Mode {
     /// Answer `400 Bad Request` to a request that carries any of these keys (alone, or
     /// among the keys of a merged request), `200 OK` to the others: poison records.
     RejectKeys(Vec<String>),
+    /// A backend of fixed throughput: requests pass one after the other through a pipe of
+    /// this many body bytes per second (a request waits for those ahead of it, then for
+    /// its own bytes), and each is recorded and answered `200 OK` as it comes out.
+    Paced {
+        /// The pipe's rate (0 counts as 1).
+        bytes_per_sec: u64,
+    },
+    /// A rate-limited backend: `200 OK` while the body bytes accepted in the current
+    /// one-second window stay within `bytes_per_sec`, `429 Too Many Requests` (with
+    /// `Retry-After` in whole seconds, when given) for a request that would exceed it.
+    RateLimited {
+        /// Body bytes accepted per one-second window.
+        bytes_per_sec: u64,
+        /// The `Retry-After` delay to send with a 429.
+        retry_after: Option<Duration>,
+    },
 }
 
 /// A fixed response for [`Mode::Respond`].
@@ -150,6 +166,9 @@ pub struct ReceivedRequest {
     pub body_len: u64,
     /// What the receiver answered.
     pub answer: Answer,
+    /// When the request was recorded: once its body was read (for [`Mode::Paced`], once
+    /// it came out of the pipe).
+    pub received_at: std::time::Instant,
 }
 
 impl ReceivedRequest {
@@ -281,6 +300,8 @@ impl TestReceiverBuilder {
             key_header,
             recording: self.recording,
             progress,
+            paced_until: Mutex::new(None),
+            window: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(8);
         let listener = if down { None } else { Some(listener) };
@@ -338,6 +359,10 @@ struct Shared {
     recording: Recording,
     /// Bumped after each recorded request, for the `wait_for_*` helpers.
     progress: watch::Sender<u64>,
+    /// [`Mode::Paced`]: when the pipe is free again.
+    paced_until: Mutex<Option<tokio::time::Instant>>,
+    /// [`Mode::RateLimited`]: the current window's start and the bytes accepted in it.
+    window: Mutex<Option<(tokio::time::Instant, u64)>>,
 }
 
 #[derive(Default)]
@@ -370,6 +395,35 @@ impl Shared {
 
     fn set_mode(&self, mode: Mode) {
         *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(mode);
+    }
+
+    /// [`Mode::Paced`]: takes `len` bytes through the pipe at `rate` bytes per second, after
+    /// those ahead of it; when they are through.
+    fn pace(&self, len: u64, rate: u64) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let nanos = u128::from(len) * 1_000_000_000 / u128::from(rate.max(1));
+        let cost = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        let mut until = self.paced_until.lock().unwrap_or_else(|p| p.into_inner());
+        let start = until.map_or(now, |u| u.max(now));
+        let out = start.checked_add(cost).unwrap_or(start);
+        *until = Some(out);
+        out
+    }
+
+    /// [`Mode::RateLimited`]: whether `len` more bytes fit in the current one-second window
+    /// of `rate` bytes (counted if they do).
+    fn admit(&self, len: u64, rate: u64) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, used) = match *window {
+            Some((start, used)) if now.duration_since(start) < Duration::from_secs(1) => {
+                (start, used)
+            }
+            _ => (now, 0),
+        };
+        let fits = used.saturating_add(len) <= rate;
+        *window = Some((start, if fits { used + len } else { used }));
+        fits
     }
 }
 
@@ -726,8 +780,19 @@ async fn handle(
     {
         keys.push(k.clone());
     }
+    if let Mode::Paced { bytes_per_sec } = &*mode {
+        let out = shared.pace(len, *bytes_per_sec);
+        tokio::time::sleep_until(out).await;
+    }
     let answer = match &*mode {
-        Mode::Up | Mode::Slow(_) => Answer::Status(200),
+        Mode::Up | Mode::Slow(_) | Mode::Paced { .. } => Answer::Status(200),
+        Mode::RateLimited { bytes_per_sec, .. } => {
+            if shared.admit(len, *bytes_per_sec) {
+                Answer::Status(200)
+            } else {
+                Answer::Status(429)
+            }
+        }
         Mode::RejectKeys(poison) => {
             if keys.iter().any(|k| poison.contains(k)) {
                 Answer::Status(400)
@@ -757,11 +822,23 @@ async fn handle(
             body: keep_body.then(|| buf.freeze()),
             body_len: len,
             answer,
+            received_at: std::time::Instant::now(),
         },
     );
 
     match &*mode {
-        Mode::Up => Ok(Response::new(Full::new(Bytes::new()))),
+        Mode::Up | Mode::Paced { .. } => Ok(Response::new(Full::new(Bytes::new()))),
+        Mode::RateLimited { retry_after, .. } => match answer {
+            Answer::Status(429) => {
+                let mut resp = text_response(StatusCode::TOO_MANY_REQUESTS, "rate limited");
+                if let Some(d) = retry_after {
+                    resp.headers_mut()
+                        .insert(RETRY_AFTER, HeaderValue::from(d.as_secs()));
+                }
+                Ok(resp)
+            }
+            _ => Ok(Response::new(Full::new(Bytes::new()))),
+        },
         Mode::RejectKeys(_) => match answer {
             Answer::Status(400) => Ok(text_response(
                 StatusCode::BAD_REQUEST,
