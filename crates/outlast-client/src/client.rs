@@ -236,7 +236,7 @@ impl ClientBuilder {
 
     /// As [`build`](ClientBuilder::build), with every spool file operation going through
     /// `fs` (see [`Spool::open_with_fs`]): tests inject disk faults this way. Not for
-    /// production use.
+    /// production use. Available with the `testing` feature.
     ///
     /// # Errors
     ///

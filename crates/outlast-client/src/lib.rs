@@ -220,6 +220,7 @@
 //!   throttle, reject on command) and `testing::TestReceiver`, a loopback HTTP server, for
 //!   your own tests.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -323,3 +324,8 @@ struct ConfigurationDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/exporter.md")]
 struct ExporterDoctests;
+
+// The crate's README (what crates.io shows) is compiled as a doctest, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

@@ -5,6 +5,7 @@
 //! This crate does no file or network I/O and starts no tasks: it is what a library author
 //! depends on to write an exporter, and what the other outlast crates share.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -73,3 +74,8 @@ mod tests {
         assert_send_sync_static::<super::retry::RetryAfterError>();
     }
 }
+
+// The crate's README (what crates.io shows) is compiled as a doctest, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

@@ -3,10 +3,12 @@
 //! share one directory.
 //!
 //! What follows is the on-disk format specification. It is written once, in
-//! `docs/spool-format.md`, and included here; the tests `format_doc_example_parses*` and
+//! `docs/spool-format.md` (the crate's `spool-format.md` is a symbolic link to it, which
+//! `cargo package` follows, so the published crate carries the text), and included here; the tests `format_doc_example_parses*` and
 //! `format_v2` parse its examples, so it stays true.
 //!
-#![doc = include_str!("../../../docs/spool-format.md")]
+#![doc = include_str!("../spool-format.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -47,3 +49,8 @@ pub use types::{
     Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
     SpoolStats,
 };
+
+// The crate's README (what crates.io shows) is compiled as a doctest, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;
