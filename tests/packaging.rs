@@ -28,7 +28,12 @@ fn read(path: &Path) -> String {
 fn every_published_crate_is_listed() {
     let mut found: Vec<String> = std::fs::read_dir(workspace().join("crates"))
         .expect("crates/")
-        .map(|e| e.expect("crates/ entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("crates/ entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     found.sort();
     let mut listed: Vec<String> = PUBLISHED.iter().map(|s| s.to_string()).collect();
@@ -58,7 +63,10 @@ fn every_published_crate_has_a_readme_and_is_publishable() {
     for krate in PUBLISHED {
         let dir = root.join("crates").join(krate);
         let readme = read(&dir.join("README.md"));
-        assert!(readme.starts_with(&format!("# {krate}\n")), "{krate}/README.md");
+        assert!(
+            readme.starts_with(&format!("# {krate}\n")),
+            "{krate}/README.md"
+        );
         let manifest = read(&dir.join("Cargo.toml"));
         for key in ["description", "readme", "keywords", "categories", "include"] {
             assert!(
@@ -66,7 +74,10 @@ fn every_published_crate_has_a_readme_and_is_publishable() {
                 "{krate}/Cargo.toml has no {key}"
             );
         }
-        assert!(!manifest.contains("publish"), "{krate}/Cargo.toml says publish");
+        assert!(
+            !manifest.contains("publish"),
+            "{krate}/Cargo.toml says publish"
+        );
     }
     let workspace_manifest = read(&root.join("Cargo.toml"));
     assert!(!workspace_manifest.contains("example.invalid"));

@@ -1,6 +1,7 @@
 //! Project automation for outlast, run as `cargo xtask <command>` (alias in `.cargo/config.toml`).
 //!
-//! - `cargo xtask ci`: everything CI checks — formatting, clippy, tests, cargo-deny.
+//! - `cargo xtask ci`: everything CI checks — formatting, clippy, tests, the API docs, the
+//!   packages of the published crates, cargo-deny.
 //! - `cargo xtask bench [-- ARGS]`: the benchmark harness (`xtask/bench`), in release mode.
 //! - `cargo xtask powerloss --rounds N [--seed S]`: a long run of the power-cut tests.
 
@@ -19,8 +20,9 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                 fmt check, clippy -D warnings, tests, cargo-deny (bans, licenses,
-                     sources, and advisories against ../shared/advisory-db)
+  ci                 fmt check, clippy -D warnings, tests, docs -D warnings, cargo package
+                     of the published crates, cargo-deny (bans, licenses, sources, and
+                     advisories against ../shared/advisory-db)
   deny               only the cargo-deny checks
   bench [ARGS...]    run the benchmark harness in release mode (ARGS go to it; try --help)
   powerloss --rounds N [--seed S]
@@ -77,9 +79,33 @@ fn ci(root: &Path) -> Result<()> {
     ]);
     step("clippy", root, clippy)?;
 
+    // `cargo test` also builds every example (with `--all-features`, those behind
+    // `required-features` too), so the examples need no step of their own.
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features", "--locked"]);
     step("test", root, test)?;
+
+    // The API documentation as docs.rs builds it (every feature), broken links denied.
+    let mut doc = cargo();
+    doc.args([
+        "doc",
+        "--workspace",
+        "--all-features",
+        "--no-deps",
+        "--locked",
+    ])
+    .env("RUSTDOCFLAGS", "-D warnings");
+    step("doc", root, doc)?;
+
+    // Every publishable crate packaged as crates.io would receive it, and built from the
+    // package alone (verification catches a file the build needs that the package lacks).
+    // The workspace's crates depend on each other, so they are packaged together.
+    let mut package = cargo();
+    package.args(["package", "--locked"]);
+    for krate in PUBLISHED {
+        package.args(["--package", krate]);
+    }
+    step("package", root, package)?;
 
     deny::check(root)?;
 
@@ -89,6 +115,15 @@ fn ci(root: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// The crates published to crates.io; the other workspace members say `publish = false`.
+const PUBLISHED: [&str; 5] = [
+    "outlast-core",
+    "outlast-spool",
+    "outlast-client",
+    "outlast-otel",
+    "outlast-cli",
+];
 
 /// Runs one step, echoing it, and fails with its name if it fails.
 fn step(name: &str, root: &Path, mut cmd: Command) -> Result<()> {
