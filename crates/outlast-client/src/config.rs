@@ -18,35 +18,35 @@ use outlast_spool::{
 
 /// Time limit of one export attempt (direct or replay) and of one probe: 10 s is far above a
 /// healthy backend's answer time and short enough that a hung connection is noticed quickly.
-pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records read from the spool per replay batch: 100 keeps a batch's memory small (at most
 /// 100 payloads) while amortising the per-batch acknowledgement (one cursor write).
-pub const DEFAULT_BATCH_SIZE: usize = 100;
+pub(crate) const DEFAULT_BATCH_SIZE: usize = 100;
 /// Bytes read from the spool per replay batch (at least one record is always read): 4 MiB
 /// bounds the memory a replay holds however large the payloads.
-pub const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Requests in flight at once while replaying (further limited by the exporter's own
 /// `max_in_flight`): 4 hides most of a round trip without overloading a recovering backend.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// The most replay requests that may be in flight at once: far above what any backend
 /// needs, and small enough that the window's bookkeeping stays a few kilobytes.
-pub const MAX_IN_FLIGHT_LIMIT: usize = 1024;
+pub(crate) const MAX_IN_FLIGHT_LIMIT: usize = 1024;
 /// Pause between two replay batches: none, so a backlog drains at the backend's speed.
-pub const DEFAULT_BATCH_DELAY: Duration = Duration::ZERO;
+pub(crate) const DEFAULT_BATCH_DELAY: Duration = Duration::ZERO;
 // ----- Coalesced replay (see `Exporter::coalescing`) -----
 
 /// Records per merged replay request, for exporters that merge: with the default
 /// `batch_size` (100) and `max_in_flight` (4), four full merged requests fill the replay
 /// window, so merging keeps the pipelining and the crash duplicate window stays
 /// `batch_size` records.
-pub const DEFAULT_COALESCE_MAX_RECORDS: usize = 25;
+pub(crate) const DEFAULT_COALESCE_MAX_RECORDS: usize = 25;
 /// Payload bytes per merged replay request: under the request-size limits of common
 /// collectors and intakes (a few MB and up), and a failed merged request resends little.
-pub const DEFAULT_COALESCE_MAX_BYTES: u64 = 1024 * 1024;
+pub(crate) const DEFAULT_COALESCE_MAX_BYTES: u64 = 1024 * 1024;
 
 /// Prefix of the default spool directory's name under [`std::env::temp_dir`]; the
 /// service's name and the user id follow (see [`default_spool_dir`]).
-pub const DEFAULT_SPOOL_DIR_PREFIX: &str = "outlast-";
+pub(crate) const DEFAULT_SPOOL_DIR_PREFIX: &str = "outlast-";
 
 /// The default spool directory: `OUTLAST_SPOOL_DIR` if set and not empty, else a directory
 /// of this service under the temporary directory:
@@ -192,53 +192,54 @@ impl ClientBuilder {
     }
 
     setter!(
-        /// Time limit of each export attempt and probe (default [`DEFAULT_ATTEMPT_TIMEOUT`]).
+        /// Time limit of each export attempt and probe (default [`DEFAULT_ATTEMPT_TIMEOUT`](ClientBuilder::DEFAULT_ATTEMPT_TIMEOUT)).
         /// An attempt that exceeds it is dropped and counts as a retryable failure.
         attempt_timeout: Duration
     );
     setter!(
         /// Delay before the one quick retry of a failed direct export (default
-        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`], 1 s), at most
-        /// [`MAX_IMMEDIATE_RETRY_DELAY`](outlast_core::retry::MAX_IMMEDIATE_RETRY_DELAY)
-        /// (60 s). The retry waits inside the caller's `export`: while the backend is down, a
-        /// call returns within two attempt timeouts plus this delay. A longer value (e.g.
+        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`](ClientBuilder::DEFAULT_IMMEDIATE_RETRY_DELAY),
+        /// 1 s), at most
+        /// [`MAX_IMMEDIATE_RETRY_DELAY`](ClientBuilder::MAX_IMMEDIATE_RETRY_DELAY) (60 s).
+        /// The retry waits inside the caller's `export`: while the backend is down, a call
+        /// returns within two attempt timeouts plus this delay. A longer value (e.g.
         /// `Duration::MAX`) makes [`build`](ClientBuilder::build) fail with
         /// [`ConfigError::Invalid`] naming `immediate_retry_delay` (or
         /// `OUTLAST_IMMEDIATE_RETRY_DELAY`); it is not clamped.
         immediate_retry_delay: Duration
     );
     setter!(
-        /// First delay of the drain task's backoff (default [`DEFAULT_INITIAL_BACKOFF`], 1 s).
+        /// First delay of the drain task's backoff (default [`DEFAULT_INITIAL_BACKOFF`](ClientBuilder::DEFAULT_INITIAL_BACKOFF), 1 s).
         initial_backoff: Duration
     );
     setter!(
-        /// Cap on the drain task's backoff (default [`DEFAULT_MAX_BACKOFF`], 128 s).
+        /// Cap on the drain task's backoff (default [`DEFAULT_MAX_BACKOFF`](ClientBuilder::DEFAULT_MAX_BACKOFF), 128 s).
         max_backoff: Duration
     );
     setter!(
-        /// Randomised fraction of each backoff delay, in `[0, 1]` (default [`DEFAULT_JITTER`]).
+        /// Randomised fraction of each backoff delay, in `[0, 1]` (default [`DEFAULT_JITTER`](ClientBuilder::DEFAULT_JITTER)).
         jitter: f64
     );
     setter!(
         /// Cap on a delay raised by a server's `Retry-After` (default
-        /// [`DEFAULT_MAX_RETRY_AFTER`], 128 s).
+        /// [`DEFAULT_MAX_RETRY_AFTER`](ClientBuilder::DEFAULT_MAX_RETRY_AFTER), 128 s).
         max_retry_after: Duration
     );
     setter!(
         /// Least time between two "currently retrying" warnings, and between two error
-        /// messages about drops of the same reason (default [`DEFAULT_WARN_INTERVAL`], 60 s).
+        /// messages about drops of the same reason (default [`DEFAULT_WARN_INTERVAL`](ClientBuilder::DEFAULT_WARN_INTERVAL), 60 s).
         warn_interval: Duration
     );
     setter!(
-        /// Cap on the spool's size in bytes (default [`DEFAULT_MAX_TOTAL_BYTES`], 512 MiB).
+        /// Cap on the spool's size in bytes (default [`DEFAULT_SPOOL_MAX_BYTES`](ClientBuilder::DEFAULT_SPOOL_MAX_BYTES), 512 MiB).
         spool_max_bytes: u64
     );
     setter!(
-        /// Size at which a spool segment file is sealed (default [`DEFAULT_SEGMENT_BYTES`]).
+        /// Size at which a spool segment file is sealed (default [`DEFAULT_SEGMENT_BYTES`](ClientBuilder::DEFAULT_SEGMENT_BYTES)).
         segment_bytes: u64
     );
     setter!(
-        /// Largest spool record (default [`DEFAULT_MAX_RECORD_BYTES`]). `export` refuses a
+        /// Largest spool record (default [`DEFAULT_MAX_RECORD_BYTES`](ClientBuilder::DEFAULT_MAX_RECORD_BYTES)). `export` refuses a
         /// payload whose bytes exceed it with
         /// [`DropError::TooLarge`](crate::DropError::TooLarge) before any attempt. The spool
         /// adds a frame of a few dozen bytes plus the payload's key and content type, so a
@@ -261,21 +262,21 @@ impl ClientBuilder {
         durability: Durability
     );
     setter!(
-        /// Records read from the spool per replay batch (default [`DEFAULT_BATCH_SIZE`]).
+        /// Records read from the spool per replay batch (default [`DEFAULT_BATCH_SIZE`](ClientBuilder::DEFAULT_BATCH_SIZE)).
         batch_size: usize
     );
     setter!(
         /// Bytes read from the spool per replay batch; one record is always read
-        /// (default [`DEFAULT_BATCH_MAX_BYTES`]).
+        /// (default [`DEFAULT_BATCH_MAX_BYTES`](ClientBuilder::DEFAULT_BATCH_MAX_BYTES)).
         batch_max_bytes: u64
     );
     setter!(
-        /// Most replay requests in flight at once (default [`DEFAULT_MAX_IN_FLIGHT`], at most
-        /// [`MAX_IN_FLIGHT_LIMIT`]); the exporter's own `max_in_flight` limits it further.
+        /// Most replay requests in flight at once (default [`DEFAULT_MAX_IN_FLIGHT`](ClientBuilder::DEFAULT_MAX_IN_FLIGHT), at most
+        /// [`MAX_IN_FLIGHT_LIMIT`](ClientBuilder::MAX_IN_FLIGHT_LIMIT)); the exporter's own `max_in_flight` limits it further.
         max_in_flight: usize
     );
     setter!(
-        /// Pause between two replay batches (default [`DEFAULT_BATCH_DELAY`]: none).
+        /// Pause between two replay batches (default [`DEFAULT_BATCH_DELAY`](ClientBuilder::DEFAULT_BATCH_DELAY): none).
         batch_delay: Duration
     );
 
@@ -458,7 +459,7 @@ impl ClientBuilder {
 /// (connection refused, reset, timed out, DNS), jittered by the backoff's jitter: about a
 /// second notices a backend's return within a second, while a TCP connect per second costs a
 /// dead backend nothing worth mentioning.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ClientBuilder {
     /// Names who this client's spooled records are for (default: the exporter's
@@ -485,7 +486,7 @@ impl ClientBuilder {
 
     setter!(
         /// How often the backend is probed while it is unreachable at the transport level
-        /// (default [`DEFAULT_PROBE_INTERVAL`], 1 s; jittered like the backoff). A successful
+        /// (default [`DEFAULT_PROBE_INTERVAL`](ClientBuilder::DEFAULT_PROBE_INTERVAL), 1 s; jittered like the backoff). A successful
         /// probe starts the replay at once. Real export attempts keep following the backoff;
         /// exporters without a probe, and backends that answer with an HTTP failure, are not
         /// probed.
@@ -530,13 +531,13 @@ pub(crate) struct RecoverySettings {
 impl ClientBuilder {
     setter!(
         /// Most records in one merged replay request (default
-        /// [`DEFAULT_COALESCE_MAX_RECORDS`]); the exporter's own cap limits it further, and
+        /// [`DEFAULT_COALESCE_MAX_RECORDS`](ClientBuilder::DEFAULT_COALESCE_MAX_RECORDS)); the exporter's own cap limits it further, and
         /// so does the replay window (`batch_size` records). 1 turns merging off.
         coalesce_max_records: usize
     );
     setter!(
         /// Most payload bytes in one merged replay request (default
-        /// [`DEFAULT_COALESCE_MAX_BYTES`]); a larger record is sent alone.
+        /// [`DEFAULT_COALESCE_MAX_BYTES`](ClientBuilder::DEFAULT_COALESCE_MAX_BYTES)); a larger record is sent alone.
         coalesce_max_bytes: u64
     );
 
