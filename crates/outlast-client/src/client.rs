@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use outlast_core::retry::Decision;
-use outlast_core::{ConfigError, ContentEncoding, DynExporter, Exporter, Payload};
+use outlast_core::{ConfigError, DynExporter, Exporter, Payload};
 use outlast_spool::Spool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -507,7 +507,7 @@ impl Client {
             shared.record_drop(DropReason::TooLarge, 1);
             return Err(DropError::TooLarge { payload, size, max });
         }
-        if let Some((size, max)) = header_too_large(&payload) {
+        if let Some((size, max)) = outlast_spool::header_over_limit(&payload) {
             // Refused whether the backend is up or not: the spool could never hold it.
             shared.record_drop(DropReason::TooLarge, 1);
             return Err(DropError::KeyTooLarge { payload, size, max });
@@ -984,26 +984,6 @@ impl Drop for CancelGuard<'_> {
 /// Whether a wait of `delay` from now ends before `deadline` (always, without one).
 fn ends_before(delay: Duration, deadline: Option<Instant>) -> bool {
     deadline.is_none_or(|d| Instant::now().checked_add(delay).is_some_and(|at| at < d))
-}
-
-/// The size of the record header `payload` would be spooled with and the format's limit,
-/// if it is over the limit (a key of about 64 KiB or more). Stored compressed, a payload's
-/// header also names its encoding, so that is the size counted for a payload not encoded
-/// yet: the answer does not depend on whether it would be compressed.
-fn header_too_large(payload: &Payload) -> Option<(u64, u64)> {
-    let max = outlast_spool::format::MAX_HEADER_BYTES as u64;
-    let meta = payload.meta();
-    let text = meta.key.as_ref().map_or(0, String::len) + meta.content_type.as_str().len();
-    // Lengths, the creation time and the encoding take at most a few dozen bytes more.
-    if (text as u64) < max - 64 {
-        return None;
-    }
-    let encoding = match payload.content_encoding() {
-        ContentEncoding::Identity => ContentEncoding::Gzip,
-        other => other,
-    };
-    let size = outlast_spool::format::header_len(meta, encoding);
-    (size > max).then_some((size, max))
 }
 
 #[cfg(test)]

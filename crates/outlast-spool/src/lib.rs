@@ -19,7 +19,7 @@ mod cursor;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-pub mod format;
+mod format;
 pub mod fs;
 pub mod identity;
 pub mod inspect;
@@ -41,9 +41,17 @@ pub use config::{
 pub use error::{AppendError, AppendErrorKind, SpoolError};
 /// The newest on-disk format version this build reads and writes. Tools print it next to a
 /// segment that [`inspect`] reports as `newer_version`; what a version means stays in here.
-pub use format::{FORMAT_MAX_RECORD_BYTES, FORMAT_VERSION};
+pub use format::{FORMAT_MAX_RECORD_BYTES, FORMAT_VERSION, header_over_limit};
 pub use ledger::CAP_REMEASURE_INTERVAL;
 pub use outlast_core::Payload;
+
+/// The frame and cursor codec, for the spool's own tests and tools that build or pick apart
+/// files byte by byte. Not part of the API: the format is specified by the crate
+/// documentation, and the codec's functions may change in any release.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::format::*;
+}
 pub use spool::Spool;
 pub use types::{
     Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
