@@ -931,7 +931,7 @@ impl Client {
             spool_records: spool.records,
             spool_bytes: spool.bytes,
             pending_bytes: spool.pending_bytes,
-            spool_max_bytes: spool.max_total_bytes,
+            spool_max_bytes: spool.spool_max_bytes,
             spill_rate: capacity.rate,
             spool_full_in: capacity.full_in,
             oldest_record_age: spool

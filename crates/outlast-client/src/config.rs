@@ -12,7 +12,7 @@ use outlast_core::retry::{
 use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
 use outlast_core::units::saturate;
 use outlast_spool::{
-    Adoption, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_SEGMENT_BYTES, Durability,
+    Adoption, DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SPOOL_MAX_BYTES, Durability,
     FullPolicy, SpoolConfig, SpoolError,
 };
 
@@ -397,7 +397,7 @@ impl ClientBuilder {
             ));
         }
 
-        let spool_max_bytes = self.spool_max_bytes.unwrap_or(DEFAULT_MAX_TOTAL_BYTES);
+        let spool_max_bytes = self.spool_max_bytes.unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
         let segment_bytes = self.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES);
         let max_record_bytes = self.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
         let durability = match self.durability.unwrap_or_default() {
@@ -407,7 +407,7 @@ impl ClientBuilder {
             other => other,
         };
         let spool = SpoolConfig::new(self.spool_dir.clone().unwrap_or_else(default_spool_dir))
-            .with_max_total_bytes(spool_max_bytes)
+            .with_spool_max_bytes(spool_max_bytes)
             .with_segment_bytes(segment_bytes)
             .with_max_record_bytes(max_record_bytes)
             .with_full_policy(self.full_policy.unwrap_or_default())
@@ -426,8 +426,10 @@ impl ClientBuilder {
             }) => {
                 return Err(self.record_outgrows_segment(segment_bytes, max_record_bytes));
             }
+            // The spool's parameters have the builder's names (`durability` is rejected for
+            // its fsync interval).
             Err(SpoolError::Config { param, reason }) => {
-                return Err(ConfigError::invalid(spool_param_name(param), reason));
+                return Err(ConfigError::invalid(param, reason));
             }
             Err(other) => {
                 return Err(ConfigError::invalid("spool", other.to_string()));
@@ -565,15 +567,6 @@ impl ClientBuilder {
     }
 }
 
-/// Maps a [`SpoolConfig`] parameter name to the builder's name for it.
-fn spool_param_name(param: &'static str) -> &'static str {
-    match param {
-        "max_total_bytes" => "spool_max_bytes",
-        // `durability` is rejected for its fsync interval; the other names are the same.
-        other => other,
-    }
-}
-
 /// The resolved, validated settings a client runs with.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -611,7 +604,7 @@ mod tests {
         assert_eq!(s.retry.initial_backoff, Duration::from_secs(1));
         assert_eq!(s.retry.max_backoff, Duration::from_secs(128));
         assert_eq!(s.warn_interval, Duration::from_secs(60));
-        assert_eq!(s.spool.max_total_bytes(), 512 * 1024 * 1024);
+        assert_eq!(s.spool.spool_max_bytes(), 512 * 1024 * 1024);
         assert_eq!(s.batch_delay, Duration::ZERO);
         assert_eq!(s.coalesce_max_records, 25);
         assert_eq!(s.coalesce_max_bytes, 1024 * 1024);

@@ -31,7 +31,7 @@ impl ClientBuilder {
     /// default [`durability`](ClientBuilder::durability): 1 s.
     pub const DEFAULT_FSYNC_INTERVAL: Duration = outlast_spool::DEFAULT_FSYNC_INTERVAL;
     /// Default of [`spool_max_bytes`](ClientBuilder::spool_max_bytes): 512 MiB.
-    pub const DEFAULT_SPOOL_MAX_BYTES: u64 = outlast_spool::DEFAULT_MAX_TOTAL_BYTES;
+    pub const DEFAULT_SPOOL_MAX_BYTES: u64 = outlast_spool::DEFAULT_SPOOL_MAX_BYTES;
     /// Default of [`segment_bytes`](ClientBuilder::segment_bytes).
     pub const DEFAULT_SEGMENT_BYTES: u64 = outlast_spool::DEFAULT_SEGMENT_BYTES;
     /// Default of [`max_record_bytes`](ClientBuilder::max_record_bytes).
@@ -100,7 +100,7 @@ mod tests {
             }
         );
         assert_eq!(
-            s.spool.max_total_bytes(),
+            s.spool.spool_max_bytes(),
             ClientBuilder::DEFAULT_SPOOL_MAX_BYTES
         );
         assert_eq!(

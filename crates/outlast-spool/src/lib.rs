@@ -35,8 +35,8 @@ mod writer;
 
 pub use background::CURSOR_FSYNC_INTERVAL;
 pub use config::{
-    Adoption, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
-    DEFAULT_SEGMENT_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
+    Adoption, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES,
+    DEFAULT_SPOOL_MAX_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
 /// The newest on-disk format version this build reads and writes. Tools print it next to a
