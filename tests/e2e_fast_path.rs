@@ -49,7 +49,7 @@ async fn after_the_first_spill_exports_are_spooled_without_any_request_or_connec
         let connections = receiver.connections_accepted();
         assert!(connections >= 1);
         let stats = client.stats();
-        assert!(stats.backlog && !stats.online, "{stats:?}");
+        assert!(stats.backlog && !stats.online(), "{stats:?}");
 
         for i in 1..=FAST_PATH_EXPORTS {
             assert_eq!(ledger.export(&client, i).await, Ok(Delivery::Spooled));

@@ -918,7 +918,6 @@ impl Client {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let spool = shared.spool_stats().unwrap_or_default();
         let capacity = shared.capacity(&spool);
-        // Read once, so that the two fields it fills cannot disagree.
         let spool_state = shared.spool_state();
         ClientStats {
             exported: load(&c.exported),
@@ -945,11 +944,9 @@ impl Client {
             } else {
                 load(&shared.foreign_records)
             },
-            online: shared.is_online(),
             backend: shared.backend_state(),
             ack_failures: load(&shared.ack_failures),
             backlog: shared.has_backlog(),
-            spool_available: spool_state.is_available(),
             spool: spool_state,
             shut_down: !shared.is_accepting(),
         }
