@@ -229,7 +229,7 @@ pub fn header_len(meta: &PayloadMeta, encoding: ContentEncoding) -> u64 {
 }
 
 /// The size of the record header `payload` would be stored with, and the format's limit on
-/// it ([`MAX_HEADER_BYTES`]), if it is over the limit (a key of about 64 KiB or more): such a
+/// it (64 KiB), if it is over the limit (a key of about 64 KiB or more): such a
 /// payload can never be spooled. Stored compressed, a payload's header also names its
 /// encoding, so that is the size counted for a payload not encoded yet: the answer does not
 /// depend on whether it would be compressed.
