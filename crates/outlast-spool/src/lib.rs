@@ -4,8 +4,9 @@
 //!
 //! What follows is the on-disk format specification. It is written once, in
 //! `docs/spool-format.md` (the crate's `spool-format.md` is a symbolic link to it, which
-//! `cargo package` follows, so the published crate carries the text), and included here; the tests `format_doc_example_parses*` and
-//! `format_v2` parse its examples, so it stays true.
+//! `cargo package` follows, so the published crate carries the text), and included here;
+//! the tests `format_doc_example_parses*` and `format_v2` parse its examples, so it stays
+//! true.
 //!
 #![doc = include_str!("../spool-format.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -39,11 +40,17 @@ pub use config::{
     DEFAULT_SPOOL_MAX_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
+pub use format::header_over_limit;
 /// The newest on-disk format version this build reads and writes. Tools print it next to a
 /// segment that [`inspect`] reports as `newer_version`; what a version means stays in here.
-pub use format::{FORMAT_MAX_RECORD_BYTES, FORMAT_VERSION, header_over_limit};
+pub use format::{FORMAT_MAX_RECORD_BYTES, FORMAT_VERSION};
 pub use ledger::CAP_REMEASURE_INTERVAL;
 pub use outlast_core::Payload;
+pub use spool::Spool;
+pub use types::{
+    Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
+    SpoolStats,
+};
 
 /// The frame and cursor codec, for the spool's own tests and tools that build or pick apart
 /// files byte by byte. Not part of the API: the format is specified by the crate
@@ -52,11 +59,6 @@ pub use outlast_core::Payload;
 pub mod testing {
     pub use crate::format::*;
 }
-pub use spool::Spool;
-pub use types::{
-    Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
-    SpoolStats,
-};
 
 // The crate's README (what crates.io shows) is compiled as a doctest, so it cannot drift.
 #[cfg(doctest)]
