@@ -40,10 +40,10 @@ pub use config::{
     DEFAULT_SPOOL_MAX_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
-pub use format::header_over_limit;
 /// The newest on-disk format version this build reads and writes. Tools print it next to a
 /// segment that [`inspect`] reports as `newer_version`; what a version means stays in here.
-pub use format::{FORMAT_MAX_RECORD_BYTES, FORMAT_VERSION};
+pub use format::FORMAT_VERSION;
+pub use format::{FORMAT_MAX_RECORD_BYTES, header_over_limit};
 pub use ledger::CAP_REMEASURE_INTERVAL;
 pub use outlast_core::Payload;
 pub use spool::Spool;
