@@ -100,9 +100,10 @@ fn ci(root: &Path) -> Result<()> {
     // Every publishable crate packaged as crates.io would receive it, and built from the
     // package alone (verification catches a file the build needs that the package lacks).
     // The workspace's crates depend on each other, so they are packaged together.
+    // `--allow-dirty`: the check runs on work not yet committed too (publishing is not).
     forget_packaged_sources(root)?;
     let mut package = cargo();
-    package.args(["package", "--locked"]);
+    package.args(["package", "--locked", "--allow-dirty"]);
     for krate in PUBLISHED {
         package.args(["--package", krate]);
     }
