@@ -9,13 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// The library crates.
-const LIBRARIES: [&str; 4] = [
-    "outlast-core",
-    "outlast-spool",
-    "outlast-client",
-    "outlast-otel",
-];
+/// The library crates (outlast-otel keeps its listing in its own tests, beside its root).
+const LIBRARIES: [&str; 3] = ["outlast-core", "outlast-spool", "outlast-client"];
 
 const KINDS: [&str; 8] = [
     "mod", "struct", "enum", "trait", "fn", "const", "static", "type",
