@@ -234,8 +234,9 @@ impl ClientBuilder {
         self.build_named(exporter, None, None)
     }
 
-    /// As [`build`](ClientBuilder::build), with every spool file operation going through
-    /// `fs` (see [`Spool::open_with_fs`]): tests inject disk faults this way. Not for
+    /// As [`build`](ClientBuilder::build), with every operation on the spool's segment and
+    /// cursor files going through `fs` (see [`Spool::open_with_fs`]; lane directories and
+    /// lock files are handled directly): tests inject disk faults this way. Not for
     /// production use. Available with the `testing` feature.
     ///
     /// # Errors
