@@ -675,7 +675,7 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
 /// The cursor record a lane's cursor file holds now (the newer valid slot).
 fn cursor_state(root: &Path) -> CursorState {
     let bytes = std::fs::read(root.join("lane-0").join("cursor")).expect("cursor file");
-    outlast_spool::format::decode_cursor_file(&bytes).state
+    outlast_spool::testing::decode_cursor_file(&bytes).state
 }
 
 #[test]
