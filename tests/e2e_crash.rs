@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outlast_client::DEFAULT_MAX_IN_FLIGHT;
+use outlast_client::ClientBuilder;
 use outlast_client::testing::Mode;
 use outlast_tests::{
     CALM_ATTEMPT_TIMEOUT, ChildTest, GENEROUS_FLUSH, assert_arrival_order, fast_builder,
@@ -106,7 +106,7 @@ fn kill_and_recover(server: &tokio::runtime::Runtime) {
     // attempts under way at once).
     let m = arrived.iter().map(|k| key_index(k)).max().unwrap_or(0) + 1;
     let exported: Vec<String> = (0..m).map(key).collect();
-    assert_arrival_order(&arrived, &exported, DEFAULT_MAX_IN_FLIGHT);
+    assert_arrival_order(&arrived, &exported, ClientBuilder::DEFAULT_MAX_IN_FLIGHT);
     // The child never delivered anything and the receiver stayed up afterwards.
     assert_eq!(receiver.duplicates(), 0, "{:?}", receiver.duplicate_keys());
     assert_eq!(stats.dropped.total(), 0, "{stats:?}");

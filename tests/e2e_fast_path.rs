@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use outlast_client::testing::{Mode, TestReceiver};
-use outlast_client::{DEFAULT_MAX_IN_FLIGHT, Delivery};
+use outlast_client::{ClientBuilder, Delivery};
 use outlast_tests::{
     CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, Ledger, assert_arrival_order, bounded, fast_builder,
     http_exporter_with_timeout,
@@ -49,7 +49,7 @@ async fn after_the_first_spill_exports_are_spooled_without_any_request_or_connec
         let connections = receiver.connections_accepted();
         assert!(connections >= 1);
         let stats = client.stats();
-        assert!(stats.backlog && !stats.online, "{stats:?}");
+        assert!(stats.backlog && !stats.online(), "{stats:?}");
 
         for i in 1..=FAST_PATH_EXPORTS {
             assert_eq!(ledger.export(&client, i).await, Ok(Delivery::Spooled));
@@ -88,7 +88,7 @@ async fn after_the_first_spill_exports_are_spooled_without_any_request_or_connec
         assert_arrival_order(
             &receiver.unique_keys(),
             &ledger.accepted,
-            DEFAULT_MAX_IN_FLIGHT,
+            ClientBuilder::DEFAULT_MAX_IN_FLIGHT,
         );
         assert_eq!(receiver.duplicates(), 0, "{:?}", receiver.duplicate_keys());
         assert_eq!(client.stats().dropped.total(), 0);

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use outlast_client::testing::{Mode, TestReceiver};
-use outlast_client::{DEFAULT_MAX_IN_FLIGHT, Delivery};
+use outlast_client::{ClientBuilder, Delivery};
 use outlast_tests::{
     GENEROUS_FLUSH, Ledger, assert_arrival_order, bounded, fast_builder, http_exporter_with_timeout,
 };
@@ -74,7 +74,7 @@ async fn force_flush_against_a_hanging_receiver_returns_in_time_reporting_the_ba
         assert_arrival_order(
             &receiver.unique_keys(),
             &ledger.accepted,
-            DEFAULT_MAX_IN_FLIGHT,
+            ClientBuilder::DEFAULT_MAX_IN_FLIGHT,
         );
         assert_eq!(receiver.duplicates(), 0, "{:?}", receiver.duplicate_keys());
     })

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use outlast_client::testing::Mode;
-use outlast_client::{DEFAULT_MAX_IN_FLIGHT, Delivery};
+use outlast_client::{ClientBuilder, Delivery};
 use outlast_tests::{
     CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, Ledger, TEST_BOUND, assert_arrival_order, bounded,
     fast_builder, http_exporter_with_timeout, key,
@@ -78,7 +78,7 @@ fn a_client_dropped_without_shutdown_leaves_its_backlog_to_the_next_client_on_th
     assert_arrival_order(
         &receiver.unique_keys(),
         &ledger.accepted,
-        DEFAULT_MAX_IN_FLIGHT,
+        ClientBuilder::DEFAULT_MAX_IN_FLIGHT,
     );
     // Nothing was sent before the restart, and the receiver stayed up after it.
     assert_eq!(receiver.duplicates(), 0, "{:?}", receiver.duplicate_keys());
@@ -139,7 +139,11 @@ fn a_client_dropped_mid_replay_re_sends_only_what_it_delivered_past_its_last_ack
     });
 
     let unique = receiver.unique_keys();
-    assert_arrival_order(&unique, &ledger.accepted, DEFAULT_MAX_IN_FLIGHT);
+    assert_arrival_order(
+        &unique,
+        &ledger.accepted,
+        ClientBuilder::DEFAULT_MAX_IN_FLIGHT,
+    );
     // The second process re-sends only what the first had delivered past its last
     // acknowledgement: the replay window (at most a batch past the oldest record not yet
     // settled) and the delivered prefix whose acknowledgement was being written (at most

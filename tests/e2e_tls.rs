@@ -3,7 +3,7 @@
 //! and what was spooled while the receiver was down is replayed over TLS once it is back.
 
 use outlast_client::http::{HttpExporter, PayloadFraming};
-use outlast_client::{Client, ContentType, DEFAULT_MAX_IN_FLIGHT, Delivery, Payload};
+use outlast_client::{Client, ClientBuilder, ContentType, Delivery, Payload};
 use outlast_tests::{
     CALM_ATTEMPT_TIMEOUT, GENEROUS_FLUSH, Ledger, TlsReceiver, assert_arrival_order, bounded,
     fast_builder, first_arrivals,
@@ -64,7 +64,7 @@ async fn https_with_a_private_ca_delivers_and_replays_the_outage_backlog_over_tl
         assert_arrival_order(
             &first_arrivals(&keys),
             &ledger.accepted,
-            DEFAULT_MAX_IN_FLIGHT,
+            ClientBuilder::DEFAULT_MAX_IN_FLIGHT,
         );
         let stats = client.stats();
         assert_eq!((stats.exported, stats.replayed), (5, 20), "{stats:?}");

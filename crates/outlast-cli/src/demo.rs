@@ -350,11 +350,11 @@ async fn progress(
         console.progress(&format!(
             "sent {}/{count} | delivered {} | spooled {} | backlog {} rec, {}{drain} | {} | receiver {receiver_state}",
             outcomes.sent.load(Ordering::Relaxed),
-            s.exported + s.replayed,
+            s.delivered(),
             s.spooled,
             s.spool_records,
             human_bytes(s.pending_bytes),
-            if s.online { "online" } else { "OFFLINE" },
+            if s.online() { "online" } else { "OFFLINE" },
         ));
     }
 }

@@ -134,7 +134,7 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
             });
         }
     };
-    if !client.stats().spool_available {
+    if !client.stats().spool_available() {
         let _ = client.shutdown(Duration::ZERO).await;
         return Err(CliError::SpoolUnavailable {
             path: args.dir.clone(),
@@ -155,11 +155,11 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
                 let s = client.stats();
                 console.progress(&format!(
                     "replay: delivered {} | dropped {} | waiting {} record(s), {} | {}",
-                    s.replayed + s.exported,
+                    s.delivered(),
                     s.dropped.total(),
                     s.spool_records,
                     human_bytes(s.pending_bytes),
-                    if s.online { "online" } else { "offline" },
+                    if s.online() { "online" } else { "offline" },
                 ));
             }
         })
@@ -173,7 +173,7 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
     }
     let summary = ReplaySummary {
         records,
-        delivered: stats.replayed + stats.exported,
+        delivered: stats.delivered(),
         dropped: DropView::from(stats.dropped),
         remaining_records: report.remaining_records,
         remaining_bytes: report.remaining_bytes,

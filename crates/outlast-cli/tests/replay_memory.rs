@@ -114,7 +114,7 @@ async fn replaying_gzip_bombs_costs_at_most_a_few_max_record_bytes_of_memory() {
     .expect("runner");
     assert_eq!(summary["dropped"]["too_large"], 8, "{summary}");
     assert_eq!(summary["remaining_records"], 1, "{summary}");
-    let max_record_kib = outlast_client::DEFAULT_MAX_RECORD_BYTES / 1024;
+    let max_record_kib = outlast_client::ClientBuilder::DEFAULT_MAX_RECORD_BYTES / 1024;
     eprintln!(
         "peak RSS: {baseline} KiB without bombs, {bomb_peak} KiB with 8 bombs of 64 MiB (max_record_bytes {max_record_kib} KiB)"
     );

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use outlast_core::retry::Decision;
-use outlast_core::{ConfigError, ContentEncoding, DynExporter, Exporter, Payload};
+use outlast_core::{ConfigError, DynExporter, Exporter, Payload};
 use outlast_spool::Spool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -234,9 +234,10 @@ impl ClientBuilder {
         self.build_named(exporter, None, None)
     }
 
-    /// As [`build`](ClientBuilder::build), with every spool file operation going through
-    /// `fs` (see [`Spool::open_with_fs`]): tests inject disk faults this way. Not for
-    /// production use.
+    /// As [`build`](ClientBuilder::build), with every operation on the spool's segment and
+    /// cursor files going through `fs` (see [`Spool::open_with_fs`]; lane directories and
+    /// lock files are handled directly): tests inject disk faults this way. Not for
+    /// production use. Available with the `testing` feature.
     ///
     /// # Errors
     ///
@@ -510,7 +511,7 @@ impl Client {
             shared.record_drop(DropReason::TooLarge, 1);
             return Err(DropError::TooLarge { payload, size, max });
         }
-        if let Some((size, max)) = header_too_large(&payload) {
+        if let Some((size, max)) = outlast_spool::header_over_limit(&payload) {
             // Refused whether the backend is up or not: the spool could never hold it.
             shared.record_drop(DropReason::TooLarge, 1);
             return Err(DropError::KeyTooLarge { payload, size, max });
@@ -947,7 +948,6 @@ impl Client {
         let spool = shared.spool_stats().unwrap_or_default();
         let capacity = shared.capacity(&spool);
         let drain = shared.drain_progress(&spool);
-        // Read once, so that the two fields it fills cannot disagree.
         let spool_state = shared.spool_state();
         ClientStats {
             exported: load(&c.exported),
@@ -960,7 +960,7 @@ impl Client {
             spool_records: spool.records,
             spool_bytes: spool.bytes,
             pending_bytes: spool.pending_bytes,
-            spool_max_bytes: spool.max_total_bytes,
+            spool_max_bytes: spool.spool_max_bytes,
             spill_rate: capacity.rate,
             spool_full_in: capacity.full_in,
             oldest_record_age: spool
@@ -976,11 +976,9 @@ impl Client {
             } else {
                 load(&shared.foreign_records)
             },
-            online: shared.is_online(),
             backend: shared.backend_state(),
             ack_failures: load(&shared.ack_failures),
             backlog: shared.has_backlog(),
-            spool_available: spool_state.is_available(),
             spool: spool_state,
             shut_down: !shared.is_accepting(),
         }
@@ -1015,26 +1013,6 @@ impl Drop for CancelGuard<'_> {
 /// Whether a wait of `delay` from now ends before `deadline` (always, without one).
 fn ends_before(delay: Duration, deadline: Option<Instant>) -> bool {
     deadline.is_none_or(|d| Instant::now().checked_add(delay).is_some_and(|at| at < d))
-}
-
-/// The size of the record header `payload` would be spooled with and the format's limit,
-/// if it is over the limit (a key of about 64 KiB or more). Stored compressed, a payload's
-/// header also names its encoding, so that is the size counted for a payload not encoded
-/// yet: the answer does not depend on whether it would be compressed.
-fn header_too_large(payload: &Payload) -> Option<(u64, u64)> {
-    let max = outlast_spool::format::MAX_HEADER_BYTES as u64;
-    let meta = payload.meta();
-    let text = meta.key.as_ref().map_or(0, String::len) + meta.content_type.as_str().len();
-    // Lengths, the creation time and the encoding take at most a few dozen bytes more.
-    if (text as u64) < max - 64 {
-        return None;
-    }
-    let encoding = match payload.content_encoding() {
-        ContentEncoding::Identity => ContentEncoding::Gzip,
-        other => other,
-    };
-    let size = outlast_spool::format::header_len(meta, encoding);
-    (size > max).then_some((size, max))
 }
 
 #[cfg(test)]

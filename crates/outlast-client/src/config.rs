@@ -12,41 +12,41 @@ use outlast_core::retry::{
 use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
 use outlast_core::units::saturate;
 use outlast_spool::{
-    Adoption, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_SEGMENT_BYTES, Durability,
+    Adoption, DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES, DEFAULT_SPOOL_MAX_BYTES, Durability,
     FullPolicy, SpoolConfig, SpoolError,
 };
 
 /// Time limit of one export attempt (direct or replay) and of one probe: 10 s is far above a
 /// healthy backend's answer time and short enough that a hung connection is noticed quickly.
-pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records read from the spool per replay batch: 100 keeps a batch's memory small (at most
 /// 100 payloads) while amortising the per-batch acknowledgement (one cursor write).
-pub const DEFAULT_BATCH_SIZE: usize = 100;
+pub(crate) const DEFAULT_BATCH_SIZE: usize = 100;
 /// Bytes read from the spool per replay batch (at least one record is always read): 4 MiB
 /// bounds the memory a replay holds however large the payloads.
-pub const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Requests in flight at once while replaying (further limited by the exporter's own
 /// `max_in_flight`): 4 hides most of a round trip without overloading a recovering backend.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 4;
 /// The most replay requests that may be in flight at once: far above what any backend
 /// needs, and small enough that the window's bookkeeping stays a few kilobytes.
-pub const MAX_IN_FLIGHT_LIMIT: usize = 1024;
+pub(crate) const MAX_IN_FLIGHT_LIMIT: usize = 1024;
 /// Pause between two replay batches: none, so a backlog drains at the backend's speed.
-pub const DEFAULT_BATCH_DELAY: Duration = Duration::ZERO;
+pub(crate) const DEFAULT_BATCH_DELAY: Duration = Duration::ZERO;
 // ----- Coalesced replay (see `Exporter::coalescing`) -----
 
 /// Records per merged replay request, for exporters that merge: with the default
 /// `batch_size` (100) and `max_in_flight` (4), four full merged requests fill the replay
 /// window, so merging keeps the pipelining and the crash duplicate window stays
 /// `batch_size` records.
-pub const DEFAULT_COALESCE_MAX_RECORDS: usize = 25;
+pub(crate) const DEFAULT_COALESCE_MAX_RECORDS: usize = 25;
 /// Payload bytes per merged replay request: under the request-size limits of common
 /// collectors and intakes (a few MB and up), and a failed merged request resends little.
-pub const DEFAULT_COALESCE_MAX_BYTES: u64 = 1024 * 1024;
+pub(crate) const DEFAULT_COALESCE_MAX_BYTES: u64 = 1024 * 1024;
 
 /// Prefix of the default spool directory's name under [`std::env::temp_dir`]; the
 /// service's name and the user id follow (see [`default_spool_dir`]).
-pub const DEFAULT_SPOOL_DIR_PREFIX: &str = "outlast-";
+pub(crate) const DEFAULT_SPOOL_DIR_PREFIX: &str = "outlast-";
 
 /// The default spool directory: `OUTLAST_SPOOL_DIR` if set and not empty, else a directory
 /// of this service under the temporary directory:
@@ -196,53 +196,54 @@ impl ClientBuilder {
     }
 
     setter!(
-        /// Time limit of each export attempt and probe (default [`DEFAULT_ATTEMPT_TIMEOUT`]).
+        /// Time limit of each export attempt and probe (default [`DEFAULT_ATTEMPT_TIMEOUT`](ClientBuilder::DEFAULT_ATTEMPT_TIMEOUT)).
         /// An attempt that exceeds it is dropped and counts as a retryable failure.
         attempt_timeout: Duration
     );
     setter!(
         /// Delay before the one quick retry of a failed direct export (default
-        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`], 1 s), at most
-        /// [`MAX_IMMEDIATE_RETRY_DELAY`](outlast_core::retry::MAX_IMMEDIATE_RETRY_DELAY)
-        /// (60 s). The retry waits inside the caller's `export`: while the backend is down, a
-        /// call returns within two attempt timeouts plus this delay. A longer value (e.g.
+        /// [`DEFAULT_IMMEDIATE_RETRY_DELAY`](ClientBuilder::DEFAULT_IMMEDIATE_RETRY_DELAY),
+        /// 1 s), at most
+        /// [`MAX_IMMEDIATE_RETRY_DELAY`](ClientBuilder::MAX_IMMEDIATE_RETRY_DELAY) (60 s).
+        /// The retry waits inside the caller's `export`: while the backend is down, a call
+        /// returns within two attempt timeouts plus this delay. A longer value (e.g.
         /// `Duration::MAX`) makes [`build`](ClientBuilder::build) fail with
         /// [`ConfigError::Invalid`] naming `immediate_retry_delay` (or
         /// `OUTLAST_IMMEDIATE_RETRY_DELAY`); it is not clamped.
         immediate_retry_delay: Duration
     );
     setter!(
-        /// First delay of the drain task's backoff (default [`DEFAULT_INITIAL_BACKOFF`], 1 s).
+        /// First delay of the drain task's backoff (default [`DEFAULT_INITIAL_BACKOFF`](ClientBuilder::DEFAULT_INITIAL_BACKOFF), 1 s).
         initial_backoff: Duration
     );
     setter!(
-        /// Cap on the drain task's backoff (default [`DEFAULT_MAX_BACKOFF`], 128 s).
+        /// Cap on the drain task's backoff (default [`DEFAULT_MAX_BACKOFF`](ClientBuilder::DEFAULT_MAX_BACKOFF), 128 s).
         max_backoff: Duration
     );
     setter!(
-        /// Randomised fraction of each backoff delay, in `[0, 1]` (default [`DEFAULT_JITTER`]).
+        /// Randomised fraction of each backoff delay, in `[0, 1]` (default [`DEFAULT_JITTER`](ClientBuilder::DEFAULT_JITTER)).
         jitter: f64
     );
     setter!(
         /// Cap on a delay raised by a server's `Retry-After` (default
-        /// [`DEFAULT_MAX_RETRY_AFTER`], 128 s).
+        /// [`DEFAULT_MAX_RETRY_AFTER`](ClientBuilder::DEFAULT_MAX_RETRY_AFTER), 128 s).
         max_retry_after: Duration
     );
     setter!(
         /// Least time between two "currently retrying" warnings, and between two error
-        /// messages about drops of the same reason (default [`DEFAULT_WARN_INTERVAL`], 60 s).
+        /// messages about drops of the same reason (default [`DEFAULT_WARN_INTERVAL`](ClientBuilder::DEFAULT_WARN_INTERVAL), 60 s).
         warn_interval: Duration
     );
     setter!(
-        /// Cap on the spool's size in bytes (default [`DEFAULT_MAX_TOTAL_BYTES`], 512 MiB).
+        /// Cap on the spool's size in bytes (default [`DEFAULT_SPOOL_MAX_BYTES`](ClientBuilder::DEFAULT_SPOOL_MAX_BYTES), 512 MiB).
         spool_max_bytes: u64
     );
     setter!(
-        /// Size at which a spool segment file is sealed (default [`DEFAULT_SEGMENT_BYTES`]).
+        /// Size at which a spool segment file is sealed (default [`DEFAULT_SEGMENT_BYTES`](ClientBuilder::DEFAULT_SEGMENT_BYTES)).
         segment_bytes: u64
     );
     setter!(
-        /// Largest spool record (default [`DEFAULT_MAX_RECORD_BYTES`]). `export` refuses a
+        /// Largest spool record (default [`DEFAULT_MAX_RECORD_BYTES`](ClientBuilder::DEFAULT_MAX_RECORD_BYTES)). `export` refuses a
         /// payload whose bytes exceed it with
         /// [`DropError::TooLarge`](crate::DropError::TooLarge) before any attempt. The spool
         /// adds a frame of a few dozen bytes plus the payload's key and content type, so a
@@ -265,21 +266,21 @@ impl ClientBuilder {
         durability: Durability
     );
     setter!(
-        /// Records read from the spool per replay batch (default [`DEFAULT_BATCH_SIZE`]).
+        /// Records read from the spool per replay batch (default [`DEFAULT_BATCH_SIZE`](ClientBuilder::DEFAULT_BATCH_SIZE)).
         batch_size: usize
     );
     setter!(
         /// Bytes read from the spool per replay batch; one record is always read
-        /// (default [`DEFAULT_BATCH_MAX_BYTES`]).
+        /// (default [`DEFAULT_BATCH_MAX_BYTES`](ClientBuilder::DEFAULT_BATCH_MAX_BYTES)).
         batch_max_bytes: u64
     );
     setter!(
-        /// Most replay requests in flight at once (default [`DEFAULT_MAX_IN_FLIGHT`], at most
-        /// [`MAX_IN_FLIGHT_LIMIT`]); the exporter's own `max_in_flight` limits it further.
+        /// Most replay requests in flight at once (default [`DEFAULT_MAX_IN_FLIGHT`](ClientBuilder::DEFAULT_MAX_IN_FLIGHT), at most
+        /// [`MAX_IN_FLIGHT_LIMIT`](ClientBuilder::MAX_IN_FLIGHT_LIMIT)); the exporter's own `max_in_flight` limits it further.
         max_in_flight: usize
     );
     setter!(
-        /// Pause between two replay batches (default [`DEFAULT_BATCH_DELAY`]: none).
+        /// Pause between two replay batches (default [`DEFAULT_BATCH_DELAY`](ClientBuilder::DEFAULT_BATCH_DELAY): none).
         batch_delay: Duration
     );
 
@@ -400,7 +401,7 @@ impl ClientBuilder {
             ));
         }
 
-        let spool_max_bytes = self.spool_max_bytes.unwrap_or(DEFAULT_MAX_TOTAL_BYTES);
+        let spool_max_bytes = self.spool_max_bytes.unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
         let segment_bytes = self.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES);
         let max_record_bytes = self.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
         let durability = match self.durability.unwrap_or_default() {
@@ -410,7 +411,7 @@ impl ClientBuilder {
             other => other,
         };
         let spool = SpoolConfig::new(self.spool_dir.clone().unwrap_or_else(default_spool_dir))
-            .with_max_total_bytes(spool_max_bytes)
+            .with_spool_max_bytes(spool_max_bytes)
             .with_segment_bytes(segment_bytes)
             .with_max_record_bytes(max_record_bytes)
             .with_full_policy(self.full_policy.unwrap_or_default())
@@ -429,8 +430,10 @@ impl ClientBuilder {
             }) => {
                 return Err(self.record_outgrows_segment(segment_bytes, max_record_bytes));
             }
+            // The spool's parameters have the builder's names (`durability` is rejected for
+            // its fsync interval).
             Err(SpoolError::Config { param, reason }) => {
-                return Err(ConfigError::invalid(spool_param_name(param), reason));
+                return Err(ConfigError::invalid(param, reason));
             }
             Err(other) => {
                 return Err(ConfigError::invalid("spool", other.to_string()));
@@ -464,7 +467,7 @@ impl ClientBuilder {
 /// (connection refused, reset, timed out, DNS), jittered by the backoff's jitter: about a
 /// second notices a backend's return within a second, while a TCP connect per second costs a
 /// dead backend nothing worth mentioning.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ClientBuilder {
     /// Names who this client's spooled records are for (default: the exporter's
@@ -491,7 +494,7 @@ impl ClientBuilder {
 
     setter!(
         /// How often the backend is probed while it is unreachable at the transport level
-        /// (default [`DEFAULT_PROBE_INTERVAL`], 1 s; jittered like the backoff). A successful
+        /// (default [`DEFAULT_PROBE_INTERVAL`](ClientBuilder::DEFAULT_PROBE_INTERVAL), 1 s; jittered like the backoff). A successful
         /// probe starts the replay at once. Real export attempts keep following the backoff;
         /// exporters without a probe, and backends that answer with an HTTP failure, are not
         /// probed.
@@ -536,13 +539,13 @@ pub(crate) struct RecoverySettings {
 impl ClientBuilder {
     setter!(
         /// Most records in one merged replay request (default
-        /// [`DEFAULT_COALESCE_MAX_RECORDS`]); the exporter's own cap limits it further, and
+        /// [`DEFAULT_COALESCE_MAX_RECORDS`](ClientBuilder::DEFAULT_COALESCE_MAX_RECORDS)); the exporter's own cap limits it further, and
         /// so does the replay window (`batch_size` records). 1 turns merging off.
         coalesce_max_records: usize
     );
     setter!(
         /// Most payload bytes in one merged replay request (default
-        /// [`DEFAULT_COALESCE_MAX_BYTES`]); a larger record is sent alone.
+        /// [`DEFAULT_COALESCE_MAX_BYTES`](ClientBuilder::DEFAULT_COALESCE_MAX_BYTES)); a larger record is sent alone.
         coalesce_max_bytes: u64
     );
 
@@ -567,15 +570,6 @@ impl ClientBuilder {
             ));
         }
         Ok((records, bytes))
-    }
-}
-
-/// Maps a [`SpoolConfig`] parameter name to the builder's name for it.
-fn spool_param_name(param: &'static str) -> &'static str {
-    match param {
-        "max_total_bytes" => "spool_max_bytes",
-        // `durability` is rejected for its fsync interval; the other names are the same.
-        other => other,
     }
 }
 
@@ -651,22 +645,22 @@ impl std::str::FromStr for ReplayOrder {
 
 /// The order of replay against new exports: [`ReplayOrder::OldestFirst`], so the backend
 /// sees data in the order it was produced unless told otherwise.
-pub const DEFAULT_REPLAY_ORDER: ReplayOrder = ReplayOrder::OldestFirst;
+pub(crate) const DEFAULT_REPLAY_ORDER: ReplayOrder = ReplayOrder::OldestFirst;
 /// The replay's byte rate cap: none, so a backlog drains at the backend's speed. Set one to
 /// spare a recovering collector that a fleet replays into at once.
-pub const DEFAULT_REPLAY_BYTES_PER_SEC: Option<u64> = None;
+pub(crate) const DEFAULT_REPLAY_BYTES_PER_SEC: Option<u64> = None;
 /// The replay's request rate cap: none.
-pub const DEFAULT_REPLAY_REQUESTS_PER_SEC: Option<u64> = None;
+pub(crate) const DEFAULT_REPLAY_REQUESTS_PER_SEC: Option<u64> = None;
 
 impl ClientBuilder {
     setter!(
         /// The order of the backlog and new exports once the backend answers again (default
-        /// [`DEFAULT_REPLAY_ORDER`], [`ReplayOrder::OldestFirst`]).
+        /// [`DEFAULT_REPLAY_ORDER`](ClientBuilder::DEFAULT_REPLAY_ORDER), [`ReplayOrder::OldestFirst`]).
         replay_order: ReplayOrder
     );
     setter!(
         /// Cap on the replay's rate in payload bytes per second (default
-        /// [`DEFAULT_REPLAY_BYTES_PER_SEC`]: `None`, no cap). A token bucket paces the
+        /// [`DEFAULT_REPLAY_BYTES_PER_SEC`](ClientBuilder::DEFAULT_REPLAY_BYTES_PER_SEC): `None`, no cap). A token bucket paces the
         /// drain task's requests so that over any time `t` it sends at most
         /// `rate × (t + 50 ms)` bytes; a record larger than that is never refused, it waits
         /// its turn. Direct exports are not limited. Must not be `Some(0)`.
@@ -674,14 +668,14 @@ impl ClientBuilder {
     );
     setter!(
         /// Cap on the replay's requests per second (default
-        /// [`DEFAULT_REPLAY_REQUESTS_PER_SEC`]: `None`, no cap); a merged request counts
+        /// [`DEFAULT_REPLAY_REQUESTS_PER_SEC`](ClientBuilder::DEFAULT_REPLAY_REQUESTS_PER_SEC): `None`, no cap); a merged request counts
         /// once. Direct exports are not limited. Must not be `Some(0)`.
         replay_requests_per_sec: Option<u64>
     );
 
     /// The replay order set on this builder, by [`replay_order`](Self::replay_order) or
     /// `OUTLAST_REPLAY_ORDER`; `None` if neither did (the client then uses
-    /// [`DEFAULT_REPLAY_ORDER`]). Lets a layer above the client pick its own default
+    /// [`DEFAULT_REPLAY_ORDER`](ClientBuilder::DEFAULT_REPLAY_ORDER)). Lets a layer above the client pick its own default
     /// without overriding the user's choice.
     pub fn configured_replay_order(&self) -> Option<ReplayOrder> {
         self.replay_order
@@ -772,7 +766,7 @@ mod tests {
         assert_eq!(s.retry.initial_backoff, Duration::from_secs(1));
         assert_eq!(s.retry.max_backoff, Duration::from_secs(128));
         assert_eq!(s.warn_interval, Duration::from_secs(60));
-        assert_eq!(s.spool.max_total_bytes(), 512 * 1024 * 1024);
+        assert_eq!(s.spool.spool_max_bytes(), 512 * 1024 * 1024);
         assert_eq!(s.batch_delay, Duration::ZERO);
         assert_eq!(s.coalesce_max_records, 25);
         assert_eq!(s.coalesce_max_bytes, 1024 * 1024);

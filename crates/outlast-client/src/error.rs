@@ -74,7 +74,7 @@ pub enum DropError {
         /// The payload, handed back.
         payload: Payload,
         /// The spool's size cap.
-        max_total_bytes: u64,
+        spool_max_bytes: u64,
     },
     /// The backend rejected the payload permanently (e.g. HTTP 400); it was not retried.
     Permanent {
@@ -122,10 +122,10 @@ impl fmt::Display for DropError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DropError::SpoolFull {
-                max_total_bytes, ..
+                spool_max_bytes, ..
             } => write!(
                 f,
-                "payload dropped: the backend is unreachable and the spool is full ({max_total_bytes} bytes)"
+                "payload dropped: the backend is unreachable and the spool is full ({spool_max_bytes} bytes)"
             ),
             DropError::Permanent { source, .. } => write!(
                 f,
@@ -335,7 +335,7 @@ mod tests {
             (
                 DropError::SpoolFull {
                     payload: p.clone(),
-                    max_total_bytes: 1024,
+                    spool_max_bytes: 1024,
                 },
                 "payload dropped: the backend is unreachable and the spool is full (1024 bytes)",
             ),
@@ -425,7 +425,7 @@ mod tests {
         let errors = [
             DropError::SpoolFull {
                 payload: p.clone(),
-                max_total_bytes: 1,
+                spool_max_bytes: 1,
             },
             DropError::Permanent {
                 payload: p.clone(),

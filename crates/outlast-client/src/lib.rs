@@ -206,17 +206,13 @@
 //! - errors: [`DropError`], [`ShutdownError`], [`SpoolFault`], [`ConfigError`],
 //!   [`SpoolError`], and [`ErrorChain`] to print an error with its causes;
 //! - writing an exporter: [`Exporter`], [`DynExporter`], [`Payload`], [`PayloadMeta`],
-//!   [`ContentType`], [`ExportError`], [`BoxError`], [`Reachability`], [`Coalescing`];
-//! - settings: [`Durability`], [`FullPolicy`], [`Adoption`], [`default_spool_dir`], the defaults
-//!   ([`DEFAULT_ATTEMPT_TIMEOUT`], [`DEFAULT_IMMEDIATE_RETRY_DELAY`],
-//!   [`DEFAULT_INITIAL_BACKOFF`], [`DEFAULT_MAX_BACKOFF`], [`DEFAULT_JITTER`],
-//!   [`DEFAULT_MAX_RETRY_AFTER`], [`DEFAULT_WARN_INTERVAL`], [`DEFAULT_FSYNC_INTERVAL`],
-//!   [`DEFAULT_MAX_TOTAL_BYTES`], [`DEFAULT_SEGMENT_BYTES`], [`DEFAULT_MAX_RECORD_BYTES`],
-//!   [`DEFAULT_BATCH_SIZE`], [`DEFAULT_BATCH_MAX_BYTES`], [`DEFAULT_MAX_IN_FLIGHT`],
-//!   [`DEFAULT_BATCH_DELAY`], [`DEFAULT_PROBE_INTERVAL`], [`DEFAULT_COALESCE_MAX_RECORDS`],
-//!   [`DEFAULT_COALESCE_MAX_BYTES`], [`DEFAULT_REPLAY_ORDER`], [`DEFAULT_REPLAY_BYTES_PER_SEC`],
-//!   [`DEFAULT_REPLAY_REQUESTS_PER_SEC`], [`DEFAULT_SPOOL_DIR_PREFIX`]) and limits
-//!   ([`MAX_IN_FLIGHT_LIMIT`], [`MAX_IMMEDIATE_RETRY_DELAY`], [`units::MAX_DURATION`]).
+//!   [`ContentType`], [`ContentEncoding`], [`ExportError`], [`BoxError`], [`Reachability`],
+//!   [`Coalescing`];
+//! - settings: [`Durability`], [`FullPolicy`], [`Adoption`], [`ReplayOrder`], [`default_spool_dir`]; each
+//!   setting's default is an associated constant next to its setter on [`ClientBuilder`]
+//!   (`ClientBuilder::DEFAULT_ATTEMPT_TIMEOUT`, ...), and so are the limits
+//!   `ClientBuilder::MAX_IN_FLIGHT_LIMIT` and `ClientBuilder::MAX_IMMEDIATE_RETRY_DELAY`;
+//!   [`units::MAX_DURATION`] is the longest duration the text grammar reads.
 //!
 //! And these modules:
 //!
@@ -231,12 +227,14 @@
 //!   throttle, reject on command) and `testing::TestReceiver`, a loopback HTTP server, for
 //!   your own tests.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod client;
 mod compress;
 mod config;
+mod defaults;
 mod drain;
 pub mod env;
 mod error;
@@ -246,33 +244,16 @@ mod shared;
 mod stats;
 
 // What a user writes, and nothing else: the core's internals (`throttle`, `BoxFuture`,
-// `unix_nanos`, the retry schedule) stay in `outlast_core`.
-pub use outlast_core::retry::{
-    DEFAULT_IMMEDIATE_RETRY_DELAY, DEFAULT_INITIAL_BACKOFF, DEFAULT_JITTER, DEFAULT_MAX_BACKOFF,
-    DEFAULT_MAX_RETRY_AFTER, MAX_IMMEDIATE_RETRY_DELAY,
-};
-pub use outlast_core::throttle::DEFAULT_WARN_INTERVAL;
+// `unix_nanos`, the retry schedule) stay in `outlast_core`, and each default is an associated
+// constant of `ClientBuilder` (`defaults.rs`).
 pub use outlast_core::{
-    BoxError, Coalescing, ConfigError, ContentType, DynExporter, ErrorChain, ExportError, Exporter,
-    Payload, PayloadMeta, Reachability, units,
+    BoxError, Coalescing, ConfigError, ContentEncoding, ContentType, DynExporter, ErrorChain,
+    ExportError, Exporter, Payload, PayloadMeta, Reachability, units,
 };
-pub use outlast_spool::{
-    Adoption, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
-    DEFAULT_SEGMENT_BYTES, Durability, FullPolicy, SpoolError,
-};
+pub use outlast_spool::{Adoption, Durability, FullPolicy, SpoolError};
 
 pub use client::{BackendState, Client, FlushOptions, FlushOutcome, FlushReport};
-pub use config::DEFAULT_PROBE_INTERVAL;
-pub use config::{
-    ClientBuilder, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX_BYTES,
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_DIR_PREFIX, MAX_IN_FLIGHT_LIMIT,
-    default_spool_dir,
-};
-pub use config::{DEFAULT_COALESCE_MAX_BYTES, DEFAULT_COALESCE_MAX_RECORDS};
-pub use config::{
-    DEFAULT_REPLAY_BYTES_PER_SEC, DEFAULT_REPLAY_ORDER, DEFAULT_REPLAY_REQUESTS_PER_SEC,
-    ReplayOrder,
-};
+pub use config::{ClientBuilder, ReplayOrder, default_spool_dir};
 pub use error::{Delivery, DropError, ShutdownError, SpoolFault};
 pub use stats::{ClientStats, DropCounts, DropReason, SpoolState};
 
@@ -312,7 +293,7 @@ mod tests {
             .join(" ");
         let code = source.split("#[cfg(test)]").next().unwrap_or_default();
         let names = reexported_names(code);
-        assert!(names.len() > 40, "{names:?}");
+        assert!(names.len() > 25, "{names:?}");
         for name in names {
             assert!(
                 doc.contains(&format!("[`{name}`]")) || doc.contains(&format!("[`{name}`](")),
@@ -339,3 +320,8 @@ struct ConfigurationDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/exporter.md")]
 struct ExporterDoctests;
+
+// The crate's README (what crates.io shows) is compiled as a doctest, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

@@ -724,9 +724,9 @@ impl Shared {
             Err(e) => {
                 let payload = original.unwrap_or(e.payload);
                 let err = match e.kind {
-                    AppendErrorKind::Full { max_total_bytes } => DropError::SpoolFull {
+                    AppendErrorKind::Full { spool_max_bytes } => DropError::SpoolFull {
                         payload,
-                        max_total_bytes,
+                        spool_max_bytes,
                     },
                     AppendErrorKind::TooLarge { size, max } => {
                         DropError::TooLarge { payload, size, max }
@@ -773,7 +773,7 @@ impl Shared {
         let filling = !self.is_online();
         Capacity {
             rate: rate_per_sec(rate),
-            full_in: time_to_full(spool.bytes, spool.max_total_bytes, rate, filling),
+            full_in: time_to_full(spool.bytes, spool.spool_max_bytes, rate, filling),
         }
     }
 
@@ -814,7 +814,7 @@ impl Shared {
             let spool = self.spool_stats().unwrap_or_default();
             let (n, b) = (spool.records, spool.pending_bytes);
             let capacity = self.capacity(&spool);
-            let percent = fill_percent(spool.bytes, spool.max_total_bytes);
+            let percent = fill_percent(spool.bytes, spool.spool_max_bytes);
             let until_full = match capacity.full_in {
                 Some(d) => format!("full in about {} at the recent spill rate", approx(d)),
                 None => "not filling".to_owned(),

@@ -273,8 +273,6 @@ pub struct ClientStats {
     /// Records in those lanes: on disk, not in `spool_records`, neither delivered nor
     /// dropped; delivered once the lane is repaired (the drain task adopts it then).
     pub stranded_records: u64,
-    /// Whether the backend is believed reachable (the last attempt succeeded, or none failed).
-    pub online: bool,
     /// What the client knows about the backend: online, unreachable at the transport level,
     /// answering with failures, or offline for a reason the exporter does not say.
     pub backend: crate::BackendState,
@@ -284,10 +282,6 @@ pub struct ClientStats {
     pub ack_failures: u64,
     /// Whether new payloads queue behind a spooled backlog.
     pub backlog: bool,
-    /// Whether the client has a usable spool now: `false` both when it could not be opened
-    /// and after [`shutdown`](crate::Client::shutdown) closed it; [`spool`](Self::spool)
-    /// says which.
-    pub spool_available: bool,
     /// The spool's state, with the reason when it could not be opened.
     pub spool: SpoolState,
     /// Whether the client has been shut down.
@@ -295,6 +289,26 @@ pub struct ClientStats {
 }
 
 impl ClientStats {
+    /// Payloads delivered: directly by `export` ([`exported`](Self::exported)) plus from the
+    /// spool by the drain task ([`replayed`](Self::replayed)); what a
+    /// [`FlushReport`](crate::FlushReport) calls `delivered` over its own span.
+    pub fn delivered(&self) -> u64 {
+        self.exported.saturating_add(self.replayed)
+    }
+
+    /// Whether the backend is believed reachable (the last attempt succeeded, or none
+    /// failed): [`backend`](Self::backend) is [`BackendState::Online`](crate::BackendState::Online).
+    pub fn online(&self) -> bool {
+        self.backend == crate::BackendState::Online
+    }
+
+    /// Whether the client has a usable spool now: `false` both when it could not be opened
+    /// and after [`shutdown`](crate::Client::shutdown) closed it; [`spool`](Self::spool)
+    /// says which.
+    pub fn spool_available(&self) -> bool {
+        self.spool.is_available()
+    }
+
     /// How full the spool is: `spool_bytes` as a fraction of `spool_max_bytes` (0 without a
     /// spool; above 1 when the cap was lowered below what the spool already held).
     pub fn spool_fill(&self) -> f64 {
@@ -349,6 +363,31 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_derived_figures_follow_the_fields_they_come_from() {
+        let mut s = ClientStats {
+            exported: 3,
+            replayed: 4,
+            ..ClientStats::default()
+        };
+        assert_eq!(s.delivered(), 7);
+        s.exported = u64::MAX;
+        assert_eq!(s.delivered(), u64::MAX);
+        for (backend, online) in [
+            (crate::BackendState::Online, true),
+            (crate::BackendState::Unreachable, false),
+            (crate::BackendState::Failing, false),
+            (crate::BackendState::Offline, false),
+        ] {
+            s.backend = backend;
+            assert_eq!(s.online(), online, "{backend:?}");
+        }
+        s.spool = SpoolState::Closed;
+        assert!(!s.spool_available());
+        s.spool = SpoolState::Available;
+        assert!(s.spool_available());
+    }
 
     #[test]
     fn drops_are_counted_under_their_reason() {

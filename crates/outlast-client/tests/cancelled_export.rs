@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use common::{payload, spool_dir};
 use outlast_client::testing::{MemoryExporter, Outcome};
-use outlast_client::{
-    Client, ClientBuilder, ClientStats, ConfigError, DropReason, MAX_IMMEDIATE_RETRY_DELAY,
-};
+use outlast_client::{Client, ClientBuilder, ClientStats, ConfigError, DropReason};
 use outlast_spool::Durability;
 
 /// Every payload handed to `export`: delivered, spooled, or dropped for one reason.
@@ -199,7 +197,7 @@ async fn an_immediate_retry_delay_above_the_limit_is_refused_by_name() {
     let dir = spool_dir();
     for d in [
         Duration::MAX,
-        MAX_IMMEDIATE_RETRY_DELAY + Duration::from_millis(1),
+        ClientBuilder::MAX_IMMEDIATE_RETRY_DELAY + Duration::from_millis(1),
     ] {
         let e = common::builder(dir.path())
             .immediate_retry_delay(d)
@@ -234,7 +232,7 @@ async fn an_immediate_retry_delay_above_the_limit_is_refused_by_name() {
     );
     let c = Client::builder()
         .spool_dir(dir.path())
-        .immediate_retry_delay(MAX_IMMEDIATE_RETRY_DELAY)
+        .immediate_retry_delay(ClientBuilder::MAX_IMMEDIATE_RETRY_DELAY)
         .build(MemoryExporter::new());
     assert!(c.is_ok(), "the limit itself is accepted");
 }
@@ -247,13 +245,16 @@ async fn export_returns_within_two_attempt_timeouts_and_the_longest_retry_delay_
     let timeout = Duration::from_secs(10);
     let c = common::builder(dir.path())
         .attempt_timeout(timeout)
-        .immediate_retry_delay(MAX_IMMEDIATE_RETRY_DELAY)
+        .immediate_retry_delay(ClientBuilder::MAX_IMMEDIATE_RETRY_DELAY)
         .build(exporter.clone())
         .expect("valid");
     let start = tokio::time::Instant::now();
     let r = c.export(payload("a")).await.expect("spooled");
     assert!(r.is_spooled());
-    assert!(start.elapsed() <= timeout * 2 + MAX_IMMEDIATE_RETRY_DELAY + Duration::from_millis(50));
+    assert!(
+        start.elapsed()
+            <= timeout * 2 + ClientBuilder::MAX_IMMEDIATE_RETRY_DELAY + Duration::from_millis(50)
+    );
 }
 
 #[tokio::test(start_paused = true)]

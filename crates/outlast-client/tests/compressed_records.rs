@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use outlast_client::http::PayloadFraming;
 use outlast_client::testing::{Mode, ReceivedRequest, TestReceiver};
-use outlast_client::{Client, ContentType, DEFAULT_MAX_IN_FLIGHT, Payload};
+use outlast_client::{Client, ClientBuilder, ContentType, Payload};
 
 /// Every test ends within this, whatever happens.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -40,7 +40,14 @@ fn client(
     framing: PayloadFraming,
     gzip: bool,
 ) -> Client {
-    common::http_client(dir, receiver, framing, gzip, 8, DEFAULT_MAX_IN_FLIGHT)
+    common::http_client(
+        dir,
+        receiver,
+        framing,
+        gzip,
+        8,
+        ClientBuilder::DEFAULT_MAX_IN_FLIGHT,
+    )
 }
 
 /// Spools `payloads` while the receiver is down, brings it back and flushes; the requests

@@ -50,7 +50,7 @@ async fn the_backlog_is_delivered_oldest_first_and_new_payloads_queue_behind_it(
     let s = c.stats();
     assert_eq!(s.replayed, 5);
     assert_eq!(s.exported, 1);
-    assert!(s.online && !s.backlog);
+    assert!(s.online() && !s.backlog);
 }
 
 #[tokio::test(start_paused = true)]
@@ -78,7 +78,7 @@ async fn backoff_doubles_while_the_backend_stays_down_and_resets_after_a_success
     exporter.set_mode(Outcome::Accept);
     tokio::time::sleep(Duration::from_secs(33)).await;
     assert_eq!(texts(&exporter), ["a"]);
-    assert!(c.stats().online);
+    assert!(c.stats().online());
 
     // Down again: the first delay is 1 s again, not 64 s.
     spool_while_down(&c, &exporter, &["b"]).await;

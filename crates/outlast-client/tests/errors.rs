@@ -105,7 +105,7 @@ async fn the_stats_say_why_there_is_no_spool_and_that_shutdown_closed_it() {
     // A normal client: available, then closed by shutdown (not "unavailable").
     let client = common::client(dir.path(), &exporter);
     let s = client.stats();
-    assert!(s.spool_available);
+    assert!(s.spool_available());
     assert_eq!(s.spool, SpoolState::Available);
     let report = client
         .shutdown(Duration::from_secs(5))
@@ -113,7 +113,7 @@ async fn the_stats_say_why_there_is_no_spool_and_that_shutdown_closed_it() {
         .expect("shutdown");
     assert!(report.complete);
     let s = client.stats();
-    assert!(!s.spool_available);
+    assert!(!s.spool_available());
     assert_eq!(s.spool, SpoolState::Closed);
     assert!(s.spool.unavailable_reason().is_none());
 
@@ -123,7 +123,7 @@ async fn the_stats_say_why_there_is_no_spool_and_that_shutdown_closed_it() {
     exporter.set_mode(Outcome::Fail);
     let client = common::client(&file, &exporter);
     let s = client.stats();
-    assert!(!s.spool_available);
+    assert!(!s.spool_available());
     let reason = s.spool.unavailable_reason().expect("a reason").to_string();
     assert!(reason.contains("not-a-directory"), "{reason}");
     // A payload that needs the spool is dropped, and the drop names the same cause.

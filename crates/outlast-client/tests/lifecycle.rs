@@ -195,7 +195,7 @@ async fn a_spool_path_that_is_a_file_leaves_the_client_working_without_a_spool()
     let c = common::builder(&file)
         .build(exporter.clone())
         .expect("an unusable spool is not a build error");
-    assert!(!c.stats().spool_available);
+    assert!(!c.stats().spool_available());
 
     assert_eq!(
         c.export(payload("a")).await.expect("delivered"),
@@ -235,7 +235,7 @@ async fn an_unwritable_spool_directory_leaves_the_client_working_without_a_spool
     let c = common::builder(&target)
         .build(exporter.clone())
         .expect("builds anyway");
-    assert!(!c.stats().spool_available);
+    assert!(!c.stats().spool_available());
     assert!(
         c.export(payload("a"))
             .await

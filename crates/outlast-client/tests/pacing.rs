@@ -271,7 +271,7 @@ async fn draining(order: ReplayOrder, n: usize) -> (tempfile::TempDir, MemoryExp
     // Wake the drain task and let it deliver the first records.
     let report = c.force_flush(Duration::from_millis(300)).await;
     assert!(!report.complete);
-    assert!(c.stats().online, "{:?}", c.stats());
+    assert!(c.stats().online(), "{:?}", c.stats());
     assert!(c.stats().backlog);
     (dir, exporter, c)
 }
@@ -370,7 +370,7 @@ async fn live_sends_take_the_in_flight_limit_before_replay_requests() {
     spool_backlog(&c, &exporter, 200).await;
     exporter.set_mode(Outcome::SlowAccept(Duration::from_secs(1)));
     let _ = c.force_flush(Duration::from_millis(2500)).await;
-    assert!(c.stats().online);
+    assert!(c.stats().online());
     let before = exporter.attempts() as usize;
     let t0 = Instant::now();
     // Three live sends, each taking a second, started together.

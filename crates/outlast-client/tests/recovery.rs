@@ -54,11 +54,11 @@ async fn recovery_is_noticed_within_the_probe_interval_after_outages_of_2_s_2_mi
         assert_eq!(backend.received(), ["a"], "after {outage:?}");
         let first = backend.attempts()[2];
         assert!(
-            first - back <= outlast_client::DEFAULT_PROBE_INTERVAL,
+            first - back <= outlast_client::ClientBuilder::DEFAULT_PROBE_INTERVAL,
             "first delivery {:?} after the return of a backend down for {outage:?} ({took:?})",
             first - back
         );
-        assert!(c.stats().online);
+        assert!(c.stats().online());
         // The probe ran on its own cadence, not the backoff's (which reaches 128 s).
         let probes = backend.probes().len() as f64;
         assert!(

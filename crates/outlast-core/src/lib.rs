@@ -1,17 +1,22 @@
 //! Core types of outlast: the [`Exporter`] trait that backends implement, the [`Payload`]
-//! handed to it, the [`ExportError`] it returns, the retry schedule ([`retry`]) and log
-//! throttling ([`throttle`]).
+//! handed to it, the [`ExportError`] it returns, and the grammar of durations and sizes
+//! written as text ([`units`]).
 //!
 //! This crate does no file or network I/O and starts no tasks: it is what a library author
-//! depends on to write an exporter, and what the other outlast crates share.
+//! depends on to write an exporter, and what the other outlast crates share. The modules
+//! `retry` (the retry schedule) and `throttle` (log throttling) are public for those crates
+//! only: they are hidden from this documentation and are not part of the API.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod error;
 mod exporter;
 mod payload;
+#[doc(hidden)]
 pub mod retry;
+#[doc(hidden)]
 pub mod throttle;
 pub mod units;
 
@@ -73,3 +78,8 @@ mod tests {
         assert_send_sync_static::<super::retry::RetryAfterError>();
     }
 }
+
+// The crate's README (what crates.io shows) is compiled as a doctest, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

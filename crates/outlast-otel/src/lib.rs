@@ -84,6 +84,7 @@
 //! - `metrics`: metric data points (every kind the SDK produces).
 //! - `with-serde`: OTLP/JSON ([`Encoding::Json`], `OTEL_EXPORTER_OTLP_PROTOCOL=http/json`).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 

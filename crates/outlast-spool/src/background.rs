@@ -21,7 +21,7 @@ pub const CURSOR_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Messages to the background thread.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Wake {
-    /// Segments were queued in `Inner::doomed`: delete them.
+    /// Segments were queued in `Ledger::doomed`: delete them.
     Delete,
     /// A segment was sealed: fdatasync it (and the new one's header and directory entry),
     /// then the lane's cursor.

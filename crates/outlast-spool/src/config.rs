@@ -8,7 +8,7 @@ use crate::format::{FORMAT_MAX_RECORD_BYTES, FRAME_OVERHEAD, SEGMENT_HEADER_LEN}
 
 /// Default cap on the bytes all segment files may take: 512 MiB, the product's documented
 /// default (about ten minutes of a busy service's telemetry, small next to a disk).
-pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 512 * 1024 * 1024;
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// Default size at which a segment is sealed and a new one started: 16 MiB, small enough that
 /// acked data is freed promptly (a segment is deleted whole), large enough that rotation
 /// (one fsync and one file creation) is rare.
@@ -18,7 +18,7 @@ pub const DEFAULT_MAX_RECORD_BYTES: u64 = 8 * 1024 * 1024;
 /// Share of the file system's free space (measured when the spool opens, and again when an
 /// append does not fit under the cap or segments are freed) that the spool may fill on top
 /// of what it already holds: 90 %. The cap in force is the smaller of
-/// `max_total_bytes` and that, so the spool never fills a disk to the last byte (the rest
+/// `spool_max_bytes` and that, so the spool never fills a disk to the last byte (the rest
 /// of the host keeps room for its logs and temporary files); a disk filled by others
 /// anyway is survived too (see the crate documentation, "Full disk").
 pub const DISK_FREE_SHARE_PERCENT: u64 = 90;
@@ -93,16 +93,16 @@ impl Default for Durability {
 /// use outlast_spool::{Durability, FullPolicy, SpoolConfig};
 ///
 /// let config = SpoolConfig::new("/var/lib/myapp/outlast")
-///     .with_max_total_bytes(64 * 1024 * 1024)
+///     .with_spool_max_bytes(64 * 1024 * 1024)
 ///     .with_full_policy(FullPolicy::DropOldest)
 ///     .with_durability(Durability::FsyncEveryAppend);
 /// assert!(config.validate().is_ok());
-/// assert_eq!(config.max_total_bytes(), 64 * 1024 * 1024);
+/// assert_eq!(config.spool_max_bytes(), 64 * 1024 * 1024);
 /// ```
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     root: PathBuf,
-    max_total_bytes: u64,
+    spool_max_bytes: u64,
     segment_bytes: u64,
     max_record_bytes: u64,
     full_policy: FullPolicy,
@@ -141,7 +141,7 @@ impl SpoolConfig {
     pub fn new(root: impl Into<PathBuf>) -> SpoolConfig {
         SpoolConfig {
             root: root.into(),
-            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             full_policy: FullPolicy::default(),
@@ -179,10 +179,10 @@ impl SpoolConfig {
         &self.adoption
     }
 
-    /// Caps the bytes all segment files may take (default [`DEFAULT_MAX_TOTAL_BYTES`]).
+    /// Caps the bytes all segment files may take (default [`DEFAULT_SPOOL_MAX_BYTES`]).
     #[must_use]
-    pub fn with_max_total_bytes(mut self, bytes: u64) -> Self {
-        self.max_total_bytes = bytes;
+    pub fn with_spool_max_bytes(mut self, bytes: u64) -> Self {
+        self.spool_max_bytes = bytes;
         self
     }
 
@@ -260,12 +260,12 @@ impl SpoolConfig {
                 ),
             );
         }
-        if self.max_total_bytes < self.segment_bytes {
+        if self.spool_max_bytes < self.segment_bytes {
             return bad(
-                "max_total_bytes",
+                "spool_max_bytes",
                 format!(
                     "{} must be at least segment_bytes ({})",
-                    self.max_total_bytes, self.segment_bytes
+                    self.spool_max_bytes, self.segment_bytes
                 ),
             );
         }
@@ -291,8 +291,8 @@ impl SpoolConfig {
     }
 
     /// The cap on the bytes of all segment files.
-    pub fn max_total_bytes(&self) -> u64 {
-        self.max_total_bytes
+    pub fn spool_max_bytes(&self) -> u64 {
+        self.spool_max_bytes
     }
 
     /// The size at which a segment is sealed.

@@ -109,7 +109,7 @@ pub enum AppendErrorKind {
     /// The spool is at its cap and the policy is [`FullPolicy::DropNewest`](crate::FullPolicy).
     Full {
         /// The configured cap.
-        max_total_bytes: u64,
+        spool_max_bytes: u64,
     },
     /// The record (framing included) is larger than `max_record_bytes`.
     TooLarge {
@@ -139,8 +139,8 @@ pub enum AppendErrorKind {
 impl fmt::Display for AppendErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AppendErrorKind::Full { max_total_bytes } => {
-                write!(f, "spool is full ({max_total_bytes} bytes)")
+            AppendErrorKind::Full { spool_max_bytes } => {
+                write!(f, "spool is full ({spool_max_bytes} bytes)")
             }
             AppendErrorKind::TooLarge { size, max } => {
                 write!(

@@ -1,7 +1,7 @@
 //! A [`SpoolFs`] for tests that injects faults (ENOSPC, EIO, short and torn writes, failed
 //! fsyncs, failed reads) and simulates a machine crash (bytes written since the last fsync are lost, or a
 //! prefix of them is kept; so are overwrites of bytes already synced, such as cursor slots).
-//! Not for production use.
+//! Not for production use: available with the `fault-injection` feature only.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

@@ -228,6 +228,27 @@ pub fn header_len(meta: &PayloadMeta, encoding: ContentEncoding) -> u64 {
     }
 }
 
+/// The size of the record header `payload` would be stored with, and the format's limit on
+/// it (64 KiB), if it is over the limit (a key of about 64 KiB or more): such a
+/// payload can never be spooled. Stored compressed, a payload's header also names its
+/// encoding, so that is the size counted for a payload not encoded yet: the answer does not
+/// depend on whether it would be compressed.
+pub fn header_over_limit(payload: &Payload) -> Option<(u64, u64)> {
+    let max = MAX_HEADER_BYTES as u64;
+    let meta = payload.meta();
+    let text = meta.key.as_ref().map_or(0, String::len) + meta.content_type.as_str().len();
+    // Lengths, the creation time and the encoding take at most a few dozen bytes more.
+    if (text as u64) < max - 64 {
+        return None;
+    }
+    let encoding = match payload.content_encoding() {
+        ContentEncoding::Identity => ContentEncoding::Gzip,
+        other => other,
+    };
+    let size = header_len(meta, encoding);
+    (size > max).then_some((size, max))
+}
+
 /// Builds the frame of one record into `buf` (cleared first). Returns the frame length.
 ///
 /// # Errors
@@ -532,6 +553,38 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_over_limit_is_whether_encode_frame_would_refuse_the_header_compressed() {
+        let max = MAX_HEADER_BYTES as u64;
+        for key_len in [
+            0,
+            1000,
+            MAX_HEADER_BYTES - 200,
+            MAX_HEADER_BYTES - 60,
+            MAX_HEADER_BYTES - 30,
+            MAX_HEADER_BYTES,
+            70_000,
+        ] {
+            let payload = Payload::new(&b"x"[..]).with_key("k".repeat(key_len));
+            let stored = payload.clone().with_content_encoding(ContentEncoding::Gzip);
+            let mut buf = Vec::new();
+            let refused = matches!(
+                encode_frame(&mut buf, 1, &stored),
+                Err(FrameError::HeaderTooLarge { .. })
+            );
+            match header_over_limit(&payload) {
+                Some((size, limit)) => {
+                    assert!(refused, "key of {key_len}: over the limit but encodable");
+                    assert_eq!(limit, max);
+                    assert_eq!(size, header_len(payload.meta(), ContentEncoding::Gzip));
+                }
+                None => assert!(!refused, "key of {key_len}: refused but not over the limit"),
+            }
+        }
+        assert!(header_over_limit(&Payload::new(&b"x"[..]).with_key("k".repeat(70_000))).is_some());
+        assert!(header_over_limit(&Payload::new(&b"x"[..])).is_none());
+    }
 
     #[test]
     fn header_len_is_the_size_encode_frame_writes_and_checks() {

@@ -62,7 +62,7 @@ pub(crate) struct Counters {
 #[derive(Debug)]
 pub(crate) struct Ledger {
     pub(crate) config: SpoolConfig,
-    /// The cap in force: `max_total_bytes`, lowered to fit the file system (see
+    /// The cap in force: `spool_max_bytes`, lowered to fit the file system (see
     /// [`crate::DISK_FREE_SHARE_PERCENT`]): measured at open, and again when an append is
     /// refused for room and when segments are freed (see [`Ledger::remeasure_cap`]).
     pub(crate) cap: AtomicU64,
@@ -365,7 +365,7 @@ impl Ledger {
     /// refused for room); otherwise (segments were freed) whenever the cap is below the
     /// configured one. Returns whether it measured.
     pub(crate) fn remeasure_cap(&self, rate_limited: bool) -> bool {
-        let configured = self.config.max_total_bytes();
+        let configured = self.config.spool_max_bytes();
         let before = self.cap.load(Ordering::Acquire);
         if before >= configured {
             return false;
@@ -397,8 +397,8 @@ impl Ledger {
     pub(crate) fn stats(&self) -> SpoolStats {
         let mut s = SpoolStats {
             bytes: self.total_bytes.load(Ordering::Acquire),
-            max_total_bytes: self.cap.load(Ordering::Acquire),
-            configured_max_total_bytes: self.config.max_total_bytes(),
+            spool_max_bytes: self.cap.load(Ordering::Acquire),
+            configured_spool_max_bytes: self.config.spool_max_bytes(),
             ..SpoolStats::default()
         };
         let lanes = self.lanes();
@@ -446,12 +446,12 @@ fn cap_in_force(
     report: &mut RecoveryReport,
 ) -> u64 {
     let free = fs.free_bytes(config.root());
-    let cap = crate::config::effective_cap(config.max_total_bytes(), held, free);
-    report.max_total_bytes = cap;
+    let cap = crate::config::effective_cap(config.spool_max_bytes(), held, free);
+    report.spool_max_bytes = cap;
     report.free_bytes_at_open = free;
-    if cap < config.max_total_bytes() {
+    if cap < config.spool_max_bytes() {
         tracing::info!(
-            configured = config.max_total_bytes(),
+            configured = config.spool_max_bytes(),
             effective = cap,
             free_bytes = free,
             "spool cap lowered to fit the file system's free space"

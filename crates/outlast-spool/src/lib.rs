@@ -3,10 +3,13 @@
 //! share one directory.
 //!
 //! What follows is the on-disk format specification. It is written once, in
-//! `docs/spool-format.md`, and included here; the tests `format_doc_example_parses*` and
-//! `format_v2` parse its examples, so it stays true.
+//! `docs/spool-format.md` (the crate's `spool-format.md` is a symbolic link to it, which
+//! `cargo package` follows, so the published crate carries the text), and included here;
+//! the tests `format_doc_example_parses*` and `format_v2` parse its examples, so it stays
+//! true.
 //!
-#![doc = include_str!("../../../docs/spool-format.md")]
+#![doc = include_str!("../spool-format.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -17,7 +20,7 @@ mod cursor;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
-pub mod format;
+mod format;
 pub mod fs;
 pub mod identity;
 pub mod inspect;
@@ -33,13 +36,14 @@ mod writer;
 
 pub use background::CURSOR_FSYNC_INTERVAL;
 pub use config::{
-    Adoption, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MAX_TOTAL_BYTES,
-    DEFAULT_SEGMENT_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
+    Adoption, DEFAULT_FSYNC_INTERVAL, DEFAULT_MAX_RECORD_BYTES, DEFAULT_SEGMENT_BYTES,
+    DEFAULT_SPOOL_MAX_BYTES, DISK_FREE_SHARE_PERCENT, Durability, FullPolicy, SpoolConfig,
 };
 pub use error::{AppendError, AppendErrorKind, SpoolError};
 /// The newest on-disk format version this build reads and writes. Tools print it next to a
 /// segment that [`inspect`] reports as `newer_version`; what a version means stays in here.
-pub use format::{FORMAT_MAX_RECORD_BYTES, FORMAT_VERSION};
+pub use format::FORMAT_VERSION;
+pub use format::{FORMAT_MAX_RECORD_BYTES, header_over_limit};
 pub use ledger::CAP_REMEASURE_INTERVAL;
 pub use outlast_core::Payload;
 pub use spool::Spool;
@@ -47,3 +51,16 @@ pub use types::{
     Appended, Dropped, ForeignLane, ReadBatch, Record, RecordId, RecordedIdentity, RecoveryReport,
     SpoolStats,
 };
+
+/// The frame and cursor codec, for the spool's own tests and tools that build or pick apart
+/// files byte by byte. Not part of the API: the format is specified by the crate
+/// documentation, and the codec's functions may change in any release.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::format::*;
+}
+
+// The crate's README (what crates.io shows) is compiled as a doctest, so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

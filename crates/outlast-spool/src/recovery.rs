@@ -653,7 +653,7 @@ pub(crate) struct RecoveredLane {
     pub(crate) cursor: CursorChoice,
     /// Largest id of any segment-named file (of any version): new segments get larger ids.
     pub(crate) max_file_id: u64,
-    /// The last segment if it can be appended to: (id, valid length, next seq).
+    /// The last segment if it can be appended to: (id, valid length).
     pub(crate) resumable: Option<(u64, u64)>,
     /// Next sequence number for the lane's writer.
     pub(crate) next_seq: u64,

@@ -114,14 +114,14 @@ pub struct SpoolStats {
     pub oldest_created_at: Option<SystemTime>,
     /// Lanes held: this process's own plus adopted ones.
     pub lanes: usize,
-    /// The cap in force: `max_total_bytes` as configured, lowered (at open, and whenever an
+    /// The cap in force: `spool_max_bytes` as configured, lowered (at open, and whenever an
     /// append does not fit or segments are freed, see
     /// [`CAP_REMEASURE_INTERVAL`](crate::CAP_REMEASURE_INTERVAL)) to what the spool
     /// held plus [`DISK_FREE_SHARE_PERCENT`](crate::DISK_FREE_SHARE_PERCENT) of the file
     /// system's free space, so that the spool never fills the disk.
-    pub max_total_bytes: u64,
+    pub spool_max_bytes: u64,
     /// The cap as configured.
-    pub configured_max_total_bytes: u64,
+    pub configured_spool_max_bytes: u64,
     /// Records evicted by the drop-oldest policy since open.
     pub evicted: Dropped,
     /// Records dropped for age since open.
@@ -199,8 +199,8 @@ pub struct RecoveryReport {
     pub lane: u32,
     /// Lanes of dead processes taken over, to be drained before this process's own.
     pub adopted_lanes: Vec<u32>,
-    /// The cap in force (see [`SpoolStats::max_total_bytes`]).
-    pub max_total_bytes: u64,
+    /// The cap in force (see [`SpoolStats::spool_max_bytes`]).
+    pub spool_max_bytes: u64,
     /// Free bytes of the file system when the spool opened (`None`: not measurable).
     pub free_bytes_at_open: Option<u64>,
     /// Records known to be lost, found by checking that sequence numbers run on from one

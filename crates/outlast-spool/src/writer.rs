@@ -320,7 +320,7 @@ impl Ledger {
                 }
             }
             let full = AppendErrorKind::Full {
-                max_total_bytes: cap,
+                spool_max_bytes: cap,
             };
             match self.config.full_policy() {
                 FullPolicy::DropNewest => return Err(full),

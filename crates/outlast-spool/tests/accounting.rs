@@ -62,7 +62,7 @@ fn a_key_larger_than_the_format_allows_is_refused_at_append_and_nothing_is_lost(
     let config = small_config(dir.path())
         .with_max_record_bytes(1024 * 1024)
         .with_segment_bytes(4 * 1024 * 1024)
-        .with_max_total_bytes(64 * 1024 * 1024);
+        .with_spool_max_bytes(64 * 1024 * 1024);
     let (spool, _) = Spool::open(config.clone()).expect("open");
     spool.append(payload(1)).expect("append before");
     let huge = Payload::new(&b"x"[..]).with_key("k".repeat(70 * 1024));
@@ -191,7 +191,7 @@ fn acknowledged_and_evicted_heads_are_not_counted_as_missing() {
 /// Drop-oldest configuration small enough to evict while a replay is under way.
 fn evicting(root: &Path) -> SpoolConfig {
     small_config(root)
-        .with_max_total_bytes(48 * 1024)
+        .with_spool_max_bytes(48 * 1024)
         .with_full_policy(FullPolicy::DropOldest)
 }
 
@@ -802,7 +802,7 @@ mod counts_add_up_under_faults {
         SpoolConfig::new(dir)
             .with_max_record_bytes(256)
             .with_segment_bytes(1024)
-            .with_max_total_bytes(6 * 1024)
+            .with_spool_max_bytes(6 * 1024)
             .with_full_policy(if drop_oldest {
                 FullPolicy::DropOldest
             } else {

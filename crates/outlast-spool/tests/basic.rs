@@ -90,7 +90,7 @@ fn too_large_record_is_refused_and_handed_back() {
 #[test]
 fn full_spool_refuses_newest_by_default_and_evicts_oldest_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = small_config(dir.path()).with_max_total_bytes(48 * 1024);
+    let cfg = small_config(dir.path()).with_spool_max_bytes(48 * 1024);
     let (spool, _) = Spool::open(cfg.clone()).expect("open");
     let mut stored = 0u64;
     let err = loop {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::{body_index, payload, small_config};
 use outlast_spool::fault::{CrashKeep, FaultFs, WriteFault};
-use outlast_spool::format::{CursorSlot, CursorState, decode_cursor_slot, encode_cursor};
+use outlast_spool::testing::{CursorSlot, CursorState, decode_cursor_slot, encode_cursor};
 use outlast_spool::{AppendErrorKind, Durability, RecordId, Spool, SpoolError, inspect};
 
 fn fill(root: &Path, n: u64) -> PathBuf {
@@ -588,14 +588,14 @@ fn format_doc_example_parses_and_reads_back() {
         .with_content_type(outlast_core::ContentType::Json)
         .with_created_at(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1));
     let mut built = Vec::new();
-    outlast_spool::format::encode_frame(&mut built, 1, &expected_payload).expect("encode");
+    outlast_spool::testing::encode_frame(&mut built, 1, &expected_payload).expect("encode");
     assert_eq!(
         frame, built,
         "documented frame equals what the writer produces"
     );
     assert_eq!(
         &header[..],
-        &outlast_spool::format::encode_segment_header(1, 1)[..]
+        &outlast_spool::testing::encode_segment_header(1, 1)[..]
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -675,7 +675,7 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
 /// The cursor record a lane's cursor file holds now (the newer valid slot).
 fn cursor_state(root: &Path) -> CursorState {
     let bytes = std::fs::read(root.join("lane-0").join("cursor")).expect("cursor file");
-    outlast_spool::format::decode_cursor_file(&bytes).state
+    outlast_spool::testing::decode_cursor_file(&bytes).state
 }
 
 #[test]

@@ -54,14 +54,14 @@ fn format_v2_doc_example_parses() {
         .with_content_encoding(ContentEncoding::Gzip)
         .with_created_at(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1));
     let mut built = Vec::new();
-    outlast_spool::format::encode_frame(&mut built, 1, &expected).expect("encode");
+    outlast_spool::testing::encode_frame(&mut built, 1, &expected).expect("encode");
     assert_eq!(
         frame, built,
         "documented frame equals what the writer produces"
     );
     assert_eq!(
         &header[..],
-        &outlast_spool::format::encode_segment_header(1, 1)[..]
+        &outlast_spool::testing::encode_segment_header(1, 1)[..]
     );
 
     let dir = tempfile::tempdir().expect("tempdir");

@@ -278,16 +278,16 @@ fn a_real_full_file_system_is_freed_by_acknowledging_and_appends_work_again() {
     let config = SpoolConfig::new(&root)
         .with_max_record_bytes(16 * 1024)
         .with_segment_bytes(64 * 1024)
-        .with_max_total_bytes(64 * 1024 * 1024)
+        .with_spool_max_bytes(64 * 1024 * 1024)
         .with_durability(Durability::OsWrite {
             fsync_interval: Duration::from_secs(3600),
         });
     let (spool, report) = Spool::open(config.clone()).expect("open");
     assert!(
-        report.max_total_bytes < 2 * 1024 * 1024,
+        report.spool_max_bytes < 2 * 1024 * 1024,
         "the cap is lowered to the file system's free space: {report:?}"
     );
-    assert_eq!(spool.stats().max_total_bytes, report.max_total_bytes);
+    assert_eq!(spool.stats().spool_max_bytes, report.spool_max_bytes);
     // Something else fills the disk to the last byte.
     let ballast = fsys.path().join("ballast");
     {
@@ -358,7 +358,7 @@ fn a_cap_lowered_by_a_full_disk_rises_again_once_space_returns() {
     fs.set_free_bytes(Some(0));
     let (spool, report) =
         Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone())).expect("open");
-    assert_eq!(report.max_total_bytes, 0, "opened on a full disk");
+    assert_eq!(report.spool_max_bytes, 0, "opened on a full disk");
     let err = spool.append(payload(0)).expect_err("no room");
     assert!(err.is_full(), "{err}");
     // Space comes back. The refusal just measured: the next measure waits its interval.
@@ -372,8 +372,8 @@ fn a_cap_lowered_by_a_full_disk_rises_again_once_space_returns() {
     std::thread::sleep(outlast_spool::CAP_REMEASURE_INTERVAL + Duration::from_millis(50));
     spool.append(payload(2)).expect("the cap rose again");
     assert_eq!(
-        spool.stats().max_total_bytes,
-        small_config(dir.path()).max_total_bytes(),
+        spool.stats().spool_max_bytes,
+        small_config(dir.path()).spool_max_bytes(),
         "back to the configured cap"
     );
     assert_eq!(deliver_all(&spool), vec![2]);
@@ -386,7 +386,7 @@ fn freeing_delivered_segments_measures_the_cap_again_at_once() {
     fs.set_free_bytes(Some(200 * 1024));
     let (spool, report) =
         Spool::open_with_fs(small_config(dir.path()), Arc::new(fs.clone())).expect("open");
-    assert_eq!(report.max_total_bytes, 180 * 1024, "90 % of 200 KiB");
+    assert_eq!(report.spool_max_bytes, 180 * 1024, "90 % of 200 KiB");
     let mut accepted = 0;
     while spool.append(payload(accepted)).is_ok() {
         accepted += 1;
@@ -396,8 +396,8 @@ fn freeing_delivered_segments_measures_the_cap_again_at_once() {
     assert_eq!(deliver_all(&spool).len() as u64, accepted);
     spool.sync().expect("deletions done");
     assert_eq!(
-        spool.stats().max_total_bytes,
-        small_config(dir.path()).max_total_bytes()
+        spool.stats().spool_max_bytes,
+        small_config(dir.path()).spool_max_bytes()
     );
     for i in 0..2 * accepted {
         spool
@@ -446,10 +446,10 @@ fn a_spool_opened_on_a_real_full_or_nearly_full_disk_takes_records_again_once_it
         let config = SpoolConfig::new(&root)
             .with_max_record_bytes(16 * 1024)
             .with_segment_bytes(64 * 1024)
-            .with_max_total_bytes(64 * 1024 * 1024);
+            .with_spool_max_bytes(64 * 1024 * 1024);
         let (spool, report) = Spool::open(config).expect("open");
         assert!(
-            report.max_total_bytes <= leave,
+            report.spool_max_bytes <= leave,
             "the cap follows the free space: {report:?}"
         );
         // Appends until the cap (or the disk) refuses one.
@@ -470,7 +470,7 @@ fn a_spool_opened_on_a_real_full_or_nearly_full_disk_takes_records_again_once_it
                 .unwrap_or_else(|e| panic!("{leave}: append {i} once space returned: {e}"));
         }
         assert!(
-            spool.stats().max_total_bytes > 1024 * 1024,
+            spool.stats().spool_max_bytes > 1024 * 1024,
             "{:?}",
             spool.stats()
         );

@@ -83,7 +83,7 @@ fn a_delivered_40_mib_backlog_leaves_at_most_64_kib_in_the_spool_directory() {
     let config = SpoolConfig::new(dir.path())
         .with_segment_bytes(1024 * 1024)
         .with_max_record_bytes(64 * 1024)
-        .with_max_total_bytes(64 * 1024 * 1024)
+        .with_spool_max_bytes(64 * 1024 * 1024)
         .with_durability(Durability::OsWrite {
             fsync_interval: Duration::from_secs(3600),
         });

@@ -300,7 +300,7 @@ proptest! {
         let config = SpoolConfig::new(dir.path())
             .with_max_record_bytes(1024)
             .with_segment_bytes(2048)
-            .with_max_total_bytes(16 * 1024 * 1024)
+            .with_spool_max_bytes(16 * 1024 * 1024)
             .with_durability(durability);
         let mut h = Harness {
             config,

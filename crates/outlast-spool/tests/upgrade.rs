@@ -84,7 +84,7 @@ fn copy_tree(from: &Path, to: &Path) {
 #[ignore = "writes the committed fixture; run only with the code of format version 1"]
 fn write_version_1_fixture() {
     assert_eq!(
-        outlast_spool::format::FORMAT_VERSION,
+        outlast_spool::testing::FORMAT_VERSION,
         1,
         "this build writes another format"
     );
@@ -187,7 +187,7 @@ fn an_upgraded_spool_leaves_its_version_1_segments_as_they_were_and_inspect_tell
         assert_eq!(s.encodings.identity_records, s.records);
     }
     let new = &segs[3];
-    assert_eq!(new.version, Some(outlast_spool::format::FORMAT_VERSION));
+    assert_eq!(new.version, Some(outlast_spool::testing::FORMAT_VERSION));
     assert_eq!(new.encodings.gzip_records, 1);
     assert_eq!(new.encodings.identity_records, 1);
     assert_eq!(new.encodings.gzip_uncompressed_bytes, 10_000);

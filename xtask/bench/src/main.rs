@@ -50,7 +50,7 @@ struct Args {
     /// Size of the large replay backlog (row 7b), e.g. 512MiB.
     #[arg(long, value_parser = parse_size)]
     backlog_bytes: Option<u64>,
-    /// Directory for results.json [default: <workspace>/target/bench].
+    /// Directory for results.json [default: target/bench in the workspace].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Run only these row groups (1-8; 9 = the SQLite lines, produced by groups 1 and 3;
@@ -59,8 +59,8 @@ struct Args {
     /// comma-separated. Ids like 3a select their group.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Where on-disk measurements write [default: a temporary directory under
-    /// <workspace>/target, on the same disk as the workspace].
+    /// Where on-disk measurements write [default: a temporary directory under the
+    /// workspace's target directory, on the same disk as the workspace].
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Repetitions per figure (the median is reported) [default: 5, --quick: 3].

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use outlast_client::http::{HttpExporter, PayloadFraming};
 use outlast_client::testing::{Mode, Recording, TestReceiver};
 use outlast_client::{Client, ContentType, Delivery, FlushOutcome};
-use outlast_spool::{DEFAULT_MAX_TOTAL_BYTES, Durability, Payload, Spool, SpoolConfig, SpoolStats};
+use outlast_spool::{DEFAULT_SPOOL_MAX_BYTES, Durability, Payload, Spool, SpoolConfig, SpoolStats};
 use tokio::runtime::Handle;
 
 use crate::child::{hold, say};
@@ -32,13 +32,13 @@ fn config(dir: &Path, cap: u64, mode: AppendMode) -> SpoolConfig {
         AppendMode::FsyncEveryAppend => Durability::FsyncEveryAppend,
     };
     SpoolConfig::new(dir)
-        .with_max_total_bytes(cap.max(DEFAULT_MAX_TOTAL_BYTES))
+        .with_spool_max_bytes(cap.max(DEFAULT_SPOOL_MAX_BYTES))
         .with_durability(durability)
 }
 
 /// A cap with room for `bytes` of records plus framing and partly filled segments.
 fn cap_for(bytes: u64) -> u64 {
-    bytes.saturating_mul(2).max(DEFAULT_MAX_TOTAL_BYTES)
+    bytes.saturating_mul(2).max(DEFAULT_SPOOL_MAX_BYTES)
 }
 
 fn open(cfg: SpoolConfig) -> anyhow::Result<Spool> {
@@ -161,7 +161,7 @@ pub(crate) fn read_ack(dir: &Path, len: usize, count: u64) -> anyhow::Result<Rea
 /// (so that write-back does not disturb the recovery timing), says `ready` and waits to be
 /// killed without closing the spool.
 pub(crate) fn child_fill_then_hold(dir: &Path, bytes: u64, len: usize) -> anyhow::Result<()> {
-    let cfg = SpoolConfig::new(dir).with_max_total_bytes(bytes);
+    let cfg = SpoolConfig::new(dir).with_spool_max_bytes(bytes);
     let spool = open(cfg)?;
     let body = Bytes::from(record(len, 3));
     loop {
@@ -180,7 +180,7 @@ pub(crate) fn child_fill_then_hold(dir: &Path, bytes: u64, len: usize) -> anyhow
 /// `result <seconds> <records>`, and waits to be killed (so the next child finds the same
 /// crashed state).
 pub(crate) fn child_open_then_hold(dir: &Path, bytes: u64) -> anyhow::Result<()> {
-    let cfg = SpoolConfig::new(dir).with_max_total_bytes(bytes);
+    let cfg = SpoolConfig::new(dir).with_spool_max_bytes(bytes);
     let start = Instant::now();
     let (spool, report) = Spool::open(cfg).context("Spool::open")?;
     let elapsed = start.elapsed();

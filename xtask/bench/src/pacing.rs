@@ -177,7 +177,7 @@ async fn fresh_delivery(dir: &Path, order: ReplayOrder, count: u64) -> anyhow::R
         tokio::spawn(async move { c.force_flush(FLUSH).await })
     };
     // Fresh payloads count from the moment the client has seen the backend answer.
-    while !c.stats().online {
+    while !c.stats().online() {
         anyhow::ensure!(start.elapsed() < FLUSH, "the backend never answered");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

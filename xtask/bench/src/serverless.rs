@@ -164,7 +164,7 @@ mod imp {
                 let _delivery = delivery.context("the payload was not accepted")?;
                 let kept = client.stats();
                 anyhow::ensure!(
-                    kept.exported + kept.replayed + report.remaining_records == 1,
+                    kept.delivered() + report.remaining_records == 1,
                     "the payload is neither delivered nor in the spool: {report:?}"
                 );
                 drop(client);

@@ -19,8 +19,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default number of concurrent replay requests this exporter allows: enough to hide the
 /// round-trip time on a backlog without flooding a collector that has just come back. The
-/// client's own limit ([`DEFAULT_MAX_IN_FLIGHT`](crate::DEFAULT_MAX_IN_FLIGHT), 4) applies
-/// too; the smaller wins.
+/// client's own limit
+/// ([`ClientBuilder::DEFAULT_MAX_IN_FLIGHT`](crate::ClientBuilder::DEFAULT_MAX_IN_FLIGHT), 4)
+/// applies too; the smaller wins.
 pub const DEFAULT_HTTP_MAX_IN_FLIGHT: usize = 8;
 
 /// Default probe timeout: a TCP connect to a reachable collector takes milliseconds; two

@@ -11,7 +11,7 @@ pub fn small_config(root: &Path) -> SpoolConfig {
     SpoolConfig::new(root)
         .with_max_record_bytes(4096)
         .with_segment_bytes(16 * 1024)
-        .with_max_total_bytes(1024 * 1024)
+        .with_spool_max_bytes(1024 * 1024)
         .with_durability(Durability::OsWrite {
             fsync_interval: Duration::from_secs(3600),
         })
