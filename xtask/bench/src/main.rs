@@ -311,6 +311,7 @@ mod tests {
         assert_eq!(selected(&["10b".into()]).expect("valid"), vec![10]);
         assert_eq!(selected(&["11a".into()]).expect("valid"), vec![11]);
         assert_eq!(selected(&["12h".into()]).expect("valid"), vec![12]);
-        assert!(selected(&["13".into()]).is_err());
+        assert_eq!(selected(&["13a".into()]).expect("valid"), vec![13]);
+        assert!(selected(&["14".into()]).is_err());
     }
 }
