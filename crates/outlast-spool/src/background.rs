@@ -30,6 +30,9 @@ pub(crate) enum Wake {
     Stop,
 }
 
+/// The name of each spool's background thread (`FaultFs` can spare it its faults).
+pub(crate) const SYNC_THREAD_NAME: &str = "outlast-spool-sync";
+
 pub(crate) fn start_background(
     inner: &Arc<Ledger>,
 ) -> Option<(mpsc::Sender<Wake>, JoinHandle<()>)> {
@@ -40,7 +43,7 @@ pub(crate) fn start_background(
     let weak: Weak<Ledger> = Arc::downgrade(inner);
     let (tx, rx) = mpsc::channel::<Wake>();
     let spawned = std::thread::Builder::new()
-        .name("outlast-spool-sync".into())
+        .name(SYNC_THREAD_NAME.into())
         .spawn(move || {
             let mut next_sync = later(Instant::now(), interval);
             loop {

@@ -57,6 +57,8 @@ struct State {
     writes: VecDeque<WriteFault>,
     pending_error: Option<io::ErrorKind>,
     sync_failures: u32,
+    /// Faults armed are not taken by the spool's background sync thread.
+    spare_sync_thread: bool,
     create_failures: u32,
     set_len_failures: u32,
     dir_sync_failures: u32,
@@ -83,6 +85,11 @@ impl fmt::Debug for FaultFs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FaultFs").finish_non_exhaustive()
     }
+}
+
+/// Whether the calling thread is a spool's background sync thread.
+fn on_sync_thread() -> bool {
+    std::thread::current().name() == Some(crate::background::SYNC_THREAD_NAME)
 }
 
 fn err(kind: io::ErrorKind) -> io::Error {
@@ -115,6 +122,13 @@ impl FaultFs {
     /// The next `n` fsyncs fail with EIO.
     pub fn fail_syncs(&self, n: u32) {
         self.lock().sync_failures = n;
+    }
+
+    /// From now on, the write and fsync faults armed are not taken by the spool's background
+    /// thread (its interval syncs and its cursor writes after a rotation run on their own
+    /// schedule), so that a test can aim a fault at an append's or an acknowledgement's I/O.
+    pub fn spare_sync_thread(&self) {
+        self.lock().spare_sync_thread = true;
     }
 
     /// The next `n` reads of file data fail with EIO.
@@ -346,7 +360,11 @@ impl SpoolFile for FaultFile {
             if st.disk_full && offset + buf.len() as u64 > self.inner.len()? {
                 return Err(err(io::ErrorKind::StorageFull));
             }
-            st.writes.pop_front()
+            if st.spare_sync_thread && on_sync_thread() {
+                None
+            } else {
+                st.writes.pop_front()
+            }
         };
         match fault {
             None => {
@@ -376,7 +394,7 @@ impl SpoolFile for FaultFile {
             if st.dead {
                 return Err(err(io::ErrorKind::Other));
             }
-            if st.sync_failures > 0 {
+            if st.sync_failures > 0 && !(st.spare_sync_thread && on_sync_thread()) {
                 st.sync_failures -= 1;
                 return Err(err(io::ErrorKind::Other));
             }
