@@ -13,6 +13,7 @@ use crate::error::SpoolError;
 use crate::fs::SpoolFs;
 use crate::identity;
 use crate::lane::Lane;
+use crate::layout;
 use crate::ledger::{Ledger, lock};
 use crate::recovery;
 use crate::types::{ForeignLane, RecordedIdentity, RecoveryReport};
@@ -42,7 +43,7 @@ pub(crate) fn merge_report(into: &mut RecoveryReport, from: RecoveryReport) {
 /// Whether lane `n`'s lock is there but is not a regular file (a directory, a FIFO, a
 /// link): no process can lock the lane, so none will drain it.
 fn lock_unusable(root: &std::path::Path, n: u32) -> bool {
-    let path = recovery::lane_dir(root, n).join(recovery::LOCK_FILE);
+    let path = layout::lane_dir(root, n).join(layout::LOCK_FILE);
     std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file())
 }
 
@@ -90,7 +91,7 @@ pub(crate) fn take_lanes(
     root: &std::path::Path,
     report: &mut RecoveryReport,
 ) -> Result<Lanes, SpoolError> {
-    let (existing, stray) = recovery::list_lanes(root)?;
+    let (existing, stray) = layout::list_lanes(root)?;
     report.skipped_entries.extend(stray);
     let mine = config.identity();
     let rule = config.adoption();
@@ -99,7 +100,7 @@ pub(crate) fn take_lanes(
     let mut stranded = BTreeMap::new();
     let mut orphan_missing = 0;
     for &n in &existing {
-        let dir = recovery::lane_dir(root, n);
+        let dir = layout::lane_dir(root, n);
         let ident = identity::read_identity(fs, &dir);
         if !ident.adoptable(mine, rule) {
             report.foreign_lanes.push(foreign_lane(fs, n, &dir, ident));
@@ -187,7 +188,7 @@ pub(crate) fn stranded_lane(
     n: u32,
     report: &mut RecoveryReport,
 ) -> u64 {
-    let (records, files) = crate::inspect::read_only_stranded(fs, &recovery::lane_dir(root, n), n);
+    let (records, files) = crate::inspect::read_only_stranded(fs, &layout::lane_dir(root, n), n);
     report.unusable_lanes.push(n);
     report.stranded_files.extend(files);
     report.stranded_records += records;
@@ -203,13 +204,13 @@ pub(crate) fn lock_and_recover(
     create: bool,
     report: &mut RecoveryReport,
 ) -> Result<Taken, SpoolError> {
-    let Some(file) = recovery::try_lock_lane(root, n, create)? else {
+    let Some(file) = layout::try_lock_lane(root, n, create)? else {
         if lock_unusable(root, n) {
             return Ok(Taken::Unusable("its lock is not a regular file".to_owned()));
         }
         return Ok(Taken::Busy);
     };
-    let dir = recovery::lane_dir(root, n);
+    let dir = layout::lane_dir(root, n);
     let mut sub = RecoveryReport::default();
     match recovery::recover_lane(fs, &dir, &mut sub) {
         Ok(rec) => {
@@ -247,7 +248,7 @@ impl Ledger {
             return Err(SpoolError::Closed);
         }
         let root = self.config.root();
-        let (existing, _) = recovery::list_lanes(root)?;
+        let (existing, _) = layout::list_lanes(root)?;
         let held: Vec<u32> = self.lanes().iter().map(|l| l.id).collect();
         let mine = self.config.identity();
         let rule = self.config.adoption();
@@ -256,7 +257,7 @@ impl Ledger {
         // found (a lane repaired meanwhile is no longer stranded).
         let mut stranded = std::collections::BTreeMap::new();
         for n in existing.into_iter().filter(|n| !held.contains(n)) {
-            let dir = recovery::lane_dir(root, n);
+            let dir = layout::lane_dir(root, n);
             if !identity::read_identity(&*self.fs, &dir).adoptable(mine, rule) {
                 foreign += 1;
                 continue;

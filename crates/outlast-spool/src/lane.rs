@@ -10,8 +10,9 @@ use crate::cursor::CursorFile;
 use crate::error::SpoolError;
 use crate::format::CursorState;
 use crate::fs::SpoolFs;
+use crate::index::SegMeta;
 use crate::ledger::lock;
-use crate::recovery::{self, SegMeta};
+use crate::recovery;
 use crate::scan::FrameReader;
 use crate::seqset::SeqSet;
 use crate::types::Dropped;
@@ -147,7 +148,7 @@ impl Consumer {
             }
             if x.from <= seq {
                 let left = (x.to - seq).min(x.records);
-                x.bytes = crate::recovery::proportional(x.bytes, left, x.records);
+                x.bytes = crate::index::proportional(x.bytes, left, x.records);
                 x.records = left;
                 x.from = seq + 1;
             }

@@ -18,8 +18,9 @@ use crate::cursor::{self};
 use crate::error::SpoolError;
 use crate::fs::SpoolFs;
 use crate::identity;
+use crate::index::SegMeta;
 use crate::lane::{Consumer, DropCause, Lane};
-use crate::recovery::{self, SegMeta};
+use crate::layout;
 use crate::scan::PayloadArena;
 use crate::types::{Dropped, RecoveryReport, SpoolStats};
 use crate::writer::{SyncState, Writer, record_identity};
@@ -112,7 +113,7 @@ impl Ledger {
             stranded,
             orphan_missing,
         } = lanes;
-        let own_dir = recovery::lane_dir(config.root(), n);
+        let own_dir = layout::lane_dir(config.root(), n);
         let own_lane = Arc::new(Lane::new(n, own_dir, false, file, &rec));
         lock(&own_lane.consumer).lost.unreported += orphan_missing;
         if report.stranded_records > 0 || !report.unusable_lanes.is_empty() {
@@ -348,7 +349,7 @@ impl Ledger {
             cursor::CURSOR_FILE,
             cursor::CURSOR_TMP_FILE,
             identity::IDENTITY_FILE,
-            recovery::LOCK_FILE,
+            layout::LOCK_FILE,
         ] {
             let _ = self.fs.remove_file(&l.dir.join(name));
         }

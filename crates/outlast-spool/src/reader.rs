@@ -10,9 +10,9 @@ use outlast_core::unix_nanos;
 
 use crate::error::SpoolError;
 use crate::format::{self, SEGMENT_HEADER_LEN};
+use crate::index::SegMeta;
 use crate::lane::{Consumer, DropCause, Lane};
 use crate::ledger::{Ledger, lock};
-use crate::recovery::SegMeta;
 use crate::scan::{Found, FrameReader, Next, PayloadArena};
 use crate::seqset::SeqSet;
 use crate::types::{Dropped, ReadBatch, Record, RecordId};

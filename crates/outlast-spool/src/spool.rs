@@ -12,8 +12,8 @@ use crate::background::{Wake, start_background};
 use crate::config::SpoolConfig;
 use crate::error::{AppendError, SpoolError};
 use crate::fs::SpoolFs;
+use crate::layout;
 use crate::ledger::{Ledger, lock};
-use crate::recovery;
 use crate::types::{Appended, ReadBatch, RecordId, RecoveryReport, SpoolStats};
 
 /// The disk spool. See the [crate documentation](crate) for the format and guarantees.
@@ -55,7 +55,7 @@ impl Spool {
     ) -> Result<(Spool, RecoveryReport), SpoolError> {
         config.validate()?;
         let root = config.root().to_path_buf();
-        recovery::prepare_root(&root, true)?;
+        layout::prepare_root(&root, true)?;
         let mut report = RecoveryReport::default();
         let lanes = take_lanes(&config, &*fs, &root, &mut report)?;
         report.lane = lanes.own.n;

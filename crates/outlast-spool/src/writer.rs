@@ -14,9 +14,10 @@ use crate::error::{AppendError, AppendErrorKind, SpoolError};
 use crate::format::{self, SEGMENT_HEADER_LEN};
 use crate::fs::{SpoolFile, SpoolFs, write_all_at};
 use crate::identity;
+use crate::index::SegMeta;
 use crate::lane::{DropCause, Lane};
 use crate::ledger::{Ledger, later, lock};
-use crate::recovery::{self, SegMeta};
+use crate::recovery;
 use crate::types::{Appended, Dropped, RecordId};
 
 /// An own lane's active segment up to this size stays when the lane becomes empty (see
