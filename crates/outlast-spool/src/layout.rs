@@ -114,12 +114,12 @@ pub(crate) struct LaneEntries {
     pub(crate) not_regular: Vec<PathBuf>,
     /// Regular files named `<digits>.seg` that are not a segment name the spool writes (not
     /// 20 digits, or a number beyond `u64`): checked for records (see
-    /// [`misnamed_segment_records`]).
+    /// recovery's `placeable_misnamed`).
     pub(crate) misnamed: Vec<PathBuf>,
 }
 
 /// Whether `name` looks like a segment the spool cannot place: `<digits>.seg`, but not a
-/// name [`format::segment_file_name`] gives.
+/// name [`crate::format::segment_file_name`] gives.
 fn is_misnamed_segment(name: &str) -> bool {
     name.strip_suffix(".seg").is_some_and(|d| {
         !d.is_empty()

@@ -15,6 +15,7 @@
 
 mod adopt;
 mod background;
+mod commit;
 mod config;
 mod cursor;
 mod error;
@@ -28,6 +29,7 @@ pub mod inspect;
 mod lane;
 mod layout;
 mod ledger;
+mod locks;
 mod reader;
 mod recovery;
 mod scan;
