@@ -277,7 +277,10 @@ impl Ledger {
     }
 
     /// Deletes a segment taken out of the index with records not acknowledged (evicted or
-    /// expired), counting them as [`Consumer::drop_counts`] says; consumer lock held.
+    /// expired), counting them as [`Consumer::drop_counts`] says; consumer lock held. An
+    /// evicted segment (an append is waiting, on a runtime worker perhaps) is unlinked by
+    /// the background thread, as acknowledged ones are; an expired one, and any without
+    /// the thread, here.
     pub(crate) fn drop_segment(
         &self,
         l: &Lane,
@@ -289,6 +292,12 @@ impl Ledger {
         c.drop_counts(&m, cause, dropped);
         l.note_counted(c);
         self.forget_segment(&m);
+        if cause == DropCause::Evicted && self.has_background() {
+            lock(&self.doomed).push(m.path);
+            // If the thread cannot be woken, the spool is closing: close unlinks it.
+            self.wake(Wake::Delete);
+            return Ok(());
+        }
         match self.fs.remove_file(&m.path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

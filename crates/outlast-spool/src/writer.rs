@@ -11,7 +11,7 @@ use outlast_core::Payload;
 
 use crate::commit::GroupCommit;
 use crate::config::{Durability, FullPolicy};
-use crate::error::{AppendError, AppendErrorKind, SpoolError};
+use crate::error::{AppendError, AppendErrorKind, SpoolError, is_disk_full};
 use crate::format::{self, SEGMENT_HEADER_LEN};
 use crate::fs::{SpoolFile, write_all_at};
 use crate::index::SegMeta;
@@ -244,25 +244,16 @@ impl Appender {
                 max,
             });
         }
-        let evicted = self.make_room(w, frame_len)?;
-        if w.needs_new_segment(frame_len, self.ledger.config().segment_bytes()) {
-            self.rotate(w, seq).map_err(AppendErrorKind::Io)?;
+        let (evicted, freed) = self.make_room(w, frame_len)?;
+        let mut written = self.write_frame(w, frame, seq);
+        if freed && written.as_ref().is_err_and(is_disk_full) {
+            // The segments evicted for this record are unlinked by the background thread;
+            // on a full disk their room is needed now: unlinked here, and the write tried
+            // once more (as if they had been unlinked inline).
+            let _ = self.ledger.delete_doomed();
+            written = self.write_frame(w, frame, seq);
         }
-        let Some(seg) = w.seg.as_mut() else {
-            return Err(AppendErrorKind::Io(io::Error::other("no active segment")));
-        };
-        if let Err(e) = write_all_at(&*seg.file, frame, seg.offset) {
-            // Cut the partial frame off so the next append starts at a frame boundary; if
-            // even that fails, the next append starts a new segment (recovery will skip or
-            // truncate the partial bytes, and readers never read past `offset`).
-            if seg.file.set_len(seg.offset).is_err() {
-                w.needs_rotation = true;
-            }
-            return Err(AppendErrorKind::Io(e));
-        }
-        seg.offset += frame_len;
-        let seg_id = seg.id;
-        let offset = seg.offset;
+        let (seg_id, offset) = written.map_err(AppendErrorKind::Io)?;
         w.next_seq = seq + 1;
         let own = self.ledger.own();
         own.next_seq.store(seq + 1, Ordering::Release);
@@ -279,13 +270,43 @@ impl Appender {
         Ok(evicted)
     }
 
+    /// Writes a built frame at the end of the active segment, starting a new segment if it
+    /// needs one; returns the segment's id and its new length. Writer lock held.
+    fn write_frame(&self, w: &mut Writer, frame: &[u8], seq: u64) -> io::Result<(u64, u64)> {
+        let frame_len = frame.len() as u64;
+        if w.needs_new_segment(frame_len, self.ledger.config().segment_bytes()) {
+            self.rotate(w, seq)?;
+        }
+        let Some(seg) = w.seg.as_mut() else {
+            return Err(io::Error::other("no active segment"));
+        };
+        if let Err(e) = write_all_at(&*seg.file, frame, seg.offset) {
+            // Cut the partial frame off so the next append starts at a frame boundary; if
+            // even that fails, the next append starts a new segment (recovery will skip or
+            // truncate the partial bytes, and readers never read past `offset`).
+            if seg.file.set_len(seg.offset).is_err() {
+                w.needs_rotation = true;
+            }
+            return Err(e);
+        }
+        seg.offset += frame_len;
+        Ok((seg.id, seg.offset))
+    }
+
     /// Makes room under the cap for a frame of `frame_len` bytes (and a new segment's header
     /// if it needs one): refuses it (drop-newest), or evicts the oldest segments
-    /// (drop-oldest) and returns what they held; writer lock held.
-    fn make_room(&self, w: &mut Writer, frame_len: u64) -> Result<Dropped, AppendErrorKind> {
+    /// (drop-oldest) and returns what they held, and whether any segment was evicted (its
+    /// file is unlinked by the background thread, see [`Ledger::drop_segment`]); writer
+    /// lock held.
+    fn make_room(
+        &self,
+        w: &mut Writer,
+        frame_len: u64,
+    ) -> Result<(Dropped, bool), AppendErrorKind> {
         let config = self.ledger.config();
         let seg_bytes = config.segment_bytes();
         let mut evicted = Dropped::default();
+        let mut freed = false;
         // A cap lowered by a full disk is measured again (rate-limited) before anything is
         // refused or evicted for it: the space may have come back.
         let mut measured = false;
@@ -318,6 +339,7 @@ impl Appender {
                     {
                         return Err(full);
                     }
+                    freed = true;
                 }
             }
         }
@@ -329,7 +351,7 @@ impl Appender {
                 "spool full: oldest records evicted"
             );
         }
-        Ok(evicted)
+        Ok((evicted, freed))
     }
 
     /// Seals the active segment and starts a new one; writer lock held.
