@@ -201,9 +201,19 @@ impl Ledger {
         self.lost_pending.store(true, Ordering::Release);
     }
 
-    /// Whether records lost to eviction wait to be reported (and no longer, once asked).
-    pub(crate) fn take_lost_pending(&self) -> bool {
-        self.lost_pending.swap(false, Ordering::AcqRel)
+    /// The records a rewind (or a failed read) found lost to eviction while in flight, if
+    /// no read reported them yet: taken, so that they are reported once (they are in the
+    /// counters already).
+    pub(crate) fn take_lost_in_flight(&self) -> Dropped {
+        let mut lost = Dropped::default();
+        if !self.lost_pending.swap(false, Ordering::AcqRel) {
+            return lost;
+        }
+        for l in self.lanes() {
+            let d = std::mem::take(&mut lock(&l.consumer).lost.evicted);
+            lost.add(d.records, d.bytes);
+        }
+        lost
     }
 
     /// Counts dropped records whose fate is known now.

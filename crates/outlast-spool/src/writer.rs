@@ -200,14 +200,7 @@ impl Appender {
     /// flight, if no read reported them yet: a caller counting evictions from appends alone
     /// counts them too (the next read would otherwise, in `ReadBatch::evicted`).
     fn report_lost_in_flight(&self, evicted: &mut Dropped) {
-        if !self.ledger.take_lost_pending() {
-            return;
-        }
-        let mut lost = Dropped::default();
-        for l in self.ledger.lanes() {
-            let d = std::mem::take(&mut lock(&l.consumer).lost.evicted);
-            lost.add(d.records, d.bytes);
-        }
+        let lost = self.ledger.take_lost_in_flight();
         // Already in the counters (since the rewind): reported here only.
         evicted.add(lost.records, lost.bytes);
     }
