@@ -13,7 +13,9 @@ use crate::error::SpoolError;
 use crate::fs::SpoolFs;
 use crate::identity;
 use crate::lane::Lane;
-use crate::ledger::{Ledger, lock};
+use crate::layout;
+use crate::ledger::{Counters, Ledger};
+use crate::locks::lock;
 use crate::recovery;
 use crate::types::{ForeignLane, RecordedIdentity, RecoveryReport};
 
@@ -42,7 +44,7 @@ pub(crate) fn merge_report(into: &mut RecoveryReport, from: RecoveryReport) {
 /// Whether lane `n`'s lock is there but is not a regular file (a directory, a FIFO, a
 /// link): no process can lock the lane, so none will drain it.
 fn lock_unusable(root: &std::path::Path, n: u32) -> bool {
-    let path = recovery::lane_dir(root, n).join(recovery::LOCK_FILE);
+    let path = layout::lane_dir(root, n).join(layout::LOCK_FILE);
     std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file())
 }
 
@@ -78,6 +80,78 @@ pub(crate) struct TakenLane {
     pub(crate) rec: recovery::RecoveredLane,
 }
 
+/// The lanes taken at open, held: the own lane's and the adopted ones' cursors prepared
+/// before any record is taken, the own lane's identity recorded, and what recovery counted.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) own: Arc<Lane>,
+    pub(crate) adopted: Vec<Arc<Lane>>,
+    /// The own lane as recovery left it (where the appender resumes).
+    pub(crate) rec: recovery::RecoveredLane,
+    pub(crate) counters: Counters,
+}
+
+/// Holds the lanes `open` took (see [`Held`]).
+pub(crate) fn hold(
+    config: &SpoolConfig,
+    fs: &dyn SpoolFs,
+    lanes: Lanes,
+    report: &RecoveryReport,
+) -> Held {
+    let Lanes {
+        own: TakenLane { n, file, rec },
+        adopted,
+        stranded,
+        orphan_missing,
+    } = lanes;
+    let own_dir = layout::lane_dir(config.root(), n);
+    let own = Arc::new(Lane::new(n, own_dir, false, file, &rec));
+    lock(&own.consumer).lost.unreported += orphan_missing;
+    if report.stranded_records > 0 || !report.unusable_lanes.is_empty() {
+        tracing::warn!(
+            stranded_records = report.stranded_records,
+            unusable_lanes = ?report.unusable_lanes,
+            stranded_files = ?report.stranded_files,
+            "spool records stranded: on disk, but no spool will deliver them until the lanes or files are repaired (see `outlast verify`)"
+        );
+    }
+    own.identity_pending.store(
+        identity::read_identity(fs, &own.dir) == identity::LaneIdentity::Absent,
+        Ordering::Release,
+    );
+    for l in adopted.iter().chain(std::iter::once(&own)) {
+        // Before any record is taken: acknowledgements then never need new space.
+        let mut c = lock(&l.consumer);
+        if let Err(e) = c.cursor.prepare(fs) {
+            tracing::warn!(
+                lane = l.id,
+                error = %e,
+                "could not prepare the lane's cursor file; the lane takes no record until it can"
+            );
+        }
+    }
+    if let Err(e) = own.record_identity(fs, config.identity()) {
+        tracing::warn!(
+            lane = n,
+            error = %e,
+            "could not record the lane's identity; the lane takes no record until it can"
+        );
+    }
+    let counters = Counters {
+        corrupt: report.corrupt_frames_skipped,
+        missing: report.missing_records,
+        foreign_lanes: report.foreign_lanes.len(),
+        stranded,
+        ..Counters::default()
+    };
+    Held {
+        own,
+        adopted,
+        rec,
+        counters,
+    }
+}
+
 /// Takes the lanes at open: the first usable lane of this identity (or with none recorded)
 /// becomes the own lane, the other unlocked ones holding records are adopted, and so are
 /// those of another identity that the adoption rule takes (never as the own lane, their
@@ -90,7 +164,7 @@ pub(crate) fn take_lanes(
     root: &std::path::Path,
     report: &mut RecoveryReport,
 ) -> Result<Lanes, SpoolError> {
-    let (existing, stray) = recovery::list_lanes(root)?;
+    let (existing, stray) = layout::list_lanes(root)?;
     report.skipped_entries.extend(stray);
     let mine = config.identity();
     let rule = config.adoption();
@@ -99,7 +173,7 @@ pub(crate) fn take_lanes(
     let mut stranded = BTreeMap::new();
     let mut orphan_missing = 0;
     for &n in &existing {
-        let dir = recovery::lane_dir(root, n);
+        let dir = layout::lane_dir(root, n);
         let ident = identity::read_identity(fs, &dir);
         if !ident.adoptable(mine, rule) {
             report.foreign_lanes.push(foreign_lane(fs, n, &dir, ident));
@@ -187,7 +261,7 @@ pub(crate) fn stranded_lane(
     n: u32,
     report: &mut RecoveryReport,
 ) -> u64 {
-    let (records, files) = crate::inspect::read_only_stranded(fs, &recovery::lane_dir(root, n), n);
+    let (records, files) = crate::inspect::read_only_stranded(fs, &layout::lane_dir(root, n), n);
     report.unusable_lanes.push(n);
     report.stranded_files.extend(files);
     report.stranded_records += records;
@@ -203,13 +277,13 @@ pub(crate) fn lock_and_recover(
     create: bool,
     report: &mut RecoveryReport,
 ) -> Result<Taken, SpoolError> {
-    let Some(file) = recovery::try_lock_lane(root, n, create)? else {
+    let Some(file) = layout::try_lock_lane(root, n, create)? else {
         if lock_unusable(root, n) {
             return Ok(Taken::Unusable("its lock is not a regular file".to_owned()));
         }
         return Ok(Taken::Busy);
     };
-    let dir = recovery::lane_dir(root, n);
+    let dir = layout::lane_dir(root, n);
     let mut sub = RecoveryReport::default();
     match recovery::recover_lane(fs, &dir, &mut sub) {
         Ok(rec) => {
@@ -241,95 +315,81 @@ pub(crate) fn foreign_lane(
     }
 }
 
-impl Ledger {
-    pub(crate) fn adopt_released(&self) -> Result<usize, SpoolError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(SpoolError::Closed);
-        }
-        let root = self.config.root();
-        let (existing, _) = recovery::list_lanes(root)?;
-        let held: Vec<u32> = self.lanes().iter().map(|l| l.id).collect();
-        let mine = self.config.identity();
-        let rule = self.config.adoption();
-        let (mut adopted, mut foreign) = (0, 0);
-        // What this look finds stranded in the lanes not held, replacing what the last one
-        // found (a lane repaired meanwhile is no longer stranded).
-        let mut stranded = std::collections::BTreeMap::new();
-        for n in existing.into_iter().filter(|n| !held.contains(n)) {
-            let dir = recovery::lane_dir(root, n);
-            if !identity::read_identity(&*self.fs, &dir).adoptable(mine, rule) {
-                foreign += 1;
-                continue;
-            }
-            let mut report = RecoveryReport::default();
-            let (file, rec) = match lock_and_recover(&*self.fs, root, n, false, &mut report)? {
-                Taken::Lane(file, rec) => (file, rec),
-                Taken::Busy => {
-                    // Held by a live process: whatever it found is its own to count. Known
-                    // stranded files of a lane held since stay as last seen.
-                    if let Some(&s) = lock(&self.counters).stranded.get(&n) {
-                        stranded.insert(n, s);
-                    }
-                    continue;
-                }
-                Taken::Unusable(error) => {
-                    let records = stranded_lane(&*self.fs, root, n, &mut report);
-                    let known = lock(&self.counters).stranded.get(&n).copied();
-                    if known != Some(records) {
-                        tracing::warn!(
-                            lane = n,
-                            records,
-                            error,
-                            "spool lane unusable: left as it is, its records stranded until it is repaired (see `outlast verify`)"
-                        );
-                    }
-                    stranded.insert(n, records);
-                    continue;
-                }
-            };
-            if !rec.segs.iter().any(|s| s.records > 0) {
-                // Nothing to drain: the lock is released here. Records recovery found
-                // missing are told to the next read of the own lane (a reader counts them).
-                if rec.missing > 0 {
-                    lock(&self.counters).missing += rec.missing;
-                    lock(&self.own.consumer).lost.unreported += rec.missing;
-                }
-                continue;
-            }
-            let l = Arc::new(Lane::new(n, dir, true, file, &rec));
-            // No open report tells the caller of this lane's damage: the first read does.
-            lock(&l.consumer).lost.unreported += rec.corrupt;
-            if let Err(e) = lock(&l.consumer).cursor.prepare(&*self.fs) {
-                tracing::warn!(lane = n, error = %e, "could not prepare an adopted lane's cursor file");
-            }
-            let bytes: u64 = lock(&l.segs).iter().map(|s| s.len).sum();
-            self.total_bytes.fetch_add(bytes, Ordering::AcqRel);
-            {
-                let mut c = lock(&self.counters);
-                c.corrupt += report.corrupt_frames_skipped;
-                c.missing += report.missing_records;
-            }
-            self.adopted
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Arc::clone(&l));
-            if let Err(e) = self.delete_acked(&l, &mut lock(&l.consumer)) {
-                tracing::warn!(lane = n, error = %e, "could not delete acknowledged segments");
-            }
-            tracing::info!(
-                lane = n,
-                records = report.records,
-                "released spool lane adopted"
-            );
-            adopted += 1;
-        }
-        {
-            let mut c = lock(&self.counters);
-            c.foreign_lanes = foreign;
-            // The lanes held keep what their recovery found.
-            c.stranded.retain(|n, _| held.contains(n));
-            c.stranded.extend(stranded);
-        }
-        Ok(adopted)
+/// Takes over lanes of this spool's identity whose lock was released since open (see
+/// [`crate::Spool::adopt_released`]); returns how many. The drainer's.
+pub(crate) fn adopt_released(ledger: &Ledger) -> Result<usize, SpoolError> {
+    if ledger.is_closed() {
+        return Err(SpoolError::Closed);
     }
+    let root = ledger.config().root();
+    let (existing, _) = layout::list_lanes(root)?;
+    let held: Vec<u32> = ledger.lanes().iter().map(|l| l.id).collect();
+    let mine = ledger.config().identity();
+    let rule = ledger.config().adoption();
+    let (mut adopted, mut foreign) = (0, 0);
+    // What this look finds stranded in the lanes not held, replacing what the last one
+    // found (a lane repaired meanwhile is no longer stranded).
+    let mut stranded = std::collections::BTreeMap::new();
+    for n in existing.into_iter().filter(|n| !held.contains(n)) {
+        let dir = layout::lane_dir(root, n);
+        if !identity::read_identity(ledger.fs(), &dir).adoptable(mine, rule) {
+            foreign += 1;
+            continue;
+        }
+        let mut report = RecoveryReport::default();
+        let (file, rec) = match lock_and_recover(ledger.fs(), root, n, false, &mut report)? {
+            Taken::Lane(file, rec) => (file, rec),
+            Taken::Busy => {
+                // Held by a live process: whatever it found is its own to count. Known
+                // stranded files of a lane held since stay as last seen.
+                if let Some(s) = ledger.stranded_in(n) {
+                    stranded.insert(n, s);
+                }
+                continue;
+            }
+            Taken::Unusable(error) => {
+                let records = stranded_lane(ledger.fs(), root, n, &mut report);
+                let known = ledger.stranded_in(n);
+                if known != Some(records) {
+                    tracing::warn!(
+                        lane = n,
+                        records,
+                        error,
+                        "spool lane unusable: left as it is, its records stranded until it is repaired (see `outlast verify`)"
+                    );
+                }
+                stranded.insert(n, records);
+                continue;
+            }
+        };
+        if !rec.segs.iter().any(|s| s.records > 0) {
+            // Nothing to drain: the lock is released here. Records recovery found
+            // missing are told to the next read of the own lane (a reader counts them).
+            if rec.missing > 0 {
+                ledger.count_recovered(0, rec.missing);
+                lock(&ledger.own().consumer).lost.unreported += rec.missing;
+            }
+            continue;
+        }
+        let l = Arc::new(Lane::new(n, dir, true, file, &rec));
+        // No open report tells the caller of this lane's damage: the first read does.
+        lock(&l.consumer).lost.unreported += rec.corrupt;
+        if let Err(e) = lock(&l.consumer).cursor.prepare(ledger.fs()) {
+            tracing::warn!(lane = n, error = %e, "could not prepare an adopted lane's cursor file");
+        }
+        ledger.count_recovered(report.corrupt_frames_skipped, report.missing_records);
+        ledger.add_adopted(Arc::clone(&l));
+        if let Err(e) = ledger.delete_acked(&l, &mut lock(&l.consumer)) {
+            tracing::warn!(lane = n, error = %e, "could not delete acknowledged segments");
+        }
+        tracing::info!(
+            lane = n,
+            records = report.records,
+            "released spool lane adopted"
+        );
+        adopted += 1;
+    }
+    // The lanes held keep what their recovery found.
+    ledger.note_lanes_seen(foreign, &held, stranded);
+    Ok(adopted)
 }

@@ -1,8 +1,7 @@
-//! The background thread above the writer and the readers: interval fdatasyncs, the syncs
-//! after a rotation, and unlinking acknowledged segments; and the durability points it
-//! shares with `sync` and close.
+//! The background thread above the appender and the drainer: interval fdatasyncs, the
+//! syncs after a rotation, and unlinking the segments the ledger doomed; and the durability
+//! points it shares with `sync` and close.
 
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -10,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::Durability;
 use crate::error::SpoolError;
-use crate::ledger::{Ledger, later, lock};
+use crate::ledger::Wake;
+use crate::locks::later;
+use crate::writer::Appender;
 
 /// In [`Durability::FsyncEveryAppend`] mode (which has no data fsync interval), how often
 /// the background thread fsyncs the cursor: 1 s, like the default data fsync interval. Every
@@ -18,29 +19,19 @@ use crate::ledger::{Ledger, later, lock};
 /// can take back.
 pub const CURSOR_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Messages to the background thread.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Wake {
-    /// Segments were queued in `Ledger::doomed`: delete them.
-    Delete,
-    /// A segment was sealed: fdatasync it (and the new one's header and directory entry),
-    /// then the lane's cursor.
-    Rotated,
-    /// The spool is closing.
-    Stop,
-}
-
 /// The name of each spool's background thread (`FaultFs` can spare it its faults).
 pub(crate) const SYNC_THREAD_NAME: &str = "outlast-spool-sync";
 
+/// Starts the background thread; it works for `appender` (and the ledger under it) while
+/// they exist. Returns its wake-up sender (for the ledger) and its handle.
 pub(crate) fn start_background(
-    inner: &Arc<Ledger>,
+    appender: &Arc<Appender>,
 ) -> Option<(mpsc::Sender<Wake>, JoinHandle<()>)> {
-    let interval = match inner.config.durability() {
+    let interval = match appender.ledger().config().durability() {
         Durability::OsWrite { fsync_interval } => fsync_interval,
         Durability::FsyncEveryAppend => CURSOR_FSYNC_INTERVAL,
     };
-    let weak: Weak<Ledger> = Arc::downgrade(inner);
+    let weak: Weak<Appender> = Arc::downgrade(appender);
     let (tx, rx) = mpsc::channel::<Wake>();
     let spawned = std::thread::Builder::new()
         .name(SYNC_THREAD_NAME.into())
@@ -64,21 +55,23 @@ pub(crate) fn start_background(
                         Err(TryRecvError::Empty) => break,
                     }
                 }
-                let Some(inner) = weak.upgrade() else { return };
-                if inner.closed.load(Ordering::Acquire) {
+                let Some(appender) = weak.upgrade() else {
+                    return;
+                };
+                if appender.ledger().is_closed() {
                     return;
                 }
                 // Deletion failures are logged inside; the files are fully acknowledged,
                 // so the next open deletes them.
-                let _ = inner.delete_doomed();
-                if rotated && let Err(e) = inner.after_rotation() {
+                let _ = appender.ledger().delete_doomed();
+                if rotated && let Err(e) = after_rotation(&appender) {
                     tracing::warn!(error = %e, "spool sync after rotation failed");
                 }
                 if (delete || rotated) && Instant::now() < next_sync {
                     continue;
                 }
                 next_sync = later(Instant::now(), interval);
-                if let Err(e) = inner.periodic() {
+                if let Err(e) = periodic(&appender) {
                     tracing::warn!(error = %e, "spool background sync failed");
                 }
             }
@@ -93,43 +86,43 @@ pub(crate) fn start_background(
     }
 }
 
-impl Ledger {
-    pub(crate) fn sync_all(&self) -> Result<(), SpoolError> {
-        let data = self.sync_data();
-        let mut first_err = data.err();
-        if let Err(e) = self.delete_doomed() {
+/// Fsyncs everything written so far, unlinks the doomed segments, and makes every lane's
+/// read progress durable (`sync` and close).
+pub(crate) fn sync_all(appender: &Appender) -> Result<(), SpoolError> {
+    let ledger = appender.ledger();
+    let data = appender.sync_data();
+    let mut first_err = data.err();
+    if let Err(e) = ledger.delete_doomed() {
+        first_err.get_or_insert(e);
+    }
+    for l in ledger.lanes() {
+        if let Err(e) = l.sync_cursor(ledger.fs()) {
             first_err.get_or_insert(e);
         }
-        for l in self.lanes() {
-            if let Err(e) = l.sync_cursor(&*self.fs) {
-                first_err.get_or_insert(e);
-            }
-        }
-        match first_err {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
     }
+    match first_err {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
 
-    /// The background thread's work after a rotation: one group commit (the sealed
-    /// segments, the few records already in the new one, its header and directory entry),
-    /// then the read progress. Syncing only the sealed segments was tried and was not
-    /// faster for the appender (its bench runs were at or below these).
-    pub(crate) fn after_rotation(&self) -> Result<(), SpoolError> {
-        self.sync_data()?;
-        self.own.sync_cursor(&*self.fs)
-    }
+/// The background thread's work after a rotation: one group commit (the sealed segments,
+/// the few records already in the new one, its header and directory entry), then the read
+/// progress. Syncing only the sealed segments was tried and was not faster for the
+/// appender (its bench runs were at or below these).
+fn after_rotation(appender: &Appender) -> Result<(), SpoolError> {
+    appender.sync_data()?;
+    let ledger = appender.ledger();
+    ledger.own().sync_cursor(ledger.fs())
+}
 
-    pub(crate) fn periodic(&self) -> Result<(), SpoolError> {
-        let mut res = Ok(());
-        if self.written_lsn.load(Ordering::Acquire) > lock(&self.sync).synced_lsn {
-            res = self.sync_data();
+fn periodic(appender: &Appender) -> Result<(), SpoolError> {
+    let ledger = appender.ledger();
+    let mut res = appender.sync_if_behind();
+    for l in ledger.lanes() {
+        if let Err(e) = l.sync_cursor(ledger.fs()) {
+            res = Err(e);
         }
-        for l in self.lanes() {
-            if let Err(e) = l.sync_cursor(&*self.fs) {
-                res = Err(e);
-            }
-        }
-        res
     }
+    res
 }

@@ -69,6 +69,8 @@ struct State {
     /// ENOSPC; overwrites of bytes a file already has succeed (as on a real full disk).
     disk_full: bool,
     dead: bool,
+    /// The name of the thread that made each deletion, in order (`""`: an unnamed thread).
+    removed_on: Vec<String>,
     /// Durable length of each file created or synced through this fs.
     synced: HashMap<PathBuf, u64>,
     /// Unsynced overwrites of durable bytes, per file, oldest first: (offset, old bytes).
@@ -162,6 +164,12 @@ impl FaultFs {
     /// has, reads, fsyncs and deletions still work, as on a real full disk.
     pub fn set_disk_full(&self, full: bool) {
         self.lock().disk_full = full;
+    }
+
+    /// The names of the threads that deleted files through this fs, one per deletion, in
+    /// order (an unnamed thread as `""`): tests check which room unlinks.
+    pub fn removing_threads(&self) -> Vec<String> {
+        self.lock().removed_on.clone()
     }
 
     /// The next `n` truncations fail with EIO.
@@ -492,6 +500,8 @@ impl SpoolFs for FaultFs {
         self.check_dead()?;
         StdFs.remove_file(path)?;
         let mut st = self.lock();
+        let thread = std::thread::current();
+        st.removed_on.push(thread.name().unwrap_or("").to_owned());
         st.synced.remove(path);
         st.undo.remove(path);
         Ok(())

@@ -10,7 +10,10 @@ use crate::error::SpoolError;
 use crate::format;
 use crate::fs::{SpoolFs, StdFs};
 use crate::identity;
-use crate::recovery::{self, SegKind};
+use crate::layout;
+use crate::recovery;
+pub use crate::segfile::EncodingTally;
+use crate::segfile::{self, SegKind};
 use crate::types::RecordedIdentity;
 
 /// Whether a lane's lock is held by a live process.
@@ -22,23 +25,6 @@ pub enum LockState {
     Held,
     /// Could not be determined (no lock file, or the lock call failed).
     Unknown,
-}
-
-/// Records of a segment by content encoding, and their sizes (for `inspect`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EncodingTally {
-    /// Records stored as they are (`identity`).
-    pub identity_records: u64,
-    /// Framed bytes of the `identity` records on disk.
-    pub identity_stored_bytes: u64,
-    /// Records stored gzip-compressed.
-    pub gzip_records: u64,
-    /// Framed bytes of the gzip records on disk.
-    pub gzip_stored_bytes: u64,
-    /// Their payload bytes once decompressed, from each gzip stream's trailer (ISIZE: the
-    /// size of its last member, modulo 2^32; nothing is decompressed). Only counted when
-    /// the scan read the payloads.
-    pub gzip_uncompressed_bytes: u64,
 }
 
 /// One segment file.
@@ -142,9 +128,8 @@ impl LaneInspection {
             || !self.stranded_files.is_empty()
             || self.skipped_entries.iter().any(|p| {
                 p.parent() == Some(self.path.as_path())
-                    && p.file_name().is_some_and(|n| {
-                        n == crate::cursor::CURSOR_FILE || n == recovery::LOCK_FILE
-                    })
+                    && p.file_name()
+                        .is_some_and(|n| n == crate::cursor::CURSOR_FILE || n == layout::LOCK_FILE)
             })
     }
 
@@ -275,7 +260,7 @@ pub fn scan(root: &Path) -> Result<Inspection, SpoolError> {
             reason: "is not a directory".into(),
         });
     }
-    let (lanes, stray) = recovery::list_lanes(root)?;
+    let (lanes, stray) = layout::list_lanes(root)?;
     let mut out = Inspection {
         root: root.to_path_buf(),
         lanes: Vec::new(),
@@ -319,12 +304,12 @@ fn scan_lane(
     probe_lock: bool,
     bodies: bool,
 ) -> LaneInspection {
-    let dir = recovery::lane_dir(root, n);
+    let dir = layout::lane_dir(root, n);
     let mut li = LaneInspection {
         lane: n,
         path: dir.clone(),
         lock: if probe_lock {
-            lock_state(&dir.join(recovery::LOCK_FILE))
+            lock_state(&dir.join(layout::LOCK_FILE))
         } else {
             LockState::Unknown
         },
@@ -353,7 +338,7 @@ fn scan_lane(
         }
         Err(e) => li.cursor_error = Some(e.to_string()),
     }
-    let entries = match recovery::list_entries(&dir) {
+    let entries = match layout::list_entries(&dir) {
         Ok(e) => e,
         Err(e) => {
             li.cursor_error
@@ -418,7 +403,7 @@ fn inspect_segment(
     li: &mut LaneInspection,
     placed: &mut Vec<recovery::Placed>,
 ) -> bool {
-    let scan = match recovery::scan_segment(fs, &path, id, bodies) {
+    let scan = match segfile::scan_segment(fs, &path, id, bodies) {
         Ok(s) => s,
         Err(_) => {
             li.skipped_entries.push(path);

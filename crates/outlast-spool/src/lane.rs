@@ -2,6 +2,7 @@
 //! state and cursor, and the bookkeeping that counts each dropped record once.
 
 use std::fs::File;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,8 +11,10 @@ use crate::cursor::CursorFile;
 use crate::error::SpoolError;
 use crate::format::CursorState;
 use crate::fs::SpoolFs;
-use crate::ledger::lock;
-use crate::recovery::{self, SegMeta};
+use crate::identity;
+use crate::index::SegMeta;
+use crate::locks::lock;
+use crate::recovery;
 use crate::scan::FrameReader;
 use crate::seqset::SeqSet;
 use crate::types::Dropped;
@@ -147,7 +150,7 @@ impl Consumer {
             }
             if x.from <= seq {
                 let left = (x.to - seq).min(x.records);
-                x.bytes = crate::recovery::proportional(x.bytes, left, x.records);
+                x.bytes = crate::index::proportional(x.bytes, left, x.records);
                 x.records = left;
                 x.from = seq + 1;
             }
@@ -213,6 +216,17 @@ impl Lane {
             next_seq: AtomicU64::new(rec.next_seq),
             identity_pending: AtomicBool::new(false),
         }
+    }
+
+    /// Records the spool's identity in the own lane if it has none yet (a new lane, or one
+    /// written before identities were recorded), before the lane takes a record.
+    pub(crate) fn record_identity(&self, fs: &dyn SpoolFs, mine: Option<&str>) -> io::Result<()> {
+        if !self.identity_pending.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        identity::write_identity(fs, &self.dir, mine)?;
+        self.identity_pending.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Mirrors the sizes of `c.counted` and `c.limbo` ([`Lane::counted_ahead`],

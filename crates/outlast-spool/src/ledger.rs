@@ -1,38 +1,29 @@
-//! The ledger: the spool's shared state. It knows what exists (the lanes held, each lane's
-//! segment index and the bytes they take, the cap in force), what may be deleted (doomed
-//! segments, fully acknowledged or dropped ones) and how to wake the background thread; the
-//! writer, the readers and the background thread stand on it.
+//! The ledger: what the spool holds, and what may be deleted. It knows the lanes held (each
+//! with its segment index), the bytes they take and the cap in force, the segments doomed to
+//! be unlinked, the counters, and how to wake the background thread. The appender
+//! (`writer`), the drainer (`reader`, `adopt`) and the background thread stand on it; it
+//! imports none of them.
+//!
+//! Its fields are private: the rooms above change it through the small methods below.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::adopt::{Lanes, TakenLane};
-use crate::background::Wake;
 use crate::config::SpoolConfig;
-use crate::cursor::{self};
+use crate::cursor;
 use crate::error::SpoolError;
 use crate::fs::SpoolFs;
 use crate::identity;
+use crate::index::SegMeta;
 use crate::lane::{Consumer, DropCause, Lane};
-use crate::recovery::{self, SegMeta};
-use crate::scan::PayloadArena;
+use crate::layout;
+use crate::locks::lock;
 use crate::types::{Dropped, RecoveryReport, SpoolStats};
-use crate::writer::{SyncState, Writer, record_identity};
-
-/// `now + d`, saturated: a duration too long to add (a user's `Duration::MAX`, or an
-/// interval of centuries from an environment variable) means "not within a century", which
-/// is never in practice.
-pub(crate) fn later(now: Instant, d: Duration) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    now.checked_add(d)
-        .or_else(|| now.checked_add(CENTURY))
-        .unwrap_or(now)
-}
 
 /// How often at most an append that does not fit under a cap lowered by the file system's
 /// free space measures that free space again (a spool opened on a full disk thus takes
@@ -41,12 +32,20 @@ pub(crate) fn later(now: Instant, d: Duration) -> Instant {
 /// fast. Deleting segments measures it at once.
 pub const CAP_REMEASURE_INTERVAL: Duration = Duration::from_secs(1);
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of our locks leaves plain data behind (no invariant spans
-    // an unwinding point), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Messages to the background thread (the ledger holds its sender).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wake {
+    /// Segments were queued to be unlinked: delete them.
+    Delete,
+    /// A segment was sealed: fdatasync it (and the new one's header and directory entry),
+    /// then the lane's cursor.
+    Rotated,
+    /// The spool is closing.
+    Stop,
 }
 
+/// What the spool counted since open (the gauges of [`SpoolStats`] that are not measured
+/// from the lanes).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) evicted: Dropped,
@@ -61,114 +60,58 @@ pub(crate) struct Counters {
 
 #[derive(Debug)]
 pub(crate) struct Ledger {
-    pub(crate) config: SpoolConfig,
+    config: SpoolConfig,
+    fs: Arc<dyn SpoolFs>,
     /// The cap in force: `spool_max_bytes`, lowered to fit the file system (see
     /// [`crate::DISK_FREE_SHARE_PERCENT`]): measured at open, and again when an append is
     /// refused for room and when segments are freed (see [`Ledger::remeasure_cap`]).
-    pub(crate) cap: AtomicU64,
+    cap: AtomicU64,
     /// When an append refused for room last measured the free space again.
-    pub(crate) cap_measured: Mutex<Option<Instant>>,
-    pub(crate) fs: Arc<dyn SpoolFs>,
-    pub(crate) own: Arc<Lane>,
-    pub(crate) adopted: RwLock<Vec<Arc<Lane>>>,
-    pub(crate) writer: Mutex<Writer>,
-    /// Bytes written by the writer since open (a log sequence number for group commit).
-    pub(crate) written_lsn: AtomicU64,
-    pub(crate) sync: Mutex<SyncState>,
-    pub(crate) sync_cv: Condvar,
-    /// The buffers payloads read for delivery are copied into (see [`PayloadArena`]).
-    pub(crate) arena: Mutex<PayloadArena>,
-    /// Wakes a committer that is gathering callers (see `Ledger::gather`).
-    pub(crate) gather_cv: Condvar,
-    pub(crate) total_bytes: AtomicU64,
-    pub(crate) counters: Mutex<Counters>,
-    pub(crate) closed: AtomicBool,
+    cap_measured: Mutex<Option<Instant>>,
+    own: Arc<Lane>,
+    adopted: RwLock<Vec<Arc<Lane>>>,
+    total_bytes: AtomicU64,
+    counters: Mutex<Counters>,
+    closed: AtomicBool,
     /// A rewind found records lost to eviction while in flight (`Lost::evicted` of a lane):
     /// the next append or read reports them, whichever comes first.
-    pub(crate) lost_pending: AtomicBool,
-    /// Fully acknowledged segments already removed from the index and the byte count,
-    /// waiting for the background thread to unlink them (unlinking a large file costs
-    /// milliseconds; acks should not wait for it).
-    pub(crate) doomed: Mutex<Vec<PathBuf>>,
+    lost_pending: AtomicBool,
+    /// Segments already removed from the index and the byte count, waiting for the
+    /// background thread to unlink them (unlinking a large file costs milliseconds; acks
+    /// and appends should not wait for it).
+    doomed: Mutex<Vec<PathBuf>>,
     /// Held while unlinking doomed segments, so that `sync` returns only once deletions the
     /// background thread started are done too.
-    pub(crate) deleting: Mutex<()>,
+    deleting: Mutex<()>,
     /// Wakes the background thread (`None`: no thread; delete inline).
-    pub(crate) wake: Mutex<Option<mpsc::Sender<Wake>>>,
+    wake: Mutex<Option<mpsc::Sender<Wake>>>,
 }
 
 impl Ledger {
-    /// Builds the spool's state from the lanes taken: prepares the cursors (and records the
-    /// identity of the own lane) before any record is taken, and sets the cap in force.
+    /// The ledger of the lanes taken at open (their cursors prepared, the own lane's
+    /// identity recorded, by the caller), with the cap in force measured now.
     pub(crate) fn new(
         config: SpoolConfig,
         fs: Arc<dyn SpoolFs>,
-        lanes: Lanes,
+        own: Arc<Lane>,
+        adopted: Vec<Arc<Lane>>,
+        counters: Counters,
         report: &mut RecoveryReport,
     ) -> Ledger {
-        let Lanes {
-            own: TakenLane { n, file, rec },
-            adopted,
-            stranded,
-            orphan_missing,
-        } = lanes;
-        let own_dir = recovery::lane_dir(config.root(), n);
-        let own_lane = Arc::new(Lane::new(n, own_dir, false, file, &rec));
-        lock(&own_lane.consumer).lost.unreported += orphan_missing;
-        if report.stranded_records > 0 || !report.unusable_lanes.is_empty() {
-            tracing::warn!(
-                stranded_records = report.stranded_records,
-                unusable_lanes = ?report.unusable_lanes,
-                stranded_files = ?report.stranded_files,
-                "spool records stranded: on disk, but no spool will deliver them until the lanes or files are repaired (see `outlast verify`)"
-            );
-        }
-        own_lane.identity_pending.store(
-            identity::read_identity(&*fs, &own_lane.dir) == identity::LaneIdentity::Absent,
-            Ordering::Release,
-        );
-        let mut total: u64 = 0;
-        for l in adopted.iter().chain(std::iter::once(&own_lane)) {
-            total += lock(&l.segs).iter().map(|s| s.len).sum::<u64>();
-            // Before any record is taken: acknowledgements then never need new space.
-            let mut c = lock(&l.consumer);
-            if let Err(e) = c.cursor.prepare(&*fs) {
-                tracing::warn!(
-                    lane = l.id,
-                    error = %e,
-                    "could not prepare the lane's cursor file; the lane takes no record until it can"
-                );
-            }
-        }
-        if let Err(e) = record_identity(&*fs, &own_lane, config.identity()) {
-            tracing::warn!(
-                lane = n,
-                error = %e,
-                "could not record the lane's identity; the lane takes no record until it can"
-            );
-        }
+        let total: u64 = adopted
+            .iter()
+            .chain(std::iter::once(&own))
+            .map(|l| lock(&l.segs).iter().map(|s| s.len).sum::<u64>())
+            .sum();
         let cap = cap_in_force(&config, &*fs, total, report);
-        let writer = Writer::resume(&*fs, &config, &own_lane, &rec);
         Ledger {
             cap: AtomicU64::new(cap),
             cap_measured: Mutex::new(None),
             fs,
-            own: own_lane,
+            own,
             adopted: RwLock::new(adopted),
-            writer: Mutex::new(writer),
-            written_lsn: AtomicU64::new(0),
-            sync: Mutex::new(SyncState::default()),
-            sync_cv: Condvar::new(),
-            arena: Mutex::new(PayloadArena::default()),
-            gather_cv: Condvar::new(),
             total_bytes: AtomicU64::new(total),
-            counters: Mutex::new(Counters {
-                corrupt: report.corrupt_frames_skipped,
-                missing: report.missing_records,
-                foreign_lanes: report.foreign_lanes.len(),
-                stranded,
-                ..Counters::default()
-            }),
+            counters: Mutex::new(counters),
             closed: AtomicBool::new(false),
             lost_pending: AtomicBool::new(false),
             doomed: Mutex::new(Vec::new()),
@@ -178,14 +121,32 @@ impl Ledger {
         }
     }
 
+    pub(crate) fn config(&self) -> &SpoolConfig {
+        &self.config
+    }
+
+    pub(crate) fn fs(&self) -> &dyn SpoolFs {
+        &*self.fs
+    }
+
+    /// The lane this process appends to.
+    pub(crate) fn own(&self) -> &Arc<Lane> {
+        &self.own
+    }
+
+    /// Every lane held: adopted ones first (their records are drained first), then the own.
     pub(crate) fn lanes(&self) -> Vec<Arc<Lane>> {
-        let mut v: Vec<Arc<Lane>> = self
-            .adopted
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mut v = self.adopted();
         v.push(self.own.clone());
         v
+    }
+
+    /// The adopted lanes held, oldest adoption first.
+    pub(crate) fn adopted(&self) -> Vec<Arc<Lane>> {
+        self.adopted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn lane(&self, id: u32) -> Option<Arc<Lane>> {
@@ -200,6 +161,121 @@ impl Ledger {
             .cloned()
     }
 
+    /// Holds a lane adopted after open: its segments' bytes count from now on.
+    pub(crate) fn add_adopted(&self, l: Arc<Lane>) {
+        let bytes: u64 = lock(&l.segs).iter().map(|s| s.len).sum();
+        self.total_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.adopted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(l);
+    }
+
+    /// Bytes of every segment held.
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.total_bytes.load(Ordering::Acquire)
+    }
+
+    /// Bytes written to the own lane (a frame, a new segment's header).
+    pub(crate) fn add_bytes(&self, n: u64) {
+        self.total_bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The cap in force.
+    pub(crate) fn cap(&self) -> u64 {
+        self.cap.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Marks the spool closed; returns whether it was already.
+    pub(crate) fn close(&self) -> bool {
+        self.closed.swap(true, Ordering::AcqRel)
+    }
+
+    /// A rewind or a failed read left records lost to eviction for the next append or read
+    /// to report.
+    pub(crate) fn note_lost_pending(&self) {
+        self.lost_pending.store(true, Ordering::Release);
+    }
+
+    /// The records a rewind (or a failed read) found lost to eviction while in flight, if
+    /// no read reported them yet: taken, so that they are reported once (they are in the
+    /// counters already).
+    pub(crate) fn take_lost_in_flight(&self) -> Dropped {
+        let mut lost = Dropped::default();
+        if !self.lost_pending.swap(false, Ordering::AcqRel) {
+            return lost;
+        }
+        for l in self.lanes() {
+            let d = std::mem::take(&mut lock(&l.consumer).lost.evicted);
+            lost.add(d.records, d.bytes);
+        }
+        lost
+    }
+
+    /// Counts dropped records whose fate is known now.
+    pub(crate) fn count_dropped(&self, evicted: Dropped, expired: Dropped, corrupt: u64) {
+        if evicted.records == 0 && expired.records == 0 && corrupt == 0 {
+            return;
+        }
+        let mut c = lock(&self.counters);
+        c.evicted.add(evicted.records, evicted.bytes);
+        c.expired.add(expired.records, expired.bytes);
+        c.corrupt += corrupt;
+    }
+
+    /// Counts what the recovery of a lane adopted after open found.
+    pub(crate) fn count_recovered(&self, corrupt: u64, missing: u64) {
+        let mut c = lock(&self.counters);
+        c.corrupt += corrupt;
+        c.missing += missing;
+    }
+
+    /// The records last found stranded in lane `n`, if it was found unusable.
+    pub(crate) fn stranded_in(&self, n: u32) -> Option<u64> {
+        lock(&self.counters).stranded.get(&n).copied()
+    }
+
+    /// What a look at the lanes not held found: `foreign` lanes of another identity, and
+    /// the lanes found `stranded` (replacing those last seen, except for lanes `held`,
+    /// which keep what their recovery found).
+    pub(crate) fn note_lanes_seen(
+        &self,
+        foreign: usize,
+        held: &[u32],
+        stranded: BTreeMap<u32, u64>,
+    ) {
+        let mut c = lock(&self.counters);
+        c.foreign_lanes = foreign;
+        c.stranded.retain(|n, _| held.contains(n));
+        c.stranded.extend(stranded);
+    }
+
+    /// Hands the background thread's sender to the ledger.
+    pub(crate) fn set_wake(&self, tx: mpsc::Sender<Wake>) {
+        *lock(&self.wake) = Some(tx);
+    }
+
+    /// Takes the background thread's sender back (to stop it).
+    pub(crate) fn take_wake(&self) -> Option<mpsc::Sender<Wake>> {
+        lock(&self.wake).take()
+    }
+
+    /// Whether a background thread runs (it may be stopping: [`Ledger::wake`] then fails).
+    pub(crate) fn has_background(&self) -> bool {
+        lock(&self.wake).is_some()
+    }
+
+    /// Wakes the background thread; false if there is none (or it is gone).
+    pub(crate) fn wake(&self, w: Wake) -> bool {
+        lock(&self.wake)
+            .as_ref()
+            .is_some_and(|tx| tx.send(w).is_ok())
+    }
+
     /// Takes a segment removed from the index off the byte total (what it held is counted
     /// by the caller: [`Consumer::drop_counts`], or nothing for a delivered segment).
     pub(crate) fn forget_segment(&self, m: &SegMeta) {
@@ -211,7 +287,10 @@ impl Ledger {
     }
 
     /// Deletes a segment taken out of the index with records not acknowledged (evicted or
-    /// expired), counting them as [`Consumer::drop_counts`] says; consumer lock held.
+    /// expired), counting them as [`Consumer::drop_counts`] says; consumer lock held. An
+    /// evicted segment (an append is waiting, on a runtime worker perhaps) is unlinked by
+    /// the background thread, as acknowledged ones are; an expired one, and any without
+    /// the thread, here.
     pub(crate) fn drop_segment(
         &self,
         l: &Lane,
@@ -223,6 +302,12 @@ impl Ledger {
         c.drop_counts(&m, cause, dropped);
         l.note_counted(c);
         self.forget_segment(&m);
+        if cause == DropCause::Evicted && self.has_background() {
+            lock(&self.doomed).push(m.path);
+            // If the thread cannot be woken, the spool is closing: close unlinks it.
+            self.wake(Wake::Delete);
+            return Ok(());
+        }
         match self.fs.remove_file(&m.path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -260,10 +345,7 @@ impl Ledger {
             return Ok(false);
         }
         lock(&self.doomed).extend(doomed);
-        let woken = lock(&self.wake)
-            .as_ref()
-            .is_some_and(|tx| tx.send(Wake::Delete).is_ok());
-        if !woken {
+        if !self.wake(Wake::Delete) {
             self.delete_doomed()?;
         }
         Ok(true)
@@ -348,7 +430,7 @@ impl Ledger {
             cursor::CURSOR_FILE,
             cursor::CURSOR_TMP_FILE,
             identity::IDENTITY_FILE,
-            recovery::LOCK_FILE,
+            layout::LOCK_FILE,
         ] {
             let _ = self.fs.remove_file(&l.dir.join(name));
         }

@@ -15,6 +15,7 @@
 
 mod adopt;
 mod background;
+mod commit;
 mod config;
 mod cursor;
 mod error;
@@ -23,12 +24,16 @@ pub mod fault;
 mod format;
 pub mod fs;
 pub mod identity;
+mod index;
 pub mod inspect;
 mod lane;
+mod layout;
 mod ledger;
+mod locks;
 mod reader;
 mod recovery;
 mod scan;
+mod segfile;
 mod seqset;
 mod spool;
 mod types;

@@ -1,21 +1,26 @@
-//! The readers: reading batches across the lanes (adopted lanes first), expiry, and
-//! acknowledgements.
+//! The drainer: the one consumer of the spool's lanes. It reads batches across the lanes
+//! (adopted lanes first), expires old segments, takes acknowledgements and rewinds, and
+//! adopts released lanes (`adopt`); it stands on the ledger. When the own lane is drained it
+//! asks the appender to seal the active segment ([`Appender::seal_drained`]) rather than
+//! touching the writer's state.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use outlast_core::unix_nanos;
 
 use crate::error::SpoolError;
 use crate::format::{self, SEGMENT_HEADER_LEN};
+use crate::index::SegMeta;
 use crate::lane::{Consumer, DropCause, Lane};
-use crate::ledger::{Ledger, lock};
-use crate::recovery::SegMeta;
+use crate::ledger::Ledger;
+use crate::locks::lock;
 use crate::scan::{Found, FrameReader, Next, PayloadArena};
 use crate::seqset::SeqSet;
 use crate::types::{Dropped, ReadBatch, Record, RecordId};
+use crate::writer::Appender;
 
 /// Read size of the reader's window buffer.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
@@ -35,13 +40,31 @@ pub(crate) fn now_ns() -> u64 {
     unix_nanos(SystemTime::now())
 }
 
-impl Ledger {
+/// The one drainer of a spool.
+#[derive(Debug)]
+pub(crate) struct Drainer {
+    ledger: Arc<Ledger>,
+    /// Asked to seal the own lane's active segment once it is drained.
+    appender: Arc<Appender>,
+    /// The buffers payloads read for delivery are copied into (see [`PayloadArena`]).
+    arena: Mutex<PayloadArena>,
+}
+
+impl Drainer {
+    pub(crate) fn new(ledger: Arc<Ledger>, appender: Arc<Appender>) -> Drainer {
+        Drainer {
+            ledger,
+            appender,
+            arena: Mutex::new(PayloadArena::default()),
+        }
+    }
+
     pub(crate) fn read_batch(
         &self,
         max_records: usize,
         max_bytes: u64,
     ) -> Result<ReadBatch, SpoolError> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.ledger.is_closed() {
             return Err(SpoolError::Closed);
         }
         let mut batch = ReadBatch::default();
@@ -51,7 +74,7 @@ impl Ledger {
         let mut arena = lock(&self.arena);
         // Losses recovery found, already in the counters, reported to the reader now.
         let mut counted = 0u64;
-        let lanes = self.lanes();
+        let lanes = self.ledger.lanes();
         let mut failed = None;
         let mut reported = (Dropped::default(), Dropped::default());
         for l in &lanes {
@@ -78,12 +101,8 @@ impl Ledger {
         let fresh_corrupt = batch.corrupt_skipped - counted;
         let fresh_expired = minus(batch.expired, reported.1);
         let fresh_evicted = minus(batch.evicted, reported.0);
-        if fresh_expired.records > 0 || fresh_corrupt > 0 || fresh_evicted.records > 0 {
-            let mut c = lock(&self.counters);
-            c.expired.add(fresh_expired.records, fresh_expired.bytes);
-            c.evicted.add(fresh_evicted.records, fresh_evicted.bytes);
-            c.corrupt += fresh_corrupt;
-        }
+        self.ledger
+            .count_dropped(fresh_evicted, fresh_expired, fresh_corrupt);
         match failed {
             None => Ok(batch),
             Some(e) => {
@@ -110,7 +129,7 @@ impl Ledger {
                 c.reader = None;
             }
         }
-        let mut c = lock(&self.own.consumer);
+        let mut c = lock(&self.ledger.own().consumer);
         c.lost.unreported += batch.corrupt_skipped;
         c.lost
             .expired
@@ -119,7 +138,7 @@ impl Ledger {
             .evicted
             .add(batch.evicted.records, batch.evicted.bytes);
         if batch.evicted.records > 0 {
-            self.lost_pending.store(true, Ordering::Release);
+            self.ledger.note_lost_pending();
         }
     }
 
@@ -141,7 +160,7 @@ impl Ledger {
         let acked_before = c.acked;
         let result = self.read_lane_locked(l, &mut c, into, max_records, max_bytes);
         if c.acked != acked_before
-            && let Err(e) = l.write_cursor(&*self.fs, &mut c)
+            && let Err(e) = l.write_cursor(self.ledger.fs(), &mut c)
         {
             // Expired records at the head counted as acknowledged. The records read must
             // still be returned; the next ack, sync or close writes the cursor again.
@@ -150,7 +169,7 @@ impl Ledger {
         drop(c);
         let exhausted = matches!(result, Ok(true));
         if exhausted && l.adopted {
-            self.maybe_remove_lane(l);
+            self.ledger.maybe_remove_lane(l);
         }
         result.map(|_| ())
     }
@@ -170,10 +189,10 @@ impl Ledger {
             arena,
             ..
         } = into;
-        let expiry = self
-            .config
-            .max_record_age()
-            .map(|age| now_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)));
+        let expiry =
+            self.ledger.config().max_record_age().map(|age| {
+                now_ns().saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX))
+            });
         if let Some(limit) = expiry {
             self.expire_segments(l, c, limit, &mut batch.expired)
                 .map_err(|e| SpoolError::io(&l.dir, e))?;
@@ -245,7 +264,8 @@ impl Ledger {
     fn open_reader(&self, l: &Lane, c: &mut Consumer, t: &Target) -> Result<(), SpoolError> {
         let path = segment_path(l, t.id);
         let file = self
-            .fs
+            .ledger
+            .fs()
             .open(&path, false)
             .map_err(|e| SpoolError::io(&path, e))?;
         let r = FrameReader::new(
@@ -276,16 +296,17 @@ impl Ledger {
             gone
         };
         for m in victims {
-            self.drop_segment(l, c, m, DropCause::Expired, expired)?;
+            self.ledger
+                .drop_segment(l, c, m, DropCause::Expired, expired)?;
         }
         Ok(())
     }
 
     pub(crate) fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.ledger.is_closed() {
             return Err(SpoolError::Closed);
         }
-        let Some(l) = self.lane(id.lane) else {
+        let Some(l) = self.ledger.lane(id.lane) else {
             return Ok(());
         };
         let newest = l.last_seq.load(Ordering::Acquire);
@@ -302,28 +323,58 @@ impl Ledger {
         c.forget_below_ack();
         l.note_counted(&c);
         l.acked.store(id.seq, Ordering::Release);
-        match l.write_cursor(&*self.fs, &mut c) {
+        match l.write_cursor(self.ledger.fs(), &mut c) {
             Ok(()) => {}
             Err(e) if e.is_disk_full() => {
                 // A full disk must not lock the spool: free what is delivered first (its
                 // deletion needs no space), then try the cursor again.
-                self.free_delivered(&l, &mut c)?;
-                l.write_cursor(&*self.fs, &mut c)?;
+                self.ledger.free_delivered(&l, &mut c)?;
+                l.write_cursor(self.ledger.fs(), &mut c)?;
             }
             Err(e) => return Err(e),
         }
-        self.delete_acked(&l, &mut c)?;
+        self.ledger.delete_acked(&l, &mut c)?;
         let empty_adopted = l.adopted && lock(&l.segs).is_empty();
         let own_drained = !l.adopted && c.acked >= l.last_seq.load(Ordering::Acquire);
         drop(c);
         if empty_adopted {
-            self.maybe_remove_lane(&l);
+            self.ledger.maybe_remove_lane(&l);
         }
         if own_drained {
-            // Lock order: the writer before the consumer, so the consumer lock is let go.
-            self.seal_drained()?;
+            // A request to the appender, which takes its own lock first (lock order: the
+            // writer before the consumer, so the consumer lock is let go).
+            self.appender.seal_drained()?;
         }
         Ok(())
+    }
+
+    /// Forgets what was handed out but not acknowledged: the next read starts again at the
+    /// oldest unacknowledged record. Records handed out whose segment was dropped meanwhile
+    /// are counted now, their fate known; the next read (or append) reports them.
+    pub(crate) fn rewind(&self) {
+        for l in self.ledger.lanes() {
+            let mut c = lock(&l.consumer);
+            let (evicted, expired) = c.rewind();
+            l.note_counted(&c);
+            self.ledger.count_dropped(evicted, expired, 0);
+            if c.lost.evicted.records > 0 {
+                self.ledger.note_lost_pending();
+            }
+        }
+    }
+
+    /// At close: records handed out whose segment was dropped, and not acknowledged by
+    /// now, will not be: lost, counted (as a rewind would).
+    pub(crate) fn settle_at_close(&self) {
+        for l in self.ledger.lanes() {
+            let (evicted, expired) = lock(&l.consumer).rewind();
+            self.ledger.count_dropped(evicted, expired, 0);
+        }
+    }
+
+    /// Takes over released lanes (see [`crate::Spool::adopt_released`]).
+    pub(crate) fn adopt_released(&self) -> Result<usize, SpoolError> {
+        crate::adopt::adopt_released(&self.ledger)
     }
 }
 

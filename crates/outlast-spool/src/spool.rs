@@ -1,28 +1,37 @@
-//! The spool's front door: [`Spool`], the public API over the ledger, the writer, the
-//! readers, lane adoption and the background thread (each in its own module).
+//! The spool's front door: [`Spool`], the public API over the ledger, its one appender, its
+//! one drainer and the background thread (each in its own module). The spool builds each
+//! exactly once, at open: "one appender, one drain" is a fact of its fields.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use outlast_core::Payload;
 
-use crate::adopt::take_lanes;
-use crate::background::{Wake, start_background};
+use crate::adopt::{self, take_lanes};
+use crate::background::{self, start_background};
 use crate::config::SpoolConfig;
 use crate::error::{AppendError, SpoolError};
 use crate::fs::SpoolFs;
-use crate::ledger::{Ledger, lock};
-use crate::recovery;
+use crate::layout;
+use crate::ledger::{Ledger, Wake};
+use crate::locks::lock;
+use crate::reader::Drainer;
 use crate::types::{Appended, ReadBatch, RecordId, RecoveryReport, SpoolStats};
+use crate::writer::Appender;
 
 /// The disk spool. See the [crate documentation](crate) for the format and guarantees.
 ///
 /// `Send + Sync`: share it as `Arc<Spool>`; appends and reads may run concurrently.
 #[derive(Debug)]
 pub struct Spool {
-    inner: Arc<Ledger>,
-    /// The background thread (its wake-up sender is the ledger's `wake`).
+    /// What the spool holds; the appender and the drainer stand on it.
+    ledger: Arc<Ledger>,
+    /// The one appender (shared with the background thread, which syncs its data, and the
+    /// drainer, which asks it to seal a drained segment).
+    appender: Arc<Appender>,
+    /// The one drainer.
+    drainer: Drainer,
+    /// The background thread (its wake-up sender is the ledger's).
     background: Option<JoinHandle<()>>,
 }
 
@@ -55,29 +64,47 @@ impl Spool {
     ) -> Result<(Spool, RecoveryReport), SpoolError> {
         config.validate()?;
         let root = config.root().to_path_buf();
-        recovery::prepare_root(&root, true)?;
+        layout::prepare_root(&root, true)?;
         let mut report = RecoveryReport::default();
         let lanes = take_lanes(&config, &*fs, &root, &mut report)?;
         report.lane = lanes.own.n;
-        let inner = Arc::new(Ledger::new(config, fs, lanes, &mut report));
+        let held = adopt::hold(&config, &*fs, lanes, &report);
+        let ledger = Arc::new(Ledger::new(
+            config,
+            fs,
+            held.own,
+            held.adopted,
+            held.counters,
+            &mut report,
+        ));
+        let appender = Arc::new(Appender::new(Arc::clone(&ledger), &held.rec));
         // Segments left fully acked by an earlier process can go now.
-        for l in inner.lanes() {
+        for l in ledger.lanes() {
             let mut c = lock(&l.consumer);
-            if let Err(e) = inner.delete_acked(&l, &mut c) {
+            if let Err(e) = ledger.delete_acked(&l, &mut c) {
                 tracing::warn!(lane = l.id, error = %e, "could not delete acknowledged segments");
             }
         }
-        let background = start_background(&inner).map(|(tx, handle)| {
-            *lock(&inner.wake) = Some(tx);
+        let background = start_background(&appender).map(|(tx, handle)| {
+            ledger.set_wake(tx);
             handle
         });
+        let drainer = Drainer::new(Arc::clone(&ledger), Arc::clone(&appender));
         tracing::debug!(
             lane = report.lane,
             records = report.records,
             adopted = ?report.adopted_lanes,
             "spool opened"
         );
-        Ok((Spool { inner, background }, report))
+        Ok((
+            Spool {
+                ledger,
+                appender,
+                drainer,
+                background,
+            },
+            report,
+        ))
     }
 
     /// Appends one record at the tail of this process's lane.
@@ -99,7 +126,7 @@ impl Spool {
     /// (what was stored before is unharmed; a disk full is `is_disk_full()`), `Closed` after
     /// close. An error means the record is not in the spool.
     pub fn append(&self, payload: Payload) -> Result<Appended, AppendError> {
-        self.inner.append(payload)
+        self.appender.append(payload)
     }
 
     /// Up to `max_records` (and about `max_bytes` of payload, but at least one record if any)
@@ -111,7 +138,7 @@ impl Spool {
     ///
     /// [`SpoolError::Io`] if a segment cannot be read, [`SpoolError::Closed`] after close.
     pub fn read_batch(&self, max_records: usize, max_bytes: u64) -> Result<ReadBatch, SpoolError> {
-        self.inner.read_batch(max_records, max_bytes)
+        self.drainer.read_batch(max_records, max_bytes)
     }
 
     /// Acknowledges every record of `id.lane` up to and including `id` (delivered, or
@@ -131,26 +158,13 @@ impl Spool {
     /// thread, a segment cannot be deleted (it stays; the next open deletes it),
     /// [`SpoolError::Closed`] after close.
     pub fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
-        self.inner.ack(id)
+        self.drainer.ack(id)
     }
 
     /// Forgets what was handed out but not acknowledged: the next [`Spool::read_batch`]
     /// starts again at the oldest unacknowledged record (after a failed delivery).
     pub fn rewind(&self) {
-        for l in self.inner.lanes() {
-            let mut c = lock(&l.consumer);
-            let (evicted, expired) = c.rewind();
-            l.note_counted(&c);
-            if evicted.records > 0 || expired.records > 0 {
-                // Counted now, when their fate is known; reported by the next read.
-                let mut counters = lock(&self.inner.counters);
-                counters.evicted.add(evicted.records, evicted.bytes);
-                counters.expired.add(expired.records, expired.bytes);
-            }
-            if c.lost.evicted.records > 0 {
-                self.inner.lost_pending.store(true, Ordering::Release);
-            }
-        }
+        self.drainer.rewind();
     }
 
     /// Takes over lanes of this spool's identity that were held by another process when this
@@ -168,7 +182,7 @@ impl Spool {
     ///
     /// [`SpoolError::Closed`] after close.
     pub fn adopt_released(&self) -> Result<usize, SpoolError> {
-        self.inner.adopt_released()
+        self.drainer.adopt_released()
     }
 
     /// Fsyncs everything written so far, persists the read progress of every lane, and
@@ -178,22 +192,22 @@ impl Spool {
     ///
     /// [`SpoolError::Io`] if an fsync, a cursor write or a deletion fails.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        self.inner.sync_all()
+        background::sync_all(&self.appender)
     }
 
     /// Current gauges.
     pub fn stats(&self) -> SpoolStats {
-        self.inner.stats()
+        self.ledger.stats()
     }
 
     /// The lane this process appends to.
     pub fn lane(&self) -> u32 {
-        self.inner.own.id
+        self.ledger.own().id
     }
 
     /// The configuration the spool was opened with.
     pub fn config(&self) -> &SpoolConfig {
-        &self.inner.config
+        self.ledger.config()
     }
 
     /// Syncs data and read progress and releases the lane locks. Also done (best effort) on
@@ -208,7 +222,7 @@ impl Spool {
     }
 
     fn shutdown(&mut self) -> Result<(), SpoolError> {
-        let wake = lock(&self.inner.wake).take();
+        let wake = self.ledger.take_wake();
         if let Some(handle) = self.background.take() {
             if let Some(tx) = wake {
                 let _ = tx.send(Wake::Stop);
@@ -216,24 +230,13 @@ impl Spool {
             // The thread never panics by design; if it did, there is nothing to recover.
             let _ = handle.join();
         }
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
+        if self.ledger.close() {
             return Ok(());
         }
-        // Records handed out whose segment was dropped, and not acknowledged by now, will
-        // not be: lost, counted (as a rewind would).
-        for l in self.inner.lanes() {
-            let (evicted, expired) = lock(&l.consumer).rewind();
-            let mut counters = lock(&self.inner.counters);
-            counters.evicted.add(evicted.records, evicted.bytes);
-            counters.expired.add(expired.records, expired.bytes);
-        }
-        let result = self.inner.sync_all();
-        {
-            let mut w = lock(&self.inner.writer);
-            w.closed = true;
-            w.seg = None;
-        }
-        for l in self.inner.lanes() {
+        self.drainer.settle_at_close();
+        let result = background::sync_all(&self.appender);
+        self.appender.close();
+        for l in self.ledger.lanes() {
             {
                 let mut c = lock(&l.consumer);
                 c.reader = None;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{body_index, payload, small_config};
 use outlast_spool::fault::{FaultFs, WriteFault};
-use outlast_spool::{Durability, Spool, SpoolConfig};
+use outlast_spool::{Durability, FullPolicy, Payload, Spool, SpoolConfig};
 
 /// Reads everything, acknowledging each batch; returns the payload numbers delivered.
 fn deliver_all(spool: &Spool) -> Vec<u64> {
@@ -494,4 +494,56 @@ fn deliver_count(spool: &Spool) -> u64 {
         n += b.records.len() as u64;
         spool.ack(last.id).expect("ack");
     }
+}
+
+/// An append that evicts (drop-oldest at the cap) leaves unlinking the evicted segments to
+/// the spool's background thread, as an acknowledgement does: the appending thread (a
+/// runtime worker, in the client) does not wait for a large file's deletion.
+#[test]
+fn eviction_on_append_leaves_unlinking_the_evicted_segments_to_the_background_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = Arc::new(FaultFs::new());
+    let cfg = small_config(dir.path())
+        .with_spool_max_bytes(48 * 1024)
+        .with_full_policy(FullPolicy::DropOldest);
+    let (spool, _) = Spool::open_with_fs(cfg, fs.clone()).expect("open");
+    let lane_dir = dir.path().join(format!("lane-{}", spool.lane()));
+    let mut evicted = 0;
+    for _ in 0..100 {
+        evicted += spool
+            .append(Payload::new(vec![2u8; 1000]))
+            .expect("append evicts")
+            .evicted
+            .records;
+    }
+    assert!(evicted > 0);
+    assert_eq!(spool.stats().evicted.records, evicted);
+    // The background thread unlinks them promptly; wait for the files (not `sync`, which
+    // would unlink what is left on this thread).
+    let held = spool.stats().bytes;
+    let mut on_disk = u64::MAX;
+    for _ in 0..500 {
+        on_disk = std::fs::read_dir(&lane_dir)
+            .expect("lane dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        if on_disk <= held {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        on_disk <= held,
+        "{on_disk} bytes of segments on disk, {held} held"
+    );
+    let removers = fs.removing_threads();
+    assert!(!removers.is_empty(), "nothing was unlinked");
+    assert!(
+        removers.iter().all(|t| t == "outlast-spool-sync"),
+        "unlinked on {removers:?}"
+    );
+    spool.close().expect("close");
 }
