@@ -2,149 +2,21 @@
 //! the offline fast path, `force_flush`, `shutdown` and `stats`.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use outlast_core::Payload;
 use outlast_core::retry::Decision;
-use outlast_core::{ConfigError, DynExporter, Exporter, Payload};
 use outlast_spool::Spool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::flush::{Answer, FlushOptions, FlushOutcome, FlushReport, FlushRequest};
+use crate::health::{BackendState, Outcome, classify, deadline_after};
+use crate::mailbox::Inbox;
 use crate::shared::Shared;
 use crate::stats::Counters;
 use crate::{ClientBuilder, ClientStats, Delivery, DropError, DropReason, ShutdownError};
-
-/// What a [`Client::force_flush`] (or the flush inside [`Client::shutdown`]) achieved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-#[must_use = "a flush can end without delivering everything: look at `complete` and `outcome`"]
-pub struct FlushReport {
-    /// Whether everything was delivered (or dropped on purpose): the spool is empty, no
-    /// export is under way, and every delivered record is acknowledged in the spool (never
-    /// true while an acknowledgement failed and no later sync wrote it).
-    ///
-    /// This covers this client's identity only: lanes of another identity in the same
-    /// directory are left alone, never delivered by this client, and not counted here
-    /// ([`ClientStats::foreign_lanes`] and [`ClientStats::foreign_records`] report them).
-    pub complete: bool,
-    /// Why the flush ended.
-    pub outcome: FlushOutcome,
-    /// What the client knows about the backend as the flush ends.
-    pub backend: BackendState,
-    /// While the backend is not online: how long until the drain task's next try (a probe
-    /// or an attempt; zero if it is under way).
-    pub next_attempt_in: Option<Duration>,
-    /// Whether the spool was synced (fsync of its data and read progress) before the flush
-    /// answered: the records still waiting survive a power loss, and those delivered are
-    /// not sent again after a crash. False if the sync failed or no time was left for it;
-    /// the data is then still with the operating system (it survives the process). In the
-    /// report of [`Client::shutdown`], whether closing the spool (which syncs it) finished
-    /// within the shutdown's time.
-    pub synced: bool,
-    /// Acknowledgements the spool refused while the flush ran: those records were
-    /// delivered but may be delivered again (at least once).
-    pub ack_failures: u64,
-    /// Records of this client's identity still waiting in the spool; they stay on disk for
-    /// a later flush, the drain task, or the next process using the same spool directory.
-    pub remaining_records: u64,
-    /// Framed bytes of the records still waiting (see [`ClientStats::pending_bytes`]).
-    pub remaining_bytes: u64,
-    /// Payloads delivered while the flush ran (direct exports and replayed records).
-    pub delivered: u64,
-    /// Payloads dropped while the flush ran (all reasons).
-    pub dropped: u64,
-    /// How long the flush took.
-    pub elapsed: Duration,
-}
-
-/// Why a flush ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FlushOutcome {
-    /// Nothing is left to deliver (see [`FlushReport::complete`] for the acknowledgements).
-    Drained,
-    /// The flush's attempt found the backend unreachable at the transport level (connection
-    /// refused, reset, timed out, DNS): it returned at once rather than wait out its time,
-    /// since nothing can be delivered before the next probe. The records stay in the spool
-    /// ([`FlushReport::synced`] says whether they reached the disk).
-    Offline,
-    /// The time limit passed first.
-    TimedOut,
-    /// The client was shut down: nothing drains any more.
-    ShutDown,
-}
-
-/// What the client knows about the backend (see [`ClientStats::backend`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum BackendState {
-    /// The last attempt succeeded, or none failed.
-    #[default]
-    Online,
-    /// Unreachable at the transport level (connection refused, reset, timed out, DNS): the
-    /// drain task probes it every `probe_interval` (when the exporter has a probe) and
-    /// replays at once when a probe gets through.
-    Unreachable,
-    /// The backend answers, with failures (HTTP 429, 5xx): attempts follow the backoff and
-    /// `Retry-After`.
-    Failing,
-    /// Offline, and the exporter's errors do not say whether the backend answered:
-    /// attempts follow the backoff.
-    Offline,
-}
-
-impl BackendState {
-    /// A short name for logs and metrics: `online`, `offline-transport`,
-    /// `backend-failing`, `offline`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendState::Online => "online",
-            BackendState::Unreachable => "offline-transport",
-            BackendState::Failing => "backend-failing",
-            BackendState::Offline => "offline",
-        }
-    }
-
-    /// A phrase for log messages.
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            BackendState::Online => "reachable",
-            BackendState::Unreachable => "unreachable (transport level); probing for its return",
-            BackendState::Failing => "answering with failures; retrying with backoff",
-            BackendState::Offline => "unreachable; retrying with backoff",
-        }
-    }
-}
-
-impl std::fmt::Display for BackendState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a [`Client::force_flush_with`] behaves.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FlushOptions {
-    /// Keep trying until the time limit even when the backend is found unreachable
-    /// (default false: return at once, see [`FlushOutcome::Offline`]).
-    pub keep_trying: bool,
-}
-
-impl FlushOptions {
-    /// The default options: return early when the backend is unreachable.
-    pub fn new() -> FlushOptions {
-        FlushOptions::default()
-    }
-
-    /// Keep trying until the time limit even when the backend is found unreachable.
-    #[must_use]
-    pub fn keep_trying(mut self, keep_trying: bool) -> FlushOptions {
-        self.keep_trying = keep_trying;
-        self
-    }
-}
 
 /// The drain task's handle and its stop signal.
 #[derive(Debug)]
@@ -177,7 +49,7 @@ impl Drop for ClientInner {
             .task
             .is_none();
         if task_gone {
-            self.shared.release_spool_in_background();
+            self.shared.store.release_in_background();
         }
     }
 }
@@ -196,143 +68,16 @@ pub struct Client {
     inner: Arc<ClientInner>,
 }
 
-impl ClientBuilder {
-    /// Builds a client that exports through `exporter`, opens the spool (recovering what an
-    /// earlier process left there), and starts the drain task on the Tokio runtime (the
-    /// current one, or the one given to [`runtime`](ClientBuilder::runtime); it must have its
-    /// time driver enabled, as `#[tokio::main]` and `Builder::enable_all` do).
-    ///
-    /// Opening the spool does blocking file I/O (it reads segment headers and scans the last
-    /// segment): call this at start-up.
-    ///
-    /// A spool that cannot be opened (permissions, read-only, not a directory) does not make
-    /// this fail: the client warns once and runs without one.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Invalid`] for an invalid setting (naming it, or the environment
-    /// variable it came from), or (`param: "runtime"`) when called outside a Tokio runtime
-    /// and no [`runtime`](ClientBuilder::runtime) was given.
-    ///
-    /// The client's identity (see [`identity`](ClientBuilder::identity)) is the builder's,
-    /// else the exporter's [`identity`](Exporter::identity), else the exporter's type name.
-    pub fn build<E: Exporter>(self, exporter: E) -> Result<Client, ConfigError> {
-        let type_name = std::any::type_name::<E>();
-        self.build_named(Arc::new(exporter), Some(type_name), None)
-    }
-
-    /// As [`build`](ClientBuilder::build), for an exporter already behind a pointer.
-    ///
-    /// The exporter's type is not known here: without an
-    /// [`identity`](ClientBuilder::identity) on the builder or the exporter, the client's
-    /// lanes record no identity, and it shares them with every other client that has none.
-    ///
-    /// # Errors
-    ///
-    /// As [`build`](ClientBuilder::build).
-    pub fn build_dyn(self, exporter: Arc<dyn DynExporter>) -> Result<Client, ConfigError> {
-        self.build_named(exporter, None, None)
-    }
-
-    /// As [`build`](ClientBuilder::build), with every operation on the spool's segment and
-    /// cursor files going through `fs` (see [`Spool::open_with_fs`]; lane directories and
-    /// lock files are handled directly): tests inject disk faults this way. Not for
-    /// production use. Available with the `testing` feature.
-    ///
-    /// # Errors
-    ///
-    /// As [`build`](ClientBuilder::build).
-    #[cfg(feature = "testing")]
-    pub fn build_with_spool_fs<E: Exporter>(
-        self,
-        exporter: E,
-        fs: Arc<dyn outlast_spool::fs::SpoolFs>,
-    ) -> Result<Client, ConfigError> {
-        let type_name = std::any::type_name::<E>();
-        self.build_named(Arc::new(exporter), Some(type_name), Some(fs))
-    }
-
-    fn build_named(
-        self,
-        exporter: Arc<dyn DynExporter>,
-        type_name: Option<&'static str>,
-        fs: Option<Arc<dyn outlast_spool::fs::SpoolFs>>,
-    ) -> Result<Client, ConfigError> {
-        let mut settings = self.resolve()?;
-        let recovery = self.resolve_recovery()?;
-        let identity = recovery
-            .identity
-            .clone()
-            .or_else(|| exporter.identity_dyn().filter(|i| !i.trim().is_empty()))
-            .or_else(|| type_name.map(str::to_owned));
-        settings.spool = settings.spool.with_identity(identity);
-        let runtime = match self.runtime {
-            Some(h) => h,
-            None => tokio::runtime::Handle::try_current().map_err(|_| {
-                ConfigError::invalid(
-                    "runtime",
-                    "build() must be called within a Tokio runtime, or be given one with ClientBuilder::runtime",
-                )
-            })?,
-        };
-        let opened = match fs {
-            Some(fs) => Spool::open_with_fs(settings.spool.clone(), fs),
-            None => Spool::open(settings.spool.clone()),
-        };
-        let (spool, open_error, recovered) = match opened {
-            Ok((spool, report)) => {
-                if report.records > 0
-                    || report.corrupt_frames_skipped > 0
-                    || report.torn_tail_bytes_truncated > 0
-                {
-                    tracing::info!(
-                        dir = %settings.spool.root().display(),
-                        records = report.records,
-                        bytes = report.bytes,
-                        torn_tail_bytes_truncated = report.torn_tail_bytes_truncated,
-                        corrupt_frames_skipped = report.corrupt_frames_skipped,
-                        adopted_lanes = report.adopted_lanes.len(),
-                        "outlast: spool recovered; draining what an earlier run left"
-                    );
-                }
-                if !report.newer_version_files.is_empty() {
-                    tracing::warn!(
-                        dir = %settings.spool.root().display(),
-                        files = report.newer_version_files.len(),
-                        "outlast: spool files of a newer format version left untouched"
-                    );
-                }
-                (Some(Arc::new(spool)), None, report)
-            }
-            Err(e) => {
-                tracing::warn!(
-                    dir = %settings.spool.root().display(),
-                    error = %e,
-                    "outlast: spool unavailable, continuing without it: payloads that cannot be delivered will be dropped"
-                );
-                (None, Some(Arc::new(e)), Default::default())
-            }
-        };
-        let shared = Arc::new(Shared::new(
-            exporter,
-            settings,
-            recovery,
-            spool,
-            open_error,
-            recovered.records > 0,
-        ));
-        if recovered.corrupt_frames_skipped > 0 {
-            shared.record_drop(DropReason::Corrupt, recovered.corrupt_frames_skipped);
-        }
-        // The spool warned about lanes of another identity as it opened (once): they are
-        // only counted here, for `stats()`.
-        let foreign: u64 = recovered.foreign_lanes.iter().map(|l| l.records).sum();
-        shared
-            .foreign_records
-            .store(foreign, std::sync::atomic::Ordering::Release);
+impl Client {
+    /// A client over `shared`, its drain task started on `runtime` with `inbox`.
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        inbox: Inbox,
+        runtime: &tokio::runtime::Handle,
+    ) -> Client {
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = runtime.spawn(crate::drain::run(Arc::clone(&shared), stop_rx));
-        Ok(Client {
+        let task = runtime.spawn(crate::drain::run(Arc::clone(&shared), inbox, stop_rx));
+        Client {
             inner: Arc::new(ClientInner {
                 shared,
                 drain: Mutex::new(DrainControl {
@@ -341,11 +86,9 @@ impl ClientBuilder {
                 }),
                 shutdown: tokio::sync::Mutex::new(false),
             }),
-        })
+        }
     }
-}
 
-impl Client {
     /// A builder with default settings (the environment is not read; see
     /// [`ClientBuilder::from_env`]).
     pub fn builder() -> ClientBuilder {
@@ -463,7 +206,7 @@ impl Client {
         payload: Payload,
         budget: Duration,
     ) -> impl Future<Output = Result<Delivery, DropError>> + Send + '_ {
-        let deadline = crate::shared::deadline_after(Instant::now(), budget);
+        let deadline = deadline_after(Instant::now(), budget);
         self.export_inner(payload, Some(deadline))
     }
 
@@ -518,8 +261,8 @@ impl Client {
         }
         // Live-first: with a backlog draining and the backend reachable, new payloads go
         // directly, ahead of the backlog (see `live_first`).
-        let live = shared.has_backlog() && self.live_first();
-        if shared.has_backlog() && !live {
+        let live = shared.backlog.exists() && self.live_first();
+        if shared.backlog.exists() && !live {
             // Offline fast path, and ordering: behind the backlog, without the network.
             return self.spool(payload, guard).await;
         }
@@ -529,16 +272,17 @@ impl Client {
             return self.spool(payload, guard).await;
         }
 
-        let _direct = shared.enter_direct();
+        let _direct = shared.direct.enter();
         let mut attempt = 1;
         loop {
             let (result, cut_short) = shared
+                .attempts
                 .attempt_by(std::slice::from_ref(&payload), deadline)
                 .await;
             let error = match result {
                 Ok(()) => {
                     Counters::bump(&shared.counters.exported);
-                    shared.set_online(true);
+                    shared.mailbox.report(Outcome::Delivered, &shared.health);
                     return Ok(Delivery::Delivered);
                 }
                 Err(e) => e,
@@ -551,8 +295,7 @@ impl Client {
                 // until the drain task delivers again, exports go to the spool.
                 if !error.is_permanent() && !cut_short {
                     tracing::debug!(error = %outlast_core::ErrorChain(&error), "outlast: live export beside a backlog failed; spooling");
-                    shared.set_retry_after_hint(error.retry_after());
-                    shared.set_online(false);
+                    self.gave_up(&error);
                     return self.spool(payload, guard).await;
                 }
             }
@@ -575,7 +318,7 @@ impl Client {
                 }
                 Decision::RetryAfter(delay) if ends_before(delay, deadline) => {
                     tokio::time::sleep(delay).await;
-                    if shared.has_backlog() {
+                    if shared.backlog.exists() {
                         // Another export found the backend down meanwhile: queue behind it.
                         return self.spool(payload, guard).await;
                     }
@@ -584,12 +327,24 @@ impl Client {
                 }
                 Decision::RetryAfter(_) | Decision::Spill => {
                     tracing::debug!(error = %outlast_core::ErrorChain(&error), attempts = attempt, "outlast: direct export failed; spooling");
-                    shared.set_retry_after_hint(error.retry_after());
-                    shared.set_online(false);
+                    self.gave_up(&error);
                     return self.spool(payload, guard).await;
                 }
             }
         }
+    }
+
+    /// Tells the drain task that a direct export gave up on the backend after `error`: the
+    /// backend's state becomes what the error says ([`classify`]), and the first replay
+    /// waits for its `Retry-After`. Sent before the payload is spooled, so that the drain
+    /// task, woken by the append, has it already.
+    fn gave_up(&self, error: &outlast_core::ExportError) {
+        let shared = &self.inner.shared;
+        let outcome = Outcome::GaveUp {
+            class: classify(error),
+            retry_after: error.retry_after(),
+        };
+        shared.mailbox.report(outcome, &shared.health);
     }
 
     /// Whether a payload exported now goes directly although a backlog exists: the order is
@@ -598,48 +353,18 @@ impl Client {
     /// an earlier run left, none has failed yet, and the first live attempt finds out).
     fn live_first(&self) -> bool {
         let shared = &self.inner.shared;
-        shared.settings.pacing.order == crate::ReplayOrder::LiveFirst && shared.is_online()
+        shared.settings.pacing.order == crate::ReplayOrder::LiveFirst
+            && shared.backend_state() == BackendState::Online
     }
 
-    /// Appends to the spool: inline in `OsWrite` mode (one `write(2)`, no allocation beyond
-    /// the frame), on the blocking pool in `FsyncEveryAppend` mode.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the error hands the payload back; boxing it is a change to DropError"
-    )]
+    /// Appends to the spool ([`Shared::spool`]); `guard` is disarmed once an append on the
+    /// blocking pool has started: it counts its own outcome.
     async fn spool(
         &self,
         payload: Payload,
         guard: &mut CancelGuard<'_>,
     ) -> Result<Delivery, DropError> {
-        let shared = &self.inner.shared;
-        let Some(spool) = shared.spool() else {
-            return Err(shared.no_spool(payload));
-        };
-        if shared.spool_calls_inline() {
-            return shared.append_to(&spool, payload);
-        }
-        let task_shared = Arc::clone(shared);
-        // Kept to hand back if the blocking task fails (a spool bug): cloning is cheap.
-        let kept = payload.clone();
-        let append = shared.spawn_spool_call(spool, move |s| task_shared.append_to(s, payload));
-        // The append counts its own outcome (spooled, or dropped for its reason), whether
-        // this future is still there to hear it or not.
-        guard.disarm();
-        match append.await {
-            Ok(result) => result,
-            Err(join_error) => {
-                tracing::error!(error = %join_error, "outlast: spool append task failed");
-                let err = DropError::SpoolUnavailable {
-                    payload: kept,
-                    source: crate::SpoolFault::Write(std::io::Error::other(
-                        "the spool append task failed",
-                    )),
-                };
-                shared.record_drop(DropReason::SpoolUnavailable, 1);
-                Err(err)
-            }
-        }
+        self.inner.shared.spool(payload, || guard.disarm()).await
     }
 
     /// Delivers what is waiting now: resets the backoff, takes over spool lanes of this
@@ -693,63 +418,41 @@ impl Client {
     pub async fn force_flush_with(&self, timeout: Duration, options: FlushOptions) -> FlushReport {
         let shared = &self.inner.shared;
         let start = Instant::now();
-        let deadline = crate::shared::deadline_after(start, timeout);
+        let deadline = deadline_after(start, timeout);
         let delivered_before = shared.counters.delivered();
         let dropped_before = shared.counters.dropped().total();
         let ack_failures_before = shared
             .ack_failures
             .load(std::sync::atomic::Ordering::Acquire);
 
-        let stopped = || shared.stopped.load(std::sync::atomic::Ordering::Acquire);
-        let mut epoch = u64::MAX;
-        if !stopped() {
-            self.adopt_released(deadline).await;
-            epoch = shared
-                .flush_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-                .saturating_add(1);
-            shared.flush_now.notify_waiters();
-            shared.work.notify_one();
-        }
-        let outcome = loop {
-            let progress = shared.progress.notified();
-            tokio::pin!(progress);
-            progress.as_mut().enable();
-            if shared.is_drained() {
-                break FlushOutcome::Drained;
-            }
-            if stopped() {
-                // Shut down: nobody drains any more.
-                break FlushOutcome::ShutDown;
-            }
-            if !options.keep_trying && shared.offline_for(epoch) {
-                break FlushOutcome::Offline;
-            }
-            tokio::select! {
-                () = &mut progress => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    break if shared.is_drained() { FlushOutcome::Drained } else { FlushOutcome::TimedOut };
-                }
-            }
+        // The drain task adopts released lanes for the flush, tries at once (the backoff
+        // starts again), and answers once nothing is left to deliver, or when its attempt
+        // found the backend unreachable.
+        let (reply, answer) = oneshot::channel();
+        let request = FlushRequest {
+            deadline,
+            keep_trying: options.keep_trying,
+            reply,
         };
-        // Make the outcome durable before answering: the data written and the read progress
-        // (so a serverless instance frozen or killed after the flush re-sends as little as
-        // possible). Bounded by the time left; the fsync finishes in the background if not.
-        let mut synced = false;
-        if let Some(spool) = shared.spool() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !left.is_zero() {
-                let sync = shared.spawn_spool_call(spool, Spool::sync);
-                match tokio::time::timeout(left, sync).await {
-                    Ok(Ok(Ok(()))) => synced = true,
-                    Ok(Ok(Err(e))) => shared.warn_flush_sync(&e),
-                    Ok(Err(_)) | Err(_) => {}
-                }
+        let sent = !shared.is_stopped() && shared.mailbox.flush(request);
+        // `None`: the time ran out; `Some(None)`: the drain task is gone (stopped by a
+        // shutdown): nobody drains any more.
+        let answer = if sent {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(answered) => Some(answered.ok()),
+                Err(_) => None,
             }
         } else {
-            // Closed by shutdown, which synced it (once that finished).
-            synced = stopped() && shared.close_synced();
-        }
+            Some(None)
+        };
+        let outcome = match answer {
+            Some(Some(Answer::Drained)) => FlushOutcome::Drained,
+            Some(Some(Answer::Offline)) => FlushOutcome::Offline,
+            _ if shared.is_drained() => FlushOutcome::Drained,
+            Some(None) => FlushOutcome::ShutDown,
+            None => FlushOutcome::TimedOut,
+        };
+        let synced = self.sync_for_flush(deadline).await;
         let ack_failures = shared
             .ack_failures
             .load(std::sync::atomic::Ordering::Acquire)
@@ -761,7 +464,8 @@ impl Client {
             );
         }
         let (remaining_records, remaining_bytes) = shared
-            .spool_stats()
+            .store
+            .stats()
             .map_or((0, 0), |s| (s.records, s.pending_bytes));
         let backend = shared.backend_state();
         FlushReport {
@@ -773,7 +477,7 @@ impl Client {
             next_attempt_in: if backend == BackendState::Online {
                 None
             } else {
-                shared.next_attempt_in()
+                shared.health.next_attempt_in()
             },
             synced,
             ack_failures,
@@ -785,16 +489,27 @@ impl Client {
         }
     }
 
-    /// Takes over released lanes of this client's identity (bounded by `deadline`); marks a
-    /// backlog if any were adopted.
-    async fn adopt_released(&self, deadline: Instant) {
+    /// Makes a flush's outcome durable before it answers: the data written and the read
+    /// progress (so a serverless instance frozen or killed after the flush re-sends as little
+    /// as possible). Bounded by `deadline`; the fsync finishes in the background if not.
+    async fn sync_for_flush(&self, deadline: Instant) -> bool {
         let shared = &self.inner.shared;
-        let Some(spool) = shared.spool() else {
-            return;
+        let Some(spool) = shared.store.spool() else {
+            // Closed by shutdown, which synced it (once that finished).
+            return shared.is_stopped() && shared.store.close_synced();
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        if !left.is_zero() {
-            let _ = tokio::time::timeout(left, shared.adopt_released(spool)).await;
+        if left.is_zero() {
+            return false;
+        }
+        let sync = shared.store.spawn_call(spool, Spool::sync);
+        match tokio::time::timeout(left, sync).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                shared.warn_flush_sync(&e);
+                false
+            }
+            Ok(Err(_)) | Err(_) => false,
         }
     }
 
@@ -893,21 +608,18 @@ impl Client {
             let left = timeout.saturating_sub(start.elapsed()).max(STOP_GRACE);
             let _ = tokio::time::timeout(left, task).await;
         }
-        shared
-            .stopped
-            .store(true, std::sync::atomic::Ordering::Release);
-        shared.progress.notify_waiters();
+        shared.mark_stopped();
 
         // At least a moment, as for the drain task: a close with nothing slow to wait for
         // (the usual case) is seen to finish, and the lock is released before this returns.
         let left = timeout.saturating_sub(start.elapsed()).max(STOP_GRACE);
-        let closed = shared.close_spool_within(left).await;
+        let closed = shared.store.close_within(left).await;
         let mut report = report;
         // Closing syncs the data and read progress: the report says whether that finished.
         report.synced = matches!(closed, Ok(true));
         let left = timeout.saturating_sub(start.elapsed());
         let exporter_result =
-            match tokio::time::timeout(left, shared.exporter.shutdown_boxed()).await {
+            match tokio::time::timeout(left, shared.exporter().shutdown_boxed()).await {
                 Ok(r) => r,
                 Err(_) => Err(outlast_core::ExportError::Timeout { after: left }),
             };
@@ -942,46 +654,7 @@ impl Client {
     /// size, how full the spool is and how long until it is full at the recent spill rate,
     /// oldest record age, lanes of another identity left alone, online or not.
     pub fn stats(&self) -> ClientStats {
-        let shared = &self.inner.shared;
-        let c = &shared.counters;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let spool = shared.spool_stats().unwrap_or_default();
-        let capacity = shared.capacity(&spool);
-        let drain = shared.drain_progress(&spool);
-        let spool_state = shared.spool_state();
-        ClientStats {
-            exported: load(&c.exported),
-            retried: load(&c.retried),
-            spooled: load(&c.spooled),
-            spooled_not_durable: load(&c.spooled_not_durable),
-            replayed: load(&c.replayed),
-            replay_failures: load(&c.replay_failures),
-            dropped: c.dropped(),
-            spool_records: spool.records,
-            spool_bytes: spool.bytes,
-            pending_bytes: spool.pending_bytes,
-            spool_max_bytes: spool.spool_max_bytes,
-            spill_rate: capacity.rate,
-            spool_full_in: capacity.full_in,
-            oldest_record_age: spool
-                .oldest_created_at
-                .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),
-            drain_rate: drain.map_or(0, |(rate, _)| rate),
-            drain_time_left: drain.and_then(|(_, left)| left),
-            foreign_lanes: spool.foreign_lanes,
-            stranded_lanes: spool.stranded_lanes,
-            stranded_records: spool.stranded_records,
-            foreign_records: if spool.foreign_lanes == 0 {
-                0
-            } else {
-                load(&shared.foreign_records)
-            },
-            backend: shared.backend_state(),
-            ack_failures: load(&shared.ack_failures),
-            backlog: shared.has_backlog(),
-            spool: spool_state,
-            shut_down: !shared.is_accepting(),
-        }
+        self.inner.shared.stats()
     }
 }
 
@@ -1018,6 +691,7 @@ fn ends_before(delay: Duration, deadline: Option<Instant>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outlast_core::Exporter;
 
     fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
 

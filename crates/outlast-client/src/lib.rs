@@ -231,6 +231,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod attempt;
 mod client;
 mod compress;
 mod config;
@@ -238,10 +239,17 @@ mod defaults;
 mod drain;
 pub mod env;
 mod error;
+mod fill;
+mod flush;
+mod health;
+mod mailbox;
+mod open;
 mod pace;
 mod replay;
 mod shared;
 mod stats;
+mod store;
+mod work;
 
 // What a user writes, and nothing else: the core's internals (`throttle`, `BoxFuture`,
 // `unix_nanos`, the retry schedule) stay in `outlast_core`, and each default is an associated
@@ -252,9 +260,11 @@ pub use outlast_core::{
 };
 pub use outlast_spool::{Adoption, Durability, FullPolicy, SpoolError};
 
-pub use client::{BackendState, Client, FlushOptions, FlushOutcome, FlushReport};
+pub use client::Client;
 pub use config::{ClientBuilder, ReplayOrder, default_spool_dir};
 pub use error::{Delivery, DropError, ShutdownError, SpoolFault};
+pub use flush::{FlushOptions, FlushOutcome, FlushReport};
+pub use health::BackendState;
 pub use stats::{ClientStats, DropCounts, DropReason, SpoolState};
 
 pub mod http;

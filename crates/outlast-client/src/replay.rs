@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use outlast_core::retry::Backoff;
 use outlast_core::{Coalescing, ContentEncoding, ExportError, Payload};
 use outlast_spool::{ReadBatch, Record, RecordId, Spool, SpoolError};
 
 use crate::compress::{self, Undecodable};
+use crate::health::{self, Health, classify, deadline_after};
+use crate::mailbox::Inbox;
 use crate::pace::RateCap;
 use crate::shared::Shared;
 use crate::{DropReason, ReplayOrder};
@@ -29,25 +30,36 @@ type Attempt<'a> = Pin<Box<dyn Future<Output = Sent> + Send + 'a>>;
 /// A spool operation running on the blocking pool.
 type SpoolOp<T> = Pin<Box<dyn Future<Output = Option<T>> + Send>>;
 
-/// What a replay works with: the client's shared state, the drain task's backoff, which a
-/// delivery resets, and its replay rate cap, which paces the sends.
+/// What a replay works with: the client's shared state, and the drain task's own: the
+/// backend's state (which the outcomes of the replay's attempts and acknowledgements feed),
+/// its mailbox (taken in while the replay runs) and its replay rate cap, which paces the
+/// sends.
 pub(crate) struct Replayer<'a, 'b> {
     shared: &'a Shared,
-    backoff: &'b mut Backoff,
+    health: &'b mut Health,
+    inbox: &'b mut Inbox,
     cap: &'b mut RateCap,
 }
 
 impl<'a, 'b> Replayer<'a, 'b> {
     pub(crate) fn new(
         shared: &'a Shared,
-        backoff: &'b mut Backoff,
+        health: &'b mut Health,
+        inbox: &'b mut Inbox,
         cap: &'b mut RateCap,
     ) -> Replayer<'a, 'b> {
         Replayer {
             shared,
-            backoff,
+            health,
+            inbox,
             cap,
         }
+    }
+
+    /// Feeds the backend's state an outcome of this replay and publishes it.
+    fn report(&mut self, outcome: health::Outcome) {
+        let change = self.health.on_outcome(outcome, tokio::time::Instant::now());
+        self.shared.publish(self.health, change);
     }
 
     /// How long `send` must wait for the rate cap before it goes (zero without a cap). The
@@ -83,7 +95,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
         if self.shared.settings.pacing.order != ReplayOrder::LiveFirst || running == 0 {
             return running;
         }
-        running.saturating_add(self.shared.direct_in_flight())
+        running.saturating_add(self.shared.direct.in_flight())
     }
 
     /// Counts what the spool skipped while reading (expired or damaged records).
@@ -118,7 +130,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
         }
         // Counted among the client's spool calls, so a stopping drain task waits for it and
         // no spool handle outlives the client by more than this one read or acknowledgement.
-        let task = self.shared.spawn_spool_call(Arc::clone(spool), f);
+        let task = self.shared.store.spawn_call(Arc::clone(spool), f);
         Box::pin(async move {
             match task.await {
                 Ok(v) => Some(v),
@@ -236,12 +248,11 @@ impl<'a, 'b> Replayer<'a, 'b> {
         match acked {
             Some(Ok(())) => {
                 count(acks);
-                if acks.delivered > 0 {
-                    // A success: the backend is back and the backoff starts again from its
-                    // first delay.
-                    self.backoff.reset();
-                }
-                shared.set_online(true);
+                // The backend answered: online, and with deliveries the backoff starts again
+                // from its first delay.
+                self.report(health::Outcome::Acknowledged {
+                    delivered: acks.delivered,
+                });
                 shared.report_drain_rate();
                 true
             }
@@ -261,7 +272,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
     fn start(&self, send: Outgoing) -> Attempt<'a> {
         let shared = self.shared;
         Box::pin(async move {
-            let result = shared.attempt(&send.payloads).await;
+            let result = shared.attempts.attempt(&send.payloads).await;
             Sent {
                 first: send.first,
                 payloads: send.payloads,
@@ -294,9 +305,11 @@ impl<'a, 'b> Replayer<'a, 'b> {
             shared.settings.coalesce_max_bytes,
         );
         let mut window = ReplayWindow::new(w, max_bytes, caps);
-        window.accepts_gzip = shared.exporter.accepts_encoding_dyn(ContentEncoding::Gzip);
+        window.accepts_gzip = shared
+            .exporter()
+            .accepts_encoding_dyn(ContentEncoding::Gzip);
         window.max_record_bytes = shared.settings.max_record_bytes;
-        let merge = |p: &Payload| shared.exporter.coalescing_dyn(p);
+        let merge = |p: &Payload| shared.exporter().coalescing_dyn(p);
         let mut running: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
         let mut reading: Option<SpoolOp<Result<Prepared, SpoolError>>> = None;
         let mut acking: Option<(SpoolOp<Result<(), SpoolError>>, Acks)> = None;
@@ -306,11 +319,11 @@ impl<'a, 'b> Replayer<'a, 'b> {
         let mut snapshot = 0;
         loop {
             // Wakes the loop when a direct export ends (it may free room for replay sends).
-            let live_done = shared.live_done.notified();
+            let live_done = shared.direct.done.notified();
             tokio::pin!(live_done);
             live_done.as_mut().enable();
             if reading.is_none() && window.wants_read() {
-                snapshot = shared.backlog_snapshot();
+                snapshot = shared.backlog.snapshot();
                 let max_records = w.max_records;
                 let idle = running.is_empty() && acking.is_none();
                 let decoding = window.decoding();
@@ -323,7 +336,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 if wait.is_zero() {
                     running.push(self.start(send));
                 } else {
-                    let at = crate::shared::deadline_after(tokio::time::Instant::now(), wait);
+                    let at = deadline_after(tokio::time::Instant::now(), wait);
                     paced = Some((send, at));
                 }
             }
@@ -358,9 +371,8 @@ impl<'a, 'b> Replayer<'a, 'b> {
                     None => {}
                 }
                 if window.is_exhausted() {
-                    if shared.try_clear_backlog(snapshot) {
+                    if shared.backlog.try_clear(snapshot) {
                         tracing::info!("outlast: backlog delivered; exporting directly again");
-                        shared.progress.notify_waiters();
                         return Replayed::Empty;
                     }
                     // Appended since the spool was found empty: read again.
@@ -368,7 +380,6 @@ impl<'a, 'b> Replayer<'a, 'b> {
                     continue;
                 }
                 if let Some(full) = window.batch_done() {
-                    shared.progress.notify_waiters();
                     return Replayed::Batch { full };
                 }
                 continue;
@@ -376,10 +387,17 @@ impl<'a, 'b> Replayer<'a, 'b> {
             let paced_at = paced.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 Some(sent) = running.next(), if !running.is_empty() => {
-                    if sent.result.is_ok() {
-                        shared.record_drained(&sent.payloads);
+                    match &sent.result {
+                        Ok(()) => shared.record_drained(&sent.payloads),
+                        Err(e) => self.report(health::Outcome::ReplayFailed { class: classify(e) }),
                     }
                     window.settle(sent);
+                }
+                msg = self.inbox.recv() => {
+                    if let Some(msg) = msg {
+                        let change = self.inbox.take(msg, self.health, &shared.health, tokio::time::Instant::now());
+                        shared.publish(self.health, change);
+                    }
                 }
                 () = sleep_until_some(paced_at), if paced_at.is_some() => {
                     if let Some((send, _)) = paced.take() {
