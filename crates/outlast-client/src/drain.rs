@@ -18,9 +18,10 @@ use tokio::time::Instant;
 use crate::health::{Change, Health, deadline_after};
 use crate::mailbox::{Inbox, Msg};
 use crate::pace::RateCap;
-use crate::replay::{Replayed, Replayer, Window};
+use crate::replay::{Replayed, Replayer};
 use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::window::Window;
 
 /// Runs the drain loop until `stop` fires or its sender is dropped (the last `Client` went
 /// away). The loop itself never returns and never panics on I/O or exporter errors.

@@ -249,6 +249,7 @@ mod replay;
 mod shared;
 mod stats;
 mod store;
+mod window;
 mod work;
 
 // What a user writes, and nothing else: the core's internals (`throttle`, `BoxFuture`,
