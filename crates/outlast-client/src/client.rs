@@ -294,7 +294,7 @@ impl Client {
                 // backlog (delivered by the drain task, counted once as spooled), and
                 // until the drain task delivers again, exports go to the spool.
                 if !error.is_permanent() && !cut_short {
-                    tracing::debug!(error = %outlast_core::ErrorChain(&error), "outlast: live export beside a backlog failed; spooling");
+                    tracing::debug!(target: crate::LOG_TARGET, error = %outlast_core::ErrorChain(&error), "outlast: live export beside a backlog failed; spooling");
                     self.gave_up(&error);
                     return self.spool(payload, guard).await;
                 }
@@ -302,7 +302,7 @@ impl Client {
             if cut_short {
                 // The caller's deadline, not the backend, ended the attempt: spool the
                 // payload; the drain task tries again at once.
-                tracing::debug!(
+                tracing::debug!(target: crate::LOG_TARGET,
                     attempts = attempt,
                     "outlast: export deadline reached; spooling"
                 );
@@ -326,7 +326,7 @@ impl Client {
                     attempt += 1;
                 }
                 Decision::RetryAfter(_) | Decision::Spill => {
-                    tracing::debug!(error = %outlast_core::ErrorChain(&error), attempts = attempt, "outlast: direct export failed; spooling");
+                    tracing::debug!(target: crate::LOG_TARGET, error = %outlast_core::ErrorChain(&error), attempts = attempt, "outlast: direct export failed; spooling");
                     self.gave_up(&error);
                     return self.spool(payload, guard).await;
                 }
@@ -458,7 +458,7 @@ impl Client {
             .load(std::sync::atomic::Ordering::Acquire)
             .saturating_sub(ack_failures_before);
         if ack_failures > 0 && !synced {
-            tracing::warn!(
+            tracing::warn!(target: crate::LOG_TARGET,
                 ack_failures,
                 "outlast: delivered records could not be acknowledged in the spool; they may be delivered again"
             );
@@ -581,7 +581,7 @@ impl Client {
             return Err(ShutdownError::AlreadyShutDown);
         }
         shared.stop_accepting();
-        tracing::info!("outlast: shutting down");
+        tracing::info!(target: crate::LOG_TARGET, "outlast: shutting down");
         let report = self
             .force_flush(timeout.saturating_sub(start.elapsed()))
             .await;
@@ -624,7 +624,7 @@ impl Client {
                 Err(_) => Err(outlast_core::ExportError::Timeout { after: left }),
             };
         *done = true;
-        tracing::info!(
+        tracing::info!(target: crate::LOG_TARGET,
             complete = report.complete,
             remaining_records = report.remaining_records,
             "outlast: shut down"
@@ -633,7 +633,7 @@ impl Client {
             return Err(ShutdownError::Spool { report, source });
         }
         if let Err(source) = exporter_result {
-            tracing::warn!(
+            tracing::warn!(target: crate::LOG_TARGET,
                 error = %outlast_core::ErrorChain(&source),
                 "outlast: the exporter's shutdown failed"
             );
@@ -675,7 +675,7 @@ impl CancelGuard<'_> {
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            tracing::debug!(
+            tracing::debug!(target: crate::LOG_TARGET,
                 "outlast: export future dropped before its payload was delivered or spooled"
             );
             self.shared.record_drop(DropReason::Cancelled, 1);

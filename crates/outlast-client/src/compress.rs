@@ -48,7 +48,7 @@ pub(crate) fn for_spool(payload: &Payload) -> Option<Payload> {
                     *c = None;
                 }
             });
-            tracing::error!(
+            tracing::error!(target: crate::LOG_TARGET,
                 bytes = payload.len(),
                 "outlast: gzip of a payload panicked; storing it uncompressed"
             );

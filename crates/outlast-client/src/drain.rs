@@ -50,7 +50,7 @@ pub(crate) async fn run(shared: Arc<Shared>, inbox: Inbox, stop: oneshot::Receiv
         // background thread's join and the fdatasync.
         shared.store.release_in_background();
     }
-    tracing::debug!("outlast: drain task ended");
+    tracing::debug!(target: crate::LOG_TARGET, "outlast: drain task ended");
 }
 
 /// How long a stopping drain task waits for spool calls still under way (an adoption reads
@@ -287,7 +287,7 @@ impl<'a> Drain<'a> {
         while let Some(wake) = self.health.next_wake() {
             self.shared.health.publish_next_attempt(Some(wake.at));
             if !self.wait_until(wake.at).await {
-                tracing::debug!("outlast: flush requested; retrying now");
+                tracing::debug!(target: crate::LOG_TARGET, "outlast: flush requested; retrying now");
                 self.health.try_now();
                 break;
             }
@@ -296,7 +296,7 @@ impl<'a> Drain<'a> {
             }
             let answer = self.probe().await;
             if self.health.on_waiting_probe(answer, Instant::now()) {
-                tracing::debug!("outlast: probe reached the backend; replaying now");
+                tracing::debug!(target: crate::LOG_TARGET, "outlast: probe reached the backend; replaying now");
                 break;
             }
         }

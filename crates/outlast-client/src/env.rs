@@ -333,13 +333,13 @@ impl ClientBuilder {
 fn warn_if_unknown(name: &str) {
     for unknown in unknown_variables([name]) {
         match unknown.did_you_mean {
-            Some(known) => tracing::warn!(
+            Some(known) => tracing::warn!(target: crate::LOG_TARGET,
                 variable = %unknown.name,
                 did_you_mean = known,
                 "outlast: unknown environment variable {} ignored (did you mean {known}?)",
                 unknown.name
             ),
-            None => tracing::warn!(
+            None => tracing::warn!(target: crate::LOG_TARGET,
                 variable = %unknown.name,
                 "outlast: unknown environment variable {} ignored",
                 unknown.name

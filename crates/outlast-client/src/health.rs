@@ -322,7 +322,7 @@ impl Health {
         now: Instant,
     ) -> (Option<Change>, Duration) {
         if probe_led && self.probe_trusted {
-            tracing::debug!(
+            tracing::debug!(target: crate::LOG_TARGET,
                 "outlast: the backend accepted the probe but not the replay; probing no longer starts replays early"
             );
             self.probe_trusted = false;

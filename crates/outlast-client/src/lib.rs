@@ -231,6 +231,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+/// The target of this crate's `tracing` events, whichever part of the client logs them:
+/// filter them with it, e.g. `RUST_LOG=outlast::client=debug` or
+/// `EnvFilter::new("info,outlast::client=warn")`. The spool's events have the target
+/// `outlast_spool`; the OpenTelemetry bridge's, `outlast::otel`.
+pub const LOG_TARGET: &str = "outlast::client";
+
 mod attempt;
 mod client;
 mod compress;

@@ -98,7 +98,7 @@ impl ClientBuilder {
                     || report.corrupt_frames_skipped > 0
                     || report.torn_tail_bytes_truncated > 0
                 {
-                    tracing::info!(
+                    tracing::info!(target: crate::LOG_TARGET,
                         dir = %settings.spool.root().display(),
                         records = report.records,
                         bytes = report.bytes,
@@ -109,7 +109,7 @@ impl ClientBuilder {
                     );
                 }
                 if !report.newer_version_files.is_empty() {
-                    tracing::warn!(
+                    tracing::warn!(target: crate::LOG_TARGET,
                         dir = %settings.spool.root().display(),
                         files = report.newer_version_files.len(),
                         "outlast: spool files of a newer format version left untouched"
@@ -118,7 +118,7 @@ impl ClientBuilder {
                 (Some(Arc::new(spool)), None, report)
             }
             Err(e) => {
-                tracing::warn!(
+                tracing::warn!(target: crate::LOG_TARGET,
                     dir = %settings.spool.root().display(),
                     error = %e,
                     "outlast: spool unavailable, continuing without it: payloads that cannot be delivered will be dropped"

@@ -136,7 +136,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
             match task.await {
                 Ok(v) => Some(v),
                 Err(e) => {
-                    tracing::error!(error = %e, "outlast: spool task failed");
+                    tracing::error!(target: crate::LOG_TARGET, error = %e, "outlast: spool task failed");
                     None
                 }
             }
@@ -183,7 +183,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
             match task.await {
                 Ok(queued) => Some(Ok((batch, queued))),
                 Err(e) => {
-                    tracing::error!(error = %e, "outlast: decoding task failed");
+                    tracing::error!(target: crate::LOG_TARGET, error = %e, "outlast: decoding task failed");
                     None
                 }
             }
@@ -373,7 +373,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 }
                 if window.is_exhausted() {
                     if shared.backlog.try_clear(snapshot) {
-                        tracing::info!("outlast: backlog delivered; exporting directly again");
+                        tracing::info!(target: crate::LOG_TARGET, "outlast: backlog delivered; exporting directly again");
                         return Replayed::Empty;
                     }
                     // Appended since the spool was found empty: read again.

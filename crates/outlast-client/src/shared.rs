@@ -49,7 +49,7 @@ impl PendingAppend {
 impl Drop for PendingAppend {
     fn drop(&mut self) {
         if !self.counted {
-            tracing::error!("outlast: a spool append on the blocking pool did not finish");
+            tracing::error!(target: crate::LOG_TARGET, "outlast: a spool append on the blocking pool did not finish");
             self.shared.record_drop(DropReason::SpoolUnavailable, 1);
         }
     }
@@ -214,14 +214,14 @@ impl Shared {
         let adopted = match joined {
             Ok(adopted) => adopted,
             Err(e) => {
-                tracing::error!(error = %e, "outlast: spool task failed");
+                tracing::error!(target: crate::LOG_TARGET, error = %e, "outlast: spool task failed");
                 return;
             }
         };
         match adopted {
             Ok(0) => {}
             Ok(n) => {
-                tracing::info!(
+                tracing::info!(target: crate::LOG_TARGET,
                     lanes = n,
                     "outlast: adopted spool lanes released by another process"
                 );
@@ -378,7 +378,7 @@ impl Shared {
             return;
         }
         let (records, bytes) = self.store.stats().map_or((0, 0), |s| (s.records, s.bytes));
-        tracing::info!(
+        tracing::info!(target: crate::LOG_TARGET,
             online = false,
             backend = change.to.as_str(),
             spool_records = records,
@@ -396,7 +396,7 @@ impl Shared {
         let after = outage.map_or_else(String::new, |d| format!(" after {}", human_duration(d)));
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         if spool.records == 0 {
-            tracing::info!(
+            tracing::info!(target: crate::LOG_TARGET,
                 online = true,
                 backend = BackendState::Online.as_str(),
                 outage_ms = outage.map(ms),
@@ -415,7 +415,7 @@ impl Shared {
                 String::new()
             }
         };
-        tracing::info!(
+        tracing::info!(target: crate::LOG_TARGET,
             online = true,
             backend = BackendState::Online.as_str(),
             outage_ms = outage.map(ms),
@@ -470,7 +470,7 @@ impl Shared {
             return;
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(
+        tracing::info!(target: crate::LOG_TARGET,
             backlog_records = spool.records,
             backlog_bytes = spool.pending_bytes,
             drain_bytes_per_sec = rate,
@@ -543,7 +543,7 @@ impl Shared {
             let since_last = total - logs.drops_reported[reason.index()];
             logs.drops_reported[reason.index()] = total;
             drop(logs);
-            tracing::error!(
+            tracing::error!(target: crate::LOG_TARGET,
                 reason = reason.as_str(),
                 dropped = since_last,
                 dropped_total = total,
@@ -569,7 +569,7 @@ impl Shared {
             };
             let state = self.backend_state();
             let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            tracing::warn!(
+            tracing::warn!(target: crate::LOG_TARGET,
                 records = n,
                 bytes = b,
                 backend = state.as_str(),
@@ -592,7 +592,7 @@ impl Shared {
             .check(LogKind::FlushSync, now_std())
             .is_some();
         if due {
-            tracing::warn!(error = %error, "outlast: spool sync at the end of a flush failed; written data is still with the OS, the next sync tries again");
+            tracing::warn!(target: crate::LOG_TARGET, error = %error, "outlast: spool sync at the end of a flush failed; written data is still with the OS, the next sync tries again");
         }
     }
 
@@ -609,7 +609,7 @@ impl Shared {
             .check(LogKind::NotDurable, now_std())
             .is_some();
         if due {
-            tracing::warn!(error = %error, spooled_not_durable = total, "outlast: a spooled record's fsync failed; it is in the spool and will be delivered, but a power loss before the next successful sync may take it");
+            tracing::warn!(target: crate::LOG_TARGET, error = %error, spooled_not_durable = total, "outlast: a spooled record's fsync failed; it is in the spool and will be delivered, but a power loss before the next successful sync may take it");
         }
     }
 
@@ -623,7 +623,7 @@ impl Shared {
             self.ack_failures.fetch_add(1, Ordering::AcqRel);
         }
         if due {
-            tracing::warn!(operation = what, error = %error, "outlast: spool {what} failed; retrying with backoff");
+            tracing::warn!(target: crate::LOG_TARGET, operation = what, error = %error, "outlast: spool {what} failed; retrying with backoff");
         }
     }
 }

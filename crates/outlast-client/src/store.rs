@@ -111,7 +111,7 @@ impl SpoolSlot {
             // The blocking task panicked or was cancelled with the runtime: nothing known.
             Ok(Err(_)) => Ok(false),
             Err(_) => {
-                tracing::warn!(
+                tracing::warn!(target: crate::LOG_TARGET,
                     "outlast: closing the spool did not finish within the shutdown's time; it goes on in the background"
                 );
                 Ok(false)
@@ -130,13 +130,13 @@ impl SpoolSlot {
             Ok(rt) => {
                 rt.spawn_blocking(move || {
                     if let Err(e) = close_or_sync(spool) {
-                        tracing::warn!(error = %e, "outlast: closing the spool failed");
+                        tracing::warn!(target: crate::LOG_TARGET, error = %e, "outlast: closing the spool failed");
                     }
                 });
             }
             Err(_) => {
                 if let Err(e) = close_or_sync(spool) {
-                    tracing::warn!(error = %e, "outlast: closing the spool failed");
+                    tracing::warn!(target: crate::LOG_TARGET, error = %e, "outlast: closing the spool failed");
                 }
             }
         }
@@ -185,7 +185,7 @@ impl SpoolSlot {
             .await
             .is_err()
         {
-            tracing::debug!(
+            tracing::debug!(target: crate::LOG_TARGET,
                 "outlast: a spool call is still running; it releases the spool when it returns"
             );
         }

@@ -230,7 +230,7 @@ impl ReplayWindow {
                 QueuedState::Ready(ready) => return Some((q.id, ready)),
                 // `decode_front` decoded it.
                 QueuedState::Stored(_) | QueuedState::Undecodable(Undecodable::Corrupt) => {
-                    tracing::warn!(
+                    tracing::warn!(target: crate::LOG_TARGET,
                         lane = q.id.lane,
                         seq = q.id.seq,
                         "outlast: spooled record does not decode as its recorded encoding; dropping it as corrupt"
@@ -238,7 +238,7 @@ impl ReplayWindow {
                     Outcome::Corrupt
                 }
                 QueuedState::Undecodable(Undecodable::TooLarge) => {
-                    tracing::warn!(
+                    tracing::warn!(target: crate::LOG_TARGET,
                         lane = q.id.lane,
                         seq = q.id.seq,
                         max_record_bytes = self.max_record_bytes,
@@ -335,7 +335,7 @@ impl ReplayWindow {
         let outcome = match &sent.result {
             Ok(()) => Outcome::Delivered,
             Err(e) if e.is_permanent() && sent.payloads.len() > 1 => {
-                tracing::debug!(error = %outlast_core::ErrorChain(e), records = sent.payloads.len(), "outlast: merged replay request rejected permanently; sending its records one by one");
+                tracing::debug!(target: crate::LOG_TARGET, error = %outlast_core::ErrorChain(e), records = sent.payloads.len(), "outlast: merged replay request rejected permanently; sending its records one by one");
                 // They go before anything not started yet, oldest first.
                 self.singles.extend((sent.first..).zip(sent.payloads));
                 self.singles
@@ -344,7 +344,7 @@ impl ReplayWindow {
                 return;
             }
             Err(e) if e.is_permanent() => {
-                tracing::debug!(error = %outlast_core::ErrorChain(e), index = sent.first, "outlast: spooled record rejected permanently; dropping it");
+                tracing::debug!(target: crate::LOG_TARGET, error = %outlast_core::ErrorChain(e), index = sent.first, "outlast: spooled record rejected permanently; dropping it");
                 Outcome::Rejected
             }
             Err(e) => {

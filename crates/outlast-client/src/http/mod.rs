@@ -338,7 +338,9 @@ impl HttpExporter {
                 Ok(v) => {
                     req.headers_mut().insert(KEY_HEADER, v);
                 }
-                Err(_) => tracing::debug!("payload key is not a valid header value; not sent"),
+                Err(_) => {
+                    tracing::debug!(target: crate::LOG_TARGET, "payload key is not a valid header value; not sent")
+                }
             }
         }
         Ok(req)
@@ -444,7 +446,7 @@ impl HttpExporter {
                 headers.insert(CONTENT_TYPE, v);
             }
             Err(_) => {
-                tracing::debug!(
+                tracing::debug!(target: crate::LOG_TARGET,
                     content_type = content_type.as_str(),
                     "payload content type is not a valid header value; sending none"
                 );
@@ -487,7 +489,7 @@ impl HttpExporter {
             None
         };
         let excerpt = drain(resp.into_body(), BODY_EXCERPT_BYTES).await;
-        tracing::debug!(
+        tracing::debug!(target: crate::LOG_TARGET,
             url = %self.uri,
             status = status.as_u16(),
             retry_after_secs = retry_after.map(|d| d.as_secs_f64()),
@@ -644,12 +646,12 @@ impl HttpExporter {
             Ok(Ok(())) => Ok(()),
             Ok(Err(Failure { error, retry_after })) => {
                 if !error.is_status() {
-                    tracing::debug!(url = %self.uri, error = %outlast_core::ErrorChain(&error), "export failed");
+                    tracing::debug!(target: crate::LOG_TARGET, url = %self.uri, error = %outlast_core::ErrorChain(&error), "export failed");
                 }
                 Err(self.classify(error, retry_after))
             }
             Err(_) => {
-                tracing::debug!(url = %self.uri, timeout_secs = self.timeout.as_secs_f64(), "export timed out");
+                tracing::debug!(target: crate::LOG_TARGET, url = %self.uri, timeout_secs = self.timeout.as_secs_f64(), "export timed out");
                 Err(ExportError::Timeout {
                     after: self.timeout,
                 })
@@ -681,7 +683,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     match outlast_core::retry::parse_retry_after(value, SystemTime::now()) {
         Ok(d) => Some(d),
         Err(e) => {
-            tracing::debug!(error = %e, "ignoring an unparsable Retry-After header");
+            tracing::debug!(target: crate::LOG_TARGET, error = %e, "ignoring an unparsable Retry-After header");
             None
         }
     }
