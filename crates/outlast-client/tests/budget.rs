@@ -74,6 +74,72 @@ async fn a_flush_asked_to_keep_trying_uses_its_whole_time_and_delivers_when_the_
 }
 
 #[tokio::test(start_paused = true)]
+async fn concurrent_flushes_each_get_their_own_answer_from_the_drain_task() {
+    let dir = spool_dir();
+    let backend = Backend::new(BackendMode::Refusing);
+    let c = builder(dir.path()).build(backend.clone()).expect("valid");
+    assert!(c.export(payload("a")).await.expect("spooled").is_spooled());
+    let attempts = backend.attempts().len();
+    let start = Instant::now();
+    let flush = |keep_trying: bool, secs: u64| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let options = FlushOptions::new().keep_trying(keep_trying);
+            let report = c.force_flush_with(Duration::from_secs(secs), options).await;
+            (report, start.elapsed())
+        })
+    };
+    let quick = [flush(false, 5), flush(false, 7)];
+    let patient = flush(true, 3);
+    for f in quick {
+        let (report, took) = f.await.expect("flush task");
+        assert_eq!(report.outcome, FlushOutcome::Offline, "{report:?}");
+        assert_eq!(took, Duration::ZERO, "answered by the first attempt");
+    }
+    let (report, took) = patient.await.expect("flush task");
+    assert_eq!(report.outcome, FlushOutcome::TimedOut, "{report:?}");
+    assert_eq!(took, Duration::from_secs(3), "its whole time");
+    // The flushes probed; no payload was sent to a backend refusing connections.
+    assert_eq!(backend.attempts().len(), attempts);
+    assert!(!backend.probes().is_empty());
+    backend.set_mode(BackendMode::Up);
+    let flushes: Vec<_> = (0..4).map(|_| flush(false, 5)).collect();
+    for f in flushes {
+        let (report, _) = f.await.expect("flush task");
+        assert!(report.complete, "{report:?}");
+    }
+    assert_eq!(backend.received(), ["a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_waiting_when_the_client_shuts_down_hears_so_at_once() {
+    let dir = spool_dir();
+    let backend = Backend::new(BackendMode::Hanging);
+    let c = builder(dir.path()).build(backend.clone()).expect("valid");
+    assert!(
+        c.export_within(payload("a"), Duration::ZERO)
+            .await
+            .expect("spooled")
+            .is_spooled()
+    );
+    let flusher = c.clone();
+    let start = Instant::now();
+    let flush = tokio::spawn(async move { flusher.force_flush(Duration::from_secs(600)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shutdown = c.shutdown(Duration::from_secs(2)).await;
+    let report = flush.await.expect("flush task");
+    assert_eq!(report.outcome, FlushOutcome::ShutDown, "{report:?}");
+    assert!(
+        start.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(report.remaining_records, 1);
+    let shutdown = shutdown.expect("shut down");
+    assert_eq!(shutdown.remaining_records, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_flush_with_the_backend_up_delivers_within_its_timeout() {
     let dir = spool_dir();
     let backend = Backend::new(BackendMode::Refusing);
