@@ -15,7 +15,7 @@ use crate::flush::{Answer, FlushOptions, FlushOutcome, FlushReport, FlushRequest
 use crate::health::{BackendState, Outcome, classify, deadline_after};
 use crate::mailbox::Inbox;
 use crate::shared::Shared;
-use crate::stats::Counters;
+use crate::stats::Count;
 use crate::{ClientBuilder, ClientStats, Delivery, DropError, DropReason, ShutdownError};
 
 /// The drain task's handle and its stop signal.
@@ -281,7 +281,7 @@ impl Client {
                 .await;
             let error = match result {
                 Ok(()) => {
-                    Counters::bump(&shared.counters.exported);
+                    shared.counters.add(Count::Exported, 1);
                     shared.mailbox.report(Outcome::Delivered, &shared.health);
                     return Ok(Delivery::Delivered);
                 }
@@ -322,7 +322,7 @@ impl Client {
                         // Another export found the backend down meanwhile: queue behind it.
                         return self.spool(payload, guard).await;
                     }
-                    Counters::bump(&shared.counters.retried);
+                    shared.counters.add(Count::Retried, 1);
                     attempt += 1;
                 }
                 Decision::RetryAfter(_) | Decision::Spill => {

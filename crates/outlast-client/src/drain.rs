@@ -20,7 +20,7 @@ use crate::mailbox::{Inbox, Msg};
 use crate::pace::RateCap;
 use crate::replay::{Replayed, Replayer};
 use crate::shared::Shared;
-use crate::stats::Counters;
+use crate::stats::Count;
 use crate::window::Window;
 
 /// Runs the drain loop until `stop` fires or its sender is dropped (the last `Client` went
@@ -197,7 +197,7 @@ impl<'a> Drain<'a> {
     /// unreachable at the transport level.
     fn after_failure(&mut self, change: Option<Change>, delay: Duration) {
         let shared = self.shared;
-        Counters::bump(&shared.counters.replay_failures);
+        shared.counters.add(Count::ReplayFailures, 1);
         shared.publish(&self.health, change);
         let now = Instant::now();
         shared

@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -20,6 +19,7 @@ use crate::health::{self, Health, classify, deadline_after};
 use crate::mailbox::Inbox;
 use crate::pace::RateCap;
 use crate::shared::Shared;
+use crate::stats::Count;
 use crate::window::{
     Acks, Decoding, Outgoing, Prepared, Queued, ReplayWindow, Sent, Stop, Window, prepare,
 };
@@ -238,10 +238,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
     fn on_acked(&mut self, acked: Option<Result<(), SpoolError>>, acks: &Acks) -> bool {
         let shared = self.shared;
         let count = |acks: &Acks| {
-            shared
-                .counters
-                .replayed
-                .fetch_add(acks.delivered, Ordering::Relaxed);
+            shared.counters.add(Count::Replayed, acks.delivered);
             shared.record_drop(DropReason::Permanent, acks.rejected);
             shared.record_drop(DropReason::Corrupt, acks.corrupt);
             shared.record_drop(DropReason::TooLarge, acks.too_large);

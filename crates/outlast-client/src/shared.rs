@@ -21,7 +21,7 @@ use crate::fill::{
 use crate::health::{BackendState, Change, Health, HealthView};
 use crate::mailbox::Mailbox;
 use crate::pace::{DrainMeter, human_bytes, human_duration, time_to_drain};
-use crate::stats::Counters;
+use crate::stats::{Count, Counters};
 use crate::store::SpoolSlot;
 use crate::work::{Backlog, DirectExports};
 use crate::{ClientStats, Delivery, DropError, DropReason, SpoolFault};
@@ -291,7 +291,7 @@ impl Shared {
         match spool.append(stored) {
             Ok(appended) => {
                 lock(&self.spill_rate).record(now_std(), len);
-                Counters::bump(&self.counters.spooled);
+                self.counters.add(Count::Spooled, 1);
                 if let Some(e) = &appended.sync_error {
                     // Written, indexed and going to be replayed: spooled, not dropped; only
                     // not yet safe from a power loss. Counted, and the drain task told.
@@ -491,12 +491,12 @@ impl Shared {
         let drain = shared.drain_progress(&spool);
         let spool_state = shared.store.state();
         ClientStats {
-            exported: load(&c.exported),
-            retried: load(&c.retried),
-            spooled: load(&c.spooled),
-            spooled_not_durable: load(&c.spooled_not_durable),
-            replayed: load(&c.replayed),
-            replay_failures: load(&c.replay_failures),
+            exported: c.get(Count::Exported),
+            retried: c.get(Count::Retried),
+            spooled: c.get(Count::Spooled),
+            spooled_not_durable: c.get(Count::SpooledNotDurable),
+            replayed: c.get(Count::Replayed),
+            replay_failures: c.get(Count::ReplayFailures),
             dropped: c.dropped(),
             spool_records: spool.records,
             spool_bytes: spool.bytes,
@@ -599,11 +599,7 @@ impl Shared {
     /// Counts a record spooled whose fsync failed (`FsyncEveryAppend` mode) and logs it,
     /// rate-limited.
     fn warn_not_durable(&self, error: &std::io::Error) {
-        let total = self
-            .counters
-            .spooled_not_durable
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
+        let total = self.counters.add(Count::SpooledNotDurable, 1);
         let due = lock(&self.logs)
             .throttle
             .check(LogKind::NotDurable, now_std())

@@ -320,20 +320,47 @@ impl ClientStats {
     }
 }
 
-/// The live counters, shared by the export path and the drain task.
+/// What [`Counters`] count besides drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    Exported,
+    Retried,
+    Spooled,
+    SpooledNotDurable,
+    Replayed,
+    ReplayFailures,
+}
+
+impl Count {
+    const ALL: usize = 6;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The live counters: every room counts through these methods (each count one atomic
+/// add), and only `stats()` and flush reports read them.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) exported: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) spooled: AtomicU64,
-    pub(crate) spooled_not_durable: AtomicU64,
-    pub(crate) replayed: AtomicU64,
-    pub(crate) replay_failures: AtomicU64,
+    counts: [AtomicU64; Count::ALL],
     /// Drops, indexed by [`DropReason::index`].
     dropped: [AtomicU64; DropReason::COUNT],
 }
 
 impl Counters {
+    /// Counts `n` more of `what`; the total after it.
+    pub(crate) fn add(&self, what: Count, n: u64) -> u64 {
+        self.counts[what.index()]
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n)
+    }
+
+    /// The count of `what` so far.
+    pub(crate) fn get(&self, what: Count) -> u64 {
+        self.counts[what.index()].load(Ordering::Relaxed)
+    }
+
     /// Counts `n` drops for `reason`.
     pub(crate) fn add_dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason.index()].fetch_add(n, Ordering::Relaxed);
@@ -346,17 +373,13 @@ impl Counters {
 
     /// Delivered records so far (direct and replayed), for flush reports.
     pub(crate) fn delivered(&self) -> u64 {
-        self.exported.load(Ordering::Relaxed) + self.replayed.load(Ordering::Relaxed)
+        self.get(Count::Exported) + self.get(Count::Replayed)
     }
 
     pub(crate) fn dropped(&self) -> DropCounts {
         DropCounts::from_array(std::array::from_fn(|i| {
             self.dropped[i].load(Ordering::Relaxed)
         }))
-    }
-
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -387,6 +410,28 @@ mod tests {
         assert!(!s.spool_available());
         s.spool = SpoolState::Available;
         assert!(s.spool_available());
+    }
+
+    #[test]
+    fn each_count_has_its_own_counter_and_delivered_adds_direct_and_replayed() {
+        let c = Counters::default();
+        let all = [
+            Count::Exported,
+            Count::Retried,
+            Count::Spooled,
+            Count::SpooledNotDurable,
+            Count::Replayed,
+            Count::ReplayFailures,
+        ];
+        assert_eq!(all.len(), Count::ALL);
+        for (i, what) in all.into_iter().enumerate() {
+            assert_eq!(c.add(what, i as u64 + 1), i as u64 + 1, "{what:?}");
+        }
+        for (i, what) in all.into_iter().enumerate() {
+            assert_eq!(c.get(what), i as u64 + 1, "{what:?}");
+        }
+        assert_eq!(c.delivered(), 1 + 5);
+        assert_eq!(c.add(Count::Spooled, 2), 5, "the total after the add");
     }
 
     #[test]
