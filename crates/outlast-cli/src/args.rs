@@ -70,6 +70,10 @@ pub(crate) struct DemoArgs {
     pub(crate) otel: bool,
 }
 
+/// Default number of concurrent callers: a handful of request handlers exporting at once,
+/// enough to exercise the pipeline's concurrency without needing a big machine.
+const DEFAULT_CONCURRENCY: u64 = 8;
+
 /// Options of `outlast gen`.
 #[derive(Debug, Args)]
 pub(crate) struct GenArgs {
@@ -89,7 +93,7 @@ pub(crate) struct GenArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) spool: Option<PathBuf>,
     /// Concurrent callers of `export`.
-    #[arg(long, default_value_t = crate::generate::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub(crate) concurrency: u64,
     /// End with `force_flush(D)` and report what remains.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
