@@ -5,6 +5,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod child;
+mod childproc;
 mod codec;
 mod disk;
 mod http;
@@ -26,6 +27,7 @@ mod report;
 mod rows;
 mod serverless;
 mod sqlite;
+mod workload;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
