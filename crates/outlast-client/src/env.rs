@@ -7,23 +7,12 @@ use std::time::Duration;
 use outlast_core::{ConfigError, units};
 use outlast_spool::{DEFAULT_FSYNC_INTERVAL, Durability, FullPolicy};
 
-use crate::ClientBuilder;
+use crate::config::{ClientBuilder, ReplayOrder};
 
-/// One client setting that has an environment variable: the variable, the builder parameter
-/// it sets, and how the documentation shows it ([`SETTINGS`] lists them all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Setting {
-    /// The environment variable.
-    pub var: &'static str,
-    /// The [`ClientBuilder`] parameter it sets (its method's name).
-    pub param: &'static str,
-    /// How the value is written (Markdown, as in the documentation's "format" column).
-    pub format: &'static str,
-    /// The default (Markdown, as in the documentation's "default" column): a value in the
-    /// setting's own format, optionally followed by a remark in parentheses.
-    pub default: &'static str,
-}
+pub(crate) mod setting;
+
+pub use setting::Setting;
+use setting::{parse_duration, parse_size};
 
 /// Declares the client's environment variables, each once: constant, variable name, builder
 /// parameter, how its value is read, its format and default as the docs show them, and its
@@ -419,7 +408,7 @@ fn parse_duration_or_none(var: &'static str, value: &str) -> Result<Option<Durat
 }
 
 /// `oldest_first` or `live_first`.
-fn parse_replay_order(var: &'static str, value: &str) -> Result<crate::ReplayOrder, ConfigError> {
+fn parse_replay_order(var: &'static str, value: &str) -> Result<ReplayOrder, ConfigError> {
     value.parse().map_err(|_| {
         ConfigError::invalid(var, format!("{value:?} is not oldest_first or live_first"))
     })
@@ -455,24 +444,6 @@ fn parse_fraction(var: &'static str, value: &str) -> Result<f64, ConfigError> {
 /// Lower case, `-` as `_`: `Drop-Oldest` and `drop_oldest` are the same.
 fn normalise(value: &str) -> String {
     value.to_ascii_lowercase().replace('-', "_")
-}
-
-/// Parses a duration in the workspace's grammar ([`outlast_core::units::parse_duration`]).
-///
-/// # Errors
-///
-/// [`ConfigError::Invalid`] naming `var`.
-pub(crate) fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    units::parse_duration(value).map_err(|e| ConfigError::invalid(var, e.to_string()))
-}
-
-/// Parses a size in the workspace's grammar ([`outlast_core::units::parse_size`]).
-///
-/// # Errors
-///
-/// [`ConfigError::Invalid`] naming `var`.
-pub(crate) fn parse_size(var: &'static str, value: &str) -> Result<u64, ConfigError> {
-    units::parse_size(value).map_err(|e| ConfigError::invalid(var, e.to_string()))
 }
 
 /// Parses a whole number (a count).
@@ -585,7 +556,7 @@ mod tests {
         ]))
         .expect("valid variables");
         let p = b.resolve().expect("valid").pacing;
-        assert_eq!(p.order, crate::ReplayOrder::LiveFirst);
+        assert_eq!(p.order, ReplayOrder::LiveFirst);
         assert_eq!(p.bytes_per_sec, Some(5 << 20));
         assert_eq!(p.requests_per_sec, Some(200));
         let off = ClientBuilder::from_env_vars(vars(&[
