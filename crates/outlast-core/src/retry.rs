@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{ConfigError, ExportError};
+use crate::ConfigError;
+use crate::error::ExportError;
 
 /// Delay before the single quick retry of a failed direct export.
 /// One second rides out a dropped connection or a collector restart without making the
@@ -296,6 +297,13 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy::default()
+    }
+
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn retry_after_error_is_send_sync_static() {
+        assert_send_sync_static::<RetryAfterError>();
     }
 
     #[test]
