@@ -148,7 +148,9 @@ pub(crate) struct ReplayArgs {
     #[arg(long)]
     pub(crate) any_identity: bool,
     /// Cap on the replay's rate, a size per second (e.g. `5MiB/s`), to spare the
-    /// endpoint; default: no cap.
+    /// endpoint; default: `OUTLAST_REPLAY_BYTES_PER_SEC` if set (this flag wins over it),
+    /// else no cap. `OUTLAST_REPLAY_REQUESTS_PER_SEC` caps the requests per second as well.
+    /// A variable that cannot be read is an error naming it.
     #[arg(long, value_name = "RATE", value_parser = parse_replay_rate)]
     pub(crate) replay_rate: Option<u64>,
 }
