@@ -568,7 +568,8 @@ mod tests {
         assert_eq!((p.bytes_per_sec, p.requests_per_sec), (None, None));
         for (var, bad) in [
             ("OUTLAST_REPLAY_ORDER", "newest_first"),
-            ("OUTLAST_REPLAY_BYTES_PER_SEC", "5MB/s"),
+            ("OUTLAST_REPLAY_BYTES_PER_SEC", "5 furlongs/s"),
+            ("OUTLAST_REPLAY_BYTES_PER_SEC", "1.5MB/s"),
             ("OUTLAST_REPLAY_REQUESTS_PER_SEC", "-1"),
         ] {
             let e = ClientBuilder::from_env_vars(vars(&[(var, bad)])).expect_err(bad);
