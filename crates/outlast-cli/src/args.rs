@@ -12,7 +12,8 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 runtime failure (corruption found, records lost or left undelivered, \
 spool missing, locked or unreadable); 2 usage error (bad option, number, duration or URL).
 Durations: a number with a unit (us, ms, s, m, h): 500ms, 1.5s, 2m, 1h. Sizes: whole bytes, \
-or with KiB/MiB/GiB/TiB. Rates: a size per second, e.g. 5MiB/s.";
+or with KiB/MiB/GiB/TiB (powers of 1024) or kB/MB/GB/TB (powers of 1000). Rates: a size per \
+second, e.g. 5MiB/s or 5MB/s.";
 
 /// outlast: telemetry export that survives network outages, crashes and restarts.
 #[derive(Debug, Parser)]
@@ -70,6 +71,10 @@ pub(crate) struct DemoArgs {
     pub(crate) otel: bool,
 }
 
+/// Default number of concurrent callers: a handful of request handlers exporting at once,
+/// enough to exercise the pipeline's concurrency without needing a big machine.
+const DEFAULT_CONCURRENCY: u64 = 8;
+
 /// Options of `outlast gen`.
 #[derive(Debug, Args)]
 pub(crate) struct GenArgs {
@@ -89,7 +94,7 @@ pub(crate) struct GenArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) spool: Option<PathBuf>,
     /// Concurrent callers of `export`.
-    #[arg(long, default_value_t = crate::generate::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub(crate) concurrency: u64,
     /// End with `force_flush(D)` and report what remains.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
@@ -144,7 +149,9 @@ pub(crate) struct ReplayArgs {
     #[arg(long)]
     pub(crate) any_identity: bool,
     /// Cap on the replay's rate, a size per second (e.g. `5MiB/s`), to spare the
-    /// endpoint; default: no cap.
+    /// endpoint; default: `OUTLAST_REPLAY_BYTES_PER_SEC` if set (this flag wins over it),
+    /// else no cap. `OUTLAST_REPLAY_REQUESTS_PER_SEC` caps the requests per second as well.
+    /// A variable that cannot be read is an error naming it.
     #[arg(long, value_name = "RATE", value_parser = parse_replay_rate)]
     pub(crate) replay_rate: Option<u64>,
 }
@@ -203,7 +210,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, ValueError> {
 }
 
 /// Parses a size in bytes in the grammar of [`outlast_core::units`]: a whole number,
-/// optionally with `B`, `KiB`, `MiB`, `GiB` or `TiB` (also `K`, `M`, `G`, `T`).
+/// optionally with `B`, `KiB`, `MiB`, `GiB` or `TiB` (also `K`, `M`, `G`, `T`; powers of
+/// 1024) or `kB`, `MB`, `GB`, `TB` (powers of 1000).
 pub(crate) fn parse_size(s: &str) -> Result<u64, ValueError> {
     units::parse_size(s).map_err(ValueError::Size)
 }
@@ -277,11 +285,13 @@ mod tests {
         assert_eq!(parse_size("4KiB"), Ok(4096));
         assert_eq!(parse_size("1MiB"), Ok(1024 * 1024));
         assert_eq!(parse_size("512 kib"), Ok(512 * 1024));
+        assert_eq!(parse_size("64KB"), Ok(64_000));
+        assert_eq!(parse_size("16MB"), Ok(16_000_000));
     }
 
     #[test]
     fn sizes_outside_the_shared_grammar_are_rejected() {
-        for bad in ["1PB", "1.5KiB", "64KB", "-1", ""] {
+        for bad in ["1PB", "1.5KiB", "1.5MB", "64KiBps", "-1", ""] {
             assert!(
                 matches!(parse_size(bad), Err(ValueError::Size(_))),
                 "{bad:?}"
@@ -308,8 +318,9 @@ mod tests {
         assert_eq!(parse_replay_rate("5MiB/s"), Ok(5 << 20));
         assert_eq!(parse_replay_rate("512KiB"), Ok(512 << 10));
         assert_eq!(parse_replay_rate("0/s"), Err(ValueError::ZeroRate));
+        assert_eq!(parse_replay_rate("5MB/s"), Ok(5_000_000));
         assert!(matches!(
-            parse_replay_rate("5MB/s"),
+            parse_replay_rate("5 furlongs/s"),
             Err(ValueError::Size(_))
         ));
         assert_eq!(

@@ -17,10 +17,6 @@ use crate::args::GenArgs;
 use crate::console::{peak_rss_bytes, print_json_line, secs};
 use crate::error::CliError;
 
-/// Default number of concurrent callers: a handful of request handlers exporting at once,
-/// enough to exercise the pipeline's concurrency without needing a big machine.
-pub(crate) const DEFAULT_CONCURRENCY: u64 = 8;
-
 /// Drops by reason, as JSON.
 #[derive(Debug, Serialize, Default, Clone, Copy)]
 pub(crate) struct DropView {

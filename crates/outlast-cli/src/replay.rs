@@ -17,6 +17,7 @@
 use std::time::Duration;
 
 use outlast_client::ClientBuilder;
+use outlast_client::env;
 use outlast_client::http::{ENV_ENDPOINT, HttpExporterBuilder};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -32,6 +33,17 @@ use outlast_spool::identity;
 /// Cap on the drain task's backoff during a replay: the operator is watching, so a backend
 /// that comes back is noticed within seconds (the library default is 128 s).
 const REPLAY_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The client variables a replay takes from the environment, as the application's client
+/// would: the largest record the application accepted (a record stored compressed is decoded
+/// up to it; one beyond it is counted `too_large`), and the replay rate caps
+/// (`--replay-rate` wins over `OUTLAST_REPLAY_BYTES_PER_SEC`). The others (spool size,
+/// backoff, batch sizes...) are the replay's own.
+const REPLAY_CLIENT_VARS: [&str; 3] = [
+    env::MAX_RECORD_BYTES,
+    env::REPLAY_BYTES_PER_SEC,
+    env::REPLAY_REQUESTS_PER_SEC,
+];
 
 /// Time given to the final shutdown (sync and release the spool) after the flush.
 const REPLAY_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,7 +73,7 @@ struct ReplaySummary {
 ///
 /// # Errors
 ///
-/// [`CliError::Config`] for a bad endpoint; those of [`scan_spool`];
+/// [`CliError::Config`] for a bad endpoint or client variable; those of [`scan_spool`];
 /// [`CliError::NewerVersion`], [`CliError::Locked`], [`CliError::SpoolUnavailable`];
 /// [`CliError::Incomplete`] when records remain after the timeout; [`CliError::Stranded`]
 /// when records are left on disk that no client can deliver.
@@ -86,6 +98,19 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         context: "--header",
         source,
     })?;
+    // The application's variables that shape a replay, read as its client reads them.
+    let client_vars = std::env::vars_os()
+        .filter(|(k, _)| REPLAY_CLIENT_VARS.iter().any(|v| k == v))
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())));
+    let mut client_builder =
+        ClientBuilder::from_env_vars(client_vars).map_err(|source| CliError::Config {
+            context: "environment variable",
+            source,
+        })?;
+    if let Some(rate) = args.replay_rate {
+        // The flag wins over OUTLAST_REPLAY_BYTES_PER_SEC.
+        client_builder = client_builder.replay_bytes_per_sec(Some(rate));
+    }
     let inspection = scan_spool(&args.dir)?;
     if let Some(e) = newer_version(&inspection) {
         return Err(e);
@@ -109,21 +134,10 @@ pub(crate) async fn run(args: &ReplayArgs, console: &Console) -> Result<(), CliE
         args.endpoint
     ));
 
-    // The largest record the application accepted, from the variable it read: a record
-    // stored compressed is decoded up to it (one beyond it is counted `too_large`).
-    let record_limit = std::env::vars_os()
-        .filter(|(k, _)| k == outlast_client::env::MAX_RECORD_BYTES)
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())));
-    let builder =
-        ClientBuilder::from_env_vars(record_limit).map_err(|source| CliError::Config {
-            context: "OUTLAST_MAX_RECORD_BYTES",
-            source,
-        })?;
-    let built = builder
+    let built = client_builder
         .spool_dir(&args.dir)
         .max_backoff(REPLAY_MAX_BACKOFF)
         .adoption(rule)
-        .replay_bytes_per_sec(args.replay_rate)
         .build(exporter);
     let client = match built {
         Ok(c) => c,

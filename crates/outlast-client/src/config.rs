@@ -44,6 +44,13 @@ pub(crate) const DEFAULT_COALESCE_MAX_RECORDS: usize = 25;
 /// collectors and intakes (a few MB and up), and a failed merged request resends little.
 pub(crate) const DEFAULT_COALESCE_MAX_BYTES: u64 = 1024 * 1024;
 
+/// The variables the builder itself names: the spool directory's (read by
+/// [`default_spool_dir`]), and the two a record-size error names. The environment's table
+/// (`env.rs`, which stands on this file) declares them with these names.
+pub(crate) const SPOOL_DIR_VAR: &str = "OUTLAST_SPOOL_DIR";
+pub(crate) const SEGMENT_BYTES_VAR: &str = "OUTLAST_SPOOL_SEGMENT_BYTES";
+pub(crate) const MAX_RECORD_BYTES_VAR: &str = "OUTLAST_MAX_RECORD_BYTES";
+
 /// Prefix of the default spool directory's name under [`std::env::temp_dir`]; the
 /// service's name and the user id follow (see [`default_spool_dir`]).
 pub(crate) const DEFAULT_SPOOL_DIR_PREFIX: &str = "outlast-";
@@ -65,7 +72,7 @@ pub(crate) const DEFAULT_SPOOL_DIR_PREFIX: &str = "outlast-";
 /// sandboxes, where `/tmp` is the only writable place); on a server it may be wiped at reboot,
 /// so point the spool at persistent storage (e.g. `/var/lib/<app>/outlast`).
 pub fn default_spool_dir() -> PathBuf {
-    match std::env::var_os(crate::env::SPOOL_DIR) {
+    match std::env::var_os(SPOOL_DIR_VAR) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => std::env::temp_dir().join(default_spool_dir_name(
             std::env::current_exe().ok().as_deref(),
@@ -328,10 +335,7 @@ impl ClientBuilder {
     /// limit, while the spool's rule is on the segment).
     fn record_outgrows_segment(&self, segment: u64, record: u64) -> ConfigError {
         let from_env = |param| self.from_env.iter().any(|(p, _)| *p == param);
-        let (record_var, segment_var) = (
-            crate::env::MAX_RECORD_BYTES,
-            crate::env::SPOOL_SEGMENT_BYTES,
-        );
+        let (record_var, segment_var) = (MAX_RECORD_BYTES_VAR, SEGMENT_BYTES_VAR);
         let param = if from_env("max_record_bytes") {
             record_var
         } else if from_env("segment_bytes") {

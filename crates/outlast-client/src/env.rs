@@ -7,23 +7,12 @@ use std::time::Duration;
 use outlast_core::{ConfigError, units};
 use outlast_spool::{DEFAULT_FSYNC_INTERVAL, Durability, FullPolicy};
 
-use crate::ClientBuilder;
+use crate::config::{self, ClientBuilder, ReplayOrder};
 
-/// One client setting that has an environment variable: the variable, the builder parameter
-/// it sets, and how the documentation shows it ([`SETTINGS`] lists them all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Setting {
-    /// The environment variable.
-    pub var: &'static str,
-    /// The [`ClientBuilder`] parameter it sets (its method's name).
-    pub param: &'static str,
-    /// How the value is written (Markdown, as in the documentation's "format" column).
-    pub format: &'static str,
-    /// The default (Markdown, as in the documentation's "default" column): a value in the
-    /// setting's own format, optionally followed by a remark in parentheses.
-    pub default: &'static str,
-}
+pub(crate) mod setting;
+
+pub use setting::Setting;
+use setting::{parse_duration, parse_size};
 
 /// Declares the client's environment variables, each once: constant, variable name, builder
 /// parameter, how its value is read, its format and default as the docs show them, and its
@@ -33,7 +22,7 @@ pub struct Setting {
 macro_rules! env_settings {
     ($(
         $(#[doc = $doc:literal])*
-        $konst:ident = $var:literal => $param:ident: $kind:ident,
+        $konst:ident = $var:expr => $param:ident: $kind:ident,
             format $format:literal, default $default:literal;
     )*) => {
         $( $(#[doc = $doc])* pub const $konst: &str = $var; )*
@@ -100,17 +89,17 @@ macro_rules! env_settings {
 
 env_settings! {
     /// `OUTLAST_SPOOL_DIR`: the spool directory.
-    SPOOL_DIR = "OUTLAST_SPOOL_DIR" => spool_dir: path,
+    SPOOL_DIR = config::SPOOL_DIR_VAR => spool_dir: path,
         format "path",
         default "`<temp dir>/outlast-<executable name>-<user id>`";
     /// `OUTLAST_SPOOL_MAX_BYTES`: cap on the spool's size.
     SPOOL_MAX_BYTES = "OUTLAST_SPOOL_MAX_BYTES" => spool_max_bytes: size,
         format "size", default "512 MiB";
     /// `OUTLAST_SPOOL_SEGMENT_BYTES`: size of one segment file.
-    SPOOL_SEGMENT_BYTES = "OUTLAST_SPOOL_SEGMENT_BYTES" => segment_bytes: size,
+    SPOOL_SEGMENT_BYTES = config::SEGMENT_BYTES_VAR => segment_bytes: size,
         format "size", default "16 MiB";
     /// `OUTLAST_MAX_RECORD_BYTES`: largest payload accepted.
-    MAX_RECORD_BYTES = "OUTLAST_MAX_RECORD_BYTES" => max_record_bytes: size,
+    MAX_RECORD_BYTES = config::MAX_RECORD_BYTES_VAR => max_record_bytes: size,
         format "size", default "8 MiB";
     /// `OUTLAST_SPOOL_FULL_POLICY`: `drop_newest` or `drop_oldest`.
     SPOOL_FULL_POLICY = "OUTLAST_SPOOL_FULL_POLICY" => full_policy: full_policy,
@@ -419,7 +408,7 @@ fn parse_duration_or_none(var: &'static str, value: &str) -> Result<Option<Durat
 }
 
 /// `oldest_first` or `live_first`.
-fn parse_replay_order(var: &'static str, value: &str) -> Result<crate::ReplayOrder, ConfigError> {
+fn parse_replay_order(var: &'static str, value: &str) -> Result<ReplayOrder, ConfigError> {
     value.parse().map_err(|_| {
         ConfigError::invalid(var, format!("{value:?} is not oldest_first or live_first"))
     })
@@ -455,24 +444,6 @@ fn parse_fraction(var: &'static str, value: &str) -> Result<f64, ConfigError> {
 /// Lower case, `-` as `_`: `Drop-Oldest` and `drop_oldest` are the same.
 fn normalise(value: &str) -> String {
     value.to_ascii_lowercase().replace('-', "_")
-}
-
-/// Parses a duration in the workspace's grammar ([`outlast_core::units::parse_duration`]).
-///
-/// # Errors
-///
-/// [`ConfigError::Invalid`] naming `var`.
-pub(crate) fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    units::parse_duration(value).map_err(|e| ConfigError::invalid(var, e.to_string()))
-}
-
-/// Parses a size in the workspace's grammar ([`outlast_core::units::parse_size`]).
-///
-/// # Errors
-///
-/// [`ConfigError::Invalid`] naming `var`.
-pub(crate) fn parse_size(var: &'static str, value: &str) -> Result<u64, ConfigError> {
-    units::parse_size(value).map_err(|e| ConfigError::invalid(var, e.to_string()))
 }
 
 /// Parses a whole number (a count).
@@ -585,7 +556,7 @@ mod tests {
         ]))
         .expect("valid variables");
         let p = b.resolve().expect("valid").pacing;
-        assert_eq!(p.order, crate::ReplayOrder::LiveFirst);
+        assert_eq!(p.order, ReplayOrder::LiveFirst);
         assert_eq!(p.bytes_per_sec, Some(5 << 20));
         assert_eq!(p.requests_per_sec, Some(200));
         let off = ClientBuilder::from_env_vars(vars(&[
@@ -597,7 +568,8 @@ mod tests {
         assert_eq!((p.bytes_per_sec, p.requests_per_sec), (None, None));
         for (var, bad) in [
             ("OUTLAST_REPLAY_ORDER", "newest_first"),
-            ("OUTLAST_REPLAY_BYTES_PER_SEC", "5MB/s"),
+            ("OUTLAST_REPLAY_BYTES_PER_SEC", "5 furlongs/s"),
+            ("OUTLAST_REPLAY_BYTES_PER_SEC", "1.5MB/s"),
             ("OUTLAST_REPLAY_REQUESTS_PER_SEC", "-1"),
         ] {
             let e = ClientBuilder::from_env_vars(vars(&[(var, bad)])).expect_err(bad);

@@ -4,7 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::{ContentEncoding, ExportError, Payload};
+use crate::error::ExportError;
+use crate::payload::{ContentEncoding, Payload};
 
 /// What a reachability probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,7 +353,7 @@ mod tests {
 #[cfg(test)]
 mod coalescing_tests {
     use super::*;
-    use crate::ContentType;
+    use crate::payload::ContentType;
 
     #[derive(Debug)]
     struct FailsSecond(std::sync::atomic::AtomicUsize);
@@ -388,7 +389,7 @@ mod coalescing_tests {
         assert!(!Coalescing::compatible(&a, &c));
         let gz = b
             .clone()
-            .with_content_encoding(crate::ContentEncoding::Gzip);
+            .with_content_encoding(crate::payload::ContentEncoding::Gzip);
         assert!(!Coalescing::compatible(&a, &gz));
         assert!(Coalescing::compatible(&gz, &gz.clone().with_key("other")));
     }

@@ -75,7 +75,6 @@ mod tests {
     fn public_errors_are_send_sync_static() {
         assert_send_sync_static::<super::ConfigError>();
         assert_send_sync_static::<super::ExportError>();
-        assert_send_sync_static::<super::retry::RetryAfterError>();
     }
 }
 

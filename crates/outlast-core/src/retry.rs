@@ -5,8 +5,19 @@
 //!
 //! It is unmaintained (RUSTSEC-2025-0012), pulls in the unmaintained `instant` crate, and its
 //! randomisation is applied *after* the cap, so a delay can exceed the configured maximum.
-//! The schedule here is small, pure and deterministic under a seed: the jitter only ever
-//! *shortens* a delay, so no delay exceeds the cap, and tests need no sleeping.
+//! The schedule here is small, pure and deterministic under a seed: the backoff's jitter only
+//! ever *shortens* a delay, so no backoff delay exceeds the cap, and tests need no sleeping.
+//!
+//! # Why a delay raised by `Retry-After` is spread *above* it
+//!
+//! A server that throttles a fleet tells every client the same `Retry-After`. Were that the
+//! delay, the whole fleet would come back at the same instant and be throttled again
+//! together. A `Retry-After` is a promise not to come back earlier, so the spread can only
+//! go above it: a delay raised to a server's `Retry-After` (the floor, at most
+//! `max_retry_after`) is drawn from `[floor, floor + min(floor × min(jitter, 10 %), 10 s)]`
+//! ([`MAX_RETRY_AFTER_SPREAD_FRACTION`], [`MAX_RETRY_AFTER_SPREAD`]), saturating at
+//! [`Duration::MAX`]. With the default jitter that is up to a tenth above the floor; a policy
+//! without jitter (`jitter = 0`) keeps every delay deterministic, the floor included.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -14,7 +25,8 @@ use std::time::{Duration, SystemTime};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{ConfigError, ExportError};
+use crate::ConfigError;
+use crate::error::ExportError;
 
 /// Delay before the single quick retry of a failed direct export.
 /// One second rides out a dropped connection or a collector restart without making the
@@ -34,9 +46,20 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(128);
 /// `[d * (1 - jitter), d]`. One half spreads a fleet's retries over half a period, enough to
 /// avoid a thundering herd, while keeping every delay within a factor of two of its nominal value.
 pub const DEFAULT_JITTER: f64 = 0.5;
-/// Longest delay a server's `Retry-After` may impose. Equal to the backoff cap by default so
-/// that no sleep exceeds 128 s unless the operator allows it.
+/// Longest delay a server's `Retry-After` may impose (before the spread above it,
+/// [`MAX_RETRY_AFTER_SPREAD_FRACTION`]). Equal to the backoff cap by default so that no
+/// sleep exceeds 128 s (plus at most 10 s of spread) unless the operator allows it.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = DEFAULT_MAX_BACKOFF;
+/// Largest fraction of a server's `Retry-After` by which a delay raised to it is spread
+/// *above* it. The fraction is the policy's `jitter`, at most this: with the default jitter
+/// (0.5) the delay is drawn from `[ra, ra + ra / 10]`, never more than
+/// [`MAX_RETRY_AFTER_SPREAD`] above `ra`; with `jitter = 0`, exactly `ra`. A tenth spreads a
+/// fleet told the same `Retry-After` over a tenth of the wait (100 ms of a one-second window)
+/// without making any client wait much longer than the server asked.
+pub const MAX_RETRY_AFTER_SPREAD_FRACTION: f64 = 0.1;
+/// Most that a delay raised to a server's `Retry-After` is spread above it: a long wait does
+/// not need a long spread, and ten seconds keep a client's return close to the time asked.
+pub const MAX_RETRY_AFTER_SPREAD: Duration = Duration::from_secs(10);
 
 /// How failed exports are retried.
 ///
@@ -211,14 +234,24 @@ impl Backoff {
     ///
     /// The delay is the nominal backoff shortened by up to `jitter` of itself, so it lies in
     /// `[nominal * (1 - jitter), nominal]` and never exceeds `max_backoff`. A server's
-    /// `retry_after` raises it, up to `max_retry_after`.
+    /// `retry_after` raises it: never below `floor = min(retry_after, max_retry_after)`, and
+    /// spread above the floor by up to `min(jitter, 10 %)` of it
+    /// ([`MAX_RETRY_AFTER_SPREAD_FRACTION`]; at most [`MAX_RETRY_AFTER_SPREAD`]), so that
+    /// clients told the same `Retry-After` do not all come back at once; the delay is then at
+    /// most `max(backoff delay, floor + min(floor × min(jitter, 0.1), 10 s))`, saturating at
+    /// [`Duration::MAX`]. A zero `retry_after` changes nothing; neither does the spread when
+    /// `jitter` is 0.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
         let nominal = self.policy.nominal_backoff(self.failures);
         self.failures = self.failures.saturating_add(1);
         let u: f64 = self.rng.random::<f64>();
         let jittered = jitter_down(nominal, self.policy.jitter, u);
         match retry_after {
-            Some(ra) => jittered.max(ra.min(self.policy.max_retry_after)),
+            Some(ra) => {
+                let floor = ra.min(self.policy.max_retry_after);
+                let v: f64 = self.rng.random::<f64>();
+                jittered.max(spread_up(floor, self.policy.jitter, v))
+            }
             None => jittered,
         }
     }
@@ -238,6 +271,26 @@ fn jitter_down(nominal: Duration, jitter: f64, u: f64) -> Duration {
     let cut = cut.min(nominal.as_nanos());
     let kept = nominal.as_nanos() - cut;
     Duration::from_nanos(u64::try_from(kept).unwrap_or(u64::MAX))
+}
+
+/// `floor` lengthened by the fraction `v` (in `[0, 1)`) of its spread,
+/// `min(floor × min(jitter, MAX_RETRY_AFTER_SPREAD_FRACTION), MAX_RETRY_AFTER_SPREAD)`: never
+/// below `floor`, never above it by more than the spread, saturating at `Duration::MAX`.
+fn spread_up(floor: Duration, jitter: f64, v: f64) -> Duration {
+    // The fraction in millionths, so that the spread is exact integer arithmetic: at most
+    // 10^5 × Duration::MAX's 1.8 × 10^28 nanoseconds, far below u128::MAX.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ppm = (jitter.clamp(0.0, MAX_RETRY_AFTER_SPREAD_FRACTION) * 1e6) as u128; // NaN: 0
+    let cap = MAX_RETRY_AFTER_SPREAD.as_nanos();
+    // At most ten seconds: fits in a u64, and in an f64 exactly.
+    let spread = u64::try_from((floor.as_nanos() * ppm / 1_000_000).min(cap)).unwrap_or(0);
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let extra = ((spread as f64) * v.clamp(0.0, 1.0)) as u64; // `as` saturates; NaN: 0
+    floor.saturating_add(Duration::from_nanos(extra.min(spread)))
 }
 
 /// A `Retry-After` header value that is neither delta-seconds nor an HTTP-date.
@@ -298,6 +351,13 @@ mod tests {
         RetryPolicy::default()
     }
 
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn retry_after_error_is_send_sync_static() {
+        assert_send_sync_static::<RetryAfterError>();
+    }
+
     #[test]
     fn nominal_backoff_doubles_from_one_second_to_the_cap() {
         let p = policy();
@@ -330,16 +390,29 @@ mod tests {
         );
     }
 
+    /// Asserts `d` lies in `[floor, floor + spread]`.
+    fn within_spread(d: Duration, floor: Duration, spread: Duration) {
+        assert!(d >= floor, "{d:?} is below the Retry-After floor {floor:?}");
+        assert!(
+            d <= floor + spread,
+            "{d:?} is more than {spread:?} above the floor {floor:?}"
+        );
+    }
+
     #[test]
     fn retry_after_raises_the_delay_but_not_past_its_maximum() {
         let mut b = Backoff::with_seed(policy(), 3);
-        assert_eq!(
+        // 30 s, spread above by up to 3 s.
+        within_spread(
             b.next_delay(Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
+            Duration::from_secs(30),
+            Duration::from_secs(3),
         );
-        assert_eq!(
+        // An hour is cut to max_retry_after (128 s), then spread by up to 10 s (not 12.8 s).
+        within_spread(
             b.next_delay(Some(Duration::from_secs(3600))),
-            DEFAULT_MAX_RETRY_AFTER
+            DEFAULT_MAX_RETRY_AFTER,
+            MAX_RETRY_AFTER_SPREAD,
         );
         // A short Retry-After never lowers the backoff.
         let mut c = Backoff::with_seed(policy(), 3);
@@ -347,6 +420,133 @@ mod tests {
             c.next_delay(None);
         }
         assert!(c.next_delay(Some(Duration::from_secs(1))) >= Duration::from_secs(64));
+    }
+
+    #[test]
+    fn a_fleet_told_the_same_retry_after_comes_back_spread_over_a_tenth_of_it() {
+        let ra = Duration::from_secs(1);
+        let delays: Vec<Duration> = (0..200)
+            .map(|seed| Backoff::with_seed(policy(), seed).next_delay(Some(ra)))
+            .collect();
+        for d in &delays {
+            within_spread(*d, ra, ra / 10);
+        }
+        let distinct: std::collections::BTreeSet<Duration> = delays.iter().copied().collect();
+        assert!(
+            distinct.len() > 190,
+            "{} distinct delays of 200",
+            distinct.len()
+        );
+        let (lo, hi) = (distinct.first().copied(), distinct.last().copied());
+        let width = hi.zip(lo).map(|(h, l)| h - l).unwrap_or_default();
+        // Uniform over 100 ms: 200 draws cover most of it.
+        assert!(
+            width >= Duration::from_millis(80),
+            "spread over only {width:?}"
+        );
+    }
+
+    #[test]
+    fn the_spread_above_a_long_retry_after_is_at_most_ten_seconds() {
+        let p = RetryPolicy {
+            max_retry_after: Duration::MAX,
+            ..policy()
+        };
+        let ra = Duration::from_secs(3600);
+        let delays: Vec<Duration> = (0..100)
+            .map(|seed| Backoff::with_seed(p, seed).next_delay(Some(ra)))
+            .collect();
+        for d in &delays {
+            within_spread(*d, ra, MAX_RETRY_AFTER_SPREAD);
+        }
+        assert!(delays.iter().any(|d| *d > ra + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn retry_after_at_duration_max_saturates_instead_of_overflowing() {
+        let unlimited = RetryPolicy {
+            max_retry_after: Duration::MAX,
+            max_backoff: Duration::MAX,
+            ..policy()
+        };
+        for seed in 0..50 {
+            let mut b = Backoff::with_seed(unlimited, seed);
+            assert_eq!(b.next_delay(Some(Duration::MAX)), Duration::MAX);
+            // A floor just below the maximum: spread, saturating at it.
+            let near = Duration::MAX - Duration::from_secs(1);
+            let d = b.next_delay(Some(near));
+            assert!(d >= near, "{d:?}");
+        }
+        // With the default cap, Duration::MAX is cut to 128 s and spread by at most 10 s.
+        let mut b = Backoff::with_seed(policy(), 9);
+        within_spread(
+            b.next_delay(Some(Duration::MAX)),
+            DEFAULT_MAX_RETRY_AFTER,
+            MAX_RETRY_AFTER_SPREAD,
+        );
+    }
+
+    #[test]
+    fn without_jitter_a_retry_after_delay_is_exactly_the_floor() {
+        let exact = RetryPolicy {
+            jitter: 0.0,
+            ..policy()
+        };
+        for seed in 0..50 {
+            let mut b = Backoff::with_seed(exact, seed);
+            assert_eq!(
+                b.next_delay(Some(Duration::from_secs(30))),
+                Duration::from_secs(30)
+            );
+        }
+    }
+
+    #[test]
+    fn a_zero_retry_after_leaves_the_backoff_delay_as_it_is() {
+        for seed in 0..50 {
+            let mut with_zero = Backoff::with_seed(policy(), seed);
+            let mut without = Backoff::with_seed(policy(), seed);
+            assert_eq!(
+                with_zero.next_delay(Some(Duration::ZERO)),
+                without.next_delay(None)
+            );
+        }
+        // A zero cap on Retry-After: the same.
+        let zero_cap = RetryPolicy {
+            max_retry_after: Duration::ZERO,
+            ..policy()
+        };
+        let mut a = Backoff::with_seed(zero_cap, 5);
+        let mut b = Backoff::with_seed(zero_cap, 5);
+        assert_eq!(
+            a.next_delay(Some(Duration::from_secs(30))),
+            b.next_delay(None)
+        );
+    }
+
+    #[test]
+    fn the_spread_is_exact_at_its_edges() {
+        let s = Duration::from_secs(1);
+        let j = DEFAULT_JITTER;
+        assert_eq!(spread_up(s, j, 0.0), s);
+        assert!(spread_up(s, j, 0.999_999) <= s + s / 10);
+        // Out-of-range draws are clamped, never past the spread.
+        assert_eq!(spread_up(s, j, 7.0), s + s / 10);
+        assert_eq!(spread_up(s, j, -1.0), s);
+        assert_eq!(spread_up(s, j, f64::NAN), s);
+        assert_eq!(spread_up(Duration::ZERO, j, 0.5), Duration::ZERO);
+        assert_eq!(spread_up(Duration::MAX, j, 0.5), Duration::MAX);
+        // The fraction is the jitter, at most a tenth; none without jitter (or a NaN one).
+        assert_eq!(spread_up(s, 0.05, 1.0), s + s / 20);
+        assert_eq!(spread_up(s, 1.0, 1.0), s + s / 10);
+        assert_eq!(spread_up(s, 0.0, 1.0), s);
+        assert_eq!(spread_up(s, f64::NAN, 1.0), s);
+        assert_eq!(spread_up(s, -3.0, 1.0), s);
+        // One nanosecond has no tenth: nothing to spread.
+        assert_eq!(
+            spread_up(Duration::from_nanos(1), j, 0.9),
+            Duration::from_nanos(1)
+        );
     }
 
     #[test]
@@ -495,6 +695,30 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
+        fn a_retry_after_delay_is_never_below_its_floor_nor_far_above_it(
+            seed in any::<u64>(),
+            failures in 0usize..40,
+            ra_ms in prop_oneof![0u64..5_000, 0u64..=u64::MAX / 1_000],
+            max_ra_ms in prop_oneof![0u64..300_000, Just(u64::MAX / 1_000)],
+        ) {
+            let p = RetryPolicy { max_retry_after: Duration::from_millis(max_ra_ms), ..policy() };
+            let mut b = Backoff::with_seed(p, seed);
+            for _ in 0..failures {
+                b.next_delay(None);
+            }
+            let nominal = p.nominal_backoff(failures as u32);
+            let ra = Duration::from_millis(ra_ms);
+            let d = b.next_delay(Some(ra));
+            let floor = ra.min(p.max_retry_after);
+            let spread = (floor / 10).min(MAX_RETRY_AFTER_SPREAD);
+            prop_assert!(d >= floor, "{d:?} below the floor {floor:?}");
+            prop_assert!(
+                d <= nominal.max(floor.saturating_add(spread)),
+                "{d:?} above both the backoff {nominal:?} and the floor {floor:?} + {spread:?}"
+            );
+        }
+
+        #[test]
         fn every_delay_lies_in_its_jitter_band_and_never_exceeds_the_cap(
             seed in any::<u64>(),
             failures in 1usize..40,
@@ -547,7 +771,10 @@ mod tests {
             let ra = Duration::from_secs(ra_secs);
             let d = b.next_delay(Some(ra));
             prop_assert!(d >= ra.min(DEFAULT_MAX_RETRY_AFTER));
-            prop_assert!(d <= DEFAULT_MAX_RETRY_AFTER.max(DEFAULT_MAX_BACKOFF));
+            // The floor's spread above it: at most a tenth of it, and at most 10 s.
+            prop_assert!(
+                d <= DEFAULT_MAX_RETRY_AFTER.max(DEFAULT_MAX_BACKOFF) + MAX_RETRY_AFTER_SPREAD
+            );
         }
 
         #[test]

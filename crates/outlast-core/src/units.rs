@@ -4,15 +4,17 @@
 //! - A **duration** is a decimal number followed by a unit — `us`/`µs`, `ms`, `s`/`sec`/`secs`,
 //!   `m`/`min`/`mins`, `h` — or a plain number of seconds: `250us`, `500ms`, `1.5s`, `10`,
 //!   `2m`, `1h`. A value too large for a [`Duration`] reads as [`Duration::MAX`] ("no limit").
-//! - A **size** is a whole number of bytes, optionally followed by `B`, `K`/`KiB`, `M`/`MiB`,
-//!   `G`/`GiB`, `T`/`TiB` (powers of 1024, case-insensitive, spaces allowed before the unit):
-//!   `1048576`, `64KiB`, `512 MiB`. Decimal units (`MB`) are refused, so that nobody reads
-//!   `10MB` as 10⁷ when it would be 10 × 2²⁰.
+//! - A **size** is a whole number of bytes, optionally followed by a unit (case-insensitive,
+//!   spaces allowed before it): `B`; the binary `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`
+//!   (powers of 1024); or the decimal (SI) `kB`, `MB`, `GB`, `TB` (powers of 1000):
+//!   `1048576`, `64KiB`, `512 MiB`, `16MB` (16 000 000), `10kB` (10 000). `B` is always bytes,
+//!   never bits (`Mb` is `MB`). A size above 2⁶⁴ − 1 bytes is refused, never wrapped.
 //!
 //! - A **rate** (the replay rate cap) is a size per second: a size, optionally followed by
-//!   `/s`: `5MiB/s`, `512KiB`, `1048576/s`.
+//!   `/s`: `5MiB/s`, `5MB/s`, `512KiB`, `1048576/s`.
 //!
-//! Watch the `m`: in a duration it means minutes, in a size it means MiB.
+//! Watch the `m`: in a duration it means minutes, in a size it means MiB (a bare `M` is
+//! binary, `MB` decimal: `16M` is 16 777 216 bytes, `16MB` 16 000 000).
 
 use std::fmt;
 use std::time::Duration;
@@ -58,7 +60,7 @@ impl fmt::Display for UnitError {
             ),
             UnitError::NotASize { value } => write!(
                 f,
-                "{value:?} is not a size (expected bytes, or a whole number with KiB, MiB, GiB or TiB)"
+                "{value:?} is not a size (expected bytes, or a whole number with KiB, MiB, GiB, TiB or kB, MB, GB, TB)"
             ),
             UnitError::SizeTooLarge { value } => {
                 write!(f, "{value:?} does not fit in 64 bits of bytes")
@@ -143,7 +145,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, UnitError> {
 /// # Errors
 ///
 /// [`UnitError::NotASize`] for anything outside the grammar (fractions, negative numbers,
-/// decimal units, an empty value), [`UnitError::SizeTooLarge`] above 2⁶⁴ − 1 bytes.
+/// unknown units, an empty value), [`UnitError::SizeTooLarge`] above 2⁶⁴ − 1 bytes.
 ///
 /// # Examples
 ///
@@ -152,7 +154,10 @@ pub fn parse_duration(value: &str) -> Result<Duration, UnitError> {
 ///
 /// assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
 /// assert_eq!(parse_size("3m"), Ok(3 << 20));
-/// assert!(parse_size("10MB").is_err());
+/// assert_eq!(parse_size("10MB"), Ok(10_000_000));
+/// assert_eq!(parse_size("10kB"), Ok(10_000));
+/// assert!(parse_size("1.5MB").is_err());
+/// assert!(parse_size("18446744073710MB").is_err()); // above 2^64 - 1 bytes
 /// ```
 pub fn parse_size(value: &str) -> Result<u64, UnitError> {
     let bad = || UnitError::NotASize {
@@ -164,19 +169,24 @@ pub fn parse_size(value: &str) -> Result<u64, UnitError> {
     if number.is_empty() {
         return Err(bad());
     }
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
+    let bytes_per_unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         _ => return Err(bad()),
     };
     let too_large = || UnitError::SizeTooLarge {
         value: value.to_owned(),
     };
+    // Only digits got here: a number that does not parse has too many of them.
     let n: u64 = number.parse().map_err(|_| too_large())?;
-    n.checked_mul(1u64 << shift).ok_or_else(too_large)
+    n.checked_mul(bytes_per_unit).ok_or_else(too_large)
 }
 
 /// Parses a rate in bytes per second: a size (see [`parse_size`]), optionally followed by
@@ -192,8 +202,9 @@ pub fn parse_size(value: &str) -> Result<u64, UnitError> {
 /// use outlast_core::units::parse_rate;
 ///
 /// assert_eq!(parse_rate("5MiB/s"), Ok(5 << 20));
+/// assert_eq!(parse_rate("5MB/s"), Ok(5_000_000));
 /// assert_eq!(parse_rate("512 KiB"), Ok(512 << 10));
-/// assert!(parse_rate("5MB/s").is_err());
+/// assert!(parse_rate("5 furlongs/s").is_err());
 /// ```
 pub fn parse_rate(value: &str) -> Result<u64, UnitError> {
     let v = value.trim();
@@ -276,7 +287,20 @@ mod tests {
         assert_eq!(parse_size("2GiB"), Ok(2 * 1024 * 1024 * 1024));
         assert_eq!(parse_size("3m"), Ok(3 * 1024 * 1024));
         assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
-        for s in ["", "MiB", "1.5MiB", "12 parsecs", "-5", "10MB"] {
+        for s in [
+            "",
+            "MiB",
+            "MB",
+            "1.5MiB",
+            "1.5MB",
+            "12 parsecs",
+            "-5",
+            "10PB",
+            "10 bytes",
+            "10iB",
+            "10KBi",
+            "10mbps",
+        ] {
             assert_eq!(
                 parse_size(s),
                 Err(UnitError::NotASize {
@@ -292,6 +316,71 @@ mod tests {
                     value: s.to_owned()
                 }),
                 "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_accept_decimal_units_in_any_case() {
+        let ok: [(&str, u64); 14] = [
+            ("10kB", 10_000),
+            ("10KB", 10_000),
+            ("10kb", 10_000),
+            ("10 Kb", 10_000),
+            ("16MB", 16_000_000),
+            ("16mb", 16_000_000),
+            ("16 Mb", 16_000_000),
+            ("5GB", 5_000_000_000),
+            ("5gB", 5_000_000_000),
+            ("2TB", 2_000_000_000_000),
+            ("0MB", 0),
+            ("0TB", 0),
+            // Binary units stay binary beside them.
+            ("16MiB", 16 << 20),
+            ("16M", 16 << 20),
+        ];
+        for (s, n) in ok {
+            assert_eq!(parse_size(s), Ok(n), "{s:?}");
+            assert_eq!(parse_rate(&format!("{s}/s")), Ok(n), "{s:?}/s");
+        }
+    }
+
+    #[test]
+    fn decimal_sizes_at_the_edge_of_u64_fit_or_are_refused() {
+        // u64::MAX = 18 446 744 073 709 551 615.
+        let fits: [(&str, u64); 5] = [
+            ("18446744073709551615B", u64::MAX),
+            ("18446744073709551kB", 18_446_744_073_709_551_000),
+            ("18446744073709MB", 18_446_744_073_709_000_000),
+            ("18446744073GB", 18_446_744_073_000_000_000),
+            ("18446744TB", 18_446_744_000_000_000_000),
+        ];
+        for (s, n) in fits {
+            assert_eq!(parse_size(s), Ok(n), "{s:?}");
+        }
+        for s in [
+            "18446744073709552kB",
+            "18446744073710MB",
+            "18446744074GB",
+            "18446745TB",
+            "18446744073709551615kB",
+            "18446744073709551616B",
+            "99999999999999999999999999999999TB",
+        ] {
+            assert_eq!(
+                parse_size(s),
+                Err(UnitError::SizeTooLarge {
+                    value: s.to_owned()
+                }),
+                "{s:?}"
+            );
+            let rate = format!("{s}/s");
+            assert_eq!(
+                parse_rate(&rate),
+                Err(UnitError::SizeTooLarge {
+                    value: rate.clone()
+                }),
+                "{rate:?}"
             );
         }
     }
@@ -335,6 +424,23 @@ mod tests {
         #[test]
         fn whole_milliseconds_round_trip(ms in 0u64..=u64::from(u32::MAX)) {
             prop_assert_eq!(parse_duration(&format!("{ms}ms")), Ok(Duration::from_millis(ms)));
+        }
+
+        #[test]
+        fn decimal_sizes_are_exact_multiples_or_refused(
+            n in prop_oneof![any::<u64>(), 0u64..=20_000_000_000_000_000],
+            unit in prop::sample::select(vec![
+                ("kB", 1_000u64), ("MB", 1_000_000), ("GB", 1_000_000_000),
+                ("TB", 1_000_000_000_000), ("KiB", 1 << 10), ("MiB", 1 << 20),
+                ("GiB", 1 << 30), ("TiB", 1 << 40),
+            ]),
+            lower in any::<bool>(),
+        ) {
+            let (name, per) = unit;
+            let name = if lower { name.to_ascii_lowercase() } else { name.to_owned() };
+            let s = format!("{n}{name}");
+            let expected = n.checked_mul(per).ok_or(UnitError::SizeTooLarge { value: s.clone() });
+            prop_assert_eq!(parse_size(&s), expected);
         }
 
         #[test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use outlast_client::http::{ENV_ENDPOINT, ENV_HEADERS, HttpExporterBuilder};
 use outlast_client::{ClientBuilder, ConfigError, ReplayOrder};
 
-use crate::Signal;
 use crate::encode::Encoding;
+use crate::signal::Signal;
 
 /// The collector endpoint when none is configured: the OTLP/HTTP default.
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";

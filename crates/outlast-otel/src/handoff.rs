@@ -9,50 +9,18 @@
 //! carries on; its outcome (delivered, spooled, dropped) shows in the stats.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use outlast_client::{Client, DropError, Payload};
 
-use crate::Signal;
 use crate::encode::{Encoded, Encoding};
+use crate::logging::LOG_TARGET;
 use crate::runtime::RuntimeRef;
-
-/// Counters of one signal's exporter calls, shared by its exporters, its pipeline and its
-/// HTTP status classifier.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    /// Requests the client accepted (delivered or spooled), whether or not the SDK's call
-    /// was still waiting. A batch too large for one record counts as the parts it was split
-    /// into.
-    pub(crate) requests_accepted: AtomicU64,
-    pub(crate) items_accepted: AtomicU64,
-    /// Requests the client dropped, that could not be encoded, or whose task was stopped
-    /// with the runtime.
-    pub(crate) requests_dropped: AtomicU64,
-    pub(crate) items_dropped: AtomicU64,
-    /// Batches split into several requests to fit the client's `max_record_bytes`.
-    pub(crate) batches_split: AtomicU64,
-    /// SDK calls answered `Timeout` (the batch was still under way).
-    pub(crate) calls_timed_out: AtomicU64,
-    pub(crate) rejected_requests: AtomicU64,
-    pub(crate) partially_rejected_items: AtomicU64,
-}
-
-impl Counters {
-    /// Counts one request of `items`, accepted (delivered or spooled) or dropped.
-    fn count(&self, accepted: bool, items: u64) {
-        let (requests, counted) = if accepted {
-            (&self.requests_accepted, &self.items_accepted)
-        } else {
-            (&self.requests_dropped, &self.items_dropped)
-        };
-        requests.fetch_add(1, Ordering::Relaxed);
-        counted.fetch_add(items, Ordering::Relaxed);
-    }
-}
+use crate::signal::Signal;
+use crate::stats::{Counters, SignalStats};
 
 /// Hand-off tasks not yet answered by the client, so a flush can wait for them.
 #[derive(Debug, Default)]
@@ -202,8 +170,8 @@ impl Handoff {
     }
 
     /// This signal's stats: the client's, and how the SDK's calls were answered.
-    pub(crate) fn stats(&self) -> crate::SignalStats {
-        crate::SignalStats::new(self.client.stats(), &self.counters, self.in_flight.count())
+    pub(crate) fn stats(&self) -> SignalStats {
+        SignalStats::new(self.client.stats(), &self.counters, self.in_flight.count())
     }
 
     /// The drops of this signal so far: (items the exporters answered dropped, requests the
@@ -265,7 +233,7 @@ impl Handoff {
         if count > 1 {
             self.counters.batches_split.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
-                target: crate::LOG_TARGET,
+                target: LOG_TARGET,
                 signal = %self.signal,
                 items,
                 requests = count,

@@ -88,16 +88,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-/// The target of every log event of this crate (`tracing`), stable across versions: filter on
-/// it, e.g. `RUST_LOG=outlast::otel=debug` or `EnvFilter::new("info,outlast::otel=warn")`.
-/// The events of the clients under the pipeline have the target `outlast::client`
-/// (`outlast_client::LOG_TARGET`); `outlast=warn` filters both.
-pub const LOG_TARGET: &str = "outlast::otel";
-
 mod config;
 mod encode;
 mod exporters;
 mod handoff;
+#[cfg(feature = "metrics")]
+mod instruments;
+mod logging;
 mod otlp_http;
 mod pipeline;
 mod runtime;
@@ -117,6 +114,7 @@ pub use exporters::OutlastLogExporter;
 pub use exporters::OutlastMetricExporter;
 #[cfg(feature = "trace")]
 pub use exporters::OutlastSpanExporter;
+pub use logging::LOG_TARGET;
 /// The OpenTelemetry API this crate is built on (0.33), re-exported so that a service uses
 /// the same version: `use outlast_otel::opentelemetry;`.
 pub use opentelemetry;

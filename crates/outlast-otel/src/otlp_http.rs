@@ -19,8 +19,9 @@ use outlast_client::{Coalescing, ExportError, Exporter, Payload, Reachability};
 use outlast_core::ContentEncoding;
 use prost::Message as _;
 
-use crate::Signal;
-use crate::handoff::Counters;
+use crate::logging::LOG_TARGET;
+use crate::signal::Signal;
+use crate::stats::Counters;
 
 /// The statuses OTLP/HTTP allows retrying: 429, 502, 503, 504. For an [`HttpExporter`] of
 /// your own sending OTLP, pass them to
@@ -153,7 +154,7 @@ pub(crate) fn partial_success_hook(
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(target: crate::LOG_TARGET, %signal, error = %e, "a success response's body is not an OTLP protobuf response");
+                tracing::debug!(target: LOG_TARGET, %signal, error = %e, "a success response's body is not an OTLP protobuf response");
                 return;
             }
         };
@@ -169,7 +170,7 @@ pub(crate) fn partial_success_hook(
         if last.is_none_or(|t| now.saturating_duration_since(t) >= PARTIAL_SUCCESS_WARN_INTERVAL) {
             *last = Some(now);
             tracing::warn!(
-                target: crate::LOG_TARGET,
+                target: LOG_TARGET,
                 %signal,
                 rejected,
                 total_rejected = total,
@@ -228,7 +229,7 @@ impl OtlpHttpExporter {
         self.counters
             .rejected_requests
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target: crate::LOG_TARGET, signal = %self.signal, status = status.as_u16(), message = %error.message,
+        tracing::debug!(target: LOG_TARGET, signal = %self.signal, status = status.as_u16(), message = %error.message,
             "OTLP collector rejected a request permanently");
         ExportError::permanent(error)
     }

@@ -9,12 +9,13 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use outlast_client::{Client, ConfigError, FlushReport};
 use tokio::time::Instant;
 
-use crate::Signal;
 use crate::config::{DEFAULT_EXPORT_TIMEOUT, PipelineBuilder};
-use crate::handoff::{Counters, Handoff, InFlight};
+use crate::handoff::{Handoff, InFlight};
+use crate::logging::LOG_TARGET;
 use crate::otlp_http::OtlpHttpExporter;
 use crate::runtime::RuntimeRef;
-use crate::stats::PipelineStats;
+use crate::signal::Signal;
+use crate::stats::{Counters, PipelineStats};
 
 /// Spans, logs and metrics to one OTLP/HTTP collector through outlast: every batch the SDK
 /// exports is delivered, or kept in the signal's spool and delivered later, across outages
@@ -234,8 +235,8 @@ impl PipelineInner {
     }
 
     #[cfg(feature = "trace")]
-    fn span_exporter(&self) -> Option<crate::OutlastSpanExporter> {
-        Some(crate::OutlastSpanExporter {
+    fn span_exporter(&self) -> Option<crate::exporters::OutlastSpanExporter> {
+        Some(crate::exporters::OutlastSpanExporter {
             handoff: self.handoff(Signal::Traces)?,
             resource: crate::encode::EncodedResource::default(),
             shut_down: Default::default(),
@@ -243,8 +244,8 @@ impl PipelineInner {
     }
 
     #[cfg(feature = "logs")]
-    fn log_exporter(&self) -> Option<crate::OutlastLogExporter> {
-        Some(crate::OutlastLogExporter {
+    fn log_exporter(&self) -> Option<crate::exporters::OutlastLogExporter> {
+        Some(crate::exporters::OutlastLogExporter {
             handoff: self.handoff(Signal::Logs)?,
             resource: crate::encode::EncodedResource::default(),
             shut_down: Default::default(),
@@ -252,8 +253,8 @@ impl PipelineInner {
     }
 
     #[cfg(feature = "metrics")]
-    fn metric_exporter(&self) -> Option<crate::OutlastMetricExporter> {
-        Some(crate::OutlastMetricExporter {
+    fn metric_exporter(&self) -> Option<crate::exporters::OutlastMetricExporter> {
+        Some(crate::exporters::OutlastMetricExporter {
             handoff: self.handoff(Signal::Metrics)?,
             temporality: self.temporality,
             shut_down: Default::default(),
@@ -309,7 +310,7 @@ impl PipelineInner {
                 let _ = tx.send(ok);
             });
         if let Err(e) = spawned {
-            tracing::warn!(target: crate::LOG_TARGET, error = %e, "outlast-otel: cannot start a thread to flush the SDK");
+            tracing::warn!(target: LOG_TARGET, error = %e, "outlast-otel: cannot start a thread to flush the SDK");
         }
         rx
     }
@@ -370,21 +371,21 @@ impl Pipeline {
     /// pipeline's shutdown closes the client under it (later batches are then dropped,
     /// counted `shut_down`).
     #[cfg(feature = "trace")]
-    pub fn span_exporter(&self) -> Option<crate::OutlastSpanExporter> {
+    pub fn span_exporter(&self) -> Option<crate::exporters::OutlastSpanExporter> {
         self.inner.span_exporter()
     }
 
     /// A log exporter on the logs client, for a logger provider of your own; as
     /// [`span_exporter`](Self::span_exporter).
     #[cfg(feature = "logs")]
-    pub fn log_exporter(&self) -> Option<crate::OutlastLogExporter> {
+    pub fn log_exporter(&self) -> Option<crate::exporters::OutlastLogExporter> {
         self.inner.log_exporter()
     }
 
     /// A metric exporter on the metrics client, for a meter provider of your own; as
     /// [`span_exporter`](Self::span_exporter).
     #[cfg(feature = "metrics")]
-    pub fn metric_exporter(&self) -> Option<crate::OutlastMetricExporter> {
+    pub fn metric_exporter(&self) -> Option<crate::exporters::OutlastMetricExporter> {
         self.inner.metric_exporter()
     }
 
@@ -568,7 +569,7 @@ impl Pipeline {
             .flatten()
             .map(Arc::clone)
             .collect();
-        crate::stats::register(handoffs, meter);
+        crate::instruments::register(handoffs, meter);
     }
 
     /// Per signal: pending records and bytes, oldest age, drops by reason, collector

@@ -1,10 +1,44 @@
 //! What a user watches: per signal, the buffer (records and bytes pending, oldest age), what
-//! was dropped and why, what the collector rejected, and how the SDK's calls were answered.
+//! was dropped and why, what the collector rejected, and how the SDK's calls were answered;
+//! and the counters behind it, written by the hand-off and the HTTP status classifier.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use outlast_client::ClientStats;
-use std::sync::atomic::Ordering;
 
-use crate::handoff::Counters;
+/// Counters of one signal's exporter calls, shared by its exporters, its pipeline and its
+/// HTTP status classifier.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Requests the client accepted (delivered or spooled), whether or not the SDK's call
+    /// was still waiting. A batch too large for one record counts as the parts it was split
+    /// into.
+    pub(crate) requests_accepted: AtomicU64,
+    pub(crate) items_accepted: AtomicU64,
+    /// Requests the client dropped, that could not be encoded, or whose task was stopped
+    /// with the runtime.
+    pub(crate) requests_dropped: AtomicU64,
+    pub(crate) items_dropped: AtomicU64,
+    /// Batches split into several requests to fit the client's `max_record_bytes`.
+    pub(crate) batches_split: AtomicU64,
+    /// SDK calls answered `Timeout` (the batch was still under way).
+    pub(crate) calls_timed_out: AtomicU64,
+    pub(crate) rejected_requests: AtomicU64,
+    pub(crate) partially_rejected_items: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one request of `items`, accepted (delivered or spooled) or dropped.
+    pub(crate) fn count(&self, accepted: bool, items: u64) {
+        let (requests, counted) = if accepted {
+            (&self.requests_accepted, &self.items_accepted)
+        } else {
+            (&self.requests_dropped, &self.items_dropped)
+        };
+        requests.fetch_add(1, Ordering::Relaxed);
+        counted.fetch_add(items, Ordering::Relaxed);
+    }
+}
 
 /// The state of one signal's export: how the SDK's calls were answered, and the signal's
 /// client (`client`: requests and bytes waiting in the spool, the oldest one's age, drops by
@@ -70,91 +104,4 @@ pub struct PipelineStats {
     pub logs: Option<SignalStats>,
     /// Metric data points.
     pub metrics: Option<SignalStats>,
-}
-
-/// Registers the pipeline's stats as observable instruments on `meter` (feature
-/// `metrics`), read at each collection:
-///
-/// | instrument | kind | attributes |
-/// |---|---|---|
-/// | `outlast.pending.records` | gauge | `signal` |
-/// | `outlast.pending.bytes` | gauge (By) | `signal` |
-/// | `outlast.oldest_age` | gauge (s) | `signal` |
-/// | `outlast.dropped` | counter | `signal`, `reason` |
-/// | `outlast.rejected_by_collector` | counter | `signal` |
-/// | `outlast.accepted.items` | counter | `signal` |
-#[cfg(feature = "metrics")]
-pub(crate) fn register(
-    handoffs: Vec<std::sync::Arc<crate::handoff::Handoff>>,
-    meter: &opentelemetry::metrics::Meter,
-) {
-    use opentelemetry::KeyValue;
-
-    /// Every signal's stats with its `signal` attribute.
-    type Handoffs = std::sync::Arc<Vec<std::sync::Arc<crate::handoff::Handoff>>>;
-    fn each(handoffs: &Handoffs) -> Vec<(KeyValue, SignalStats)> {
-        handoffs
-            .iter()
-            .map(|h| (KeyValue::new("signal", h.signal.name()), h.stats()))
-            .collect()
-    }
-    let pipeline: Handoffs = std::sync::Arc::new(handoffs);
-    let gauge = |name: &'static str, unit: &'static str, f: fn(&SignalStats) -> u64| {
-        let p = pipeline.clone();
-        meter
-            .u64_observable_gauge(name)
-            .with_unit(unit)
-            .with_callback(move |o| {
-                for (signal, st) in each(&p) {
-                    o.observe(f(&st), std::slice::from_ref(&signal));
-                }
-            })
-            .build();
-    };
-    gauge("outlast.pending.records", "{request}", |s| {
-        s.client.spool_records
-    });
-    gauge("outlast.pending.bytes", "By", |s| s.client.pending_bytes);
-    let counter = |name: &'static str, unit: &'static str, f: fn(&SignalStats) -> u64| {
-        let p = pipeline.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_unit(unit)
-            .with_callback(move |o| {
-                for (signal, st) in each(&p) {
-                    o.observe(f(&st), std::slice::from_ref(&signal));
-                }
-            })
-            .build();
-    };
-    counter("outlast.rejected_by_collector", "{request}", |s| {
-        s.rejected_by_collector
-    });
-    counter("outlast.accepted.items", "{item}", |s| s.items_accepted);
-    let p = pipeline.clone();
-    meter
-        .f64_observable_gauge("outlast.oldest_age")
-        .with_unit("s")
-        .with_callback(move |o| {
-            for (signal, st) in each(&p) {
-                let age = st.client.oldest_record_age.map_or(0.0, |d| d.as_secs_f64());
-                o.observe(age, std::slice::from_ref(&signal));
-            }
-        })
-        .build();
-    let p = pipeline.clone();
-    meter
-        .u64_observable_counter("outlast.dropped")
-        .with_unit("{request}")
-        .with_callback(move |o| {
-            for (signal, st) in each(&p) {
-                for (reason, n) in st.client.dropped.iter() {
-                    o.observe(
-                        n,
-                        &[signal.clone(), KeyValue::new("reason", reason.as_str())],
-                    );
-                }
-            }
-        })
-        .build();
 }

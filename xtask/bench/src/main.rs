@@ -5,6 +5,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod child;
+mod childproc;
 mod codec;
 mod disk;
 mod http;
@@ -26,6 +27,7 @@ mod report;
 mod rows;
 mod serverless;
 mod sqlite;
+mod workload;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -33,7 +35,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use clap::Parser;
 
-use crate::measure::{KIB, MIB};
+use crate::measure::MIB;
 use crate::report::{Results, Row};
 use crate::rows::{Ctx, Plan};
 
@@ -98,22 +100,14 @@ fn parse_outage(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-/// Parses "512MiB", "64M", "1GiB", "4096" (bytes).
+/// Parses a size in the workspace's grammar ([`outlast_core::units::parse_size`]: "512MiB",
+/// "64M", "1GiB", "16MB", "4096" bytes), at least one byte.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" | "kb" => KIB,
-        "m" | "mib" | "mb" => MIB,
-        "g" | "gib" | "gb" => 1024 * MIB,
-        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB)")),
-    };
-    n.checked_mul(mult)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| format!("{s:?} is out of range"))
+    match outlast_core::units::parse_size(s) {
+        Ok(0) => Err(format!("{s:?} is out of range")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn plan(args: &Args) -> Plan {
@@ -293,6 +287,7 @@ mod tests {
         assert_eq!(parse_size("512MiB"), Ok(512 * MIB));
         assert_eq!(parse_size("64M"), Ok(64 * MIB));
         assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("16MB"), Ok(16_000_000));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0").is_err());
         assert_eq!(parse_outage("2m"), Ok(std::time::Duration::from_secs(120)));

@@ -347,7 +347,7 @@ pub(crate) fn child_backlog(url: &str, dir: &std::path::Path, bytes: u64) -> any
             .map_err(|e| anyhow::anyhow!("SDK flush: {e}"))?;
     }
     let peak = crate::machine::peak_rss_bytes().context("reading VmHWM")?;
-    crate::child::say(&format!("result {peak} {} {spans}", held(&pipeline)));
+    crate::childproc::say(&format!("result {peak} {} {spans}", held(&pipeline)));
     let _ = provider.shutdown_with_timeout(Duration::from_secs(1));
     rt.block_on(pipeline.shutdown(Duration::from_secs(1)));
     Ok(())
@@ -358,7 +358,7 @@ pub(crate) fn child_backlog(url: &str, dir: &std::path::Path, bytes: u64) -> any
 fn backlog_rss(ctx: &Ctx<'_>) -> anyhow::Result<Vec<f64>> {
     let receiver = start_receiver(ctx, Mode::Down)?;
     let root = ctx.fresh_dir("otel-backlog")?;
-    let mut c = crate::child::ChildProc::spawn(&[
+    let mut c = crate::childproc::ChildProc::spawn(&[
         "otel-backlog".into(),
         "--url".into(),
         receiver.url(),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use crate::disk::WriteTimes;
 use crate::loopback::LoopbackServer;
 use crate::measure::NotMeasured;
-use crate::rows::{AppendMode, ReadAck};
+use crate::workload::{AppendMode, ReadAck};
 
 const REASON: &str = "harness built without the `outlast` feature";
 

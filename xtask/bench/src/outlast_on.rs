@@ -15,9 +15,9 @@ use outlast_client::{Client, ContentType, Delivery, FlushOutcome};
 use outlast_spool::{DEFAULT_SPOOL_MAX_BYTES, Durability, Payload, Spool, SpoolConfig, SpoolStats};
 use tokio::runtime::Handle;
 
-use crate::child::{hold, say};
+use crate::childproc::{hold, say};
 use crate::disk::{WriteTimes, record};
-use crate::rows::{AppendMode, READ_BATCH_BYTES, READ_BATCH_RECORDS, ReadAck};
+use crate::workload::{AppendMode, READ_BATCH_BYTES, READ_BATCH_RECORDS, ReadAck};
 
 /// Time limit for flushes that must complete (a replay of the largest backlog).
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(600);

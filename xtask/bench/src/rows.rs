@@ -10,7 +10,7 @@ use hyper::Uri;
 use serde::Serialize;
 use tokio::runtime::Runtime;
 
-use crate::child::ChildProc;
+use crate::childproc::ChildProc;
 use crate::disk;
 use crate::measure::{
     Cell, Collector, KIB, MB, MIB, NotMeasured, Sample, SideSpec, Stat, Unit, quantile, rates, size,
@@ -18,33 +18,8 @@ use crate::measure::{
 use crate::ol;
 use crate::report::{Row, Target};
 use crate::sqlite::SqliteQueue;
+use crate::workload::{AppendMode, READ_BATCH_BYTES, READ_BATCH_RECORDS};
 
-/// How a spool append is made durable (mirrors the spool's `Durability`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AppendMode {
-    /// `write(2)` per append, periodic fsync.
-    OsWrite,
-    /// fsync before the append returns (group commit).
-    FsyncEveryAppend,
-}
-
-/// What a spool read + ack run measured.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ReadAck {
-    /// Records read.
-    pub(crate) records: u64,
-    /// Payload bytes read.
-    pub(crate) bytes: u64,
-    /// Time of the whole read + ack loop.
-    pub(crate) elapsed: Duration,
-    /// Part of it spent inside `read_batch` (the rest is mostly `ack`).
-    pub(crate) in_read: Duration,
-}
-
-/// Records per read batch on every side that reads in batches (spool, SQLite).
-pub(crate) const READ_BATCH_RECORDS: usize = 512;
-/// Bytes per read batch (about); 4 MiB amortises per-batch costs without large buffers.
-pub(crate) const READ_BATCH_BYTES: u64 = 4 * MIB;
 /// Stated recovery target: 2 s for a 512 MiB spool (scaled linearly for other sizes).
 const RECOVERY_TARGET_SECS_PER_512_MIB: f64 = 2.0;
 /// Stated memory target: peak RSS at most 64 MiB whatever the backlog.

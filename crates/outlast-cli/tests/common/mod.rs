@@ -49,8 +49,15 @@ impl Run {
 
 /// Runs `outlast args...`, killing it (and failing the test) after `limit`.
 pub fn outlast(args: &[&str], limit: Duration) -> Run {
+    outlast_with_env(args, &[], limit)
+}
+
+/// Runs `outlast args...` with the environment variables `vars` set, killing it (and failing
+/// the test) after `limit`.
+pub fn outlast_with_env(args: &[&str], vars: &[(&str, &str)], limit: Duration) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outlast"))
         .args(args)
+        .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

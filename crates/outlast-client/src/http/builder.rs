@@ -10,8 +10,11 @@ use outlast_core::ConfigError;
 use outlast_core::units::{MAX_DURATION, saturate};
 use rustls_pki_types::CertificateDer;
 
+use crate::env::setting::{Setting, parse_duration};
+
+use super::exporter::{HttpExporter, Parts, PayloadFraming, ProbeTarget, USER_AGENT};
 use super::headers::{Redacted, parse_header, parse_header_list};
-use super::{HttpExporter, ProbeTarget, tls};
+use super::tls;
 
 /// Default request timeout: long enough for a large batch over a slow link, short enough that
 /// a hanging backend is noticed within one retry cycle.
@@ -49,32 +52,32 @@ pub const ENV_CA_FILE: &str = "OUTLAST_CA_FILE";
 /// The exporter's environment variables with the builder parameter each one sets and its
 /// format and default as the documentation shows them (a test checks the configuration
 /// page's table against this list).
-pub const SETTINGS: [crate::env::Setting; 5] = [
-    crate::env::Setting {
+pub const SETTINGS: [Setting; 5] = [
+    Setting {
         var: ENV_ENDPOINT,
         param: "builder(url)",
         format: "`http://` or `https://` URL with a host, and a port from 1 to 65535 if one is given",
         default: "—",
     },
-    crate::env::Setting {
+    Setting {
         var: ENV_HEADERS,
         param: "header(name, value)",
         format: "`k=v,k=v`; whitespace around keys and values trimmed; values percent-decoded (as `OTEL_EXPORTER_OTLP_HEADERS`)",
         default: "`user-agent: outlast/<version>` only",
     },
-    crate::env::Setting {
+    Setting {
         var: ENV_TIMEOUT,
         param: "timeout",
         format: "duration (the same grammar as the client's: `500ms`, `10s`, `2m`, `2.5`)",
         default: "10 s",
     },
-    crate::env::Setting {
+    Setting {
         var: ENV_GZIP,
         param: "gzip",
         format: "`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, `gzip`/`none` (empty means off)",
         default: "off",
     },
-    crate::env::Setting {
+    Setting {
         var: ENV_CA_FILE,
         param: "ca_file(path)",
         format: "path to a PEM file of CA certificates (a regular file of at most 1 MiB, `MAX_CA_FILE_BYTES`)",
@@ -96,24 +99,6 @@ pub enum Probe {
     HealthUrl(String),
     /// No probe: the drain task sends a real payload instead.
     Disabled,
-}
-
-/// What the payloads sent through an [`HttpExporter`] are, so that the client's replay may
-/// merge consecutive spooled payloads into one request (see "Coalesced replay" in the
-/// [module documentation](super)). Set it only if every payload sent through the exporter
-/// is of that kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum PayloadFraming {
-    /// Bytes that must travel alone: never merged. The default.
-    #[default]
-    Opaque,
-    /// OTLP/HTTP protobuf export requests, all of one signal (the exporter's URL is one
-    /// `/v1/<signal>` endpoint). Those with content type `application/x-protobuf` are
-    /// merged by concatenation.
-    OtlpProtobuf,
-    /// Newline-delimited JSON: payloads of the same content type are joined by `\n`.
-    NdJson,
 }
 
 #[derive(Clone)]
@@ -155,6 +140,24 @@ pub struct HttpExporterBuilder {
     ca: Vec<CaSource>,
     framing: Option<PayloadFraming>,
     retryable_statuses: Option<Vec<StatusCode>>,
+}
+
+impl HttpExporter {
+    /// Settings for sending to `url`; see [`HttpExporterBuilder`].
+    pub fn builder(url: impl Into<String>) -> HttpExporterBuilder {
+        HttpExporterBuilder::new(url)
+    }
+
+    /// An exporter configured from the process environment (`OUTLAST_ENDPOINT` and the
+    /// other variables listed at [`HttpExporterBuilder::from_env_vars`]). To adjust the
+    /// settings in code as well, start from [`HttpExporterBuilder::from_env`] instead.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`](outlast_core::ConfigError::Invalid) naming the variable.
+    pub fn from_env() -> Result<HttpExporter, outlast_core::ConfigError> {
+        HttpExporterBuilder::from_env()?.build()
+    }
 }
 
 impl HttpExporterBuilder {
@@ -395,7 +398,7 @@ impl HttpExporterBuilder {
         }
         // Empty means unset, as for every other variable.
         if let Some(t) = timeout.filter(|t| !t.trim().is_empty()) {
-            let d = crate::env::parse_duration(ENV_TIMEOUT, &t)?;
+            let d = parse_duration(ENV_TIMEOUT, &t)?;
             b = b.timeout(positive(ENV_TIMEOUT, d)?);
         }
         if let Some(g) = gzip {
@@ -437,7 +440,7 @@ impl HttpExporterBuilder {
         if !headers.contains_key(http::header::USER_AGENT) {
             headers.insert(
                 http::header::USER_AGENT,
-                HeaderValue::from_static(super::USER_AGENT),
+                HeaderValue::from_static(USER_AGENT),
             );
         }
         // Durations are saturated at the edge: `Duration::MAX` means "no limit".
@@ -481,7 +484,7 @@ impl HttpExporterBuilder {
             }
         }
         let tls = tls::client_config(ca_param, &extra_roots)?;
-        Ok(HttpExporter::from_parts(super::Parts {
+        Ok(HttpExporter::from_parts(Parts {
             uri,
             headers,
             timeout,
