@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::config::SpoolConfig;
 use crate::error::SpoolError;
@@ -15,7 +14,6 @@ use crate::identity;
 use crate::lane::Lane;
 use crate::layout;
 use crate::ledger::{Counters, Ledger};
-use crate::locks::lock;
 use crate::recovery;
 use crate::types::{ForeignLane, RecordedIdentity, RecoveryReport};
 
@@ -106,7 +104,7 @@ pub(crate) fn hold(
     } = lanes;
     let own_dir = layout::lane_dir(config.root(), n);
     let own = Arc::new(Lane::new(n, own_dir, false, file, &rec));
-    lock(&own.consumer).lost.unreported += orphan_missing;
+    own.consumer().report_later(orphan_missing);
     if report.stranded_records > 0 || !report.unusable_lanes.is_empty() {
         tracing::warn!(
             stranded_records = report.stranded_records,
@@ -115,16 +113,14 @@ pub(crate) fn hold(
             "spool records stranded: on disk, but no spool will deliver them until the lanes or files are repaired (see `outlast verify`)"
         );
     }
-    own.identity_pending.store(
-        identity::read_identity(fs, &own.dir) == identity::LaneIdentity::Absent,
-        Ordering::Release,
+    own.note_identity_absent(
+        identity::read_identity(fs, own.dir()) == identity::LaneIdentity::Absent,
     );
     for l in adopted.iter().chain(std::iter::once(&own)) {
         // Before any record is taken: acknowledgements then never need new space.
-        let mut c = lock(&l.consumer);
-        if let Err(e) = c.cursor.prepare(fs) {
+        if let Err(e) = l.consumer().prepare_cursor(fs) {
             tracing::warn!(
-                lane = l.id,
+                lane = l.id(),
                 error = %e,
                 "could not prepare the lane's cursor file; the lane takes no record until it can"
             );
@@ -323,7 +319,7 @@ pub(crate) fn adopt_released(ledger: &Ledger) -> Result<usize, SpoolError> {
     }
     let root = ledger.config().root();
     let (existing, _) = layout::list_lanes(root)?;
-    let held: Vec<u32> = ledger.lanes().iter().map(|l| l.id).collect();
+    let held: Vec<u32> = ledger.lanes().iter().map(|l| l.id()).collect();
     let mine = ledger.config().identity();
     let rule = ledger.config().adoption();
     let (mut adopted, mut foreign) = (0, 0);
@@ -367,19 +363,19 @@ pub(crate) fn adopt_released(ledger: &Ledger) -> Result<usize, SpoolError> {
             // missing are told to the next read of the own lane (a reader counts them).
             if rec.missing > 0 {
                 ledger.count_recovered(0, rec.missing);
-                lock(&ledger.own().consumer).lost.unreported += rec.missing;
+                ledger.own().consumer().report_later(rec.missing);
             }
             continue;
         }
         let l = Arc::new(Lane::new(n, dir, true, file, &rec));
         // No open report tells the caller of this lane's damage: the first read does.
-        lock(&l.consumer).lost.unreported += rec.corrupt;
-        if let Err(e) = lock(&l.consumer).cursor.prepare(ledger.fs()) {
+        l.consumer().report_later(rec.corrupt);
+        if let Err(e) = l.consumer().prepare_cursor(ledger.fs()) {
             tracing::warn!(lane = n, error = %e, "could not prepare an adopted lane's cursor file");
         }
         ledger.count_recovered(report.corrupt_frames_skipped, report.missing_records);
         ledger.add_adopted(Arc::clone(&l));
-        if let Err(e) = ledger.delete_acked(&l, &mut lock(&l.consumer)) {
+        if let Err(e) = ledger.delete_acked(&l, &mut l.consumer()) {
             tracing::warn!(lane = n, error = %e, "could not delete acknowledged segments");
         }
         tracing::info!(

@@ -93,11 +93,6 @@ impl CursorFile {
         }
     }
 
-    /// Whether [`CursorFile::prepare`] succeeded.
-    pub(crate) fn is_ready(&self) -> bool {
-        self.ready
-    }
-
     /// Makes sure the file exists and holds both slots, written (not sparse) and fsynced,
     /// with its directory entry: from then on an acknowledgement overwrites bytes the file
     /// already has, which needs no free space. Done when a lane is taken, before it gets

@@ -3,9 +3,9 @@
 
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::cursor::CursorFile;
 use crate::error::SpoolError;
@@ -15,56 +15,82 @@ use crate::identity;
 use crate::index::SegMeta;
 use crate::locks::lock;
 use crate::recovery;
-use crate::scan::FrameReader;
+use crate::scan::{FrameReader, Next, PayloadArena};
 use crate::seqset::SeqSet;
 use crate::types::Dropped;
 
 /// One lane held by this process: its own, or an adopted one.
+///
+/// Its fields are private: this file is the one that writes a lane. The appender changes
+/// the own lane's tail ([`Lane::resume_tail`], [`Lane::note_appended`],
+/// [`Lane::seal_segment`], [`Lane::push_segment`]) and evicts ([`Lane::take_oldest`]);
+/// the drainer reads and acknowledges through the consumer ([`Lane::consumer`],
+/// [`Lane::acknowledge`], [`Lane::rewind`], [`Lane::expire_record`],
+/// [`Lane::count_lost`]) and expires ([`Lane::take_expired`]); the ledger takes out what
+/// may be deleted ([`Lane::take_doomed`]) and lets a lane go ([`Lane::release_lock`]).
+///
+/// Lock order: the appender's writer, `cursor_sync`, `consumer`, `segs`. The methods that
+/// take `segs` say so; they are called with the consumer guard held, or with no lock.
 #[derive(Debug)]
 pub(crate) struct Lane {
-    pub(crate) id: u32,
-    pub(crate) dir: PathBuf,
-    pub(crate) adopted: bool,
-    pub(crate) lock_file: Mutex<Option<File>>,
+    id: u32,
+    dir: PathBuf,
+    adopted: bool,
+    lock_file: Mutex<Option<File>>,
     /// Segment index, oldest first. Lock order: writer, consumer, segs.
-    pub(crate) segs: Mutex<Vec<SegMeta>>,
-    pub(crate) consumer: Mutex<Consumer>,
+    segs: Mutex<Vec<SegMeta>>,
+    consumer: Mutex<Consumer>,
     /// Held across a cursor fdatasync (see [`Lane::sync_cursor`]). Lock order: writer,
     /// cursor_sync, consumer.
-    pub(crate) cursor_sync: Mutex<()>,
+    cursor_sync: Mutex<()>,
     /// Mirror of `consumer.acked`, readable without the consumer lock.
-    pub(crate) acked: AtomicU64,
+    acked: AtomicU64,
     /// Records of `consumer.counted` (readable without the consumer lock, for stats).
-    pub(crate) counted_ahead: AtomicU64,
+    counted_ahead: AtomicU64,
     /// Records of `consumer.limbo`: handed out, their segment dropped since, their fate not
     /// known yet (readable without the consumer lock, for stats).
-    pub(crate) in_limbo: AtomicU64,
+    in_limbo: AtomicU64,
     /// Newest sequence number stored in the lane (0: none).
-    pub(crate) last_seq: AtomicU64,
+    last_seq: AtomicU64,
     /// Next sequence number (own lane: the writer's; adopted: recovered).
-    pub(crate) next_seq: AtomicU64,
+    next_seq: AtomicU64,
     /// The own lane has no identity file yet: one is written before its first record.
-    pub(crate) identity_pending: AtomicBool,
+    identity_pending: AtomicBool,
 }
 
+/// A lane's read state, under [`Lane::consumer`]: the drainer's read position and ack
+/// point, and what was counted dropped. Its fields are private; the drainer and the ledger
+/// change it through the methods below.
 #[derive(Debug)]
 pub(crate) struct Consumer {
-    pub(crate) acked: u64,
+    acked: u64,
     /// The lane's cursor file; every change of `acked` is written to it.
-    pub(crate) cursor: CursorFile,
+    cursor: CursorFile,
     /// Records up to this seq were handed out (or skipped) since the last rewind.
-    pub(crate) handed: u64,
+    handed: u64,
     /// Records above the ack point, still in the segment index, that a read counted as
     /// dropped already: expired (read ahead of records still outstanding), or lost to
     /// damage found after open. Not reset by a rewind, so that a record read again is not
     /// counted again; not counted as waiting either (see [`Lane::counted_ahead`]).
-    pub(crate) counted: SeqSet,
-    pub(crate) reader: Option<(u64, FrameReader)>,
+    counted: SeqSet,
+    reader: Option<(u64, FrameReader)>,
     /// Records handed out and not yet acknowledged whose segment was evicted or expired
     /// meanwhile: an ack counts them delivered; a rewind counts them lost (in `lost`).
-    pub(crate) limbo: Vec<Limbo>,
+    limbo: Vec<Limbo>,
     /// Records of `limbo` found lost by a rewind, reported by the next read of the lane.
-    pub(crate) lost: Lost,
+    lost: Lost,
+}
+
+/// What a lane holds that waits for delivery (see [`Lane::waiting`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waiting {
+    /// Records not acknowledged and not counted dropped, with those in limbo.
+    pub(crate) records: u64,
+    /// Framed bytes of the records not acknowledged.
+    pub(crate) bytes: u64,
+    /// Creation time of the oldest record of a segment with records waiting
+    /// (`u64::MAX`: none).
+    pub(crate) oldest_ns: u64,
 }
 
 /// Why a segment was dropped with records in it.
@@ -77,37 +103,37 @@ pub(crate) enum DropCause {
 /// Records handed out, then dropped from disk before they were acknowledged: their fate is
 /// the caller's (acked: delivered; rewound: lost), so they are counted only when it is known.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limbo {
+struct Limbo {
     /// Sequence numbers `from..=to` of the dropped segment that were handed out.
-    pub(crate) from: u64,
-    pub(crate) to: u64,
-    pub(crate) records: u64,
-    pub(crate) bytes: u64,
-    pub(crate) cause: DropCause,
+    from: u64,
+    to: u64,
+    records: u64,
+    bytes: u64,
+    cause: DropCause,
 }
 
 /// Lost records waiting to be reported by the next read (all of them already in the
 /// spool's counters).
 #[derive(Debug, Default)]
-pub(crate) struct Lost {
-    pub(crate) evicted: Dropped,
-    pub(crate) expired: Dropped,
+struct Lost {
+    evicted: Dropped,
+    expired: Dropped,
     /// Records already in the spool's counters (lost to damage, or missing, found by
     /// recovery) that no reader was told of yet: the next read reports them in
     /// `ReadBatch::corrupt_skipped`, so a caller counting its drops from reads counts them.
-    pub(crate) unreported: u64,
+    unreported: u64,
 }
 
 impl Consumer {
     /// Counts the records `from..=to` as dropped, those not counted before and not in
     /// `absent` (numbers recovery found missing and counted); returns how many.
-    pub(crate) fn count_new(&mut self, from: u64, to: u64, absent: &SeqSet) -> u64 {
+    fn count_new(&mut self, from: u64, to: u64, absent: &SeqSet) -> u64 {
         self.counted
             .insert_new(from.max(self.acked + 1), to, absent)
     }
 
     /// The ack point moved: what is at or below it is never read again.
-    pub(crate) fn forget_below_ack(&mut self) {
+    fn forget_below_ack(&mut self) {
         self.counted.remove_through(self.acked);
     }
 
@@ -143,7 +169,7 @@ impl Consumer {
     }
 
     /// An ack through `seq`: records of limbo up to it were delivered.
-    pub(crate) fn settle_limbo(&mut self, seq: u64) {
+    fn settle_limbo(&mut self, seq: u64) {
         self.limbo.retain_mut(|x| {
             if x.to <= seq {
                 return false;
@@ -174,6 +200,120 @@ impl Consumer {
         self.handed = self.acked;
         self.reader = None;
         (evicted, expired)
+    }
+
+    /// The ack point.
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Records up to this seq were handed out (or skipped) since the last rewind.
+    pub(crate) fn handed(&self) -> u64 {
+        self.handed
+    }
+
+    /// The ack point as last written to the cursor file (what deletions may rely on).
+    pub(crate) fn written_ack(&self) -> u64 {
+        self.cursor.written().acked_through
+    }
+
+    /// Prepares the lane's cursor file (see [`CursorFile::prepare`]); nothing to do once
+    /// it is.
+    pub(crate) fn prepare_cursor(&mut self, fs: &dyn SpoolFs) -> io::Result<()> {
+        self.cursor.prepare(fs)
+    }
+
+    /// Lets the cursor file go (the lane is removed).
+    pub(crate) fn close_cursor(&mut self) {
+        self.cursor.close();
+    }
+
+    /// Lets the segment reader and the cursor file go (close).
+    pub(crate) fn close(&mut self) {
+        self.reader = None;
+        self.cursor.close();
+    }
+
+    /// The segment the reader is in, if one is open.
+    pub(crate) fn reading(&self) -> Option<u64> {
+        self.reader.as_ref().map(|(id, _)| *id)
+    }
+
+    /// Starts reading segment `id` with `reader`.
+    pub(crate) fn start_reading(&mut self, id: u64, reader: FrameReader) {
+        self.reader = Some((id, reader));
+    }
+
+    /// The next frame of the open segment, read up to `end` (`None`: no segment is open).
+    pub(crate) fn next_frame(
+        &mut self,
+        end: u64,
+        arena: &mut PayloadArena,
+    ) -> Option<io::Result<Next>> {
+        let (_, reader) = self.reader.as_mut()?;
+        reader.set_end(end);
+        Some(reader.next(Some(arena)))
+    }
+
+    /// Puts the frame just read back (the batch has no room for it).
+    pub(crate) fn unread_last(&mut self) {
+        if let Some((_, reader)) = self.reader.as_mut() {
+            reader.unread_last();
+        }
+    }
+
+    /// The sequence number of the last frame the open segment's reader read.
+    pub(crate) fn reader_last_seq(&self) -> Option<u64> {
+        self.reader.as_ref().map(|(_, r)| r.last_seq())
+    }
+
+    /// Record `seq` was handed out (added to a batch).
+    pub(crate) fn hand_out(&mut self, seq: u64) {
+        self.handed = seq;
+    }
+
+    /// A read failed part-way: the records from `first` on are handed out again by the next
+    /// read.
+    pub(crate) fn hand_out_again_from(&mut self, first: u64) {
+        self.handed = self.handed.min(first.saturating_sub(1)).max(self.acked);
+        self.reader = None;
+    }
+
+    /// Takes the losses found at recovery (or kept from a failed read), for a read to
+    /// report.
+    pub(crate) fn take_unreported(&mut self) -> u64 {
+        std::mem::take(&mut self.lost.unreported)
+    }
+
+    /// Records already counted (lost to damage, found missing) that the next read reports.
+    pub(crate) fn report_later(&mut self, records: u64) {
+        self.lost.unreported += records;
+    }
+
+    /// Takes the records found lost (evicted, expired) and not reported yet, for a read to
+    /// report.
+    pub(crate) fn take_lost(&mut self) -> (Dropped, Dropped) {
+        (
+            std::mem::take(&mut self.lost.evicted),
+            std::mem::take(&mut self.lost.expired),
+        )
+    }
+
+    /// Takes the records found lost to eviction and not reported yet, for an append to
+    /// report.
+    pub(crate) fn take_lost_evicted(&mut self) -> Dropped {
+        std::mem::take(&mut self.lost.evicted)
+    }
+
+    /// Whether records found lost to eviction wait to be reported.
+    pub(crate) fn has_lost_evicted(&self) -> bool {
+        self.lost.evicted.records > 0
+    }
+
+    /// Losses a failed read counted and could not report: the next read reports them.
+    pub(crate) fn keep_lost(&mut self, evicted: Dropped, expired: Dropped) {
+        self.lost.expired.add(expired.records, expired.bytes);
+        self.lost.evicted.add(evicted.records, evicted.bytes);
     }
 }
 
@@ -216,6 +356,215 @@ impl Lane {
             next_seq: AtomicU64::new(rec.next_seq),
             identity_pending: AtomicBool::new(false),
         }
+    }
+
+    /// The lane's number.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The lane's directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the lane was adopted (not this process's own).
+    pub(crate) fn is_adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The newest sequence number stored in the lane (0: none).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// The lane's read state. Lock order: the writer and `cursor_sync` before it, the
+    /// segment index after it.
+    pub(crate) fn consumer(&self) -> MutexGuard<'_, Consumer> {
+        lock(&self.consumer)
+    }
+
+    /// Reads the segment index (oldest first) under its lock.
+    pub(crate) fn with_segments<R>(&self, f: impl FnOnce(&[SegMeta]) -> R) -> R {
+        f(&lock(&self.segs))
+    }
+
+    /// Bytes of the lane's segments.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        lock(&self.segs).iter().map(|s| s.len).sum()
+    }
+
+    /// Whether the lane has no segment left.
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.segs).is_empty()
+    }
+
+    /// What waits for delivery in the lane (for stats; no consumer lock).
+    pub(crate) fn waiting(&self) -> Waiting {
+        let acked = self.acked.load(Ordering::Acquire);
+        let mut w = Waiting {
+            records: 0,
+            bytes: 0,
+            oldest_ns: u64::MAX,
+        };
+        for m in lock(&self.segs).iter() {
+            let n = m.unacked(acked);
+            if n > 0 {
+                w.records += n;
+                w.bytes += m.framed_bytes_of(n);
+                w.oldest_ns = w.oldest_ns.min(m.oldest_ns);
+            }
+        }
+        // Records a read counted as dropped already (expired ahead of the ack point, lost
+        // to damage) are still indexed, but wait no more.
+        w.records = w
+            .records
+            .saturating_sub(self.counted_ahead.load(Ordering::Acquire));
+        // Records handed out whose segment was evicted or expired meanwhile are still
+        // waiting for their fate (an ack: delivered; a rewind: lost, counted then).
+        w.records += self.in_limbo.load(Ordering::Acquire);
+        w
+    }
+
+    /// At open: whether the own lane has no identity file yet (one is then written before
+    /// its first record, see [`Lane::record_identity`]).
+    pub(crate) fn note_identity_absent(&self, absent: bool) {
+        self.identity_pending.store(absent, Ordering::Release);
+    }
+
+    /// The appender resumes the last segment (recovery found it intact, with room): it is
+    /// not sealed. Takes the segment index lock.
+    pub(crate) fn resume_tail(&self) {
+        if let Some(m) = lock(&self.segs).last_mut() {
+            m.sealed = false;
+        }
+    }
+
+    /// The appender wrote record `seq` (created at `created_ns`) into segment `seg_id`,
+    /// which is now `len` bytes long. Takes the segment index lock.
+    pub(crate) fn note_appended(&self, seg_id: u64, len: u64, seq: u64, created_ns: u64) {
+        self.next_seq.store(seq + 1, Ordering::Release);
+        self.last_seq.store(seq, Ordering::Release);
+        let mut segs = lock(&self.segs);
+        if let Some(m) = segs.iter_mut().rev().find(|m| m.id == seg_id) {
+            m.len = len;
+            m.note_record(seq, created_ns);
+        }
+    }
+
+    /// The appender sealed segment `id` at `len` bytes (a rotation, or a drained segment
+    /// let go). Takes the segment index lock.
+    pub(crate) fn seal_segment(&self, id: u64, len: u64) {
+        let mut segs = lock(&self.segs);
+        if let Some(m) = segs.iter_mut().find(|m| m.id == id) {
+            m.sealed = true;
+            m.len = len;
+        }
+    }
+
+    /// The appender started a new segment. Takes the segment index lock.
+    pub(crate) fn push_segment(&self, m: SegMeta) {
+        lock(&self.segs).push(m);
+    }
+
+    /// Eviction: takes the oldest segment out of the index, other than `keep` (the own
+    /// lane's active segment). Consumer guard held; takes the segment index lock.
+    pub(crate) fn take_oldest(&self, keep: Option<u64>) -> Option<SegMeta> {
+        let mut segs = lock(&self.segs);
+        segs.iter()
+            .position(|m| Some(m.id) != keep)
+            .map(|i| segs.remove(i))
+    }
+
+    /// Whether the newest segment holds records (the appender may seal it to evict it).
+    pub(crate) fn tail_has_records(&self) -> bool {
+        lock(&self.segs).last().is_some_and(|m| m.records > 0)
+    }
+
+    /// Expiry: takes out of the index the segments (sealed ones, or any of an adopted lane)
+    /// whose newest record was created before `limit_ns`. Consumer guard held; takes the
+    /// segment index lock.
+    pub(crate) fn take_expired(&self, limit_ns: u64) -> Vec<SegMeta> {
+        let adopted = self.adopted;
+        let mut segs = lock(&self.segs);
+        let (gone, kept): (Vec<SegMeta>, Vec<SegMeta>) = std::mem::take(&mut *segs)
+            .into_iter()
+            .partition(|m| (m.sealed || adopted) && m.records > 0 && m.newest_ns < limit_ns);
+        *segs = kept;
+        gone
+    }
+
+    /// The ledger takes out of the index the segments whose records are all acknowledged
+    /// through `through` (sealed ones, or any of an adopted lane), to delete them, and drops
+    /// the reader of one of them. Consumer guard held; takes the segment index lock.
+    pub(crate) fn take_doomed(&self, c: &mut Consumer, through: u64) -> Vec<SegMeta> {
+        let adopted = self.adopted;
+        let gone: Vec<SegMeta> = {
+            let mut segs = lock(&self.segs);
+            let (gone, kept) = std::mem::take(&mut *segs)
+                .into_iter()
+                .partition(|m| (m.sealed || adopted) && m.unacked(through) == 0);
+            *segs = kept;
+            gone
+        };
+        for m in &gone {
+            if c.reading() == Some(m.id) {
+                c.reader = None;
+            }
+        }
+        gone
+    }
+
+    /// Lets the lane's lock file go (close, or an adopted lane removed).
+    pub(crate) fn release_lock(&self) {
+        drop(lock(&self.lock_file).take());
+    }
+
+    /// The drainer's acknowledgement through `seq`: moves the ack point (in memory; the
+    /// caller writes the cursor). Returns false if `seq` was acknowledged already.
+    pub(crate) fn acknowledge(&self, c: &mut Consumer, seq: u64) -> bool {
+        if seq <= c.acked {
+            return false;
+        }
+        c.acked = seq;
+        c.handed = c.handed.max(seq);
+        c.settle_limbo(seq);
+        c.forget_below_ack();
+        self.note_counted(c);
+        self.acked.store(seq, Ordering::Release);
+        true
+    }
+
+    /// The drainer's rewind (see [`Consumer::rewind`]), with the lane's gauges updated.
+    pub(crate) fn rewind(&self, c: &mut Consumer) -> (Dropped, Dropped) {
+        let lost = c.rewind();
+        self.note_counted(c);
+        lost
+    }
+
+    /// A read found records `from..=to` lost to damage: counts those not counted before
+    /// and not in `absent` (see [`Consumer::count_new`]); returns how many.
+    pub(crate) fn count_lost(&self, c: &mut Consumer, from: u64, to: u64, absent: &SeqSet) -> u64 {
+        let n = c.count_new(from, to, absent);
+        self.note_counted(c);
+        n
+    }
+
+    /// A read found record `seq` (not handed out yet) expired: counts it once (returns
+    /// whether it was counted now), moves the ack point past it if nothing before it is
+    /// outstanding, and passes it.
+    pub(crate) fn expire_record(&self, c: &mut Consumer, seq: u64) -> bool {
+        // Counted once, though a rewind may read it again.
+        let counted = c.count_new(seq, seq, &SeqSet::default()) == 1;
+        if c.handed == c.acked {
+            // Nothing outstanding before it: it counts as acknowledged.
+            c.acked = seq;
+            c.forget_below_ack();
+            self.acked.store(seq, Ordering::Release);
+        }
+        self.note_counted(c);
+        c.handed = seq;
+        counted
     }
 
     /// Records the spool's identity in the own lane if it has none yet (a new lane, or one

@@ -101,7 +101,7 @@ impl Ledger {
         let total: u64 = adopted
             .iter()
             .chain(std::iter::once(&own))
-            .map(|l| lock(&l.segs).iter().map(|s| s.len).sum::<u64>())
+            .map(|l| l.held_bytes())
             .sum();
         let cap = cap_in_force(&config, &*fs, total, report);
         Ledger {
@@ -150,20 +150,20 @@ impl Ledger {
     }
 
     pub(crate) fn lane(&self, id: u32) -> Option<Arc<Lane>> {
-        if id == self.own.id {
+        if id == self.own.id() {
             return Some(self.own.clone());
         }
         self.adopted
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|l| l.id == id)
+            .find(|l| l.id() == id)
             .cloned()
     }
 
     /// Holds a lane adopted after open: its segments' bytes count from now on.
     pub(crate) fn add_adopted(&self, l: Arc<Lane>) {
-        let bytes: u64 = lock(&l.segs).iter().map(|s| s.len).sum();
+        let bytes = l.held_bytes();
         self.total_bytes.fetch_add(bytes, Ordering::AcqRel);
         self.adopted
             .write()
@@ -210,7 +210,7 @@ impl Ledger {
             return lost;
         }
         for l in self.lanes() {
-            let d = std::mem::take(&mut lock(&l.consumer).lost.evicted);
+            let d = l.consumer().take_lost_evicted();
             lost.add(d.records, d.bytes);
         }
         lost
@@ -339,7 +339,7 @@ impl Ledger {
     /// A cursor write that survives while the deletion is lost leaves a fully acknowledged
     /// segment, which the next open deletes.
     pub(crate) fn delete_acked(&self, l: &Lane, c: &mut Consumer) -> Result<bool, SpoolError> {
-        let written = c.cursor.written().acked_through;
+        let written = c.written_ack();
         let doomed = self.take_acked(l, c, written);
         if doomed.is_empty() {
             return Ok(false);
@@ -358,30 +358,19 @@ impl Ledger {
     /// are gone (never delivered twice from these segments), later ones acknowledged since
     /// the cursor's last write are delivered again (at least once).
     pub(crate) fn free_delivered(&self, l: &Lane, c: &mut Consumer) -> Result<(), SpoolError> {
-        let acked = c.acked;
+        let acked = c.acked();
         let doomed = self.take_acked(l, c, acked);
         lock(&self.doomed).extend(doomed);
         self.delete_doomed()
     }
 
     /// Takes out of `l`'s index the segments whose records are all acknowledged through
-    /// `through` (sealed ones, or any of an adopted lane), takes them off the byte total
-    /// and drops the reader of one of them; returns their paths, to unlink. Consumer lock
-    /// held.
+    /// `through` (see [`Lane::take_doomed`]) and off the byte total; returns their paths, to
+    /// unlink. Consumer lock held.
     fn take_acked(&self, l: &Lane, c: &mut Consumer, through: u64) -> Vec<PathBuf> {
-        let gone: Vec<SegMeta> = {
-            let mut segs = lock(&l.segs);
-            let (gone, kept) = std::mem::take(&mut *segs)
-                .into_iter()
-                .partition(|m| (m.sealed || l.adopted) && m.unacked(through) == 0);
-            *segs = kept;
-            gone
-        };
-        gone.into_iter()
+        l.take_doomed(c, through)
+            .into_iter()
             .map(|m| {
-                if c.reader.as_ref().is_some_and(|(id, _)| *id == m.id) {
-                    c.reader = None;
-                }
                 self.forget_segment(&m);
                 m.path
             })
@@ -416,7 +405,7 @@ impl Ledger {
 
     /// Removes an adopted lane with no segments left: its files, its directory, its lock.
     pub(crate) fn maybe_remove_lane(&self, l: &Arc<Lane>) {
-        if !l.adopted || !lock(&l.segs).is_empty() {
+        if !l.is_adopted() || !l.is_empty() {
             return;
         }
         {
@@ -425,19 +414,19 @@ impl Ledger {
         }
         // Queued segments of this lane must go before its directory can.
         let _ = self.delete_doomed();
-        lock(&l.consumer).cursor.close();
+        l.consumer().close_cursor();
         for name in [
             cursor::CURSOR_FILE,
             cursor::CURSOR_TMP_FILE,
             identity::IDENTITY_FILE,
             layout::LOCK_FILE,
         ] {
-            let _ = self.fs.remove_file(&l.dir.join(name));
+            let _ = self.fs.remove_file(&l.dir().join(name));
         }
         // Fails (and the directory stays) if files we do not own remain: fine.
-        let _ = std::fs::remove_dir(&l.dir);
-        drop(lock(&l.lock_file).take());
-        tracing::info!(lane = l.id, "adopted lane drained and removed");
+        let _ = std::fs::remove_dir(l.dir());
+        l.release_lock();
+        tracing::info!(lane = l.id(), "adopted lane drained and removed");
     }
 
     /// Measures the file system's free space again and sets the cap in force from it and
@@ -487,22 +476,10 @@ impl Ledger {
         s.lanes = lanes.len();
         let mut oldest = u64::MAX;
         for l in &lanes {
-            let acked = l.acked.load(Ordering::Acquire);
-            let mut waiting = 0u64;
-            for m in lock(&l.segs).iter() {
-                let n = m.unacked(acked);
-                if n > 0 {
-                    waiting += n;
-                    s.pending_bytes += m.framed_bytes_of(n);
-                    oldest = oldest.min(m.oldest_ns);
-                }
-            }
-            // Records a read counted as dropped already (expired ahead of the ack point, lost
-            // to damage) are still indexed, but wait no more.
-            s.records += waiting.saturating_sub(l.counted_ahead.load(Ordering::Acquire));
-            // Records handed out whose segment was evicted or expired meanwhile are still
-            // waiting for their fate (an ack: delivered; a rewind: lost, counted then).
-            s.records += l.in_limbo.load(Ordering::Acquire);
+            let w = l.waiting();
+            s.records += w.records;
+            s.pending_bytes += w.bytes;
+            oldest = oldest.min(w.oldest_ns);
         }
         if oldest != u64::MAX {
             s.oldest_created_at = Some(UNIX_EPOCH + Duration::from_nanos(oldest));

@@ -5,7 +5,6 @@
 //! touching the writer's state.
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -81,10 +80,7 @@ impl Drainer {
             if batch.records.len() >= max_records {
                 break;
             }
-            {
-                let mut c = lock(&l.consumer);
-                counted += std::mem::take(&mut c.lost.unreported);
-            }
+            counted += l.consumer().take_unreported();
             let mut into = ReadInto {
                 batch: &mut batch,
                 reported: &mut reported,
@@ -117,26 +113,20 @@ impl Drainer {
     /// and the records it took are handed out again by the next read.
     fn keep_for_next_read(&self, lanes: &[Arc<Lane>], batch: &ReadBatch) {
         for l in lanes {
-            let mut c = lock(&l.consumer);
+            let mut c = l.consumer();
             if let Some(first) = batch
                 .records
                 .iter()
-                .filter(|r| r.id.lane == l.id)
+                .filter(|r| r.id.lane == l.id())
                 .map(|r| r.id.seq)
                 .min()
             {
-                c.handed = c.handed.min(first.saturating_sub(1)).max(c.acked);
-                c.reader = None;
+                c.hand_out_again_from(first);
             }
         }
-        let mut c = lock(&self.ledger.own().consumer);
-        c.lost.unreported += batch.corrupt_skipped;
-        c.lost
-            .expired
-            .add(batch.expired.records, batch.expired.bytes);
-        c.lost
-            .evicted
-            .add(batch.evicted.records, batch.evicted.bytes);
+        let mut c = self.ledger.own().consumer();
+        c.report_later(batch.corrupt_skipped);
+        c.keep_lost(batch.evicted, batch.expired);
         if batch.evicted.records > 0 {
             self.ledger.note_lost_pending();
         }
@@ -149,26 +139,25 @@ impl Drainer {
         max_records: usize,
         max_bytes: u64,
     ) -> Result<(), SpoolError> {
-        let mut c = lock(&l.consumer);
-        // `lost.unreported` is the caller's (see `read_batch`).
-        let evicted = std::mem::take(&mut c.lost.evicted);
-        let expired = std::mem::take(&mut c.lost.expired);
+        let mut c = l.consumer();
+        // `take_unreported` is the caller's (see `read_batch`).
+        let (evicted, expired) = c.take_lost();
         into.batch.evicted.add(evicted.records, evicted.bytes);
         into.batch.expired.add(expired.records, expired.bytes);
         into.reported.0.add(evicted.records, evicted.bytes);
         into.reported.1.add(expired.records, expired.bytes);
-        let acked_before = c.acked;
+        let acked_before = c.acked();
         let result = self.read_lane_locked(l, &mut c, into, max_records, max_bytes);
-        if c.acked != acked_before
+        if c.acked() != acked_before
             && let Err(e) = l.write_cursor(self.ledger.fs(), &mut c)
         {
             // Expired records at the head counted as acknowledged. The records read must
             // still be returned; the next ack, sync or close writes the cursor again.
-            tracing::warn!(lane = l.id, error = %e, "could not write the cursor after expiry");
+            tracing::warn!(lane = l.id(), error = %e, "could not write the cursor after expiry");
         }
         drop(c);
         let exhausted = matches!(result, Ok(true));
-        if exhausted && l.adopted {
+        if exhausted && l.is_adopted() {
             self.ledger.maybe_remove_lane(l);
         }
         result.map(|_| ())
@@ -195,7 +184,7 @@ impl Drainer {
             });
         if let Some(limit) = expiry {
             self.expire_segments(l, c, limit, &mut batch.expired)
-                .map_err(|e| SpoolError::io(&l.dir, e))?;
+                .map_err(|e| SpoolError::io(l.dir(), e))?;
         }
         loop {
             if batch.records.len() >= max_records {
@@ -204,17 +193,13 @@ impl Drainer {
             let Some(t) = target(l, c) else {
                 return Ok(true);
             };
-            if c.reader.as_ref().map(|(id, _)| *id) != Some(t.id) {
+            if c.reading() != Some(t.id) {
                 self.open_reader(l, c, &t)?;
             }
-            let Some((_, reader)) = c.reader.as_mut() else {
+            let Some(next) = c.next_frame(t.end, arena) else {
                 return Ok(false);
             };
-            reader.set_end(t.end);
-            match reader
-                .next(Some(&mut **arena))
-                .map_err(|e| SpoolError::io(segment_path(l, t.id), e))?
-            {
+            match next.map_err(|e| SpoolError::io(segment_path(l, t.id), e))? {
                 Next::Frame(f) => {
                     if f.skipped.is_some() {
                         // The records between the frames around the damage are lost:
@@ -223,15 +208,12 @@ impl Drainer {
                         // segments'), and not those handed out already: damaged since they
                         // were read, their fate is the caller's (an ack: delivered; a
                         // rewind reads them again, and counts them then).
-                        let from = f.prev_seq.max(t.start_seq).max(c.handed) + 1;
+                        let from = f.prev_seq.max(t.start_seq).max(c.handed()) + 1;
                         let absent = segment_holes(l, t.id);
-                        batch.corrupt_skipped += c.count_new(from, f.seq - 1, &absent);
-                        l.note_counted(c);
+                        batch.corrupt_skipped += l.count_lost(c, from, f.seq - 1, &absent);
                     }
                     if take_frame(l, c, f, expiry, batch, bytes, max_bytes) == Took::NoRoom {
-                        if let Some((_, reader)) = c.reader.as_mut() {
-                            reader.unread_last();
-                        }
+                        c.unread_last();
                         return Ok(false);
                     }
                 }
@@ -239,14 +221,12 @@ impl Drainer {
                     if valid_end < end && t.sealed {
                         // A damaged end of a complete segment: its last records are lost.
                         let after = c
-                            .reader
-                            .as_ref()
-                            .map_or(t.last_seq, |(_, r)| r.last_seq())
+                            .reader_last_seq()
+                            .unwrap_or(t.last_seq)
                             .max(t.start_seq)
-                            .max(c.handed);
+                            .max(c.handed());
                         let absent = segment_holes(l, t.id);
-                        batch.corrupt_skipped += c.count_new(after + 1, t.last_seq, &absent);
-                        l.note_counted(c);
+                        batch.corrupt_skipped += l.count_lost(c, after + 1, t.last_seq, &absent);
                     }
                     if !t.sealed {
                         return Ok(false);
@@ -273,9 +253,9 @@ impl Drainer {
             SEGMENT_HEADER_LEN,
             t.end,
             READ_CHUNK,
-            t.start_seq.min(c.handed),
+            t.start_seq.min(c.handed()),
         );
-        c.reader = Some((t.id, r));
+        c.start_reading(t.id, r);
         Ok(())
     }
 
@@ -287,15 +267,7 @@ impl Drainer {
         limit_ns: u64,
         expired: &mut Dropped,
     ) -> io::Result<()> {
-        let victims: Vec<SegMeta> = {
-            let mut segs = lock(&l.segs);
-            let (gone, kept): (Vec<SegMeta>, Vec<SegMeta>) = std::mem::take(&mut *segs)
-                .into_iter()
-                .partition(|m| (m.sealed || l.adopted) && m.records > 0 && m.newest_ns < limit_ns);
-            *segs = kept;
-            gone
-        };
-        for m in victims {
+        for m in l.take_expired(limit_ns) {
             self.ledger
                 .drop_segment(l, c, m, DropCause::Expired, expired)?;
         }
@@ -309,20 +281,14 @@ impl Drainer {
         let Some(l) = self.ledger.lane(id.lane) else {
             return Ok(());
         };
-        let newest = l.last_seq.load(Ordering::Acquire);
+        let newest = l.last_seq();
         if id.seq > newest {
             return Err(SpoolError::UnknownRecord { id, newest });
         }
-        let mut c = lock(&l.consumer);
-        if id.seq <= c.acked {
+        let mut c = l.consumer();
+        if !l.acknowledge(&mut c, id.seq) {
             return Ok(());
         }
-        c.acked = id.seq;
-        c.handed = c.handed.max(id.seq);
-        c.settle_limbo(id.seq);
-        c.forget_below_ack();
-        l.note_counted(&c);
-        l.acked.store(id.seq, Ordering::Release);
         match l.write_cursor(self.ledger.fs(), &mut c) {
             Ok(()) => {}
             Err(e) if e.is_disk_full() => {
@@ -334,8 +300,8 @@ impl Drainer {
             Err(e) => return Err(e),
         }
         self.ledger.delete_acked(&l, &mut c)?;
-        let empty_adopted = l.adopted && lock(&l.segs).is_empty();
-        let own_drained = !l.adopted && c.acked >= l.last_seq.load(Ordering::Acquire);
+        let empty_adopted = l.is_adopted() && l.is_empty();
+        let own_drained = !l.is_adopted() && c.acked() >= l.last_seq();
         drop(c);
         if empty_adopted {
             self.ledger.maybe_remove_lane(&l);
@@ -353,11 +319,10 @@ impl Drainer {
     /// are counted now, their fate known; the next read (or append) reports them.
     pub(crate) fn rewind(&self) {
         for l in self.ledger.lanes() {
-            let mut c = lock(&l.consumer);
-            let (evicted, expired) = c.rewind();
-            l.note_counted(&c);
+            let mut c = l.consumer();
+            let (evicted, expired) = l.rewind(&mut c);
             self.ledger.count_dropped(evicted, expired, 0);
-            if c.lost.evicted.records > 0 {
+            if c.has_lost_evicted() {
                 self.ledger.note_lost_pending();
             }
         }
@@ -367,7 +332,7 @@ impl Drainer {
     /// now, will not be: lost, counted (as a rewind would).
     pub(crate) fn settle_at_close(&self) {
         for l in self.ledger.lanes() {
-            let (evicted, expired) = lock(&l.consumer).rewind();
+            let (evicted, expired) = l.consumer().rewind();
             self.ledger.count_dropped(evicted, expired, 0);
         }
     }
@@ -414,11 +379,12 @@ impl Target {
 
 /// The numbers recovery found missing in segment `id` of `l` (counted by it).
 fn segment_holes(l: &Lane, id: u64) -> SeqSet {
-    lock(&l.segs)
-        .iter()
-        .find(|m| m.id == id)
-        .map(|m| m.holes.clone())
-        .unwrap_or_default()
+    l.with_segments(|segs| {
+        segs.iter()
+            .find(|m| m.id == id)
+            .map(|m| m.holes.clone())
+            .unwrap_or_default()
+    })
 }
 
 /// The segment the reader is in (or, if it was deleted under us by eviction or expiry, the
@@ -426,32 +392,39 @@ fn segment_holes(l: &Lane, id: u64) -> SeqSet {
 /// orders misplaced segments), which is not always the order of the ids: positions, not
 /// ids, say what comes next.
 fn target(l: &Lane, c: &Consumer) -> Option<Target> {
-    let segs = lock(&l.segs);
-    let first_unread = || segs.iter().position(|m| m.last_seq > c.handed || !m.sealed);
-    let pos = match c.reader.as_ref().map(|(id, _)| *id) {
-        Some(id) => segs.iter().position(|m| m.id == id).or_else(first_unread),
-        None => first_unread(),
-    };
-    pos.map(|i| Target::of(&segs[i], l.adopted))
+    l.with_segments(|segs| {
+        let first_unread = || {
+            segs.iter()
+                .position(|m| m.last_seq > c.handed() || !m.sealed)
+        };
+        let pos = match c.reading() {
+            Some(id) => segs.iter().position(|m| m.id == id).or_else(first_unread),
+            None => first_unread(),
+        };
+        pos.map(|i| Target::of(&segs[i], l.is_adopted()))
+    })
 }
 
 /// The path of segment `id` of `l` (as its index has it; the standard name if it has left
 /// the index meanwhile).
 fn segment_path(l: &Lane, id: u64) -> std::path::PathBuf {
-    lock(&l.segs).iter().find(|m| m.id == id).map_or_else(
-        || l.dir.join(format::segment_file_name(id)),
-        |m| m.path.clone(),
-    )
+    l.with_segments(|segs| {
+        segs.iter().find(|m| m.id == id).map_or_else(
+            || l.dir().join(format::segment_file_name(id)),
+            |m| m.path.clone(),
+        )
+    })
 }
 
 /// The segment after `seg_id` in sequence order.
 fn next_segment(l: &Lane, c: &Consumer, seg_id: u64) -> Option<Target> {
-    let segs = lock(&l.segs);
-    let next = match segs.iter().position(|m| m.id == seg_id) {
-        Some(i) => segs.get(i + 1),
-        None => segs.iter().find(|m| m.last_seq > c.handed || !m.sealed),
-    };
-    next.map(|m| Target::of(m, l.adopted))
+    l.with_segments(|segs| {
+        let next = match segs.iter().position(|m| m.id == seg_id) {
+            Some(i) => segs.get(i + 1),
+            None => segs.iter().find(|m| m.last_seq > c.handed() || !m.sealed),
+        };
+        next.map(|m| Target::of(m, l.is_adopted()))
+    })
 }
 
 /// What [`take_frame`] did with a frame.
@@ -475,24 +448,17 @@ fn take_frame(
     bytes: &mut u64,
     max_bytes: u64,
 ) -> Took {
-    if f.seq <= c.handed {
+    if f.seq <= c.handed() {
         return Took::Next;
     }
     if let Some(limit) = expiry
         && f.meta.created_at_unix_nanos < limit
     {
-        // Counted once, though a rewind may read it again.
-        if c.count_new(f.seq, f.seq, &SeqSet::default()) == 1 {
+        // Counted once, though a rewind may read it again; as acknowledged when nothing
+        // before it is outstanding.
+        if l.expire_record(c, f.seq) {
             batch.expired.add(1, f.len);
         }
-        if c.handed == c.acked {
-            // Nothing outstanding before it: it counts as acknowledged.
-            c.acked = f.seq;
-            c.forget_below_ack();
-            l.acked.store(f.seq, Ordering::Release);
-        }
-        l.note_counted(c);
-        c.handed = f.seq;
         return Took::Next;
     }
     let Some(payload) = f.payload else {
@@ -503,10 +469,10 @@ fn take_frame(
         return Took::NoRoom;
     }
     *bytes += size;
-    c.handed = f.seq;
+    c.hand_out(f.seq);
     batch.records.push(Record {
         id: RecordId {
-            lane: l.id,
+            lane: l.id(),
             seq: f.seq,
         },
         payload,

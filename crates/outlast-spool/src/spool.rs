@@ -14,7 +14,6 @@ use crate::error::{AppendError, SpoolError};
 use crate::fs::SpoolFs;
 use crate::layout;
 use crate::ledger::{Ledger, Wake};
-use crate::locks::lock;
 use crate::reader::Drainer;
 use crate::types::{Appended, ReadBatch, RecordId, RecoveryReport, SpoolStats};
 use crate::writer::Appender;
@@ -80,9 +79,9 @@ impl Spool {
         let appender = Arc::new(Appender::new(Arc::clone(&ledger), &held.rec));
         // Segments left fully acked by an earlier process can go now.
         for l in ledger.lanes() {
-            let mut c = lock(&l.consumer);
+            let mut c = l.consumer();
             if let Err(e) = ledger.delete_acked(&l, &mut c) {
-                tracing::warn!(lane = l.id, error = %e, "could not delete acknowledged segments");
+                tracing::warn!(lane = l.id(), error = %e, "could not delete acknowledged segments");
             }
         }
         let background = start_background(&appender).map(|(tx, handle)| {
@@ -202,7 +201,7 @@ impl Spool {
 
     /// The lane this process appends to.
     pub fn lane(&self) -> u32 {
-        self.ledger.own().id
+        self.ledger.own().id()
     }
 
     /// The configuration the spool was opened with.
@@ -237,12 +236,8 @@ impl Spool {
         let result = background::sync_all(&self.appender);
         self.appender.close();
         for l in self.ledger.lanes() {
-            {
-                let mut c = lock(&l.consumer);
-                c.reader = None;
-                c.cursor.close();
-            }
-            drop(lock(&l.lock_file).take());
+            l.consumer().close();
+            l.release_lock();
         }
         result
     }

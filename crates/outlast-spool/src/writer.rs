@@ -4,7 +4,6 @@
 //! touches its state.
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use outlast_core::Payload;
@@ -109,16 +108,14 @@ impl Appender {
             && len < ledger.config().segment_bytes()
             && !drained
         {
-            let path = own.dir.join(format::segment_file_name(id));
+            let path = own.dir().join(format::segment_file_name(id));
             if let Ok(file) = ledger.fs().open(&path, true) {
                 writer.seg = Some(ActiveSeg {
                     id,
                     file,
                     offset: len,
                 });
-                if let Some(m) = lock(&own.segs).last_mut() {
-                    m.sealed = false;
-                }
+                own.resume_tail();
             }
         }
         Appender {
@@ -188,7 +185,7 @@ impl Appender {
         self.report_lost_in_flight(&mut evicted);
         Ok(Appended {
             id: RecordId {
-                lane: self.ledger.own().id,
+                lane: self.ledger.own().id(),
                 seq,
             },
             sync_error,
@@ -214,11 +211,7 @@ impl Appender {
         let own = self.ledger.own();
         let fs = self.ledger.fs();
         own.record_identity(fs, self.ledger.config().identity())?;
-        let mut c = lock(&own.consumer);
-        if c.cursor.is_ready() {
-            return Ok(());
-        }
-        c.cursor.prepare(fs)
+        own.consumer().prepare_cursor(fs)
     }
 
     /// Writes a built frame; called with the writer lock held.
@@ -248,17 +241,10 @@ impl Appender {
         }
         let (seg_id, offset) = written.map_err(AppendErrorKind::Io)?;
         w.next_seq = seq + 1;
-        let own = self.ledger.own();
-        own.next_seq.store(seq + 1, Ordering::Release);
-        own.last_seq.store(seq, Ordering::Release);
         self.ledger.add_bytes(frame_len);
-        {
-            let mut segs = lock(&own.segs);
-            if let Some(m) = segs.iter_mut().rev().find(|m| m.id == seg_id) {
-                m.len = offset;
-                m.note_record(seq, payload.meta().created_at_unix_nanos);
-            }
-        }
+        self.ledger
+            .own()
+            .note_appended(seg_id, offset, seq, payload.meta().created_at_unix_nanos);
         self.commit.wrote(frame_len);
         Ok(evicted)
     }
@@ -367,21 +353,17 @@ impl Appender {
                 w.seg = Some(old);
                 return Err(e);
             }
-            let mut segs = lock(&own.segs);
-            if let Some(m) = segs.iter_mut().find(|m| m.id == old.id) {
-                m.sealed = true;
-                m.len = old.offset;
-            }
+            own.seal_segment(old.id, old.offset);
         }
         let id = w.next_seg_id;
-        let path = own.dir.join(format::segment_file_name(id));
+        let path = own.dir().join(format::segment_file_name(id));
         let file = fs.create_new(&path)?;
         let header = format::encode_segment_header(id, first_seq);
         let setup = write_all_at(&*file, &header, 0).and_then(|()| {
             if background {
                 Ok(())
             } else {
-                file.sync_data().and_then(|()| fs.sync_dir(&own.dir))
+                file.sync_data().and_then(|()| fs.sync_dir(own.dir()))
             }
         });
         if let Err(e) = setup {
@@ -399,13 +381,13 @@ impl Appender {
             offset: SEGMENT_HEADER_LEN,
         });
         self.ledger.add_bytes(SEGMENT_HEADER_LEN);
-        lock(&own.segs).push(SegMeta::new(id, path, SEGMENT_HEADER_LEN));
+        own.push_segment(SegMeta::new(id, path, SEGMENT_HEADER_LEN));
         // Rotation is a durability point for the read progress too (nothing to do if no ack
         // came since the last fdatasync). A failure is retried by the next interval, sync or
         // close, which report it; the append itself is unharmed.
         let woken = background && self.ledger.wake(Wake::Rotated);
         if !woken && let Err(e) = own.sync_cursor(fs) {
-            tracing::warn!(lane = own.id, error = %e, "cursor fsync on rotation failed");
+            tracing::warn!(lane = own.id(), error = %e, "cursor fsync on rotation failed");
         }
         Ok(())
     }
@@ -430,21 +412,14 @@ impl Appender {
             return Ok(());
         }
         let own = self.ledger.own();
-        let mut c = lock(&own.consumer);
-        let last = own.last_seq.load(Ordering::Acquire);
-        if c.acked < last {
+        let mut c = own.consumer();
+        if c.acked() < own.last_seq() {
             return Ok(());
         }
         let Some(old) = w.seg.take() else {
             return Ok(());
         };
-        {
-            let mut segs = lock(&own.segs);
-            if let Some(m) = segs.iter_mut().find(|m| m.id == old.id) {
-                m.sealed = true;
-                m.len = old.offset;
-            }
-        }
+        own.seal_segment(old.id, old.offset);
         // Its bytes are all delivered: the group commit need not sync them, but a durable
         // appender may still wait for them, so they stay in its reach.
         w.unsynced.push(old.file);
@@ -461,16 +436,8 @@ impl Appender {
     /// [`Consumer::drop_counts`]: crate::lane::Consumer::drop_counts
     fn evict_oldest(&self, w: &mut Writer, evicted: &mut Dropped) -> io::Result<bool> {
         for l in &self.ledger.adopted() {
-            let mut c = lock(&l.consumer);
-            let victim = {
-                let mut segs = lock(&l.segs);
-                if segs.is_empty() {
-                    None
-                } else {
-                    Some(segs.remove(0))
-                }
-            };
-            if let Some(m) = victim {
+            let mut c = l.consumer();
+            if let Some(m) = l.take_oldest(None) {
                 self.ledger
                     .drop_segment(l, &mut c, m, DropCause::Evicted, evicted)?;
                 return Ok(true);
@@ -479,22 +446,15 @@ impl Appender {
         let own = self.ledger.own();
         let active = w.seg.as_ref().map(|s| s.id);
         {
-            let mut c = lock(&own.consumer);
-            let victim = {
-                let mut segs = lock(&own.segs);
-                segs.iter()
-                    .position(|m| Some(m.id) != active)
-                    .map(|i| segs.remove(i))
-            };
-            if let Some(m) = victim {
+            let mut c = own.consumer();
+            if let Some(m) = own.take_oldest(active) {
                 self.ledger
                     .drop_segment(own, &mut c, m, DropCause::Evicted, evicted)?;
                 return Ok(true);
             }
         }
         // Only the active segment is left: seal it so it can go.
-        let has_records = lock(&own.segs).last().is_some_and(|m| m.records > 0);
-        if has_records {
+        if own.tail_has_records() {
             let next = w.next_seq;
             self.rotate(w, next)?;
             return self.evict_oldest(w, evicted);
@@ -508,7 +468,7 @@ impl Appender {
     /// in it.
     fn sync_through(&self, lsn: u64) -> io::Result<()> {
         let fs = self.ledger.fs();
-        let dir = &self.ledger.own().dir;
+        let dir = self.ledger.own().dir();
         self.commit.sync_through(
             lsn,
             || {
@@ -542,7 +502,7 @@ impl Appender {
     /// Fdatasyncs everything written so far (one group commit).
     pub(crate) fn sync_data(&self) -> Result<(), SpoolError> {
         self.sync_through(self.commit.written())
-            .map_err(|e| SpoolError::io(&self.ledger.own().dir, e))
+            .map_err(|e| SpoolError::io(self.ledger.own().dir(), e))
     }
 
     /// Fdatasyncs what was written since the last commit, if anything was.
