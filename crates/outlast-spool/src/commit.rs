@@ -15,7 +15,7 @@
 //! commit, and callers that append in a loop would settle into two groups taking turns,
 //! each commit covering about half of them. What the leader waits for is CPU work (a
 //! wake-up, a frame encoding, a `write(2)`); an append held up longer (by a rotation or an
-//! eviction) is not waited for beyond the last commit's duration and [`MAX_GATHER`]. A
+//! eviction) is not waited for beyond twice the last commit's duration and [`MAX_GATHER`]. A
 //! lone appender never waits.
 
 use std::io;
@@ -25,10 +25,19 @@ use std::time::{Duration, Instant};
 
 use crate::locks::{later, lock};
 
-/// Longest a leader waits for the durable appends under way (and never longer than the
-/// last commit took): an append held up longer, by a rotation or an eviction, joins the
-/// next commit instead.
+/// Longest the next commit waits for the durable appends under way, however long the last
+/// one took (see [`gather_bound`]): an append held up longer, by a rotation or an eviction,
+/// joins the commit after it.
 pub(crate) const MAX_GATHER: Duration = Duration::from_millis(1);
+
+/// How long the gatherer waits at most, given how long the last commit took: twice that
+/// (and [`MAX_GATHER`]). When the appends under way all arrive, the last of them starts the
+/// commit while the gatherer still sleeps; a bound of one commit's duration would wake the
+/// gatherer in the middle of that commit for nothing, and on the benchmark machine it made
+/// the time between commits longer (row 2b of `docs/benchmarks.md`).
+fn gather_bound(last_commit: Duration) -> Duration {
+    last_commit.saturating_mul(2).min(MAX_GATHER)
+}
 
 /// One caller waiting for a commit.
 #[derive(Debug)]
@@ -308,7 +317,7 @@ impl GroupCommit {
                 Step::Gather => {
                     let now = Instant::now();
                     let until =
-                        *deadline.get_or_insert_with(|| later(now, st.last_commit.min(MAX_GATHER)));
+                        *deadline.get_or_insert_with(|| later(now, gather_bound(st.last_commit)));
                     let left = until.saturating_duration_since(now);
                     if !left.is_zero() {
                         st.gatherers_asleep += 1;
@@ -362,6 +371,21 @@ mod tests {
 
     fn eio() -> io::Error {
         io::Error::from_raw_os_error(5)
+    }
+
+    #[test]
+    fn the_gatherer_waits_twice_the_last_commit_and_never_over_the_cap() {
+        assert_eq!(
+            gather_bound(Duration::ZERO),
+            Duration::ZERO,
+            "first commit: no wait"
+        );
+        assert_eq!(
+            gather_bound(Duration::from_micros(200)),
+            Duration::from_micros(400)
+        );
+        assert_eq!(gather_bound(Duration::from_millis(3)), MAX_GATHER);
+        assert_eq!(gather_bound(Duration::MAX), MAX_GATHER, "saturates");
     }
 
     fn answered(t: &mut Tickets, ticket: u64) -> io::Result<()> {
