@@ -7,16 +7,18 @@
 //! keep writing meanwhile), then answers every ticket that commit covered, with its success
 //! or its error, and no other. A ticket a commit did not cover waits for the next one.
 //!
-//! Before it takes the work, the leader waits until every durable append under way waits
-//! for a commit ([`Tickets::gathered`]): those still writing their record, and those the
-//! last commit answered that have not returned yet (a caller that appends again at once is
-//! about to write its next record). A leader that started at once would cover only the
-//! callers that got in first; the others, arriving a moment later, would wait for the next
-//! commit, and callers that append in a loop would settle into two groups taking turns,
-//! each commit covering about half of them. What the leader waits for is CPU work (a
-//! wake-up, a frame encoding, a `write(2)`); an append held up longer (by a rotation or an
-//! eviction) is not waited for beyond twice the last commit's duration and [`MAX_GATHER`]. A
-//! lone appender never waits.
+//! A commit starts once every durable append under way waits for one
+//! ([`Tickets::gathered`]): those still writing their record, and those the last commit
+//! answered that have not returned yet (a caller that appends again at once is about to
+//! write its next record). The last of them to arrive leads it; the first to find some
+//! still missing gathers (see [`Step::Gather`]): it leads the commit itself if they are
+//! held up longer (by a rotation or an eviction) than [`gather_bound`]. A commit that
+//! started at once would cover only the callers that got in first; the others, arriving a
+//! moment later, would wait for the next one, and callers that append in a loop would
+//! settle into two groups taking turns, each commit covering about half of them (measured
+//! on row 2b of `docs/benchmarks.md`: about 30 % fewer records per second). What is
+//! waited for is CPU work (a wake-up, a frame encoding, a `write(2)`), and a lone appender
+//! never waits.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
