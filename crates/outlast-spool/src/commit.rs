@@ -35,8 +35,8 @@ pub(crate) const MAX_GATHER: Duration = Duration::from_millis(1);
 /// How long the gatherer waits at most, given how long the last commit took: twice that
 /// (and [`MAX_GATHER`]). When the appends under way all arrive, the last of them starts the
 /// commit while the gatherer still sleeps; a bound of one commit's duration would wake the
-/// gatherer in the middle of that commit for nothing, and on the benchmark machine it made
-/// the time between commits longer (row 2b of `docs/benchmarks.md`).
+/// gatherer in the middle of that commit for nothing (on the benchmark machine the time
+/// between commits was then the same or longer: row 2b of `docs/benchmarks.md`).
 fn gather_bound(last_commit: Duration) -> Duration {
     last_commit.saturating_mul(2).min(MAX_GATHER)
 }
