@@ -80,7 +80,8 @@ pub struct Appended {
     /// The id of the new record.
     pub id: RecordId,
     /// In [`FsyncEveryAppend`](crate::Durability::FsyncEveryAppend) mode, the fdatasync
-    /// that was to make the record durable failed: the record is written (it survives a
+    /// that was to make the record durable failed (an fdatasync shared by concurrent
+    /// appenders reports its failure to each of them): the record is written (it survives a
     /// process crash, and reads hand it out like any other), but a power loss before a
     /// later fdatasync succeeds may take it. Later syncs (the next durable append, the
     /// background interval, [`Spool::sync`](crate::Spool::sync), close) retry it. It is

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use outlast_core::Payload;
 
-use crate::commit::GroupCommit;
+use crate::commit::{Appending, GroupCommit};
 use crate::config::{Durability, FullPolicy};
 use crate::error::{AppendError, AppendErrorKind, SpoolError, is_disk_full};
 use crate::format::{self, SEGMENT_HEADER_LEN};
@@ -138,6 +138,9 @@ impl Appender {
                 payload,
             ));
         }
+        // A durable append counts from here: a commit about to start waits for its record.
+        let appending =
+            (config.durability() == Durability::FsyncEveryAppend).then(|| self.commit.appending());
         let mut w = lock(&self.writer);
         if w.closed || self.ledger.is_closed() {
             return Err(AppendError::new(AppendErrorKind::Closed, payload));
@@ -177,10 +180,9 @@ impl Appender {
         // The frame is written and indexed: whatever the fsync does, the record is in the
         // spool and will be read. A failed fsync is its own outcome, not a failed append
         // (handing the payload back would have it appended, or counted lost, twice).
-        let sync_error = if config.durability() == Durability::FsyncEveryAppend {
-            self.sync_through(lsn).err()
-        } else {
-            None
+        let sync_error = match appending {
+            Some(a) => self.sync_through(lsn, Some(a)).err(),
+            None => None,
         };
         self.report_lost_in_flight(&mut evicted);
         Ok(Appended {
@@ -463,14 +465,15 @@ impl Appender {
     }
 
     /// Group commit (see [`GroupCommit::sync_through`]): returns once everything up to
-    /// `lsn` is fsynced. The committer fdatasyncs the segments sealed since the last
-    /// commit, then the active one, then the lane directory if a rotation created a file
-    /// in it.
-    fn sync_through(&self, lsn: u64) -> io::Result<()> {
+    /// `lsn` is fsynced (`appending`: the caller's own durable append, if it is one). The
+    /// committer fdatasyncs the segments sealed since the last commit, then the active
+    /// one, then the lane directory if a rotation created a file in it.
+    fn sync_through(&self, lsn: u64, appending: Option<Appending<'_>>) -> io::Result<()> {
         let fs = self.ledger.fs();
         let dir = self.ledger.own().dir();
         self.commit.sync_through(
             lsn,
+            appending,
             || {
                 // Every byte written and not yet durable is in `unsynced` or the active
                 // segment.
@@ -501,7 +504,7 @@ impl Appender {
 
     /// Fdatasyncs everything written so far (one group commit).
     pub(crate) fn sync_data(&self) -> Result<(), SpoolError> {
-        self.sync_through(self.commit.written())
+        self.sync_through(self.commit.written(), None)
             .map_err(|e| SpoolError::io(self.ledger.own().dir(), e))
     }
 

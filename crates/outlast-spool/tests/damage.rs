@@ -491,6 +491,59 @@ fn every_returned_append_of_concurrent_fsync_every_append_callers_survives_a_pow
 }
 
 #[test]
+fn failed_group_fsyncs_reach_each_concurrent_appender_they_covered_and_every_record_stays_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let config = || small_config(dir.path()).with_durability(Durability::FsyncEveryAppend);
+    let (spool, _) = Spool::open_with_fs(config(), Arc::new(fs.clone())).expect("open");
+    const THREADS: u64 = 8;
+    const EACH: u64 = 60;
+    const FAILED: u32 = 5;
+    // The first fdatasyncs of the appenders' group commits fail (the background thread's
+    // cursor fsyncs are spared): each is reported to every append it covered, at least to
+    // the one that ran it.
+    fs.spare_sync_thread();
+    fs.fail_syncs(FAILED);
+    let not_durable: u64 = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let spool = &spool;
+                s.spawn(move || {
+                    (0..EACH)
+                        .map(|i| {
+                            let a = spool.append(payload(t * 1000 + i)).expect("written");
+                            u64::from(!a.is_durable())
+                        })
+                        .sum::<u64>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|h| h.join().expect("appender"))
+            .sum()
+    });
+    assert!(
+        not_durable >= u64::from(FAILED),
+        "{not_durable} appends not durable"
+    );
+    assert_eq!(spool.stats().records, THREADS * EACH, "each record once");
+    // The commits after the failures retried their work: a power loss now keeps it all.
+    spool.sync().expect("sync");
+    fs.crash(CrashKeep::Nothing).expect("crash");
+    drop(spool);
+    fs.revive();
+    let (spool, _) = Spool::open_with_fs(config(), Arc::new(fs.clone())).expect("reopen");
+    let (mut got, corrupt) = drain(&spool);
+    assert_eq!(corrupt, 0);
+    got.sort_unstable();
+    let want: Vec<u64> = (0..THREADS)
+        .flat_map(|t| (0..EACH).map(move |i| t * 1000 + i))
+        .collect();
+    assert_eq!(got, want, "every record, once");
+}
+
+#[test]
 fn root_and_files_are_private_to_the_user() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("spool");
