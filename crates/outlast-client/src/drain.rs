@@ -221,9 +221,6 @@ impl<'a> Drain<'a> {
             let work = shared.backlog.work.notified();
             tokio::pin!(work);
             work.as_mut().enable();
-            let direct_done = shared.direct.done.notified();
-            tokio::pin!(direct_done);
-            direct_done.as_mut().enable();
             self.take_mail();
             if let Some(deadline) = self.adopt_for_flush.take() {
                 self.adopt_released(Some(deadline)).await;
@@ -231,13 +228,21 @@ impl<'a> Drain<'a> {
             if shared.backlog.exists() {
                 return;
             }
+            // The end of a direct export matters only to a flush waiting for it: without
+            // one, the task is not woken by every export.
+            let direct_done = shared.direct.done.notified();
+            tokio::pin!(direct_done);
+            if !self.inbox.flushes.is_empty() {
+                direct_done.as_mut().enable();
+            }
             if shared.is_drained() {
                 self.inbox.flushes.drained();
             }
+            let flushes_wait = !self.inbox.flushes.is_empty();
             let adopt_at = deadline_after(self.last_adopt, ADOPT_INTERVAL);
             tokio::select! {
                 () = &mut work => {}
-                () = &mut direct_done => {}
+                () = &mut direct_done, if flushes_wait => {}
                 msg = self.inbox.recv() => {
                     if let Some(msg) = msg {
                         self.take(msg);

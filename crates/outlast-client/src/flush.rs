@@ -187,8 +187,7 @@ impl Flushes {
             .retain(|w| !w.request.reply.is_closed() && w.request.deadline > now);
     }
 
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.waiting.is_empty()
     }
 }
