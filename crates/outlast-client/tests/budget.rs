@@ -112,6 +112,32 @@ async fn concurrent_flushes_each_get_their_own_answer_from_the_drain_task() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_flush_answers_once_the_direct_exports_under_way_have_ended() {
+    let dir = spool_dir();
+    let exporter = outlast_client::testing::MemoryExporter::new();
+    exporter.set_mode(outlast_client::testing::Outcome::SlowAccept(
+        Duration::from_secs(2),
+    ));
+    let c = builder(dir.path()).build(exporter.clone()).expect("valid");
+    let exporting = c.clone();
+    let start = Instant::now();
+    let export = tokio::spawn(async move { exporting.export(payload("slow")).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let report = c.force_flush(Duration::from_secs(10)).await;
+    assert_eq!(report.outcome, FlushOutcome::Drained, "{report:?}");
+    assert!(report.complete && report.delivered == 1, "{report:?}");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(2),
+        "when the export ended"
+    );
+    assert_eq!(
+        export.await.expect("export task").expect("delivered"),
+        Delivery::Delivered
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_flush_waiting_when_the_client_shuts_down_hears_so_at_once() {
     let dir = spool_dir();
     let backend = Backend::new(BackendMode::Hanging);
