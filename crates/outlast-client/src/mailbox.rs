@@ -154,3 +154,76 @@ impl Inbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use outlast_core::retry::RetryPolicy;
+
+    use super::*;
+
+    fn parts() -> (Mailbox, Inbox, Health, HealthView) {
+        let (mailbox, inbox) = mailbox();
+        let health = Health::new(RetryPolicy::default(), Duration::from_secs(1));
+        (mailbox, inbox, health, HealthView::default())
+    }
+
+    #[test]
+    fn a_give_up_shows_at_once_and_the_drain_tasks_state_once_it_is_taken_in() {
+        let (mailbox, mut inbox, mut health, view) = parts();
+        assert_eq!(mailbox.backend_state(&view), BackendState::Online);
+        mailbox.report(
+            Outcome::GaveUp {
+                class: BackendState::Unreachable,
+                retry_after: None,
+            },
+            &view,
+        );
+        assert_eq!(view.state(), BackendState::Online, "not published yet");
+        assert_eq!(mailbox.backend_state(&view), BackendState::Unreachable);
+        // A delivery after it is sent too (the state it would skip on is not online).
+        mailbox.report(Outcome::Delivered, &view);
+        let changes = inbox.take_waiting(&mut health, &view, Instant::now());
+        let states: Vec<_> = changes.iter().map(|c| c.to).collect();
+        assert_eq!(states, [BackendState::Unreachable, BackendState::Online]);
+        assert_eq!(mailbox.backend_state(&view), BackendState::Online);
+    }
+
+    #[test]
+    fn a_delivery_while_online_is_not_sent() {
+        let (mailbox, mut inbox, mut health, view) = parts();
+        mailbox.report(Outcome::Delivered, &view);
+        assert!(
+            inbox
+                .take_waiting(&mut health, &view, Instant::now())
+                .is_empty()
+        );
+        assert!(inbox.rx.try_recv().is_err(), "nothing was sent");
+    }
+
+    #[test]
+    fn a_flush_request_joins_the_waiting_flushes() {
+        let (mailbox, mut inbox, mut health, view) = parts();
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(mailbox.flush(FlushRequest {
+            deadline,
+            keep_trying: false,
+            reply,
+        }));
+        inbox.take_waiting(&mut health, &view, Instant::now());
+        assert!(!inbox.flushes.is_empty());
+        assert_eq!(inbox.flushes.take_new(), Some(deadline));
+        drop(inbox);
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        assert!(
+            !mailbox.flush(FlushRequest {
+                deadline,
+                keep_trying: false,
+                reply,
+            }),
+            "the drain task is gone"
+        );
+    }
+}
