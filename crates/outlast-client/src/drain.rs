@@ -162,7 +162,7 @@ impl<'a> Drain<'a> {
         let changes = self
             .inbox
             .take_waiting(&mut self.health, &self.shared.health, now);
-        self.shared.publish(&self.health, changes);
+        self.shared.log_changes(changes);
         self.note_flushes();
         // Flushes whose caller stopped waiting ask for nothing any more.
         self.inbox.flushes.prune(now);
@@ -173,7 +173,7 @@ impl<'a> Drain<'a> {
         let change = self
             .inbox
             .take(msg, &mut self.health, &self.shared.health, Instant::now());
-        self.shared.publish(&self.health, change);
+        self.shared.log_changes(change);
         self.note_flushes();
     }
 
@@ -268,21 +268,25 @@ impl<'a> Drain<'a> {
         let far = deadline_after(Instant::now(), Duration::MAX);
         let deadline = deadline.unwrap_or(far);
         // An earlier call still running is waited for (and counted) first.
-        for fresh in [false, true] {
-            let call = match (self.adoption.take(), fresh) {
-                (Some(call), _) => call,
-                (None, false) => continue,
-                (None, true) => shared
-                    .store
-                    .spawn_call(Arc::clone(&spool), Spool::adopt_released),
-            };
-            let call = self.adoption.insert(call);
-            let Ok(joined) = tokio::time::timeout_at(deadline, call).await else {
-                return;
-            };
-            self.adoption = None;
-            shared.on_adopted(joined);
+        if !self.finish_adoption(deadline).await {
+            return;
         }
+        self.adoption = Some(shared.store.spawn_call(spool, Spool::adopt_released));
+        self.finish_adoption(deadline).await;
+    }
+
+    /// Waits, until `deadline`, for the adoption under way (if one is) and counts its
+    /// outcome. False if the deadline came first: the call goes on, kept for the next wait.
+    async fn finish_adoption(&mut self, deadline: Instant) -> bool {
+        let Some(call) = self.adoption.as_mut() else {
+            return true;
+        };
+        let Ok(joined) = tokio::time::timeout_at(deadline, call).await else {
+            return false;
+        };
+        self.adoption = None;
+        self.shared.on_adopted(joined);
+        true
     }
 
     /// Waits until the next attempt is due, probing meanwhile while the backend is

@@ -169,16 +169,12 @@ impl Flushes {
     /// An attempt failed and the backend is unreachable at the transport level: the
     /// flushes it was made for that do not keep trying are answered.
     pub(crate) fn unreachable(&mut self) {
-        self.waiting.retain_mut(|w| {
-            if !w.tried || w.request.keep_trying {
-                return true;
-            }
-            // `retain_mut` cannot move the sender out: answer through a replaced one.
-            let (dummy, _) = oneshot::channel();
-            let reply = std::mem::replace(&mut w.request.reply, dummy);
-            let _ = reply.send(Answer::Offline);
-            false
-        });
+        let answered = self
+            .waiting
+            .extract_if(.., |w| w.tried && !w.request.keep_trying);
+        for w in answered {
+            let _ = w.request.reply.send(Answer::Offline);
+        }
     }
 
     /// Forgets the flushes whose caller stopped waiting (past its deadline, or dropped).

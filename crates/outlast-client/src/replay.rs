@@ -394,7 +394,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 msg = self.inbox.recv() => {
                     if let Some(msg) = msg {
                         let change = self.inbox.take(msg, self.health, &shared.health, tokio::time::Instant::now());
-                        shared.publish(self.health, change);
+                        shared.log_changes(change);
                     }
                 }
                 () = sleep_until_some(paced_at), if paced_at.is_some() => {

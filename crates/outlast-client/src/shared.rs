@@ -365,6 +365,12 @@ impl Shared {
     /// task's call, the only writer of [`Shared::health`].
     pub(crate) fn publish(&self, health: &Health, changes: impl IntoIterator<Item = Change>) {
         self.health.publish_state(health);
+        self.log_changes(changes);
+    }
+
+    /// Logs changes of the backend's state, in order (the mailbox published them as it took
+    /// them in).
+    pub(crate) fn log_changes(&self, changes: impl IntoIterator<Item = Change>) {
         for change in changes {
             self.log_change(change);
         }
@@ -372,7 +378,7 @@ impl Shared {
 
     /// Logs a change of the backend's state at info level (the drain task publishes the
     /// state itself).
-    pub(crate) fn log_change(&self, change: Change) {
+    fn log_change(&self, change: Change) {
         if change.to == BackendState::Online {
             self.log_recovered(change.outage);
             return;
