@@ -291,7 +291,9 @@ fn recover_segment(
     report.corrupt_frames_skipped += scan.holes.count_in(acked.saturating_add(1), u64::MAX);
     let mut meta = scan.meta;
     meta.holes = scan.holes;
-    if scan.tail_bytes > 0 {
+    if scan.tail_bytes > 0 || scan.spare_bytes > 0 {
+        // A torn tail is counted; zeros written ahead of the records (a durable appender's
+        // unused room) are not damage and go without a word.
         let f = fs.open(&path, true).map_err(|e| SpoolError::io(&path, e))?;
         f.set_len(meta.len)
             .and_then(|()| f.sync_data())

@@ -4,11 +4,12 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use outlast_core::ContentEncoding;
 
 use crate::format::{self, HeaderCheck, SEGMENT_HEADER_LEN};
-use crate::fs::{SpoolFs, read_full_at};
+use crate::fs::{SpoolFile, SpoolFs, read_full_at};
 use crate::index::SegMeta;
 use crate::scan::{FrameReader, Next, PayloadArena};
 use crate::seqset::SeqSet;
@@ -67,6 +68,10 @@ pub(crate) struct SegScan {
     pub(crate) holes: SeqSet,
     /// Bytes after the last valid frame (torn or damaged tail).
     pub(crate) tail_bytes: u64,
+    /// Zero bytes after the last valid frame, up to the end of the file: room written
+    /// ahead of the records and not used ([`crate::writer::ZERO_FILL_BYTES`]); not in
+    /// `tail_bytes`.
+    pub(crate) spare_bytes: u64,
 }
 
 /// Reads a segment file without changing it; with `bodies`, reads the payloads too (to
@@ -100,6 +105,7 @@ pub(crate) fn scan_segment(
         corrupt: 0,
         holes: SeqSet::default(),
         tail_bytes: 0,
+        spare_bytes: 0,
     };
     let last_seq = match kind {
         SegKind::Valid { first_seq, .. } => first_seq.saturating_sub(1),
@@ -108,7 +114,13 @@ pub(crate) fn scan_segment(
         SegKind::Damaged | SegKind::Foreign => 0,
         SegKind::Short | SegKind::Newer(_) => return Ok(scan),
     };
-    let mut reader = FrameReader::new(file, SEGMENT_HEADER_LEN, file_len, RECOVERY_CHUNK, last_seq);
+    let mut reader = FrameReader::new(
+        Arc::clone(&file),
+        SEGMENT_HEADER_LEN,
+        file_len,
+        RECOVERY_CHUNK,
+        last_seq,
+    );
     let mut arena = PayloadArena::default();
     loop {
         match reader.next(bodies.then_some(&mut arena))? {
@@ -137,7 +149,12 @@ pub(crate) fn scan_segment(
             }
             Next::End { valid_end, end } => {
                 scan.meta.len = valid_end;
-                scan.tail_bytes = end.saturating_sub(valid_end);
+                let after = end.saturating_sub(valid_end);
+                if after > 0 && all_zero(&*file, valid_end, end)? {
+                    scan.spare_bytes = after;
+                } else {
+                    scan.tail_bytes = after;
+                }
                 break;
             }
         }
@@ -147,6 +164,7 @@ pub(crate) fn scan_segment(
             // Nothing of ours in it: it is left exactly as it is.
             scan.meta.len = file_len.min(SEGMENT_HEADER_LEN);
             scan.tail_bytes = 0;
+            scan.spare_bytes = 0;
             scan.corrupt = 0;
             scan.holes = SeqSet::default();
             return Ok(scan);
@@ -154,6 +172,24 @@ pub(crate) fn scan_segment(
         scan.kind = SegKind::Damaged;
     }
     Ok(scan)
+}
+
+/// Whether the file holds only zero bytes from `from` to `to` (or ends before `to`).
+fn all_zero(file: &dyn SpoolFile, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let want = usize::try_from(to - at).map_or(buf.len(), |n| n.min(buf.len()));
+        let n = read_full_at(file, &mut buf[..want], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        if n < want {
+            break;
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// The ISIZE field of a gzip stream's trailer (its last 4 bytes, little-endian): the
