@@ -4,8 +4,8 @@
 //! "read-only mid-way" is the full disk here.) Every payload is delivered, or refused with
 //! its reason and counted; none that the client accepted is lost, nothing panics or hangs.
 
-use outlast_client::DropReason;
 use outlast_client::testing::{Mode, TestReceiver};
+use outlast_client::{DropReason, Durability};
 use outlast_tests::{GENEROUS_FLUSH, Ledger, Tmpfs, bounded, fast_builder, http_exporter, key};
 
 /// The tmpfs, or why a test skips (it needs root to mount).
@@ -118,6 +118,68 @@ async fn a_disk_filled_by_someone_else_mid_outage_loses_nothing_the_client_took(
         std::fs::remove_file(filler).expect("remove the filler");
         receiver.set_mode(Mode::Down).await.expect("down");
         assert!(ledger.export(&client, 300).await.is_ok(), "spooled again");
+        let _ = client.shutdown(GENEROUS_FLUSH).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_in_fsync_every_append_mode_takes_what_the_filled_room_holds_and_loses_nothing()
+{
+    let Some(fs) = tmpfs() else { return };
+    let dir = fs.path().join("spool");
+    bounded("the disk filled with durable appends test", async {
+        let receiver = TestReceiver::start().await.expect("receiver");
+        receiver.set_mode(Mode::Down).await.expect("down");
+        let mut ledger = Ledger::default();
+        let client = fast_builder(&dir)
+            .durability(Durability::FsyncEveryAppend)
+            .build(http_exporter(&receiver.url()))
+            .expect("valid client");
+        for i in 0..30 {
+            assert!(ledger.export(&client, i).await.is_ok(), "spooled {i}");
+        }
+        // The active segment was written with zeros ahead of its records before the disk
+        // filled up: records keep landing there, durably, until that room is used up;
+        // then the spool refuses, and counts, the rest.
+        let filler = fill_up(fs.path());
+        let (mut taken, mut refused, mut in_a_row) = (0, 0, 0);
+        let mut i = 30;
+        while in_a_row < 20 && i < 20_000 {
+            match ledger.export(&client, i).await {
+                Ok(_) => {
+                    taken += 1;
+                    in_a_row = 0;
+                }
+                Err(reason) => {
+                    assert!(
+                        matches!(reason, DropReason::SpoolUnavailable | DropReason::SpoolFull),
+                        "{i}: {reason:?}"
+                    );
+                    refused += 1;
+                    in_a_row += 1;
+                }
+            }
+            i += 1;
+        }
+        assert!(
+            taken > 100,
+            "the filled room took records on a full disk: {taken}"
+        );
+        assert!(
+            in_a_row == 20,
+            "then the disk refused them: {refused} refused"
+        );
+        receiver.set_mode(Mode::Up).await.expect("up");
+        let report = client.force_flush(GENEROUS_FLUSH).await;
+        assert_eq!(report.remaining_records, 0, "{report:?}");
+        ledger.assert_counters_add_up(&client.stats());
+        let mut arrived = receiver.unique_keys();
+        arrived.sort();
+        let mut accepted = ledger.accepted.clone();
+        accepted.sort();
+        assert_eq!(arrived, accepted, "every accepted payload, and only those");
+        std::fs::remove_file(filler).expect("remove the filler");
         let _ = client.shutdown(GENEROUS_FLUSH).await;
     })
     .await;

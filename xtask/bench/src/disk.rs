@@ -2,7 +2,7 @@
 //! sizes, as the spool rows they stand beside.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Write as _};
+use std::io::{Read as _, Seek as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -69,14 +69,31 @@ pub(crate) fn sequential_write(
 }
 
 /// `write(2)` then `fdatasync` for each of `count` records, one thread. Returns the elapsed
-/// time; the file is removed afterwards.
+/// time; the file is removed afterwards. With `zero_filled`, the file is first written with
+/// zeros for all the records and fdatasynced (before the clock starts), so that each record
+/// overwrites blocks the file holds and its fdatasync carries no new file size.
 pub(crate) fn fsync_per_record(
     path: &Path,
     record_len: usize,
     count: u64,
+    zero_filled: bool,
 ) -> anyhow::Result<Duration> {
     let buf = record(record_len, 2);
     let mut f = create(path)?;
+    if zero_filled {
+        let len = u64::try_from(record_len)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(count);
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let n = usize::try_from(left).map_or(zeros.len(), |l| l.min(zeros.len()));
+            f.write_all(&zeros[..n]).context("zero fill")?;
+            left -= n as u64;
+        }
+        f.sync_all().context("fsync of the zero fill")?;
+        f.seek(std::io::SeekFrom::Start(0)).context("seek")?;
+    }
     let start = Instant::now();
     for _ in 0..count {
         f.write_all(&buf).context("write")?;
