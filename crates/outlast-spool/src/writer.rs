@@ -24,14 +24,20 @@ use crate::types::{Appended, Dropped, RecordId};
 /// [`Appender::seal_drained`]).
 pub(crate) const DRAINED_KEEP_BYTES: u64 = 16 * 1024;
 
-/// With [`Durability::FsyncEveryAppend`], the active segment is written with zeros this far
-/// ahead of its last record (never past the segment size): a record then lands on blocks
-/// the file already holds, and the fdatasync that makes it durable writes data only,
-/// without a journal commit for a new file size (about 0.65× the time on ext4 here; see
-/// row 2 in docs/benchmarks.md). One fill, and one commit carrying its size, per this many
-/// bytes of records. Recovery cuts zeros after the last record off as unused room
-/// ([`crate::segfile::SegScan::spare_bytes`]), and rotation and close cut them at once.
+/// With [`Durability::FsyncEveryAppend`], the active segment is written with zeros ahead of
+/// its last record (never past the segment size): a record then lands on blocks the file
+/// already holds, and the fdatasync that makes it durable writes data only, without a
+/// journal commit for a new file size (about 0.65× the time on ext4 here; see row 2 in
+/// docs/benchmarks.md). A fill reaches as far ahead as the segment holds records, at least
+/// [`ZERO_FILL_MIN_BYTES`] and at most this: a segment sealed soon after it began (a lane
+/// drained after a short outage) wrote few zeros, a long one fills 1 MiB at a time, and
+/// one commit in many carries a new size. Recovery cuts zeros after the last record off as
+/// unused room ([`crate::segfile::SegScan::spare_bytes`]); rotation and close cut them at
+/// once.
 pub(crate) const ZERO_FILL_BYTES: u64 = 1024 * 1024;
+
+/// The least a zero fill reaches ahead (see [`ZERO_FILL_BYTES`]).
+pub(crate) const ZERO_FILL_MIN_BYTES: u64 = 64 * 1024;
 
 /// Zeros written by one `pwrite` of a fill.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -57,7 +63,7 @@ impl ActiveSeg {
     }
 
     /// Writes zeros after the room a frame of `frame_len` bytes needs, so that it and the
-    /// next records up to [`ZERO_FILL_BYTES`] land inside the file, if they do not yet.
+    /// next records land inside the file, if they do not yet (how far: [`ZERO_FILL_BYTES`]).
     /// A failure (a full disk) is not the record's: the zeros are cut off again and this
     /// segment is not filled any more; the record is written as without a fill.
     fn fill_ahead(&mut self, frame_len: u64, seg_bytes: u64) {
@@ -65,7 +71,10 @@ impl ActiveSeg {
         if need <= self.filled {
             return;
         }
-        let to = need.saturating_add(ZERO_FILL_BYTES).min(seg_bytes);
+        let ahead = need
+            .saturating_sub(SEGMENT_HEADER_LEN)
+            .clamp(ZERO_FILL_MIN_BYTES, ZERO_FILL_BYTES);
+        let to = need.saturating_add(ahead).min(seg_bytes);
         if to <= need {
             // The record reaches the segment's end: nothing after it to fill.
             return;
