@@ -29,12 +29,16 @@ use crate::window::Window;
 /// As it stops, the flushes still waiting on it are dropped (their callers see the drain
 /// task gone), and the task waits (at most [`SPOOL_CALLS_STOP_WAIT`]) for spool calls still
 /// running on the blocking pool that it or a flush started and stopped waiting for (an
-/// adoption of released lanes, a flush's sync), so that when it ends, none of them holds the
-/// spool any more. When the last `Client` was dropped (no `shutdown` closes the spool), it
-/// then hands the spool's close (the background thread's join, the fdatasync, the release of
-/// its locks) to the blocking pool, so that no worker thread waits for the disk. (A read or
-/// acknowledgement of the replay under way is not waited for: it takes one batch.)
+/// adoption of released lanes, a flush's sync, the replay's read or acknowledgement, each
+/// of which counts what it did itself), so that when it ends, none of them holds the spool
+/// any more. It then settles the replay's reading (see [`settle`]). When the last `Client`
+/// was dropped (no `shutdown` closes the spool), it then hands the spool's close (the
+/// background thread's join, the fdatasync, the release of its locks) to the blocking pool,
+/// so that no worker thread waits for the disk.
 pub(crate) async fn run(shared: Arc<Shared>, inbox: Inbox, stop: oneshot::Receiver<()>) {
+    // Held until the replay's reading is settled as the task ends (see `settle`), so that
+    // the spool is not closed under it when a call that outlived a shutdown lets it go.
+    let held = shared.store.spool();
     let last_client_gone = {
         let mut drain = Drain::new(&shared, inbox);
         tokio::select! {
@@ -44,6 +48,9 @@ pub(crate) async fn run(shared: Arc<Shared>, inbox: Inbox, stop: oneshot::Receiv
         }
     };
     shared.store.wait_for_calls(SPOOL_CALLS_STOP_WAIT).await;
+    if let Some(spool) = held {
+        settle(&shared, spool).await;
+    }
     if last_client_gone {
         // No `shutdown` closes the spool: close it here, on the blocking pool, so that
         // neither this worker thread nor the thread that dropped the client waits for the
@@ -51,6 +58,25 @@ pub(crate) async fn run(shared: Arc<Shared>, inbox: Inbox, stop: oneshot::Receiv
         shared.store.release_in_background();
     }
     tracing::debug!(target: crate::LOG_TARGET, "outlast: drain task ended");
+}
+
+/// Ends the replay's reading for good: what it had read and not seen acknowledged is
+/// waiting again, except records whose segment was evicted, or that expired, while they
+/// were in flight: those are lost, and counted here, once (no later read would report
+/// them, and close counts them in the spool's own figures only). On the blocking pool: it
+/// takes each lane's consumer lock, which a read holds while it reads from disk; `spool`
+/// is let go there too (if a shutdown took the spool out meanwhile, this may be its last
+/// handle, and its close waits for the disk).
+async fn settle(shared: &Arc<Shared>, spool: Arc<Spool>) {
+    // Counted in the call, before it notes the gauges (see `SpoolSlot::spawn_call`), so
+    // that `stats()` never shows these records neither waiting nor dropped.
+    let counter = Arc::clone(shared);
+    let call = shared
+        .store
+        .spawn_call(spool, move |s| counter.count_read_losses(&s.settle()));
+    if let Err(e) = call.await {
+        tracing::error!(target: crate::LOG_TARGET, error = %e, "outlast: spool task failed");
+    }
 }
 
 /// How long a stopping drain task waits for spool calls still under way (an adoption reads
@@ -64,7 +90,7 @@ const SPOOL_CALLS_STOP_WAIT: Duration = Duration::from_secs(10);
 const ADOPT_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Drain<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     health: Health,
     inbox: Inbox,
     /// When the idle task last looked for released lanes.
@@ -81,7 +107,7 @@ struct Drain<'a> {
 }
 
 impl<'a> Drain<'a> {
-    fn new(shared: &'a Shared, inbox: Inbox) -> Drain<'a> {
+    fn new(shared: &'a Arc<Shared>, inbox: Inbox) -> Drain<'a> {
         Drain {
             shared,
             health: Health::new(shared.settings.retry, shared.recovery.probe_interval),

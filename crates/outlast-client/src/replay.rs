@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use outlast_core::{Coalescing, ContentEncoding, ExportError, Payload};
-use outlast_spool::{ReadBatch, Spool, SpoolError};
+use outlast_spool::{Spool, SpoolError};
 
 use crate::health::{self, Health, classify, deadline_after};
 use crate::mailbox::Inbox;
@@ -36,7 +36,7 @@ type SpoolOp<T> = Pin<Box<dyn Future<Output = Option<T>> + Send>>;
 /// its mailbox (taken in while the replay runs) and its replay rate cap, which paces the
 /// sends.
 pub(crate) struct Replayer<'a, 'b> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     health: &'b mut Health,
     inbox: &'b mut Inbox,
     cap: &'b mut RateCap,
@@ -44,7 +44,7 @@ pub(crate) struct Replayer<'a, 'b> {
 
 impl<'a, 'b> Replayer<'a, 'b> {
     pub(crate) fn new(
-        shared: &'a Shared,
+        shared: &'a Arc<Shared>,
         health: &'b mut Health,
         inbox: &'b mut Inbox,
         cap: &'b mut RateCap,
@@ -99,19 +99,6 @@ impl<'a, 'b> Replayer<'a, 'b> {
         running.saturating_add(self.shared.direct.in_flight())
     }
 
-    /// Counts what the spool skipped while reading (expired or damaged records).
-    fn count_skipped(&self, batch: ReadBatch) -> ReadBatch {
-        self.shared
-            .record_drop(DropReason::Expired, batch.expired.records);
-        self.shared
-            .record_drop(DropReason::Corrupt, batch.corrupt_skipped);
-        // Records handed out earlier, evicted by the drop-oldest policy while in flight, and
-        // not delivered after all: the spool reports them once, here or with an append.
-        self.shared
-            .record_drop(DropReason::Evicted, batch.evicted.records);
-        batch
-    }
-
     /// Starts a spool operation that runs while attempts are under way: on the blocking
     /// pool, so that reading the next batch and acknowledging the last one overlap with
     /// sending (done inline, they held up every attempt's completion for about a
@@ -156,7 +143,16 @@ impl<'a, 'b> Replayer<'a, 'b> {
         max_bytes: u64,
         decoding: Decoding,
     ) -> SpoolOp<Result<Prepared, SpoolError>> {
-        let read = move |s: &Spool| s.read_batch(max_records, max_bytes);
+        // What the spool skipped is counted where the read is made, so that a replay
+        // stopped while it runs (a shutdown) cannot leave it uncounted.
+        let shared = Arc::clone(self.shared);
+        let read = move |s: &Spool| {
+            let read = s.read_batch(max_records, max_bytes);
+            if let Ok(batch) = &read {
+                shared.count_read_losses(batch);
+            }
+            read
+        };
         if !(idle && self.shared.spool_calls_inline()) {
             return self.spool_op(spool, false, move |s| {
                 read(s).map(|mut batch| {
@@ -194,10 +190,8 @@ impl<'a, 'b> Replayer<'a, 'b> {
     /// failed (logged).
     fn on_read(&self, read: Option<Result<Prepared, SpoolError>>) -> Option<Vec<Queued>> {
         match read {
-            Some(Ok((batch, queued))) => {
-                self.count_skipped(batch);
-                Some(queued)
-            }
+            // Its losses were counted where it was made (`start_read`).
+            Some(Ok((_, queued))) => Some(queued),
             Some(Err(e)) => {
                 self.shared.warn_spool_trouble("read", &e);
                 None
@@ -214,6 +208,8 @@ impl<'a, 'b> Replayer<'a, 'b> {
         acks: Acks,
     ) -> (SpoolOp<Result<(), SpoolError>>, Acks) {
         let ids = acks.ids.clone();
+        let counts = AckCounts::of(&acks);
+        let shared = Arc::clone(self.shared);
         let op = self.spool_op(spool, idle, move |s| -> Result<(), SpoolError> {
             // Every lane is acknowledged even if one fails; an error that left an
             // acknowledgement uncounted outranks one that did not (see `ack_counted`).
@@ -225,27 +221,25 @@ impl<'a, 'b> Replayer<'a, 'b> {
                     result = Err(e);
                 }
             }
+            // Counted where the acknowledgement is made, so that a replay stopped while it
+            // runs (a shutdown) cannot leave records acknowledged and uncounted. A refused
+            // acknowledgement that still counts in memory (see `ack_counted`) is counted
+            // too: those records are not read again by this process (a crash before the
+            // next cursor write delivers them again: at least once).
+            if result.as_ref().map_or_else(ack_counted, |()| true) {
+                counts.count(&shared);
+            }
             result
         });
         (op, acks)
     }
 
-    /// Handles the outcome of an acknowledgement: counts it. False if the spool refused
-    /// (logged, counted in `ack_failures`). The records were delivered all the same: when the
-    /// acknowledgement still counts in memory (see `ack_counted`) they are not read again by
-    /// this process, so they are counted as replayed (or dropped) now, once; a crash before
-    /// the next cursor write delivers them again (at least once).
+    /// Handles the outcome of an acknowledgement (counted where it was made, see
+    /// `start_ack`). False if the spool refused (logged, counted in `ack_failures`).
     fn on_acked(&mut self, acked: Option<Result<(), SpoolError>>, acks: &Acks) -> bool {
         let shared = self.shared;
-        let count = |acks: &Acks| {
-            shared.counters.add(Count::Replayed, acks.delivered);
-            shared.record_drop(DropReason::Permanent, acks.rejected);
-            shared.record_drop(DropReason::Corrupt, acks.corrupt);
-            shared.record_drop(DropReason::TooLarge, acks.too_large);
-        };
         match acked {
             Some(Ok(())) => {
-                count(acks);
                 // The backend answered: online, and with deliveries the backoff starts again
                 // from its first delay.
                 self.report(health::Outcome::Acknowledged {
@@ -256,9 +250,6 @@ impl<'a, 'b> Replayer<'a, 'b> {
             }
             Some(Err(e)) => {
                 shared.warn_spool_trouble("ack", &e);
-                if ack_counted(&e) {
-                    count(acks);
-                }
                 false
             }
             None => false,
@@ -460,4 +451,32 @@ pub(crate) enum Replayed {
     /// The spool could not be read, or delivered records could not be acknowledged: back
     /// off; they will be delivered again (at least once).
     SpoolTrouble,
+}
+
+/// What one acknowledgement settles, counted by the operation that makes it.
+#[derive(Debug, Clone, Copy)]
+struct AckCounts {
+    delivered: u64,
+    rejected: u64,
+    corrupt: u64,
+    too_large: u64,
+}
+
+impl AckCounts {
+    fn of(acks: &Acks) -> AckCounts {
+        AckCounts {
+            delivered: acks.delivered,
+            rejected: acks.rejected,
+            corrupt: acks.corrupt,
+            too_large: acks.too_large,
+        }
+    }
+
+    /// Delivered records as replayed, the others as dropped for their reason.
+    fn count(self, shared: &Shared) {
+        shared.counters.add(Count::Replayed, self.delivered);
+        shared.record_drop(DropReason::Permanent, self.rejected);
+        shared.record_drop(DropReason::Corrupt, self.corrupt);
+        shared.record_drop(DropReason::TooLarge, self.too_large);
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use outlast_core::throttle::KeyedThrottle;
 use outlast_core::{DynExporter, Payload};
-use outlast_spool::{AppendErrorKind, Durability, Spool, SpoolError, SpoolStats};
+use outlast_spool::{AppendErrorKind, Durability, ReadBatch, Spool, SpoolError, SpoolStats};
 
 use crate::attempt::Attempts;
 use crate::config::{RecoverySettings, Settings};
@@ -529,6 +529,15 @@ impl Shared {
             spool: spool_state,
             shut_down: !shared.is_accepting(),
         }
+    }
+
+    /// Counts the losses a read of the spool reports ([`ReadBatch`]: records expired, lost
+    /// to damage, or lost to eviction while in flight), each once; so does
+    /// [`Spool::settle`]'s batch.
+    pub(crate) fn count_read_losses(&self, batch: &ReadBatch) {
+        self.record_drop(DropReason::Expired, batch.expired.records);
+        self.record_drop(DropReason::Corrupt, batch.corrupt_skipped);
+        self.record_drop(DropReason::Evicted, batch.evicted.records);
     }
 
     // ----- logging -----

@@ -19,8 +19,8 @@ pub(crate) struct SpoolSlot {
     slot: RwLock<Option<Arc<Spool>>>,
     /// Why the spool could not be opened, if it could not.
     open_error: Option<Arc<SpoolError>>,
-    /// Spool gauges at the moment it was closed, for stats after shutdown.
-    closed_stats: Mutex<Option<SpoolStats>>,
+    /// The spool's gauges once it was taken out, for stats after shutdown.
+    closed: Arc<Mutex<Closed>>,
     /// Set once the spool taken out by a shutdown has been closed (or synced) without error,
     /// even after the shutdown stopped waiting for it.
     close_synced: Arc<AtomicBool>,
@@ -35,7 +35,7 @@ impl SpoolSlot {
         SpoolSlot {
             slot: RwLock::new(spool),
             open_error,
-            closed_stats: Mutex::new(None),
+            closed: Arc::default(),
             close_synced: Arc::default(),
             calls: Arc::default(),
         }
@@ -77,9 +77,10 @@ impl SpoolSlot {
         match self.spool() {
             Some(s) => Some(s.stats()),
             None => self
-                .closed_stats
+                .closed
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
+                .stats
                 .clone(),
         }
     }
@@ -154,23 +155,31 @@ impl SpoolSlot {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take()?;
-        *self
-            .closed_stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(spool.stats());
+        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        closed.taken = true;
+        closed.stats = Some(spool.stats());
+        drop(closed);
         Some(spool)
     }
 
     /// Runs `f` on the blocking pool with `spool`, counted in [`SpoolSlot::calls`] until
-    /// it has returned and let `spool` go.
+    /// it has returned and let `spool` go. A call that ends after a shutdown took the spool
+    /// out (it outlived the shutdown's wait) notes the gauges again: what it acknowledged or
+    /// found lost is then counted once, and not also as waiting.
     pub(crate) fn spawn_call<T: Send + 'static>(
         &self,
         spool: Arc<Spool>,
         f: impl FnOnce(&Spool) -> T + Send + 'static,
     ) -> JoinHandle<T> {
         let running = self.calls.start();
+        let closed = Arc::clone(&self.closed);
         tokio::task::spawn_blocking(move || {
             let v = f(&spool);
+            let mut closed = closed.lock().unwrap_or_else(PoisonError::into_inner);
+            if closed.taken {
+                closed.stats = Some(spool.stats());
+            }
+            drop(closed);
             drop(spool);
             drop(running);
             v
@@ -190,6 +199,14 @@ impl SpoolSlot {
             );
         }
     }
+}
+
+/// The spool's gauges once a shutdown (or the last client's drop) took it out.
+#[derive(Debug, Default)]
+struct Closed {
+    taken: bool,
+    /// Noted when it was taken out, and again by each call that ended after that.
+    stats: Option<SpoolStats>,
 }
 
 /// Closes `spool` if this is its last handle, else syncs it (the last holder's drop

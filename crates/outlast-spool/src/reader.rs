@@ -328,6 +328,24 @@ impl Drainer {
         }
     }
 
+    /// Ends the reading (see [`crate::Spool::settle`]): a rewind, then every loss no read
+    /// or append reported yet, taken so that none is reported again.
+    pub(crate) fn settle(&self) -> ReadBatch {
+        let mut batch = ReadBatch::default();
+        if self.ledger.is_closed() {
+            return batch;
+        }
+        self.rewind();
+        for l in self.ledger.lanes() {
+            let mut c = l.consumer();
+            batch.corrupt_skipped += c.take_unreported();
+            let (evicted, expired) = c.take_lost();
+            batch.evicted.add(evicted.records, evicted.bytes);
+            batch.expired.add(expired.records, expired.bytes);
+        }
+        batch
+    }
+
     /// At close: records handed out whose segment was dropped, and not acknowledged by
     /// now, will not be: lost, counted (as a rewind would).
     pub(crate) fn settle_at_close(&self) {

@@ -166,6 +166,18 @@ impl Spool {
         self.drainer.rewind();
     }
 
+    /// Ends the reading, for a reader that stops for good (before [`Spool::close`]): forgets
+    /// what was handed out but not acknowledged, as [`Spool::rewind`] does, and returns, as a
+    /// batch with no records, every loss that no read or append has reported yet: records
+    /// handed out whose segment the drop-oldest policy evicted, or that expired, before they
+    /// were acknowledged (`evicted`, `expired`), and records recovery or an adoption found
+    /// lost (`corrupt_skipped`). A caller that counts its drops from reads and appends counts
+    /// these last; each is reported once, here or by a read or append, never by both. (Close
+    /// counts such records in [`Spool::stats`] only.)
+    pub fn settle(&self) -> ReadBatch {
+        self.drainer.settle()
+    }
+
     /// Takes over lanes of this spool's identity that were held by another process when this
     /// spool opened (or were created since) and whose lock has been released: their records
     /// are drained before this process's own. Returns the number of lanes adopted.

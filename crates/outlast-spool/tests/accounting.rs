@@ -282,6 +282,67 @@ fn records_in_flight_when_evicted_and_then_rewound_count_as_evicted_once() {
     assert_eq!(spool.stats().evicted.records, evicted.records);
 }
 
+#[test]
+fn settling_a_reader_that_stops_reports_what_was_lost_in_flight_once_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(evicting(dir.path())).expect("open");
+    let (mut appended, mut evicted) = (0u64, Dropped::default());
+    let in_flight = evict_during_replay(&spool, &mut appended, &mut evicted);
+    // A second batch, read from segments that are still there.
+    let kept = spool.read_batch(10, u64::MAX).expect("read").records.len() as u64;
+    assert!(kept > 0);
+    // The reader stops for good (a shutdown): the records it read and no one acknowledged
+    // are either lost (their segment was evicted) or still waiting.
+    let waiting_before = spool.stats().records;
+    let settled = spool.settle();
+    assert!(settled.records.is_empty());
+    assert_eq!(settled.evicted.records, in_flight.len() as u64);
+    assert_eq!(settled.expired.records, 0);
+    evicted.records += settled.evicted.records;
+    assert_eq!(spool.stats().evicted.records, evicted.records);
+    let waiting = spool.stats().records;
+    assert_eq!(
+        waiting,
+        waiting_before - in_flight.len() as u64,
+        "the lost ones leave the gauge"
+    );
+    assert_eq!(appended, evicted.records + waiting, "exactly");
+    // Reported once: not by a second settle, nor by the next read or append.
+    assert_eq!(spool.settle().evicted.records, 0);
+    let a = spool.append(payload(10_000)).expect("append");
+    assert_eq!(a.evicted.records, 0, "{a:?}");
+    spool.close().expect("close");
+    // What the gauge said is what is on disk.
+    let (spool, report) = Spool::open(evicting(dir.path())).expect("reopen");
+    assert_eq!(report.records, waiting + 1);
+    let b = spool.read_batch(10_000, u64::MAX).expect("read");
+    assert_eq!(b.evicted.records, 0);
+    assert_eq!(b.records.len() as u64, waiting + 1);
+}
+
+#[test]
+fn settling_with_nothing_in_flight_reports_nothing_and_the_next_read_starts_at_the_oldest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(small_config(dir.path())).expect("open");
+    for i in 0..5 {
+        spool.append(payload(i)).expect("append");
+    }
+    let first = spool.read_batch(3, u64::MAX).expect("read");
+    assert_eq!(first.records.len(), 3);
+    let settled = spool.settle();
+    assert_eq!(
+        (settled.evicted, settled.expired, settled.corrupt_skipped),
+        (Dropped::default(), Dropped::default(), 0)
+    );
+    let again = spool.read_batch(10, u64::MAX).expect("read");
+    assert_eq!(
+        again.records.iter().map(|r| r.id.seq).collect::<Vec<_>>(),
+        (1..=5).collect::<Vec<_>>(),
+        "rewound: handed out again"
+    );
+    spool.close().expect("close");
+}
+
 mod counts_add_up {
     //! Random appends, reads, acknowledgements and rewinds under drop-oldest eviction: in
     //! the end every appended record was delivered (acknowledged) or evicted, exactly once.
