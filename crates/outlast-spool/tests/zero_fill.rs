@@ -186,6 +186,9 @@ fn a_zero_fill_that_fails_costs_the_durable_append_nothing() {
             .with_spool_max_bytes(64 * 1024 * 1024)
     };
     let (spool, _) = Spool::open_with_fs(config(), Arc::new(fs.clone())).expect("open");
+    // The fault is the fill's: the background thread (it writes the cursor after a
+    // rotation and every second) must not take it.
+    fs.spare_sync_thread();
     let body = |i: u64| {
         let mut b = format!("record-{i:08}-").into_bytes();
         b.resize(3000, b'y');
