@@ -194,19 +194,22 @@ async fn within_10s(what: &str, mut done: impl FnMut() -> bool) {
     panic!("{what}: not within 10 s");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_acknowledged_by_a_replay_call_that_outlives_shutdown_count_once_as_replayed() {
-    let dir = spool_dir();
-    let fs = Arc::new(GatedFs::default());
-    let gate = Arc::clone(&fs.cursor_writes);
-    let exporter = MemoryExporter::new();
-    // Durable appends: the replay's acknowledgements run on the blocking pool.
-    let c = common::builder(dir.path())
-        .durability(Durability::FsyncEveryAppend)
-        .immediate_retry_delay(Duration::ZERO)
-        .initial_backoff(Duration::from_millis(50))
-        .build_with_spool_fs(exporter.clone(), fs)
-        .expect("valid");
+/// A client in `FsyncEveryAppend` mode (its replay's reads and acknowledgements run on the
+/// blocking pool) on `fs`, with `initial_backoff`, and ten records spooled while the
+/// backend fails.
+async fn ten_spooled(
+    dir: &Path,
+    fs: &Arc<GatedFs>,
+    exporter: &MemoryExporter,
+    tune: impl FnOnce(outlast_client::ClientBuilder) -> outlast_client::ClientBuilder,
+) -> outlast_client::Client {
+    let c = tune(
+        common::builder(dir)
+            .durability(Durability::FsyncEveryAppend)
+            .immediate_retry_delay(Duration::ZERO),
+    )
+    .build_with_spool_fs(exporter.clone(), Arc::clone(fs) as Arc<dyn SpoolFs>)
+    .expect("valid");
     exporter.set_mode(Outcome::Fail);
     for i in 0..10 {
         assert!(
@@ -216,6 +219,35 @@ async fn records_acknowledged_by_a_replay_call_that_outlives_shutdown_count_once
                 .is_spooled()
         );
     }
+    c
+}
+
+/// Waits until the spool's lock is released (the spool closed), then returns the client's
+/// stats and the records waiting on disk.
+async fn after_release(c: &outlast_client::Client, dir: &Path) -> (ClientStats, u64) {
+    within_10s("the spool released", || {
+        inspect::scan(dir).is_ok_and(|i| i.lanes.iter().all(|l| l.lock == LockState::Free))
+    })
+    .await;
+    let on_disk = inspect::scan(dir)
+        .expect("scan")
+        .lanes
+        .iter()
+        .map(|l| l.unacked_records())
+        .sum();
+    (c.stats(), on_disk)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_acknowledged_by_a_replay_call_that_outlives_shutdown_count_once_as_replayed() {
+    let dir = spool_dir();
+    let fs = Arc::new(GatedFs::default());
+    let gate = Arc::clone(&fs.cursor_writes);
+    let exporter = MemoryExporter::new();
+    let c = ten_spooled(dir.path(), &fs, &exporter, |b| {
+        b.initial_backoff(Duration::from_millis(50))
+    })
+    .await;
     // The backend is back; the replay delivers the oldest record and acknowledges it, and
     // the acknowledgement's cursor write waits on the disk.
     gate.set_closed(true);
@@ -228,17 +260,7 @@ async fn records_acknowledged_by_a_replay_call_that_outlives_shutdown_count_once
     assert_eq!(c.stats().replayed, 0, "not acknowledged yet");
     // The disk answers: the acknowledgement finishes, after the shutdown.
     gate.set_closed(false);
-    within_10s("the spool released", || {
-        inspect::scan(dir.path()).is_ok_and(|i| i.lanes.iter().all(|l| l.lock == LockState::Free))
-    })
-    .await;
-    let s = c.stats();
-    let on_disk: u64 = inspect::scan(dir.path())
-        .expect("scan")
-        .lanes
-        .iter()
-        .map(|l| l.unacked_records())
-        .sum();
+    let (s, on_disk) = after_release(&c, dir.path()).await;
     assert_eq!(
         s.replayed, 1,
         "the record delivered and acknowledged: {s:?}"
@@ -257,23 +279,11 @@ async fn records_a_replay_read_found_expired_after_shutdown_stopped_it_count_onc
     let fs = Arc::new(GatedFs::default());
     let gate = Arc::clone(&fs.segment_reads);
     let exporter = MemoryExporter::new();
-    // Durable appends: the replay's reads run on the blocking pool.
-    let c = common::builder(dir.path())
-        .durability(Durability::FsyncEveryAppend)
-        .immediate_retry_delay(Duration::ZERO)
-        .initial_backoff(Duration::from_secs(2))
-        .max_record_age(Some(Duration::from_millis(300)))
-        .build_with_spool_fs(exporter.clone(), fs)
-        .expect("valid");
-    exporter.set_mode(Outcome::Fail);
-    for i in 0..10 {
-        assert!(
-            c.export(payload(&format!("{i}")))
-                .await
-                .expect("spooled")
-                .is_spooled()
-        );
-    }
+    let c = ten_spooled(dir.path(), &fs, &exporter, |b| {
+        b.initial_backoff(Duration::from_secs(2))
+            .max_record_age(Some(Duration::from_millis(300)))
+    })
+    .await;
     // While the drain task waits out its first backoff (2 s), every record grows older
     // than the age limit; then its read waits on the disk.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -282,13 +292,9 @@ async fn records_a_replay_read_found_expired_after_shutdown_stopped_it_count_onc
     let _ = c.shutdown(Duration::from_millis(200)).await;
     assert_eq!(c.stats().dropped.expired, 0, "not read yet");
     gate.set_closed(false);
-    within_10s("the spool released", || {
-        inspect::scan(dir.path()).is_ok_and(|i| i.lanes.iter().all(|l| l.lock == LockState::Free))
-    })
-    .await;
-    let s = c.stats();
+    let (s, on_disk) = after_release(&c, dir.path()).await;
     assert_eq!(s.dropped.expired, 10, "found expired by the read: {s:?}");
-    assert_eq!(s.spool_records, 0, "{s:?}");
+    assert_eq!((s.spool_records, on_disk), (0, 0), "{s:?}");
     assert_eq!(accounted(&s), 10, "each once: {s:?}");
     assert_eq!(exporter.received().len(), 0);
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{body_index, payload, small_config};
+use common::{body_index, payload, segments, small_config};
 use outlast_spool::fault::{CrashKeep, FaultFs, WriteFault};
 use outlast_spool::testing::{CursorSlot, CursorState, decode_cursor_slot, encode_cursor};
 use outlast_spool::{AppendErrorKind, Durability, RecordId, Spool, SpoolError, inspect};
@@ -29,16 +29,6 @@ fn fill_with_a_flipped_bit_in_record_10(root: &Path) {
     let pos = find(&bytes, b"record-00000010") + 3;
     bytes[pos] ^= 0x10;
     std::fs::write(&seg, &bytes).expect("write seg");
-}
-
-fn segments(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("lane-0"))
-        .expect("lane dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
 }
 
 fn drain(spool: &Spool) -> (Vec<u64>, u64) {

@@ -6,25 +6,15 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use common::{body_index, payload, small_config};
+use common::{body_index, payload, segments, small_config};
 use outlast_spool::fault::{CrashKeep, FaultFs, WriteFault};
 use outlast_spool::{Durability, Payload, Spool, SpoolConfig, inspect};
 
 fn durable(root: &Path) -> SpoolConfig {
     small_config(root).with_durability(Durability::FsyncEveryAppend)
-}
-
-fn segments(root: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("lane-0"))
-        .expect("lane dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
 }
 
 fn file_len(p: &Path) -> u64 {

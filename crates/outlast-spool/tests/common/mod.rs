@@ -1,7 +1,7 @@
 //! Helpers shared by the spool's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outlast_spool::{Durability, Payload, SpoolConfig};
@@ -29,4 +29,15 @@ pub fn payload(i: u64) -> Payload {
 pub fn body_index(p: &Payload) -> u64 {
     let s = std::str::from_utf8(p.bytes()).expect("utf8 payload");
     s[7..15].parse().expect("index in payload")
+}
+
+/// The segment files of lane 0, in name order.
+pub fn segments(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("lane-0"))
+        .expect("lane dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
 }
