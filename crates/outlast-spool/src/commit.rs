@@ -21,6 +21,7 @@
 //! never waits.
 
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +32,9 @@ use crate::locks::{later, lock};
 /// one took (see [`gather_bound`]): an append held up longer, by a rotation or an eviction,
 /// joins the commit after it.
 pub(crate) const MAX_GATHER: Duration = Duration::from_millis(1);
+
+/// What the callers of a commit whose fdatasync panicked are answered.
+const COMMIT_PANICKED: &str = "the fdatasync of a group commit panicked";
 
 /// How long the gatherer waits at most, given how long the last commit took: twice that
 /// (and [`MAX_GATHER`]). When the appends under way all arrive, the last of them starts the
@@ -335,7 +339,24 @@ impl GroupCommit {
                     drop(st);
                     let started = Instant::now();
                     let (target, work) = take();
-                    let r = sync(&work);
+                    let r = match panic::catch_unwind(AssertUnwindSafe(|| sync(&work))) {
+                        Ok(r) => r,
+                        Err(panic) => {
+                            // A file system whose fdatasync panics must not leave the
+                            // callers this commit covers waiting for ever: they are
+                            // answered with an error, the work goes back to the next
+                            // commit, and the panic goes on in this caller.
+                            give_back(work);
+                            let mut st = lock(&self.state);
+                            st.tickets
+                                .finish(target, Some(&io::Error::other(COMMIT_PANICKED)));
+                            let _ = st.tickets.answer(ticket);
+                            drop(st);
+                            self.done.notify_all();
+                            self.gathered.notify_all();
+                            panic::resume_unwind(panic);
+                        }
+                    };
                     if r.is_err() {
                         give_back(work);
                     }
@@ -431,6 +452,54 @@ mod tests {
         assert_eq!(t.synced, 300);
         assert!(t.wait_for(250, false).is_none(), "durable already: no wait");
         assert!(t.waiters.is_empty(), "every ticket spent");
+    }
+
+    #[test]
+    fn a_commit_whose_fdatasync_panics_answers_the_callers_it_covered_and_the_next_one_runs() {
+        let commit = Arc::new(GroupCommit::default());
+        commit.wrote(10);
+        let given_back = Arc::new(AtomicU64::new(0));
+        // The leader's fdatasync panics once the other caller waits for it.
+        let leader = {
+            let commit = Arc::clone(&commit);
+            let given_back = Arc::clone(&given_back);
+            std::thread::spawn(move || {
+                panic::catch_unwind(AssertUnwindSafe(|| {
+                    commit.sync_through(
+                        10,
+                        None,
+                        || (10, ()),
+                        |()| {
+                            while lock(&commit.state).tickets.waiters.len() < 2 {
+                                std::thread::yield_now();
+                            }
+                            panic!("a file system's fdatasync panicked");
+                        },
+                        |()| {
+                            given_back.fetch_add(1, Ordering::AcqRel);
+                        },
+                    )
+                }))
+            })
+        };
+        while !lock(&commit.state).tickets.committing {
+            std::thread::yield_now();
+        }
+        let other = commit.sync_through(10, None, || (10, ()), |()| Ok(()), |()| {});
+        let e = other.expect_err("answered with an error, not left waiting");
+        assert!(e.to_string().contains("panicked"), "{e}");
+        assert!(
+            leader.join().expect("thread").is_err(),
+            "the panic goes on in the leader"
+        );
+        assert_eq!(given_back.load(Ordering::Acquire), 1, "the work goes back");
+        // Nothing is stuck: the next caller leads a commit that succeeds.
+        assert!(
+            commit
+                .sync_through(10, None, || (10, ()), |()| Ok(()), |()| {})
+                .is_ok()
+        );
+        assert!(lock(&commit.state).tickets.waiters.is_empty());
     }
 
     #[test]
