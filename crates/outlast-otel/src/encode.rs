@@ -133,6 +133,7 @@ fn header_of<G: Clone, I>(group: &mut G, items: impl Fn(&mut G) -> &mut Vec<I>) 
 }
 
 /// Splits a two-level request (resource, scope, items).
+#[cfg(any(feature = "trace", feature = "logs"))]
 macro_rules! split_two_levels {
     ($request:ident, $resources:ident, $scopes:ident, $items:ident) => {
         impl Split for $request {

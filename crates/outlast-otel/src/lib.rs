@@ -9,8 +9,10 @@
 //! use std::time::Duration;
 //!
 //! use outlast_otel::Pipeline;
+//! # #[cfg(feature = "trace")]
 //! use outlast_otel::opentelemetry::trace::TracerProvider as _; // brings `.tracer(name)`
 //!
+//! # #[cfg(feature = "trace")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let otel = Pipeline::builder_from_env()?
 //!     .spool_root("/var/lib/my-service/otel")
@@ -87,6 +89,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+// Without a signal feature (`trace`, `logs`, `metrics`) the crate has no exporter to offer:
+// the machinery they share is then unused, and says nothing about it.
+#![cfg_attr(
+    not(any(feature = "trace", feature = "logs", feature = "metrics")),
+    allow(dead_code, unused_imports, unused_macros, unused_mut, unused_variables)
+)]
 
 mod config;
 mod encode;
@@ -132,11 +140,11 @@ pub use signal::Signal;
 pub use stats::{PipelineStats, SignalStats};
 
 // The pages that show how to use this crate are compiled as doctests, so they cannot drift.
-#[cfg(all(doctest, feature = "logs"))]
+#[cfg(all(doctest, feature = "trace", feature = "logs"))]
 #[doc = include_str!("../../../docs/opentelemetry.md")]
 struct OpenTelemetryDocDoctests;
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "trace"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
