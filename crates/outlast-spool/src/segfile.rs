@@ -160,6 +160,15 @@ pub(crate) fn scan_segment(
         }
     }
     if kind == SegKind::Foreign {
+        if scan.meta.records == 0 && all_zero(&*file, 0, file_len)? {
+            // Zero bytes only: created, its writes then lost to a power cut (the length
+            // kept, the data not). It holds nothing: removed like a header torn at creation.
+            scan.kind = SegKind::Short;
+            scan.meta.len = 0;
+            scan.tail_bytes = 0;
+            scan.spare_bytes = 0;
+            return Ok(scan);
+        }
         if scan.meta.records == 0 {
             // Nothing of ours in it: it is left exactly as it is.
             scan.meta.len = file_len.min(SEGMENT_HEADER_LEN);

@@ -176,6 +176,30 @@ fn zeroed_range_in_the_middle_is_skipped_and_counted() {
 }
 
 #[test]
+fn segment_files_of_zero_bytes_only_are_removed_as_never_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fill(dir.path(), 5);
+    let lane = dir.path().join("lane-0");
+    // Created, then their writes lost to a power cut with the length kept: zeros only,
+    // longer and shorter than a header.
+    std::fs::write(lane.join("00000000000000000007.seg"), vec![0u8; 64 * 1024]).expect("zeros");
+    std::fs::write(lane.join("00000000000000000008.seg"), [0u8; 10]).expect("zeros");
+    let scan = inspect::scan(dir.path()).expect("scan");
+    assert!(
+        scan.lanes[0].corrupt_segments.is_empty(),
+        "not someone else's file: {:?}",
+        scan.lanes[0].corrupt_segments
+    );
+    let (spool, report) = Spool::open(small_config(dir.path())).expect("open");
+    assert_eq!(report.empty_segments_removed, 2);
+    assert!(report.corrupt_segments.is_empty(), "{report:?}");
+    assert_eq!((report.records, report.missing_records), (5, 0));
+    assert!(!lane.join("00000000000000000007.seg").exists());
+    assert!(!lane.join("00000000000000000008.seg").exists());
+    assert_eq!(drain(&spool).0, (0..5).collect::<Vec<_>>());
+}
+
+#[test]
 fn garbage_and_zero_length_files_never_break_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     fill(dir.path(), 5);
