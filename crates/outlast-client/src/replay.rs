@@ -315,6 +315,7 @@ impl<'a, 'b> Replayer<'a, 'b> {
                 snapshot = shared.backlog.snapshot();
                 let max_records = w.max_records;
                 let idle = running.is_empty() && acking.is_none();
+                window.start_read(!idle || paced.is_some());
                 let decoding = window.decoding();
                 reading = Some(self.start_read(spool, idle, max_records, max_bytes, decoding));
             }
@@ -360,6 +361,13 @@ impl<'a, 'b> Replayer<'a, 'b> {
                     None => {}
                 }
                 if window.is_exhausted() {
+                    if window.take_recheck() {
+                        // Found empty while earlier records were outstanding: the spool
+                        // may have held an expired record back until they were
+                        // acknowledged, as they now are.
+                        window.read_again();
+                        continue;
+                    }
                     if shared.backlog.try_clear(snapshot) {
                         tracing::info!(target: crate::LOG_TARGET, "outlast: backlog delivered; exporting directly again");
                         return Replayed::Empty;

@@ -106,6 +106,12 @@ pub(crate) struct ReplayWindow {
     stop: Option<Stop>,
     /// The last read found nothing more to hand out.
     exhausted: bool,
+    /// The read under way (or the last one) was made while records read before it were
+    /// not yet acknowledged. Such a read may come back empty although records remain: the
+    /// spool counts an expired record only once nothing before it is outstanding, and
+    /// ends the read there (see `Spool::read_batch`). An empty answer to it is checked by
+    /// one more read, made once everything is acknowledged.
+    read_ahead: bool,
     /// Reads that returned records, and whether the last one was full.
     batches: usize,
     last_full: bool,
@@ -129,6 +135,7 @@ impl ReplayWindow {
             ack_due: false,
             stop: None,
             exhausted: false,
+            read_ahead: false,
             batches: 0,
             last_full: false,
         }
@@ -172,8 +179,18 @@ impl ReplayWindow {
         );
     }
 
+    /// A read starts; `others_under_way`: attempts, an acknowledgement or a paced send
+    /// (the caller's) are under way, so records read before it may not be acknowledged.
+    pub(crate) fn start_read(&mut self, others_under_way: bool) {
+        self.read_ahead = others_under_way
+            || !self.queued.is_empty()
+            || !self.singles.is_empty()
+            || !self.slots.is_empty()
+            || !self.acks.ids.is_empty();
+    }
+
     /// Takes the records a read returned, decoded ahead or not ([`prepare`]); none means
-    /// the spool had nothing more.
+    /// the spool had nothing more to hand out for now.
     pub(crate) fn on_read_queued(&mut self, queued: Vec<Queued>) {
         let n = queued.len();
         if n == 0 {
@@ -409,6 +426,13 @@ impl ReplayWindow {
     /// Whether the last read found the spool empty.
     pub(crate) fn is_exhausted(&self) -> bool {
         self.exhausted
+    }
+
+    /// Whether the empty read that exhausted the window was made ahead of acknowledgements,
+    /// and must be checked by reading again once nothing is outstanding (see
+    /// `read_ahead`). Answers true once per such read.
+    pub(crate) fn take_recheck(&mut self) -> bool {
+        self.exhausted && std::mem::take(&mut self.read_ahead)
     }
 
     /// Something was appended after the spool was found empty: read again.
@@ -871,10 +895,43 @@ mod tests {
     #[test]
     fn an_empty_read_exhausts_the_window_until_told_to_read_again() {
         let mut w = window(10, 1);
+        w.start_read(false);
         w.on_read(Vec::new());
         assert!(w.is_exhausted() && !w.wants_read());
+        assert!(
+            !w.take_recheck(),
+            "read with nothing outstanding: empty means empty"
+        );
         w.read_again();
         assert!(w.wants_read());
+    }
+
+    #[test]
+    fn an_empty_read_made_ahead_of_acknowledgements_is_checked_once_after_them() {
+        let merges = |_: &Payload| None;
+        let mut w = window(10, 2);
+        w.start_read(false);
+        w.on_read(records(0..2));
+        let s = w.admit(0, merges).expect("first send");
+        // The next read runs while the first record is in flight.
+        w.start_read(true);
+        w.on_read(Vec::new());
+        assert!(w.is_exhausted());
+        let t = w.admit(0, merges).expect("second send");
+        w.settle(sent(s, Ok(())));
+        w.settle(sent(t, Ok(())));
+        assert!(w.take_acks(true).is_some());
+        assert!(w.take_recheck(), "checked by one more read");
+        assert!(!w.take_recheck(), "once");
+        w.read_again();
+        assert!(w.wants_read());
+        // Records read but not started count as outstanding too.
+        let mut w = window(10, 1);
+        w.start_read(false);
+        w.on_read(records(0..1));
+        w.start_read(false);
+        w.on_read(Vec::new());
+        assert!(w.take_recheck());
     }
 
     #[test]

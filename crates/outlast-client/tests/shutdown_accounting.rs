@@ -63,6 +63,11 @@ async fn records_in_flight_at_shutdown_whose_segment_was_evicted_are_counted_evi
     let evicted_before = c.stats().dropped.evicted;
     // The shutdown's flush cannot finish (the backend never answers): the drain task is
     // stopped with the oldest record still in flight, its segment gone.
+    eprintln!(
+        "before shutdown {:?} attempts {}",
+        c.stats(),
+        exporter.attempts()
+    );
     let _ = c.shutdown(Duration::from_secs(2)).await;
     let s = c.stats();
     assert_eq!(accounted(&s), accepted, "{s:?}");
@@ -297,4 +302,72 @@ async fn records_a_replay_read_found_expired_after_shutdown_stopped_it_count_onc
     assert_eq!((s.spool_records, on_disk), (0, 0), "{s:?}");
     assert_eq!(accounted(&s), 10, "each once: {s:?}");
     assert_eq!(exporter.received().len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_expired_behind_a_record_in_flight_at_shutdown_are_left_to_the_next_run_and_counted_once()
+ {
+    let dir = spool_dir();
+    let exporter = MemoryExporter::new();
+    let tune = |b: outlast_client::ClientBuilder| {
+        b.max_record_age(Some(Duration::from_secs(600)))
+            .attempt_timeout(Duration::from_secs(3600))
+    };
+    let c = tune(common::builder(dir.path()))
+        .build(exporter.clone())
+        .expect("valid");
+    exporter.set_mode(Outcome::Fail);
+    // Two fresh records, then five created an hour ago (past the age limit), all spooled.
+    for text in ["first", "fresh"] {
+        assert!(c.export(payload(text)).await.expect("spooled").is_spooled());
+    }
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for i in 0..5 {
+        let p = payload(&format!("old-{i}")).with_created_at(old);
+        assert!(c.export(p).await.expect("spooled").is_spooled());
+    }
+    // The backend takes the replay's first record (the replay then reads on in full), then
+    // takes requests and never answers: the replay sends the second fresh record and waits,
+    // and a read meets the expired ones behind it.
+    exporter.set_mode(Outcome::Hang);
+    exporter.push_outcomes([Outcome::Accept]);
+    within_10s("the first record delivered", || {
+        exporter.received().len() == 1
+    })
+    .await;
+    within_10s("the second fresh record in flight", || {
+        exporter.attempts() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = c.shutdown(Duration::from_secs(2)).await;
+    let (s, on_disk) = after_release(&c, dir.path()).await;
+    // Not counted while the record before them was in flight: those six wait on disk, and
+    // the client says so.
+    assert_eq!((s.replayed, s.dropped.expired), (1, 0), "{s:?}");
+    assert_eq!((s.spool_records, on_disk), (6, 6), "{s:?}");
+    assert_eq!(accounted(&s), 7, "{s:?}");
+    drop(c);
+
+    // The next run delivers the fresh record and counts each expired one once.
+    exporter.set_mode(Outcome::Accept);
+    let next = tune(common::builder(dir.path()))
+        .build(exporter.clone())
+        .expect("valid");
+    let report = next.force_flush(Duration::from_secs(30)).await;
+    assert!(report.complete, "{report:?}");
+    let s2 = next.stats();
+    assert_eq!((s2.replayed, s2.dropped.expired), (1, 5), "{s2:?}");
+    assert_eq!(s2.spool_records, 0, "{s2:?}");
+    assert_eq!(common::texts(&exporter), ["first", "fresh"]);
+    assert_eq!(
+        s.dropped.expired + s2.dropped.expired,
+        5,
+        "each expired record counted once over both runs"
+    );
+    let report = next
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shutdown");
+    assert!(report.complete, "{report:?}");
 }

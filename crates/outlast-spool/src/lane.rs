@@ -69,8 +69,8 @@ pub(crate) struct Consumer {
     /// Records up to this seq were handed out (or skipped) since the last rewind.
     handed: u64,
     /// Records above the ack point, still in the segment index, that a read counted as
-    /// dropped already: expired (read ahead of records still outstanding), or lost to
-    /// damage found after open. Not reset by a rewind, so that a record read again is not
+    /// dropped already: lost to damage found after open (an expired record is counted
+    /// only where the ack point can pass it: see [`Lane::expire_record`]). Not reset by a rewind, so that a record read again is not
     /// counted again; not counted as waiting either (see [`Lane::counted_ahead`]).
     counted: SeqSet,
     reader: Option<(u64, FrameReader)>,
@@ -143,7 +143,7 @@ impl Consumer {
     /// once: delivered or dropped, never both.
     pub(crate) fn drop_counts(&mut self, m: &SegMeta, cause: DropCause, now: &mut Dropped) {
         let per = |n: u64| m.framed_bytes_of(n);
-        // Records a read counted already (expired, lost to damage) are neither unread nor in
+        // Records a read counted already (lost to damage) are neither unread nor in
         // flight: they are forgotten with their segment.
         let unread = m.unacked(self.handed).saturating_sub(
             self.counted
@@ -415,8 +415,8 @@ impl Lane {
                 w.oldest_ns = w.oldest_ns.min(m.oldest_ns);
             }
         }
-        // Records a read counted as dropped already (expired ahead of the ack point, lost
-        // to damage) are still indexed, but wait no more.
+        // Records a read counted as dropped already (lost to damage ahead of the ack
+        // point) are still indexed, but wait no more.
         w.records = w
             .records
             .saturating_sub(self.counted_ahead.load(Ordering::Acquire));
@@ -550,20 +550,17 @@ impl Lane {
         n
     }
 
-    /// A read found record `seq` (not handed out yet) expired: counts it once (returns
-    /// whether it was counted now), moves the ack point past it if nothing before it is
-    /// outstanding, and passes it.
+    /// A read found record `seq` (not handed out yet) expired, with nothing before it
+    /// outstanding (the reader checks): counts it (returns whether it was counted now:
+    /// not if counted before) and moves the ack point past it, so that no later read or
+    /// process counts it again once the cursor is written.
     pub(crate) fn expire_record(&self, c: &mut Consumer, seq: u64) -> bool {
-        // Counted once, though a rewind may read it again.
         let counted = c.count_new(seq, seq, &SeqSet::default()) == 1;
-        if c.handed == c.acked {
-            // Nothing outstanding before it: it counts as acknowledged.
-            c.acked = seq;
-            c.forget_below_ack();
-            self.acked.store(seq, Ordering::Release);
-        }
+        c.acked = c.acked.max(seq);
+        c.handed = c.acked;
+        c.forget_below_ack();
+        self.acked.store(c.acked, Ordering::Release);
         self.note_counted(c);
-        c.handed = seq;
         counted
     }
 

@@ -212,7 +212,7 @@ impl Drainer {
                         let absent = segment_holes(l, t.id);
                         batch.corrupt_skipped += l.count_lost(c, from, f.seq - 1, &absent);
                     }
-                    if take_frame(l, c, f, expiry, batch, bytes, max_bytes) == Took::NoRoom {
+                    if take_frame(l, c, f, expiry, batch, bytes, max_bytes) != Took::Next {
                         c.unread_last();
                         return Ok(false);
                     }
@@ -452,11 +452,14 @@ enum Took {
     Next,
     /// The batch has no room for it: put it back.
     NoRoom,
+    /// Expired, behind records handed out and not acknowledged: put it back, and read no
+    /// further in this lane until they are acknowledged or rewound.
+    ExpiredBehind,
 }
 
 /// Handles one valid frame (damage before it is counted by the caller): skips what was
-/// handed out already, counts an expired record (once, even after a rewind;
-/// as acknowledged when nothing before it is outstanding), or adds the record to the batch.
+/// handed out already, counts an expired record as acknowledged (only when nothing before
+/// it is outstanding: see [`Took::ExpiredBehind`]), or adds the record to the batch.
 fn take_frame(
     l: &Lane,
     c: &mut Consumer,
@@ -472,8 +475,14 @@ fn take_frame(
     if let Some(limit) = expiry
         && f.meta.created_at_unix_nanos < limit
     {
-        // Counted once, though a rewind may read it again; as acknowledged when nothing
-        // before it is outstanding.
+        if c.handed() != c.acked() {
+            // Counted now, it would sit ahead of the ack point, which only the cursor
+            // records: a process stopping before the records in flight are acknowledged
+            // would leave it on disk for the next process to count again. It waits for a
+            // read made once nothing before it is outstanding, which counts it and moves
+            // the ack point past it in one step.
+            return Took::ExpiredBehind;
+        }
         if l.expire_record(c, f.seq) {
             batch.expired.add(1, f.len);
         }

@@ -131,7 +131,15 @@ impl Spool {
     /// Up to `max_records` (and about `max_bytes` of payload, but at least one record if any)
     /// of the oldest records not yet handed out since the last [`Spool::rewind`] (or open).
     /// Records of adopted lanes come before this lane's. Records past `max_record_age` are
-    /// skipped and counted in `expired`; damaged frames are skipped and counted.
+    /// skipped and counted in `expired`, as acknowledged; damaged frames are skipped and
+    /// counted.
+    ///
+    /// A record found expired behind records handed out and not yet acknowledged ends the
+    /// lane's part of the batch (the batch may then be empty although records remain): it
+    /// is counted by a read made once those are acknowledged (or rewound), where the ack
+    /// point passes it, so that a process that stops first leaves it to the next, which
+    /// counts it once. A reader that reads ahead of its acknowledgements reads again after
+    /// them before it takes an empty batch for an empty spool.
     ///
     /// # Errors
     ///

@@ -99,7 +99,7 @@ pub struct Appended {
 #[derive(Debug, Clone, Default)]
 pub struct SpoolStats {
     /// Records waiting to be delivered: stored and not yet acknowledged, less those a read
-    /// counted as dropped already (expired, lost to damage), plus those handed out whose
+    /// counted as dropped already (lost to damage), plus those handed out whose
     /// segment was evicted or expired before they were acknowledged (their fate is the
     /// caller's ack or rewind). So, at every moment, records appended = delivered + dropped
     /// (each reason) + `records` (+ what recovery found lost before this open).

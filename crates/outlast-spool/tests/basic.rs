@@ -287,6 +287,95 @@ fn an_expired_record_read_ahead_of_the_ack_point_is_counted_once_across_rewinds(
 }
 
 #[test]
+fn an_expired_record_behind_records_in_flight_is_counted_once_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg =
+        small_config(dir.path()).with_max_record_age(Some(std::time::Duration::from_secs(60)));
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let (spool, _) = Spool::open(cfg.clone()).expect("open");
+    // fresh, old, old, fresh
+    for (i, is_old) in [false, true, true, false].into_iter().enumerate() {
+        let p = Payload::new(format!("r{i}").into_bytes());
+        spool
+            .append(if is_old { p.with_created_at(old) } else { p })
+            .expect("append");
+    }
+    // A reader that reads ahead of its acknowledgements: the old records are behind r0,
+    // handed out and not acknowledged, so the read ends there and counts nothing.
+    let first = spool.read_batch(10, u64::MAX).expect("read");
+    assert_eq!(bodies(&first), ["r0"]);
+    let ahead = spool.read_batch(10, u64::MAX).expect("read ahead");
+    assert!(ahead.records.is_empty());
+    assert_eq!((first.expired.records, ahead.expired.records), (0, 0));
+    assert_eq!(spool.stats().records, 4, "r0 in flight, three waiting");
+    // The process stops before r0 is delivered.
+    spool.rewind();
+    assert_eq!(spool.settle().expired.records, 0);
+    spool.close().expect("close");
+
+    // The next process delivers the fresh records and counts each old one once.
+    let (spool, _) = Spool::open(cfg).expect("reopen");
+    assert_eq!(
+        spool.stats().records,
+        4,
+        "what the first process said was waiting"
+    );
+    let mut expired = 0;
+    let mut delivered = Vec::new();
+    loop {
+        let b = spool.read_batch(1, u64::MAX).expect("read");
+        expired += b.expired.records;
+        let Some(r) = b.records.first() else { break };
+        delivered.push(String::from_utf8_lossy(r.payload.bytes()).into_owned());
+        spool.ack(r.id).expect("ack");
+    }
+    assert_eq!(delivered, ["r0", "r3"]);
+    assert_eq!(
+        expired, 2,
+        "each old record counted once, by the process that passed it"
+    );
+    assert_eq!(spool.stats().records, 0);
+}
+
+#[test]
+fn a_read_after_the_acknowledgement_counts_the_expired_records_it_held_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg =
+        small_config(dir.path()).with_max_record_age(Some(std::time::Duration::from_secs(60)));
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let (spool, _) = Spool::open(cfg.clone()).expect("open");
+    for (i, is_old) in [false, true, true, false].into_iter().enumerate() {
+        let p = Payload::new(format!("r{i}").into_bytes());
+        spool
+            .append(if is_old { p.with_created_at(old) } else { p })
+            .expect("append");
+    }
+    let first = spool.read_batch(10, u64::MAX).expect("read");
+    assert_eq!(bodies(&first), ["r0"]);
+    spool.ack(first.records[0].id).expect("ack");
+    let next = spool.read_batch(10, u64::MAX).expect("read");
+    assert_eq!(bodies(&next), ["r3"]);
+    assert_eq!(next.expired.records, 2);
+    spool.ack(next.records[0].id).expect("ack");
+    assert_eq!(spool.stats().expired.records, 2);
+    assert_eq!(spool.stats().records, 0);
+    spool.close().expect("close");
+    // Nothing is left for a later process to count.
+    let (spool, _) = Spool::open(cfg).expect("reopen");
+    let b = spool.read_batch(10, u64::MAX).expect("read");
+    assert!(b.records.is_empty());
+    assert_eq!(b.expired.records, 0);
+    assert_eq!(spool.stats().records, 0);
+}
+
+fn bodies(b: &outlast_spool::ReadBatch) -> Vec<String> {
+    b.records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.payload.bytes()).into_owned())
+        .collect()
+}
+
+#[test]
 fn pending_bytes_follow_appends_and_acks_while_file_bytes_wait_for_segment_deletion() {
     let dir = tempfile::tempdir().expect("tempdir");
     // One large segment, so that nothing is deleted while acking part of it.
