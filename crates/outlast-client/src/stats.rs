@@ -204,6 +204,17 @@ impl DropCounts {
 }
 
 /// A snapshot of a client's counters (since it was built) and gauges (now).
+///
+/// Every payload handed to [`export`](crate::Client::export) is counted once:
+/// `exported + replayed + dropped.total() + spool_records` equals the payloads exported
+/// (plus what the spool held when the client started) whenever no operation is moving a
+/// record between the spool and a count. The counters and the spool's gauges are read one
+/// after the other, not under one lock (a lock would make `stats` wait for the disk), so a
+/// snapshot taken while an export is appending, or while a replay's read or
+/// acknowledgement is under way, may be off by the records of those operations; the next
+/// snapshot after they end is exact. After a `force_flush` that completed, and while the
+/// client is idle, every snapshot is; after a `shutdown` whose time ran out, a spool call
+/// still running counts what it did when it ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientStats {
