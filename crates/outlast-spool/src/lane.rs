@@ -70,8 +70,9 @@ pub(crate) struct Consumer {
     handed: u64,
     /// Records above the ack point, still in the segment index, that a read counted as
     /// dropped already: lost to damage found after open (an expired record is counted
-    /// only where the ack point can pass it: see [`Lane::expire_record`]). Not reset by a rewind, so that a record read again is not
-    /// counted again; not counted as waiting either (see [`Lane::counted_ahead`]).
+    /// only where the ack point can pass it: see [`Lane::expire_record`]). Not reset by a
+    /// rewind, so that a record read again is not counted again; not counted as waiting
+    /// either (see [`Lane::counted_ahead`]).
     counted: SeqSet,
     reader: Option<(u64, FrameReader)>,
     /// Records handed out and not yet acknowledged whose segment was evicted or expired
