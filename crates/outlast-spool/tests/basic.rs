@@ -289,17 +289,7 @@ fn an_expired_record_read_ahead_of_the_ack_point_is_counted_once_across_rewinds(
 #[test]
 fn an_expired_record_behind_records_in_flight_is_counted_once_across_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg =
-        small_config(dir.path()).with_max_record_age(Some(std::time::Duration::from_secs(60)));
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    let (spool, _) = Spool::open(cfg.clone()).expect("open");
-    // fresh, old, old, fresh
-    for (i, is_old) in [false, true, true, false].into_iter().enumerate() {
-        let p = Payload::new(format!("r{i}").into_bytes());
-        spool
-            .append(if is_old { p.with_created_at(old) } else { p })
-            .expect("append");
-    }
+    let (spool, cfg) = fresh_old_old_fresh(dir.path());
     // A reader that reads ahead of its acknowledgements: the old records are behind r0,
     // handed out and not acknowledged, so the read ends there and counts nothing.
     let first = spool.read_batch(10, u64::MAX).expect("read");
@@ -340,16 +330,7 @@ fn an_expired_record_behind_records_in_flight_is_counted_once_across_a_restart()
 #[test]
 fn a_read_after_the_acknowledgement_counts_the_expired_records_it_held_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg =
-        small_config(dir.path()).with_max_record_age(Some(std::time::Duration::from_secs(60)));
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-    let (spool, _) = Spool::open(cfg.clone()).expect("open");
-    for (i, is_old) in [false, true, true, false].into_iter().enumerate() {
-        let p = Payload::new(format!("r{i}").into_bytes());
-        spool
-            .append(if is_old { p.with_created_at(old) } else { p })
-            .expect("append");
-    }
+    let (spool, cfg) = fresh_old_old_fresh(dir.path());
     let first = spool.read_batch(10, u64::MAX).expect("read");
     assert_eq!(bodies(&first), ["r0"]);
     spool.ack(first.records[0].id).expect("ack");
@@ -366,6 +347,20 @@ fn a_read_after_the_acknowledgement_counts_the_expired_records_it_held_back() {
     assert!(b.records.is_empty());
     assert_eq!(b.expired.records, 0);
     assert_eq!(spool.stats().records, 0);
+}
+
+/// A spool with a 60 s age limit holding r0 (fresh), r1 and r2 (an hour old), r3 (fresh).
+fn fresh_old_old_fresh(dir: &std::path::Path) -> (Spool, outlast_spool::SpoolConfig) {
+    let cfg = small_config(dir).with_max_record_age(Some(std::time::Duration::from_secs(60)));
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let (spool, _) = Spool::open(cfg.clone()).expect("open");
+    for (i, is_old) in [false, true, true, false].into_iter().enumerate() {
+        let p = Payload::new(format!("r{i}").into_bytes());
+        spool
+            .append(if is_old { p.with_created_at(old) } else { p })
+            .expect("append");
+    }
+    (spool, cfg)
 }
 
 fn bodies(b: &outlast_spool::ReadBatch) -> Vec<String> {
