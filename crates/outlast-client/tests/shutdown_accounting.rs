@@ -63,11 +63,6 @@ async fn records_in_flight_at_shutdown_whose_segment_was_evicted_are_counted_evi
     let evicted_before = c.stats().dropped.evicted;
     // The shutdown's flush cannot finish (the backend never answers): the drain task is
     // stopped with the oldest record still in flight, its segment gone.
-    eprintln!(
-        "before shutdown {:?} attempts {}",
-        c.stats(),
-        exporter.attempts()
-    );
     let _ = c.shutdown(Duration::from_secs(2)).await;
     let s = c.stats();
     assert_eq!(accounted(&s), accepted, "{s:?}");
@@ -305,8 +300,7 @@ async fn records_a_replay_read_found_expired_after_shutdown_stopped_it_count_onc
 }
 
 #[tokio::test(start_paused = true)]
-async fn records_expired_behind_a_record_in_flight_at_shutdown_are_left_to_the_next_run_and_counted_once()
- {
+async fn records_expired_behind_one_in_flight_at_shutdown_are_counted_once_by_the_next_run() {
     let dir = spool_dir();
     let exporter = MemoryExporter::new();
     let tune = |b: outlast_client::ClientBuilder| {
