@@ -260,7 +260,6 @@ fn an_expired_record_read_ahead_of_the_ack_point_is_counted_once_across_rewinds(
         spool.append(p).expect("append");
     }
     let mut expired = 0;
-    let mut delivered = Vec::new();
     // Three failed attempts: read everything, rewind.
     for _ in 0..3 {
         loop {
@@ -273,13 +272,8 @@ fn an_expired_record_read_ahead_of_the_ack_point_is_counted_once_across_rewinds(
         spool.rewind();
     }
     // Then one that succeeds, record by record.
-    loop {
-        let b = spool.read_batch(1, u64::MAX).expect("read");
-        expired += b.expired.records;
-        let Some(r) = b.records.first() else { break };
-        delivered.push(String::from_utf8_lossy(r.payload.bytes()).into_owned());
-        spool.ack(r.id).expect("ack");
-    }
+    let (delivered, expired_then) = deliver_one_by_one(&spool);
+    expired += expired_then;
     assert_eq!(delivered, ["r0", "r2", "r5"]);
     assert_eq!(expired, 3, "three expired records, each counted once");
     assert_eq!(spool.stats().expired.records, 3);
@@ -310,15 +304,7 @@ fn an_expired_record_behind_records_in_flight_is_counted_once_across_a_restart()
         4,
         "what the first process said was waiting"
     );
-    let mut expired = 0;
-    let mut delivered = Vec::new();
-    loop {
-        let b = spool.read_batch(1, u64::MAX).expect("read");
-        expired += b.expired.records;
-        let Some(r) = b.records.first() else { break };
-        delivered.push(String::from_utf8_lossy(r.payload.bytes()).into_owned());
-        spool.ack(r.id).expect("ack");
-    }
+    let (delivered, expired) = deliver_one_by_one(&spool);
     assert_eq!(delivered, ["r0", "r3"]);
     assert_eq!(
         expired, 2,
@@ -361,6 +347,20 @@ fn fresh_old_old_fresh(dir: &std::path::Path) -> (Spool, outlast_spool::SpoolCon
             .expect("append");
     }
     (spool, cfg)
+}
+
+/// Reads and acknowledges one record at a time until the spool has none left: the bodies
+/// delivered, and the expired records the reads counted.
+fn deliver_one_by_one(spool: &Spool) -> (Vec<String>, u64) {
+    let (mut delivered, mut expired) = (Vec::new(), 0);
+    loop {
+        let b = spool.read_batch(1, u64::MAX).expect("read");
+        expired += b.expired.records;
+        let Some(r) = b.records.first() else { break };
+        delivered.extend(bodies(&b));
+        spool.ack(r.id).expect("ack");
+    }
+    (delivered, expired)
 }
 
 fn bodies(b: &outlast_spool::ReadBatch) -> Vec<String> {
