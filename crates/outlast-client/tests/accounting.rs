@@ -6,15 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{payload, spool_dir, texts};
-use outlast_client::ClientStats;
+use common::{accounted, payload, spool_dir, texts};
 use outlast_client::testing::{MemoryExporter, Outcome};
 use outlast_spool::fault::{FaultFs, WriteFault};
-
-/// Payloads accounted for: delivered, dropped, or waiting in the spool.
-fn accounted(s: &ClientStats) -> u64 {
-    s.exported + s.replayed + s.dropped.total() + s.spool_records
-}
 
 #[tokio::test(start_paused = true)]
 async fn records_delivered_whose_acknowledgement_failed_are_counted_as_replayed_once() {

@@ -12,15 +12,9 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{payload, spool_dir};
+use common::{accounted, payload, spool_dir};
 use outlast_client::testing::{MemoryExporter, Outcome};
-use outlast_client::{ClientBuilder, ClientStats, Durability, FullPolicy, ReplayOrder};
-use outlast_spool::inspect::{self, LockState};
-
-/// Payloads accounted for: delivered, dropped, or waiting in the spool.
-fn accounted(s: &ClientStats) -> u64 {
-    s.exported + s.replayed + s.dropped.total() + s.spool_records
-}
+use outlast_client::{ClientBuilder, Durability, FullPolicy, ReplayOrder};
 
 /// A small xorshift generator: the same seed gives the same case.
 struct Rng(u64);
@@ -155,24 +149,10 @@ async fn one_case(seed: u64) {
     // Once the spool is closed (a spool call may outlive the shutdown's time limit, and
     // counts what it does when it ends), every payload is counted once, and the disk holds
     // what the client says is waiting.
-    let mut free = false;
-    for _ in 0..1000 {
-        free = inspect::scan(dir.path())
-            .is_ok_and(|i| i.lanes.iter().all(|l| l.lock == LockState::Free));
-        if free {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(free, "seed {seed}: the spool was not released within 10 s");
+    common::lane_released(dir.path(), 0).await;
     let s = c.stats();
     assert_eq!(accounted(&s), calls, "seed {seed}: {s:?}");
-    let on_disk: u64 = inspect::scan(dir.path())
-        .expect("scan")
-        .lanes
-        .iter()
-        .map(|l| l.unacked_records())
-        .sum();
+    let on_disk = common::unacked_on_disk(dir.path());
     assert_eq!(on_disk, s.spool_records, "seed {seed}: {s:?}");
 }
 

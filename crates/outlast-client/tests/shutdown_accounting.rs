@@ -9,16 +9,10 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use common::{payload, spool_dir};
+use common::{accounted, payload, spool_dir};
 use outlast_client::testing::{MemoryExporter, Outcome};
 use outlast_client::{ClientStats, Durability, FullPolicy};
 use outlast_spool::fs::{SpoolFile, SpoolFs, StdFs};
-use outlast_spool::inspect::{self, LockState};
-
-/// Payloads accounted for: delivered, dropped, or waiting in the spool.
-fn accounted(s: &ClientStats) -> u64 {
-    s.exported + s.replayed + s.dropped.total() + s.spool_records
-}
 
 #[tokio::test(start_paused = true)]
 async fn records_in_flight_at_shutdown_whose_segment_was_evicted_are_counted_evicted_once() {
@@ -225,17 +219,8 @@ async fn ten_spooled(
 /// Waits until the spool's lock is released (the spool closed), then returns the client's
 /// stats and the records waiting on disk.
 async fn after_release(c: &outlast_client::Client, dir: &Path) -> (ClientStats, u64) {
-    within_10s("the spool released", || {
-        inspect::scan(dir).is_ok_and(|i| i.lanes.iter().all(|l| l.lock == LockState::Free))
-    })
-    .await;
-    let on_disk = inspect::scan(dir)
-        .expect("scan")
-        .lanes
-        .iter()
-        .map(|l| l.unacked_records())
-        .sum();
-    (c.stats(), on_disk)
+    common::lane_released(dir, 0).await;
+    (c.stats(), common::unacked_on_disk(dir))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

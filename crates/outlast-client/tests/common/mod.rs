@@ -54,6 +54,11 @@ pub fn spool_config_of<E>(dir: &Path) -> outlast_spool::SpoolConfig {
     outlast_spool::SpoolConfig::new(dir).with_identity(Some(std::any::type_name::<E>().to_owned()))
 }
 
+/// Payloads accounted for: delivered, dropped, or waiting in the spool.
+pub fn accounted(s: &outlast_client::ClientStats) -> u64 {
+    s.exported + s.replayed + s.dropped.total() + s.spool_records
+}
+
 /// A payload whose bytes are `text`.
 pub fn payload(text: &str) -> Payload {
     Payload::new(text.as_bytes().to_vec())
@@ -117,6 +122,17 @@ pub async fn lane_released(dir: &Path, n: u32) {
     if let Err(e) = waited {
         panic!("{e}");
     }
+}
+
+/// Records on disk in the spool at `dir` that no lane's cursor acknowledges (what the next
+/// run finds waiting).
+pub fn unacked_on_disk(dir: &Path) -> u64 {
+    outlast_spool::inspect::scan(dir)
+        .expect("scan the spool")
+        .lanes
+        .iter()
+        .map(|l| l.unacked_records())
+        .sum()
 }
 
 /// Lets spawned tasks run without advancing the (paused) clock.
